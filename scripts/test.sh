@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Runs meshup's whole test suite on a fresh machine: fetches the real helm and kubectl the
+# end-to-end tests drive (scripts/fetch-tools.sh), then formatting, lints, and every test of
+# the workspace (unit, fake-tool integration, end-to-end against in-memory API servers).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+scripts/fetch-tools.sh
+
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --locked --no-fail-fast "$@"
+else
+  echo "cargo-nextest not found; using cargo test (install it with: cargo install cargo-nextest --locked)" >&2
+  cargo test --workspace --locked --no-fail-fast "$@"
+fi

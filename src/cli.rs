@@ -1,0 +1,270 @@
+//! The raw command line, as clap parses it. Nothing here is validated beyond its type: the
+//! mesh file and these flags are merged and checked in `mesh.rs`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::trust::KeyType;
+
+/// Install, link, inspect and remove an Istio multi-primary mesh across Kubernetes clusters.
+///
+/// meshup reads one mesh file (or flags), renders per-cluster Helm values, runs `helm` and
+/// `kubectl` in the right order (clusters in parallel), exchanges remote secrets between
+/// every pair of clusters, and undoes it all cleanly.
+///
+/// Exit codes: 0 success, 1 a step or check failed, 2 bad input (no cluster was touched),
+/// 130 interrupted.
+#[derive(Debug, Parser)]
+#[command(
+    name = "meshup",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+
+    #[command(flatten)]
+    pub global: GlobalArgs,
+
+    #[command(flatten)]
+    pub mesh: MeshArgs,
+}
+
+/// Flags that every command accepts.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Kubeconfig to use [default: $KUBECONFIG, else ~/.kube/config]
+    #[arg(long, global = true, value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// How many clusters to work on at once [default: all]
+    #[arg(long, short = 'j', global = true, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub jobs: Option<u16>,
+
+    /// Time limit for each helm or kubectl call, e.g. 90s, 5m, 1h
+    #[arg(long, global = true, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+    pub timeout: Duration,
+
+    /// How to report progress and results [default: human on a terminal, plain otherwise]
+    #[arg(long, short = 'o', global = true, value_enum)]
+    pub output: Option<OutputFormat>,
+
+    /// Print only warnings, errors and the final summary
+    #[arg(long, short = 'q', global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+
+    /// Print every helm and kubectl command line as it runs (secrets never appear)
+    #[arg(long, short = 'v', global = true)]
+    pub verbose: bool,
+
+    /// The helm binary to run [default: `helm` on PATH]
+    #[arg(long, global = true, env = "MESHUP_HELM", value_name = "PATH")]
+    pub helm: Option<PathBuf>,
+
+    /// The kubectl binary to run [default: `kubectl` on PATH]
+    #[arg(long, global = true, env = "MESHUP_KUBECTL", value_name = "PATH")]
+    pub kubectl: Option<PathBuf>,
+}
+
+/// The mesh file and the flags that override it.
+#[derive(Debug, Args, Default, Clone)]
+pub struct MeshArgs {
+    /// The mesh file [default: ./mesh.yaml when it exists]
+    #[arg(
+        long = "file",
+        short = 'f',
+        global = true,
+        env = "MESHUP_FILE",
+        value_name = "PATH"
+    )]
+    pub file: Option<PathBuf>,
+
+    /// Mesh ID shared by every cluster (overrides `meshID`)
+    #[arg(long, global = true, value_name = "ID")]
+    pub mesh_id: Option<String>,
+
+    /// Default network of every cluster (overrides `network`)
+    #[arg(long, global = true, value_name = "NETWORK")]
+    pub network: Option<String>,
+
+    /// A cluster as NAME=CONTEXT; repeat for each cluster (replaces the file's `clusters`)
+    #[arg(long = "cluster", global = true, value_name = "NAME=CONTEXT")]
+    pub clusters: Vec<String>,
+
+    /// Istio chart version to install (overrides `istio.version`)
+    #[arg(long, global = true, value_name = "VERSION")]
+    pub istio_version: Option<String>,
+
+    /// Where the charts come from: https:// repo, oci:// prefix or local directory
+    /// (overrides `istio.charts`)
+    #[arg(long, global = true, value_name = "SOURCE")]
+    pub charts: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Write each cluster's Helm values files; contacts no cluster
+    Render {
+        /// Directory to write `<cluster>/base-values.yaml` and `<cluster>/istiod-values.yaml` into
+        #[arg(long, default_value = "meshup-values", value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// Print the whole install as a bash script a person could run; contacts no cluster
+    Plan {
+        /// Where the script expects the values files (it renders them there first)
+        #[arg(long, default_value = "meshup-values", value_name = "DIR")]
+        values_dir: PathBuf,
+    },
+    /// Check tools, contexts, API servers and existing Istio installs; changes nothing
+    Preflight,
+    /// Preflight, then install istio-base and istiod in every cluster, then link them
+    Install(InstallArgs),
+    /// Exchange remote secrets so every istiod watches every other cluster
+    Link,
+    /// Report each cluster's releases, istiod, remote secrets and cacerts; exit 1 on drift
+    Status,
+    /// Remove remote secrets, istiod, istio-base and the namespace from every cluster
+    Uninstall {
+        /// Also delete Istio's CRDs (helm keeps them), and with them all Istio config
+        #[arg(long)]
+        purge_crds: bool,
+        /// Do not ask for confirmation
+        #[arg(long, short = 'y')]
+        yes: bool,
+    },
+    /// Print one cluster's remote secret (a Secret holding a kubeconfig) to stdout
+    #[command(name = "remote-secret")]
+    RemoteSecret {
+        /// Kube context of the cluster the secret gives access to
+        #[arg(long, value_name = "CONTEXT")]
+        context: String,
+        /// Cluster name that other istiods will know this cluster by
+        #[arg(long, value_name = "NAME")]
+        name: String,
+        /// API server address reachable from the other clusters [default: the context's server]
+        #[arg(long, value_name = "URL")]
+        server: Option<String>,
+        /// Namespace of istiod
+        #[arg(long, default_value = "istio-system", value_name = "NS")]
+        namespace: String,
+    },
+    /// Create (or check) the shared root CA and each cluster's intermediate CA; contacts no cluster
+    Certs {
+        /// Key algorithm for newly created keys
+        #[arg(long, value_enum, default_value = "ecdsa-p256")]
+        key_type: KeyTypeArg,
+    },
+    /// Print a shell completion script
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct InstallArgs {
+    /// Replace an existing `cacerts` whose root differs from the mesh's root (breaks live traffic
+    /// until every workload restarts)
+    #[arg(long)]
+    pub rotate_ca: bool,
+    /// Restart istiod where it was running before its `cacerts` was created or changed
+    #[arg(long)]
+    pub restart: bool,
+    /// Key algorithm for newly created CA keys
+    #[arg(long, value_enum, default_value = "ecdsa-p256")]
+    pub key_type: KeyTypeArg,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// Progress bars per cluster
+    Human,
+    /// One line per event, for logs and CI
+    Plain,
+    /// One JSON document on stdout
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KeyTypeArg {
+    /// ECDSA on the P-256 curve
+    EcdsaP256,
+    /// RSA with 4096-bit keys, as Istio's reference Makefiles make
+    Rsa4096,
+}
+
+impl From<KeyTypeArg> for KeyType {
+    fn from(arg: KeyTypeArg) -> Self {
+        match arg {
+            KeyTypeArg::EcdsaP256 => KeyType::EcdsaP256,
+            KeyTypeArg::Rsa4096 => KeyType::Rsa4096,
+        }
+    }
+}
+
+/// Parses `90s`, `5m`, `1h`, `1h30m`, `250ms` or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let bad = || format!("`{text}` is not a duration; use e.g. 90s, 5m or 1h");
+    if let Ok(secs) = text.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = text;
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+        if digits == 0 {
+            return Err(bad());
+        }
+        let number: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let unit = match &rest[..unit_len] {
+            "ms" => Duration::from_millis(number),
+            "s" => Duration::from_secs(number),
+            "m" => Duration::from_secs(number * 60),
+            "h" => Duration::from_secs(number * 3600),
+            _ => return Err(bad()),
+        };
+        total += unit;
+        rest = &rest[unit_len..];
+    }
+    if total.is_zero() {
+        return Err(format!("`{text}` is zero; a time limit must be positive"));
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations_accept_units_and_bare_seconds() {
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+    }
+
+    #[test]
+    fn durations_reject_garbage_and_zero() {
+        for bad in ["", "m", "5x", "five", "0s", "-1s"] {
+            assert!(parse_duration(bad).is_err(), "{bad} should be rejected");
+        }
+    }
+}

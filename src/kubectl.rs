@@ -1,0 +1,282 @@
+//! The kubectl calls meshup makes, one function per verb. `connect` is the only place that
+//! adds `--context`, `--kubeconfig` and the request timeout.
+
+use std::time::Duration;
+
+use crate::helm::go_duration;
+use crate::sensitive::Sensitive;
+use crate::step::{Step, Target, Tool};
+
+/// meshup's field manager for server-side apply.
+pub const FIELD_MANAGER: &str = "meshup";
+
+/// `kubectl version --client -o json`.
+pub fn client_version() -> Step {
+    Step {
+        cluster: String::new(),
+        tool: Tool::Kubectl,
+        args: words(&["version", "--client", "--output", "json"]),
+        stdin: None,
+        mutates: false,
+    }
+}
+
+/// `kubectl version -o json` against a cluster: proves it answers, and says its version.
+pub fn server_version(target: &Target, timeout: Duration) -> Step {
+    connect(
+        target,
+        words(&["version", "--output", "json"]),
+        false,
+        timeout,
+    )
+}
+
+/// `kubectl get KIND NAME -o json --ignore-not-found`: empty stdout when absent.
+pub fn get(
+    target: &Target,
+    kind: &str,
+    name: &str,
+    namespace: Option<&str>,
+    timeout: Duration,
+) -> Step {
+    let mut args = words(&["get", kind, name]);
+    push_namespace(&mut args, namespace);
+    args.extend(words(&["--output", "json", "--ignore-not-found"]));
+    connect(target, args, false, timeout)
+}
+
+/// `kubectl get KIND -l SELECTOR -o json` (a List).
+pub fn list(
+    target: &Target,
+    kind: &str,
+    namespace: Option<&str>,
+    selector: Option<&str>,
+    timeout: Duration,
+) -> Step {
+    let mut args = words(&["get", kind]);
+    push_namespace(&mut args, namespace);
+    if let Some(selector) = selector {
+        args.extend(["--selector".to_string(), selector.to_string()]);
+    }
+    args.extend(words(&["--output", "json"]));
+    connect(target, args, false, timeout)
+}
+
+/// `kubectl apply --server-side -f -`: the manifest travels on stdin, so secrets never reach
+/// argv or disk, and no last-applied annotation copies them.
+pub fn apply(target: &Target, manifest: Sensitive<Vec<u8>>, timeout: Duration) -> Step {
+    let args = words(&[
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "--field-manager",
+        FIELD_MANAGER,
+        "--filename",
+        "-",
+    ]);
+    let mut step = connect(target, args, true, timeout);
+    step.stdin = Some(manifest);
+    step
+}
+
+/// `kubectl create serviceaccount`.
+pub fn create_service_account(
+    target: &Target,
+    name: &str,
+    namespace: &str,
+    timeout: Duration,
+) -> Step {
+    connect(
+        target,
+        words(&["create", "serviceaccount", name, "--namespace", namespace]),
+        true,
+        timeout,
+    )
+}
+
+/// `kubectl delete KIND NAMES... --ignore-not-found`.
+pub fn delete(
+    target: &Target,
+    kind: &str,
+    names: &[String],
+    namespace: Option<&str>,
+    timeout: Duration,
+) -> Step {
+    let mut args = words(&["delete", kind]);
+    args.extend(names.iter().cloned());
+    push_namespace(&mut args, namespace);
+    args.extend(words(&["--ignore-not-found", "--wait=true", "--timeout"]));
+    args.push(go_duration(timeout));
+    connect(target, args, true, timeout)
+}
+
+/// `kubectl delete KIND --selector SELECTOR --ignore-not-found`.
+pub fn delete_selected(
+    target: &Target,
+    kind: &str,
+    selector: &str,
+    namespace: &str,
+    timeout: Duration,
+) -> Step {
+    let mut args = words(&[
+        "delete",
+        kind,
+        "--selector",
+        selector,
+        "--namespace",
+        namespace,
+    ]);
+    args.extend(words(&["--ignore-not-found", "--wait=true", "--timeout"]));
+    args.push(go_duration(timeout));
+    connect(target, args, true, timeout)
+}
+
+/// `kubectl create secret generic NAME --from-file=KEY=PATH... --dry-run=client -o yaml`:
+/// prints a Secret built from files without sending it. Only the plan script uses it, so
+/// that key files are read by kubectl and never shown.
+pub fn secret_from_files(
+    target: &Target,
+    name: &str,
+    namespace: &str,
+    files: &[(&str, String)],
+    timeout: Duration,
+) -> Step {
+    let mut args = words(&[
+        "create",
+        "secret",
+        "generic",
+        name,
+        "--namespace",
+        namespace,
+    ]);
+    args.extend(
+        files
+            .iter()
+            .map(|(key, path)| format!("--from-file={key}={path}")),
+    );
+    args.extend(words(&["--dry-run=client", "--output", "yaml"]));
+    connect(target, args, false, timeout)
+}
+
+/// `kubectl rollout restart deployment/NAME`.
+pub fn rollout_restart(
+    target: &Target,
+    deployment: &str,
+    namespace: &str,
+    timeout: Duration,
+) -> Step {
+    connect(
+        target,
+        words(&[
+            "rollout",
+            "restart",
+            &format!("deployment/{deployment}"),
+            "--namespace",
+            namespace,
+        ]),
+        true,
+        timeout,
+    )
+}
+
+/// `kubectl rollout status deployment/NAME --timeout`.
+pub fn rollout_status(
+    target: &Target,
+    deployment: &str,
+    namespace: &str,
+    timeout: Duration,
+) -> Step {
+    let mut args = words(&[
+        "rollout",
+        "status",
+        &format!("deployment/{deployment}"),
+        "--namespace",
+        namespace,
+        "--timeout",
+    ]);
+    args.push(go_duration(timeout));
+    connect(target, args, false, timeout)
+}
+
+/// The one place that points kubectl at a cluster. Every request gets the step timeout too,
+/// so a black-holed API server fails the call instead of hanging it.
+fn connect(target: &Target, mut args: Vec<String>, mutates: bool, timeout: Duration) -> Step {
+    args.extend(["--context".to_string(), target.context.clone()]);
+    if let Some(kubeconfig) = &target.kubeconfig {
+        args.extend(["--kubeconfig".to_string(), kubeconfig.display().to_string()]);
+    }
+    args.push(format!("--request-timeout={}", go_duration(timeout)));
+    Step {
+        cluster: target.cluster.clone(),
+        tool: Tool::Kubectl,
+        args,
+        stdin: None,
+        mutates,
+    }
+}
+
+fn push_namespace(args: &mut Vec<String>, namespace: Option<&str>) {
+    if let Some(ns) = namespace {
+        args.extend(["--namespace".to_string(), ns.to_string()]);
+    }
+}
+
+fn words(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target() -> Target {
+        Target {
+            cluster: "cluster2".into(),
+            context: "kind-cluster2".into(),
+            kubeconfig: None,
+        }
+    }
+
+    #[test]
+    fn apply_reads_the_manifest_from_stdin() {
+        let step = apply(
+            &target(),
+            Sensitive::new(b"kind: Secret".to_vec()),
+            Duration::from_secs(30),
+        );
+        assert_eq!(
+            step.command_line(),
+            "kubectl apply --server-side --force-conflicts --field-manager meshup --filename - \
+             --context kind-cluster2 --request-timeout=30s"
+        );
+        assert_eq!(step.stdin.as_ref().unwrap().expose(), b"kind: Secret");
+        assert!(step.mutates);
+    }
+
+    #[test]
+    fn reads_do_not_count_as_mutations() {
+        let t = target();
+        let d = Duration::from_secs(5);
+        assert!(!get(&t, "secret", "cacerts", Some("istio-system"), d).mutates);
+        assert!(!list(&t, "secrets", Some("ns"), Some("a=b"), d).mutates);
+        assert!(!server_version(&t, d).mutates);
+        assert!(delete(&t, "secret", &["x".into()], Some("ns"), d).mutates);
+    }
+
+    #[test]
+    fn get_tolerates_absence() {
+        let step = get(
+            &target(),
+            "configmap",
+            "istio",
+            Some("istio-system"),
+            Duration::from_secs(5),
+        );
+        assert!(step.args.contains(&"--ignore-not-found".to_string()));
+        assert!(
+            step.args
+                .windows(2)
+                .any(|w| w == ["--context", "kind-cluster2"])
+        );
+    }
+}

@@ -1,0 +1,874 @@
+//! The mesh: the mesh file merged with its overriding flags, validated. Every later stage
+//! trusts a [`Mesh`]; nothing touches a cluster before one exists.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_yaml::{Mapping, Value};
+
+use crate::cli::MeshArgs;
+use crate::error::InputError;
+use crate::kubeconfig::Kubeconfig;
+use crate::trust::TrustMode;
+
+/// Istio's public Helm chart repository, the default `istio.charts`.
+pub const DEFAULT_CHARTS: &str = "https://istio-release.storage.googleapis.com/charts";
+/// The namespace istiod runs in unless the mesh file says otherwise.
+pub const DEFAULT_NAMESPACE: &str = "istio-system";
+/// Where `generate` keeps the CA files unless `trust.dir` says otherwise.
+pub const DEFAULT_TRUST_DIR: &str = "meshup-certs";
+
+/// A validated mesh.
+#[derive(Debug, Clone)]
+pub struct Mesh {
+    /// Where the mesh came from, for messages: the file's path, or `flags`.
+    pub source: String,
+    pub mesh_id: String,
+    /// istiod's namespace.
+    pub namespace: String,
+    /// The chart version, or `None` for whatever is newest (warned about).
+    pub version: Option<String>,
+    pub charts: Charts,
+    pub revision: Option<String>,
+    /// Extra istiod values for every cluster.
+    pub values: Mapping,
+    pub clusters: Vec<Cluster>,
+    pub trust: Trust,
+}
+
+/// One cluster of the mesh.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cluster {
+    /// DNS-1123 label; istiod's `global.multiCluster.clusterName`.
+    pub name: String,
+    /// The kube context meshup uses to reach it.
+    pub context: String,
+    /// The API server address written into this cluster's remote secret: `apiServer` when
+    /// given, else the context's server in the kubeconfig (empty when no kubeconfig was read).
+    pub server: String,
+    /// Whether `server` came from `apiServer` (so it is meant to be reachable by peers).
+    pub server_overridden: bool,
+    /// This cluster's network (its own or the mesh default).
+    pub network: Option<String>,
+    /// Extra istiod values for this cluster only.
+    pub values: Mapping,
+}
+
+/// Where Helm finds the `base` and `istiod` charts.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Charts {
+    /// An https:// chart repository, used with `--repo` (the user's helm repos are untouched).
+    Repo(String),
+    /// An oci:// prefix; charts are at PREFIX/base and PREFIX/istiod.
+    Oci(String),
+    /// Local chart directories or archives, for air-gapped installs.
+    Local {
+        base: PathBuf,
+        istiod: PathBuf,
+        /// The charts' own version (from Chart.yaml or the archive name).
+        version: Option<String>,
+    },
+}
+
+/// The shared root of trust.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Trust {
+    pub mode: TrustMode,
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawMesh {
+    #[serde(rename = "meshID")]
+    mesh_id: Option<String>,
+    network: Option<String>,
+    namespace: Option<String>,
+    istio: Option<RawIstio>,
+    values: Option<Value>,
+    clusters: Option<Vec<RawCluster>>,
+    trust: Option<RawTrust>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawIstio {
+    version: Option<String>,
+    charts: Option<String>,
+    revision: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawCluster {
+    name: Option<String>,
+    context: Option<String>,
+    api_server: Option<String>,
+    network: Option<String>,
+    values: Option<Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawTrust {
+    mode: Option<String>,
+    dir: Option<String>,
+}
+
+/// Collects problems so that one run reports all of them.
+struct Problems(Vec<String>);
+
+impl Problems {
+    fn add(&mut self, problem: impl Into<String>) {
+        self.0.push(problem.into());
+    }
+}
+
+/// Reads the mesh file and applies the flags. Precedence, decided here and nowhere else:
+/// a flag beats the mesh file, which beats meshup's default. Without `-f`, `./mesh.yaml` is
+/// read when it exists. With `kubeconfig`, every context must exist in it and each cluster's
+/// server is resolved; `render` and `plan` pass `None` and contact nothing.
+pub fn load(args: &MeshArgs, kubeconfig: Option<&Kubeconfig>) -> Result<Mesh, InputError> {
+    let default_file = Path::new("mesh.yaml");
+    let file = match &args.file {
+        Some(path) => Some(path.clone()),
+        None if default_file.exists() => Some(default_file.to_path_buf()),
+        None => None,
+    };
+    let (source, raw, base_dir) = match &file {
+        Some(path) => {
+            let source = path.display().to_string();
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                InputError::new(
+                    &source,
+                    format!("cannot read the mesh file: {e}; pass an existing file with -f"),
+                )
+            })?;
+            let raw = parse(&text).map_err(|problem| InputError::new(&source, problem))?;
+            let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+            (source, raw, dir)
+        }
+        None if args.mesh_id.is_some() || !args.clusters.is_empty() => {
+            ("flags".to_string(), RawMesh::default(), PathBuf::new())
+        }
+        None => {
+            return Err(InputError::new(
+                "meshup",
+                "no mesh file: pass -f mesh.yaml (or set MESHUP_FILE), or give --mesh-id and --cluster NAME=CONTEXT",
+            ));
+        }
+    };
+    validate(source, raw, &base_dir, args, kubeconfig)
+}
+
+/// Parses mesh file text; errors carry serde's field path and line/column.
+fn parse(text: &str) -> Result<RawMesh, String> {
+    if text.trim().is_empty() {
+        return Ok(RawMesh::default());
+    }
+    serde_yaml::from_str::<RawMesh>(text).map_err(|e| match e.location() {
+        Some(at) if !e.to_string().contains("line ") => {
+            format!("{e} (line {}, column {})", at.line(), at.column())
+        }
+        _ => e.to_string(),
+    })
+}
+
+fn validate(
+    source: String,
+    raw: RawMesh,
+    base_dir: &Path,
+    args: &MeshArgs,
+    kubeconfig: Option<&Kubeconfig>,
+) -> Result<Mesh, InputError> {
+    let mut problems = Problems(Vec::new());
+    let istio = raw.istio.unwrap_or_default();
+
+    let mesh_id = args.mesh_id.clone().or(raw.mesh_id).unwrap_or_default();
+    if mesh_id.is_empty() {
+        problems.add("`meshID` is required (or pass --mesh-id)");
+    } else if !is_label_value(&mesh_id) {
+        problems.add(format!(
+            "`meshID`: `{mesh_id}` must be letters, digits, `-`, `_` or `.` (at most 63)"
+        ));
+    }
+
+    let network = args.network.clone().or(raw.network);
+    if let Some(net) = &network {
+        check_label_value(&mut problems, "network", net);
+    }
+
+    let namespace = raw
+        .namespace
+        .unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
+    if !is_dns_label(&namespace) {
+        problems.add(format!(
+            "`namespace`: `{namespace}` is not a DNS-1123 label (lowercase letters, digits, `-`)"
+        ));
+    }
+
+    let revision = istio.revision.filter(|r| !r.is_empty());
+    if let Some(rev) = &revision
+        && !is_dns_label(rev)
+    {
+        problems.add(format!(
+            "`istio.revision`: `{rev}` is not a DNS-1123 label (lowercase letters, digits, `-`)"
+        ));
+    }
+
+    let version = args
+        .istio_version
+        .clone()
+        .or(istio.version)
+        .filter(|v| !v.is_empty());
+    if let Some(v) = &version
+        && v.chars().any(char::is_whitespace)
+    {
+        problems.add(format!("`istio.version`: `{v}` contains white space"));
+    }
+
+    let (charts_text, charts_dir) = match (&args.charts, istio.charts) {
+        (Some(flag), _) => (flag.clone(), PathBuf::new()),
+        (None, Some(file)) => (file, base_dir.to_path_buf()),
+        (None, None) => (DEFAULT_CHARTS.to_string(), PathBuf::new()),
+    };
+    let charts = match resolve_charts(&charts_text, &charts_dir, version.as_deref()) {
+        Ok(charts) => Some(charts),
+        Err(problem) => {
+            problems.add(format!("`istio.charts`: {problem}"));
+            None
+        }
+    };
+
+    let values = mapping_or_problem(&mut problems, "values", raw.values);
+    check_reserved_values(&mut problems, "values", &values);
+
+    let raw_clusters: Vec<(String, RawCluster)> = if args.clusters.is_empty() {
+        raw.clusters
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| (format!("clusters[{i}]"), c))
+            .collect()
+    } else {
+        args.clusters
+            .iter()
+            .map(|flag| {
+                let field = format!("--cluster {flag}");
+                let (name, context) = flag.split_once('=').unwrap_or((flag, ""));
+                let cluster = RawCluster {
+                    name: Some(name.to_string()),
+                    context: Some(context.to_string()),
+                    ..RawCluster::default()
+                };
+                (field, cluster)
+            })
+            .collect()
+    };
+    if raw_clusters.is_empty() {
+        problems
+            .add("`clusters` is empty; list at least one cluster (or pass --cluster NAME=CONTEXT)");
+    }
+
+    let mut clusters = Vec::new();
+    let mut names = BTreeSet::new();
+    let mut contexts = BTreeSet::new();
+    for (field, raw) in raw_clusters {
+        let name = raw.name.unwrap_or_default();
+        if name.is_empty() {
+            problems.add(format!("`{field}.name` is required"));
+        } else if !is_dns_label(&name) {
+            problems.add(format!(
+                "`{field}.name`: `{name}` is not a DNS-1123 label (lowercase letters, digits and `-`, at most 63, starting and ending alphanumeric)"
+            ));
+        } else if !names.insert(name.clone()) {
+            problems.add(format!(
+                "`{field}.name`: `{name}` is used by another cluster; names must be unique"
+            ));
+        }
+        let context = raw.context.unwrap_or_default();
+        let mut context_server = String::new();
+        if context.is_empty() {
+            problems.add(format!(
+                "`{field}.context` is required (NAME=CONTEXT for --cluster)"
+            ));
+        } else if !contexts.insert(context.clone()) {
+            problems.add(format!(
+                "`{field}.context`: `{context}` is used by another cluster; each cluster needs its own context"
+            ));
+        } else if let Some(kubeconfig) = kubeconfig {
+            match kubeconfig.servers.get(&context) {
+                Some(server) => context_server = server.clone(),
+                None => problems.add(format!(
+                    "`{field}.context`: `{context}` is not in the kubeconfig ({}; known: {}); fix the context name or pass --kubeconfig",
+                    kubeconfig.describe(),
+                    known_list(kubeconfig.servers.keys()),
+                )),
+            }
+        }
+        if let Some(server) = &raw.api_server
+            && !(server.starts_with("https://") || server.starts_with("http://"))
+        {
+            problems.add(format!(
+                "`{field}.apiServer`: `{server}` must be a URL such as https://172.18.0.2:6443"
+            ));
+        }
+        let cluster_network = raw.network.or_else(|| network.clone());
+        if let Some(net) = &cluster_network {
+            check_label_value(&mut problems, &format!("{field}.network"), net);
+        }
+        let cluster_values =
+            mapping_or_problem(&mut problems, &format!("{field}.values"), raw.values);
+        check_reserved_values(&mut problems, &format!("{field}.values"), &cluster_values);
+        clusters.push(Cluster {
+            name,
+            context,
+            server_overridden: raw.api_server.is_some(),
+            server: raw.api_server.unwrap_or(context_server),
+            network: cluster_network,
+            values: cluster_values,
+        });
+    }
+
+    let raw_trust = raw.trust.unwrap_or_default();
+    let mode = match raw_trust.mode.as_deref() {
+        None | Some("generate") => TrustMode::Generate,
+        Some("provided") => TrustMode::Provided,
+        Some("none") => TrustMode::None,
+        Some(other) => {
+            problems.add(format!(
+                "`trust.mode`: `{other}` is not one of generate, provided, none"
+            ));
+            TrustMode::None
+        }
+    };
+    let trust_dir = raw_trust
+        .dir
+        .filter(|d| !d.is_empty())
+        .map(|d| base_dir.join(d))
+        .unwrap_or_else(|| base_dir.join(DEFAULT_TRUST_DIR));
+
+    if !problems.0.is_empty() {
+        return Err(InputError {
+            source,
+            problems: problems.0,
+        });
+    }
+    Ok(Mesh {
+        source,
+        mesh_id,
+        namespace,
+        version,
+        charts: charts.expect("no problems means the charts resolved"),
+        revision,
+        values,
+        clusters,
+        trust: Trust {
+            mode,
+            dir: trust_dir,
+        },
+    })
+}
+
+impl Mesh {
+    /// The istiod Deployment's name (`istiod`, or `istiod-REV`).
+    pub fn istiod_deployment(&self) -> String {
+        match &self.revision {
+            Some(rev) => format!("istiod-{rev}"),
+            None => "istiod".to_string(),
+        }
+    }
+
+    /// The ConfigMap holding the mesh config (`istio`, or `istio-REV`).
+    pub fn mesh_configmap(&self) -> String {
+        match &self.revision {
+            Some(rev) => format!("istio-{rev}"),
+            None => "istio".to_string(),
+        }
+    }
+
+    /// The istiod Helm release's name (`istiod`, or `istiod-REV`).
+    pub fn istiod_release(&self) -> String {
+        self.istiod_deployment()
+    }
+
+    pub fn cluster(&self, name: &str) -> Option<&Cluster> {
+        self.clusters.iter().find(|c| c.name == name)
+    }
+}
+
+fn resolve_charts(text: &str, base_dir: &Path, version: Option<&str>) -> Result<Charts, String> {
+    if text.starts_with("https://") || text.starts_with("http://") {
+        return Ok(Charts::Repo(text.trim_end_matches('/').to_string()));
+    }
+    if let Some(rest) = text.strip_prefix("oci://") {
+        if rest.is_empty() {
+            return Err(format!("`{text}` names no registry"));
+        }
+        return Ok(Charts::Oci(text.trim_end_matches('/').to_string()));
+    }
+    if text.contains("://") {
+        return Err(format!(
+            "`{text}` is neither an https:// repository, an oci:// prefix nor a local directory"
+        ));
+    }
+    let dir = base_dir.join(text);
+    if !dir.is_dir() {
+        return Err(format!(
+            "`{text}` is not a directory (looked at {}); give an https:// repository, an oci:// prefix or a directory holding the `base` and `istiod` charts",
+            dir.display()
+        ));
+    }
+    let (base, base_version) = local_chart(&dir, "base", version)?;
+    let (istiod, istiod_version) = local_chart(&dir, "istiod", version)?;
+    if base_version != istiod_version {
+        return Err(format!(
+            "the local charts differ in version (base {}, istiod {}); use one Istio release",
+            base_version.as_deref().unwrap_or("unknown"),
+            istiod_version.as_deref().unwrap_or("unknown")
+        ));
+    }
+    Ok(Charts::Local {
+        base,
+        istiod,
+        version: istiod_version,
+    })
+}
+
+/// Finds chart `name` in `dir`: a chart directory `dir/name`, or one archive `dir/name-V.tgz`
+/// (the one for `version` when several are there).
+fn local_chart(
+    dir: &Path,
+    name: &str,
+    version: Option<&str>,
+) -> Result<(PathBuf, Option<String>), String> {
+    let chart_dir = dir.join(name);
+    if chart_dir.join("Chart.yaml").is_file() {
+        let text = std::fs::read_to_string(chart_dir.join("Chart.yaml")).unwrap_or_default();
+        let found = chart_yaml_version(&text);
+        if let (Some(want), Some(have)) = (version, &found)
+            && want.trim_start_matches('v') != have.trim_start_matches('v')
+        {
+            return Err(format!(
+                "{} is version {have} but `istio.version` is {want}",
+                chart_dir.display()
+            ));
+        }
+        return Ok((chart_dir, found));
+    }
+    let prefix = format!("{name}-");
+    let mut archives: Vec<(PathBuf, String)> = std::fs::read_dir(dir)
+        .map_err(|e| format!("cannot read {}: {e}", dir.display()))?
+        .filter_map(|entry| {
+            let path = entry.ok()?.path();
+            let file = path.file_name()?.to_str()?.to_string();
+            let version = file
+                .strip_prefix(&prefix)?
+                .strip_suffix(".tgz")?
+                .to_string();
+            // `istiod-remote-1.2.tgz` is not `istiod`.
+            version
+                .starts_with(|c: char| c.is_ascii_digit() || c == 'v')
+                .then_some((path, version))
+        })
+        .collect();
+    archives.sort();
+    if let Some(want) = version {
+        archives.retain(|(_, v)| v.trim_start_matches('v') == want.trim_start_matches('v'));
+    }
+    match archives.len() {
+        1 => {
+            let (path, version) = archives.remove(0);
+            Ok((path, Some(version)))
+        }
+        0 => Err(format!(
+            "{} holds no chart `{name}` (a directory `{name}/` with Chart.yaml, or `{name}-<version>.tgz`{})",
+            dir.display(),
+            version
+                .map(|v| format!(" for version {v}"))
+                .unwrap_or_default()
+        )),
+        _ => Err(format!(
+            "{} holds several `{name}` archives ({}); set `istio.version` to pick one",
+            dir.display(),
+            archives
+                .iter()
+                .map(|(_, v)| v.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
+}
+
+fn chart_yaml_version(text: &str) -> Option<String> {
+    let value: Value = serde_yaml::from_str(text).ok()?;
+    match value.get("version")? {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+fn mapping_or_problem(problems: &mut Problems, field: &str, value: Option<Value>) -> Mapping {
+    match value {
+        None | Some(Value::Null) => Mapping::new(),
+        Some(Value::Mapping(map)) => map,
+        Some(other) => {
+            problems.add(format!(
+                "`{field}` must be a mapping of Helm values, not `{}`",
+                serde_yaml::to_string(&other).unwrap_or_default().trim()
+            ));
+            Mapping::new()
+        }
+    }
+}
+
+/// Values that meshup sets from the mesh's own fields. Setting them through `values` is the
+/// classic one-cluster typo, so it is refused and the right field is named.
+const RESERVED: &[(&[&str], &str)] = &[
+    (&["global", "meshID"], "meshID"),
+    (
+        &["global", "multiCluster", "clusterName"],
+        "clusters[].name",
+    ),
+    (&["global", "network"], "network (or clusters[].network)"),
+    (&["global", "istioNamespace"], "namespace"),
+    (&["revision"], "istio.revision"),
+];
+
+fn check_reserved_values(problems: &mut Problems, field: &str, values: &Mapping) {
+    for (path, instead) in RESERVED {
+        let mut node = Some(values);
+        for (i, key) in path.iter().enumerate() {
+            let Some(map) = node else { break };
+            match map.get(*key) {
+                Some(Value::Mapping(inner)) if i + 1 < path.len() => node = Some(inner),
+                Some(value) if i + 1 == path.len() => {
+                    problems.add(format!(
+                        "`{field}.{}` is set to `{}`; meshup sets it for every cluster from `{instead}`, so remove it there",
+                        path.join("."),
+                        serde_yaml::to_string(value).unwrap_or_default().trim()
+                    ));
+                    node = None;
+                }
+                _ => node = None,
+            }
+        }
+    }
+}
+
+fn check_label_value(problems: &mut Problems, field: &str, value: &str) {
+    if !is_label_value(value) {
+        problems.add(format!(
+            "`{field}`: `{value}` must be letters, digits, `-`, `_` or `.` (at most 63), as a Kubernetes label value"
+        ));
+    }
+}
+
+/// A DNS-1123 label: 1–63 lowercase alphanumerics or `-`, starting and ending alphanumeric.
+pub fn is_dns_label(s: &str) -> bool {
+    let bytes = s.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes[0] != b'-'
+        && bytes[bytes.len() - 1] != b'-'
+}
+
+/// A Kubernetes label value (non-empty here).
+fn is_label_value(s: &str) -> bool {
+    let bytes = s.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes[bytes.len() - 1].is_ascii_alphanumeric()
+}
+
+fn known_list<'a>(names: impl Iterator<Item = &'a String>) -> String {
+    let names: Vec<&str> = names.map(String::as_str).collect();
+    if names.is_empty() {
+        "none".to_string()
+    } else {
+        names.join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kubeconfig(contexts: &[(&str, &str)]) -> Kubeconfig {
+        Kubeconfig {
+            files: vec![PathBuf::from("/home/op/.kube/config")],
+            servers: contexts
+                .iter()
+                .map(|(c, s)| (c.to_string(), s.to_string()))
+                .collect(),
+        }
+    }
+
+    fn two_contexts() -> Kubeconfig {
+        kubeconfig(&[
+            ("kind-cluster1", "https://127.0.0.1:6443"),
+            ("kind-cluster2", "https://127.0.0.1:7443"),
+        ])
+    }
+
+    const GOOD: &str = r#"
+meshID: mesh1
+network: network1
+istio:
+  version: 1.28.1
+clusters:
+  - name: cluster1
+    context: kind-cluster1
+    apiServer: https://172.18.0.2:6443
+  - name: cluster2
+    context: kind-cluster2
+    network: network2
+    values:
+      pilot:
+        resources: {requests: {cpu: 100m}}
+"#;
+
+    fn check(text: &str, args: &MeshArgs) -> Result<Mesh, InputError> {
+        let raw = parse(text).map_err(|p| InputError::new("mesh.yaml", p))?;
+        validate(
+            "mesh.yaml".into(),
+            raw,
+            Path::new(""),
+            args,
+            Some(&two_contexts()),
+        )
+    }
+
+    fn problems(text: &str) -> String {
+        check(text, &MeshArgs::default()).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_good_file_validates_with_defaults_filled_in() {
+        let mesh = check(GOOD, &MeshArgs::default()).unwrap();
+        assert_eq!(mesh.mesh_id, "mesh1");
+        assert_eq!(mesh.namespace, "istio-system");
+        assert_eq!(mesh.charts, Charts::Repo(DEFAULT_CHARTS.to_string()));
+        assert_eq!(mesh.version.as_deref(), Some("1.28.1"));
+        assert_eq!(mesh.trust.mode, TrustMode::Generate);
+        assert_eq!(mesh.trust.dir, PathBuf::from("meshup-certs"));
+        let c1 = &mesh.clusters[0];
+        assert_eq!(
+            (c1.server.as_str(), c1.server_overridden),
+            ("https://172.18.0.2:6443", true)
+        );
+        assert_eq!(c1.network.as_deref(), Some("network1"));
+        let c2 = &mesh.clusters[1];
+        assert_eq!(
+            (c2.server.as_str(), c2.server_overridden),
+            ("https://127.0.0.1:7443", false)
+        );
+        assert_eq!(c2.network.as_deref(), Some("network2"));
+        assert!(c2.values.contains_key("pilot"));
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_place() {
+        let err = problems("meshID: m\nclusters:\n  - name: a\n    contxt: kind-cluster1\n");
+        assert!(err.contains("unknown field `contxt`"), "{err}");
+        assert!(err.contains("line 4"), "{err}");
+        assert!(err.starts_with("mesh.yaml: "), "{err}");
+    }
+
+    #[test]
+    fn malformed_yaml_reports_line_and_column() {
+        let err = problems("meshID: m\nclusters: [\n");
+        assert!(err.contains("line"), "{err}");
+        assert!(err.contains("column"), "{err}");
+    }
+
+    #[test]
+    fn missing_mesh_id_is_reported() {
+        let err = problems("clusters:\n  - {name: a, context: kind-cluster1}\n");
+        assert!(err.contains("`meshID` is required"), "{err}");
+    }
+
+    #[test]
+    fn an_empty_cluster_list_is_reported() {
+        let err = problems("meshID: m\nclusters: []\n");
+        assert!(err.contains("`clusters` is empty"), "{err}");
+    }
+
+    #[test]
+    fn duplicate_cluster_names_are_reported() {
+        let err = problems(
+            "meshID: m\nclusters:\n  - {name: a, context: kind-cluster1}\n  - {name: a, context: kind-cluster2}\n",
+        );
+        assert!(
+            err.contains("`clusters[1].name`: `a` is used by another cluster"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn non_dns_names_are_reported_with_their_value() {
+        let err = problems("meshID: m\nclusters:\n  - {name: Cluster_1, context: kind-cluster1}\n");
+        assert!(
+            err.contains("`clusters[0].name`: `Cluster_1` is not a DNS-1123 label"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unknown_contexts_name_the_known_ones() {
+        let err = problems("meshID: m\nclusters:\n  - {name: east, context: kind-east}\n");
+        assert!(
+            err.contains("`clusters[0].context`: `kind-east` is not in the kubeconfig"),
+            "{err}"
+        );
+        assert!(err.contains("known: kind-cluster1, kind-cluster2"), "{err}");
+    }
+
+    #[test]
+    fn one_context_for_two_clusters_is_reported() {
+        let err = problems(
+            "meshID: m\nclusters:\n  - {name: a, context: kind-cluster1}\n  - {name: b, context: kind-cluster1}\n",
+        );
+        assert!(
+            err.contains("`clusters[1].context`: `kind-cluster1` is used by another cluster"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let err = problems("clusters:\n  - {name: A, context: nope}\n");
+        assert!(err.contains("has 3 problems"), "{err}");
+    }
+
+    #[test]
+    fn reserved_values_point_at_the_right_field() {
+        let err = problems(
+            "meshID: m\nclusters:\n  - name: a\n    context: kind-cluster1\n    values: {global: {meshID: typo}}\n",
+        );
+        assert!(
+            err.contains("`clusters[0].values.global.meshID` is set to `typo`; meshup sets it for every cluster from `meshID`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn values_must_be_a_mapping() {
+        let err =
+            problems("meshID: m\nvalues: [1]\nclusters:\n  - {name: a, context: kind-cluster1}\n");
+        assert!(err.contains("`values` must be a mapping"), "{err}");
+    }
+
+    #[test]
+    fn bad_trust_mode_and_api_server_are_reported() {
+        let err = problems(
+            "meshID: m\ntrust: {mode: gen}\nclusters:\n  - {name: a, context: kind-cluster1, apiServer: 172.18.0.2:6443}\n",
+        );
+        assert!(err.contains("`trust.mode`: `gen` is not one of"), "{err}");
+        assert!(
+            err.contains("`clusters[0].apiServer`: `172.18.0.2:6443` must be a URL"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let args = MeshArgs {
+            mesh_id: Some("from-flag".into()),
+            clusters: vec!["only=kind-cluster2".into()],
+            istio_version: Some("1.27.0".into()),
+            charts: Some("oci://gcr.io/istio-release/charts".into()),
+            ..MeshArgs::default()
+        };
+        let mesh = check(GOOD, &args).unwrap();
+        assert_eq!(mesh.mesh_id, "from-flag");
+        assert_eq!(mesh.version.as_deref(), Some("1.27.0"));
+        assert_eq!(
+            mesh.charts,
+            Charts::Oci("oci://gcr.io/istio-release/charts".into())
+        );
+        assert_eq!(mesh.clusters.len(), 1);
+        assert_eq!(mesh.clusters[0].name, "only");
+        assert_eq!(mesh.clusters[0].context, "kind-cluster2");
+    }
+
+    #[test]
+    fn cluster_flags_without_a_context_are_reported() {
+        let args = MeshArgs {
+            mesh_id: Some("m".into()),
+            clusters: vec!["east".into()],
+            ..MeshArgs::default()
+        };
+        let err = check("", &args).unwrap_err().to_string();
+        assert!(
+            err.contains("`--cluster east.context` is required"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn without_a_kubeconfig_contexts_are_not_checked() {
+        let raw = parse("meshID: m\nclusters:\n  - {name: a, context: anything}\n").unwrap();
+        let mesh = validate(
+            "m.yaml".into(),
+            raw,
+            Path::new(""),
+            &MeshArgs::default(),
+            None,
+        )
+        .unwrap();
+        assert_eq!(mesh.clusters[0].server, "");
+    }
+
+    #[test]
+    fn local_charts_are_found_as_directories_or_archives() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("base")).unwrap();
+        std::fs::write(
+            dir.path().join("base/Chart.yaml"),
+            "name: base\nversion: 1.28.1\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("istiod-1.28.1.tgz"), b"x").unwrap();
+        std::fs::write(dir.path().join("istiod-1.27.0.tgz"), b"x").unwrap();
+        let charts =
+            resolve_charts(dir.path().to_str().unwrap(), Path::new(""), Some("1.28.1")).unwrap();
+        assert_eq!(
+            charts,
+            Charts::Local {
+                base: dir.path().join("base"),
+                istiod: dir.path().join("istiod-1.28.1.tgz"),
+                version: Some("1.28.1".into()),
+            }
+        );
+        let err = resolve_charts(dir.path().to_str().unwrap(), Path::new(""), None).unwrap_err();
+        assert!(
+            err.contains("several `istiod` archives (1.27.0, 1.28.1)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_missing_chart_directory_is_reported() {
+        let err = resolve_charts("./no-such-dir", Path::new(""), None).unwrap_err();
+        assert!(err.contains("`./no-such-dir` is not a directory"), "{err}");
+    }
+
+    #[test]
+    fn dns_labels() {
+        assert!(is_dns_label("cluster-1"));
+        assert!(!is_dns_label("-a"));
+        assert!(!is_dns_label("a-"));
+        assert!(!is_dns_label("A"));
+        assert!(!is_dns_label(&"a".repeat(64)));
+    }
+}

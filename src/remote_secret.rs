@@ -1,0 +1,464 @@
+//! Remote secrets: what `istioctl create-remote-secret` makes, built with kubectl alone. A
+//! remote secret for cluster A is a Secret labelled `istio/multiCluster: "true"` whose one data
+//! key, `A`, holds a kubeconfig that reaches A's API server as A's
+//! `istio-reader-service-account`. Applied in cluster B, it lets B's istiod watch A.
+
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde_json::{Value, json};
+
+use crate::kubectl;
+use crate::runner::{self, Runner, StepError, run_ok};
+use crate::sensitive::Sensitive;
+use crate::step::Target;
+
+/// The service account whose token goes into remote secrets (created by istio/base).
+pub const READER_ACCOUNT: &str = "istio-reader-service-account";
+/// The long-lived token secret meshup asks the token controller to fill.
+pub const TOKEN_SECRET: &str = "istio-reader-service-account-istio-remote-secret-token";
+/// The label istiod selects remote secrets by.
+pub const MULTICLUSTER_LABEL: &str = "istio/multiCluster";
+/// The label marking what meshup created, so uninstall and pruning touch nothing else.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+pub const MANAGED_BY: &str = "meshup";
+/// The annotation istioctl puts on remote secrets.
+pub const CLUSTER_ANNOTATION: &str = "networking.istio.io/cluster";
+
+/// Selects the remote secrets meshup created.
+pub fn managed_selector() -> String {
+    format!("{MULTICLUSTER_LABEL}=true,{MANAGED_BY_LABEL}={MANAGED_BY}")
+}
+
+/// The Secret name of cluster `name`'s remote secret.
+pub fn secret_name(cluster: &str) -> String {
+    format!("istio-remote-secret-{cluster}")
+}
+
+/// One cluster's remote secret, built once and applied in every peer.
+#[derive(Clone)]
+pub struct RemoteSecret {
+    pub cluster: String,
+    pub server: String,
+    /// The kubeconfig, base64-encoded as it sits under `data`.
+    pub data: Sensitive<String>,
+}
+
+impl std::fmt::Debug for RemoteSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "RemoteSecret({} → {}, <redacted>)",
+            self.cluster, self.server
+        )
+    }
+}
+
+impl RemoteSecret {
+    /// Assembles the secret from the pieces read from the source cluster.
+    pub fn new(cluster: &str, server: &str, ca_data_b64: &str, token: &Sensitive<String>) -> Self {
+        let kubeconfig = kubeconfig(cluster, server, ca_data_b64, token);
+        Self {
+            cluster: cluster.to_string(),
+            server: server.to_string(),
+            data: Sensitive::new(B64.encode(kubeconfig.expose())),
+        }
+    }
+
+    /// The Secret as YAML for `kubectl apply -f -` in a peer's `namespace`.
+    pub fn manifest(&self, namespace: &str) -> Sensitive<String> {
+        let secret = json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {
+                "name": secret_name(&self.cluster),
+                "namespace": namespace,
+                "labels": {
+                    MULTICLUSTER_LABEL: "true",
+                    MANAGED_BY_LABEL: MANAGED_BY,
+                },
+                "annotations": { CLUSTER_ANNOTATION: self.cluster },
+            },
+            "type": "Opaque",
+            "data": { self.cluster.clone(): self.data.expose() },
+        });
+        Sensitive::new(serde_yaml::to_string(&secret).expect("plain JSON is valid YAML"))
+    }
+}
+
+/// A kubeconfig whose cluster, context and user are all called `name`.
+pub fn kubeconfig(
+    name: &str,
+    server: &str,
+    ca_data_b64: &str,
+    token: &Sensitive<String>,
+) -> Sensitive<String> {
+    let config = json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{ "name": name, "cluster": {
+            "certificate-authority-data": ca_data_b64,
+            "server": server,
+        }}],
+        "contexts": [{ "name": name, "context": { "cluster": name, "user": name } }],
+        "current-context": name,
+        "preferences": {},
+        "users": [{ "name": name, "user": { "token": token.expose() } }],
+    });
+    Sensitive::new(serde_yaml::to_string(&config).expect("plain JSON is valid YAML"))
+}
+
+/// Whether a server address only works from the machine it was written on.
+pub fn is_loopback(server: &str) -> bool {
+    let host = server
+        .split("://")
+        .nth(1)
+        .unwrap_or(server)
+        .split('/')
+        .next()
+        .unwrap_or_default();
+    let host = host.rsplit_once(':').map_or(host, |(h, port)| {
+        if port.chars().all(|c| c.is_ascii_digit()) {
+            h
+        } else {
+            host
+        }
+    });
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost" || host.starts_with("127.") || host == "::1" || host == "0.0.0.0"
+}
+
+/// Builds cluster `name`'s remote secret from its own context: makes sure the reader service
+/// account and its token secret exist, waits (bounded, with backoff) for the token controller
+/// to fill the token, and assembles the secret. Nothing is printed or written.
+pub fn build(
+    runner: &dyn Runner,
+    target: &Target,
+    name: &str,
+    namespace: &str,
+    server: &str,
+    timeout: Duration,
+) -> Result<RemoteSecret, StepError> {
+    let account = run_ok(
+        runner,
+        &kubectl::get(
+            target,
+            "serviceaccount",
+            READER_ACCOUNT,
+            Some(namespace),
+            timeout,
+        ),
+    )?;
+    if account.stdout.trim().is_empty() {
+        run_ok(
+            runner,
+            &kubectl::create_service_account(target, READER_ACCOUNT, namespace, timeout),
+        )?;
+    }
+
+    let get_token = kubectl::get(target, "secret", TOKEN_SECRET, Some(namespace), timeout);
+    let first = run_ok(runner, &get_token)?;
+    if first.stdout.trim().is_empty() {
+        let manifest = token_secret_manifest(namespace);
+        run_ok(
+            runner,
+            &kubectl::apply(target, Sensitive::new(manifest.into_bytes()), timeout),
+        )?;
+    } else if let Some((ca, token)) = read_token(&first.stdout) {
+        return Ok(RemoteSecret::new(name, server, &ca, &token));
+    }
+
+    // The token controller fills the secret within a second or two on a healthy cluster.
+    let deadline = Instant::now() + timeout.min(Duration::from_secs(60));
+    let mut pause = Duration::from_millis(100);
+    loop {
+        runner::sleep(pause)?;
+        let output = run_ok(runner, &get_token)?;
+        if let Some((ca, token)) = read_token(&output.stdout) {
+            return Ok(RemoteSecret::new(name, server, &ca, &token));
+        }
+        if Instant::now() >= deadline {
+            return Err(StepError::other(
+                &target.cluster,
+                format!(
+                    "the token controller did not fill `token` and `ca.crt` of secret `{TOKEN_SECRET}` in namespace `{namespace}`"
+                ),
+                Some(format!(
+                    "check that kube-controller-manager runs in context `{}` and that service account `{READER_ACCOUNT}` exists",
+                    target.context
+                )),
+            ));
+        }
+        pause = (pause * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// The token secret that asks the token controller for a long-lived token.
+pub fn token_secret_manifest(namespace: &str) -> String {
+    let secret = json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": TOKEN_SECRET,
+            "namespace": namespace,
+            "annotations": { "kubernetes.io/service-account.name": READER_ACCOUNT },
+            "labels": { MANAGED_BY_LABEL: MANAGED_BY },
+        },
+        "type": "kubernetes.io/service-account-token",
+    });
+    serde_yaml::to_string(&secret).expect("plain JSON is valid YAML")
+}
+
+/// From a token secret (kubectl's JSON): `ca.crt` as base64 and the decoded token, once both
+/// are filled in.
+pub fn read_token(secret_json: &str) -> Option<(String, Sensitive<String>)> {
+    let secret: Value = serde_json::from_str(secret_json).ok()?;
+    let data = secret.get("data")?;
+    let ca = data.get("ca.crt")?.as_str().filter(|s| !s.is_empty())?;
+    let token = data.get("token")?.as_str().filter(|s| !s.is_empty())?;
+    let token = String::from_utf8(B64.decode(token).ok()?).ok()?;
+    Some((ca.to_string(), Sensitive::new(token)))
+}
+
+/// A remote secret found in a cluster, with only what may be shown.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    /// The Secret's name.
+    pub secret: String,
+    /// The cluster id (the data key).
+    pub cluster: String,
+    /// The API server in the kubeconfig, when it parses.
+    pub server: Option<String>,
+    /// Whether meshup created it.
+    pub managed: bool,
+    /// The data value, to compare with what meshup would apply.
+    pub data: Sensitive<String>,
+}
+
+/// The remote secrets in a `kubectl get secrets -l istio/multiCluster=true -o json` List.
+pub fn found(list_json: &str) -> Result<Vec<Found>, String> {
+    let list: Value = serde_json::from_str(list_json)
+        .map_err(|e| format!("kubectl printed no JSON list: {e}"))?;
+    let mut found = Vec::new();
+    for item in list
+        .get("items")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let meta = &item["metadata"];
+        let secret = meta["name"].as_str().unwrap_or_default().to_string();
+        let managed = meta["labels"][MANAGED_BY_LABEL].as_str() == Some(MANAGED_BY);
+        let Some(data) = item.get("data").and_then(Value::as_object) else {
+            continue;
+        };
+        for (cluster, value) in data {
+            let value = value.as_str().unwrap_or_default();
+            found.push(Found {
+                secret: secret.clone(),
+                cluster: cluster.clone(),
+                server: server_of(value),
+                managed,
+                data: Sensitive::new(value.to_string()),
+            });
+        }
+    }
+    Ok(found)
+}
+
+/// The server of the first cluster in a base64 kubeconfig.
+fn server_of(data_b64: &str) -> Option<String> {
+    let text = String::from_utf8(B64.decode(data_b64).ok()?).ok()?;
+    let config: serde_yaml::Value = serde_yaml::from_str(&text).ok()?;
+    config["clusters"][0]["cluster"]["server"]
+        .as_str()
+        .map(str::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runner::{Output, RecordingRunner};
+    use crate::step::Step;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn token() -> Sensitive<String> {
+        Sensitive::new("eyJhbGciOiJSUzI1NiJ9.reader".into())
+    }
+
+    #[test]
+    fn remote_secret_names_the_source_cluster() {
+        let secret = RemoteSecret::new("cluster1", "https://172.18.0.2:6443", "Q0E=", &token());
+        let yaml: serde_yaml::Value =
+            serde_yaml::from_str(secret.manifest("istio-system").expose()).unwrap();
+        assert_eq!(yaml["metadata"]["name"], "istio-remote-secret-cluster1");
+        assert_eq!(yaml["metadata"]["namespace"], "istio-system");
+        assert_eq!(yaml["metadata"]["labels"]["istio/multiCluster"], "true");
+        assert_eq!(
+            yaml["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+            "meshup"
+        );
+        assert_eq!(
+            yaml["metadata"]["annotations"]["networking.istio.io/cluster"],
+            "cluster1"
+        );
+        let data = yaml["data"].as_mapping().unwrap();
+        assert_eq!(data.len(), 1);
+        assert!(data.contains_key("cluster1"));
+    }
+
+    #[test]
+    fn kubeconfig_names_everything_after_the_cluster() {
+        let text = kubeconfig("cluster1", "https://172.18.0.2:6443", "Q0E=", &token());
+        let config: serde_yaml::Value = serde_yaml::from_str(text.expose()).unwrap();
+        assert_eq!(config["clusters"][0]["name"], "cluster1");
+        assert_eq!(
+            config["clusters"][0]["cluster"]["server"],
+            "https://172.18.0.2:6443"
+        );
+        assert_eq!(
+            config["clusters"][0]["cluster"]["certificate-authority-data"],
+            "Q0E="
+        );
+        assert_eq!(config["contexts"][0]["name"], "cluster1");
+        assert_eq!(config["contexts"][0]["context"]["user"], "cluster1");
+        assert_eq!(config["current-context"], "cluster1");
+        assert_eq!(
+            config["users"][0]["user"]["token"],
+            "eyJhbGciOiJSUzI1NiJ9.reader"
+        );
+    }
+
+    #[test]
+    fn the_secret_never_shows_in_debug_output() {
+        let secret = RemoteSecret::new("c1", "https://x", "Q0E=", &token());
+        let debug = format!("{secret:?} {:?}", secret.manifest("ns"));
+        assert!(
+            !debug.contains("eyJhbGci") && !debug.contains(secret.data.expose()),
+            "{debug}"
+        );
+    }
+
+    #[test]
+    fn found_secrets_decode_their_server_and_ownership() {
+        let secret = RemoteSecret::new("cluster2", "https://10.0.0.2:6443", "Q0E=", &token());
+        let manifest: Value = serde_yaml::from_str(secret.manifest("ns").expose()).unwrap();
+        let mut foreign = manifest.clone();
+        foreign["metadata"]["name"] = "istio-remote-secret-legacy".into();
+        foreign["metadata"]["labels"] = json!({"istio/multiCluster": "true"});
+        let list = json!({"kind": "List", "items": [manifest, foreign]});
+        let found = found(&list.to_string()).unwrap();
+        assert_eq!(found.len(), 2);
+        assert_eq!(found[0].cluster, "cluster2");
+        assert_eq!(found[0].server.as_deref(), Some("https://10.0.0.2:6443"));
+        assert!(found[0].managed);
+        assert!(!found[1].managed);
+        assert_eq!(found[0].data, secret.data);
+    }
+
+    #[test]
+    fn loopback_servers_are_recognised() {
+        for s in [
+            "https://127.0.0.1:6443",
+            "https://localhost:6443",
+            "http://[::1]:8080",
+            "https://127.0.0.53",
+        ] {
+            assert!(is_loopback(s), "{s}");
+        }
+        for s in [
+            "https://172.18.0.2:6443",
+            "https://api.example.com",
+            "https://10.1.2.3",
+        ] {
+            assert!(!is_loopback(s), "{s}");
+        }
+    }
+
+    fn token_json(filled: bool) -> String {
+        let data = if filled {
+            json!({"token": B64.encode("eyJhbGciOiJSUzI1NiJ9.reader"), "ca.crt": "Q0E=", "namespace": "aXN0aW8tc3lzdGVt"})
+        } else {
+            json!({})
+        };
+        json!({"kind": "Secret", "metadata": {"name": TOKEN_SECRET}, "data": data}).to_string()
+    }
+
+    fn target() -> Target {
+        Target {
+            cluster: "cluster1".into(),
+            context: "kind-cluster1".into(),
+            kubeconfig: None,
+        }
+    }
+
+    fn ok(stdout: &str) -> Output {
+        Output {
+            code: Some(0),
+            stdout: stdout.into(),
+            stderr: String::new(),
+        }
+    }
+
+    #[test]
+    fn build_creates_what_is_missing_and_waits_for_the_token() {
+        let gets = AtomicUsize::new(0);
+        let runner = RecordingRunner::new(|step: &Step| {
+            let args = step.args.join(" ");
+            if args.starts_with("get serviceaccount") {
+                ok("")
+            } else if args.starts_with("get secret") {
+                // Absent, then not yet filled, then filled.
+                match gets.fetch_add(1, Ordering::SeqCst) {
+                    0 => ok(""),
+                    1 => ok(&token_json(false)),
+                    _ => ok(&token_json(true)),
+                }
+            } else {
+                ok("")
+            }
+        });
+        let secret = build(
+            &runner,
+            &target(),
+            "cluster1",
+            "istio-system",
+            "https://10.0.0.1",
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        let lines = runner.command_lines();
+        let verbs: Vec<&str> = lines.iter().map(|l| l.split(' ').nth(1).unwrap()).collect();
+        assert_eq!(verbs, ["get", "create", "get", "apply", "get", "get"]);
+        assert_eq!(secret.server, "https://10.0.0.1");
+        let applied = runner.calls.lock().unwrap()[3].stdin.clone().unwrap();
+        let applied = String::from_utf8(applied.expose().clone()).unwrap();
+        assert!(
+            applied.contains("kubernetes.io/service-account-token"),
+            "{applied}"
+        );
+    }
+
+    #[test]
+    fn build_reuses_a_filled_token_in_two_calls() {
+        let runner = RecordingRunner::new(|step: &Step| {
+            if step.args[1] == "serviceaccount" {
+                ok("{\"kind\":\"ServiceAccount\"}")
+            } else {
+                ok(&token_json(true))
+            }
+        });
+        build(
+            &runner,
+            &target(),
+            "cluster1",
+            "istio-system",
+            "https://10.0.0.1",
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        assert_eq!(runner.command_lines().len(), 2);
+        assert!(runner.calls.lock().unwrap().iter().all(|s| !s.mutates));
+    }
+}

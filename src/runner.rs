@@ -1,0 +1,506 @@
+//! Running steps. `ProcessRunner` is the only code in meshup that spawns a process: it gives
+//! every child the step timeout, stops all children on Ctrl-C, and never shows stdin.
+//! `RecordingRunner` lets unit tests see the argv sequence without spawning anything.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::reporter::Reporter;
+use crate::step::{Step, Tool};
+
+/// What a finished child left behind.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Output {
+    /// Exit code; `None` when a signal ended it.
+    pub code: Option<i32>,
+    /// May hold secrets (a token secret read back as JSON): never print it.
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+}
+
+/// Runs steps.
+pub trait Runner: Send + Sync {
+    /// Runs one step to completion. A non-zero exit is an `Ok(Output)`; use [`run_ok`] when
+    /// only success will do.
+    fn run(&self, step: &Step) -> Result<Output, StepError>;
+}
+
+/// Runs a step and turns a non-zero exit into a [`StepError::Failed`].
+pub fn run_ok(runner: &dyn Runner, step: &Step) -> Result<Output, StepError> {
+    let output = runner.run(step)?;
+    if output.success() {
+        Ok(output)
+    } else {
+        Err(StepError::failed(step, &output))
+    }
+}
+
+/// Why a step did not succeed.
+#[derive(Debug)]
+pub enum StepError {
+    /// It ran and exited non-zero (or was killed by a signal).
+    Failed(Box<Failure>),
+    /// It could not be started.
+    Spawn {
+        step: String,
+        cluster: String,
+        error: String,
+    },
+    /// It outlived the step timeout and was killed.
+    TimedOut {
+        step: String,
+        cluster: String,
+        after: Duration,
+    },
+    /// Ctrl-C.
+    Interrupted,
+    /// Something meshup itself found wrong after a call (an unexpected answer).
+    Other {
+        cluster: String,
+        message: String,
+        hint: Option<String>,
+    },
+}
+
+/// The details of a failed call.
+#[derive(Debug)]
+pub struct Failure {
+    pub cluster: String,
+    /// The command line: argv only, never stdin.
+    pub command: String,
+    pub code: Option<i32>,
+    /// The last lines of stderr.
+    pub stderr_tail: String,
+    pub hint: Option<String>,
+}
+
+/// How many stderr lines a failure shows.
+const TAIL_LINES: usize = 12;
+
+impl StepError {
+    pub fn failed(step: &Step, output: &Output) -> Self {
+        let tail = tail(&output.stderr, TAIL_LINES);
+        StepError::Failed(Box::new(Failure {
+            cluster: step.cluster.clone(),
+            command: step.command_line(),
+            code: output.code,
+            hint: hint(step, &output.stderr),
+            stderr_tail: tail,
+        }))
+    }
+
+    pub fn other(cluster: &str, message: impl Into<String>, hint: Option<String>) -> Self {
+        StepError::Other {
+            cluster: cluster.to_string(),
+            message: message.into(),
+            hint,
+        }
+    }
+
+    pub fn is_interrupted(&self) -> bool {
+        matches!(self, StepError::Interrupted)
+    }
+}
+
+impl fmt::Display for StepError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let prefix = |cluster: &str| {
+            if cluster.is_empty() {
+                String::new()
+            } else {
+                format!("[{cluster}] ")
+            }
+        };
+        match self {
+            StepError::Failed(failure) => {
+                let status = match failure.code {
+                    Some(code) => format!("exit code {code}"),
+                    None => "a signal".to_string(),
+                };
+                write!(
+                    f,
+                    "{}`{}` failed with {status}",
+                    prefix(&failure.cluster),
+                    failure.command
+                )?;
+                if !failure.stderr_tail.is_empty() {
+                    write!(f, "\n  stderr (last lines):")?;
+                    for line in failure.stderr_tail.lines() {
+                        write!(f, "\n    {line}")?;
+                    }
+                }
+                if let Some(hint) = &failure.hint {
+                    write!(f, "\n  hint: {hint}")?;
+                }
+                Ok(())
+            }
+            StepError::Spawn {
+                step,
+                cluster,
+                error,
+            } => {
+                write!(f, "{}could not start `{step}`: {error}", prefix(cluster))
+            }
+            StepError::TimedOut {
+                step,
+                cluster,
+                after,
+            } => write!(
+                f,
+                "{}`{step}` did not finish within {}s and was stopped\n  hint: raise --timeout, or check that the cluster answers (`kubectl cluster-info`)",
+                prefix(cluster),
+                after.as_secs()
+            ),
+            StepError::Interrupted => f.write_str("interrupted"),
+            StepError::Other {
+                cluster,
+                message,
+                hint,
+            } => {
+                write!(f, "{}{message}", prefix(cluster))?;
+                if let Some(hint) = hint {
+                    write!(f, "\n  hint: {hint}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl std::error::Error for StepError {}
+
+/// The last `n` non-empty lines of `text`.
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// A hint for failures whose cause is known from the message.
+fn hint(step: &Step, stderr: &str) -> Option<String> {
+    let context = step
+        .args
+        .windows(2)
+        .find(|w| w[0] == "--context" || w[0] == "--kube-context")
+        .map(|w| w[1].clone())
+        .unwrap_or_default();
+    let lower = stderr.to_lowercase();
+    let known: &[(&[&str], String)] = &[
+        (
+            &["another operation (install/upgrade/rollback) is in progress"],
+            "an earlier helm run was interrupted and left the release pending; `helm rollback` it (or `helm uninstall` a pending install), then re-run meshup".to_string(),
+        ),
+        (
+            &["connection refused", "no such host", "i/o timeout", "no route to host", "unable to connect to the server"],
+            format!("the API server of context `{context}` does not answer; check it with `kubectl --context {context} cluster-info`"),
+        ),
+        (
+            &["context was not found", "context \"", "does not exist"],
+            format!("context `{context}` is missing from the kubeconfig; check `kubectl config get-contexts`"),
+        ),
+        (
+            &["forbidden", "unauthorized"],
+            format!("the credentials of context `{context}` lack permission; meshup needs cluster-admin to install Istio"),
+        ),
+        (
+            &["timed out waiting for the condition", "context deadline exceeded", "resource not ready"],
+            "a resource did not become ready in time; look at the pods (`kubectl get pods -n <namespace>`) or raise --timeout".to_string(),
+        ),
+        (
+            &["invalid ownership metadata", "exists and cannot be imported into the current release"],
+            "Istio objects exist that helm does not own (an istioctl install?); remove that install first".to_string(),
+        ),
+        (
+            &["failed to fetch", "not found in", "no chart version found", "failed to download", "chart not found"],
+            "the chart could not be fetched; check `istio.version` and `istio.charts` (use a local chart directory when air-gapped)".to_string(),
+        ),
+    ];
+    known
+        .iter()
+        .find(|(needles, _)| needles.iter().any(|n| lower.contains(n)))
+        .map(|(_, hint)| hint.clone())
+}
+
+/// Set by the Ctrl-C handler; checked by every wait.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+/// The children running now, so Ctrl-C can stop them all.
+static CHILDREN: Mutex<Vec<Arc<duct::Handle>>> = Mutex::new(Vec::new());
+
+/// Installs the Ctrl-C handler: it marks the run interrupted and kills every running child.
+pub fn install_interrupt_handler() {
+    let _ = ctrlc::set_handler(|| {
+        INTERRUPTED.store(true, Ordering::SeqCst);
+        for child in CHILDREN.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            let _ = child.kill();
+        }
+    });
+}
+
+/// Whether Ctrl-C was pressed.
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
+/// Sleeps up to `d`, waking early on Ctrl-C. Returns `Err(Interrupted)` if it was pressed.
+pub fn sleep(d: Duration) -> Result<(), StepError> {
+    let end = Instant::now() + d;
+    while Instant::now() < end {
+        if interrupted() {
+            return Err(StepError::Interrupted);
+        }
+        std::thread::sleep((end - Instant::now()).min(Duration::from_millis(50)));
+    }
+    if interrupted() {
+        Err(StepError::Interrupted)
+    } else {
+        Ok(())
+    }
+}
+
+/// Runs steps as real processes.
+pub struct ProcessRunner {
+    pub helm: PathBuf,
+    pub kubectl: PathBuf,
+    /// The longest a child may run. helm's and kubectl's own `--timeout` are set to the same
+    /// value, so a small grace lets their clearer message come first.
+    pub timeout: Duration,
+    /// Extra time beyond `timeout` before the child is killed (normally [`GRACE`]).
+    pub grace: Duration,
+    pub reporter: Arc<Reporter>,
+}
+
+/// Extra time a child gets beyond its own `--timeout` before meshup kills it.
+pub const GRACE: Duration = Duration::from_secs(15);
+
+impl Runner for ProcessRunner {
+    fn run(&self, step: &Step) -> Result<Output, StepError> {
+        if interrupted() {
+            return Err(StepError::Interrupted);
+        }
+        let program = match step.tool {
+            Tool::Helm => &self.helm,
+            Tool::Kubectl => &self.kubectl,
+        };
+        self.reporter.command(step);
+        let mut expression = duct::cmd(program, &step.args)
+            .stdout_capture()
+            .stderr_capture()
+            .unchecked();
+        expression = match &step.stdin {
+            Some(bytes) => expression.stdin_bytes(bytes.expose().clone()),
+            None => expression.stdin_null(),
+        };
+        let handle = Arc::new(expression.start().map_err(|e| StepError::Spawn {
+            step: step.command_line(),
+            cluster: step.cluster.clone(),
+            error: e.to_string(),
+        })?);
+        CHILDREN
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(handle.clone());
+        let deadline = Instant::now() + self.timeout + self.grace;
+        let result = loop {
+            match handle.wait_timeout(Duration::from_millis(100)) {
+                Ok(Some(output)) => {
+                    break if interrupted() {
+                        Err(StepError::Interrupted)
+                    } else {
+                        Ok(Output {
+                            code: output.status.code(),
+                            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+                            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+                        })
+                    };
+                }
+                Ok(None) if interrupted() => {
+                    let _ = handle.kill();
+                    break Err(StepError::Interrupted);
+                }
+                Ok(None) if Instant::now() >= deadline => {
+                    let _ = handle.kill();
+                    break Err(StepError::TimedOut {
+                        step: step.command_line(),
+                        cluster: step.cluster.clone(),
+                        after: self.timeout + self.grace,
+                    });
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    let _ = handle.kill();
+                    break Err(StepError::Spawn {
+                        step: step.command_line(),
+                        cluster: step.cluster.clone(),
+                        error: e.to_string(),
+                    });
+                }
+            }
+        };
+        CHILDREN
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|h| !Arc::ptr_eq(h, &handle));
+        result
+    }
+}
+
+/// A runner for unit tests: records every step and answers with a function of the step.
+#[cfg(test)]
+pub struct RecordingRunner<F> {
+    pub calls: Mutex<Vec<Step>>,
+    respond: F,
+}
+
+#[cfg(test)]
+impl<F: Fn(&Step) -> Output + Send + Sync> RecordingRunner<F> {
+    pub fn new(respond: F) -> Self {
+        Self {
+            calls: Mutex::new(Vec::new()),
+            respond,
+        }
+    }
+
+    /// The command lines run so far, in order.
+    pub fn command_lines(&self) -> Vec<String> {
+        self.calls
+            .lock()
+            .unwrap()
+            .iter()
+            .map(Step::command_line)
+            .collect()
+    }
+}
+
+#[cfg(test)]
+impl<F: Fn(&Step) -> Output + Send + Sync> Runner for RecordingRunner<F> {
+    fn run(&self, step: &Step) -> Result<Output, StepError> {
+        self.calls.lock().unwrap().push(step.clone());
+        Ok((self.respond)(step))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sensitive::Sensitive;
+
+    fn step(tool: Tool, args: &[&str]) -> Step {
+        Step {
+            cluster: "cluster2".into(),
+            tool,
+            args: args.iter().map(|s| s.to_string()).collect(),
+            stdin: None,
+            mutates: true,
+        }
+    }
+
+    #[test]
+    fn failures_name_cluster_command_code_and_stderr_tail() {
+        let s = step(
+            Tool::Helm,
+            &[
+                "upgrade",
+                "--install",
+                "istiod",
+                "--kube-context",
+                "kind-c2",
+            ],
+        );
+        let stderr = (1..=20)
+            .map(|i| format!("line {i}"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let error = StepError::failed(
+            &s,
+            &Output {
+                code: Some(1),
+                stdout: String::new(),
+                stderr,
+            },
+        );
+        let text = error.to_string();
+        assert!(text.starts_with("[cluster2] `helm upgrade --install istiod --kube-context kind-c2` failed with exit code 1"), "{text}");
+        assert!(
+            text.contains("line 20") && text.contains("line 9") && !text.contains("line 8\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn known_failures_get_a_hint_naming_the_context() {
+        let s = step(Tool::Kubectl, &["get", "ns", "--context", "kind-c2"]);
+        let output = Output {
+            code: Some(1),
+            stdout: String::new(),
+            stderr: "The connection to the server 127.0.0.1:6443 was refused - did you specify the right host or port?\ndial tcp: connection refused".into(),
+        };
+        let text = StepError::failed(&s, &output).to_string();
+        assert!(
+            text.contains("hint: the API server of context `kind-c2` does not answer"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn failures_never_show_stdin() {
+        let mut s = step(Tool::Kubectl, &["apply", "-f", "-"]);
+        s.stdin = Some(Sensitive::new(b"token: c2VjcmV0".to_vec()));
+        let text = StepError::failed(
+            &s,
+            &Output {
+                code: Some(1),
+                ..Output::default()
+            },
+        )
+        .to_string();
+        assert!(!text.contains("c2VjcmV0"), "{text}");
+    }
+
+    fn runner(timeout: Duration) -> ProcessRunner {
+        ProcessRunner {
+            helm: PathBuf::from("/bin/sh"),
+            kubectl: PathBuf::from("/bin/sh"),
+            timeout,
+            grace: Duration::ZERO,
+            reporter: Arc::new(Reporter::new(crate::reporter::Mode::Plain, true, false)),
+        }
+    }
+
+    #[test]
+    fn process_runner_kills_a_child_that_outlives_the_timeout() {
+        let started = Instant::now();
+        let error = runner(Duration::from_millis(300))
+            .run(&step(Tool::Helm, &["-c", "sleep 30"]))
+            .unwrap_err();
+        assert!(matches!(error, StepError::TimedOut { .. }), "{error}");
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn process_runner_feeds_stdin_and_captures_output() {
+        let s = Step {
+            stdin: Some(Sensitive::new(b"hello".to_vec())),
+            ..step(Tool::Helm, &["-c", "cat; echo oops >&2; exit 3"])
+        };
+        let output = runner(Duration::from_secs(10)).run(&s).unwrap();
+        assert_eq!(output.code, Some(3));
+        assert_eq!(output.stdout, "hello");
+        assert_eq!(output.stderr, "oops\n");
+    }
+
+    #[test]
+    fn process_runner_reports_a_missing_binary() {
+        let mut r = runner(Duration::from_secs(10));
+        r.kubectl = PathBuf::from("/nonexistent/kubectl");
+        let error = r.run(&step(Tool::Kubectl, &["version"])).unwrap_err();
+        assert!(matches!(error, StepError::Spawn { .. }), "{error}");
+    }
+}

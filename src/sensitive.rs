@@ -1,0 +1,47 @@
+//! A wrapper for values that must never be printed: service-account tokens, CA keys, and
+//! manifests that carry either.
+
+use std::fmt;
+
+/// Holds a secret value. `Debug` and `Display` print `<redacted>`; the only way to the
+/// contents is [`Sensitive::expose`], so every place that reads a secret is greppable.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Sensitive<T>(T);
+
+impl<T> Sensitive<T> {
+    /// Wraps a secret value.
+    pub fn new(value: T) -> Self {
+        Self(value)
+    }
+
+    /// Returns the secret. Call it only where the value goes to a child's stdin, to stdout
+    /// on the user's request, or into another `Sensitive`.
+    pub fn expose(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T> fmt::Debug for Sensitive<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl<T> fmt::Display for Sensitive<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formatting_never_shows_the_value() {
+        let token = Sensitive::new("eyJhbGciOi.secret".to_string());
+        assert_eq!(format!("{token}"), "<redacted>");
+        assert_eq!(format!("{token:?}"), "<redacted>");
+        assert_eq!(token.expose(), "eyJhbGciOi.secret");
+    }
+}

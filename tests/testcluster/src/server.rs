@@ -1,0 +1,565 @@
+//! The HTTP side: routing of API paths, verbs, content types and watch streams.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes, to_bytes};
+use axum::extract::{Request, State as AxState};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::Response;
+use serde_json::{Value, json};
+use tokio::sync::broadcast::error::RecvError;
+use tokio::time::Instant;
+
+use crate::patch;
+use crate::registry::Resource;
+use crate::selector::{FieldSelector, LabelSelector};
+use crate::store::{ApiError, Event, Key, State, WriteMode, meta_str};
+use crate::util::url_decode;
+
+/// What the server threads and the `TestCluster` handle share.
+pub struct Shared {
+    pub name: String,
+    pub state: Mutex<State>,
+    pub latency: Duration,
+    pub requests: AtomicU64,
+    pub mutations: AtomicU64,
+    pub log: bool,
+}
+
+struct Query(Vec<(String, String)>);
+
+impl Query {
+    fn parse(q: Option<&str>) -> Query {
+        Query(
+            q.unwrap_or("")
+                .split('&')
+                .filter(|p| !p.is_empty())
+                .map(|p| {
+                    let (k, v) = p.split_once('=').unwrap_or((p, ""));
+                    (url_decode(k), url_decode(v))
+                })
+                .collect(),
+        )
+    }
+
+    fn get(&self, k: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn flag(&self, k: &str) -> bool {
+        matches!(self.get(k), Some("true" | "1"))
+    }
+}
+
+fn json_response(code: u16, v: &Value) -> Response {
+    let mut r = Response::new(Body::from(serde_json::to_vec(v).unwrap()));
+    *r.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::OK);
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn error_response(e: &ApiError) -> Response {
+    json_response(e.code, &e.status())
+}
+
+fn text_response(code: u16, s: &'static str) -> Response {
+    let mut r = Response::new(Body::from(s));
+    *r.status_mut() = StatusCode::from_u16(code).unwrap();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn not_found_path(path: &str) -> Response {
+    let mut e = ApiError::new(
+        404,
+        "NotFound",
+        "the server could not find the requested resource",
+    );
+    e.name = path.to_string();
+    error_response(&e)
+}
+
+pub async fn handle(AxState(shared): AxState<Arc<Shared>>, req: Request) -> Response {
+    shared.requests.fetch_add(1, Ordering::Relaxed);
+    if !shared.latency.is_zero() {
+        tokio::time::sleep(shared.latency).await;
+    }
+    let method = req.method().clone();
+    let uri = req.uri().clone();
+    let headers = req.headers().clone();
+    if matches!(
+        method,
+        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+    ) {
+        shared.mutations.fetch_add(1, Ordering::Relaxed);
+    }
+    // Always read the body, DELETE's too: clients reuse the connection.
+    let body = match to_bytes(req.into_body(), 256 << 20).await {
+        Ok(b) => b,
+        Err(e) => return error_response(&ApiError::new(400, "BadRequest", e.to_string())),
+    };
+    let query = Query::parse(uri.query());
+    let (resp, tokens) = route(&shared, &method, uri.path(), &query, &headers, body);
+    if shared.log {
+        let ct = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-");
+        eprintln!(
+            "[{}] {method} {uri} ({ct}) -> {}",
+            shared.name,
+            resp.status().as_u16()
+        );
+    }
+    if !tokens.is_empty() {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let mut st = shared.state.lock().unwrap();
+            for k in tokens {
+                st.fill_token(&k);
+            }
+        });
+    }
+    resp
+}
+
+pub const GIT_VERSION: &str = "v1.34.0";
+
+fn version() -> Value {
+    json!({
+        "major": "1", "minor": "34", "gitVersion": GIT_VERSION,
+        "gitCommit": "0000000000000000000000000000000000000000", "gitTreeState": "clean",
+        "buildDate": "2025-08-27T00:00:00Z", "goVersion": "go1.24.6", "compiler": "gc",
+        "platform": "linux/amd64",
+    })
+}
+
+fn route(
+    shared: &Arc<Shared>,
+    method: &Method,
+    path: &str,
+    q: &Query,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> (Response, Vec<Key>) {
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let mut st = shared.state.lock().unwrap();
+    let reg = &st.registry;
+    let found = |v: Option<Value>| match v {
+        Some(v) => json_response(200, &v),
+        None => not_found_path(path),
+    };
+    let resp = match segs.as_slice() {
+        ["version"] => json_response(200, &version()),
+        [h, ..] if matches!(*h, "healthz" | "readyz" | "livez") => text_response(200, "ok"),
+        ["api"] => json_response(
+            200,
+            &json!({"kind": "APIVersions", "versions": ["v1"],
+                    "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1:6443"}]}),
+        ),
+        ["apis"] => json_response(200, &reg.api_group_list()),
+        ["apis", g] => found(reg.api_group(g)),
+        ["api", v] => found(reg.resource_list("", v)),
+        ["apis", g, v] => found(reg.resource_list(g, v)),
+        ["openapi", "v3"] => json_response(200, &reg.openapi_root()),
+        ["openapi", "v3", "api", v] => found(reg.openapi_gv("", v)),
+        ["openapi", "v3", "apis", g, v] => found(reg.openapi_gv(g, v)),
+        ["api", v, rest @ ..] => {
+            let v = v.to_string();
+            return resource(shared, &mut st, method, "", &v, rest, q, headers, body);
+        }
+        ["apis", g, v, rest @ ..] => {
+            let (g, v) = (g.to_string(), v.to_string());
+            return resource(shared, &mut st, method, &g, &v, rest, q, headers, body);
+        }
+        _ => not_found_path(path),
+    };
+    (resp, Vec::new())
+}
+
+/// A resource path, split into its parts.
+pub struct Target {
+    pub res: Resource,
+    pub ns: Option<String>,
+    pub name: Option<String>,
+    pub sub: Option<String>,
+}
+
+pub fn resolve(st: &State, group: &str, version: &str, segs: &[&str]) -> Result<Target, ApiError> {
+    let missing = || {
+        ApiError::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        )
+    };
+    let get = |i: usize| segs.get(i).map(|s| s.to_string());
+    if segs.first() == Some(&"namespaces")
+        && segs.len() >= 3
+        && let Some(res) = st
+            .resource(group, version, segs[2])
+            .filter(|r| r.namespaced)
+    {
+        return Ok(Target {
+            res,
+            ns: get(1),
+            name: get(3),
+            sub: get(4),
+        });
+    }
+    let first = segs.first().ok_or_else(missing)?;
+    let res = st.resource(group, version, first).ok_or_else(missing)?;
+    Ok(Target {
+        res,
+        ns: None,
+        name: get(1),
+        sub: get(2),
+    })
+}
+
+fn content_type(headers: &HeaderMap) -> String {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json")
+        .to_ascii_lowercase()
+}
+
+fn decode_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
+    if body.is_empty() {
+        return Ok(Value::Null);
+    }
+    let ct = content_type(headers);
+    let bad = |e: String| ApiError::new(400, "BadRequest", e);
+    if ct.starts_with("application/vnd.kubernetes.protobuf") {
+        crate::proto::decode(body).map_err(|e| ApiError::new(415, "UnsupportedMediaType", e))
+    } else if ct.contains("yaml") {
+        serde_yaml::from_slice(body).map_err(|e| bad(e.to_string()))
+    } else {
+        serde_json::from_slice(body).map_err(|e| bad(e.to_string()))
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn resource(
+    shared: &Arc<Shared>,
+    st: &mut State,
+    method: &Method,
+    group: &str,
+    version: &str,
+    segs: &[&str],
+    q: &Query,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> (Response, Vec<Key>) {
+    let resp = match resource_inner(shared, st, method, group, version, segs, q, headers, body) {
+        Ok(r) => r,
+        Err(e) => error_response(&e),
+    };
+    (resp, std::mem::take(&mut st.pending_tokens))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn resource_inner(
+    shared: &Arc<Shared>,
+    st: &mut State,
+    method: &Method,
+    group: &str,
+    version: &str,
+    segs: &[&str],
+    q: &Query,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let t = resolve(st, group, version, segs)?;
+    let res = &t.res;
+    let ns = t.ns.clone().unwrap_or_default();
+    let dry_run = q.get("dryRun").is_some_and(|v| !v.is_empty());
+    let bad = |m: &str| ApiError::new(405, "MethodNotAllowed", m.to_string());
+    let label = LabelSelector::parse(q.get("labelSelector").unwrap_or(""))
+        .map_err(|e| ApiError::new(400, "BadRequest", e))?;
+    let field = FieldSelector::parse(q.get("fieldSelector").unwrap_or(""))
+        .map_err(|e| ApiError::new(400, "BadRequest", e))?;
+
+    match (method, &t.name) {
+        (&Method::GET, None) => {
+            let ns_filter = t.ns.as_deref();
+            if q.flag("watch") {
+                return Ok(watch(shared, st, res, ns_filter, label, field, q));
+            }
+            let items: Vec<Value> = st
+                .select(res, ns_filter)
+                .filter(|(_, o)| label.matches(o) && field.matches(o))
+                .map(|(_, o)| o.clone())
+                .collect();
+            Ok(json_response(
+                200,
+                &json!({"kind": format!("{}List", res.kind), "apiVersion": res.api_version(),
+                        "metadata": {"resourceVersion": st.rv.to_string()}, "items": items}),
+            ))
+        }
+        (&Method::GET, Some(name)) => {
+            if t.sub.as_deref().is_some_and(|s| s != "status") {
+                return Err(bad("subresource not supported"));
+            }
+            let key = Key::new(res, &ns, name);
+            match st.objects.get(&key) {
+                Some(o) => Ok(json_response(200, o)),
+                None => Err(ApiError::not_found(&res.group, &res.plural, name)),
+            }
+        }
+        (&Method::POST, Some(name))
+            if res.plural == "serviceaccounts" && t.sub.as_deref() == Some("token") =>
+        {
+            let key = Key::new(res, &ns, name);
+            if !st.objects.contains_key(&key) {
+                return Err(ApiError::not_found("", "serviceaccounts", name));
+            }
+            let body = decode_body(headers, &body)?;
+            let body = if body.is_object() { body } else { json!({}) };
+            Ok(json_response(201, &st.token_request(&ns, name, body)))
+        }
+        (&Method::POST, None) if res.create_only => {
+            let mut body = decode_body(headers, &body)?;
+            if !body.is_object() {
+                body = json!({});
+            }
+            body["apiVersion"] = json!(res.api_version());
+            body["kind"] = json!(res.kind);
+            body["status"] = if res.plural == "tokenreviews" {
+                json!({"authenticated": true, "user": {"username": "admin", "groups": ["system:masters"]}})
+            } else {
+                json!({"allowed": true, "reason": "testcluster allows everything"})
+            };
+            Ok(json_response(201, &body))
+        }
+        (&Method::POST, None) => {
+            let body = decode_body(headers, &body)?;
+            let obj = st.create(res, &ns, body, dry_run)?;
+            Ok(json_response(201, &obj))
+        }
+        (&Method::PUT, Some(name)) => {
+            let mode = match t.sub.as_deref() {
+                None => WriteMode::Main,
+                Some("status") => WriteMode::Status,
+                Some(_) => return Err(bad("subresource not supported")),
+            };
+            let body = decode_body(headers, &body)?;
+            let key = Key::new(res, &ns, name);
+            let obj = st.update(res, &key, body, mode, dry_run)?;
+            Ok(json_response(200, &obj))
+        }
+        (&Method::PATCH, Some(name)) => {
+            let mode = match t.sub.as_deref() {
+                None => WriteMode::Main,
+                Some("status") => WriteMode::Status,
+                Some(_) => return Err(bad("subresource not supported")),
+            };
+            let ct = content_type(headers);
+            let p = decode_body(headers, &body)?;
+            let key = Key::new(res, &ns, name);
+            let existing = st.objects.get(&key).cloned();
+            if ct.starts_with("application/apply-patch") {
+                let manager = q.get("fieldManager").unwrap_or("unknown").to_string();
+                let applied_key = (key.clone(), manager);
+                let (code, obj) = match existing {
+                    None => {
+                        if mode == WriteMode::Status {
+                            return Err(ApiError::not_found(&res.group, &res.plural, name));
+                        }
+                        let mut body = p.clone();
+                        if body.is_object() {
+                            body["metadata"]["name"] = json!(name);
+                        }
+                        (201, st.create(res, &ns, body, dry_run)?)
+                    }
+                    Some(mut cur) => {
+                        let prev = st.applied.get(&applied_key).cloned();
+                        patch::apply(&mut cur, &p, prev.as_ref());
+                        (200, st.update(res, &key, cur, mode, dry_run)?)
+                    }
+                };
+                if !dry_run {
+                    st.applied.insert(applied_key, p);
+                }
+                return Ok(json_response(code, &obj));
+            }
+            let Some(mut cur) = existing else {
+                return Err(ApiError::not_found(&res.group, &res.plural, name));
+            };
+            if ct.starts_with("application/json-patch") {
+                patch::json(&mut cur, &p).map_err(|e| ApiError::new(422, "Invalid", e))?;
+            } else if ct.starts_with("application/strategic-merge-patch") {
+                patch::strategic(&mut cur, &p);
+            } else if ct.starts_with("application/merge-patch") {
+                patch::merge(&mut cur, &p);
+            } else {
+                return Err(ApiError::new(
+                    415,
+                    "UnsupportedMediaType",
+                    format!("the media type {ct:?} is not supported for PATCH"),
+                ));
+            }
+            let obj = st.update(res, &key, cur, mode, dry_run)?;
+            Ok(json_response(200, &obj))
+        }
+        (&Method::DELETE, name) => {
+            // DeleteOptions (JSON or protobuf): read, not needed.
+            let _ = decode_body(headers, &body);
+            let keys: Vec<Key> = match name {
+                Some(name) => vec![Key::new(res, &ns, name)],
+                None => st
+                    .select(res, t.ns.as_deref())
+                    .filter(|(_, o)| label.matches(o) && field.matches(o))
+                    .map(|(k, _)| k.clone())
+                    .collect(),
+            };
+            let mut last = None;
+            for key in &keys {
+                let gone = if dry_run {
+                    st.objects.get(key).cloned()
+                } else {
+                    st.delete(key)
+                };
+                match gone {
+                    Some(o) => last = Some(o),
+                    None if name.is_some() => {
+                        return Err(ApiError::not_found(&res.group, &res.plural, &key.name));
+                    }
+                    None => {}
+                }
+            }
+            let (n, uid) = last
+                .as_ref()
+                .map(|o| (meta_str(o, "name"), meta_str(o, "uid")))
+                .unwrap_or(("", ""));
+            Ok(json_response(
+                200,
+                &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+                        "details": {"name": n, "group": res.group, "kind": res.plural, "uid": uid}}),
+            ))
+        }
+        _ => Err(bad(
+            "the server does not allow this method on the requested resource",
+        )),
+    }
+}
+
+struct Filter {
+    group: String,
+    plural: String,
+    ns: Option<String>,
+    label: LabelSelector,
+    field: FieldSelector,
+}
+
+impl Filter {
+    fn matches(&self, ev: &Event) -> bool {
+        ev.key.group == self.group
+            && ev.key.plural == self.plural
+            && self.ns.as_ref().is_none_or(|ns| *ns == ev.key.namespace)
+            && self.label.matches(&ev.object)
+            && self.field.matches(&ev.object)
+    }
+}
+
+fn event_line(kind: &str, obj: &Value) -> Bytes {
+    let mut line = serde_json::to_vec(&json!({"type": kind, "object": obj})).unwrap();
+    line.push(b'\n');
+    Bytes::from(line)
+}
+
+fn watch(
+    shared: &Arc<Shared>,
+    st: &mut State,
+    res: &Resource,
+    ns: Option<&str>,
+    label: LabelSelector,
+    field: FieldSelector,
+    q: &Query,
+) -> Response {
+    let filter = Filter {
+        group: res.group.clone(),
+        plural: res.plural.clone(),
+        ns: ns.map(String::from),
+        label,
+        field,
+    };
+    let mut initial = std::collections::VecDeque::new();
+    let rv = q.get("resourceVersion").unwrap_or("");
+    let send_initial = q.flag("sendInitialEvents");
+    if send_initial || rv.is_empty() || rv == "0" {
+        for (_, o) in st.select(res, ns) {
+            if filter.label.matches(o) && filter.field.matches(o) {
+                initial.push_back(event_line("ADDED", o));
+            }
+        }
+        if send_initial {
+            initial.push_back(event_line(
+                "BOOKMARK",
+                &json!({"kind": res.kind, "apiVersion": res.api_version(),
+                        "metadata": {"resourceVersion": st.rv.to_string(),
+                                     "annotations": {"k8s.io/initial-events-end": "true"}}}),
+            ));
+        }
+    } else {
+        let since: u64 = rv.parse().unwrap_or(0);
+        for ev in st
+            .log
+            .iter()
+            .filter(|ev| ev.rv > since && filter.matches(ev))
+        {
+            initial.push_back(event_line(ev.kind, &ev.object));
+        }
+    }
+    let rx = st.tx.subscribe();
+    let deadline = q
+        .get("timeoutSeconds")
+        .and_then(|s| s.parse::<u64>().ok())
+        .map(|s| Instant::now() + Duration::from_secs(s));
+    let _ = shared;
+    let stream = futures_util::stream::unfold(
+        (initial, rx, filter, deadline),
+        |(mut initial, mut rx, filter, deadline)| async move {
+            if let Some(b) = initial.pop_front() {
+                return Some((Ok::<_, Infallible>(b), (initial, rx, filter, deadline)));
+            }
+            loop {
+                let next = match deadline {
+                    Some(d) => match tokio::time::timeout_at(d, rx.recv()).await {
+                        Ok(r) => r,
+                        Err(_) => return None,
+                    },
+                    None => rx.recv().await,
+                };
+                match next {
+                    Ok(ev) if filter.matches(&ev) => {
+                        let line = event_line(ev.kind, &ev.object);
+                        return Some((Ok(line), (initial, rx, filter, deadline)));
+                    }
+                    Ok(_) => {}
+                    Err(RecvError::Lagged(_)) | Err(RecvError::Closed) => return None,
+                }
+            }
+        },
+    );
+    let mut r = Response::new(Body::from_stream(stream));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}

@@ -1,0 +1,549 @@
+//! The object store of one cluster: objects as JSON keyed by group, resource, namespace and
+//! name; one resourceVersion counter; an event log and channel that feed watches; and the
+//! writes every object goes through (defaults, generation, status, namespace checks).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+
+use serde_json::{Map, Value, json};
+use tokio::sync::broadcast;
+
+use crate::registry::{Registry, Resource};
+use crate::util::{now_rfc3339, random_string, random_uid};
+
+const LOG_LEN: usize = 20_000;
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Key {
+    pub group: String,
+    pub plural: String,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl Key {
+    pub fn new(res: &Resource, namespace: &str, name: &str) -> Key {
+        Key {
+            group: res.group.clone(),
+            plural: res.plural.clone(),
+            namespace: if res.namespaced {
+                namespace.to_string()
+            } else {
+                String::new()
+            },
+            name: name.to_string(),
+        }
+    }
+
+    fn namespace_key(ns: &str) -> Key {
+        Key {
+            group: String::new(),
+            plural: "namespaces".into(),
+            namespace: String::new(),
+            name: ns.into(),
+        }
+    }
+}
+
+/// A change, as sent to watchers.
+#[derive(Debug)]
+pub struct Event {
+    pub kind: &'static str,
+    pub key: Key,
+    pub rv: u64,
+    pub object: Value,
+}
+
+/// An API error, answered as a `Status` object.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub code: u16,
+    pub reason: &'static str,
+    pub message: String,
+    pub name: String,
+    pub group: String,
+    pub plural: String,
+}
+
+impl ApiError {
+    pub fn new(code: u16, reason: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            code,
+            reason,
+            message: message.into(),
+            name: String::new(),
+            group: String::new(),
+            plural: String::new(),
+        }
+    }
+
+    pub fn not_found(group: &str, plural: &str, name: &str) -> ApiError {
+        let what = if group.is_empty() {
+            plural.to_string()
+        } else {
+            format!("{plural}.{group}")
+        };
+        ApiError {
+            code: 404,
+            reason: "NotFound",
+            message: format!("{what} \"{name}\" not found"),
+            name: name.into(),
+            group: group.into(),
+            plural: plural.into(),
+        }
+    }
+
+    pub fn status(&self) -> Value {
+        json!({
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": self.message,
+            "reason": self.reason,
+            "details": {"name": self.name, "group": self.group, "kind": self.plural},
+            "code": self.code,
+        })
+    }
+}
+
+/// How a write treats the object in the body.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum WriteMode {
+    /// The whole object (create, update, patch of the main resource): status is kept.
+    Main,
+    /// A write to the `status` subresource: only status changes.
+    Status,
+    /// A controller's own write: taken as given.
+    Internal,
+}
+
+pub struct State {
+    pub cluster: String,
+    pub ca_pem: String,
+    pub registry: Registry,
+    pub objects: BTreeMap<Key, Value>,
+    pub rv: u64,
+    pub log: VecDeque<Arc<Event>>,
+    pub tx: broadcast::Sender<Arc<Event>>,
+    /// What each field manager applied last (server-side apply), to drop fields it stops setting.
+    pub applied: HashMap<(Key, String), Value>,
+    next_ip: u32,
+    /// Token secrets the token controller fills in shortly.
+    pub pending_tokens: Vec<Key>,
+}
+
+pub fn meta_str<'a>(obj: &'a Value, field: &str) -> &'a str {
+    obj.get("metadata")
+        .and_then(|m| m.get(field))
+        .and_then(Value::as_str)
+        .unwrap_or("")
+}
+
+fn meta_mut(obj: &mut Value) -> &mut Map<String, Value> {
+    if !obj.is_object() {
+        *obj = json!({});
+    }
+    let o = obj.as_object_mut().unwrap();
+    let m = o.entry("metadata").or_insert_with(|| json!({}));
+    if !m.is_object() {
+        *m = json!({});
+    }
+    m.as_object_mut().unwrap()
+}
+
+/// The object without metadata and status: what a change of bumps `generation`.
+fn spec_part(obj: &Value) -> Value {
+    let mut v = obj.clone();
+    if let Some(o) = v.as_object_mut() {
+        o.remove("metadata");
+        o.remove("status");
+        o.remove("apiVersion");
+        o.remove("kind");
+    }
+    v
+}
+
+impl State {
+    pub fn new(cluster: &str, ca_pem: String) -> State {
+        let (tx, _) = broadcast::channel(4096);
+        let mut s = State {
+            cluster: cluster.into(),
+            ca_pem,
+            registry: Registry::builtin(),
+            objects: BTreeMap::new(),
+            rv: 1,
+            log: VecDeque::new(),
+            tx,
+            applied: HashMap::new(),
+            next_ip: 1,
+            pending_tokens: Vec::new(),
+        };
+        let ns = s.registry.find("", "v1", "namespaces").unwrap().clone();
+        for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+            let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
+            s.create(&ns, "", obj, false).expect("builtin namespace");
+        }
+        let svc = s.registry.find("", "v1", "services").unwrap().clone();
+        let kubernetes = json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"component": "apiserver", "provider": "kubernetes"}},
+            "spec": {"ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}]}});
+        s.create(&svc, "default", kubernetes, false)
+            .expect("kubernetes service");
+        s
+    }
+
+    pub fn resource(&self, group: &str, version: &str, plural: &str) -> Option<Resource> {
+        self.registry.find(group, version, plural).cloned()
+    }
+
+    fn resource_of_key(&self, key: &Key) -> Option<Resource> {
+        self.registry
+            .resources
+            .iter()
+            .find(|r| r.group == key.group && r.plural == key.plural)
+            .cloned()
+    }
+
+    fn emit(&mut self, kind: &'static str, key: Key, object: Value) {
+        let ev = Arc::new(Event {
+            kind,
+            key,
+            rv: self.rv,
+            object,
+        });
+        if self.log.len() >= LOG_LEN {
+            self.log.pop_front();
+        }
+        self.log.push_back(ev.clone());
+        let _ = self.tx.send(ev);
+    }
+
+    /// Stores an object under a new resourceVersion and tells the watchers.
+    fn commit(&mut self, key: Key, mut obj: Value, kind: &'static str) -> Value {
+        self.rv += 1;
+        meta_mut(&mut obj).insert("resourceVersion".into(), json!(self.rv.to_string()));
+        self.objects.insert(key.clone(), obj.clone());
+        self.emit(kind, key, obj.clone());
+        obj
+    }
+
+    pub fn namespace_exists(&self, ns: &str) -> bool {
+        self.objects.contains_key(&Key::namespace_key(ns))
+    }
+
+    fn check_namespace(&self, res: &Resource, ns: &str) -> Result<(), ApiError> {
+        if res.namespaced && !self.namespace_exists(ns) {
+            return Err(ApiError::not_found("", "namespaces", ns));
+        }
+        Ok(())
+    }
+
+    pub fn create(
+        &mut self,
+        res: &Resource,
+        ns: &str,
+        mut obj: Value,
+        dry_run: bool,
+    ) -> Result<Value, ApiError> {
+        if !obj.is_object() {
+            return Err(ApiError::new(
+                400,
+                "BadRequest",
+                "the body is not an object",
+            ));
+        }
+        self.check_namespace(res, ns)?;
+        let meta = meta_mut(&mut obj);
+        let mut name = meta
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        if name.is_empty() {
+            let prefix = meta
+                .get("generateName")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            if prefix.is_empty() {
+                return Err(ApiError::new(
+                    422,
+                    "Invalid",
+                    format!("{} must have a name", res.kind),
+                ));
+            }
+            name = format!(
+                "{prefix}{}",
+                random_string(5, b"bcdfghjklmnpqrstvwxz2456789")
+            );
+            meta.insert("name".into(), json!(name));
+        }
+        if let Some(body_ns) = meta.get("namespace").and_then(Value::as_str)
+            && res.namespaced
+            && !body_ns.is_empty()
+            && body_ns != ns
+        {
+            return Err(ApiError::new(
+                400,
+                "BadRequest",
+                "the namespace of the provided object does not match the namespace sent on the request",
+            ));
+        }
+        let key = Key::new(res, ns, &name);
+        if self.objects.contains_key(&key) {
+            let mut e = ApiError::new(
+                409,
+                "AlreadyExists",
+                format!("{} \"{name}\" already exists", res.plural),
+            );
+            e.name = name;
+            e.group = res.group.clone();
+            e.plural = res.plural.clone();
+            return Err(e);
+        }
+        self.prepare(res, &key, None, &mut obj, WriteMode::Main);
+        if dry_run {
+            return Ok(obj);
+        }
+        let stored = self.commit(key.clone(), obj, "ADDED");
+        self.after_write(res, &key, &stored);
+        Ok(stored)
+    }
+
+    /// Replaces an existing object with `obj` (the outcome of a PUT or a patch).
+    pub fn update(
+        &mut self,
+        res: &Resource,
+        key: &Key,
+        mut obj: Value,
+        mode: WriteMode,
+        dry_run: bool,
+    ) -> Result<Value, ApiError> {
+        let Some(old) = self.objects.get(key).cloned() else {
+            return Err(ApiError::not_found(&res.group, &res.plural, &key.name));
+        };
+        if mode != WriteMode::Internal {
+            let sent_rv = meta_str(&obj, "resourceVersion");
+            if !sent_rv.is_empty() && sent_rv != meta_str(&old, "resourceVersion") {
+                let mut e = ApiError::new(
+                    409,
+                    "Conflict",
+                    format!(
+                        "Operation cannot be fulfilled on {} \"{}\": the object has been modified; please apply your changes to the latest version and try again",
+                        res.plural, key.name
+                    ),
+                );
+                e.name = key.name.clone();
+                e.plural = res.plural.clone();
+                e.group = res.group.clone();
+                return Err(e);
+            }
+        }
+        self.prepare(res, key, Some(&old), &mut obj, mode);
+        if dry_run {
+            return Ok(obj);
+        }
+        if obj == old {
+            return Ok(old);
+        }
+        let stored = self.commit(key.clone(), obj, "MODIFIED");
+        self.after_write(res, key, &stored);
+        Ok(stored)
+    }
+
+    /// Server-managed metadata, generation, status handling and the per-kind defaults.
+    fn prepare(
+        &mut self,
+        res: &Resource,
+        key: &Key,
+        old: Option<&Value>,
+        obj: &mut Value,
+        mode: WriteMode,
+    ) {
+        if mode == WriteMode::Status {
+            let status = obj.get("status").cloned();
+            *obj = old.cloned().unwrap_or_default();
+            match status {
+                Some(s) => obj["status"] = s,
+                None => {
+                    obj.as_object_mut().unwrap().remove("status");
+                }
+            }
+        }
+        let o = obj.as_object_mut().unwrap();
+        o.insert("apiVersion".into(), json!(res.api_version()));
+        o.insert("kind".into(), json!(res.kind));
+        if mode == WriteMode::Main
+            && let Some(old) = old
+            && res.has_status()
+        {
+            match old.get("status") {
+                Some(s) => o.insert("status".into(), s.clone()),
+                None => o.remove("status"),
+            };
+        }
+        let generation = match old {
+            None => 1,
+            Some(old) => {
+                let g = old
+                    .pointer("/metadata/generation")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(1);
+                if spec_part(old) != spec_part(obj) {
+                    g + 1
+                } else {
+                    g
+                }
+            }
+        };
+        let meta = meta_mut(obj);
+        meta.insert("name".into(), json!(key.name));
+        if res.namespaced {
+            meta.insert("namespace".into(), json!(key.namespace));
+        } else {
+            meta.remove("namespace");
+        }
+        let (uid, created) = match old {
+            Some(old) => (
+                meta_str(old, "uid").to_string(),
+                meta_str(old, "creationTimestamp").to_string(),
+            ),
+            None => (random_uid(), now_rfc3339()),
+        };
+        meta.insert("uid".into(), json!(uid));
+        meta.insert("creationTimestamp".into(), json!(created));
+        meta.insert("generation".into(), json!(generation));
+        meta.remove("resourceVersion");
+        meta.remove("managedFields");
+        if meta.get("labels").is_some_and(Value::is_null) {
+            meta.remove("labels");
+        }
+        if meta.get("annotations").is_some_and(Value::is_null) {
+            meta.remove("annotations");
+        }
+        self.admit(res, key, old, obj);
+    }
+
+    /// Deletes an object and everything that depends on it: objects it owns, a namespace's
+    /// contents, a CRD's custom resources.
+    pub fn delete(&mut self, key: &Key) -> Option<Value> {
+        let mut obj = self.objects.remove(key)?;
+        self.rv += 1;
+        meta_mut(&mut obj).insert("resourceVersion".into(), json!(self.rv.to_string()));
+        self.applied.retain(|(k, _), _| k != key);
+        self.emit("DELETED", key.clone(), obj.clone());
+
+        let uid = meta_str(&obj, "uid").to_string();
+        let mut dependents: Vec<Key> = self
+            .objects
+            .iter()
+            .filter(|(_, o)| {
+                o.pointer("/metadata/ownerReferences")
+                    .and_then(Value::as_array)
+                    .is_some_and(|refs| {
+                        refs.iter()
+                            .any(|r| r.get("uid").and_then(Value::as_str) == Some(&uid))
+                    })
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        if key.group.is_empty() && key.plural == "namespaces" {
+            dependents.extend(
+                self.objects
+                    .keys()
+                    .filter(|k| k.namespace == key.name)
+                    .cloned(),
+            );
+        }
+        if key.group == "apiextensions.k8s.io" && key.plural == "customresourcedefinitions" {
+            let group = obj
+                .pointer("/spec/group")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
+            let plural = obj
+                .pointer("/spec/names/plural")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
+            dependents.extend(
+                self.objects
+                    .keys()
+                    .filter(|k| k.group == group && k.plural == plural)
+                    .cloned(),
+            );
+            self.registry.remove_crd(&key.name);
+        }
+        for k in dependents {
+            self.delete(&k);
+        }
+        Some(obj)
+    }
+
+    pub fn is_token_secret_unfilled(obj: &Value) -> bool {
+        obj.get("type").and_then(Value::as_str) == Some("kubernetes.io/service-account-token")
+            && obj.pointer("/data/token").is_none()
+    }
+
+    /// The token controller: fills `token`, `ca.crt` and `namespace` of a token secret.
+    pub fn fill_token(&mut self, key: &Key) {
+        let Some(mut obj) = self.objects.get(key).cloned() else {
+            return;
+        };
+        if !Self::is_token_secret_unfilled(&obj) {
+            return;
+        }
+        use base64::Engine;
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let sa = obj
+            .pointer("/metadata/annotations/kubernetes.io~1service-account.name")
+            .and_then(Value::as_str)
+            .unwrap_or("default")
+            .to_string();
+        let token = crate::controllers::token(&self.cluster, &key.namespace, &sa, None);
+        let data = obj
+            .as_object_mut()
+            .unwrap()
+            .entry("data")
+            .or_insert_with(|| json!({}));
+        if !data.is_object() {
+            *data = json!({});
+        }
+        data["token"] = json!(b64(&token));
+        data["ca.crt"] = json!(b64(&self.ca_pem));
+        data["namespace"] = json!(b64(&key.namespace));
+        let sa_key = Key {
+            group: String::new(),
+            plural: "serviceaccounts".into(),
+            namespace: key.namespace.clone(),
+            name: sa,
+        };
+        if let Some(sa_uid) = self
+            .objects
+            .get(&sa_key)
+            .map(|sa| meta_str(sa, "uid").to_string())
+        {
+            obj["metadata"]["annotations"]["kubernetes.io/service-account.uid"] = json!(sa_uid);
+        }
+        if let Some(res) = self.resource_of_key(key) {
+            let _ = self.update(&res, key, obj, WriteMode::Internal, false);
+        }
+    }
+
+    pub fn allocate_ip(&mut self, prefix: &str) -> String {
+        let n = self.next_ip;
+        self.next_ip += 1;
+        format!("{prefix}.{}.{}", n / 250, n % 250 + 1)
+    }
+
+    /// Objects of a resource, optionally in one namespace.
+    pub fn select<'a>(
+        &'a self,
+        res: &'a Resource,
+        ns: Option<&'a str>,
+    ) -> impl Iterator<Item = (&'a Key, &'a Value)> + 'a {
+        self.objects.iter().filter(move |(k, _)| {
+            k.group == res.group && k.plural == res.plural && ns.is_none_or(|ns| k.namespace == ns)
+        })
+    }
+}
