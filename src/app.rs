@@ -333,8 +333,12 @@ fn prepare_trust(reporter: &Reporter, mesh: &Mesh, key_type: KeyType) -> Result<
         TrustMode::Generate => {
             let (trust, written) = trust::generate(dir, &clusters, key_type)
                 .map_err(|e| InputError::new(&mesh.source, format!("trust: {e}")))?;
-            for path in written {
-                reporter.info(&format!("wrote {}", path.display()));
+            if !written.is_empty() {
+                reporter.info(&format!(
+                    "trust: wrote {} CA file(s) under {} (keys mode 0600)",
+                    written.len(),
+                    dir.display()
+                ));
             }
             Ok(Some(trust))
         }

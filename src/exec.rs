@@ -263,12 +263,6 @@ fn run_task(
         Task::Release(chart) => release(ctx, cluster, &target, chart, state),
         Task::Restart => restart(ctx, cluster, &target, state),
         Task::BuildRemoteSecret => {
-            if remote_secret::is_loopback(&cluster.server) && !cluster.server_overridden {
-                ctx.reporter.warn(&format!(
-                    "cluster `{}` is reached at {} (the context's server), which the other clusters cannot reach; set its `apiServer` in the mesh file",
-                    cluster.name, cluster.server
-                ));
-            }
             let secret = remote_secret::build(
                 ctx.runner,
                 &target,

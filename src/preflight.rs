@@ -9,7 +9,7 @@ use serde_json::Value;
 use crate::exec::{Ctx, parallel};
 use crate::helm;
 use crate::kubectl;
-use crate::mesh::Cluster;
+use crate::mesh::{Cluster, Mesh};
 use crate::remote_secret;
 use crate::runner::{Runner, StepError, run_ok};
 use crate::step::Tool;
@@ -122,22 +122,34 @@ pub fn cluster_checks(ctx: &Ctx) -> Vec<Check> {
     .into_iter()
     .flatten()
     .collect();
-    if ctx.mesh.clusters.len() > 1 {
-        for cluster in &ctx.mesh.clusters {
-            if remote_secret::is_loopback(&cluster.server) {
-                checks.push(Check::new(
-                    Some(&cluster.name),
-                    "api server address",
-                    Level::Warn,
-                    format!(
-                        "{} is a loopback address: istiod in the other clusters cannot reach it; set `apiServer` for this cluster in the mesh file",
-                        cluster.server
-                    ),
-                ));
-            }
-        }
-    }
+    checks.extend(
+        loopback_warnings(ctx.mesh)
+            .into_iter()
+            .map(|(cluster, detail)| {
+                Check::new(Some(&cluster), "api server address", Level::Warn, detail)
+            }),
+    );
     checks
+}
+
+/// Clusters whose remote secret would carry a loopback server, which no peer can reach.
+pub fn loopback_warnings(mesh: &Mesh) -> Vec<(String, String)> {
+    if mesh.clusters.len() < 2 {
+        return Vec::new();
+    }
+    mesh.clusters
+        .iter()
+        .filter(|c| remote_secret::is_loopback(&c.server))
+        .map(|c| {
+            (
+                c.name.clone(),
+                format!(
+                    "{} is a loopback address: istiod in the other clusters cannot reach it; set `apiServer` for this cluster in the mesh file",
+                    c.server
+                ),
+            )
+        })
+        .collect()
 }
 
 fn check_cluster(ctx: &Ctx, cluster: &Cluster) -> Vec<Check> {

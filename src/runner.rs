@@ -193,6 +193,17 @@ fn hint(step: &Step, stderr: &str) -> Option<String> {
         .map(|w| w[1].clone())
         .unwrap_or_default();
     let lower = stderr.to_lowercase();
+    let namespace = step
+        .args
+        .windows(2)
+        .find(|w| w[0] == "--namespace")
+        .map(|w| w[1].clone())
+        .unwrap_or_default();
+    if lower.contains(&format!("namespaces \"{namespace}\" not found")) {
+        return Some(format!(
+            "namespace `{namespace}` does not exist in context `{context}`; install Istio there first (`meshup install`)"
+        ));
+    }
     let known: &[(&[&str], String)] = &[
         (
             &["another operation (install/upgrade/rollback) is in progress"],

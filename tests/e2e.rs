@@ -1,0 +1,616 @@
+//! End to end: meshup drives the real helm and kubectl (Helm 4 and Helm 3 sets, fetched by
+//! scripts/fetch-tools.sh) against in-memory Kubernetes API servers, one per cluster, and the
+//! tests assert on the objects those servers hold afterwards.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use meshup_testcluster::{Options, TestCluster, write_kubeconfig};
+use serde_json::Value;
+
+const NS: &str = "istio-system";
+
+/// A set of test clusters, a kubeconfig naming them, and one tool set.
+struct Env {
+    dir: tempfile::TempDir,
+    clusters: Vec<TestCluster>,
+    kubeconfig: PathBuf,
+    tools: PathBuf,
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+impl Env {
+    fn new(tool_set: &str, n: usize) -> Env {
+        let tools = repo().join(".tools").join(tool_set);
+        assert!(
+            tools.join("helm").is_file() && tools.join("kubectl").is_file(),
+            "the real helm and kubectl are missing from {}; run scripts/fetch-tools.sh (scripts/test.sh does)",
+            tools.display()
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let clusters: Vec<TestCluster> = (1..=n)
+            .map(|i| TestCluster::start(&format!("cluster{i}"), Options::default()))
+            .collect();
+        let kubeconfig = dir.path().join("kubeconfig");
+        write_kubeconfig(&kubeconfig, &clusters.iter().collect::<Vec<_>>()).unwrap();
+        Env {
+            dir,
+            clusters,
+            kubeconfig,
+            tools,
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Writes `mesh.yaml` for the named clusters (all when empty) and returns its path.
+    /// `overrides` maps a cluster name to its `apiServer`.
+    fn mesh_file(&self, names: &[&str], overrides: &[(&str, &str)], extra: &str) -> PathBuf {
+        let mut text = format!(
+            "meshID: mesh1\nnetwork: network1\nistio:\n  version: 1.28.1\n  charts: {}\ntrust:\n  dir: {}\n{extra}clusters:\n",
+            repo().join("tests/fixtures/charts").display(),
+            self.path("certs").display()
+        );
+        for cluster in &self.clusters {
+            if !names.is_empty() && !names.contains(&cluster.name()) {
+                continue;
+            }
+            text.push_str(&format!(
+                "  - name: {0}\n    context: {0}\n",
+                cluster.name()
+            ));
+            if let Some((_, server)) = overrides.iter().find(|(n, _)| *n == cluster.name()) {
+                text.push_str(&format!("    apiServer: {server}\n"));
+            }
+        }
+        let path = self.path("mesh.yaml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// Runs meshup with this env's kubeconfig and tools; plain output.
+    fn meshup(&self, args: &[&str]) -> Run {
+        let home = self.path("home");
+        std::fs::create_dir_all(&home).unwrap();
+        let output = Command::new(env!("CARGO_BIN_EXE_meshup"))
+            .args(args)
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .arg("--helm")
+            .arg(self.tools.join("helm"))
+            .arg("--kubectl")
+            .arg(self.tools.join("kubectl"))
+            .args(["--output", "plain", "--timeout", "60s"])
+            .current_dir(self.dir.path())
+            .env("HOME", &home)
+            .env("XDG_CACHE_HOME", home.join(".cache"))
+            .env("XDG_CONFIG_HOME", home.join(".config"))
+            .env("XDG_DATA_HOME", home.join(".local/share"))
+            .env_remove("KUBECONFIG")
+            .env_remove("MESHUP_FILE")
+            .output()
+            .unwrap();
+        Run::from(output)
+    }
+
+    fn cluster(&self, name: &str) -> &TestCluster {
+        self.clusters.iter().find(|c| c.name() == name).unwrap()
+    }
+}
+
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Self {
+        Run {
+            code: o.status.code(),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+impl Run {
+    #[track_caller]
+    fn expect(self, code: i32) -> Run {
+        assert_eq!(
+            self.code,
+            Some(code),
+            "meshup exited {:?}\n--- stdout\n{}\n--- stderr\n{}",
+            self.code,
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+}
+
+fn secrets(cluster: &TestCluster) -> Vec<Value> {
+    cluster.list(&format!("/api/v1/namespaces/{NS}/secrets"))
+}
+
+fn remote_secrets(cluster: &TestCluster) -> Vec<Value> {
+    secrets(cluster)
+        .into_iter()
+        .filter(|s| s["metadata"]["labels"]["istio/multiCluster"] == "true")
+        .collect()
+}
+
+fn names(objects: &[Value]) -> BTreeSet<String> {
+    objects
+        .iter()
+        .map(|o| o["metadata"]["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// helm's release records: (release, version).
+fn helm_records(cluster: &TestCluster) -> BTreeSet<(String, String)> {
+    secrets(cluster)
+        .iter()
+        .filter(|s| s["metadata"]["labels"]["owner"] == "helm")
+        .map(|s| {
+            let labels = &s["metadata"]["labels"];
+            (
+                labels["name"].as_str().unwrap().to_string(),
+                labels["version"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn decode(value: &Value) -> String {
+    String::from_utf8(B64.decode(value.as_str().unwrap()).unwrap()).unwrap()
+}
+
+fn istio_crds(cluster: &TestCluster) -> BTreeSet<String> {
+    names(&cluster.list("/apis/apiextensions.k8s.io/v1/customresourcedefinitions"))
+        .into_iter()
+        .filter(|n| n.ends_with(".istio.io"))
+        .collect()
+}
+
+fn resource_versions(objects: &[Value]) -> BTreeSet<(String, String)> {
+    objects
+        .iter()
+        .map(|o| {
+            (
+                o["metadata"]["name"].as_str().unwrap().to_string(),
+                o["metadata"]["resourceVersion"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            )
+        })
+        .collect()
+}
+
+// ---- scenarios, each run with Helm 4 and Helm 3 (see the modules at the bottom) ----
+
+/// Scenario 1: install on three clusters, then again: the second run changes nothing.
+fn install_twice_converges(tools: &str) {
+    let env = Env::new(tools, 3);
+    let mesh = env.mesh_file(&[], &[], "");
+    let mesh = mesh.to_str().unwrap();
+    env.meshup(&["install", "-f", mesh]).expect(0);
+
+    let before: Vec<_> = env
+        .clusters
+        .iter()
+        .map(|c| {
+            (
+                helm_records(c),
+                resource_versions(&remote_secrets(c)),
+                c.get(&format!("/api/v1/namespaces/{NS}/secrets/cacerts"))
+                    .unwrap()["metadata"]["resourceVersion"]
+                    .clone(),
+            )
+        })
+        .collect();
+    for (cluster, (records, _, _)) in env.clusters.iter().zip(&before) {
+        let releases: BTreeSet<&str> = records.iter().map(|(r, _)| r.as_str()).collect();
+        assert_eq!(
+            releases,
+            BTreeSet::from(["istio-base", "istiod"]),
+            "{}",
+            cluster.name()
+        );
+    }
+
+    let again = env.meshup(&["install", "-f", mesh]).expect(0);
+    assert!(
+        again.stderr.contains("istiod unchanged"),
+        "{}",
+        again.stderr
+    );
+    let after: Vec<_> = env
+        .clusters
+        .iter()
+        .map(|c| {
+            (
+                helm_records(c),
+                resource_versions(&remote_secrets(c)),
+                c.get(&format!("/api/v1/namespaces/{NS}/secrets/cacerts"))
+                    .unwrap()["metadata"]["resourceVersion"]
+                    .clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        before, after,
+        "a second install changed releases, remote secrets or cacerts"
+    );
+
+    let status = env.meshup(&["status", "-f", mesh]).expect(0);
+    assert!(
+        status.stdout.contains("is as the mesh file says"),
+        "{}",
+        status.stdout
+    );
+}
+
+/// Scenario 2 (and the trust part of issue 4): every cluster holds a remote secret for each
+/// peer and none for itself, carrying the peer's server, CA and reader token; every cacerts
+/// chains to the one root; no token appears in meshup's output.
+fn remote_secrets_carry_each_peers_credentials(tools: &str) {
+    let env = Env::new(tools, 3);
+    let override_server = "https://cluster2.example.test:6443";
+    let mesh = env.mesh_file(&[], &[("cluster2", override_server)], "");
+    let run = env
+        .meshup(&["install", "-v", "-f", mesh.to_str().unwrap()])
+        .expect(0);
+
+    let root = std::fs::read_to_string(env.path("certs/root-cert.pem")).unwrap();
+    for cluster in &env.clusters {
+        let found = remote_secrets(cluster);
+        let expected: BTreeSet<String> = env
+            .clusters
+            .iter()
+            .filter(|p| p.name() != cluster.name())
+            .map(|p| format!("istio-remote-secret-{}", p.name()))
+            .collect();
+        assert_eq!(
+            names(&found),
+            expected,
+            "remote secrets in {}",
+            cluster.name()
+        );
+
+        for secret in &found {
+            let peer_name = secret["metadata"]["annotations"]["networking.istio.io/cluster"]
+                .as_str()
+                .unwrap();
+            let peer = env.cluster(peer_name);
+            let data = secret["data"].as_object().unwrap();
+            assert_eq!(data.len(), 1);
+            let kubeconfig: serde_yaml::Value =
+                serde_yaml::from_str(&decode(&data[peer_name])).unwrap();
+            let want_server = if peer_name == "cluster2" {
+                override_server.to_string()
+            } else {
+                peer.url()
+            };
+            assert_eq!(
+                kubeconfig["clusters"][0]["cluster"]["server"]
+                    .as_str()
+                    .unwrap(),
+                want_server
+            );
+            let token_secret = peer
+                .get(&format!("/api/v1/namespaces/{NS}/secrets/istio-reader-service-account-istio-remote-secret-token"))
+                .expect("the peer's token secret");
+            assert_eq!(
+                kubeconfig["clusters"][0]["cluster"]["certificate-authority-data"]
+                    .as_str()
+                    .unwrap(),
+                token_secret["data"]["ca.crt"].as_str().unwrap()
+            );
+            let token = decode(&token_secret["data"]["token"]);
+            assert_eq!(
+                kubeconfig["users"][0]["user"]["token"].as_str().unwrap(),
+                token
+            );
+            assert!(
+                !run.stdout.contains(&token) && !run.stderr.contains(&token),
+                "a token reached meshup's output"
+            );
+        }
+
+        let cacerts = cluster
+            .get(&format!("/api/v1/namespaces/{NS}/secrets/cacerts"))
+            .expect("cacerts");
+        assert_eq!(
+            decode(&cacerts["data"]["root-cert.pem"]),
+            root,
+            "{} has another root",
+            cluster.name()
+        );
+        let chain = decode(&cacerts["data"]["cert-chain.pem"]);
+        assert!(
+            chain.ends_with(&root) && chain.starts_with(&decode(&cacerts["data"]["ca-cert.pem"]))
+        );
+    }
+    assert!(!run.stderr.contains("PRIVATE KEY") && !run.stdout.contains("PRIVATE KEY"));
+}
+
+/// Scenario 3: istiod in each cluster carries its own cluster name and the shared mesh ID and
+/// network.
+fn istiod_carries_the_cluster_identity(tools: &str) {
+    let env = Env::new(tools, 2);
+    let mesh = env.mesh_file(&[], &[], "");
+    env.meshup(&["install", "-f", mesh.to_str().unwrap()])
+        .expect(0);
+    for cluster in &env.clusters {
+        let deployment = cluster
+            .get(&format!("/apis/apps/v1/namespaces/{NS}/deployments/istiod"))
+            .expect("istiod");
+        let env_vars: Vec<(String, String)> = deployment["spec"]["template"]["spec"]["containers"]
+            [0]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|e| {
+                Some((
+                    e["name"].as_str()?.to_string(),
+                    e["value"].as_str()?.to_string(),
+                ))
+            })
+            .collect();
+        let get = |name: &str| {
+            env_vars
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(get("CLUSTER_ID"), Some(cluster.name()));
+        assert_eq!(get("ISTIO_META_CLUSTER_ID"), Some(cluster.name()));
+        assert_eq!(get("ISTIO_META_NETWORK"), Some("network1"));
+        let configmap = cluster
+            .get(&format!("/api/v1/namespaces/{NS}/configmaps/istio"))
+            .expect("istio configmap");
+        assert!(
+            configmap["data"]["mesh"]
+                .as_str()
+                .unwrap()
+                .contains("meshId: mesh1"),
+            "{configmap}"
+        );
+        let namespace = cluster.get(&format!("/api/v1/namespaces/{NS}")).unwrap();
+        assert_eq!(
+            namespace["metadata"]["labels"]["topology.istio.io/network"],
+            "network1"
+        );
+    }
+}
+
+/// Scenario 4: a cluster dropped from the mesh file loses its secrets in the others on `link`.
+fn link_removes_a_dropped_cluster(tools: &str) {
+    let env = Env::new(tools, 3);
+    let mesh = env.mesh_file(&[], &[], "");
+    env.meshup(&["install", "-f", mesh.to_str().unwrap()])
+        .expect(0);
+    let smaller = env.mesh_file(&["cluster1", "cluster2"], &[], "");
+    let run = env
+        .meshup(&["link", "-f", smaller.to_str().unwrap()])
+        .expect(0);
+    assert!(run.stderr.contains("1 stale removed"), "{}", run.stderr);
+    for name in ["cluster1", "cluster2"] {
+        let peers = names(&remote_secrets(env.cluster(name)));
+        assert!(
+            !peers.contains("istio-remote-secret-cluster3"),
+            "{name}: {peers:?}"
+        );
+        assert_eq!(peers.len(), 1, "{name}: {peers:?}");
+    }
+    env.meshup(&["status", "-f", smaller.to_str().unwrap()])
+        .expect(0);
+}
+
+/// Scenario 5: with one API server down, preflight names it and no cluster is changed.
+fn a_down_cluster_stops_install_before_any_change(tools: &str) {
+    let env = Env::new(tools, 3);
+    let mesh = env.mesh_file(&[], &[], "");
+    env.cluster("cluster2").stop();
+    let before: Vec<u64> = env.clusters.iter().map(TestCluster::mutations).collect();
+    let run = env
+        .meshup(&["install", "-f", mesh.to_str().unwrap()])
+        .expect(1);
+    assert!(
+        run.stderr.contains("FAIL [cluster2] api server"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("preflight failed; nothing was changed"),
+        "{}",
+        run.stderr
+    );
+    let after: Vec<u64> = env.clusters.iter().map(TestCluster::mutations).collect();
+    assert_eq!(before, after, "a cluster was changed");
+    for name in ["cluster1", "cluster3"] {
+        assert!(
+            env.cluster(name)
+                .get(&format!("/api/v1/namespaces/{NS}"))
+                .is_none()
+        );
+    }
+}
+
+/// Scenario 6: uninstall leaves nothing of meshup's; CRDs stay unless --purge-crds.
+fn uninstall_leaves_nothing_behind(tools: &str) {
+    let env = Env::new(tools, 2);
+    let mesh = env.mesh_file(&[], &[], "");
+    let mesh = mesh.to_str().unwrap();
+    env.meshup(&["install", "-f", mesh]).expect(0);
+    let crds: Vec<BTreeSet<String>> = env.clusters.iter().map(istio_crds).collect();
+    assert!(crds.iter().all(|c| !c.is_empty()));
+
+    env.meshup(&["uninstall", "--yes", "-f", mesh]).expect(0);
+    for (cluster, crds_before) in env.clusters.iter().zip(&crds) {
+        assert!(
+            cluster.get(&format!("/api/v1/namespaces/{NS}")).is_none(),
+            "namespace left in {}",
+            cluster.name()
+        );
+        assert!(
+            secrets(cluster).is_empty(),
+            "secrets left in {}",
+            cluster.name()
+        );
+        let cluster_roles = names(&cluster.list("/apis/rbac.authorization.k8s.io/v1/clusterroles"));
+        assert!(
+            !cluster_roles.iter().any(|r| r.starts_with("istio")),
+            "{cluster_roles:?}"
+        );
+        let webhooks =
+            cluster.list("/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations");
+        assert!(webhooks.is_empty(), "{webhooks:?}");
+        assert_eq!(
+            &istio_crds(cluster),
+            crds_before,
+            "CRDs must stay without --purge-crds"
+        );
+    }
+
+    // Already clean: not an error; and --purge-crds removes the CRDs.
+    let run = env
+        .meshup(&["uninstall", "--yes", "--purge-crds", "-f", mesh])
+        .expect(0);
+    assert!(run.stderr.contains("istiod absent"), "{}", run.stderr);
+    for cluster in &env.clusters {
+        assert!(
+            istio_crds(cluster).is_empty(),
+            "CRDs left in {}",
+            cluster.name()
+        );
+    }
+}
+
+/// Issue 4: a cacerts with another root blocks the install of that cluster unless --rotate-ca.
+fn a_foreign_root_is_refused_until_rotate_ca(tools: &str) {
+    let env = Env::new(tools, 2);
+    let mesh = env.mesh_file(&[], &[], "");
+    let mesh = mesh.to_str().unwrap();
+    env.meshup(&["install", "-f", mesh]).expect(0);
+    // A different mesh root: a fresh trust dir.
+    std::fs::rename(env.path("certs"), env.path("old-certs")).unwrap();
+    let run = env.meshup(&["install", "-f", mesh]).expect(1);
+    assert!(run.stderr.contains("different root CA"), "{}", run.stderr);
+    assert!(run.stderr.contains("--rotate-ca"), "{}", run.stderr);
+    let old_root = std::fs::read_to_string(env.path("old-certs/root-cert.pem")).unwrap();
+    let cacerts = env
+        .cluster("cluster1")
+        .get(&format!("/api/v1/namespaces/{NS}/secrets/cacerts"))
+        .unwrap();
+    assert_eq!(
+        decode(&cacerts["data"]["root-cert.pem"]),
+        old_root,
+        "refused cacerts was still changed"
+    );
+
+    let run = env
+        .meshup(&["install", "--rotate-ca", "--restart", "-f", mesh])
+        .expect(0);
+    assert!(run.stderr.contains("cacerts rotated"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("istiod restart restarted"),
+        "{}",
+        run.stderr
+    );
+    let new_root = std::fs::read_to_string(env.path("certs/root-cert.pem")).unwrap();
+    for cluster in &env.clusters {
+        let cacerts = cluster
+            .get(&format!("/api/v1/namespaces/{NS}/secrets/cacerts"))
+            .unwrap();
+        assert_eq!(decode(&cacerts["data"]["root-cert.pem"]), new_root);
+    }
+    env.meshup(&["status", "-f", mesh]).expect(0);
+}
+
+macro_rules! with_both_helms {
+    ($($scenario:ident),* $(,)?) => {
+        mod helm4 {
+            $(#[test] fn $scenario() { super::$scenario("helm4") })*
+        }
+        mod helm3 {
+            $(#[test] fn $scenario() { super::$scenario("helm3") })*
+        }
+    };
+}
+
+with_both_helms!(
+    install_twice_converges,
+    remote_secrets_carry_each_peers_credentials,
+    istiod_carries_the_cluster_identity,
+    link_removes_a_dropped_cluster,
+    a_down_cluster_stops_install_before_any_change,
+    uninstall_leaves_nothing_behind,
+    a_foreign_root_is_refused_until_rotate_ca,
+);
+
+#[test]
+fn remote_secret_command_prints_one_secret_holding_the_reader_token() {
+    let env = Env::new("helm4", 1);
+    let mesh = env.mesh_file(&[], &[], "");
+    env.meshup(&["install", "-f", mesh.to_str().unwrap()])
+        .expect(0);
+    let run = env
+        .meshup(&[
+            "remote-secret",
+            "--context",
+            "cluster1",
+            "--name",
+            "east",
+            "--server",
+            "https://10.0.0.1:6443",
+        ])
+        .expect(0);
+    let secret: serde_yaml::Value = serde_yaml::from_str(&run.stdout).unwrap();
+    assert_eq!(secret["kind"], "Secret");
+    assert_eq!(secret["metadata"]["name"], "istio-remote-secret-east");
+    assert_eq!(secret["metadata"]["labels"]["istio/multiCluster"], "true");
+    let token_secret = env.clusters[0]
+        .get(&format!(
+            "/api/v1/namespaces/{NS}/secrets/istio-reader-service-account-istio-remote-secret-token"
+        ))
+        .expect("the token secret");
+    let token = decode(&token_secret["data"]["token"]);
+    let kubeconfig = B64
+        .decode(secret["data"]["east"].as_str().unwrap())
+        .unwrap();
+    assert!(String::from_utf8(kubeconfig).unwrap().contains(&token));
+    assert!(!run.stderr.contains(&token), "{}", run.stderr);
+}
+
+#[test]
+fn remote_secret_without_istio_namespace_fails_with_a_hint() {
+    let env = Env::new("helm4", 1);
+    let run = env
+        .meshup(&[
+            "remote-secret",
+            "--context",
+            "cluster1",
+            "--name",
+            "cluster1",
+        ])
+        .expect(1);
+    assert!(run.stderr.contains("[cluster1]"), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("namespace `istio-system` does not exist"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stdout.is_empty());
+}
