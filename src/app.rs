@@ -383,7 +383,10 @@ fn confirm(mesh: &Mesh, purge_crds: bool) -> Result<bool> {
     )?;
     err.flush()?;
     let mut answer = String::new();
-    std::io::stdin().read_line(&mut answer)?;
+    crate::runner::PROMPTING.store(true, std::sync::atomic::Ordering::SeqCst);
+    let read = std::io::stdin().read_line(&mut answer);
+    crate::runner::PROMPTING.store(false, std::sync::atomic::Ordering::SeqCst);
+    read?;
     Ok(matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes"))
 }
 

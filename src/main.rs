@@ -30,7 +30,13 @@ fn main() -> ExitCode {
         .install();
     runner::install_interrupt_handler();
     let cli = cli::Cli::parse();
-    match app::run(cli) {
+    let result = app::run(cli);
+    // However a command ended, Ctrl-C means 130: the run was cut short.
+    if runner::interrupted() {
+        eprintln!("error: {}", error::Interrupted);
+        return ExitCode::from(130);
+    }
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(report) => {
             if report.downcast_ref::<error::Reported>().is_none() {

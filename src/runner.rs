@@ -242,18 +242,35 @@ fn hint(step: &Step, stderr: &str) -> Option<String> {
 
 /// Set by the Ctrl-C handler; checked by every wait.
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+/// Set while meshup waits for an answer on the terminal.
+pub static PROMPTING: AtomicBool = AtomicBool::new(false);
 /// The children running now, so Ctrl-C can stop them all.
 static CHILDREN: Mutex<Vec<Arc<duct::Handle>>> = Mutex::new(Vec::new());
 
-/// Installs the Ctrl-C handler: it marks the run interrupted and kills every running child.
+/// Installs the Ctrl-C (and SIGTERM) handler: it marks the run interrupted and asks every
+/// running child to stop with SIGTERM, so helm can record the release as failed rather than
+/// leave it pending. A child still running after [`STOP_GRACE`] is killed by its waiter.
 pub fn install_interrupt_handler() {
     let _ = ctrlc::set_handler(|| {
         INTERRUPTED.store(true, Ordering::SeqCst);
+        if PROMPTING.load(Ordering::SeqCst) {
+            // Waiting for the user's answer: nothing runs, nothing to stop.
+            eprintln!();
+            std::process::exit(130);
+        }
         for child in CHILDREN.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-            let _ = child.kill();
+            for pid in child.pids() {
+                // SAFETY: kill(2) with a pid of our own child and a valid signal number.
+                unsafe {
+                    libc::kill(pid as libc::pid_t, libc::SIGTERM);
+                }
+            }
         }
     });
 }
+
+/// How long a child may take to exit after SIGTERM before it is killed.
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// Whether Ctrl-C was pressed.
 pub fn interrupted() -> bool {
@@ -333,7 +350,9 @@ impl Runner for ProcessRunner {
                     };
                 }
                 Ok(None) if interrupted() => {
-                    let _ = handle.kill();
+                    if handle.wait_timeout(STOP_GRACE).ok().flatten().is_none() {
+                        let _ = handle.kill();
+                    }
                     break Err(StepError::Interrupted);
                 }
                 Ok(None) if Instant::now() >= deadline => {

@@ -614,3 +614,83 @@ fn remote_secret_without_istio_namespace_fails_with_a_hint() {
     );
     assert!(run.stdout.is_empty());
 }
+
+#[test]
+fn trust_none_creates_no_cacerts() {
+    let env = Env::new("helm4", 2);
+    let mesh = env.mesh_file(&[], &[], "");
+    let text = std::fs::read_to_string(&mesh)
+        .unwrap()
+        .replace("trust:\n", "trust:\n  mode: none\n");
+    std::fs::write(&mesh, text).unwrap();
+    let run = env
+        .meshup(&["install", "-f", mesh.to_str().unwrap()])
+        .expect(0);
+    assert!(!run.stderr.contains("cacerts"), "{}", run.stderr);
+    for cluster in &env.clusters {
+        assert!(
+            cluster
+                .get(&format!("/api/v1/namespaces/{NS}/secrets/cacerts"))
+                .is_none()
+        );
+    }
+    assert!(
+        !env.path("certs").exists(),
+        "mode none must write no CA files"
+    );
+    let status = env
+        .meshup(&["status", "-f", mesh.to_str().unwrap()])
+        .expect(0);
+    assert!(!status.stdout.contains("shared root"), "{}", status.stdout);
+}
+
+#[test]
+fn trust_provided_installs_the_users_pki() {
+    let env = Env::new("helm4", 2);
+    let mesh = env.mesh_file(&[], &[], "");
+    // The user's PKI: made here by `meshup certs` into the trust dir, then used as provided,
+    // with cluster2's intermediate removed so meshup must sign it with the provided root key.
+    env.meshup(&["certs", "-f", mesh.to_str().unwrap()])
+        .expect(0);
+    std::fs::remove_dir_all(env.path("certs/cluster2")).unwrap();
+    let text = std::fs::read_to_string(&mesh)
+        .unwrap()
+        .replace("trust:\n", "trust:\n  mode: provided\n");
+    std::fs::write(&mesh, text).unwrap();
+    env.meshup(&["install", "-f", mesh.to_str().unwrap()])
+        .expect(0);
+    let root = std::fs::read_to_string(env.path("certs/root-cert.pem")).unwrap();
+    for cluster in &env.clusters {
+        let cacerts = cluster
+            .get(&format!("/api/v1/namespaces/{NS}/secrets/cacerts"))
+            .expect("cacerts");
+        assert_eq!(decode(&cacerts["data"]["root-cert.pem"]), root);
+    }
+    // A provided set that does not chain to the root is refused before any cluster changes.
+    let foreign = tempfile::tempdir().unwrap();
+    let other = env.path("other.yaml");
+    let other_text = std::fs::read_to_string(&mesh).unwrap().replace(
+        &env.path("certs").display().to_string(),
+        &foreign.path().display().to_string(),
+    );
+    std::fs::write(&other, other_text.replace("  mode: provided\n", "")).unwrap();
+    env.meshup(&["certs", "-f", other.to_str().unwrap()])
+        .expect(0);
+    std::fs::copy(
+        foreign.path().join("cluster1/ca-cert.pem"),
+        env.path("certs/cluster1/ca-cert.pem"),
+    )
+    .unwrap();
+    let mutations: Vec<u64> = env.clusters.iter().map(TestCluster::mutations).collect();
+    let run = env
+        .meshup(&["install", "-f", mesh.to_str().unwrap()])
+        .expect(2);
+    assert!(run.stderr.contains("cluster1"), "{}", run.stderr);
+    assert_eq!(
+        mutations,
+        env.clusters
+            .iter()
+            .map(TestCluster::mutations)
+            .collect::<Vec<_>>()
+    );
+}
