@@ -27,10 +27,10 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
 
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Global options")]
     pub global: GlobalArgs,
 
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Mesh file and overrides")]
     pub mesh: MeshArgs,
 }
 

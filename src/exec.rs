@@ -160,6 +160,7 @@ pub fn execute(ctx: &Ctx, plan: &Plan) -> Summary {
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&cluster.name)
                 .unwrap_or_default();
+            let chain_start = Instant::now();
             let mut done = Vec::new();
             let mut error = None;
             let mut not_run = Vec::new();
@@ -200,10 +201,11 @@ pub fn execute(ctx: &Ctx, plan: &Plan) -> Summary {
                     }
                 }
             }
-            let summary = match &error {
-                None => "done".to_string(),
-                Some(_) => "failed".to_string(),
-            };
+            let summary = format!(
+                "{} ({:.1}s)",
+                if error.is_some() { "failed" } else { "done" },
+                chain_start.elapsed().as_secs_f64()
+            );
             ctx.reporter.cluster_done(&cluster.name, &summary);
             states
                 .lock()
@@ -648,6 +650,135 @@ pub fn print_summary(reporter: &Reporter, command: &str, summary: &Summary) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::reporter::Mode;
+    use crate::runner::{Output, RecordingRunner};
+    use crate::step::Step;
+    use crate::testing::mesh;
+    use crate::trust::TrustMode;
+
+    fn ok(stdout: &str) -> Output {
+        Output {
+            code: Some(0),
+            stdout: stdout.into(),
+            stderr: String::new(),
+        }
+    }
+
+    /// Answers like an empty cluster whose token controller works; helm fails for istiod in
+    /// `fail_in`.
+    fn cluster(step: &Step, fail_in: &str) -> Output {
+        let args = step.args.join(" ");
+        if args.starts_with("upgrade --install istiod") && step.cluster == fail_in {
+            return Output {
+                code: Some(1),
+                stdout: String::new(),
+                stderr: "Error: UPGRADE FAILED: timed out waiting for the condition".into(),
+            };
+        }
+        if args.starts_with("list") {
+            ok("[]")
+        } else if args.starts_with("get secret istio-reader") {
+            ok(r#"{"data":{"token":"dG9r","ca.crt":"Q0E="}}"#)
+        } else if args.starts_with("get secrets") {
+            ok(r#"{"items":[]}"#)
+        } else {
+            ok("")
+        }
+    }
+
+    fn run(m: &Mesh, fail_in: &'static str) -> (Summary, Vec<Step>) {
+        let runner = RecordingRunner::new(move |step: &Step| cluster(step, fail_in));
+        let reporter = Reporter::new(Mode::Json, true, false);
+        let ctx = Ctx {
+            mesh: m,
+            runner: &runner,
+            reporter: &reporter,
+            jobs: 3,
+            timeout: Duration::from_secs(5),
+            kubeconfig: None,
+            values_dir: PathBuf::from("/values"),
+            trust: None,
+            rotate_ca: false,
+            restart: false,
+        };
+        let summary = execute(&ctx, &plan::install(m));
+        let calls = runner.calls.lock().unwrap().clone();
+        (summary, calls)
+    }
+
+    fn verbs_in(calls: &[Step], cluster: &str) -> Vec<String> {
+        calls
+            .iter()
+            .filter(|s| s.cluster == cluster && s.mutates)
+            .map(|s| s.args.iter().take(3).cloned().collect::<Vec<_>>().join(" "))
+            .collect()
+    }
+
+    #[test]
+    fn each_cluster_installs_in_order_then_takes_its_peers_secrets() {
+        let m = mesh(3, TrustMode::None);
+        let (summary, calls) = run(&m, "");
+        assert!(summary.ok, "{summary:?}");
+        for c in ["cluster1", "cluster2", "cluster3"] {
+            assert_eq!(
+                verbs_in(&calls, c),
+                [
+                    "apply --server-side --force-conflicts",
+                    "upgrade --install istio-base",
+                    "upgrade --install istiod",
+                    "create serviceaccount istio-reader-service-account",
+                    "apply --server-side --force-conflicts"
+                ],
+                "{c}"
+            );
+            // The last apply carries both peers' secrets and not this cluster's own.
+            let last = calls
+                .iter()
+                .filter(|s| s.cluster == c && s.mutates)
+                .last()
+                .unwrap();
+            let text = String::from_utf8(last.stdin.as_ref().unwrap().expose().clone()).unwrap();
+            let peers: Vec<&str> = text
+                .lines()
+                .filter_map(|l| l.trim().strip_prefix("name: istio-remote-secret-"))
+                .collect();
+            let mut want: Vec<String> = ["cluster1", "cluster2", "cluster3"]
+                .iter()
+                .filter(|p| **p != c)
+                .map(|p| p.to_string())
+                .collect();
+            want.sort();
+            assert_eq!(peers, want, "{c}");
+        }
+    }
+
+    #[test]
+    fn a_failure_stops_its_cluster_only_and_skips_linking() {
+        let m = mesh(3, TrustMode::None);
+        let (summary, calls) = run(&m, "cluster2");
+        assert!(!summary.ok && !summary.interrupted);
+        let c2 = &summary.clusters[1];
+        assert!(!c2.ok);
+        let error = c2.error.as_deref().unwrap();
+        assert!(
+            error.starts_with("[cluster2] `helm upgrade --install istiod"),
+            "{error}"
+        );
+        assert!(
+            error.contains("timed out waiting for the condition"),
+            "{error}"
+        );
+        assert!(c2.not_run.contains(&"remote secret") && c2.not_run.contains(&"link"));
+        // The other clusters finished their chains but linked nothing.
+        for i in [0, 2] {
+            assert!(summary.clusters[i].ok);
+            assert_eq!(summary.clusters[i].not_run, ["link"]);
+        }
+        assert!(!calls.iter().any(|s| {
+            s.args
+                .starts_with(&["get".to_string(), "secrets".to_string()])
+        }));
+    }
 
     #[test]
     fn parallel_keeps_item_order_and_runs_every_item() {

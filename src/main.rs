@@ -16,6 +16,8 @@ mod runner;
 mod sensitive;
 mod status;
 mod step;
+#[cfg(test)]
+mod testing;
 mod trust;
 mod values;
 

@@ -223,7 +223,7 @@ fn hint(step: &Step, stderr: &str) -> Option<String> {
         ),
         (
             &["timed out waiting for the condition", "context deadline exceeded", "resource not ready"],
-            "a resource did not become ready in time; look at the pods (`kubectl get pods -n <namespace>`) or raise --timeout".to_string(),
+            format!("a resource did not become ready in time; look at the pods (`kubectl --context {context} get pods -n {namespace}`) or raise --timeout"),
         ),
         (
             &["invalid ownership metadata", "exists and cannot be imported into the current release"],

@@ -234,6 +234,19 @@ fn cluster_status(ctx: &Ctx, cluster: &Cluster) -> ClusterStatus {
         Ok(found) => {
             let secrets = &mut status.remote_secrets;
             for peer in mesh.clusters.iter().filter(|p| p.name != cluster.name) {
+                let holders: Vec<&str> = found
+                    .iter()
+                    .filter(|f| f.cluster == peer.name)
+                    .map(|f| f.secret.as_str())
+                    .collect();
+                if holders.len() > 1 {
+                    status.problems.push(format!(
+                        "{} secrets give istiod cluster `{}` ({}); istiod uses only one of them, so delete the others",
+                        holders.len(),
+                        peer.name,
+                        holders.join(", ")
+                    ));
+                }
                 match found.iter().find(|f| f.cluster == peer.name) {
                     None => secrets.missing.push(peer.name.clone()),
                     Some(f)
@@ -380,4 +393,164 @@ pub fn render_text(status: &Status) -> String {
         format!("mesh `{}`: {count} problem(s)\n", status.mesh_id)
     });
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::remote_secret::RemoteSecret;
+    use crate::reporter::{Mode, Reporter};
+    use crate::runner::{Output, RecordingRunner};
+    use crate::sensitive::Sensitive;
+    use crate::step::Step;
+    use crate::testing::mesh;
+    use serde_json::json;
+
+    fn ok(stdout: String) -> Output {
+        Output {
+            code: Some(0),
+            stdout,
+            stderr: String::new(),
+        }
+    }
+
+    /// A cluster whose releases and istiod are fine, holding the given remote secrets.
+    fn answer(step: &Step, secrets: &[Value]) -> Output {
+        let args = step.args.join(" ");
+        if args.starts_with("version") {
+            ok(json!({"serverVersion": {"gitVersion": "v1.33.0"}}).to_string())
+        } else if args.starts_with("list") {
+            ok(json!([
+                {"name": "istio-base", "status": "deployed", "chart": "base-1.28.1"},
+                {"name": "istiod", "status": "deployed", "chart": "istiod-1.28.1"}
+            ])
+            .to_string())
+        } else if args.starts_with("get deployment") {
+            ok(json!({"spec": {"replicas": 1}, "status": {"readyReplicas": 1}}).to_string())
+        } else if args.starts_with("get secrets") {
+            ok(json!({"items": secrets}).to_string())
+        } else {
+            ok(String::new())
+        }
+    }
+
+    fn secret_for(name: &str, server: &str, secret_name: Option<&str>) -> Value {
+        let secret = RemoteSecret::new(name, server, "Q0E=", &Sensitive::new("t".into()));
+        let mut manifest: Value =
+            serde_yaml::from_str(secret.manifest("istio-system").expose()).unwrap();
+        if let Some(other) = secret_name {
+            manifest["metadata"]["name"] = other.into();
+        }
+        manifest
+    }
+
+    fn status_of(mesh: &crate::mesh::Mesh, secrets_in_cluster1: Vec<Value>) -> Status {
+        let good: Vec<Value> = mesh
+            .clusters
+            .iter()
+            .map(|c| secret_for(&c.name, &c.server, None))
+            .collect();
+        let runner = RecordingRunner::new(move |step: &Step| {
+            if step.cluster == "cluster1" {
+                answer(step, &secrets_in_cluster1)
+            } else {
+                let own: Vec<Value> = good
+                    .iter()
+                    .filter(|s| {
+                        s["metadata"]["annotations"]["networking.istio.io/cluster"]
+                            != step.cluster.as_str()
+                    })
+                    .cloned()
+                    .collect();
+                answer(step, &own)
+            }
+        });
+        let reporter = Reporter::new(Mode::Json, true, false);
+        let ctx = Ctx {
+            mesh,
+            runner: &runner,
+            reporter: &reporter,
+            jobs: 2,
+            timeout: std::time::Duration::from_secs(5),
+            kubeconfig: None,
+            values_dir: Default::default(),
+            trust: None,
+            rotate_ca: false,
+            restart: false,
+        };
+        collect(&ctx)
+    }
+
+    #[test]
+    fn a_complete_mesh_is_ok() {
+        let m = mesh(3, TrustMode::None);
+        let peers = vec![
+            secret_for("cluster2", &m.clusters[1].server, None),
+            secret_for("cluster3", &m.clusters[2].server, None),
+        ];
+        let status = status_of(&m, peers);
+        assert!(status.ok, "{status:#?}");
+        assert_eq!(
+            status.clusters[0].remote_secrets.present,
+            ["cluster2", "cluster3"]
+        );
+    }
+
+    #[test]
+    fn missing_stale_and_unexpected_secrets_are_problems() {
+        let m = mesh(3, TrustMode::None);
+        let secrets = vec![
+            secret_for("cluster2", "https://127.0.0.1:6443", None),
+            secret_for("cluster1", &m.clusters[0].server, None),
+            secret_for("gone", "https://10.9.9.9", None),
+        ];
+        let status = status_of(&m, secrets);
+        assert!(!status.ok);
+        let c1 = &status.clusters[0];
+        assert_eq!(c1.remote_secrets.missing, ["cluster3"]);
+        assert_eq!(c1.remote_secrets.stale, ["cluster2"]);
+        assert_eq!(c1.remote_secrets.unexpected, ["cluster1", "gone"]);
+        let text = c1.problems.join("\n");
+        assert!(
+            text.contains("points at https://127.0.0.1:6443, not https://172.18.0.3:6443"),
+            "{text}"
+        );
+        assert!(
+            text.contains("this cluster itself") && text.contains("not in the mesh"),
+            "{text}"
+        );
+        assert!(
+            status.clusters[1].problems.is_empty(),
+            "{:?}",
+            status.clusters[1].problems
+        );
+    }
+
+    #[test]
+    fn two_secrets_for_one_peer_are_a_problem() {
+        let m = mesh(2, TrustMode::None);
+        let server = &m.clusters[1].server;
+        let secrets = vec![
+            secret_for("cluster2", server, None),
+            secret_for("cluster2", server, Some("istioctl-made")),
+        ];
+        let status = status_of(&m, secrets);
+        let text = status.clusters[0].problems.join("\n");
+        assert!(
+            text.contains("2 secrets give istiod cluster `cluster2`"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn text_output_names_the_verdict() {
+        let m = mesh(2, TrustMode::None);
+        let status = status_of(&m, vec![]);
+        let text = render_text(&status);
+        assert!(
+            text.contains("remote secrets: present [] missing [cluster2]"),
+            "{text}"
+        );
+        assert!(text.ends_with("problem(s)\n"), "{text}");
+    }
 }
