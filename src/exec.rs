@@ -732,11 +732,7 @@ mod tests {
                 "{c}"
             );
             // The last apply carries both peers' secrets and not this cluster's own.
-            let last = calls
-                .iter()
-                .filter(|s| s.cluster == c && s.mutates)
-                .last()
-                .unwrap();
+            let last = calls.iter().rfind(|s| s.cluster == c && s.mutates).unwrap();
             let text = String::from_utf8(last.stdin.as_ref().unwrap().expose().clone()).unwrap();
             let peers: Vec<&str> = text
                 .lines()
