@@ -38,7 +38,7 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Render { out } => {
             let mesh = mesh::load(&mesh_args, None)?;
-            warn_unpinned(&reporter, &mesh);
+            warn_about_mesh(&reporter, &mesh);
             let written = values::write(&mesh, &out)
                 .wrap_err_with(|| format!("cannot write values under {}", out.display()))?;
             for path in written {
@@ -48,7 +48,7 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Plan { values_dir } => {
             let mesh = mesh::load(&mesh_args, None)?;
-            warn_unpinned(&reporter, &mesh);
+            warn_about_mesh(&reporter, &mesh);
             let script = plan::script(
                 &mesh,
                 &plan::install(&mesh),
@@ -150,6 +150,14 @@ fn print_stdout(text: &str) -> Result<()> {
     out.write_all(text.as_bytes())?;
     out.flush()?;
     Ok(())
+}
+
+/// Warnings for commands that contact no cluster (install gets them from preflight).
+fn warn_about_mesh(reporter: &Reporter, mesh: &Mesh) {
+    if let Some(warning) = preflight::network_warning(mesh) {
+        reporter.warn(&warning);
+    }
+    warn_unpinned(reporter, mesh);
 }
 
 fn warn_unpinned(reporter: &Reporter, mesh: &Mesh) {

@@ -122,6 +122,7 @@ pub fn cluster_checks(ctx: &Ctx) -> Vec<Check> {
     .into_iter()
     .flatten()
     .collect();
+    checks.extend(network_warning(ctx.mesh).map(|w| Check::new(None, "networks", Level::Warn, w)));
     checks.extend(
         loopback_warnings(ctx.mesh)
             .into_iter()
@@ -130,6 +131,20 @@ pub fn cluster_checks(ctx: &Ctx) -> Vec<Check> {
             }),
     );
     checks
+}
+
+/// A warning when the clusters sit on more than one network: cross-network traffic needs an
+/// east-west gateway per network (Istio's `gateway` chart), which meshup does not install.
+pub fn network_warning(mesh: &Mesh) -> Option<String> {
+    let networks: std::collections::BTreeSet<&str> =
+        mesh.clusters.iter().filter_map(|c| c.network.as_deref()).collect();
+    (networks.len() > 1).then(|| {
+        format!(
+            "the clusters are on {} networks ({}); traffic between networks needs an east-west gateway in each (Istio's `gateway` chart with `networkGateway`), which meshup does not install",
+            networks.len(),
+            networks.into_iter().collect::<Vec<_>>().join(", ")
+        )
+    })
 }
 
 /// Clusters whose remote secret would carry a loopback server, which no peer can reach.
@@ -326,6 +341,27 @@ mod tests {
     fn cluster_id_comes_from_istiod_env() {
         let deployment = r#"{"spec":{"template":{"spec":{"containers":[{"name":"discovery","env":[{"name":"X","value":"1"},{"name":"CLUSTER_ID","value":"east"}]}]}}}}"#;
         assert_eq!(cluster_id_of(deployment).as_deref(), Some("east"));
+    }
+
+    #[test]
+    fn several_networks_are_warned_about() {
+        let mut mesh = crate::testing::mesh(3, crate::trust::TrustMode::None);
+        assert_eq!(network_warning(&mesh), None);
+        mesh.clusters[2].network = Some("network2".into());
+        let warning = network_warning(&mesh).unwrap();
+        assert!(warning.contains("2 networks (network1, network2)"), "{warning}");
+    }
+
+    #[test]
+    fn only_loopback_servers_of_a_multi_cluster_mesh_are_warned_about() {
+        let mut mesh = crate::testing::mesh(2, crate::trust::TrustMode::None);
+        mesh.clusters[1].server = "https://127.0.0.1:6443".into();
+        let warnings = loopback_warnings(&mesh);
+        assert_eq!(warnings.len(), 1);
+        assert_eq!(warnings[0].0, "cluster2");
+        mesh.clusters.truncate(1);
+        mesh.clusters[0].server = "https://127.0.0.1:6443".into();
+        assert!(loopback_warnings(&mesh).is_empty());
     }
 
     #[test]
