@@ -16,14 +16,6 @@ use crate::step::{Step, Target, shell_quote};
 use crate::trust::TrustMode;
 use crate::values;
 
-/// The files of a cluster's intermediate CA, which are also the keys of its `cacerts` secret.
-pub const CACERTS_FILES: [&str; 4] = [
-    "ca-cert.pem",
-    "ca-key.pem",
-    "root-cert.pem",
-    "cert-chain.pem",
-];
-
 /// One unit of work in one cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Task {
@@ -302,7 +294,7 @@ fn task_script(
         ),
         Task::Cacerts => {
             let dir = mesh.trust.dir.join(&cluster.name);
-            let files: Vec<(&str, String)> = CACERTS_FILES
+            let files: Vec<(&str, String)> = crate::trust::CLUSTER_FILES
                 .iter()
                 .map(|key| (*key, dir.join(key).display().to_string()))
                 .collect();

@@ -57,7 +57,7 @@ const CA_KEY: &str = "ca-key.pem";
 const CERT_CHAIN: &str = "cert-chain.pem";
 
 /// The four files of one cluster's set, in the order an error names the first missing one.
-const CLUSTER_FILES: [&str; 4] = [CA_CERT, CA_KEY, ROOT_CERT, CERT_CHAIN];
+pub const CLUSTER_FILES: [&str; 4] = [CA_CERT, CA_KEY, ROOT_CERT, CERT_CHAIN];
 
 const KEY_MODE: u32 = 0o600;
 const CERT_MODE: u32 = 0o644;
