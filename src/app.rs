@@ -246,31 +246,31 @@ impl Session {
     /// Tools, then (if kubectl is there) every cluster.
     fn preflight(&self) -> Vec<preflight::Check> {
         let mut checks = Vec::new();
-        match (&self.helm, &self.kubectl) {
-            (Ok(helm), Ok(kubectl)) => {
-                checks.extend(preflight::tool_checks(&self.runner, helm, kubectl))
-            }
-            _ => {
-                for (name, found) in [("helm", &self.helm), ("kubectl", &self.kubectl)] {
-                    if let Err(message) = found {
-                        checks.push(preflight::Check {
-                            cluster: None,
-                            check: name.into(),
-                            level: Level::Fail,
-                            detail: message.clone(),
-                        });
-                    }
-                }
+        for (name, found) in [("helm", &self.helm), ("kubectl", &self.kubectl)] {
+            if let Err(message) = found {
+                checks.push(preflight::Check {
+                    cluster: None,
+                    check: name.into(),
+                    level: Level::Fail,
+                    detail: message.clone(),
+                });
             }
         }
-        if self.kubectl.is_ok() {
-            checks.extend(preflight::cluster_checks(&self.ctx(
-                None,
-                false,
-                false,
-                PathBuf::new(),
-            )));
+        if self.kubectl.is_err() {
+            return checks;
         }
+        // The local tool checks run beside the cluster checks: neither waits for the other.
+        let ctx = self.ctx(None, false, false, PathBuf::new());
+        let (tools, clusters) = std::thread::scope(|scope| {
+            let tools = scope.spawn(|| match (&self.helm, &self.kubectl) {
+                (Ok(helm), Ok(kubectl)) => preflight::tool_checks(&self.runner, helm, kubectl),
+                _ => Vec::new(),
+            });
+            let clusters = preflight::cluster_checks(&ctx);
+            (tools.join().unwrap_or_default(), clusters)
+        });
+        checks.extend(tools);
+        checks.extend(clusters);
         checks
     }
 }

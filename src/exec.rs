@@ -465,6 +465,31 @@ fn cacerts(
             )
         })?)
     };
+    // istiod prefers `tls.crt` & co. over the four files: keys meshup does not write change
+    // which CA istiod uses, and server-side apply cannot remove another manager's keys.
+    let extra: Vec<String> = live
+        .as_ref()
+        .and_then(|l| l["data"].as_object())
+        .map(|data| {
+            data.keys()
+                .filter(|k| !trust::CLUSTER_FILES.contains(&k.as_str()))
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default();
+    if !extra.is_empty() && !ctx.rotate_ca {
+        return Err(StepError::other(
+            &cluster.name,
+            format!(
+                "secret `cacerts` in namespace `{ns}` holds keys meshup does not manage ({}), which istiod may prefer over the mesh's CA",
+                extra.join(", ")
+            ),
+            Some(format!(
+                "delete it (`kubectl --context {} -n {ns} delete secret cacerts`) or pass --rotate-ca to replace it",
+                cluster.context
+            )),
+        ));
+    }
     let outcome = match &live {
         Some(live) if trust::live_matches(live, ca) => return Ok("unchanged".into()),
         Some(live) => {
@@ -501,6 +526,19 @@ fn cacerts(
         ),
     )?;
     state.needs_restart = !deployment.stdout.trim().is_empty();
+    if !extra.is_empty() {
+        // --rotate-ca: start from an empty secret so no foreign key survives.
+        run_ok(
+            ctx.runner,
+            &kubectl::delete(
+                target,
+                "secret",
+                &["cacerts".to_string()],
+                Some(ns),
+                ctx.timeout,
+            ),
+        )?;
+    }
     let manifest = trust::cacerts_manifest(ns, ca);
     run_ok(
         ctx.runner,
@@ -727,6 +765,8 @@ mod tests {
                     "upgrade --install istio-base",
                     "upgrade --install istiod",
                     "create serviceaccount istio-reader-service-account",
+                    // the token secret, then the peers' remote secrets
+                    "apply --server-side --force-conflicts",
                     "apply --server-side --force-conflicts"
                 ],
                 "{c}"

@@ -45,6 +45,45 @@ pub fn get(
     connect(target, args, false, timeout)
 }
 
+/// `kubectl get KIND/NAME... -o json --ignore-not-found`: several objects in one call. kubectl
+/// prints a List of those that exist, or nothing.
+pub fn get_each(
+    target: &Target,
+    objects: &[(&str, &str)],
+    namespace: Option<&str>,
+    timeout: Duration,
+) -> Step {
+    let mut args = vec!["get".to_string()];
+    args.extend(objects.iter().map(|(kind, name)| format!("{kind}/{name}")));
+    push_namespace(&mut args, namespace);
+    args.extend(words(&["--output", "json", "--ignore-not-found"]));
+    connect(target, args, false, timeout)
+}
+
+/// The objects in what `kubectl get -o json` printed: nothing, one object, or a List.
+pub fn objects(stdout: &str) -> Result<Vec<serde_json::Value>, String> {
+    if stdout.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    let value: serde_json::Value =
+        serde_json::from_str(stdout).map_err(|e| format!("kubectl printed no JSON: {e}"))?;
+    Ok(match value["items"].as_array() {
+        Some(items) if value["kind"].as_str().is_some_and(|k| k.ends_with("List")) => items.clone(),
+        _ => vec![value],
+    })
+}
+
+/// The object of `kind` named `name` among `objects`.
+pub fn find<'a>(
+    objects: &'a [serde_json::Value],
+    kind: &str,
+    name: &str,
+) -> Option<&'a serde_json::Value> {
+    objects
+        .iter()
+        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+}
+
 /// `kubectl get KIND -l SELECTOR -o json` (a List).
 pub fn list(
     target: &Target,
@@ -261,6 +300,32 @@ mod tests {
         assert!(!list(&t, "secrets", Some("ns"), Some("a=b"), d).mutates);
         assert!(!server_version(&t, d).mutates);
         assert!(delete(&t, "secret", &["x".into()], Some("ns"), d).mutates);
+    }
+
+    #[test]
+    fn objects_reads_nothing_one_object_or_a_list() {
+        assert!(objects("").unwrap().is_empty());
+        let one = objects(r#"{"kind":"Secret","metadata":{"name":"a"}}"#).unwrap();
+        assert!(find(&one, "Secret", "a").is_some());
+        let list = objects(
+            r#"{"kind":"List","items":[{"kind":"ConfigMap","metadata":{"name":"istio"}},{"kind":"Deployment","metadata":{"name":"istiod"}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(list.len(), 2);
+        assert!(find(&list, "Deployment", "istiod").is_some());
+        assert!(find(&list, "Deployment", "istio").is_none());
+        assert!(objects("not json").is_err());
+    }
+
+    #[test]
+    fn get_each_names_every_object() {
+        let step = get_each(
+            &target(),
+            &[("configmap", "istio"), ("deployment", "istiod")],
+            Some("ns"),
+            Duration::from_secs(5),
+        );
+        assert!(step.command_line().starts_with("kubectl get configmap/istio deployment/istiod --namespace ns --output json --ignore-not-found"));
     }
 
     #[test]

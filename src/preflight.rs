@@ -136,8 +136,11 @@ pub fn cluster_checks(ctx: &Ctx) -> Vec<Check> {
 /// A warning when the clusters sit on more than one network: cross-network traffic needs an
 /// east-west gateway per network (Istio's `gateway` chart), which meshup does not install.
 pub fn network_warning(mesh: &Mesh) -> Option<String> {
-    let networks: std::collections::BTreeSet<&str> =
-        mesh.clusters.iter().filter_map(|c| c.network.as_deref()).collect();
+    let networks: std::collections::BTreeSet<&str> = mesh
+        .clusters
+        .iter()
+        .filter_map(|c| c.network.as_deref())
+        .collect();
     (networks.len() > 1).then(|| {
         format!(
             "the clusters are on {} networks ({}); traffic between networks needs an east-west gateway in each (Istio's `gateway` chart with `networkGateway`), which meshup does not install",
@@ -236,61 +239,51 @@ fn conflicts(ctx: &Ctx, cluster: &Cluster) -> Result<Vec<String>, StepError> {
     let mesh = ctx.mesh;
     let target = ctx.target(cluster);
     let ns = &mesh.namespace;
-    let mut found = Vec::new();
-    let configmap = run_ok(
+    let (configmap, deployment) = (mesh.mesh_configmap(), mesh.istiod_deployment());
+    let output = run_ok(
         ctx.runner,
-        &kubectl::get(
+        &kubectl::get_each(
             &target,
-            "configmap",
-            &mesh.mesh_configmap(),
+            &[("configmap", &configmap), ("deployment", &deployment)],
             Some(ns),
             ctx.timeout,
         ),
     )?;
-    if let Some(mesh_id) = mesh_id_of(&configmap.stdout)
+    let objects =
+        kubectl::objects(&output.stdout).map_err(|e| StepError::other(&cluster.name, e, None))?;
+    let mut found = Vec::new();
+    if let Some(mesh_id) = kubectl::find(&objects, "ConfigMap", &configmap).and_then(mesh_id_of)
         && mesh_id != mesh.mesh_id
     {
         found.push(format!(
-                "Istio in namespace `{ns}` already belongs to mesh `{mesh_id}`, not `{}`; uninstall it or use meshID `{mesh_id}`",
-                mesh.mesh_id
-            ));
+            "Istio in namespace `{ns}` already belongs to mesh `{mesh_id}`, not `{}`; uninstall it or use meshID `{mesh_id}`",
+            mesh.mesh_id
+        ));
     }
-    let deployment = run_ok(
-        ctx.runner,
-        &kubectl::get(
-            &target,
-            "deployment",
-            &mesh.istiod_deployment(),
-            Some(ns),
-            ctx.timeout,
-        ),
-    )?;
-    if let Some(id) = cluster_id_of(&deployment.stdout)
+    if let Some(id) = kubectl::find(&objects, "Deployment", &deployment).and_then(cluster_id_of)
         && id != cluster.name
     {
         found.push(format!(
-                "istiod in namespace `{ns}` already runs as cluster `{id}`, not `{}`; rename the cluster to `{id}` in the mesh file or uninstall that istiod",
-                cluster.name
-            ));
+            "istiod in namespace `{ns}` already runs as cluster `{id}`, not `{}`; rename the cluster to `{id}` in the mesh file or uninstall that istiod",
+            cluster.name
+        ));
     }
     Ok(found)
 }
 
-/// The mesh ID in an `istio` ConfigMap (kubectl JSON): `meshId` at the top of the mesh config,
-/// or under `defaultConfig`.
-pub fn mesh_id_of(configmap_json: &str) -> Option<String> {
-    let json: Value = serde_json::from_str(configmap_json).ok()?;
-    let mesh: serde_yaml::Value = serde_yaml::from_str(json["data"]["mesh"].as_str()?).ok()?;
+/// The mesh ID in an `istio` ConfigMap: `meshId` at the top of the mesh config, or under
+/// `defaultConfig`.
+pub fn mesh_id_of(configmap: &Value) -> Option<String> {
+    let mesh: serde_yaml::Value = serde_yaml::from_str(configmap["data"]["mesh"].as_str()?).ok()?;
     mesh.get("meshId")
         .or_else(|| mesh.get("defaultConfig").and_then(|d| d.get("meshId")))
         .and_then(|v| v.as_str())
         .map(str::to_string)
 }
 
-/// istiod's `CLUSTER_ID` from its Deployment (kubectl JSON).
-pub fn cluster_id_of(deployment_json: &str) -> Option<String> {
-    let json: Value = serde_json::from_str(deployment_json).ok()?;
-    json["spec"]["template"]["spec"]["containers"]
+/// istiod's `CLUSTER_ID` from its Deployment.
+pub fn cluster_id_of(deployment: &Value) -> Option<String> {
+    deployment["spec"]["template"]["spec"]["containers"]
         .as_array()?
         .iter()
         .flat_map(|c| c["env"].as_array().into_iter().flatten())
@@ -330,17 +323,18 @@ mod tests {
 
     #[test]
     fn mesh_id_is_read_from_either_place() {
-        let top = r#"{"data":{"mesh":"meshId: mesh1\ntrustDomain: cluster.local\n"}}"#;
-        let nested = r#"{"data":{"mesh":"defaultConfig:\n  meshId: mesh2\n"}}"#;
-        assert_eq!(mesh_id_of(top).as_deref(), Some("mesh1"));
-        assert_eq!(mesh_id_of(nested).as_deref(), Some("mesh2"));
-        assert_eq!(mesh_id_of(""), None);
+        let top =
+            serde_json::json!({"data":{"mesh":"meshId: mesh1\ntrustDomain: cluster.local\n"}});
+        let nested = serde_json::json!({"data":{"mesh":"defaultConfig:\n  meshId: mesh2\n"}});
+        assert_eq!(mesh_id_of(&top).as_deref(), Some("mesh1"));
+        assert_eq!(mesh_id_of(&nested).as_deref(), Some("mesh2"));
+        assert_eq!(mesh_id_of(&serde_json::json!({"data": {}})), None);
     }
 
     #[test]
     fn cluster_id_comes_from_istiod_env() {
-        let deployment = r#"{"spec":{"template":{"spec":{"containers":[{"name":"discovery","env":[{"name":"X","value":"1"},{"name":"CLUSTER_ID","value":"east"}]}]}}}}"#;
-        assert_eq!(cluster_id_of(deployment).as_deref(), Some("east"));
+        let deployment: Value = serde_json::from_str(r#"{"spec":{"template":{"spec":{"containers":[{"name":"discovery","env":[{"name":"X","value":"1"},{"name":"CLUSTER_ID","value":"east"}]}]}}}}"#).unwrap();
+        assert_eq!(cluster_id_of(&deployment).as_deref(), Some("east"));
     }
 
     #[test]
@@ -349,7 +343,10 @@ mod tests {
         assert_eq!(network_warning(&mesh), None);
         mesh.clusters[2].network = Some("network2".into());
         let warning = network_warning(&mesh).unwrap();
-        assert!(warning.contains("2 networks (network1, network2)"), "{warning}");
+        assert!(
+            warning.contains("2 networks (network1, network2)"),
+            "{warning}"
+        );
     }
 
     #[test]

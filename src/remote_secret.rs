@@ -140,42 +140,47 @@ pub fn build(
     server: &str,
     timeout: Duration,
 ) -> Result<RemoteSecret, StepError> {
-    let account = run_ok(
+    let found = run_ok(
         runner,
-        &kubectl::get(
+        &kubectl::get_each(
             target,
-            "serviceaccount",
-            READER_ACCOUNT,
+            &[("serviceaccount", READER_ACCOUNT), ("secret", TOKEN_SECRET)],
             Some(namespace),
             timeout,
         ),
     )?;
-    if account.stdout.trim().is_empty() {
+    let objects =
+        kubectl::objects(&found.stdout).map_err(|e| StepError::other(&target.cluster, e, None))?;
+    if kubectl::find(&objects, "ServiceAccount", READER_ACCOUNT).is_none() {
         run_ok(
             runner,
             &kubectl::create_service_account(target, READER_ACCOUNT, namespace, timeout),
         )?;
     }
-
-    let get_token = kubectl::get(target, "secret", TOKEN_SECRET, Some(namespace), timeout);
-    let first = run_ok(runner, &get_token)?;
-    if first.stdout.trim().is_empty() {
-        let manifest = token_secret_manifest(namespace);
-        run_ok(
-            runner,
-            &kubectl::apply(target, Sensitive::new(manifest.into_bytes()), timeout),
-        )?;
-    } else if let Some((ca, token)) = read_token(&first.stdout) {
-        return Ok(RemoteSecret::new(name, server, &ca, &token));
+    match kubectl::find(&objects, "Secret", TOKEN_SECRET) {
+        None => {
+            let manifest = token_secret_manifest(namespace);
+            run_ok(
+                runner,
+                &kubectl::apply(target, Sensitive::new(manifest.into_bytes()), timeout),
+            )?;
+        }
+        Some(secret) => {
+            if let Some((ca, token)) = read_token(secret) {
+                return Ok(RemoteSecret::new(name, server, &ca, &token));
+            }
+        }
     }
 
+    let get_token = kubectl::get(target, "secret", TOKEN_SECRET, Some(namespace), timeout);
     // The token controller fills the secret within a second or two on a healthy cluster.
     let deadline = Instant::now() + timeout.min(Duration::from_secs(60));
     let mut pause = Duration::from_millis(100);
     loop {
         runner::sleep(pause)?;
         let output = run_ok(runner, &get_token)?;
-        if let Some((ca, token)) = read_token(&output.stdout) {
+        let secret: Value = serde_json::from_str(&output.stdout).unwrap_or(Value::Null);
+        if let Some((ca, token)) = read_token(&secret) {
             return Ok(RemoteSecret::new(name, server, &ca, &token));
         }
         if Instant::now() >= deadline {
@@ -210,10 +215,9 @@ pub fn token_secret_manifest(namespace: &str) -> String {
     serde_yaml::to_string(&secret).expect("plain JSON is valid YAML")
 }
 
-/// From a token secret (kubectl's JSON): `ca.crt` as base64 and the decoded token, once both
+/// From a token secret: `ca.crt` as base64 and the decoded token, once both
 /// are filled in.
-pub fn read_token(secret_json: &str) -> Option<(String, Sensitive<String>)> {
-    let secret: Value = serde_json::from_str(secret_json).ok()?;
+pub fn read_token(secret: &Value) -> Option<(String, Sensitive<String>)> {
     let data = secret.get("data")?;
     let ca = data.get("ca.crt")?.as_str().filter(|s| !s.is_empty())?;
     let token = data.get("token")?.as_str().filter(|s| !s.is_empty())?;
@@ -406,13 +410,13 @@ mod tests {
         let gets = AtomicUsize::new(0);
         let runner = RecordingRunner::new(|step: &Step| {
             let args = step.args.join(" ");
-            if args.starts_with("get serviceaccount") {
+            if args.starts_with("get serviceaccount/") {
+                // Neither the account nor the token secret exists.
                 ok("")
             } else if args.starts_with("get secret") {
-                // Absent, then not yet filled, then filled.
+                // Not yet filled, then filled.
                 match gets.fetch_add(1, Ordering::SeqCst) {
-                    0 => ok(""),
-                    1 => ok(&token_json(false)),
+                    0 => ok(&token_json(false)),
                     _ => ok(&token_json(true)),
                 }
             } else {
@@ -430,9 +434,9 @@ mod tests {
         .unwrap();
         let lines = runner.command_lines();
         let verbs: Vec<&str> = lines.iter().map(|l| l.split(' ').nth(1).unwrap()).collect();
-        assert_eq!(verbs, ["get", "create", "get", "apply", "get", "get"]);
+        assert_eq!(verbs, ["get", "create", "apply", "get", "get"]);
         assert_eq!(secret.server, "https://10.0.0.1");
-        let applied = runner.calls.lock().unwrap()[3].stdin.clone().unwrap();
+        let applied = runner.calls.lock().unwrap()[2].stdin.clone().unwrap();
         let applied = String::from_utf8(applied.expose().clone()).unwrap();
         assert!(
             applied.contains("kubernetes.io/service-account-token"),
@@ -441,13 +445,11 @@ mod tests {
     }
 
     #[test]
-    fn build_reuses_a_filled_token_in_two_calls() {
-        let runner = RecordingRunner::new(|step: &Step| {
-            if step.args[1] == "serviceaccount" {
-                ok("{\"kind\":\"ServiceAccount\"}")
-            } else {
-                ok(&token_json(true))
-            }
+    fn build_reuses_a_filled_token_in_one_call() {
+        let runner = RecordingRunner::new(|_: &Step| {
+            let token: Value = serde_json::from_str(&token_json(true)).unwrap();
+            let account = json!({"kind": "ServiceAccount", "metadata": {"name": READER_ACCOUNT}});
+            ok(&json!({"kind": "List", "items": [account, token]}).to_string())
         });
         build(
             &runner,
@@ -458,7 +460,7 @@ mod tests {
             Duration::from_secs(10),
         )
         .unwrap();
-        assert_eq!(runner.command_lines().len(), 2);
+        assert_eq!(runner.command_lines().len(), 1);
         assert!(runner.calls.lock().unwrap().iter().all(|s| !s.mutates));
     }
 }

@@ -115,8 +115,26 @@ pub fn deep_merge(into: &mut Mapping, from: &Mapping) {
 /// meshup would install now.
 pub fn same_as_deployed(wanted: &Mapping, deployed: &serde_json::Value) -> bool {
     match serde_json::to_value(wanted) {
-        Ok(wanted) => &wanted == deployed,
+        Ok(wanted) => same_value(&wanted, deployed),
         Err(_) => false,
+    }
+}
+
+/// Equality as helm sees values: numbers by value, because helm keeps them as Go floats and
+/// prints `1.0` back as `1`.
+fn same_value(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+    use serde_json::Value as J;
+    match (a, b) {
+        (J::Number(x), J::Number(y)) => x.as_f64() == y.as_f64(),
+        (J::Array(x), J::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same_value(x, y))
+        }
+        (J::Object(x), J::Object(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, v)| y.get(k).is_some_and(|w| same_value(v, w)))
+        }
+        _ => a == b,
     }
 }
 
@@ -284,6 +302,15 @@ mod tests {
         let mut changed = deployed.clone();
         changed["global"]["meshID"] = "other".into();
         assert!(!same_as_deployed(&v.istiod, &changed));
+    }
+
+    #[test]
+    fn numbers_compare_by_value_as_helm_prints_them() {
+        let wanted = yaml("pilot: {traceSampling: 1.0, replicas: 2}");
+        let deployed = serde_json::json!({"pilot": {"traceSampling": 1, "replicas": 2.0}});
+        assert!(same_as_deployed(&wanted, &deployed));
+        let other = serde_json::json!({"pilot": {"traceSampling": 1.5, "replicas": 2}});
+        assert!(!same_as_deployed(&wanted, &other));
     }
 
     #[test]
