@@ -255,11 +255,30 @@ fn run_task(
     let timeout = ctx.timeout;
     match task {
         Task::Namespace => {
+            let output = run_ok(
+                ctx.runner,
+                &kubectl::get(&target, "namespace", ns, None, timeout),
+            )?;
+            let live: Value = serde_json::from_str(&output.stdout).unwrap_or(Value::Null);
+            let label = &live["metadata"]["labels"]["topology.istio.io/network"];
+            let right = !live.is_null()
+                && cluster
+                    .network
+                    .as_deref()
+                    .is_none_or(|network| label == network);
+            if right {
+                return Ok("unchanged".into());
+            }
             run_ok(
                 ctx.runner,
                 &plan::namespace_step(mesh, cluster, &target, timeout),
             )?;
-            Ok("ready".into())
+            Ok(if live.is_null() {
+                "created"
+            } else {
+                "labelled"
+            }
+            .into())
         }
         Task::Cacerts => cacerts(ctx, cluster, &target, state),
         Task::Release(chart) => release(ctx, cluster, &target, chart, state),

@@ -198,6 +198,35 @@ fn resource_versions(objects: &[Value]) -> BTreeSet<(String, String)> {
 
 // ---- scenarios, each run with Helm 4 and Helm 3 (see the modules at the bottom) ----
 
+/// Per cluster: helm's release records, and the resource versions of the remote secrets,
+/// `cacerts`, the namespace and istiod (a version changes with every write).
+type ClusterState = (
+    BTreeSet<(String, String)>,
+    BTreeSet<(String, String)>,
+    Vec<Value>,
+);
+
+fn mesh_state(env: &Env) -> Vec<ClusterState> {
+    env.clusters
+        .iter()
+        .map(|c| {
+            let versions = [
+                format!("/api/v1/namespaces/{NS}/secrets/cacerts"),
+                format!("/api/v1/namespaces/{NS}"),
+                format!("/apis/apps/v1/namespaces/{NS}/deployments/istiod"),
+            ]
+            .iter()
+            .map(|path| c.get(path).expect(path)["metadata"]["resourceVersion"].clone())
+            .collect();
+            (
+                helm_records(c),
+                resource_versions(&remote_secrets(c)),
+                versions,
+            )
+        })
+        .collect()
+}
+
 /// Scenario 1: install on three clusters, then again: the second run changes nothing.
 fn install_twice_converges(tools: &str) {
     let env = Env::new(tools, 3);
@@ -205,19 +234,7 @@ fn install_twice_converges(tools: &str) {
     let mesh = mesh.to_str().unwrap();
     env.meshup(&["install", "-f", mesh]).expect(0);
 
-    let before: Vec<_> = env
-        .clusters
-        .iter()
-        .map(|c| {
-            (
-                helm_records(c),
-                resource_versions(&remote_secrets(c)),
-                c.get(&format!("/api/v1/namespaces/{NS}/secrets/cacerts"))
-                    .unwrap()["metadata"]["resourceVersion"]
-                    .clone(),
-            )
-        })
-        .collect();
+    let before = mesh_state(&env);
     for (cluster, (records, _, _)) in env.clusters.iter().zip(&before) {
         let releases: BTreeSet<&str> = records.iter().map(|(r, _)| r.as_str()).collect();
         assert_eq!(
@@ -234,22 +251,10 @@ fn install_twice_converges(tools: &str) {
         "{}",
         again.stderr
     );
-    let after: Vec<_> = env
-        .clusters
-        .iter()
-        .map(|c| {
-            (
-                helm_records(c),
-                resource_versions(&remote_secrets(c)),
-                c.get(&format!("/api/v1/namespaces/{NS}/secrets/cacerts"))
-                    .unwrap()["metadata"]["resourceVersion"]
-                    .clone(),
-            )
-        })
-        .collect();
+    let after = mesh_state(&env);
     assert_eq!(
         before, after,
-        "a second install changed releases, remote secrets or cacerts"
+        "a second install changed releases, remote secrets, cacerts, the namespace or istiod"
     );
 
     let status = env.meshup(&["status", "-f", mesh]).expect(0);
