@@ -54,6 +54,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 &plan::install(&mesh),
                 &plan::ScriptOptions {
                     values_dir: &values_dir,
+                    mesh_flags: &mesh_args.override_flags(),
                     kubeconfig: global.kubeconfig.as_deref(),
                     timeout: global.timeout,
                 },

@@ -105,6 +105,33 @@ pub struct MeshArgs {
     pub charts: Option<String>,
 }
 
+impl MeshArgs {
+    /// The overriding flags as given (not `-f`), to repeat them in a generated script.
+    pub fn override_flags(&self) -> Vec<String> {
+        let mut flags = Vec::new();
+        let mut push = |name: &str, value: &str| {
+            flags.push(name.to_string());
+            flags.push(value.to_string());
+        };
+        if let Some(v) = &self.mesh_id {
+            push("--mesh-id", v);
+        }
+        if let Some(v) = &self.network {
+            push("--network", v);
+        }
+        for c in &self.clusters {
+            push("--cluster", c);
+        }
+        if let Some(v) = &self.istio_version {
+            push("--istio-version", v);
+        }
+        if let Some(v) = &self.charts {
+            push("--charts", v);
+        }
+        flags
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Write each cluster's Helm values files; contacts no cluster

@@ -209,6 +209,9 @@ pub fn release_step(
 
 /// What `script` needs besides the mesh and the plan.
 pub struct ScriptOptions<'a> {
+    /// The mesh flags meshup was given (`--mesh-id`, `--cluster`, ...), repeated for the
+    /// commands the script runs.
+    pub mesh_flags: &'a [String],
     pub values_dir: &'a Path,
     pub kubeconfig: Option<&'a Path>,
     pub timeout: Duration,
@@ -222,11 +225,15 @@ pub fn script(mesh: &Mesh, plan: &Plan, options: &ScriptOptions) -> String {
         .kubeconfig
         .map(|k| format!(" --kubeconfig {}", shell_quote(&k.display().to_string())))
         .unwrap_or_default();
-    let source_flag = if mesh.source == "flags" {
+    let mut source_flag = if mesh.source == "flags" {
         String::new()
     } else {
         format!(" -f {}", shell_quote(&mesh.source))
     };
+    for flag in options.mesh_flags {
+        source_flag.push(' ');
+        source_flag.push_str(&shell_quote(flag));
+    }
     out.push_str("#!/usr/bin/env bash\n");
     out.push_str(&format!(
         "# meshup plan for mesh `{}`: {} cluster(s), namespace `{}`.\n",
@@ -427,6 +434,7 @@ mod tests {
             &install(&m),
             &ScriptOptions {
                 values_dir: Path::new("meshup-values"),
+                mesh_flags: &[],
                 kubeconfig: None,
                 timeout: Duration::from_secs(300),
             },
@@ -446,6 +454,36 @@ mod tests {
     }
 
     #[test]
+    fn a_mesh_from_flags_is_repeated_as_flags_in_the_script() {
+        let mut m = mesh(2, TrustMode::None);
+        m.source = "flags".into();
+        let flags: Vec<String> = [
+            "--mesh-id",
+            "mesh1",
+            "--cluster",
+            "cluster1=kind-cluster1",
+            "--cluster",
+            "cluster2=kind-cluster2",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let text = script(
+            &m,
+            &install(&m),
+            &ScriptOptions {
+                values_dir: Path::new("v"),
+                mesh_flags: &flags,
+                kubeconfig: None,
+                timeout: Duration::from_secs(60),
+            },
+        );
+        assert!(text.contains(
+            "meshup render --mesh-id mesh1 --cluster cluster1=kind-cluster1 --cluster cluster2=kind-cluster2 --out v\n"
+        ), "{text}");
+    }
+
+    #[test]
     fn install_script_snapshot() {
         let m = mesh(2, TrustMode::Generate);
         insta::assert_snapshot!(script(
@@ -453,6 +491,7 @@ mod tests {
             &install(&m),
             &ScriptOptions {
                 values_dir: Path::new("meshup-values"),
+                mesh_flags: &[],
                 kubeconfig: Some(Path::new("/home/op/kubeconfig")),
                 timeout: Duration::from_secs(300),
             }
@@ -467,6 +506,7 @@ mod tests {
             &uninstall(&m, true),
             &ScriptOptions {
                 values_dir: Path::new("meshup-values"),
+                mesh_flags: &[],
                 kubeconfig: None,
                 timeout: Duration::from_secs(60),
             }
