@@ -699,3 +699,42 @@ fn trust_provided_installs_the_users_pki() {
             .collect::<Vec<_>>()
     );
 }
+
+#[test]
+fn a_revision_names_the_istiod_release_and_deployment() {
+    let env = Env::new("helm4", 2);
+    let mesh = env.mesh_file(&[], &[], "");
+    let text = std::fs::read_to_string(&mesh).unwrap().replace(
+        "  version: 1.28.1\n",
+        "  version: 1.28.1\n  revision: canary\n",
+    );
+    std::fs::write(&mesh, text).unwrap();
+    let mesh = mesh.to_str().unwrap();
+    env.meshup(&["install", "-f", mesh]).expect(0);
+    for cluster in &env.clusters {
+        let releases: BTreeSet<String> =
+            helm_records(cluster).into_iter().map(|(r, _)| r).collect();
+        assert_eq!(
+            releases,
+            BTreeSet::from(["istio-base".to_string(), "istiod-canary".to_string()])
+        );
+        assert!(
+            cluster
+                .get(&format!(
+                    "/apis/apps/v1/namespaces/{NS}/deployments/istiod-canary"
+                ))
+                .is_some()
+        );
+    }
+    let again = env.meshup(&["install", "-f", mesh]).expect(0);
+    assert!(
+        again.stderr.contains("istiod unchanged"),
+        "{}",
+        again.stderr
+    );
+    env.meshup(&["status", "-f", mesh]).expect(0);
+    env.meshup(&["uninstall", "--yes", "-f", mesh]).expect(0);
+    for cluster in &env.clusters {
+        assert!(helm_records(cluster).is_empty());
+    }
+}
