@@ -964,6 +964,30 @@ fn status_json_is_one_parseable_document() {
     );
 }
 
+#[test]
+fn install_json_is_one_document_with_every_cluster_and_step() {
+    let world = World::new(2);
+    world.mesh("none", 1..=2);
+    let run = world.meshup(&["install", "--output", "json"]).run();
+    let summary: Value = serde_json::from_str(&run.stdout).expect("stdout is one JSON document");
+    assert_eq!(summary["command"], "install");
+    assert_eq!(summary["ok"], true);
+    let clusters = summary["clusters"].as_array().unwrap();
+    assert_eq!(clusters.len(), 2);
+    let steps: Vec<&str> = clusters[0]["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["task"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        steps,
+        ["namespace", "istio-base", "istiod", "remote secret", "link"]
+    );
+    // Progress lines are not printed in JSON mode.
+    assert!(!run.stderr.contains("started"), "{}", run.stderr);
+}
+
 // --- uninstall -----------------------------------------------------------------------------------
 
 #[test]
