@@ -194,47 +194,20 @@ fn to_yaml(map: &Mapping, header: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mesh::{Charts, Trust};
     use crate::trust::TrustMode;
 
     fn yaml(text: &str) -> Mapping {
         serde_yaml::from_str(text).unwrap()
     }
 
+    /// Two clusters on two networks, mesh-wide values, and cluster2's own override.
     fn mesh() -> Mesh {
-        Mesh {
-            source: "mesh.yaml".into(),
-            mesh_id: "mesh1".into(),
-            namespace: "istio-system".into(),
-            version: Some("1.28.1".into()),
-            charts: Charts::Repo("https://example.test/charts".into()),
-            revision: None,
-            values: yaml(
-                "pilot: {env: {A: '1', B: '2'}}\nmeshConfig: {accessLogFile: /dev/stdout}",
-            ),
-            clusters: vec![
-                Cluster {
-                    name: "cluster1".into(),
-                    context: "kind-cluster1".into(),
-                    server: "https://172.18.0.2:6443".into(),
-                    server_overridden: true,
-                    network: Some("network1".into()),
-                    values: Mapping::new(),
-                },
-                Cluster {
-                    name: "cluster2".into(),
-                    context: "kind-cluster2".into(),
-                    server: "https://172.18.0.3:6443".into(),
-                    server_overridden: true,
-                    network: Some("network2".into()),
-                    values: yaml("pilot: {env: {B: override}}"),
-                },
-            ],
-            trust: Trust {
-                mode: TrustMode::None,
-                dir: "meshup-certs".into(),
-            },
-        }
+        let mut mesh = crate::testing::mesh(2, TrustMode::None);
+        mesh.values =
+            yaml("pilot: {env: {A: '1', B: '2'}}\nmeshConfig: {accessLogFile: /dev/stdout}");
+        mesh.clusters[1].network = Some("network2".into());
+        mesh.clusters[1].values = yaml("pilot: {env: {B: override}}");
+        mesh
     }
 
     #[test]

@@ -12,6 +12,7 @@ use meshup_testcluster::{Options, TestCluster, write_kubeconfig};
 use serde_json::Value;
 
 const NS: &str = "istio-system";
+const CACERTS: &str = "/api/v1/namespaces/istio-system/secrets/cacerts";
 
 /// A set of test clusters, a kubeconfig naming them, and one tool set.
 struct Env {
@@ -99,6 +100,14 @@ impl Env {
             .output()
             .unwrap();
         Run::from(output)
+    }
+
+    /// Sets `trust.mode` in the mesh file.
+    fn set_trust_mode(&self, mesh: &std::path::Path, mode: &str) {
+        let text = std::fs::read_to_string(mesh)
+            .unwrap()
+            .replace("trust:\n", &format!("trust:\n  mode: {mode}\n"));
+        std::fs::write(mesh, text).unwrap();
     }
 
     fn cluster(&self, name: &str) -> &TestCluster {
@@ -211,7 +220,7 @@ fn mesh_state(env: &Env) -> Vec<ClusterState> {
         .iter()
         .map(|c| {
             let versions = [
-                format!("/api/v1/namespaces/{NS}/secrets/cacerts"),
+                CACERTS.to_string(),
                 format!("/api/v1/namespaces/{NS}"),
                 format!("/apis/apps/v1/namespaces/{NS}/deployments/istiod"),
             ]
@@ -332,9 +341,7 @@ fn remote_secrets_carry_each_peers_credentials(tools: &str) {
             );
         }
 
-        let cacerts = cluster
-            .get(&format!("/api/v1/namespaces/{NS}/secrets/cacerts"))
-            .expect("cacerts");
+        let cacerts = cluster.get(CACERTS).expect("cacerts");
         assert_eq!(
             decode(&cacerts["data"]["root-cert.pem"]),
             root,
@@ -514,10 +521,7 @@ fn a_foreign_root_is_refused_until_rotate_ca(tools: &str) {
     assert!(run.stderr.contains("different root CA"), "{}", run.stderr);
     assert!(run.stderr.contains("--rotate-ca"), "{}", run.stderr);
     let old_root = std::fs::read_to_string(env.path("old-certs/root-cert.pem")).unwrap();
-    let cacerts = env
-        .cluster("cluster1")
-        .get(&format!("/api/v1/namespaces/{NS}/secrets/cacerts"))
-        .unwrap();
+    let cacerts = env.cluster("cluster1").get(CACERTS).unwrap();
     assert_eq!(
         decode(&cacerts["data"]["root-cert.pem"]),
         old_root,
@@ -535,9 +539,7 @@ fn a_foreign_root_is_refused_until_rotate_ca(tools: &str) {
     );
     let new_root = std::fs::read_to_string(env.path("certs/root-cert.pem")).unwrap();
     for cluster in &env.clusters {
-        let cacerts = cluster
-            .get(&format!("/api/v1/namespaces/{NS}/secrets/cacerts"))
-            .unwrap();
+        let cacerts = cluster.get(CACERTS).unwrap();
         assert_eq!(decode(&cacerts["data"]["root-cert.pem"]), new_root);
     }
     env.meshup(&["status", "-f", mesh]).expect(0);
@@ -624,20 +626,13 @@ fn remote_secret_without_istio_namespace_fails_with_a_hint() {
 fn trust_none_creates_no_cacerts() {
     let env = Env::new("helm4", 2);
     let mesh = env.mesh_file(&[], &[], "");
-    let text = std::fs::read_to_string(&mesh)
-        .unwrap()
-        .replace("trust:\n", "trust:\n  mode: none\n");
-    std::fs::write(&mesh, text).unwrap();
+    env.set_trust_mode(&mesh, "none");
     let run = env
         .meshup(&["install", "-f", mesh.to_str().unwrap()])
         .expect(0);
     assert!(!run.stderr.contains("cacerts"), "{}", run.stderr);
     for cluster in &env.clusters {
-        assert!(
-            cluster
-                .get(&format!("/api/v1/namespaces/{NS}/secrets/cacerts"))
-                .is_none()
-        );
+        assert!(cluster.get(CACERTS).is_none());
     }
     assert!(
         !env.path("certs").exists(),
@@ -658,17 +653,12 @@ fn trust_provided_installs_the_users_pki() {
     env.meshup(&["certs", "-f", mesh.to_str().unwrap()])
         .expect(0);
     std::fs::remove_dir_all(env.path("certs/cluster2")).unwrap();
-    let text = std::fs::read_to_string(&mesh)
-        .unwrap()
-        .replace("trust:\n", "trust:\n  mode: provided\n");
-    std::fs::write(&mesh, text).unwrap();
+    env.set_trust_mode(&mesh, "provided");
     env.meshup(&["install", "-f", mesh.to_str().unwrap()])
         .expect(0);
     let root = std::fs::read_to_string(env.path("certs/root-cert.pem")).unwrap();
     for cluster in &env.clusters {
-        let cacerts = cluster
-            .get(&format!("/api/v1/namespaces/{NS}/secrets/cacerts"))
-            .expect("cacerts");
+        let cacerts = cluster.get(CACERTS).expect("cacerts");
         assert_eq!(decode(&cacerts["data"]["root-cert.pem"]), root);
     }
     // A provided set that does not chain to the root is refused before any cluster changes.
