@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use crate::helm::{self, Chart};
 use crate::kubectl;
-use crate::mesh::{Charts, Cluster, Mesh};
+use crate::mesh::{Cluster, Mesh};
 use crate::plan::{self, Plan, Task};
 use crate::remote_secret::{self, RemoteSecret};
 use crate::reporter::Reporter;
@@ -399,14 +399,6 @@ fn find_release(
         .and_then(|all| all.iter().find(|r| r["name"] == name).cloned()))
 }
 
-/// The chart version meshup wants, when it knows one.
-fn wanted_version(mesh: &Mesh) -> Option<String> {
-    match &mesh.charts {
-        Charts::Local { version, .. } => version.clone(),
-        _ => mesh.version.clone(),
-    }
-}
-
 fn release(
     ctx: &Ctx,
     cluster: &Cluster,
@@ -423,16 +415,13 @@ fn release(
     };
     let existing = find_release(ctx, target, state, &name)?;
     if let Some(existing) = &existing {
-        let chart_ok = match wanted_version(mesh) {
-            Some(version) => {
-                let have = existing["chart"].as_str().unwrap_or_default();
-                have.trim_start_matches(chart.name())
-                    .trim_start_matches('-')
-                    .trim_start_matches('v')
-                    == version.trim_start_matches('v')
-            }
-            None => true,
-        };
+        let chart_ok = mesh.chart_version().is_none_or(|version| {
+            helm::chart_is_version(
+                existing["chart"].as_str().unwrap_or_default(),
+                chart,
+                version,
+            )
+        });
         if existing["status"] == "deployed" && chart_ok {
             let output = run_ok(
                 ctx.runner,
@@ -607,7 +596,7 @@ fn link(
     secrets: &Mutex<BTreeMap<String, RemoteSecret>>,
 ) -> Result<String, StepError> {
     let ns = &ctx.mesh.namespace;
-    let selector = format!("{}=true", remote_secret::MULTICLUSTER_LABEL);
+    let selector = remote_secret::multicluster_selector();
     let output = run_ok(
         ctx.runner,
         &kubectl::list(target, "secrets", Some(ns), Some(&selector), ctx.timeout),

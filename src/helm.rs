@@ -24,6 +24,16 @@ impl Chart {
     }
 }
 
+/// Whether `helm list`'s `chart` field (e.g. `istiod-1.28.1`) is `chart` at `version`
+/// (a leading `v` is ignored on both sides).
+pub fn chart_is_version(listed: &str, chart: Chart, version: &str) -> bool {
+    listed
+        .trim_start_matches(chart.name())
+        .trim_start_matches('-')
+        .trim_start_matches('v')
+        == version.trim_start_matches('v')
+}
+
 /// `helm version --template {{.Version}}`: prints e.g. `v3.19.0`.
 pub fn version() -> Step {
     Step {
@@ -237,6 +247,13 @@ mod tests {
         let local = upgrade_install(&target(None), &base(&local_charts), Duration::from_secs(60));
         assert!(local.args.contains(&"charts/base".to_string()));
         assert!(!local.args.contains(&"--version".to_string()));
+    }
+
+    #[test]
+    fn listed_charts_compare_by_version() {
+        assert!(chart_is_version("istiod-1.28.1", Chart::Istiod, "1.28.1"));
+        assert!(chart_is_version("base-1.28.1", Chart::Base, "v1.28.1"));
+        assert!(!chart_is_version("istiod-1.27.0", Chart::Istiod, "1.28.1"));
     }
 
     #[test]

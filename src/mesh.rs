@@ -393,6 +393,15 @@ impl Mesh {
         self.istiod_deployment()
     }
 
+    /// The chart version meshup installs, when it knows one: a local chart's own version, else
+    /// `istio.version`.
+    pub fn chart_version(&self) -> Option<&str> {
+        match &self.charts {
+            Charts::Local { version, .. } => version.as_deref(),
+            _ => self.version.as_deref(),
+        }
+    }
+
     pub fn cluster(&self, name: &str) -> Option<&Cluster> {
         self.clusters.iter().find(|c| c.name == name)
     }

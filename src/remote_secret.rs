@@ -26,6 +26,11 @@ pub const MANAGED_BY: &str = "meshup";
 /// The annotation istioctl puts on remote secrets.
 pub const CLUSTER_ANNOTATION: &str = "networking.istio.io/cluster";
 
+/// Selects every remote secret, whoever made it.
+pub fn multicluster_selector() -> String {
+    format!("{MULTICLUSTER_LABEL}=true")
+}
+
 /// Selects the remote secrets meshup created.
 pub fn managed_selector() -> String {
     format!("{MULTICLUSTER_LABEL}=true,{MANAGED_BY_LABEL}={MANAGED_BY}")

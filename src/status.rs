@@ -8,7 +8,7 @@ use serde_json::Value;
 use crate::exec::{Ctx, parallel};
 use crate::helm::{self, Chart};
 use crate::kubectl;
-use crate::mesh::{Charts, Cluster};
+use crate::mesh::Cluster;
 use crate::plan;
 use crate::remote_secret;
 use crate::runner::run_ok;
@@ -146,10 +146,7 @@ fn cluster_status(ctx: &Ctx, cluster: &Cluster) -> ClusterStatus {
         }
     }
 
-    let wanted_version = match &mesh.charts {
-        Charts::Local { version, .. } => version.clone(),
-        _ => mesh.version.clone(),
-    };
+    let wanted_version = mesh.chart_version();
     match run_ok(ctx.runner, &helm::list(&target, ns)) {
         Ok(output) => {
             let list: Value =
@@ -171,13 +168,7 @@ fn cluster_status(ctx: &Ctx, cluster: &Cluster) -> ClusterStatus {
                     (Some(s), _, _) if s != "deployed" => status
                         .problems
                         .push(format!("helm release `{name}` is `{s}`, not deployed")),
-                    (_, Some(have), Some(want))
-                        if have
-                            .trim_start_matches(chart.name())
-                            .trim_start_matches('-')
-                            .trim_start_matches('v')
-                            != want.trim_start_matches('v') =>
-                    {
+                    (_, Some(have), Some(want)) if !helm::chart_is_version(have, chart, want) => {
                         status.problems.push(format!(
                             "helm release `{name}` runs chart {have}, not version {want}"
                         ))
@@ -223,7 +214,7 @@ fn cluster_status(ctx: &Ctx, cluster: &Cluster) -> ClusterStatus {
         Err(e) => status.problems.push(e.to_string()),
     }
 
-    let selector = format!("{}=true", remote_secret::MULTICLUSTER_LABEL);
+    let selector = remote_secret::multicluster_selector();
     match run_ok(
         ctx.runner,
         &kubectl::list(&target, "secrets", Some(ns), Some(&selector), ctx.timeout),
