@@ -1,30 +1,34 @@
 //! Runs one command: validate the input, then act. Every path that touches a cluster first
-//! builds a validated `Mesh` (exit 2 on bad input, nothing touched).
+//! builds a validated `Mesh` (exit 2 on bad input, nothing touched), then its topology, then
+//! walks it (plan → exec, or status/preflight).
 
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use clap::CommandFactory;
-use color_eyre::Result;
-use color_eyre::eyre::{WrapErr, eyre};
 
-use crate::cli::{Cli, Command, GlobalArgs, InstallArgs, OutputFormat};
-use crate::error::{InputError, Interrupted, Reported};
-use crate::exec::{self, Ctx, Summary};
+use crate::cli::{Cli, Command, GlobalArgs, InstallArgs, MeshArgs, OutputFormat};
+use crate::components::reader;
+use crate::error::{Error, InputError};
+use crate::exec::{self, Run, Summary};
+use crate::files::{self, Existing};
+use crate::finding::{Finding, Level};
 use crate::kubeconfig::Kubeconfig;
-use crate::mesh::{self, Charts, Mesh};
+use crate::live::Live;
+use crate::mesh::{self, Mesh};
 use crate::plan;
-use crate::preflight::{self, Level};
+use crate::preflight;
 use crate::remote_secret;
 use crate::reporter::{Mode, Reporter};
-use crate::runner::{ProcessRunner, Runner, StepError};
+use crate::runner::ProcessRunner;
 use crate::status;
 use crate::step::{Target, Tool};
+use crate::topology::{Choices, Topology};
 use crate::trust::{self, KeyType, Trust, TrustMode};
 use crate::values;
 
-pub fn run(cli: Cli) -> Result<()> {
+pub fn run(cli: Cli) -> Result<(), Error> {
     let Cli {
         command,
         global,
@@ -33,15 +37,14 @@ pub fn run(cli: Cli) -> Result<()> {
     let reporter = Arc::new(Reporter::new(mode(&global), global.quiet, global.verbose));
     match command {
         Command::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "meshup", &mut std::io::stdout());
-            Ok(())
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "meshup", &mut out);
+            print_stdout(&String::from_utf8_lossy(&out))
         }
         Command::Render { out } => {
             let mesh = mesh::load(&mesh_args, None)?;
             warn_about_mesh(&reporter, &mesh);
-            let written = values::write(&mesh, &out)
-                .wrap_err_with(|| format!("cannot write values under {}", out.display()))?;
-            for path in written {
+            for path in render(&mesh, &out)? {
                 reporter.info(&format!("wrote {}", path.display()));
             }
             Ok(())
@@ -49,9 +52,10 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Plan { values_dir } => {
             let mesh = mesh::load(&mesh_args, None)?;
             warn_about_mesh(&reporter, &mesh);
+            let topology = Topology::of(&mesh, &Choices::default());
             let script = plan::script(
                 &mesh,
-                &plan::install(&mesh),
+                &plan::install(&topology),
                 &plan::ScriptOptions {
                     values_dir: &values_dir,
                     mesh_flags: &mesh_args.override_flags(),
@@ -63,12 +67,11 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Certs { key_type } => {
             let mesh = mesh::load(&mesh_args, None)?;
-            let trust = prepare_trust(&reporter, &mesh, key_type.into())?;
-            match trust {
+            match prepare_trust(&reporter, &mesh, key_type.into())? {
                 None => reporter.info("trust.mode is `none`: no certificates"),
                 Some(trust) => {
-                    let root =
-                        trust::fingerprint(&trust.root_cert_pem).map_err(|e| eyre!("{e}"))?;
+                    let root = trust::fingerprint(&trust.root_cert_pem)
+                        .unwrap_or_else(|e| format!("unreadable ({e})"));
                     reporter.info(&format!("root CA {root} in {}", mesh.trust.dir.display()));
                     for name in trust.clusters.keys() {
                         reporter.info(&format!(
@@ -88,10 +91,11 @@ pub fn run(cli: Cli) -> Result<()> {
         } => remote_secret_command(&global, &reporter, &context, &name, server, &namespace),
         Command::Preflight => {
             let session = Session::open(&global, &mesh_args, &reporter)?;
-            let checks = session.preflight();
+            let topology = Topology::of(&session.mesh, &Choices::default());
+            let checks = session.preflight(&topology);
             report_checks(&reporter, &checks)?;
-            if checks.iter().any(|c| c.level == Level::Fail) {
-                return Err(Reported.into());
+            if checks.iter().any(Finding::is_failure) {
+                return Err(Error::Reported);
             }
             Ok(())
         }
@@ -99,25 +103,24 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Link => {
             let session = Session::open(&global, &mesh_args, &reporter)?;
             session.require_tools()?;
-            let summary = exec::execute(
-                &session.ctx(None, false, false, PathBuf::new()),
-                &plan::link(&session.mesh),
-            );
+            let topology = Topology::of(&session.mesh, &Choices::default());
+            let summary = exec::execute(&session.run(), &plan::link(&topology));
             finish(&reporter, "link", &summary)
         }
         Command::Status => {
             let session = Session::open(&global, &mesh_args, &reporter)?;
             session.require_tools()?;
-            let status = status::collect(&session.ctx(None, false, false, PathBuf::new()));
+            let topology = Topology::of(&session.mesh, &Choices::default());
+            let status = status::collect(&session.run(), &topology);
             if reporter.mode() == Mode::Json {
-                print_stdout(&format!("{}\n", serde_json::to_string_pretty(&status)?))?;
+                print_json(&status)?;
             } else {
                 print_stdout(&status::render_text(&status))?;
             }
             if status.ok {
                 Ok(())
             } else {
-                Err(Reported.into())
+                Err(Error::Reported)
             }
         }
         Command::Uninstall { purge_crds, yes } => {
@@ -127,10 +130,12 @@ pub fn run(cli: Cli) -> Result<()> {
                 return Ok(());
             }
             session.require_tools()?;
-            let summary = exec::execute(
-                &session.ctx(None, false, false, PathBuf::new()),
-                &plan::uninstall(&session.mesh, purge_crds),
-            );
+            let choices = Choices {
+                purge_crds,
+                ..Choices::default()
+            };
+            let topology = Topology::of(&session.mesh, &choices);
+            let summary = exec::execute(&session.run(), &plan::uninstall(&topology));
             finish(&reporter, "uninstall", &summary)
         }
     }
@@ -146,11 +151,33 @@ fn mode(global: &GlobalArgs) -> Mode {
     }
 }
 
-fn print_stdout(text: &str) -> Result<()> {
+fn print_stdout(text: &str) -> Result<(), Error> {
     let mut out = std::io::stdout().lock();
-    out.write_all(text.as_bytes())?;
-    out.flush()?;
-    Ok(())
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(Error::Stdout)
+}
+
+fn print_json(value: &impl serde::Serialize) -> Result<(), Error> {
+    let text = serde_json::to_string_pretty(value).expect("meshup's reports serialize");
+    print_stdout(&format!("{text}\n"))
+}
+
+/// Writes every release's values file of every cluster under `out`: `<cluster>/<chart>-values.yaml`.
+fn render(mesh: &Mesh, out: &Path) -> Result<Vec<PathBuf>, Error> {
+    let topology = Topology::of(mesh, &Choices::default());
+    let mut written = Vec::new();
+    for node in &topology.nodes {
+        let dir = out.join(&node.cluster);
+        files::ensure_dir(&dir, 0o755)?;
+        for (chart, values) in node.components.iter().filter_map(|c| c.values_file()) {
+            let path = dir.join(values::file_name(&chart));
+            let text = values::file_text(mesh, &node.cluster, &chart, values);
+            files::write(&path, text.as_bytes(), 0o644, Existing::Replace)?;
+            written.push(path);
+        }
+    }
+    Ok(written)
 }
 
 /// Warnings for commands that contact no cluster (install gets them from preflight).
@@ -162,7 +189,7 @@ fn warn_about_mesh(reporter: &Reporter, mesh: &Mesh) {
 }
 
 fn warn_unpinned(reporter: &Reporter, mesh: &Mesh) {
-    if mesh.version.is_none() && !matches!(mesh.charts, Charts::Local { .. }) {
+    if mesh.version.is_none() && !mesh.charts.is_local() {
         reporter.warn("`istio.version` is not set, so helm takes the newest chart and two runs may install different Istio versions; pin it (or pass --istio-version)");
     }
 }
@@ -183,9 +210,9 @@ impl Session {
     /// Validates everything (mesh file, flags, kubeconfig contexts) before any call.
     fn open(
         global: &GlobalArgs,
-        mesh_args: &crate::cli::MeshArgs,
+        mesh_args: &MeshArgs,
         reporter: &Arc<Reporter>,
-    ) -> Result<Self> {
+    ) -> Result<Self, Error> {
         let kubeconfig = Kubeconfig::load(global.kubeconfig.as_deref())?;
         let mesh = mesh::load(mesh_args, Some(&kubeconfig))?;
         let helm = preflight::locate(Tool::Helm, global.helm.as_deref());
@@ -214,60 +241,45 @@ impl Session {
         })
     }
 
-    fn require_tools(&self) -> Result<()> {
+    fn require_tools(&self) -> Result<(), Error> {
         for found in [&self.helm, &self.kubectl] {
             if let Err(message) = found {
-                return Err(eyre!("{message}"));
+                return Err(Error::MissingTool(message.clone()));
             }
         }
         Ok(())
     }
 
-    fn ctx<'a>(
-        &'a self,
-        trust: Option<&'a Trust>,
-        rotate_ca: bool,
-        restart: bool,
-        values_dir: PathBuf,
-    ) -> Ctx<'a> {
-        Ctx {
+    fn run(&self) -> Run<'_> {
+        Run {
             mesh: &self.mesh,
-            runner: &self.runner as &dyn Runner,
+            runner: &self.runner,
             reporter: &self.reporter,
             jobs: self.jobs,
             timeout: self.timeout,
             kubeconfig: self.global_kubeconfig.clone(),
-            values_dir,
-            trust,
-            rotate_ca,
-            restart,
         }
     }
 
     /// Tools, then (if kubectl is there) every cluster.
-    fn preflight(&self) -> Vec<preflight::Check> {
+    fn preflight(&self, topology: &Topology) -> Vec<Finding> {
         let mut checks = Vec::new();
         for (name, found) in [("helm", &self.helm), ("kubectl", &self.kubectl)] {
             if let Err(message) = found {
-                checks.push(preflight::Check {
-                    cluster: None,
-                    check: name.into(),
-                    level: Level::Fail,
-                    detail: message.clone(),
-                });
+                checks.push(Finding::fail(None, name, message.clone()));
             }
         }
         if self.kubectl.is_err() {
             return checks;
         }
         // The local tool checks run beside the cluster checks: neither waits for the other.
-        let ctx = self.ctx(None, false, false, PathBuf::new());
+        let run = self.run();
         let (tools, clusters) = std::thread::scope(|scope| {
             let tools = scope.spawn(|| match (&self.helm, &self.kubectl) {
                 (Ok(helm), Ok(kubectl)) => preflight::tool_checks(&self.runner, helm, kubectl),
                 _ => Vec::new(),
             });
-            let clusters = preflight::cluster_checks(&ctx);
+            let clusters = preflight::cluster_checks(&run, topology);
             (tools.join().unwrap_or_default(), clusters)
         });
         checks.extend(tools);
@@ -276,11 +288,10 @@ impl Session {
     }
 }
 
-fn report_checks(reporter: &Reporter, checks: &[preflight::Check]) -> Result<()> {
+fn report_checks(reporter: &Reporter, checks: &[Finding]) -> Result<(), Error> {
     if reporter.mode() == Mode::Json {
-        let ok = !checks.iter().any(|c| c.level == Level::Fail);
-        let doc = serde_json::json!({ "ok": ok, "checks": checks });
-        print_stdout(&format!("{}\n", serde_json::to_string_pretty(&doc)?))
+        let ok = !checks.iter().any(Finding::is_failure);
+        print_json(&serde_json::json!({ "ok": ok, "checks": checks }))
     } else {
         preflight::print(reporter, checks);
         Ok(())
@@ -289,18 +300,18 @@ fn report_checks(reporter: &Reporter, checks: &[preflight::Check]) -> Result<()>
 
 fn install(
     global: &GlobalArgs,
-    mesh_args: &crate::cli::MeshArgs,
+    mesh_args: &MeshArgs,
     reporter: &Arc<Reporter>,
     args: &InstallArgs,
-) -> Result<()> {
+) -> Result<(), Error> {
     let session = Session::open(global, mesh_args, reporter)?;
     warn_unpinned(reporter, &session.mesh);
-    let checks = session.preflight();
-    let failed = checks.iter().any(|c| c.level == Level::Fail);
-    if failed {
+    // Preflight only reads, so it runs before the CA files are touched.
+    let checks = session.preflight(&Topology::of(&session.mesh, &Choices::default()));
+    if checks.iter().any(Finding::is_failure) {
         report_checks(reporter, &checks)?;
         reporter.line("error: preflight failed; nothing was changed");
-        return Err(Reported.into());
+        return Err(Error::Reported);
     }
     for check in checks.iter().filter(|c| c.level == Level::Warn) {
         reporter.warn(&format!(
@@ -310,27 +321,27 @@ fn install(
                 .as_deref()
                 .map(|c| format!("[{c}] "))
                 .unwrap_or_default(),
-            check.detail
+            check.sentence()
         ));
     }
     let trust = prepare_trust(reporter, &session.mesh, args.key_type.into())?;
-    // Values hold no secrets; they live in a private temporary directory for this run.
-    let values_dir = tempfile::Builder::new()
-        .prefix("meshup-values-")
-        .tempdir()?;
-    values::write(&session.mesh, values_dir.path())?;
-    let ctx = session.ctx(
-        trust.as_ref(),
-        args.rotate_ca,
-        args.restart,
-        values_dir.path().to_path_buf(),
-    );
-    let summary = exec::execute(&ctx, &plan::install(&session.mesh));
+    let choices = Choices {
+        trust: trust.as_ref(),
+        rotate_ca: args.rotate_ca,
+        restart: args.restart,
+        purge_crds: false,
+    };
+    let topology = Topology::of(&session.mesh, &choices);
+    let summary = exec::execute(&session.run(), &plan::install(&topology));
     finish(reporter, "install", &summary)
 }
 
 /// Creates or loads the CA material the mesh's `trust` asks for.
-fn prepare_trust(reporter: &Reporter, mesh: &Mesh, key_type: KeyType) -> Result<Option<Trust>> {
+fn prepare_trust(
+    reporter: &Reporter,
+    mesh: &Mesh,
+    key_type: KeyType,
+) -> Result<Option<Trust>, Error> {
     let clusters: Vec<(&str, &str)> = mesh
         .clusters
         .iter()
@@ -340,8 +351,7 @@ fn prepare_trust(reporter: &Reporter, mesh: &Mesh, key_type: KeyType) -> Result<
     match mesh.trust.mode {
         TrustMode::None => Ok(None),
         TrustMode::Generate => {
-            let (trust, written) = trust::generate(dir, &clusters, key_type)
-                .map_err(|e| InputError::new(&mesh.source, format!("trust: {e}")))?;
+            let (trust, written) = trust::generate(dir, &clusters, key_type)?;
             if !written.is_empty() {
                 reporter.info(&format!(
                     "trust: wrote {} CA file(s) under {} (keys mode 0600)",
@@ -351,35 +361,30 @@ fn prepare_trust(reporter: &Reporter, mesh: &Mesh, key_type: KeyType) -> Result<
             }
             Ok(Some(trust))
         }
-        TrustMode::Provided => {
-            let trust = trust::load_provided(dir, &clusters)
-                .map_err(|e| InputError::new(&mesh.source, format!("trust: {e}")))?;
-            Ok(Some(trust))
-        }
+        TrustMode::Provided => Ok(Some(trust::load_provided(dir, &clusters)?)),
     }
 }
 
-fn finish(reporter: &Reporter, command: &str, summary: &Summary) -> Result<()> {
+fn finish(reporter: &Reporter, command: &str, summary: &Summary) -> Result<(), Error> {
     if reporter.mode() == Mode::Json {
-        let doc = serde_json::json!({ "command": command, "ok": summary.ok, "interrupted": summary.interrupted, "clusters": summary.clusters });
-        print_stdout(&format!("{}\n", serde_json::to_string_pretty(&doc)?))?;
+        print_json(
+            &serde_json::json!({ "command": command, "ok": summary.ok, "interrupted": summary.interrupted, "clusters": summary.clusters }),
+        )?;
     } else {
         exec::print_summary(reporter, command, summary);
     }
     if summary.interrupted {
-        Err(Interrupted.into())
+        Err(Error::Interrupted)
     } else if summary.ok {
         Ok(())
     } else {
-        Err(Reported.into())
+        Err(Error::Reported)
     }
 }
 
-fn confirm(mesh: &Mesh, purge_crds: bool) -> Result<bool> {
+fn confirm(mesh: &Mesh, purge_crds: bool) -> Result<bool, Error> {
     let names: Vec<&str> = mesh.clusters.iter().map(|c| c.name.as_str()).collect();
-    let mut err = std::io::stderr().lock();
-    write!(
-        err,
+    let question = format!(
         "Remove Istio (mesh `{}`, namespace `{}`{}) from {}? [y/N] ",
         mesh.mesh_id,
         mesh.namespace,
@@ -389,14 +394,21 @@ fn confirm(mesh: &Mesh, purge_crds: bool) -> Result<bool> {
             ""
         },
         names.join(", ")
-    )?;
-    err.flush()?;
+    );
+    let mut err = std::io::stderr().lock();
+    // A terminal that cannot be written to cannot be asked: take it as "no".
+    if err
+        .write_all(question.as_bytes())
+        .and_then(|()| err.flush())
+        .is_err()
+    {
+        return Ok(false);
+    }
     let mut answer = String::new();
     crate::runner::PROMPTING.store(true, std::sync::atomic::Ordering::SeqCst);
     let read = std::io::stdin().read_line(&mut answer);
     crate::runner::PROMPTING.store(false, std::sync::atomic::Ordering::SeqCst);
-    read?;
-    Ok(matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes"))
+    Ok(read.is_ok() && matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes"))
 }
 
 /// `meshup remote-secret`: the only command that prints a token, and only to stdout.
@@ -407,7 +419,7 @@ fn remote_secret_command(
     name: &str,
     server: Option<String>,
     namespace: &str,
-) -> Result<()> {
+) -> Result<(), Error> {
     let kubeconfig = Kubeconfig::load(global.kubeconfig.as_deref())?;
     let mut problems = Vec::new();
     if !mesh::is_dns_label(name) {
@@ -455,7 +467,7 @@ fn remote_secret_command(
         ));
     }
     let kubectl =
-        preflight::locate(Tool::Kubectl, global.kubectl.as_deref()).map_err(|m| eyre!("{m}"))?;
+        preflight::locate(Tool::Kubectl, global.kubectl.as_deref()).map_err(Error::MissingTool)?;
     let runner = ProcessRunner {
         helm: PathBuf::from("helm"),
         kubectl,
@@ -468,15 +480,7 @@ fn remote_secret_command(
         context: context.to_string(),
         kubeconfig: global.kubeconfig.clone(),
     };
-    let secret = remote_secret::build(&runner, &target, name, namespace, &server, global.timeout)
-        .map_err(step_report)?;
+    let live = Live::new(&runner, &target, global.timeout);
+    let secret = reader::build(&live, name, namespace, &server)?;
     print_stdout(secret.manifest(namespace).expose())
-}
-
-fn step_report(error: StepError) -> color_eyre::Report {
-    if error.is_interrupted() {
-        Interrupted.into()
-    } else {
-        eyre!("{error}")
-    }
 }

@@ -1,10 +1,65 @@
-//! The errors that decide meshup's exit code: bad input (2), a failed step (1), Ctrl-C (130).
+//! meshup's errors. Each area has its own enum with every message beside its variant
+//! ([`InputError`] here, `TrustError` in `trust`, `StepError` in `runner`, `FileError` in
+//! `files`); [`Error`] gathers them for `main`, and [`Error::exit_code`] decides per variant:
+//! 2 bad input (nothing was touched), 1 a failed step, check or file operation, 130
+//! interrupted.
 
 use std::fmt;
 
+use crate::files::FileError;
+use crate::runner::StepError;
+use crate::trust::TrustError;
+
+/// Any error that ends a command.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Input(#[from] InputError),
+    #[error(transparent)]
+    Trust(#[from] TrustError),
+    #[error(transparent)]
+    Step(#[from] StepError),
+    #[error(transparent)]
+    File(#[from] FileError),
+    /// helm or kubectl is not where meshup was told to look.
+    #[error("{0}")]
+    MissingTool(String),
+    /// Writing to stdout failed (e.g. the reading end of a pipe went away).
+    #[error("could not write to stdout: {0}")]
+    Stdout(#[source] std::io::Error),
+    /// Something was not as it should be (a failed step, a failed check) and has already
+    /// been reported in full.
+    #[error("failed; see the messages above")]
+    Reported,
+    /// The user pressed Ctrl-C; children were stopped.
+    #[error("interrupted; running helm and kubectl processes were stopped")]
+    Interrupted,
+}
+
+impl Error {
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Input(_) => 2,
+            Error::Trust(e) => e.exit_code(),
+            Error::Step(StepError::Interrupted) | Error::Interrupted => 130,
+            Error::Step(_)
+            | Error::File(_)
+            | Error::MissingTool(_)
+            | Error::Stdout(_)
+            | Error::Reported => 1,
+        }
+    }
+
+    /// Whether the message was already printed where it happened.
+    pub fn is_reported(&self) -> bool {
+        matches!(self, Error::Reported)
+    }
+}
+
 /// The input (mesh file, flags, kubeconfig) is wrong. Raised before any cluster is touched;
 /// exit code 2.
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InputError {
     /// Where the input came from: the mesh file's path, or `flags`.
     pub source: String,
@@ -38,44 +93,10 @@ impl fmt::Display for InputError {
 
 impl std::error::Error for InputError {}
 
-/// The user pressed Ctrl-C; children were stopped. Exit code 130.
-#[derive(Debug)]
-pub struct Interrupted;
-
-impl fmt::Display for Interrupted {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("interrupted; running helm and kubectl processes were stopped")
-    }
-}
-
-impl std::error::Error for Interrupted {}
-
-/// Something was not as it should be (a failed step, a failed check) and has already been
-/// reported in full; exit code 1 with no further message.
-#[derive(Debug)]
-pub struct Reported;
-
-impl fmt::Display for Reported {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("failed; see the messages above")
-    }
-}
-
-impl std::error::Error for Reported {}
-
-/// The exit code for an error that reached `main`.
-pub fn exit_code(report: &color_eyre::Report) -> u8 {
-    if report.downcast_ref::<InputError>().is_some() {
-        2
-    } else if report.downcast_ref::<Interrupted>().is_some() {
-        130
-    } else {
-        1
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
+
     use super::*;
 
     #[test]
@@ -91,9 +112,21 @@ mod tests {
     }
 
     #[test]
-    fn exit_codes_follow_the_error_kind() {
-        assert_eq!(exit_code(&InputError::new("f", "p").into()), 2);
-        assert_eq!(exit_code(&Interrupted.into()), 130);
-        assert_eq!(exit_code(&Reported.into()), 1);
+    fn exit_codes_follow_the_variant() {
+        assert_eq!(Error::from(InputError::new("f", "p")).exit_code(), 2);
+        assert_eq!(Error::Interrupted.exit_code(), 130);
+        assert_eq!(Error::from(StepError::Interrupted).exit_code(), 130);
+        assert_eq!(Error::Reported.exit_code(), 1);
+        // The user's PKI is bad input; a file meshup cannot write is not.
+        let bad_pki = TrustError::NoRoot {
+            path: PathBuf::from("certs/root-cert.pem"),
+        };
+        assert_eq!(Error::from(bad_pki).exit_code(), 2);
+        let io = FileError {
+            action: "write",
+            path: PathBuf::from("certs/root-key.pem"),
+            source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+        };
+        assert_eq!(Error::from(TrustError::from(io)).exit_code(), 1);
     }
 }

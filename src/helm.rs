@@ -4,35 +4,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::mesh::Charts;
+use crate::chart::{Chart, Location};
+use crate::sensitive::Sensitive;
 use crate::step::{Step, Target, Tool};
-
-/// The two Istio charts meshup installs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Chart {
-    Base,
-    Istiod,
-}
-
-impl Chart {
-    /// The chart's name in Istio's repository.
-    pub fn name(self) -> &'static str {
-        match self {
-            Chart::Base => "base",
-            Chart::Istiod => "istiod",
-        }
-    }
-}
-
-/// Whether `helm list`'s `chart` field (e.g. `istiod-1.28.1`) is `chart` at `version`
-/// (a leading `v` is ignored on both sides).
-pub fn chart_is_version(listed: &str, chart: Chart, version: &str) -> bool {
-    listed
-        .trim_start_matches(chart.name())
-        .trim_start_matches('-')
-        .trim_start_matches('v')
-        == version.trim_start_matches('v')
-}
 
 /// `helm version --template {{.Version}}`: prints e.g. `v3.19.0`.
 pub fn version() -> Step {
@@ -41,50 +15,47 @@ pub fn version() -> Step {
         tool: Tool::Helm,
         args: words(&["version", "--template", "{{.Version}}"]),
         stdin: None,
-        mutates: false,
     }
 }
 
-/// What to install: a release of one of the charts, from a chart source, with a values file.
-#[derive(Debug, Clone, Copy)]
-pub struct Release<'a> {
-    pub name: &'a str,
-    pub chart: Chart,
-    pub charts: &'a Charts,
-    pub version: Option<&'a str>,
+/// Where helm reads a release's values from.
+#[derive(Debug, Clone)]
+pub enum Values<'a> {
+    /// A values file (the `plan` script's form, after `meshup render`).
+    File(&'a Path),
+    /// Standard input (`--values -`), so that `install` writes no file.
+    Stdin(Vec<u8>),
+}
+
+/// What to install: a release of a chart into a namespace, with its values.
+#[derive(Debug, Clone)]
+pub struct Install<'a> {
+    pub release: &'a str,
+    pub chart: &'a Chart,
     pub namespace: &'a str,
-    pub values_file: &'a Path,
+    pub values: Values<'a>,
 }
 
 /// `helm upgrade --install`, waiting until the release's resources are ready.
-pub fn upgrade_install(target: &Target, release: &Release, timeout: Duration) -> Step {
-    let Release {
-        name,
+pub fn upgrade_install(target: &Target, install: Install, timeout: Duration) -> Step {
+    let Install {
+        release,
         chart,
-        charts,
-        version,
         namespace,
-        values_file,
-    } = *release;
-    let mut args = words(&["upgrade", "--install", name]);
-    match charts {
-        Charts::Repo(url) => {
-            args.push(chart.name().to_string());
+        values,
+    } = install;
+    let mut args = words(&["upgrade", "--install", release]);
+    match &chart.location {
+        Location::Repo(url) => {
+            args.push(chart.name.clone());
             args.extend(["--repo".to_string(), url.clone()]);
         }
-        Charts::Oci(prefix) => args.push(format!("{prefix}/{}", chart.name())),
-        Charts::Local { base, istiod, .. } => args.push(
-            match chart {
-                Chart::Base => base,
-                Chart::Istiod => istiod,
-            }
-            .display()
-            .to_string(),
-        ),
+        Location::Oci(reference) => args.push(reference.clone()),
+        Location::Local(path) => args.push(path.display().to_string()),
     }
     // A local chart is the version it is; --version only selects from a repository.
-    if let (Some(version), false) = (version, matches!(charts, Charts::Local { .. })) {
-        args.extend(["--version".to_string(), version.to_string()]);
+    if let (Some(version), false) = (&chart.version, matches!(chart.location, Location::Local(_))) {
+        args.extend(["--version".to_string(), version.clone()]);
     }
     args.extend(words(&[
         "--namespace",
@@ -92,13 +63,24 @@ pub fn upgrade_install(target: &Target, release: &Release, timeout: Duration) ->
         "--create-namespace",
         "--values",
     ]));
-    args.push(values_file.display().to_string());
+    let stdin = match values {
+        Values::File(path) => {
+            args.push(path.display().to_string());
+            None
+        }
+        Values::Stdin(bytes) => {
+            args.push("-".to_string());
+            Some(Sensitive::new(bytes))
+        }
+    };
     args.extend([
         "--wait".to_string(),
         "--timeout".to_string(),
         go_duration(timeout),
     ]);
-    connect(target, args, true)
+    let mut step = connect(target, args);
+    step.stdin = stdin;
+    step
 }
 
 /// `helm list -o json` in one namespace: every live release with its status and chart.
@@ -118,7 +100,6 @@ pub fn list(target: &Target, namespace: &str) -> Step {
             "--output",
             "json",
         ]),
-        false,
     )
 }
 
@@ -135,7 +116,6 @@ pub fn get_values(target: &Target, release: &str, namespace: &str) -> Step {
             "--output",
             "json",
         ]),
-        false,
     )
 }
 
@@ -150,11 +130,11 @@ pub fn uninstall(target: &Target, release: &str, namespace: &str, timeout: Durat
         "--timeout",
     ]);
     args.push(go_duration(timeout));
-    connect(target, args, true)
+    connect(target, args)
 }
 
 /// The one place that points helm at a cluster.
-fn connect(target: &Target, mut args: Vec<String>, mutates: bool) -> Step {
+fn connect(target: &Target, mut args: Vec<String>) -> Step {
     args.extend(["--kube-context".to_string(), target.context.clone()]);
     if let Some(kubeconfig) = &target.kubeconfig {
         args.extend(["--kubeconfig".to_string(), kubeconfig.display().to_string()]);
@@ -164,7 +144,6 @@ fn connect(target: &Target, mut args: Vec<String>, mutates: bool) -> Step {
         tool: Tool::Helm,
         args,
         stdin: None,
-        mutates,
     }
 }
 
@@ -184,6 +163,7 @@ fn words(list: &[&str]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::chart::Charts;
     use std::path::PathBuf;
 
     fn target(kubeconfig: Option<&str>) -> Target {
@@ -194,66 +174,78 @@ mod tests {
         }
     }
 
+    fn install<'a>(chart: &'a Chart, values: Values<'a>) -> Install<'a> {
+        Install {
+            release: "istiod",
+            chart,
+            namespace: "istio-system",
+            values,
+        }
+    }
+
     #[test]
     fn repo_charts_use_repo_and_version_flags() {
-        let charts = Charts::Repo("https://charts.example".into());
-        let release = Release {
-            name: "istiod",
-            chart: Chart::Istiod,
-            charts: &charts,
-            version: Some("1.28.1"),
-            namespace: "istio-system",
-            values_file: Path::new("v/cluster1/istiod-values.yaml"),
-        };
-        let step = upgrade_install(&target(None), &release, Duration::from_secs(300));
+        let chart = Charts::Repo("https://charts.example".into()).chart("istiod", Some("1.28.1"));
+        let file = Path::new("v/cluster1/istiod-values.yaml");
+        let step = upgrade_install(
+            &target(None),
+            install(&chart, Values::File(file)),
+            Duration::from_secs(300),
+        );
         assert_eq!(
             step.command_line(),
             "helm upgrade --install istiod istiod --repo https://charts.example --version 1.28.1 \
              --namespace istio-system --create-namespace --values v/cluster1/istiod-values.yaml \
              --wait --timeout 300s --kube-context kind-cluster1"
         );
-        assert!(step.mutates);
+        assert!(step.stdin.is_none());
+    }
+
+    #[test]
+    fn values_on_stdin_are_read_from_dash() {
+        let chart = Charts::Repo("https://charts.example".into()).chart("istiod", None);
+        let step = upgrade_install(
+            &target(None),
+            install(&chart, Values::Stdin(b"pilot: {}\n".to_vec())),
+            Duration::from_secs(300),
+        );
+        assert!(
+            step.args.windows(2).any(|w| w == ["--values", "-"]),
+            "{step}"
+        );
+        assert!(!step.args.contains(&"--version".to_string()));
+        assert_eq!(step.stdin.unwrap().expose(), b"pilot: {}\n");
     }
 
     #[test]
     fn oci_and_local_charts_are_addressed_by_reference() {
-        let oci_charts = Charts::Oci("oci://gcr.io/istio-release/charts".into());
-        let base = |charts| Release {
-            name: "istio-base",
-            chart: Chart::Base,
-            charts,
-            version: Some("1.28.1"),
-            namespace: "istio-system",
-            values_file: Path::new("b.yaml"),
-        };
-        let oci = upgrade_install(
+        let oci =
+            Charts::Oci("oci://gcr.io/istio-release/charts".into()).chart("base", Some("1.28.1"));
+        let step = upgrade_install(
             &target(Some("/k")),
-            &base(&oci_charts),
+            install(&oci, Values::File(Path::new("b.yaml"))),
             Duration::from_secs(60),
         );
         assert!(
-            oci.args
+            step.args
                 .contains(&"oci://gcr.io/istio-release/charts/base".to_string())
         );
         assert!(
-            oci.command_line()
+            step.command_line()
                 .ends_with("--kube-context kind-cluster1 --kubeconfig /k")
         );
-        let local_charts = Charts::Local {
-            base: "charts/base".into(),
-            istiod: "charts/istiod-1.28.1.tgz".into(),
+        let local = Chart {
+            name: "base".into(),
+            location: Location::Local("charts/base".into()),
             version: Some("1.28.1".into()),
         };
-        let local = upgrade_install(&target(None), &base(&local_charts), Duration::from_secs(60));
-        assert!(local.args.contains(&"charts/base".to_string()));
-        assert!(!local.args.contains(&"--version".to_string()));
-    }
-
-    #[test]
-    fn listed_charts_compare_by_version() {
-        assert!(chart_is_version("istiod-1.28.1", Chart::Istiod, "1.28.1"));
-        assert!(chart_is_version("base-1.28.1", Chart::Base, "v1.28.1"));
-        assert!(!chart_is_version("istiod-1.27.0", Chart::Istiod, "1.28.1"));
+        let step = upgrade_install(
+            &target(None),
+            install(&local, Values::File(Path::new("b.yaml"))),
+            Duration::from_secs(60),
+        );
+        assert!(step.args.contains(&"charts/base".to_string()));
+        assert!(!step.args.contains(&"--version".to_string()));
     }
 
     #[test]

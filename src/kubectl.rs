@@ -17,18 +17,12 @@ pub fn client_version() -> Step {
         tool: Tool::Kubectl,
         args: words(&["version", "--client", "--output", "json"]),
         stdin: None,
-        mutates: false,
     }
 }
 
 /// `kubectl version -o json` against a cluster: proves it answers, and says its version.
 pub fn server_version(target: &Target, timeout: Duration) -> Step {
-    connect(
-        target,
-        words(&["version", "--output", "json"]),
-        false,
-        timeout,
-    )
+    connect(target, words(&["version", "--output", "json"]), timeout)
 }
 
 /// `kubectl get KIND NAME -o json --ignore-not-found`: empty stdout when absent.
@@ -42,7 +36,7 @@ pub fn get(
     let mut args = words(&["get", kind, name]);
     push_namespace(&mut args, namespace);
     args.extend(words(&["--output", "json", "--ignore-not-found"]));
-    connect(target, args, false, timeout)
+    connect(target, args, timeout)
 }
 
 /// `kubectl get KIND/NAME... -o json --ignore-not-found`: several objects in one call. kubectl
@@ -57,31 +51,7 @@ pub fn get_each(
     args.extend(objects.iter().map(|(kind, name)| format!("{kind}/{name}")));
     push_namespace(&mut args, namespace);
     args.extend(words(&["--output", "json", "--ignore-not-found"]));
-    connect(target, args, false, timeout)
-}
-
-/// The objects in what `kubectl get -o json` printed: nothing, one object, or a List.
-pub fn objects(stdout: &str) -> Result<Vec<serde_json::Value>, String> {
-    if stdout.trim().is_empty() {
-        return Ok(Vec::new());
-    }
-    let value: serde_json::Value =
-        serde_json::from_str(stdout).map_err(|e| format!("kubectl printed no JSON: {e}"))?;
-    Ok(match value["items"].as_array() {
-        Some(items) if value["kind"].as_str().is_some_and(|k| k.ends_with("List")) => items.clone(),
-        _ => vec![value],
-    })
-}
-
-/// The object of `kind` named `name` among `objects`.
-pub fn find<'a>(
-    objects: &'a [serde_json::Value],
-    kind: &str,
-    name: &str,
-) -> Option<&'a serde_json::Value> {
-    objects
-        .iter()
-        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+    connect(target, args, timeout)
 }
 
 /// `kubectl get KIND -l SELECTOR -o json` (a List).
@@ -98,7 +68,7 @@ pub fn list(
         args.extend(["--selector".to_string(), selector.to_string()]);
     }
     args.extend(words(&["--output", "json"]));
-    connect(target, args, false, timeout)
+    connect(target, args, timeout)
 }
 
 /// `kubectl apply --server-side -f -`: the manifest travels on stdin, so secrets never reach
@@ -113,7 +83,7 @@ pub fn apply(target: &Target, manifest: Sensitive<Vec<u8>>, timeout: Duration) -
         "--filename",
         "-",
     ]);
-    let mut step = connect(target, args, true, timeout);
+    let mut step = connect(target, args, timeout);
     step.stdin = Some(manifest);
     step
 }
@@ -128,7 +98,6 @@ pub fn create_service_account(
     connect(
         target,
         words(&["create", "serviceaccount", name, "--namespace", namespace]),
-        true,
         timeout,
     )
 }
@@ -146,7 +115,7 @@ pub fn delete(
     push_namespace(&mut args, namespace);
     args.extend(words(&["--ignore-not-found", "--wait=true", "--timeout"]));
     args.push(go_duration(timeout));
-    connect(target, args, true, timeout)
+    connect(target, args, timeout)
 }
 
 /// `kubectl delete KIND --selector SELECTOR --ignore-not-found`.
@@ -167,7 +136,7 @@ pub fn delete_selected(
     ]);
     args.extend(words(&["--ignore-not-found", "--wait=true", "--timeout"]));
     args.push(go_duration(timeout));
-    connect(target, args, true, timeout)
+    connect(target, args, timeout)
 }
 
 /// `kubectl create secret generic NAME --from-file=KEY=PATH... --dry-run=client -o yaml`:
@@ -194,7 +163,7 @@ pub fn secret_from_files(
             .map(|(key, path)| format!("--from-file={key}={path}")),
     );
     args.extend(words(&["--dry-run=client", "--output", "yaml"]));
-    connect(target, args, false, timeout)
+    connect(target, args, timeout)
 }
 
 /// `kubectl rollout restart deployment/NAME`.
@@ -213,7 +182,6 @@ pub fn rollout_restart(
             "--namespace",
             namespace,
         ]),
-        true,
         timeout,
     )
 }
@@ -234,12 +202,12 @@ pub fn rollout_status(
         "--timeout",
     ]);
     args.push(go_duration(timeout));
-    connect(target, args, false, timeout)
+    connect(target, args, timeout)
 }
 
 /// The one place that points kubectl at a cluster. Every request gets the step timeout too,
 /// so a black-holed API server fails the call instead of hanging it.
-fn connect(target: &Target, mut args: Vec<String>, mutates: bool, timeout: Duration) -> Step {
+fn connect(target: &Target, mut args: Vec<String>, timeout: Duration) -> Step {
     args.extend(["--context".to_string(), target.context.clone()]);
     if let Some(kubeconfig) = &target.kubeconfig {
         args.extend(["--kubeconfig".to_string(), kubeconfig.display().to_string()]);
@@ -250,7 +218,6 @@ fn connect(target: &Target, mut args: Vec<String>, mutates: bool, timeout: Durat
         tool: Tool::Kubectl,
         args,
         stdin: None,
-        mutates,
     }
 }
 
@@ -289,32 +256,6 @@ mod tests {
              --context kind-cluster2 --request-timeout=30s"
         );
         assert_eq!(step.stdin.as_ref().unwrap().expose(), b"kind: Secret");
-        assert!(step.mutates);
-    }
-
-    #[test]
-    fn reads_do_not_count_as_mutations() {
-        let t = target();
-        let d = Duration::from_secs(5);
-        assert!(!get(&t, "secret", "cacerts", Some("istio-system"), d).mutates);
-        assert!(!list(&t, "secrets", Some("ns"), Some("a=b"), d).mutates);
-        assert!(!server_version(&t, d).mutates);
-        assert!(delete(&t, "secret", &["x".into()], Some("ns"), d).mutates);
-    }
-
-    #[test]
-    fn objects_reads_nothing_one_object_or_a_list() {
-        assert!(objects("").unwrap().is_empty());
-        let one = objects(r#"{"kind":"Secret","metadata":{"name":"a"}}"#).unwrap();
-        assert!(find(&one, "Secret", "a").is_some());
-        let list = objects(
-            r#"{"kind":"List","items":[{"kind":"ConfigMap","metadata":{"name":"istio"}},{"kind":"Deployment","metadata":{"name":"istiod"}}]}"#,
-        )
-        .unwrap();
-        assert_eq!(list.len(), 2);
-        assert!(find(&list, "Deployment", "istiod").is_some());
-        assert!(find(&list, "Deployment", "istio").is_none());
-        assert!(objects("not json").is_err());
     }
 
     #[test]

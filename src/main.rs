@@ -1,50 +1,25 @@
-//! meshup: install, link, inspect and remove an Istio multi-primary mesh with Helm.
-
-mod app;
-mod cli;
-mod error;
-mod exec;
-mod helm;
-mod kubeconfig;
-mod kubectl;
-mod mesh;
-mod plan;
-mod preflight;
-mod remote_secret;
-mod reporter;
-mod runner;
-mod sensitive;
-mod status;
-mod step;
-#[cfg(test)]
-mod testing;
-mod trust;
-mod values;
+//! The `meshup` binary: parse the command line, run, turn the result into an exit code.
 
 use std::process::ExitCode;
 
 use clap::Parser;
+use meshup::{app, cli, runner};
 
 fn main() -> ExitCode {
-    let _ = color_eyre::config::HookBuilder::default()
-        .display_location_section(false)
-        .display_env_section(false)
-        .install();
     runner::install_interrupt_handler();
-    let cli = cli::Cli::parse();
-    let result = app::run(cli);
+    let result = app::run(cli::Cli::parse());
     // However a command ended, Ctrl-C means 130: the run was cut short.
     if runner::interrupted() {
-        eprintln!("error: {}", error::Interrupted);
+        eprintln!("error: {}", meshup::error::Error::Interrupted);
         return ExitCode::from(130);
     }
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(report) => {
-            if report.downcast_ref::<error::Reported>().is_none() {
-                eprintln!("error: {report:#}");
+        Err(error) => {
+            if !error.is_reported() {
+                eprintln!("error: {error}");
             }
-            ExitCode::from(error::exit_code(&report))
+            ExitCode::from(error.exit_code())
         }
     }
 }

@@ -7,17 +7,18 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_yaml::{Mapping, Value};
 
+use crate::chart::{self, Charts, DEFAULT_CHARTS};
 use crate::cli::MeshArgs;
 use crate::error::InputError;
 use crate::kubeconfig::Kubeconfig;
 use crate::trust::TrustMode;
 
-/// Istio's public Helm chart repository, the default `istio.charts`.
-pub const DEFAULT_CHARTS: &str = "https://istio-release.storage.googleapis.com/charts";
 /// The namespace istiod runs in unless the mesh file says otherwise.
 pub const DEFAULT_NAMESPACE: &str = "istio-system";
 /// Where `generate` keeps the CA files unless `trust.dir` says otherwise.
 pub const DEFAULT_TRUST_DIR: &str = "meshup-certs";
+/// The charts every mesh installs (a local `istio.charts` directory must hold them).
+pub const CHARTS: &[&str] = &["base", "istiod"];
 
 /// A validated mesh.
 #[derive(Debug, Clone)]
@@ -53,22 +54,6 @@ pub struct Cluster {
     pub network: Option<String>,
     /// Extra istiod values for this cluster only.
     pub values: Mapping,
-}
-
-/// Where Helm finds the `base` and `istiod` charts.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Charts {
-    /// An https:// chart repository, used with `--repo` (the user's helm repos are untouched).
-    Repo(String),
-    /// An oci:// prefix; charts are at PREFIX/base and PREFIX/istiod.
-    Oci(String),
-    /// Local chart directories or archives, for air-gapped installs.
-    Local {
-        base: PathBuf,
-        istiod: PathBuf,
-        /// The charts' own version (from Chart.yaml or the archive name).
-        version: Option<String>,
-    },
 }
 
 /// The shared root of trust.
@@ -233,7 +218,7 @@ fn validate(
         (None, Some(file)) => (file, base_dir.to_path_buf()),
         (None, None) => (DEFAULT_CHARTS.to_string(), PathBuf::new()),
     };
-    let charts = match resolve_charts(&charts_text, &charts_dir, version.as_deref()) {
+    let charts = match chart::resolve(&charts_text, &charts_dir, version.as_deref(), CHARTS) {
         Ok(charts) => Some(charts),
         Err(problem) => {
             problems.add(format!("`istio.charts`: {problem}"));
@@ -393,129 +378,13 @@ impl Mesh {
         self.istiod_deployment()
     }
 
-    /// The chart version meshup installs, when it knows one: a local chart's own version, else
-    /// `istio.version`.
-    pub fn chart_version(&self) -> Option<&str> {
-        match &self.charts {
-            Charts::Local { version, .. } => version.as_deref(),
-            _ => self.version.as_deref(),
-        }
+    /// Chart `name` from the mesh's chart source at `istio.version`.
+    pub fn chart(&self, name: &str) -> chart::Chart {
+        self.charts.chart(name, self.version.as_deref())
     }
 
     pub fn cluster(&self, name: &str) -> Option<&Cluster> {
         self.clusters.iter().find(|c| c.name == name)
-    }
-}
-
-fn resolve_charts(text: &str, base_dir: &Path, version: Option<&str>) -> Result<Charts, String> {
-    if text.starts_with("https://") || text.starts_with("http://") {
-        return Ok(Charts::Repo(text.trim_end_matches('/').to_string()));
-    }
-    if let Some(rest) = text.strip_prefix("oci://") {
-        if rest.is_empty() {
-            return Err(format!("`{text}` names no registry"));
-        }
-        return Ok(Charts::Oci(text.trim_end_matches('/').to_string()));
-    }
-    if text.contains("://") {
-        return Err(format!(
-            "`{text}` is neither an https:// repository, an oci:// prefix nor a local directory"
-        ));
-    }
-    let dir = base_dir.join(text);
-    if !dir.is_dir() {
-        return Err(format!(
-            "`{text}` is not a directory (looked at {}); give an https:// repository, an oci:// prefix or a directory holding the `base` and `istiod` charts",
-            dir.display()
-        ));
-    }
-    let (base, base_version) = local_chart(&dir, "base", version)?;
-    let (istiod, istiod_version) = local_chart(&dir, "istiod", version)?;
-    if base_version != istiod_version {
-        return Err(format!(
-            "the local charts differ in version (base {}, istiod {}); use one Istio release",
-            base_version.as_deref().unwrap_or("unknown"),
-            istiod_version.as_deref().unwrap_or("unknown")
-        ));
-    }
-    Ok(Charts::Local {
-        base,
-        istiod,
-        version: istiod_version,
-    })
-}
-
-/// Finds chart `name` in `dir`: a chart directory `dir/name`, or one archive `dir/name-V.tgz`
-/// (the one for `version` when several are there).
-fn local_chart(
-    dir: &Path,
-    name: &str,
-    version: Option<&str>,
-) -> Result<(PathBuf, Option<String>), String> {
-    let chart_dir = dir.join(name);
-    if chart_dir.join("Chart.yaml").is_file() {
-        let text = std::fs::read_to_string(chart_dir.join("Chart.yaml")).unwrap_or_default();
-        let found = chart_yaml_version(&text);
-        if let (Some(want), Some(have)) = (version, &found)
-            && want.trim_start_matches('v') != have.trim_start_matches('v')
-        {
-            return Err(format!(
-                "{} is version {have} but `istio.version` is {want}",
-                chart_dir.display()
-            ));
-        }
-        return Ok((chart_dir, found));
-    }
-    let prefix = format!("{name}-");
-    let mut archives: Vec<(PathBuf, String)> = std::fs::read_dir(dir)
-        .map_err(|e| format!("cannot read {}: {e}", dir.display()))?
-        .filter_map(|entry| {
-            let path = entry.ok()?.path();
-            let file = path.file_name()?.to_str()?.to_string();
-            let version = file
-                .strip_prefix(&prefix)?
-                .strip_suffix(".tgz")?
-                .to_string();
-            // `istiod-remote-1.2.tgz` is not `istiod`.
-            version
-                .starts_with(|c: char| c.is_ascii_digit() || c == 'v')
-                .then_some((path, version))
-        })
-        .collect();
-    archives.sort();
-    if let Some(want) = version {
-        archives.retain(|(_, v)| v.trim_start_matches('v') == want.trim_start_matches('v'));
-    }
-    match archives.len() {
-        1 => {
-            let (path, version) = archives.remove(0);
-            Ok((path, Some(version)))
-        }
-        0 => Err(format!(
-            "{} holds no chart `{name}` (a directory `{name}/` with Chart.yaml, or `{name}-<version>.tgz`{})",
-            dir.display(),
-            version
-                .map(|v| format!(" for version {v}"))
-                .unwrap_or_default()
-        )),
-        _ => Err(format!(
-            "{} holds several `{name}` archives ({}); set `istio.version` to pick one",
-            dir.display(),
-            archives
-                .iter()
-                .map(|(_, v)| v.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )),
-    }
-}
-
-fn chart_yaml_version(text: &str) -> Option<String> {
-    let value: Value = serde_yaml::from_str(text).ok()?;
-    match value.get("version")? {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
     }
 }
 
@@ -836,40 +705,6 @@ clusters:
         )
         .unwrap();
         assert_eq!(mesh.clusters[0].server, "");
-    }
-
-    #[test]
-    fn local_charts_are_found_as_directories_or_archives() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("base")).unwrap();
-        std::fs::write(
-            dir.path().join("base/Chart.yaml"),
-            "name: base\nversion: 1.28.1\n",
-        )
-        .unwrap();
-        std::fs::write(dir.path().join("istiod-1.28.1.tgz"), b"x").unwrap();
-        std::fs::write(dir.path().join("istiod-1.27.0.tgz"), b"x").unwrap();
-        let charts =
-            resolve_charts(dir.path().to_str().unwrap(), Path::new(""), Some("1.28.1")).unwrap();
-        assert_eq!(
-            charts,
-            Charts::Local {
-                base: dir.path().join("base"),
-                istiod: dir.path().join("istiod-1.28.1.tgz"),
-                version: Some("1.28.1".into()),
-            }
-        );
-        let err = resolve_charts(dir.path().to_str().unwrap(), Path::new(""), None).unwrap_err();
-        assert!(
-            err.contains("several `istiod` archives (1.27.0, 1.28.1)"),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn a_missing_chart_directory_is_reported() {
-        let err = resolve_charts("./no-such-dir", Path::new(""), None).unwrap_err();
-        assert!(err.contains("`./no-such-dir` is not a directory"), "{err}");
     }
 
     #[test]

@@ -1,210 +1,159 @@
-//! A plan is data: batches run in order; inside a batch each cluster's chain of tasks runs on
-//! its own (clusters in parallel up to `--jobs`). `meshup plan` prints a plan as a bash script;
-//! `install`, `link` and `uninstall` execute the same plans (see `exec.rs`).
+//! A plan is data: batches run in order; inside a batch each cluster's chain of component
+//! actions runs on its own (clusters in parallel up to `--jobs`). `meshup plan` prints a plan
+//! as a bash script; `install`, `link` and `uninstall` execute the same plans (`exec.rs`).
 
 use std::path::Path;
 use std::time::Duration;
 
-use serde_json::json;
-
-use crate::helm::{self, Chart};
-use crate::kubectl;
-use crate::mesh::{Cluster, Mesh};
-use crate::remote_secret;
-use crate::sensitive::Sensitive;
-use crate::step::{Step, Target, shell_quote};
+use crate::components::{Action, Component, ScriptCx, Stage};
+use crate::mesh::Mesh;
+use crate::step::{Target, shell_quote};
+use crate::topology::Topology;
 use crate::trust::TrustMode;
-use crate::values;
 
-/// One unit of work in one cluster.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Task {
-    /// Create the namespace (labelled with the cluster's network).
-    Namespace,
-    /// Create or check the `cacerts` secret.
-    Cacerts,
-    /// `helm upgrade --install` a chart, unless the deployed release already matches.
-    Release(Chart),
-    /// Restart istiod when it ran before its `cacerts` appeared (with `--restart`).
-    Restart,
-    /// Build this cluster's remote secret (kept in memory).
-    BuildRemoteSecret,
-    /// Apply every peer's remote secret here and remove stale ones.
-    Link,
-    /// Delete the remote secrets meshup created here.
-    Unlink,
-    /// `helm uninstall` a chart.
-    Uninstall(Chart),
-    /// Delete the namespace and what is left in it.
-    DeleteNamespace,
-    /// Delete Istio's CRDs.
-    PurgeCrds,
+/// One component action in one cluster.
+#[derive(Clone, Copy)]
+pub struct Task<'t> {
+    pub component: &'t dyn Component,
+    pub action: Action,
 }
 
-impl Task {
+impl Task<'_> {
     /// The short name progress lines use.
-    pub fn label(self) -> &'static str {
-        match self {
-            Task::Namespace => "namespace",
-            Task::Cacerts => "cacerts",
-            Task::Release(Chart::Base) => "istio-base",
-            Task::Release(Chart::Istiod) => "istiod",
-            Task::Restart => "istiod restart",
-            Task::BuildRemoteSecret => "remote secret",
-            Task::Link => "link",
-            Task::Unlink => "remote secrets",
-            Task::Uninstall(Chart::Base) => "istio-base",
-            Task::Uninstall(Chart::Istiod) => "istiod",
-            Task::DeleteNamespace => "namespace",
-            Task::PurgeCrds => "CRDs",
-        }
+    pub fn label(&self) -> &'static str {
+        self.component.label(self.action)
     }
 }
 
 /// One cluster's tasks within a batch, run in order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Chain {
+#[derive(Clone)]
+pub struct Chain<'t> {
     pub cluster: String,
-    pub tasks: Vec<Task>,
+    pub tasks: Vec<Task<'t>>,
+}
+
+impl Chain<'_> {
+    pub fn labels(&self) -> Vec<&'static str> {
+        self.tasks.iter().map(Task::label).collect()
+    }
 }
 
 /// Chains that may run at the same time.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Batch {
+#[derive(Clone)]
+pub struct Batch<'t> {
     pub title: String,
-    pub chains: Vec<Chain>,
+    pub chains: Vec<Chain<'t>>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Plan {
-    pub batches: Vec<Batch>,
+#[derive(Clone)]
+pub struct Plan<'t> {
+    pub batches: Vec<Batch<'t>>,
 }
 
-fn chains(mesh: &Mesh, tasks: &[Task]) -> Vec<Chain> {
-    mesh.clusters
+/// A batch of the components `pick` selects, each cluster's in `order`; none when empty.
+fn batch<'t>(
+    topology: &'t Topology,
+    title: &str,
+    action: Action,
+    order: Order,
+    pick: impl Fn(&dyn Component) -> bool,
+) -> Option<Batch<'t>> {
+    let chains: Vec<Chain> = topology
+        .nodes
         .iter()
-        .map(|c| Chain {
-            cluster: c.name.clone(),
-            tasks: tasks.to_vec(),
+        .map(|node| {
+            let mut tasks: Vec<Task> = node
+                .components
+                .iter()
+                .map(|c| c.as_ref())
+                .filter(|c| c.does(action) && pick(*c))
+                .map(|component| Task { component, action })
+                .collect();
+            if order == Order::Backwards {
+                tasks.reverse();
+            }
+            Chain {
+                cluster: node.cluster.clone(),
+                tasks,
+            }
         })
-        .collect()
+        .filter(|chain| !chain.tasks.is_empty())
+        .collect();
+    (!chains.is_empty()).then(|| Batch {
+        title: title.to_string(),
+        chains,
+    })
 }
 
-/// namespace → (cacerts) → istio-base → istiod → (restart) → own remote secret, per cluster;
-/// then every cluster takes its peers' remote secrets.
-pub fn install(mesh: &Mesh) -> Plan {
-    let mut per_cluster = vec![Task::Namespace];
-    let trust = mesh.trust.mode != TrustMode::None;
-    if trust {
-        per_cluster.push(Task::Cacerts);
-    }
-    per_cluster.extend([Task::Release(Chart::Base), Task::Release(Chart::Istiod)]);
-    if trust {
-        per_cluster.push(Task::Restart);
-    }
-    // A single cluster has no peer to give its secret to.
-    if mesh.clusters.len() > 1 {
-        per_cluster.push(Task::BuildRemoteSecret);
-    }
-    Plan {
-        batches: vec![
-            Batch {
-                title: "install istio-base and istiod in every cluster".into(),
-                chains: chains(mesh, &per_cluster),
-            },
-            Batch {
-                title: "give every cluster the remote secrets of all the others".into(),
-                chains: chains(mesh, &[Task::Link]),
-            },
-        ],
-    }
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Order {
+    Forwards,
+    Backwards,
 }
 
-/// Build each cluster's remote secret, then apply them everywhere.
-pub fn link(mesh: &Mesh) -> Plan {
-    let mut batches = Vec::new();
-    if mesh.clusters.len() > 1 {
-        batches.push(Batch {
-            title: "build each cluster's remote secret from its own context".into(),
-            chains: chains(mesh, &[Task::BuildRemoteSecret]),
-        });
-    }
-    batches.push(Batch {
-        title: "give every cluster the remote secrets of all the others".into(),
-        chains: chains(mesh, &[Task::Link]),
-    });
-    Plan { batches }
-}
+const LINK_TITLE: &str = "give every cluster the remote secrets of all the others";
 
-/// The install reversed, per cluster: remote secrets, istiod, istio-base, the namespace (and
-/// the CRDs with `purge_crds`).
-pub fn uninstall(mesh: &Mesh, purge_crds: bool) -> Plan {
-    let mut tasks = vec![
-        Task::Unlink,
-        Task::Uninstall(Chart::Istiod),
-        Task::Uninstall(Chart::Base),
-        Task::DeleteNamespace,
+/// Each cluster's own components (namespace → cacerts → istio-base → istiod → restart → its
+/// remote secret); then every cluster takes its peers' remote secrets.
+pub fn install(topology: &Topology) -> Plan<'_> {
+    let batches = [
+        batch(
+            topology,
+            "install istio-base and istiod in every cluster",
+            Action::Install,
+            Order::Forwards,
+            |c| c.stage() == Stage::Cluster,
+        ),
+        batch(
+            topology,
+            LINK_TITLE,
+            Action::Install,
+            Order::Forwards,
+            |c| c.stage() == Stage::Mesh,
+        ),
     ];
-    if purge_crds {
-        tasks.push(Task::PurgeCrds);
-    }
     Plan {
-        batches: vec![Batch {
-            title: "remove the mesh from every cluster".into(),
-            chains: chains(mesh, &tasks),
-        }],
+        batches: batches.into_iter().flatten().collect(),
     }
 }
 
-/// The namespace manifest, labelled with the cluster's network.
-pub fn namespace_manifest(mesh: &Mesh, cluster: &Cluster) -> String {
-    let mut namespace = json!({
-        "apiVersion": "v1",
-        "kind": "Namespace",
-        "metadata": { "name": mesh.namespace },
-    });
-    if let Some(network) = &cluster.network {
-        namespace["metadata"]["labels"] = json!({ "topology.istio.io/network": network });
-    }
-    serde_yaml::to_string(&namespace).expect("plain JSON is valid YAML")
-}
-
-/// The namespace step.
-pub fn namespace_step(mesh: &Mesh, cluster: &Cluster, target: &Target, timeout: Duration) -> Step {
-    let manifest = namespace_manifest(mesh, cluster);
-    kubectl::apply(target, Sensitive::new(manifest.into_bytes()), timeout)
-}
-
-/// The release name of a chart in this mesh.
-pub fn release_name(mesh: &Mesh, chart: Chart) -> String {
-    match chart {
-        Chart::Base => "istio-base".to_string(),
-        Chart::Istiod => mesh.istiod_release(),
+/// Build each cluster's remote secret, then apply them where they belong.
+pub fn link(topology: &Topology) -> Plan<'_> {
+    let batches = [
+        batch(
+            topology,
+            "build each cluster's remote secret from its own context",
+            Action::Install,
+            Order::Forwards,
+            |c| c.in_link() && c.stage() == Stage::Cluster,
+        ),
+        batch(
+            topology,
+            LINK_TITLE,
+            Action::Install,
+            Order::Forwards,
+            |c| c.in_link() && c.stage() == Stage::Mesh,
+        ),
+    ];
+    Plan {
+        batches: batches.into_iter().flatten().collect(),
     }
 }
 
-/// The `helm upgrade --install` step of a chart, with its values file below `values_dir`.
-pub fn release_step(
-    mesh: &Mesh,
-    chart: Chart,
-    target: &Target,
-    values_dir: &Path,
-    timeout: Duration,
-) -> Step {
-    let (base_file, istiod_file) = values::paths(values_dir, &target.cluster);
-    let file = match chart {
-        Chart::Base => base_file,
-        Chart::Istiod => istiod_file,
-    };
-    let release = helm::Release {
-        name: &release_name(mesh, chart),
-        chart,
-        charts: &mesh.charts,
-        version: mesh.version.as_deref(),
-        namespace: &mesh.namespace,
-        values_file: &file,
-    };
-    helm::upgrade_install(target, &release, timeout)
+/// The install backwards, per cluster: remote secrets, istiod, istio-base, the namespace (and
+/// the CRDs with `--purge-crds`).
+pub fn uninstall(topology: &Topology) -> Plan<'_> {
+    Plan {
+        batches: batch(
+            topology,
+            "remove the mesh from every cluster",
+            Action::Remove,
+            Order::Backwards,
+            |_| true,
+        )
+        .into_iter()
+        .collect(),
+    }
 }
 
 /// What `script` needs besides the mesh and the plan.
@@ -221,10 +170,6 @@ pub struct ScriptOptions<'a> {
 /// cacerts step reads the files, the remote secrets come through a pipe.
 pub fn script(mesh: &Mesh, plan: &Plan, options: &ScriptOptions) -> String {
     let mut out = String::new();
-    let kubeconfig_flag = options
-        .kubeconfig
-        .map(|k| format!(" --kubeconfig {}", shell_quote(&k.display().to_string())))
-        .unwrap_or_default();
     let mut source_flag = if mesh.source == "flags" {
         String::new()
     } else {
@@ -259,179 +204,119 @@ pub fn script(mesh: &Mesh, plan: &Plan, options: &ScriptOptions) -> String {
             let Some(cluster) = mesh.cluster(&chain.cluster) else {
                 continue;
             };
-            let target = Target {
-                cluster: cluster.name.clone(),
-                context: cluster.context.clone(),
-                kubeconfig: options.kubeconfig.map(Path::to_path_buf),
+            let cx = ScriptCx {
+                mesh,
+                cluster,
+                target: Target {
+                    cluster: cluster.name.clone(),
+                    context: cluster.context.clone(),
+                    kubeconfig: options.kubeconfig.map(Path::to_path_buf),
+                },
+                values_dir: options.values_dir,
+                kubeconfig: options.kubeconfig,
+                timeout: options.timeout,
             };
             out.push_str(&format!(
                 "\n## {} (context {})\n",
                 cluster.name, cluster.context
             ));
             for task in &chain.tasks {
-                out.push_str(&task_script(
-                    mesh,
-                    cluster,
-                    &target,
-                    *task,
-                    options,
-                    &kubeconfig_flag,
-                ));
+                out.push_str(&task.component.script(&cx, task.action));
             }
         }
     }
     out
 }
 
-fn task_script(
-    mesh: &Mesh,
-    cluster: &Cluster,
-    target: &Target,
-    task: Task,
-    options: &ScriptOptions,
-    kubeconfig_flag: &str,
-) -> String {
-    let timeout = options.timeout;
-    let ns = &mesh.namespace;
-    match task {
-        Task::Namespace => format!(
-            "{} <<'EOF'\n{}EOF\n",
-            namespace_step(mesh, cluster, target, timeout).command_line(),
-            namespace_manifest(mesh, cluster)
-        ),
-        Task::Cacerts => {
-            let dir = mesh.trust.dir.join(&cluster.name);
-            let files: Vec<(&str, String)> = crate::trust::CLUSTER_FILES
-                .iter()
-                .map(|key| (*key, dir.join(key).display().to_string()))
-                .collect();
-            format!(
-                "# cacerts: the intermediate CA of {} from {} (kubectl reads the key; it is never shown).\n{} \\\n  | {}\n",
-                cluster.name,
-                shell_quote(&dir.display().to_string()),
-                kubectl::secret_from_files(target, "cacerts", ns, &files, timeout).command_line(),
-                kubectl::apply(target, Sensitive::default(), timeout).command_line()
-            )
-        }
-        Task::Release(chart) => format!(
-            "{}\n",
-            release_step(mesh, chart, target, options.values_dir, timeout).command_line()
-        ),
-        Task::Restart => format!(
-            "# Only if istiod ran before cacerts existed: {}\n",
-            kubectl::rollout_restart(target, &mesh.istiod_deployment(), ns, timeout).command_line()
-        ),
-        Task::BuildRemoteSecret => String::new(),
-        Task::Link => {
-            let mut text = String::new();
-            for peer in mesh.clusters.iter().filter(|p| p.name != cluster.name) {
-                let server = if peer.server_overridden {
-                    format!(" --server {}", shell_quote(&peer.server))
-                } else {
-                    String::new()
-                };
-                text.push_str(&format!(
-                    "meshup remote-secret{kubeconfig_flag} --context {} --name {} --namespace {ns}{server} \\\n  | {}\n",
-                    shell_quote(&peer.context),
-                    peer.name,
-                    kubectl::apply(target, Sensitive::default(), timeout).command_line()
-                ));
-            }
-            if text.is_empty() {
-                text.push_str("# (a single cluster has no peers)\n");
-            }
-            text.push_str("# meshup link also deletes remote secrets here that meshup made for clusters no longer in the mesh.\n");
-            text
-        }
-        Task::Unlink => format!(
-            "{}\n",
-            kubectl::delete_selected(
-                target,
-                "secrets",
-                &remote_secret::managed_selector(),
-                ns,
-                timeout
-            )
-            .command_line()
-        ),
-        Task::Uninstall(chart) => format!(
-            "{}\n",
-            helm::uninstall(target, &release_name(mesh, chart), ns, timeout).command_line()
-        ),
-        Task::DeleteNamespace => format!(
-            "{}\n",
-            kubectl::delete(target, "namespace", std::slice::from_ref(ns), None, timeout)
-                .command_line()
-        ),
-        Task::PurgeCrds => {
-            "# Delete every CustomResourceDefinition named *.istio.io:\n".to_string()
-                + &format!(
-                    "kubectl get crd --context {}{kubeconfig_flag} -o name | grep '\\.istio\\.io$' | xargs -r kubectl delete --context {}{kubeconfig_flag}\n",
-                    shell_quote(&cluster.context),
-                    shell_quote(&cluster.context)
-                )
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::testing::mesh;
+    use crate::topology::Choices;
+
+    fn topology(m: &Mesh) -> Topology {
+        Topology::of(m, &Choices::default())
+    }
 
     #[test]
     fn install_runs_each_cluster_chain_before_linking() {
-        let plan = install(&mesh(2, TrustMode::Generate));
+        let t = topology(&mesh(2, TrustMode::Generate));
+        let plan = install(&t);
         assert_eq!(plan.batches.len(), 2);
         assert_eq!(
-            plan.batches[0].chains[0].tasks,
+            plan.batches[0].chains[0].labels(),
             [
-                Task::Namespace,
-                Task::Cacerts,
-                Task::Release(Chart::Base),
-                Task::Release(Chart::Istiod),
-                Task::Restart,
-                Task::BuildRemoteSecret
+                "namespace",
+                "cacerts",
+                "istio-base",
+                "istiod",
+                "istiod restart",
+                "remote secret"
             ]
         );
         assert_eq!(plan.batches[1].chains.len(), 2);
-        assert_eq!(plan.batches[1].chains[1].tasks, [Task::Link]);
+        assert_eq!(plan.batches[1].chains[1].labels(), ["link"]);
     }
 
     #[test]
     fn a_single_cluster_builds_no_remote_secret_and_trust_none_no_cacerts() {
-        let plan = install(&mesh(1, TrustMode::None));
+        let t = topology(&mesh(1, TrustMode::None));
+        let plan = install(&t);
         assert_eq!(
-            plan.batches[0].chains[0].tasks,
-            [
-                Task::Namespace,
-                Task::Release(Chart::Base),
-                Task::Release(Chart::Istiod)
-            ]
+            plan.batches[0].chains[0].labels(),
+            ["namespace", "istio-base", "istiod"]
         );
+        // A single cluster still prunes remote secrets of clusters that left the mesh.
+        assert_eq!(plan.batches[1].chains[0].labels(), ["link"]);
     }
 
     #[test]
     fn uninstall_reverses_the_install() {
-        let plan = uninstall(&mesh(2, TrustMode::None), true);
+        let m = mesh(2, TrustMode::Generate);
+        let t = Topology::of(
+            &m,
+            &Choices {
+                purge_crds: true,
+                ..Choices::default()
+            },
+        );
+        let plan = uninstall(&t);
         assert_eq!(
-            plan.batches[0].chains[0].tasks,
+            plan.batches[0].chains[0].labels(),
             [
-                Task::Unlink,
-                Task::Uninstall(Chart::Istiod),
-                Task::Uninstall(Chart::Base),
-                Task::DeleteNamespace,
-                Task::PurgeCrds
+                "remote secrets",
+                "istiod",
+                "istio-base",
+                "namespace",
+                "CRDs"
             ]
         );
+        let without = topology(&m);
+        assert!(
+            !uninstall(&without).batches[0].chains[0]
+                .labels()
+                .contains(&"CRDs")
+        );
+    }
+
+    #[test]
+    fn link_builds_then_applies() {
+        let t = topology(&mesh(2, TrustMode::Generate));
+        let plan = link(&t);
+        assert_eq!(plan.batches.len(), 2);
+        assert_eq!(plan.batches[0].chains[0].labels(), ["remote secret"]);
+        assert_eq!(plan.batches[1].chains[0].labels(), ["link"]);
+        let single = topology(&mesh(1, TrustMode::None));
+        assert_eq!(link(&single).batches.len(), 1);
     }
 
     #[test]
     fn the_script_pipes_every_ordered_pair() {
         let m = mesh(3, TrustMode::Generate);
+        let t = topology(&m);
         let text = script(
             &m,
-            &install(&m),
+            &install(&t),
             &ScriptOptions {
                 values_dir: Path::new("meshup-values"),
                 mesh_flags: &[],
@@ -468,9 +353,10 @@ mod tests {
         .iter()
         .map(|s| s.to_string())
         .collect();
+        let t = topology(&m);
         let text = script(
             &m,
-            &install(&m),
+            &install(&t),
             &ScriptOptions {
                 values_dir: Path::new("v"),
                 mesh_flags: &flags,
@@ -486,9 +372,10 @@ mod tests {
     #[test]
     fn install_script_snapshot() {
         let m = mesh(2, TrustMode::Generate);
+        let t = topology(&m);
         insta::assert_snapshot!(script(
             &m,
-            &install(&m),
+            &install(&t),
             &ScriptOptions {
                 values_dir: Path::new("meshup-values"),
                 mesh_flags: &[],
@@ -501,9 +388,16 @@ mod tests {
     #[test]
     fn uninstall_script_snapshot() {
         let m = mesh(2, TrustMode::None);
+        let t = Topology::of(
+            &m,
+            &Choices {
+                purge_crds: true,
+                ..Choices::default()
+            },
+        );
         insta::assert_snapshot!(script(
             &m,
-            &uninstall(&m, true),
+            &uninstall(&t),
             &ScriptOptions {
                 values_dir: Path::new("meshup-values"),
                 mesh_flags: &[],

@@ -3,46 +3,16 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
-use serde_json::Value;
-
-use crate::exec::{Ctx, parallel};
-use crate::helm;
-use crate::kubectl;
-use crate::mesh::{Cluster, Mesh};
+use crate::components::{Board, Memo};
+use crate::exec::{Run, parallel};
+use crate::finding::Finding;
+use crate::live;
+use crate::mesh::Mesh;
 use crate::remote_secret;
-use crate::runner::{Runner, StepError, run_ok};
+use crate::reporter::Reporter;
+use crate::runner::Runner;
 use crate::step::Tool;
-
-/// How a check came out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Level {
-    Ok,
-    Warn,
-    Fail,
-}
-
-/// One check's result.
-#[derive(Debug, Clone, Serialize)]
-pub struct Check {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cluster: Option<String>,
-    pub check: String,
-    pub level: Level,
-    pub detail: String,
-}
-
-impl Check {
-    fn new(cluster: Option<&str>, check: &str, level: Level, detail: impl Into<String>) -> Self {
-        Self {
-            cluster: cluster.map(str::to_string),
-            check: check.to_string(),
-            level,
-            detail: detail.into(),
-        }
-    }
-}
+use crate::topology::{Node, Topology};
 
 /// Finds a tool: the flag (or its environment variable) when given, else `PATH`.
 pub fn locate(tool: Tool, flag: Option<&Path>) -> Result<PathBuf, String> {
@@ -73,63 +43,50 @@ fn major_minor(version: &str) -> Option<(u32, u32)> {
 }
 
 /// Checks the local tools: helm 3.12+ or 4, and kubectl.
-pub fn tool_checks(runner: &dyn Runner, helm_path: &Path, kubectl_path: &Path) -> Vec<Check> {
+pub fn tool_checks(runner: &dyn Runner, helm_path: &Path, kubectl_path: &Path) -> Vec<Finding> {
     let mut checks = Vec::new();
-    match run_ok(runner, &helm::version()) {
-        Ok(output) => {
-            let version = output.stdout.trim().to_string();
-            let (level, what) = match major_minor(&version) {
-                Some((4, _)) => (Level::Ok, "Helm 4".to_string()),
-                Some((3, minor)) if minor >= 12 => (Level::Ok, "Helm 3".to_string()),
-                Some(_) => (
-                    Level::Fail,
-                    "meshup needs Helm 3.12+ or Helm 4; upgrade helm".to_string(),
+    match live::tools::helm_version(runner) {
+        Ok(version) => {
+            let at = helm_path.display();
+            checks.push(match major_minor(&version) {
+                Some((4, _)) => {
+                    Finding::ok(None, "helm", format!("helm {version} (Helm 4) at {at}"))
+                }
+                Some((3, minor)) if minor >= 12 => {
+                    Finding::ok(None, "helm", format!("helm {version} (Helm 3) at {at}"))
+                }
+                Some(_) => Finding::fail(None, "helm", format!("helm {version} at {at}"))
+                    .fix("meshup needs Helm 3.12+ or Helm 4; upgrade helm"),
+                None => Finding::warn(
+                    None,
+                    "helm",
+                    format!("helm {version} (an unknown version) at {at}"),
                 ),
-                None => (Level::Warn, "an unknown version".to_string()),
-            };
-            checks.push(Check::new(
-                None,
-                "helm",
-                level,
-                format!("helm {version} ({what}) at {}", helm_path.display()),
-            ));
+            });
         }
-        Err(e) => checks.push(Check::new(None, "helm", Level::Fail, e.to_string())),
+        Err(e) => checks.push(Finding::fail(None, "helm", e.to_string())),
     }
-    match run_ok(runner, &kubectl::client_version()) {
-        Ok(output) => {
-            let json: Value = serde_json::from_str(&output.stdout).unwrap_or(Value::Null);
-            let version = json["clientVersion"]["gitVersion"]
-                .as_str()
-                .unwrap_or("(unknown version)");
-            checks.push(Check::new(
-                None,
-                "kubectl",
-                Level::Ok,
-                format!("kubectl {version} at {}", kubectl_path.display()),
-            ));
-        }
-        Err(e) => checks.push(Check::new(None, "kubectl", Level::Fail, e.to_string())),
+    match live::tools::kubectl_version(runner) {
+        Ok(version) => checks.push(Finding::ok(
+            None,
+            "kubectl",
+            format!("kubectl {version} at {}", kubectl_path.display()),
+        )),
+        Err(e) => checks.push(Finding::fail(None, "kubectl", e.to_string())),
     }
     checks
 }
 
-/// Checks every cluster in parallel: reachable, and no conflicting Istio install.
-pub fn cluster_checks(ctx: &Ctx) -> Vec<Check> {
-    let mut checks: Vec<Check> = parallel(ctx.jobs, &ctx.mesh.clusters, |cluster| {
-        check_cluster(ctx, cluster)
-    })
-    .into_iter()
-    .flatten()
-    .collect();
-    checks.extend(network_warning(ctx.mesh).map(|w| Check::new(None, "networks", Level::Warn, w)));
-    checks.extend(
-        loopback_warnings(ctx.mesh)
+/// Checks every cluster in parallel (reachable, and no conflicting Istio install), then the
+/// mesh as a whole.
+pub fn cluster_checks(run: &Run, topology: &Topology) -> Vec<Finding> {
+    let mut checks: Vec<Finding> =
+        parallel(run.jobs, &topology.nodes, |node| check_cluster(run, node))
             .into_iter()
-            .map(|(cluster, detail)| {
-                Check::new(Some(&cluster), "api server address", Level::Warn, detail)
-            }),
-    );
+            .flatten()
+            .collect();
+    checks.extend(network_warning(run.mesh).map(|w| Finding::warn(None, "networks", w)));
+    checks.extend(loopback_warnings(run.mesh));
     checks
 }
 
@@ -151,7 +108,7 @@ pub fn network_warning(mesh: &Mesh) -> Option<String> {
 }
 
 /// Clusters whose remote secret would carry a loopback server, which no peer can reach.
-pub fn loopback_warnings(mesh: &Mesh) -> Vec<(String, String)> {
+pub fn loopback_warnings(mesh: &Mesh) -> Vec<Finding> {
     if mesh.clusters.len() < 2 {
         return Vec::new();
     }
@@ -159,153 +116,77 @@ pub fn loopback_warnings(mesh: &Mesh) -> Vec<(String, String)> {
         .iter()
         .filter(|c| remote_secret::is_loopback(&c.server))
         .map(|c| {
-            (
-                c.name.clone(),
+            Finding::warn(
+                Some(&c.name),
+                "api server address",
                 format!(
-                    "{} is a loopback address: istiod in the other clusters cannot reach it; set `apiServer` for this cluster in the mesh file",
+                    "{} is a loopback address: istiod in the other clusters cannot reach it",
                     c.server
                 ),
             )
+            .fix("set `apiServer` for this cluster in the mesh file")
         })
         .collect()
 }
 
-fn check_cluster(ctx: &Ctx, cluster: &Cluster) -> Vec<Check> {
-    let target = ctx.target(cluster);
+fn check_cluster(run: &Run, node: &Node) -> Vec<Finding> {
+    let cluster = run
+        .mesh
+        .cluster(&node.cluster)
+        .expect("the topology's clusters are the mesh's");
     let name = Some(cluster.name.as_str());
-    let mut checks = Vec::new();
-    match run_ok(ctx.runner, &kubectl::server_version(&target, ctx.timeout)) {
-        Ok(output) => {
-            let json: Value = serde_json::from_str(&output.stdout).unwrap_or(Value::Null);
-            let version = json["serverVersion"]["gitVersion"]
-                .as_str()
-                .unwrap_or("(unknown version)");
-            checks.push(Check::new(
+    let (mut memo, board) = (Memo::default(), Board::default());
+    run.in_cluster(cluster, &mut memo, &board, |cx| {
+        let mut checks = Vec::new();
+        match cx.live.server_version() {
+            Ok(version) => checks.push(Finding::ok(
                 name,
                 "api server",
-                Level::Ok,
                 format!(
                     "context `{}` answers: Kubernetes {version}",
                     cluster.context
                 ),
-            ));
+            )),
+            Err(e) => {
+                let server = if cluster.server.is_empty() {
+                    "no server"
+                } else {
+                    &cluster.server
+                };
+                checks.push(Finding::fail(
+                    name,
+                    "api server",
+                    format!(
+                        "context `{}` ({server}) does not answer: {e}",
+                        cluster.context
+                    ),
+                ));
+                return checks;
+            }
         }
-        Err(e) => {
-            checks.push(Check::new(
+        let mut conflicts = Vec::new();
+        for component in &node.components {
+            match component.preflight(cx) {
+                Ok(found) => conflicts.extend(found),
+                Err(e) => conflicts.push(Finding::fail(name, "existing istio", e.to_string())),
+            }
+        }
+        if conflicts.is_empty() {
+            checks.push(Finding::ok(
                 name,
-                "api server",
-                Level::Fail,
-                format!(
-                    "context `{}` ({}) does not answer: {e}",
-                    cluster.context,
-                    display_server(&cluster.server)
-                ),
+                "existing istio",
+                "no conflicting install",
             ));
-            return checks;
         }
-    }
-    match conflicts(ctx, cluster) {
-        Ok(found) if found.is_empty() => checks.push(Check::new(
-            name,
-            "existing istio",
-            Level::Ok,
-            "no conflicting install",
-        )),
-        Ok(found) => checks.extend(
-            found
-                .into_iter()
-                .map(|f| Check::new(name, "existing istio", Level::Fail, f)),
-        ),
-        Err(e) => checks.push(Check::new(
-            name,
-            "existing istio",
-            Level::Fail,
-            e.to_string(),
-        )),
-    }
-    checks
+        checks.extend(conflicts);
+        checks
+    })
 }
 
-fn display_server(server: &str) -> &str {
-    if server.is_empty() {
-        "no server"
-    } else {
-        server
-    }
-}
-
-/// An existing Istio whose mesh ID or cluster name differs from the mesh file's.
-fn conflicts(ctx: &Ctx, cluster: &Cluster) -> Result<Vec<String>, StepError> {
-    let mesh = ctx.mesh;
-    let target = ctx.target(cluster);
-    let ns = &mesh.namespace;
-    let (configmap, deployment) = (mesh.mesh_configmap(), mesh.istiod_deployment());
-    let output = run_ok(
-        ctx.runner,
-        &kubectl::get_each(
-            &target,
-            &[("configmap", &configmap), ("deployment", &deployment)],
-            Some(ns),
-            ctx.timeout,
-        ),
-    )?;
-    let objects =
-        kubectl::objects(&output.stdout).map_err(|e| StepError::other(&cluster.name, e, None))?;
-    let mut found = Vec::new();
-    if let Some(mesh_id) = kubectl::find(&objects, "ConfigMap", &configmap).and_then(mesh_id_of)
-        && mesh_id != mesh.mesh_id
-    {
-        found.push(format!(
-            "Istio in namespace `{ns}` already belongs to mesh `{mesh_id}`, not `{}`; uninstall it or use meshID `{mesh_id}`",
-            mesh.mesh_id
-        ));
-    }
-    if let Some(id) = kubectl::find(&objects, "Deployment", &deployment).and_then(cluster_id_of)
-        && id != cluster.name
-    {
-        found.push(format!(
-            "istiod in namespace `{ns}` already runs as cluster `{id}`, not `{}`; rename the cluster to `{id}` in the mesh file or uninstall that istiod",
-            cluster.name
-        ));
-    }
-    Ok(found)
-}
-
-/// The mesh ID in an `istio` ConfigMap: `meshId` at the top of the mesh config, or under
-/// `defaultConfig`.
-pub fn mesh_id_of(configmap: &Value) -> Option<String> {
-    let mesh: serde_yaml::Value = serde_yaml::from_str(configmap["data"]["mesh"].as_str()?).ok()?;
-    mesh.get("meshId")
-        .or_else(|| mesh.get("defaultConfig").and_then(|d| d.get("meshId")))
-        .and_then(|v| v.as_str())
-        .map(str::to_string)
-}
-
-/// istiod's `CLUSTER_ID` from its Deployment.
-pub fn cluster_id_of(deployment: &Value) -> Option<String> {
-    deployment["spec"]["template"]["spec"]["containers"]
-        .as_array()?
-        .iter()
-        .flat_map(|c| c["env"].as_array().into_iter().flatten())
-        .find(|env| env["name"] == "CLUSTER_ID")
-        .and_then(|env| env["value"].as_str())
-        .map(str::to_string)
-}
-
-/// Prints checks, one line each.
-pub fn print(reporter: &crate::reporter::Reporter, checks: &[Check]) {
+/// Prints findings, one line each.
+pub fn print(reporter: &Reporter, checks: &[Finding]) {
     for check in checks {
-        let mark = match check.level {
-            Level::Ok => "ok  ",
-            Level::Warn => "warn",
-            Level::Fail => "FAIL",
-        };
-        let who = check
-            .cluster
-            .as_deref()
-            .map(|c| format!("[{c}] "))
-            .unwrap_or_default();
-        reporter.line(&format!("{mark} {who}{}: {}", check.check, check.detail));
+        reporter.line(&check.to_string());
     }
 }
 
@@ -319,22 +200,6 @@ mod tests {
         assert_eq!(major_minor("v4.1.4"), Some((4, 1)));
         assert_eq!(major_minor("v3.12.0-rc.1"), Some((3, 12)));
         assert_eq!(major_minor("garbage"), None);
-    }
-
-    #[test]
-    fn mesh_id_is_read_from_either_place() {
-        let top =
-            serde_json::json!({"data":{"mesh":"meshId: mesh1\ntrustDomain: cluster.local\n"}});
-        let nested = serde_json::json!({"data":{"mesh":"defaultConfig:\n  meshId: mesh2\n"}});
-        assert_eq!(mesh_id_of(&top).as_deref(), Some("mesh1"));
-        assert_eq!(mesh_id_of(&nested).as_deref(), Some("mesh2"));
-        assert_eq!(mesh_id_of(&serde_json::json!({"data": {}})), None);
-    }
-
-    #[test]
-    fn cluster_id_comes_from_istiod_env() {
-        let deployment: Value = serde_json::from_str(r#"{"spec":{"template":{"spec":{"containers":[{"name":"discovery","env":[{"name":"X","value":"1"},{"name":"CLUSTER_ID","value":"east"}]}]}}}}"#).unwrap();
-        assert_eq!(cluster_id_of(&deployment).as_deref(), Some("east"));
     }
 
     #[test]
@@ -355,7 +220,7 @@ mod tests {
         mesh.clusters[1].server = "https://127.0.0.1:6443".into();
         let warnings = loopback_warnings(&mesh);
         assert_eq!(warnings.len(), 1);
-        assert_eq!(warnings[0].0, "cluster2");
+        assert_eq!(warnings[0].cluster.as_deref(), Some("cluster2"));
         mesh.clusters.truncate(1);
         mesh.clusters[0].server = "https://127.0.0.1:6443".into();
         assert!(loopback_warnings(&mesh).is_empty());

@@ -1,18 +1,15 @@
 //! Remote secrets: what `istioctl create-remote-secret` makes, built with kubectl alone. A
 //! remote secret for cluster A is a Secret labelled `istio/multiCluster: "true"` whose one data
 //! key, `A`, holds a kubeconfig that reaches A's API server as A's
-//! `istio-reader-service-account`. Applied in cluster B, it lets B's istiod watch A.
-
-use std::time::{Duration, Instant};
+//! `istio-reader-service-account`. Applied in cluster B, it lets B's istiod watch A. (Building
+//! one from a cluster is `components/reader.rs`; holding peers' ones is `components/peers.rs`.)
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use serde_json::{Value, json};
+use serde_json::json;
 
-use crate::kubectl;
-use crate::runner::{self, Runner, StepError, run_ok};
+use crate::live::Secret;
 use crate::sensitive::Sensitive;
-use crate::step::Target;
 
 /// The service account whose token goes into remote secrets (created by istio/base).
 pub const READER_ACCOUNT: &str = "istio-reader-service-account";
@@ -134,76 +131,6 @@ pub fn is_loopback(server: &str) -> bool {
     host == "localhost" || host.starts_with("127.") || host == "::1" || host == "0.0.0.0"
 }
 
-/// Builds cluster `name`'s remote secret from its own context: makes sure the reader service
-/// account and its token secret exist, waits (bounded, with backoff) for the token controller
-/// to fill the token, and assembles the secret. Nothing is printed or written.
-pub fn build(
-    runner: &dyn Runner,
-    target: &Target,
-    name: &str,
-    namespace: &str,
-    server: &str,
-    timeout: Duration,
-) -> Result<RemoteSecret, StepError> {
-    let found = run_ok(
-        runner,
-        &kubectl::get_each(
-            target,
-            &[("serviceaccount", READER_ACCOUNT), ("secret", TOKEN_SECRET)],
-            Some(namespace),
-            timeout,
-        ),
-    )?;
-    let objects =
-        kubectl::objects(&found.stdout).map_err(|e| StepError::other(&target.cluster, e, None))?;
-    if kubectl::find(&objects, "ServiceAccount", READER_ACCOUNT).is_none() {
-        run_ok(
-            runner,
-            &kubectl::create_service_account(target, READER_ACCOUNT, namespace, timeout),
-        )?;
-    }
-    match kubectl::find(&objects, "Secret", TOKEN_SECRET) {
-        None => {
-            let manifest = token_secret_manifest(namespace);
-            run_ok(
-                runner,
-                &kubectl::apply(target, Sensitive::new(manifest.into_bytes()), timeout),
-            )?;
-        }
-        Some(secret) => {
-            if let Some((ca, token)) = read_token(secret) {
-                return Ok(RemoteSecret::new(name, server, &ca, &token));
-            }
-        }
-    }
-
-    let get_token = kubectl::get(target, "secret", TOKEN_SECRET, Some(namespace), timeout);
-    // The token controller fills the secret within a second or two on a healthy cluster.
-    let deadline = Instant::now() + timeout.min(Duration::from_secs(60));
-    let mut pause = Duration::from_millis(100);
-    loop {
-        runner::sleep(pause)?;
-        let output = run_ok(runner, &get_token)?;
-        let secret: Value = serde_json::from_str(&output.stdout).unwrap_or(Value::Null);
-        if let Some((ca, token)) = read_token(&secret) {
-            return Ok(RemoteSecret::new(name, server, &ca, &token));
-        }
-        if Instant::now() >= deadline {
-            return Err(StepError::other(
-                &target.cluster,
-                format!(
-                    "the token controller did not fill `token` and `ca.crt` of secret `{TOKEN_SECRET}` in namespace `{namespace}`"
-                ),
-                Some(format!(
-                    "check that kube-controller-manager runs in context `{}` and that service account `{READER_ACCOUNT}` exists",
-                    target.context
-                )),
-            ));
-        }
-        pause = (pause * 2).min(Duration::from_secs(2));
-    }
-}
-
 /// The token secret that asks the token controller for a long-lived token.
 pub fn token_secret_manifest(namespace: &str) -> String {
     let secret = json!({
@@ -220,14 +147,18 @@ pub fn token_secret_manifest(namespace: &str) -> String {
     serde_yaml::to_string(&secret).expect("plain JSON is valid YAML")
 }
 
-/// From a token secret: `ca.crt` as base64 and the decoded token, once both
-/// are filled in.
-pub fn read_token(secret: &Value) -> Option<(String, Sensitive<String>)> {
-    let data = secret.get("data")?;
-    let ca = data.get("ca.crt")?.as_str().filter(|s| !s.is_empty())?;
-    let token = data.get("token")?.as_str().filter(|s| !s.is_empty())?;
-    let token = String::from_utf8(B64.decode(token).ok()?).ok()?;
-    Some((ca.to_string(), Sensitive::new(token)))
+/// From a token secret: `ca.crt` as base64 and the decoded token, once both are filled in.
+pub fn read_token(secret: &Secret) -> Option<(String, Sensitive<String>)> {
+    let ca = secret
+        .data
+        .get("ca.crt")
+        .filter(|v| !v.expose().is_empty())?;
+    let token = secret
+        .data
+        .get("token")
+        .filter(|v| !v.expose().is_empty())?;
+    let token = String::from_utf8(B64.decode(token.expose()).ok()?).ok()?;
+    Some((ca.expose().clone(), Sensitive::new(token)))
 }
 
 /// A remote secret found in a cluster, with only what may be shown.
@@ -245,35 +176,24 @@ pub struct Found {
     pub data: Sensitive<String>,
 }
 
-/// The remote secrets in a `kubectl get secrets -l istio/multiCluster=true -o json` List.
-pub fn found(list_json: &str) -> Result<Vec<Found>, String> {
-    let list: Value = serde_json::from_str(list_json)
-        .map_err(|e| format!("kubectl printed no JSON list: {e}"))?;
+/// The remote secrets among `secrets` (`kubectl get secrets -l istio/multiCluster=true`):
+/// one entry per data key.
+pub fn found(secrets: &[Secret]) -> Vec<Found> {
     let mut found = Vec::new();
-    for item in list
-        .get("items")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        let meta = &item["metadata"];
-        let secret = meta["name"].as_str().unwrap_or_default().to_string();
-        let managed = meta["labels"][MANAGED_BY_LABEL].as_str() == Some(MANAGED_BY);
-        let Some(data) = item.get("data").and_then(Value::as_object) else {
-            continue;
-        };
-        for (cluster, value) in data {
-            let value = value.as_str().unwrap_or_default();
+    for secret in secrets {
+        let meta = &secret.metadata;
+        let managed = meta.labels.get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY);
+        for (cluster, value) in &secret.data {
             found.push(Found {
-                secret: secret.clone(),
+                secret: meta.name.clone(),
                 cluster: cluster.clone(),
-                server: server_of(value),
+                server: server_of(value.expose()),
                 managed,
-                data: Sensitive::new(value.to_string()),
+                data: value.clone(),
             });
         }
     }
-    Ok(found)
+    found
 }
 
 /// The server of the first cluster in a base64 kubeconfig.
@@ -288,9 +208,6 @@ fn server_of(data_b64: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runner::{Output, RecordingRunner};
-    use crate::step::Step;
-    use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn token() -> Sensitive<String> {
         Sensitive::new("eyJhbGciOiJSUzI1NiJ9.reader".into())
@@ -351,13 +268,17 @@ mod tests {
 
     #[test]
     fn found_secrets_decode_their_server_and_ownership() {
+        use serde_json::Value;
         let secret = RemoteSecret::new("cluster2", "https://10.0.0.2:6443", "Q0E=", &token());
         let manifest: Value = serde_yaml::from_str(secret.manifest("ns").expose()).unwrap();
         let mut foreign = manifest.clone();
         foreign["metadata"]["name"] = "istio-remote-secret-legacy".into();
         foreign["metadata"]["labels"] = json!({"istio/multiCluster": "true"});
-        let list = json!({"kind": "List", "items": [manifest, foreign]});
-        let found = found(&list.to_string()).unwrap();
+        let secrets: Vec<Secret> = [manifest, foreign]
+            .into_iter()
+            .map(|s| serde_json::from_value(s).unwrap())
+            .collect();
+        let found = found(&secrets);
         assert_eq!(found.len(), 2);
         assert_eq!(found[0].cluster, "cluster2");
         assert_eq!(found[0].server.as_deref(), Some("https://10.0.0.2:6443"));
@@ -383,89 +304,5 @@ mod tests {
         ] {
             assert!(!is_loopback(s), "{s}");
         }
-    }
-
-    fn token_json(filled: bool) -> String {
-        let data = if filled {
-            json!({"token": B64.encode("eyJhbGciOiJSUzI1NiJ9.reader"), "ca.crt": "Q0E=", "namespace": "aXN0aW8tc3lzdGVt"})
-        } else {
-            json!({})
-        };
-        json!({"kind": "Secret", "metadata": {"name": TOKEN_SECRET}, "data": data}).to_string()
-    }
-
-    fn target() -> Target {
-        Target {
-            cluster: "cluster1".into(),
-            context: "kind-cluster1".into(),
-            kubeconfig: None,
-        }
-    }
-
-    fn ok(stdout: &str) -> Output {
-        Output {
-            code: Some(0),
-            stdout: stdout.into(),
-            stderr: String::new(),
-        }
-    }
-
-    #[test]
-    fn build_creates_what_is_missing_and_waits_for_the_token() {
-        let gets = AtomicUsize::new(0);
-        let runner = RecordingRunner::new(|step: &Step| {
-            let args = step.args.join(" ");
-            if args.starts_with("get serviceaccount/") {
-                // Neither the account nor the token secret exists.
-                ok("")
-            } else if args.starts_with("get secret") {
-                // Not yet filled, then filled.
-                match gets.fetch_add(1, Ordering::SeqCst) {
-                    0 => ok(&token_json(false)),
-                    _ => ok(&token_json(true)),
-                }
-            } else {
-                ok("")
-            }
-        });
-        let secret = build(
-            &runner,
-            &target(),
-            "cluster1",
-            "istio-system",
-            "https://10.0.0.1",
-            Duration::from_secs(10),
-        )
-        .unwrap();
-        let lines = runner.command_lines();
-        let verbs: Vec<&str> = lines.iter().map(|l| l.split(' ').nth(1).unwrap()).collect();
-        assert_eq!(verbs, ["get", "create", "apply", "get", "get"]);
-        assert_eq!(secret.server, "https://10.0.0.1");
-        let applied = runner.calls.lock().unwrap()[2].stdin.clone().unwrap();
-        let applied = String::from_utf8(applied.expose().clone()).unwrap();
-        assert!(
-            applied.contains("kubernetes.io/service-account-token"),
-            "{applied}"
-        );
-    }
-
-    #[test]
-    fn build_reuses_a_filled_token_in_one_call() {
-        let runner = RecordingRunner::new(|_: &Step| {
-            let token: Value = serde_json::from_str(&token_json(true)).unwrap();
-            let account = json!({"kind": "ServiceAccount", "metadata": {"name": READER_ACCOUNT}});
-            ok(&json!({"kind": "List", "items": [account, token]}).to_string())
-        });
-        build(
-            &runner,
-            &target(),
-            "cluster1",
-            "istio-system",
-            "https://10.0.0.1",
-            Duration::from_secs(10),
-        )
-        .unwrap();
-        assert_eq!(runner.command_lines().len(), 1);
-        assert!(runner.calls.lock().unwrap().iter().all(|s| !s.mutates));
     }
 }

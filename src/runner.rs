@@ -45,25 +45,43 @@ pub fn run_ok(runner: &dyn Runner, step: &Step) -> Result<Output, StepError> {
 }
 
 /// Why a step did not succeed.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum StepError {
     /// It ran and exited non-zero (or was killed by a signal).
+    #[error("{0}")]
     Failed(Box<Failure>),
     /// It could not be started.
+    #[error("{}could not start `{command}`: {error}", prefix(.cluster))]
     Spawn {
-        step: String,
+        command: String,
         cluster: String,
         error: String,
     },
     /// It outlived the step timeout and was killed.
+    #[error(
+        "{}`{command}` did not finish within {}s and was stopped\n  hint: raise --timeout, or check that the cluster answers (`kubectl cluster-info`)",
+        prefix(.cluster), .after.as_secs()
+    )]
     TimedOut {
-        step: String,
+        command: String,
         cluster: String,
         after: Duration,
     },
     /// Ctrl-C.
+    #[error("interrupted")]
     Interrupted,
+    /// A tool printed something meshup cannot read: never taken for "absent".
+    #[error(
+        "{}`{command}` printed output meshup cannot read ({problem})\n  hint: check that `{tool}` is a real {tool} of a supported version",
+        prefix(.cluster), tool = .command.split(' ').next().unwrap_or_default()
+    )]
+    Malformed {
+        cluster: String,
+        command: String,
+        problem: String,
+    },
     /// Something meshup itself found wrong after a call (an unexpected answer).
+    #[error("{}{message}{}", prefix(.cluster), hint_line(.hint))]
     Other {
         cluster: String,
         message: String,
@@ -83,6 +101,43 @@ pub struct Failure {
     pub hint: Option<String>,
 }
 
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let status = match self.code {
+            Some(code) => format!("exit code {code}"),
+            None => "a signal".to_string(),
+        };
+        write!(
+            f,
+            "{}`{}` failed with {status}",
+            prefix(&self.cluster),
+            self.command
+        )?;
+        if !self.stderr_tail.is_empty() {
+            write!(f, "\n  stderr (last lines):")?;
+            for line in self.stderr_tail.lines() {
+                write!(f, "\n    {line}")?;
+            }
+        }
+        write!(f, "{}", hint_line(&self.hint))
+    }
+}
+
+/// `[cluster] ` before a message about a cluster.
+fn prefix(cluster: &str) -> String {
+    if cluster.is_empty() {
+        String::new()
+    } else {
+        format!("[{cluster}] ")
+    }
+}
+
+fn hint_line(hint: &Option<String>) -> String {
+    hint.as_ref()
+        .map(|h| format!("\n  hint: {h}"))
+        .unwrap_or_default()
+}
+
 /// How many stderr lines a failure shows.
 const TAIL_LINES: usize = 12;
 
@@ -98,6 +153,16 @@ impl StepError {
         }))
     }
 
+    /// Output of `step` that cannot be read: `problem` says why (never quoting the output,
+    /// which may hold a token).
+    pub fn malformed(step: &Step, problem: impl fmt::Display) -> Self {
+        StepError::Malformed {
+            cluster: step.cluster.clone(),
+            command: step.command_line(),
+            problem: problem.to_string(),
+        }
+    }
+
     pub fn other(cluster: &str, message: impl Into<String>, hint: Option<String>) -> Self {
         StepError::Other {
             cluster: cluster.to_string(),
@@ -110,73 +175,6 @@ impl StepError {
         matches!(self, StepError::Interrupted)
     }
 }
-
-impl fmt::Display for StepError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let prefix = |cluster: &str| {
-            if cluster.is_empty() {
-                String::new()
-            } else {
-                format!("[{cluster}] ")
-            }
-        };
-        match self {
-            StepError::Failed(failure) => {
-                let status = match failure.code {
-                    Some(code) => format!("exit code {code}"),
-                    None => "a signal".to_string(),
-                };
-                write!(
-                    f,
-                    "{}`{}` failed with {status}",
-                    prefix(&failure.cluster),
-                    failure.command
-                )?;
-                if !failure.stderr_tail.is_empty() {
-                    write!(f, "\n  stderr (last lines):")?;
-                    for line in failure.stderr_tail.lines() {
-                        write!(f, "\n    {line}")?;
-                    }
-                }
-                if let Some(hint) = &failure.hint {
-                    write!(f, "\n  hint: {hint}")?;
-                }
-                Ok(())
-            }
-            StepError::Spawn {
-                step,
-                cluster,
-                error,
-            } => {
-                write!(f, "{}could not start `{step}`: {error}", prefix(cluster))
-            }
-            StepError::TimedOut {
-                step,
-                cluster,
-                after,
-            } => write!(
-                f,
-                "{}`{step}` did not finish within {}s and was stopped\n  hint: raise --timeout, or check that the cluster answers (`kubectl cluster-info`)",
-                prefix(cluster),
-                after.as_secs()
-            ),
-            StepError::Interrupted => f.write_str("interrupted"),
-            StepError::Other {
-                cluster,
-                message,
-                hint,
-            } => {
-                write!(f, "{}{message}", prefix(cluster))?;
-                if let Some(hint) = hint {
-                    write!(f, "\n  hint: {hint}")?;
-                }
-                Ok(())
-            }
-        }
-    }
-}
-
-impl std::error::Error for StepError {}
 
 /// The last `n` non-empty lines of `text`.
 pub fn tail(text: &str, n: usize) -> String {
@@ -327,7 +325,7 @@ impl Runner for ProcessRunner {
             None => expression.stdin_null(),
         };
         let handle = Arc::new(expression.start().map_err(|e| StepError::Spawn {
-            step: step.command_line(),
+            command: step.command_line(),
             cluster: step.cluster.clone(),
             error: e.to_string(),
         })?);
@@ -358,7 +356,7 @@ impl Runner for ProcessRunner {
                 Ok(None) if Instant::now() >= deadline => {
                     let _ = handle.kill();
                     break Err(StepError::TimedOut {
-                        step: step.command_line(),
+                        command: step.command_line(),
                         cluster: step.cluster.clone(),
                         after: self.timeout + self.grace,
                     });
@@ -367,7 +365,7 @@ impl Runner for ProcessRunner {
                 Err(e) => {
                     let _ = handle.kill();
                     break Err(StepError::Spawn {
-                        step: step.command_line(),
+                        command: step.command_line(),
                         cluster: step.cluster.clone(),
                         error: e.to_string(),
                     });
@@ -428,7 +426,6 @@ mod tests {
             tool,
             args: args.iter().map(|s| s.to_string()).collect(),
             stdin: None,
-            mutates: true,
         }
     }
 

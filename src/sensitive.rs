@@ -33,6 +33,13 @@ impl<T> fmt::Display for Sensitive<T> {
     }
 }
 
+/// A secret read from a tool's JSON output stays wrapped from the moment it is parsed.
+impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Sensitive<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        T::deserialize(deserializer).map(Sensitive)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -43,5 +50,13 @@ mod tests {
         assert_eq!(format!("{token}"), "<redacted>");
         assert_eq!(format!("{token:?}"), "<redacted>");
         assert_eq!(token.expose(), "eyJhbGciOi.secret");
+    }
+
+    #[test]
+    fn parsed_secrets_are_wrapped() {
+        let data: std::collections::BTreeMap<String, Sensitive<String>> =
+            serde_json::from_str(r#"{"token": "c2VjcmV0"}"#).unwrap();
+        assert_eq!(format!("{data:?}"), r#"{"token": <redacted>}"#);
+        assert_eq!(data["token"].expose(), "c2VjcmV0");
     }
 }

@@ -1,18 +1,14 @@
-//! `meshup status`: each cluster as it is, compared with the mesh file. Reads only.
+//! `meshup status`: each cluster as it is, compared with the mesh file. Reads only. The
+//! engine here reaches each cluster and walks its components' `inspect`; what is checked
+//! lives in the components.
 
-use std::collections::BTreeSet;
+use serde::{Serialize, Serializer};
 
-use serde::Serialize;
-use serde_json::Value;
-
-use crate::exec::{Ctx, parallel};
-use crate::helm::{self, Chart};
-use crate::kubectl;
-use crate::mesh::Cluster;
-use crate::plan;
-use crate::remote_secret;
-use crate::runner::run_ok;
-use crate::trust::{self, TrustMode};
+use crate::components::{Board, Memo, cacerts};
+use crate::exec::{Run, parallel};
+use crate::finding::Finding;
+use crate::topology::Topology;
+use crate::trust::TrustMode;
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -25,7 +21,8 @@ pub struct Status {
     pub shared_root: Option<bool>,
     pub clusters: Vec<ClusterStatus>,
     /// Mesh-wide problems (e.g. roots that differ).
-    pub problems: Vec<String>,
+    #[serde(serialize_with = "sentences")]
+    pub problems: Vec<Finding>,
 }
 
 #[derive(Debug, Clone, Serialize, Default)]
@@ -42,7 +39,15 @@ pub struct ClusterStatus {
     pub remote_secrets: RemoteSecrets,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cacerts: Option<Cacerts>,
-    pub problems: Vec<String>,
+    #[serde(serialize_with = "sentences")]
+    pub problems: Vec<Finding>,
+}
+
+impl ClusterStatus {
+    /// Records something that differs from the mesh file.
+    pub fn problem(&mut self, finding: Finding) {
+        self.problems.push(finding);
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -79,239 +84,58 @@ pub struct Cacerts {
     pub root_fingerprint: Option<String>,
 }
 
+/// Problems appear in JSON as the sentences the text shows.
+fn sentences<S: Serializer>(findings: &[Finding], serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(findings.iter().map(Finding::sentence))
+}
+
 /// Reads every cluster and compares.
-pub fn collect(ctx: &Ctx) -> Status {
-    let clusters = parallel(ctx.jobs, &ctx.mesh.clusters, |c| cluster_status(ctx, c));
-    let mut problems = Vec::new();
-    let roots: BTreeSet<&str> = clusters
-        .iter()
-        .filter_map(|c| c.cacerts.as_ref()?.root_fingerprint.as_deref())
-        .collect();
-    let shared_root = if ctx.mesh.trust.mode == TrustMode::None || roots.is_empty() {
-        None
+pub fn collect(run: &Run, topology: &Topology) -> Status {
+    let mesh = run.mesh;
+    let clusters = parallel(run.jobs, &topology.nodes, |node| {
+        let cluster = mesh
+            .cluster(&node.cluster)
+            .expect("the topology's clusters are the mesh's");
+        let mut status = ClusterStatus {
+            cluster: cluster.name.clone(),
+            context: cluster.context.clone(),
+            ..ClusterStatus::default()
+        };
+        let (mut memo, board) = (Memo::default(), Board::default());
+        run.in_cluster(cluster, &mut memo, &board, |cx| {
+            match cx.live.server_version() {
+                Ok(version) => {
+                    status.reachable = true;
+                    status.kubernetes = Some(version);
+                }
+                Err(e) => {
+                    status.problem(Finding::fail(
+                        Some(&cluster.name),
+                        "api server",
+                        format!("context `{}` does not answer: {e}", cluster.context),
+                    ));
+                    return;
+                }
+            }
+            for component in &node.components {
+                component.inspect(cx, &mut status);
+            }
+        });
+        status
+    });
+    let (shared_root, problems) = if mesh.trust.mode == TrustMode::None {
+        (None, Vec::new())
     } else {
-        Some(roots.len() == 1)
+        cacerts::shared_root(&clusters, &mesh.trust.dir.join("root-cert.pem"))
     };
-    if shared_root == Some(false) {
-        problems.push(format!(
-            "the clusters' `cacerts` have {} different roots; cross-cluster mTLS fails until they share one",
-            roots.len()
-        ));
-    }
-    if ctx.mesh.trust.mode != TrustMode::None {
-        let root_file = ctx.mesh.trust.dir.join("root-cert.pem");
-        if let Ok(pem) = std::fs::read_to_string(&root_file)
-            && let Ok(local) = trust::fingerprint(&pem)
-            && roots.iter().any(|r| *r != local)
-        {
-            problems.push(format!(
-                "a cluster's `cacerts` root is not the mesh root in {}",
-                root_file.display()
-            ));
-        }
-    }
     let ok = problems.is_empty() && clusters.iter().all(|c| c.problems.is_empty());
     Status {
-        mesh_id: ctx.mesh.mesh_id.clone(),
+        mesh_id: mesh.mesh_id.clone(),
         ok,
         shared_root,
         clusters,
         problems,
     }
-}
-
-fn cluster_status(ctx: &Ctx, cluster: &Cluster) -> ClusterStatus {
-    let mesh = ctx.mesh;
-    let target = ctx.target(cluster);
-    let ns = &mesh.namespace;
-    let mut status = ClusterStatus {
-        cluster: cluster.name.clone(),
-        context: cluster.context.clone(),
-        ..ClusterStatus::default()
-    };
-    match run_ok(ctx.runner, &kubectl::server_version(&target, ctx.timeout)) {
-        Ok(output) => {
-            status.reachable = true;
-            let json: Value = serde_json::from_str(&output.stdout).unwrap_or(Value::Null);
-            status.kubernetes = json["serverVersion"]["gitVersion"]
-                .as_str()
-                .map(str::to_string);
-        }
-        Err(e) => {
-            status.problems.push(format!(
-                "context `{}` does not answer: {e}",
-                cluster.context
-            ));
-            return status;
-        }
-    }
-
-    let wanted_version = mesh.chart_version();
-    match run_ok(ctx.runner, &helm::list(&target, ns)) {
-        Ok(output) => {
-            let list: Value =
-                serde_json::from_str(output.stdout.trim()).unwrap_or(Value::Array(Vec::new()));
-            for chart in [Chart::Base, Chart::Istiod] {
-                let name = plan::release_name(mesh, chart);
-                let found = list
-                    .as_array()
-                    .and_then(|all| all.iter().find(|r| r["name"] == name.as_str()));
-                let release = ReleaseStatus {
-                    name: name.clone(),
-                    status: found.and_then(|r| r["status"].as_str()).map(str::to_string),
-                    chart: found.and_then(|r| r["chart"].as_str()).map(str::to_string),
-                };
-                match (&release.status, &release.chart, &wanted_version) {
-                    (None, _, _) => status
-                        .problems
-                        .push(format!("helm release `{name}` is not installed")),
-                    (Some(s), _, _) if s != "deployed" => status
-                        .problems
-                        .push(format!("helm release `{name}` is `{s}`, not deployed")),
-                    (_, Some(have), Some(want)) if !helm::chart_is_version(have, chart, want) => {
-                        status.problems.push(format!(
-                            "helm release `{name}` runs chart {have}, not version {want}"
-                        ))
-                    }
-                    _ => {}
-                }
-                status.releases.push(release);
-            }
-        }
-        Err(e) => status.problems.push(e.to_string()),
-    }
-
-    match run_ok(
-        ctx.runner,
-        &kubectl::get(
-            &target,
-            "deployment",
-            &mesh.istiod_deployment(),
-            Some(ns),
-            ctx.timeout,
-        ),
-    ) {
-        Ok(output) if output.stdout.trim().is_empty() => {
-            status.problems.push(format!(
-                "deployment `{}` does not exist",
-                mesh.istiod_deployment()
-            ));
-        }
-        Ok(output) => {
-            let json: Value = serde_json::from_str(&output.stdout).unwrap_or(Value::Null);
-            let readiness = Readiness {
-                ready: json["status"]["readyReplicas"].as_u64().unwrap_or(0),
-                desired: json["spec"]["replicas"].as_u64().unwrap_or(1),
-            };
-            if readiness.ready == 0 || readiness.ready < readiness.desired {
-                status.problems.push(format!(
-                    "istiod has {}/{} ready replicas",
-                    readiness.ready, readiness.desired
-                ));
-            }
-            status.istiod = Some(readiness);
-        }
-        Err(e) => status.problems.push(e.to_string()),
-    }
-
-    let selector = remote_secret::multicluster_selector();
-    match run_ok(
-        ctx.runner,
-        &kubectl::list(&target, "secrets", Some(ns), Some(&selector), ctx.timeout),
-    )
-    .map_err(|e| e.to_string())
-    .and_then(|output| remote_secret::found(&output.stdout))
-    {
-        Ok(found) => {
-            let secrets = &mut status.remote_secrets;
-            for peer in mesh.clusters.iter().filter(|p| p.name != cluster.name) {
-                let holders: Vec<&str> = found
-                    .iter()
-                    .filter(|f| f.cluster == peer.name)
-                    .map(|f| f.secret.as_str())
-                    .collect();
-                if holders.len() > 1 {
-                    status.problems.push(format!(
-                        "{} secrets give istiod cluster `{}` ({}); istiod uses only one of them, so delete the others",
-                        holders.len(),
-                        peer.name,
-                        holders.join(", ")
-                    ));
-                }
-                match found.iter().find(|f| f.cluster == peer.name) {
-                    None => secrets.missing.push(peer.name.clone()),
-                    Some(f)
-                        if !peer.server.is_empty()
-                            && f.server.as_deref() != Some(peer.server.as_str()) =>
-                    {
-                        secrets.stale.push(peer.name.clone());
-                        status.problems.push(format!(
-                            "the remote secret for `{}` points at {}, not {}; run `meshup link`",
-                            peer.name,
-                            f.server.as_deref().unwrap_or("nothing readable"),
-                            peer.server
-                        ));
-                    }
-                    Some(_) => secrets.present.push(peer.name.clone()),
-                }
-            }
-            for f in &found {
-                let known_peer = f.cluster != cluster.name && mesh.cluster(&f.cluster).is_some();
-                if !known_peer {
-                    secrets.unexpected.push(f.cluster.clone());
-                    status.problems.push(format!(
-                        "secret `{}` gives istiod cluster `{}`, which is {}",
-                        f.secret,
-                        f.cluster,
-                        if f.cluster == cluster.name {
-                            "this cluster itself"
-                        } else {
-                            "not in the mesh"
-                        }
-                    ));
-                }
-            }
-            if !secrets.missing.is_empty() {
-                status.problems.push(format!(
-                    "remote secrets missing for {}; run `meshup link`",
-                    secrets.missing.join(", ")
-                ));
-            }
-        }
-        Err(e) => status.problems.push(e),
-    }
-
-    if mesh.trust.mode != TrustMode::None {
-        match run_ok(
-            ctx.runner,
-            &kubectl::get(&target, "secret", "cacerts", Some(ns), ctx.timeout),
-        ) {
-            Ok(output) if output.stdout.trim().is_empty() => {
-                status.cacerts = Some(Cacerts {
-                    present: false,
-                    root_fingerprint: None,
-                });
-                status
-                    .problems
-                    .push("secret `cacerts` is missing: istiod signs with a self-made root".into());
-            }
-            Ok(output) => {
-                let json: Value = serde_json::from_str(&output.stdout).unwrap_or(Value::Null);
-                let root = trust::live_root_fingerprint(&json).ok().flatten();
-                if root.is_none() {
-                    status
-                        .problems
-                        .push("secret `cacerts` has no readable `root-cert.pem`".into());
-                }
-                status.cacerts = Some(Cacerts {
-                    present: true,
-                    root_fingerprint: root,
-                });
-            }
-            Err(e) => status.problems.push(e.to_string()),
-        }
-    }
-    status
 }
 
 /// The status as text for people.
@@ -360,7 +184,7 @@ pub fn render_text(status: &Status) -> String {
             ));
         }
         for p in &c.problems {
-            out.push_str(&format!("  problem: {p}\n"));
+            out.push_str(&format!("  problem: {}\n", p.sentence()));
         }
     }
     if let Some(shared) = status.shared_root {
@@ -370,7 +194,7 @@ pub fn render_text(status: &Status) -> String {
         ));
     }
     for p in &status.problems {
-        out.push_str(&format!("problem: {p}\n"));
+        out.push_str(&format!("problem: {}\n", p.sentence()));
     }
     let count = status.problems.len()
         + status
@@ -395,14 +219,11 @@ mod tests {
     use crate::sensitive::Sensitive;
     use crate::step::Step;
     use crate::testing::mesh;
-    use serde_json::json;
+    use crate::topology::Choices;
+    use serde_json::{Value, json};
 
     fn ok(stdout: String) -> Output {
-        Output {
-            code: Some(0),
-            stdout,
-            stderr: String::new(),
-        }
+        crate::testing::ok(&stdout)
     }
 
     /// A cluster whose releases and istiod are fine, holding the given remote secrets.
@@ -417,9 +238,9 @@ mod tests {
             ])
             .to_string())
         } else if args.starts_with("get deployment") {
-            ok(json!({"spec": {"replicas": 1}, "status": {"readyReplicas": 1}}).to_string())
+            ok(json!({"kind": "Deployment", "spec": {"replicas": 1}, "status": {"readyReplicas": 1}}).to_string())
         } else if args.starts_with("get secrets") {
-            ok(json!({"items": secrets}).to_string())
+            ok(json!({"kind": "SecretList", "items": secrets}).to_string())
         } else {
             ok(String::new())
         }
@@ -457,19 +278,23 @@ mod tests {
             }
         });
         let reporter = Reporter::new(Mode::Json, true, false);
-        let ctx = Ctx {
+        let run = Run {
             mesh,
             runner: &runner,
             reporter: &reporter,
             jobs: 2,
             timeout: std::time::Duration::from_secs(5),
             kubeconfig: None,
-            values_dir: Default::default(),
-            trust: None,
-            rotate_ca: false,
-            restart: false,
         };
-        collect(&ctx)
+        collect(&run, &Topology::of(mesh, &Choices::default()))
+    }
+
+    fn sentences(findings: &[Finding]) -> String {
+        findings
+            .iter()
+            .map(Finding::sentence)
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     #[test]
@@ -501,7 +326,7 @@ mod tests {
         assert_eq!(c1.remote_secrets.missing, ["cluster3"]);
         assert_eq!(c1.remote_secrets.stale, ["cluster2"]);
         assert_eq!(c1.remote_secrets.unexpected, ["cluster1", "gone"]);
-        let text = c1.problems.join("\n");
+        let text = sentences(&c1.problems);
         assert!(
             text.contains("points at https://127.0.0.1:6443, not https://172.18.0.3:6443"),
             "{text}"
@@ -526,7 +351,7 @@ mod tests {
             secret_for("cluster2", server, Some("istioctl-made")),
         ];
         let status = status_of(&m, secrets);
-        let text = status.clusters[0].problems.join("\n");
+        let text = sentences(&status.clusters[0].problems);
         assert!(
             text.contains("2 secrets give istiod cluster `cluster2`"),
             "{text}"

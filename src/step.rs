@@ -43,8 +43,6 @@ pub struct Step {
     pub args: Vec<String>,
     /// Bytes for the child's stdin. Treated as secret: never printed or logged.
     pub stdin: Option<Sensitive<Vec<u8>>>,
-    /// Whether the call changes a cluster (used by the dry checks and tests).
-    pub mutates: bool,
 }
 
 impl Step {
@@ -93,7 +91,6 @@ mod tests {
                 "it's".into(),
             ],
             stdin: None,
-            mutates: false,
         };
         assert_eq!(
             step.command_line(),
@@ -108,7 +105,6 @@ mod tests {
             tool: Tool::Kubectl,
             args: vec!["apply".into(), "-f".into(), "-".into()],
             stdin: Some(Sensitive::new(b"token: s3cr3t".to_vec())),
-            mutates: true,
         };
         assert!(!step.command_line().contains("s3cr3t"));
         assert!(!format!("{step:?}").contains("s3cr3t"));

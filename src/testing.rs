@@ -1,8 +1,16 @@
 //! Fixtures shared by unit tests.
 
+use std::time::Duration;
+
 use serde_yaml::Mapping;
 
-use crate::mesh::{Charts, Cluster, Mesh, Trust};
+use crate::chart::Charts;
+use crate::components::{Action, Board, Component, Memo};
+use crate::exec::Run;
+use crate::mesh::{Cluster, Mesh, Trust};
+use crate::reporter::{Mode, Reporter};
+use crate::runner::{Output, RecordingRunner, StepError};
+use crate::step::Step;
 use crate::trust::TrustMode;
 
 /// A mesh of `n` clusters `clusterI` on contexts `kind-clusterI`; cluster1 has an `apiServer`.
@@ -29,5 +37,63 @@ pub fn mesh(n: usize, trust: TrustMode) -> Mesh {
             mode: trust,
             dir: "meshup-certs".into(),
         },
+    }
+}
+
+/// A successful call that printed `stdout`.
+pub fn ok(stdout: &str) -> Output {
+    Output {
+        code: Some(0),
+        stdout: stdout.into(),
+        stderr: String::new(),
+    }
+}
+
+/// The same answer to every call.
+pub fn answer(output: Output) -> impl Fn(&Step) -> Output + Send + Sync {
+    move |_: &Step| output.clone()
+}
+
+/// Runs one component's `action` in cluster1 of a two-cluster mesh against a recording
+/// runner answering with `respond`; returns the outcome and the command lines run.
+pub fn run_component(
+    component: &dyn Component,
+    action: Action,
+    respond: impl Fn(&Step) -> Output + Send + Sync,
+) -> (Result<String, StepError>, Vec<String>) {
+    let m = mesh(2, TrustMode::None);
+    let runner = RecordingRunner::new(respond);
+    let reporter = Reporter::new(Mode::Json, true, false);
+    let run = Run {
+        mesh: &m,
+        runner: &runner,
+        reporter: &reporter,
+        jobs: 1,
+        timeout: Duration::from_secs(5),
+        kubeconfig: None,
+    };
+    let board = Board::default();
+    let mut memo = Memo::default();
+    let outcome = run.in_cluster(&m.clusters[0], &mut memo, &board, |cx| match action {
+        Action::Install => component.converge(cx),
+        Action::Remove => component.remove(cx),
+    });
+    (outcome, runner.command_lines())
+}
+
+/// Whether a step changes a cluster (by its verb).
+pub fn writes(step: &Step) -> bool {
+    let word = |i: usize| step.args.get(i).map(String::as_str).unwrap_or_default();
+    match (word(0), word(1)) {
+        ("rollout", sub) => sub == "restart",
+        (verb, _) => [
+            "apply",
+            "create",
+            "delete",
+            "upgrade",
+            "uninstall",
+            "install",
+        ]
+        .contains(&verb),
     }
 }

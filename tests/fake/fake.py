@@ -754,7 +754,7 @@ def go_numbers(value):
     return value
 
 
-def helm(words, flags, out, failing):
+def helm(words, flags, out, failing, stdin=b""):
     verb = words[0] if words else ""
     if verb == "version":
         version = os.environ.get("FAKE_HELM_VERSION", "v3.19.0")
@@ -774,8 +774,11 @@ def helm(words, flags, out, failing):
         chart, version = chart_of(ref, flags)
         values = {}
         for path in flags.get("--values", []):
-            with open(path) as f:
-                docs = yaml_docs(f.read())
+            if path == "-":
+                docs = yaml_docs(stdin.decode())
+            else:
+                with open(path) as f:
+                    docs = yaml_docs(f.read())
             _merge(values, docs[0] if docs and isinstance(docs[0], dict) else {})
         if cluster.get("namespaces", ns, None) is None:
             if not flag(flags, "--create-namespace"):
@@ -886,7 +889,7 @@ def main():
                 "Error: context deadline exceeded" if TOOL == "helm" else
                 "error: the server was unable to return a response in the time allotted"))
         if TOOL == "helm":
-            helm(words, flags, out, failing)
+            helm(words, flags, out, failing, stdin)
         elif TOOL == "kubectl":
             kubectl(words, flags, stdin, out)
         else:

@@ -1,0 +1,171 @@
+//! The parts of a mesh, one file each. A component owns its whole life in a cluster: what it
+//! reads (`observe`, typed, through [`Live`]), how it converges, how it is removed, how it
+//! appears in the `plan` script, what `status` and `preflight` say about it, and its label.
+//! `install`, `link`, `uninstall`, `plan` and `status` walk components (see `plan.rs`,
+//! `exec.rs`, `status.rs`); which components a cluster gets is decided by `topology.rs`.
+
+pub mod cacerts;
+pub mod crds;
+pub mod namespace;
+pub mod peers;
+pub mod reader;
+pub mod release;
+pub mod restart;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::finding::Finding;
+use crate::helm::go_duration;
+use crate::live::{HelmRelease, Live};
+use crate::mesh::{Cluster, Mesh};
+use crate::remote_secret::RemoteSecret;
+use crate::reporter::Reporter;
+use crate::runner::StepError;
+use crate::status::ClusterStatus;
+use crate::step::{Target, shell_quote};
+
+/// What a plan asks of a component.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Bring it to what the mesh file says (`install`, `link`).
+    Install,
+    /// Take it away (`uninstall`).
+    Remove,
+}
+
+/// When a component's install runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Stage {
+    /// With the rest of its cluster; clusters in parallel.
+    Cluster,
+    /// Once every cluster has finished its own stage: it needs what the others built.
+    Mesh,
+}
+
+/// One part of the mesh in one cluster.
+pub trait Component: Send + Sync {
+    /// What progress lines and summaries call this part when doing `action`.
+    fn label(&self, action: Action) -> &'static str;
+
+    /// When its install runs.
+    fn stage(&self) -> Stage {
+        Stage::Cluster
+    }
+
+    /// Whether `action` does anything for this part (a plan leaves it out otherwise).
+    fn does(&self, action: Action) -> bool {
+        let _ = action;
+        true
+    }
+
+    /// Whether `meshup link` runs it (the remote-secret exchange).
+    fn in_link(&self) -> bool {
+        false
+    }
+
+    /// Brings this part to what the mesh file says; returns the outcome (`created`,
+    /// `unchanged`, ...).
+    fn converge(&self, cx: &mut Cx) -> Result<String, StepError>;
+
+    /// Takes this part away; returns the outcome (`removed`, `absent`, ...).
+    fn remove(&self, cx: &mut Cx) -> Result<String, StepError> {
+        let _ = cx;
+        Ok("nothing to do".into())
+    }
+
+    /// Its lines in the `plan` script for `action` (empty when it has none).
+    fn script(&self, cx: &ScriptCx, action: Action) -> String;
+
+    /// What `status` shows about it: facts into `status`, problems as findings.
+    fn inspect(&self, cx: &mut Cx, status: &mut ClusterStatus) {
+        let _ = (cx, status);
+    }
+
+    /// What would stop an install before it changes anything (an Istio of another mesh).
+    fn preflight(&self, cx: &mut Cx) -> Result<Vec<Finding>, StepError> {
+        let _ = cx;
+        Ok(Vec::new())
+    }
+
+    /// The Helm values file this part renders for `meshup render`: (file name, values).
+    fn values_file(&self) -> Option<(String, &serde_yaml::Mapping)> {
+        None
+    }
+}
+
+/// What one cluster's components learn during a run and pass on to each other.
+#[derive(Debug, Default)]
+pub struct Memo {
+    /// `helm list` of the mesh namespace, read once per run.
+    pub releases: Option<Vec<HelmRelease>>,
+    /// istiod ran before its `cacerts` appeared or changed, so it still signs with the old
+    /// root until it restarts.
+    pub istiod_needs_restart: bool,
+}
+
+/// The remote secrets built during a run, by the cluster they give access to. They stay in
+/// memory only.
+pub type Board = Mutex<BTreeMap<String, RemoteSecret>>;
+
+/// What a component works with in one cluster.
+pub struct Cx<'a> {
+    pub mesh: &'a Mesh,
+    pub cluster: &'a Cluster,
+    pub live: Live<'a>,
+    pub reporter: &'a Reporter,
+    pub memo: &'a mut Memo,
+    pub board: &'a Board,
+}
+
+impl Cx<'_> {
+    pub fn target(&self) -> &Target {
+        self.live.target
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.live.timeout
+    }
+
+    /// The release `name` from `helm list` (read once per cluster and kept).
+    pub fn release(&mut self, name: &str) -> Result<Option<HelmRelease>, StepError> {
+        if self.memo.releases.is_none() {
+            self.memo.releases = Some(self.live.helm_releases(&self.mesh.namespace)?);
+        }
+        Ok(self
+            .memo
+            .releases
+            .iter()
+            .flatten()
+            .find(|r| r.name == name)
+            .cloned())
+    }
+}
+
+/// What a component's `script` works with.
+pub struct ScriptCx<'a> {
+    pub mesh: &'a Mesh,
+    pub cluster: &'a Cluster,
+    /// The cluster as the script's commands address it (with `--kubeconfig` when given).
+    pub target: Target,
+    /// Where the script's `meshup render` writes values files.
+    pub values_dir: &'a Path,
+    pub kubeconfig: Option<&'a Path>,
+    pub timeout: Duration,
+}
+
+impl ScriptCx<'_> {
+    /// ` --kubeconfig PATH` when one was given.
+    pub fn kubeconfig_flag(&self) -> String {
+        self.kubeconfig
+            .map(|k| format!(" --kubeconfig {}", shell_quote(&k.display().to_string())))
+            .unwrap_or_default()
+    }
+
+    /// `--timeout` as the tools read it.
+    pub fn go_timeout(&self) -> String {
+        go_duration(self.timeout)
+    }
+}

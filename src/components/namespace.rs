@@ -1,0 +1,158 @@
+//! The mesh namespace, labelled `topology.istio.io/network` with the cluster's network before
+//! istiod starts (istiod reads the label at start). Removing it removes what is left in it:
+//! `cacerts`, the reader token secret.
+
+use serde_json::json;
+
+use super::{Action, Component, Cx, ScriptCx};
+use crate::kubectl;
+use crate::live;
+use crate::runner::StepError;
+use crate::sensitive::Sensitive;
+
+/// The label istiod reads a cluster's network from.
+pub const NETWORK_LABEL: &str = "topology.istio.io/network";
+
+/// The namespace istiod runs in.
+pub struct Namespace {
+    pub name: String,
+    /// The cluster's network, when it has one.
+    pub network: Option<String>,
+}
+
+impl Namespace {
+    /// The namespace as YAML for `kubectl apply`.
+    pub fn manifest(&self) -> String {
+        let mut namespace = json!({
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": { "name": self.name },
+        });
+        if let Some(network) = &self.network {
+            namespace["metadata"]["labels"] = json!({ NETWORK_LABEL: network });
+        }
+        serde_yaml::to_string(&namespace).expect("plain JSON is valid YAML")
+    }
+
+    /// Whether the live namespace is as wanted.
+    fn is_right(&self, live: &live::Namespace) -> bool {
+        self.network
+            .as_ref()
+            .is_none_or(|network| live.metadata.labels.get(NETWORK_LABEL) == Some(network))
+    }
+}
+
+impl Component for Namespace {
+    fn label(&self, _: Action) -> &'static str {
+        "namespace"
+    }
+
+    fn converge(&self, cx: &mut Cx) -> Result<String, StepError> {
+        let found: Option<live::Namespace> = cx.live.get("namespace", &self.name, None)?;
+        if found.as_ref().is_some_and(|ns| self.is_right(ns)) {
+            return Ok("unchanged".into());
+        }
+        let manifest = Sensitive::new(self.manifest().into_bytes());
+        cx.live
+            .run(&kubectl::apply(cx.target(), manifest, cx.timeout()))?;
+        Ok(if found.is_none() {
+            "created"
+        } else {
+            "labelled"
+        }
+        .into())
+    }
+
+    fn remove(&self, cx: &mut Cx) -> Result<String, StepError> {
+        let step = kubectl::delete(
+            cx.target(),
+            "namespace",
+            std::slice::from_ref(&self.name),
+            None,
+            cx.timeout(),
+        );
+        let output = cx.live.run(&step)?;
+        Ok(if output.stdout.trim().is_empty() {
+            "absent"
+        } else {
+            "deleted"
+        }
+        .into())
+    }
+
+    fn script(&self, cx: &ScriptCx, action: Action) -> String {
+        match action {
+            Action::Install => format!(
+                "{} <<'EOF'\n{}EOF\n",
+                kubectl::apply(&cx.target, Sensitive::default(), cx.timeout).command_line(),
+                self.manifest()
+            ),
+            Action::Remove => format!(
+                "{}\n",
+                kubectl::delete(
+                    &cx.target,
+                    "namespace",
+                    std::slice::from_ref(&self.name),
+                    None,
+                    cx.timeout
+                )
+                .command_line()
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{answer, ok, run_component};
+
+    fn namespace() -> Namespace {
+        Namespace {
+            name: "istio-system".into(),
+            network: Some("network1".into()),
+        }
+    }
+
+    #[test]
+    fn a_namespace_with_the_right_label_is_left_alone() {
+        let live = r#"{"kind":"Namespace","metadata":{"name":"istio-system","labels":{"topology.istio.io/network":"network1"}}}"#;
+        let (outcome, calls) = run_component(&namespace(), Action::Install, answer(ok(live)));
+        assert_eq!(outcome.unwrap(), "unchanged");
+        assert_eq!(calls.len(), 1, "{calls:?}");
+    }
+
+    #[test]
+    fn a_namespace_on_another_network_is_relabelled() {
+        let live = r#"{"kind":"Namespace","metadata":{"name":"istio-system","labels":{"topology.istio.io/network":"other"}}}"#;
+        let (outcome, calls) = run_component(&namespace(), Action::Install, answer(ok(live)));
+        assert_eq!(outcome.unwrap(), "labelled");
+        assert!(
+            calls[1].starts_with("kubectl apply --server-side"),
+            "{calls:?}"
+        );
+    }
+
+    #[test]
+    fn a_missing_namespace_is_created_with_its_network_label() {
+        let (outcome, calls) = run_component(&namespace(), Action::Install, answer(ok("")));
+        assert_eq!(outcome.unwrap(), "created");
+        assert_eq!(calls.len(), 2);
+        assert!(
+            namespace()
+                .manifest()
+                .contains("topology.istio.io/network: network1")
+        );
+    }
+
+    #[test]
+    fn an_unreadable_answer_is_an_error_not_a_missing_namespace() {
+        let (outcome, calls) = run_component(
+            &namespace(),
+            Action::Install,
+            answer(ok("Error from proxy")),
+        );
+        assert!(matches!(outcome, Err(StepError::Malformed { .. })));
+        assert_eq!(calls.len(), 1, "nothing was applied: {calls:?}");
+    }
+}

@@ -1,0 +1,352 @@
+//! A Helm release, generic over its chart: (release name, chart, values). istio-base and
+//! istiod are two values of this type; so are a gateway release or a second istiod revision.
+
+use serde_yaml::Mapping;
+
+use super::{Action, Component, Cx, ScriptCx};
+use crate::chart::Chart;
+use crate::finding::Finding;
+use crate::helm::{self, Install, Values};
+use crate::live::{ConfigMap, Deployment};
+use crate::runner::StepError;
+use crate::status::{ClusterStatus, Readiness, ReleaseStatus};
+use crate::values;
+
+/// One Helm release in one cluster.
+pub struct Release {
+    /// The release name: `istio-base`, `istiod`, `istiod-canary`.
+    pub name: String,
+    /// What progress lines call it (`istiod` whatever its revision).
+    pub label: &'static str,
+    pub chart: Chart,
+    pub namespace: String,
+    /// The values, layered (see `values.rs`).
+    pub values: Mapping,
+    /// Set when this release runs istiod: what status and preflight check of it.
+    pub istiod: Option<Istiod>,
+}
+
+/// What an istiod release must show: its Deployment ready, and (before an install) no istiod
+/// of another mesh or cluster name in the way.
+pub struct Istiod {
+    pub deployment: String,
+    /// The ConfigMap holding the mesh config (`istio`, or `istio-REV`).
+    pub mesh_configmap: String,
+    pub mesh_id: String,
+    pub cluster_id: String,
+}
+
+impl Release {
+    fn install_step(&self, cx: &Cx) -> Result<crate::step::Step, StepError> {
+        let yaml = serde_yaml::to_string(&self.values).map_err(|e| {
+            StepError::other(&cx.cluster.name, format!("cannot write values: {e}"), None)
+        })?;
+        Ok(helm::upgrade_install(
+            cx.target(),
+            Install {
+                release: &self.name,
+                chart: &self.chart,
+                namespace: &self.namespace,
+                values: Values::Stdin(yaml.into_bytes()),
+            },
+            cx.timeout(),
+        ))
+    }
+}
+
+impl Component for Release {
+    fn label(&self, _: Action) -> &'static str {
+        self.label
+    }
+
+    fn converge(&self, cx: &mut Cx) -> Result<String, StepError> {
+        let existing = cx.release(&self.name)?;
+        if let Some(existing) = &existing
+            && existing.status == "deployed"
+            && self.chart.is_listed_as(&existing.chart)
+        {
+            let deployed = cx.live.helm_values(&self.name, &self.namespace)?;
+            if values::same_as_deployed(&self.values, &deployed) {
+                return Ok("unchanged".into());
+            }
+        }
+        let step = self.install_step(cx)?;
+        cx.live.run(&step)?;
+        Ok(if existing.is_some() {
+            "upgraded"
+        } else {
+            "installed"
+        }
+        .into())
+    }
+
+    fn remove(&self, cx: &mut Cx) -> Result<String, StepError> {
+        if cx.release(&self.name)?.is_none() {
+            return Ok("absent".into());
+        }
+        cx.live.run(&helm::uninstall(
+            cx.target(),
+            &self.name,
+            &self.namespace,
+            cx.timeout(),
+        ))?;
+        Ok("removed".into())
+    }
+
+    fn script(&self, cx: &ScriptCx, action: Action) -> String {
+        let step = match action {
+            Action::Install => {
+                let file = cx
+                    .values_dir
+                    .join(&cx.cluster.name)
+                    .join(values::file_name(&self.chart.name));
+                helm::upgrade_install(
+                    &cx.target,
+                    Install {
+                        release: &self.name,
+                        chart: &self.chart,
+                        namespace: &self.namespace,
+                        values: Values::File(&file),
+                    },
+                    cx.timeout,
+                )
+            }
+            Action::Remove => helm::uninstall(&cx.target, &self.name, &self.namespace, cx.timeout),
+        };
+        format!("{}\n", step.command_line())
+    }
+
+    fn inspect(&self, cx: &mut Cx, status: &mut ClusterStatus) {
+        let cluster = Some(cx.cluster.name.as_str());
+        let what = self.label;
+        match cx.release(&self.name) {
+            Ok(found) => {
+                let name = &self.name;
+                match &found {
+                    None => status.problem(Finding::fail(
+                        cluster,
+                        what,
+                        format!("helm release `{name}` is not installed"),
+                    )),
+                    Some(r) if r.status != "deployed" => status.problem(Finding::fail(
+                        cluster,
+                        what,
+                        format!("helm release `{name}` is `{}`, not deployed", r.status),
+                    )),
+                    Some(r) if !self.chart.is_listed_as(&r.chart) => status.problem(Finding::fail(
+                        cluster,
+                        what,
+                        format!(
+                            "helm release `{name}` runs chart {}, not version {}",
+                            r.chart,
+                            self.chart.version.as_deref().unwrap_or_default()
+                        ),
+                    )),
+                    Some(_) => {}
+                }
+                status.releases.push(ReleaseStatus {
+                    name: name.clone(),
+                    status: found.as_ref().map(|r| r.status.clone()),
+                    chart: found.map(|r| r.chart),
+                });
+            }
+            Err(e) => {
+                // One failed `helm list` is reported once, not per release.
+                let finding = Finding::fail(cluster, "helm releases", e.to_string());
+                if !status.problems.contains(&finding) {
+                    status.problem(finding);
+                }
+            }
+        }
+        let Some(istiod) = &self.istiod else { return };
+        match cx
+            .live
+            .get::<Deployment>("deployment", &istiod.deployment, Some(&self.namespace))
+        {
+            Ok(None) => status.problem(Finding::fail(
+                cluster,
+                "istiod",
+                format!("deployment `{}` does not exist", istiod.deployment),
+            )),
+            Ok(Some(deployment)) => {
+                let (ready, desired) = deployment.readiness();
+                if ready == 0 || ready < desired {
+                    status.problem(Finding::fail(
+                        cluster,
+                        "istiod",
+                        format!("istiod has {ready}/{desired} ready replicas"),
+                    ));
+                }
+                status.istiod = Some(Readiness { ready, desired });
+            }
+            Err(e) => status.problem(Finding::fail(cluster, "istiod", e.to_string())),
+        }
+    }
+
+    fn preflight(&self, cx: &mut Cx) -> Result<Vec<Finding>, StepError> {
+        let Some(istiod) = &self.istiod else {
+            return Ok(Vec::new());
+        };
+        let ns = &self.namespace;
+        let cluster = Some(cx.cluster.name.as_str());
+        let found = cx.live.get_each(
+            &[
+                ("configmap", &istiod.mesh_configmap),
+                ("deployment", &istiod.deployment),
+            ],
+            Some(ns),
+        )?;
+        let mut findings = Vec::new();
+        let configmap: Option<ConfigMap> = found.find("ConfigMap", &istiod.mesh_configmap)?;
+        if let Some(mesh_id) = configmap.as_ref().and_then(mesh_id_of)
+            && mesh_id != istiod.mesh_id
+        {
+            findings.push(
+                Finding::fail(
+                    cluster,
+                    "existing istio",
+                    format!(
+                        "Istio in namespace `{ns}` already belongs to mesh `{mesh_id}`, not `{}`",
+                        istiod.mesh_id
+                    ),
+                )
+                .fix(format!("uninstall it or use meshID `{mesh_id}`")),
+            );
+        }
+        let deployment: Option<Deployment> = found.find("Deployment", &istiod.deployment)?;
+        if let Some(id) = deployment.as_ref().and_then(|d| d.env("CLUSTER_ID"))
+            && id != istiod.cluster_id
+        {
+            findings.push(
+                Finding::fail(
+                    cluster,
+                    "existing istio",
+                    format!(
+                        "istiod in namespace `{ns}` already runs as cluster `{id}`, not `{}`",
+                        istiod.cluster_id
+                    ),
+                )
+                .fix(format!(
+                    "rename the cluster to `{id}` in the mesh file or uninstall that istiod"
+                )),
+            );
+        }
+        Ok(findings)
+    }
+
+    fn values_file(&self) -> Option<(String, &Mapping)> {
+        Some((self.chart.name.clone(), &self.values))
+    }
+}
+
+/// The mesh ID in an `istio` ConfigMap: `meshId` at the top of the mesh config, or under
+/// `defaultConfig`.
+pub fn mesh_id_of(configmap: &ConfigMap) -> Option<String> {
+    let mesh: serde_yaml::Value = serde_yaml::from_str(configmap.data.get("mesh")?).ok()?;
+    mesh.get("meshId")
+        .or_else(|| mesh.get("defaultConfig").and_then(|d| d.get("meshId")))
+        .and_then(|v| v.as_str())
+        .map(str::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chart::Charts;
+    use crate::runner::Output;
+    use crate::step::Step;
+    use crate::testing::{ok, run_component};
+
+    fn istiod(values: &str) -> Release {
+        Release {
+            name: "istiod".into(),
+            label: "istiod",
+            chart: Charts::Repo("https://charts.example".into()).chart("istiod", Some("1.28.1")),
+            namespace: "istio-system".into(),
+            values: serde_yaml::from_str(values).unwrap(),
+            istiod: None,
+        }
+    }
+
+    /// A cluster where `istiod` is deployed from `chart` with `values` (JSON).
+    fn deployed(chart: &'static str, values: &'static str) -> impl Fn(&Step) -> Output {
+        move |step: &Step| {
+            let args = step.args.join(" ");
+            if args.starts_with("list") {
+                ok(&format!(
+                    r#"[{{"name":"istiod","status":"deployed","chart":"{chart}","revision":"1"}}]"#
+                ))
+            } else if args.starts_with("get values") {
+                ok(values)
+            } else {
+                ok("")
+            }
+        }
+    }
+
+    #[test]
+    fn a_release_with_the_same_chart_and_values_is_left_alone() {
+        let (outcome, calls) = run_component(
+            &istiod("pilot: {traceSampling: 1.0}"),
+            Action::Install,
+            deployed("istiod-1.28.1", r#"{"pilot":{"traceSampling":1}}"#),
+        );
+        assert_eq!(outcome.unwrap(), "unchanged");
+        assert!(calls.iter().all(|c| !c.contains("upgrade")), "{calls:?}");
+    }
+
+    #[test]
+    fn other_values_or_another_chart_version_upgrade_it() {
+        let (outcome, calls) = run_component(
+            &istiod("pilot: {traceSampling: 1.5}"),
+            Action::Install,
+            deployed("istiod-1.28.1", r#"{"pilot":{"traceSampling":1}}"#),
+        );
+        assert_eq!(outcome.unwrap(), "upgraded");
+        assert!(calls.last().unwrap().contains("--values -"), "{calls:?}");
+        let (outcome, _) = run_component(
+            &istiod("{}"),
+            Action::Install,
+            deployed("istiod-1.27.0", "null"),
+        );
+        assert_eq!(outcome.unwrap(), "upgraded");
+    }
+
+    #[test]
+    fn garbage_from_helm_get_values_is_an_error_not_a_reason_to_upgrade() {
+        let (outcome, calls) = run_component(
+            &istiod("{}"),
+            Action::Install,
+            deployed("istiod-1.28.1", "Error: release: not found"),
+        );
+        assert!(
+            matches!(outcome, Err(StepError::Malformed { .. })),
+            "{outcome:?}"
+        );
+        assert!(calls.iter().all(|c| !c.contains("upgrade")), "{calls:?}");
+    }
+
+    #[test]
+    fn removing_an_absent_release_runs_no_helm_uninstall() {
+        let (outcome, calls) = run_component(&istiod("{}"), Action::Remove, |_: &Step| ok("[]"));
+        assert_eq!(outcome.unwrap(), "absent");
+        assert_eq!(calls.len(), 1, "{calls:?}");
+    }
+
+    #[test]
+    fn mesh_id_is_read_from_either_place() {
+        let cm = |mesh: &str| ConfigMap {
+            data: [("mesh".to_string(), mesh.to_string())].into(),
+            ..ConfigMap::default()
+        };
+        assert_eq!(
+            mesh_id_of(&cm("meshId: mesh1\ntrustDomain: cluster.local\n")).as_deref(),
+            Some("mesh1")
+        );
+        assert_eq!(
+            mesh_id_of(&cm("defaultConfig:\n  meshId: mesh2\n")).as_deref(),
+            Some("mesh2")
+        );
+        assert_eq!(mesh_id_of(&ConfigMap::default()), None);
+    }
+}

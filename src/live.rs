@@ -1,0 +1,437 @@
+//! Typed reads of live cluster state, in one place. Each read runs one helm or kubectl call
+//! and parses what it printed into a struct. Output meshup cannot parse is an error naming the
+//! command ([`StepError::Malformed`]), never an empty value: "absent" is only ever what the
+//! tool said (`--ignore-not-found` printing nothing).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use crate::helm;
+use crate::kubectl;
+use crate::runner::{Output, Runner, StepError, run_ok};
+use crate::sensitive::Sensitive;
+use crate::step::{Step, Target};
+
+/// One cluster as meshup reaches it: the runner, the target and the per-call timeout.
+#[derive(Clone, Copy)]
+pub struct Live<'a> {
+    pub runner: &'a dyn Runner,
+    pub target: &'a Target,
+    pub timeout: Duration,
+}
+
+impl<'a> Live<'a> {
+    pub fn new(runner: &'a dyn Runner, target: &'a Target, timeout: Duration) -> Self {
+        Self {
+            runner,
+            target,
+            timeout,
+        }
+    }
+
+    /// Runs a step; a non-zero exit is an error.
+    pub fn run(&self, step: &Step) -> Result<Output, StepError> {
+        run_ok(self.runner, step)
+    }
+
+    /// The API server's version (`kubectl version -o json`); proves that it answers.
+    pub fn server_version(&self) -> Result<String, StepError> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Versions {
+            server_version: Option<GitVersion>,
+        }
+        let step = kubectl::server_version(self.target, self.timeout);
+        let versions: Versions = parse_json(&step, &self.run(&step)?.stdout)?;
+        versions
+            .server_version
+            .map(|v| v.git_version)
+            .ok_or_else(|| StepError::malformed(&step, "no `serverVersion`"))
+    }
+
+    /// Every release in `namespace` that is deployed, failed or pending (`helm list`).
+    pub fn helm_releases(&self, namespace: &str) -> Result<Vec<HelmRelease>, StepError> {
+        let step = helm::list(self.target, namespace);
+        let output = self.run(&step)?;
+        // helm prints nothing at all (not `[]`) for an empty namespace in some versions.
+        if output.stdout.trim().is_empty() {
+            return Ok(Vec::new());
+        }
+        parse_json(&step, &output.stdout)
+    }
+
+    /// The values a release was installed with (`helm get values -o json`); `null` when none.
+    pub fn helm_values(
+        &self,
+        release: &str,
+        namespace: &str,
+    ) -> Result<serde_json::Value, StepError> {
+        let step = helm::get_values(self.target, release, namespace);
+        parse_json(&step, &self.run(&step)?.stdout)
+    }
+
+    /// One object, or `None` when it does not exist.
+    pub fn get<T: DeserializeOwned>(
+        &self,
+        kind: &str,
+        name: &str,
+        namespace: Option<&str>,
+    ) -> Result<Option<T>, StepError> {
+        let step = kubectl::get(self.target, kind, name, namespace, self.timeout);
+        let output = self.run(&step)?;
+        if output.stdout.trim().is_empty() {
+            return Ok(None);
+        }
+        parse_json(&step, &output.stdout).map(Some)
+    }
+
+    /// Several objects of different kinds in one call; look them up with [`Fetched::find`].
+    pub fn get_each(
+        &self,
+        objects: &[(&str, &str)],
+        namespace: Option<&str>,
+    ) -> Result<Fetched, StepError> {
+        #[derive(Deserialize)]
+        struct Raw {
+            kind: Option<String>,
+            #[serde(default)]
+            items: Vec<serde_json::Value>,
+        }
+        let step = kubectl::get_each(self.target, objects, namespace, self.timeout);
+        let output = self.run(&step)?;
+        let items = if output.stdout.trim().is_empty() {
+            Vec::new()
+        } else {
+            let value: serde_json::Value = parse_json(&step, &output.stdout)?;
+            let raw: Raw = parse_value(&step, value.clone())?;
+            match raw.kind.as_deref() {
+                Some(kind) if kind.ends_with("List") => raw.items,
+                _ => vec![value],
+            }
+        };
+        Ok(Fetched { step, items })
+    }
+
+    /// Every object of `kind` (in `namespace`, matching `selector`).
+    pub fn list<T: DeserializeOwned>(
+        &self,
+        kind: &str,
+        namespace: Option<&str>,
+        selector: Option<&str>,
+    ) -> Result<Vec<T>, StepError> {
+        let step = kubectl::list(self.target, kind, namespace, selector, self.timeout);
+        let list: List<T> = parse_json(&step, &self.run(&step)?.stdout)?;
+        Ok(list.items)
+    }
+}
+
+/// Objects read by [`Live::get_each`].
+pub struct Fetched {
+    step: Step,
+    items: Vec<serde_json::Value>,
+}
+
+impl Fetched {
+    /// The object of `kind` named `name`, parsed, or `None` when it was not there.
+    pub fn find<T: DeserializeOwned>(
+        &self,
+        kind: &str,
+        name: &str,
+    ) -> Result<Option<T>, StepError> {
+        self.items
+            .iter()
+            .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+            .map(|o| parse_value(&self.step, o.clone()))
+            .transpose()
+    }
+}
+
+/// The local tools' versions (no cluster involved).
+pub mod tools {
+    use super::*;
+
+    /// `helm version`, e.g. `v3.19.0`.
+    pub fn helm_version(runner: &dyn Runner) -> Result<String, StepError> {
+        let step = helm::version();
+        let version = run_ok(runner, &step)?.stdout.trim().to_string();
+        if version.is_empty() {
+            return Err(StepError::malformed(&step, "it printed no version"));
+        }
+        Ok(version)
+    }
+
+    /// `kubectl version --client`, e.g. `v1.35.0`.
+    pub fn kubectl_version(runner: &dyn Runner) -> Result<String, StepError> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Versions {
+            client_version: GitVersion,
+        }
+        let step = kubectl::client_version();
+        let versions: Versions = parse_json(&step, &run_ok(runner, &step)?.stdout)?;
+        Ok(versions.client_version.git_version)
+    }
+}
+
+fn parse_json<T: DeserializeOwned>(step: &Step, stdout: &str) -> Result<T, StepError> {
+    // The message says where parsing stopped, never what was printed (it may hold a token).
+    serde_json::from_str(stdout.trim()).map_err(|e| StepError::malformed(step, json_problem(&e)))
+}
+
+fn parse_value<T: DeserializeOwned>(step: &Step, value: serde_json::Value) -> Result<T, StepError> {
+    serde_json::from_value(value).map_err(|e| StepError::malformed(step, json_problem(&e)))
+}
+
+fn json_problem(e: &serde_json::Error) -> String {
+    match e.classify() {
+        serde_json::error::Category::Data => format!("unexpected JSON: {e}"),
+        _ => format!(
+            "not JSON: {:?} error at line {} column {}",
+            e.classify(),
+            e.line(),
+            e.column()
+        ),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct GitVersion {
+    git_version: String,
+}
+
+/// A `kubectl get -o json` List.
+#[derive(Debug, Deserialize)]
+struct List<T> {
+    items: Vec<T>,
+}
+
+/// A release as `helm list -o json` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct HelmRelease {
+    pub name: String,
+    /// `deployed`, `failed`, `pending-install`, ...
+    pub status: String,
+    /// Chart name and version, e.g. `istiod-1.28.1`.
+    pub chart: String,
+    /// The release revision, as helm prints it (a string).
+    #[serde(default)]
+    pub revision: String,
+}
+
+/// The metadata meshup reads.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Meta {
+    pub name: String,
+    pub namespace: String,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    pub resource_version: String,
+    pub creation_timestamp: String,
+}
+
+/// A Secret. Every value of `data` (base64, as the API returns it) is treated as secret.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Secret {
+    #[serde(default)]
+    pub metadata: Meta,
+    #[serde(rename = "type", default)]
+    pub kind: String,
+    #[serde(default)]
+    pub data: BTreeMap<String, Sensitive<String>>,
+}
+
+/// A Namespace.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Namespace {
+    #[serde(default)]
+    pub metadata: Meta,
+}
+
+/// Any object of which only the metadata matters (ServiceAccount, CRD, ...).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Object {
+    #[serde(default)]
+    pub metadata: Meta,
+}
+
+/// A ConfigMap.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ConfigMap {
+    #[serde(default)]
+    pub metadata: Meta,
+    #[serde(default)]
+    pub data: BTreeMap<String, String>,
+}
+
+/// A Deployment: its replicas, readiness and pod template.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Deployment {
+    #[serde(default)]
+    pub metadata: Meta,
+    #[serde(default)]
+    pub spec: DeploymentSpec,
+    #[serde(default)]
+    pub status: DeploymentStatus,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct DeploymentSpec {
+    pub replicas: Option<u64>,
+    pub template: PodTemplate,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct PodTemplate {
+    pub metadata: Meta,
+    pub spec: PodSpec,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct PodSpec {
+    pub containers: Vec<Container>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Container {
+    pub name: String,
+    pub env: Vec<EnvVar>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct EnvVar {
+    pub name: String,
+    #[serde(default)]
+    pub value: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct DeploymentStatus {
+    pub ready_replicas: Option<u64>,
+}
+
+impl Deployment {
+    /// The value of environment variable `name` in any container of the pod template.
+    pub fn env(&self, name: &str) -> Option<&str> {
+        self.spec
+            .template
+            .spec
+            .containers
+            .iter()
+            .flat_map(|c| &c.env)
+            .find(|e| e.name == name)
+            .and_then(|e| e.value.as_deref())
+    }
+
+    /// (ready, desired) replicas; a Deployment without `replicas` wants one.
+    pub fn readiness(&self) -> (u64, u64) {
+        (
+            self.status.ready_replicas.unwrap_or(0),
+            self.spec.replicas.unwrap_or(1),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runner::RecordingRunner;
+
+    fn target() -> Target {
+        Target {
+            cluster: "cluster1".into(),
+            context: "kind-cluster1".into(),
+            kubeconfig: None,
+        }
+    }
+
+    fn answering(stdout: &'static str) -> RecordingRunner<impl Fn(&Step) -> Output + Send + Sync> {
+        RecordingRunner::new(move |_: &Step| Output {
+            code: Some(0),
+            stdout: stdout.into(),
+            stderr: String::new(),
+        })
+    }
+
+    #[test]
+    fn garbage_is_an_error_naming_the_command_not_absence() {
+        let runner = answering("<html>proxy error</html>");
+        let t = target();
+        let live = Live::new(&runner, &t, Duration::from_secs(5));
+        let err = live
+            .get::<Secret>("secret", "cacerts", Some("istio-system"))
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("[cluster1] `kubectl get secret cacerts"),
+            "{text}"
+        );
+        assert!(text.contains("cannot read"), "{text}");
+        assert!(
+            !text.contains("proxy error"),
+            "output is never quoted: {text}"
+        );
+        assert!(live.helm_releases("istio-system").is_err());
+        assert!(live.server_version().is_err());
+    }
+
+    #[test]
+    fn nothing_printed_is_absent() {
+        let runner = answering("");
+        let t = target();
+        let live = Live::new(&runner, &t, Duration::from_secs(5));
+        assert!(live.get::<Secret>("secret", "x", None).unwrap().is_none());
+        assert!(live.helm_releases("ns").unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_server_that_answers_without_its_version_is_malformed() {
+        let runner = answering(r#"{"clientVersion": {"gitVersion": "v1.35.0"}}"#);
+        let t = target();
+        let live = Live::new(&runner, &t, Duration::from_secs(5));
+        let err = live.server_version().unwrap_err();
+        assert!(matches!(err, StepError::Malformed { .. }), "{err}");
+    }
+
+    #[test]
+    fn get_each_finds_objects_in_a_list_or_alone() {
+        let runner = answering(
+            r#"{"kind":"List","items":[{"kind":"ConfigMap","metadata":{"name":"istio"},"data":{"mesh":"x"}},{"kind":"Deployment","metadata":{"name":"istiod"},"spec":{"template":{"spec":{"containers":[{"name":"d","env":[{"name":"CLUSTER_ID","value":"east"}]}]}}}}]}"#,
+        );
+        let t = target();
+        let live = Live::new(&runner, &t, Duration::from_secs(5));
+        let found = live
+            .get_each(&[("configmap", "istio"), ("deployment", "istiod")], None)
+            .unwrap();
+        let cm: ConfigMap = found.find("ConfigMap", "istio").unwrap().unwrap();
+        assert_eq!(cm.data["mesh"], "x");
+        let d: Deployment = found.find("Deployment", "istiod").unwrap().unwrap();
+        assert_eq!(d.env("CLUSTER_ID"), Some("east"));
+        assert_eq!(d.readiness(), (0, 1));
+        assert!(
+            found
+                .find::<Deployment>("Deployment", "other")
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn secret_data_is_wrapped() {
+        let runner =
+            answering(r#"{"kind":"Secret","metadata":{"name":"t"},"data":{"token":"c2VjcmV0"}}"#);
+        let t = target();
+        let live = Live::new(&runner, &t, Duration::from_secs(5));
+        let secret: Secret = live.get("secret", "t", None).unwrap().unwrap();
+        assert!(!format!("{secret:?}").contains("c2VjcmV0"));
+    }
+}
