@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use clap::CommandFactory;
 
-use crate::cli::{Cli, Command, GlobalArgs, InstallArgs, MeshArgs, OutputFormat};
+use crate::cli::{Cli, Command, GlobalArgs, InstallArgs, MeshArgs, OutputFormat, VerifyArgs};
 use crate::components::reader;
 use crate::error::{Error, InputError};
 use crate::exec::{self, Run, Summary};
@@ -24,9 +24,12 @@ use crate::reporter::{Mode, Reporter};
 use crate::runner::ProcessRunner;
 use crate::status;
 use crate::step::{Target, Tool};
+use crate::sync;
 use crate::topology::{Choices, Topology};
+use crate::traffic;
 use crate::trust::{self, KeyType, Trust, TrustMode};
 use crate::values;
+use crate::verify;
 
 pub fn run(cli: Cli) -> Result<(), Error> {
     let Cli {
@@ -123,6 +126,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
                 Err(Error::Reported)
             }
         }
+        Command::Verify(args) => verify(&global, &mesh_args, &reporter, &args),
         Command::Uninstall { purge_crds, yes } => {
             let session = Session::open(&global, &mesh_args, &reporter)?;
             if !yes && std::io::stdin().is_terminal() && !confirm(&session.mesh, purge_crds)? {
@@ -334,6 +338,70 @@ fn install(
     let topology = Topology::of(&session.mesh, &choices);
     let summary = exec::execute(&session.run(), &plan::install(&topology));
     finish(reporter, "install", &summary)
+}
+
+fn verify(
+    global: &GlobalArgs,
+    mesh_args: &MeshArgs,
+    reporter: &Arc<Reporter>,
+    args: &VerifyArgs,
+) -> Result<(), Error> {
+    let session = Session::open(global, mesh_args, reporter)?;
+    session.require_tools()?;
+    let mesh = &session.mesh;
+    let topology = Topology::of(mesh, &Choices::default());
+    let run = session.run();
+    let sync = verify::sync_until(&run, &topology, args.wait)?;
+    let traffic = args.traffic.then(|| {
+        let (helloworld, curl) = traffic::Options::images(args.registry.as_deref());
+        let options = traffic::Options {
+            namespace: args.namespace.clone(),
+            requests: args.requests,
+            keep: args.keep,
+            helloworld_image: args.helloworld_image.clone().unwrap_or(helloworld),
+            curl_image: args.curl_image.clone().unwrap_or(curl),
+            injection: match &mesh.revision {
+                Some(rev) => ("istio.io/rev".to_string(), rev.clone()),
+                None => ("istio-injection".to_string(), "enabled".to_string()),
+            },
+        };
+        reporter.info(&format!(
+            "traffic: {} requests from every cluster to `helloworld.{}`",
+            options.requests, options.namespace
+        ));
+        traffic::check(&run, &options)
+    });
+    if crate::runner::interrupted() {
+        return Err(Error::Interrupted);
+    }
+    let ok = sync.iter().all(sync::Row::ok) && traffic.as_ref().is_none_or(|t| t.ok);
+    let report = verify::Report { ok, sync, traffic };
+    if reporter.mode() == Mode::Json {
+        print_json(&report)?;
+    } else {
+        let mut text = verify::render_sync(&run, &report.sync);
+        if let Some(traffic) = &report.traffic {
+            let names: Vec<String> = mesh.clusters.iter().map(|c| c.name.clone()).collect();
+            text.push('\n');
+            text.push_str(&traffic::render(traffic, &names));
+            for (from, to) in traffic.unreached(&names) {
+                if !traffic.errors.contains_key(&from) {
+                    text.push_str(&format!("  {from} → {to}: no answer\n"));
+                }
+            }
+        }
+        text.push_str(if report.ok {
+            "the mesh works: every istiod is synced with every peer\n"
+        } else {
+            "the mesh does not work as the mesh file says\n"
+        });
+        print_stdout(&text)?;
+    }
+    if report.ok {
+        Ok(())
+    } else {
+        Err(Error::Reported)
+    }
 }
 
 /// Creates or loads the CA material the mesh's `trust` asks for.

@@ -154,6 +154,8 @@ pub enum Command {
     Link,
     /// Report each cluster's releases, istiod, remote secrets and cacerts; exit 1 on drift
     Status,
+    /// Prove the mesh works: every istiod synced with every peer (and traffic, with --traffic)
+    Verify(VerifyArgs),
     /// Remove remote secrets, istiod, istio-base and the namespace from every cluster
     Uninstall {
         /// Also delete Istio's CRDs (helm keeps them), and with them all Istio config
@@ -204,6 +206,41 @@ pub struct InstallArgs {
     /// Key algorithm for newly created CA keys
     #[arg(long, value_enum, default_value = "ecdsa-p256")]
     pub key_type: KeyTypeArg,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Read istiod's view again until every peer is synced or this much time has passed
+    /// (right after an install istiod may still be syncing), e.g. 2m
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub wait: Option<Duration>,
+    /// Also send requests from every cluster and require an answer from every cluster
+    #[arg(long)]
+    pub traffic: bool,
+    /// Requests each cluster's client sends
+    #[arg(long, value_name = "K", default_value_t = 20, requires = "traffic",
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub requests: u32,
+    /// The namespace the traffic check creates in every cluster
+    #[arg(
+        long,
+        value_name = "NS",
+        default_value = "meshup-verify",
+        requires = "traffic"
+    )]
+    pub namespace: String,
+    /// Leave the traffic check's namespace in place afterwards
+    #[arg(long, requires = "traffic")]
+    pub keep: bool,
+    /// Registry to pull the check's images from instead of docker.io (air-gapped clusters)
+    #[arg(long, value_name = "HOST[/PATH]", requires = "traffic")]
+    pub registry: Option<String>,
+    /// The helloworld image [default: docker.io/istio/examples-helloworld-v1:1.0]
+    #[arg(long, value_name = "IMAGE", requires = "traffic")]
+    pub helloworld_image: Option<String>,
+    /// The curl client image [default: docker.io/curlimages/curl:8.16.0]
+    #[arg(long, value_name = "IMAGE", requires = "traffic")]
+    pub curl_image: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

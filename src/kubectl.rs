@@ -205,6 +205,77 @@ pub fn rollout_status(
     connect(target, args, timeout)
 }
 
+/// `kubectl wait --for=CONDITION KIND/NAME --timeout`.
+pub fn wait(
+    target: &Target,
+    condition: &str,
+    object: &str,
+    namespace: &str,
+    timeout: Duration,
+) -> Step {
+    let mut args = words(&[
+        "wait",
+        &format!("--for={condition}"),
+        object,
+        "--namespace",
+        namespace,
+        "--timeout",
+    ]);
+    args.push(go_duration(timeout));
+    connect(target, args, timeout)
+}
+
+/// `kubectl logs KIND/NAME --container C`: what a pod (of a Job) printed.
+pub fn logs(
+    target: &Target,
+    object: &str,
+    container: &str,
+    namespace: &str,
+    timeout: Duration,
+) -> Step {
+    connect(
+        target,
+        words(&[
+            "logs",
+            object,
+            "--container",
+            container,
+            "--namespace",
+            namespace,
+        ]),
+        timeout,
+    )
+}
+
+/// `kubectl get --raw PATH`: a GET on any API path, e.g. a pod's `proxy` subresource.
+pub fn get_raw(target: &Target, path: &str, timeout: Duration) -> Step {
+    connect(target, words(&["get", "--raw", path]), timeout)
+}
+
+/// `kubectl port-forward pod/NAME :PORT --address 127.0.0.1`: forwards a free local port to
+/// the pod's PORT until stopped; prints `Forwarding from 127.0.0.1:LOCAL -> PORT`.
+pub fn port_forward(
+    target: &Target,
+    pod: &str,
+    namespace: &str,
+    port: u16,
+    timeout: Duration,
+) -> Step {
+    connect(
+        target,
+        words(&[
+            "port-forward",
+            &format!("pod/{pod}"),
+            &format!(":{port}"),
+            "--address",
+            "127.0.0.1",
+            "--namespace",
+            namespace,
+        ]),
+        timeout,
+    )
+}
+
 /// The one place that points kubectl at a cluster. Every request gets the step timeout too,
 /// so a black-holed API server fails the call instead of hanging it.
 fn connect(target: &Target, mut args: Vec<String>, timeout: Duration) -> Step {

@@ -26,8 +26,11 @@ pub mod runner;
 pub mod sensitive;
 pub mod status;
 pub mod step;
+pub mod sync;
 #[cfg(test)]
 mod testing;
 pub mod topology;
+pub mod traffic;
 pub mod trust;
 pub mod values;
+pub mod verify;

@@ -115,6 +115,12 @@ impl<'a> Live<'a> {
         Ok(Fetched { step, items })
     }
 
+    /// What a GET of an API `path` printed, parsed as JSON (`kubectl get --raw`).
+    pub fn get_raw<T: DeserializeOwned>(&self, path: &str) -> Result<T, StepError> {
+        let step = kubectl::get_raw(self.target, path, self.timeout);
+        parse_json(&step, &self.run(&step)?.stdout)
+    }
+
     /// Every object of `kind` (in `namespace`, matching `selector`).
     pub fn list<T: DeserializeOwned>(
         &self,
@@ -317,6 +323,43 @@ pub struct EnvVar {
 #[serde(rename_all = "camelCase", default)]
 pub struct DeploymentStatus {
     pub ready_replicas: Option<u64>,
+}
+
+/// A Pod: its phase and whether it is Ready.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Pod {
+    #[serde(default)]
+    pub metadata: Meta,
+    #[serde(default)]
+    pub status: PodStatus,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct PodStatus {
+    pub phase: String,
+    pub conditions: Vec<Condition>,
+}
+
+/// A status condition (`Ready`, `Available`, `Complete`, ...).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Condition {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub status: String,
+}
+
+impl Pod {
+    /// Running, with its `Ready` condition true.
+    pub fn is_ready(&self) -> bool {
+        self.status.phase == "Running"
+            && self
+                .status
+                .conditions
+                .iter()
+                .any(|c| c.kind == "Ready" && c.status == "True")
+    }
 }
 
 impl Deployment {

@@ -128,6 +128,8 @@ fn components(
             mesh_configmap: mesh.mesh_configmap(),
             mesh_id: mesh.mesh_id.clone(),
             cluster_id: cluster.name.clone(),
+            revision: mesh.revision.clone().unwrap_or_else(|| "default".into()),
+            watches: watches.get(&cluster.name).cloned().unwrap_or_default(),
         }),
     }));
     if trust {

@@ -90,6 +90,12 @@ pub trait Component: Send + Sync {
         Ok(Vec::new())
     }
 
+    /// The istiod this part runs, if any: what it reports of the peers it must watch.
+    fn sync(&self, cx: &mut Cx) -> Option<crate::sync::Row> {
+        let _ = cx;
+        None
+    }
+
     /// The Helm values file this part renders for `meshup render`: (file name, values).
     fn values_file(&self) -> Option<(String, &serde_yaml::Mapping)> {
         None

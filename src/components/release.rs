@@ -10,6 +10,7 @@ use crate::helm::{self, Install, Values};
 use crate::live::{ConfigMap, Deployment};
 use crate::runner::StepError;
 use crate::status::{ClusterStatus, Readiness, ReleaseStatus};
+use crate::sync;
 use crate::values;
 
 /// One Helm release in one cluster.
@@ -34,6 +35,10 @@ pub struct Istiod {
     pub mesh_configmap: String,
     pub mesh_id: String,
     pub cluster_id: String,
+    /// `istio.io/rev` of its pods (`default` without a revision).
+    pub revision: String,
+    /// The peers it must watch (whose remote secrets its cluster holds).
+    pub watches: Vec<String>,
 }
 
 impl Release {
@@ -232,6 +237,16 @@ impl Component for Release {
             );
         }
         Ok(findings)
+    }
+
+    fn sync(&self, cx: &mut Cx) -> Option<sync::Row> {
+        let istiod = self.istiod.as_ref()?;
+        let watcher = sync::Watcher {
+            namespace: self.namespace.clone(),
+            revision: istiod.revision.clone(),
+            peers: istiod.watches.clone(),
+        };
+        Some(sync::read(cx, &watcher))
     }
 
     fn values_file(&self) -> Option<(String, &Mapping)> {

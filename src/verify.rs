@@ -1,0 +1,147 @@
+//! `meshup verify`: proof that the mesh works. Control plane: every istiod reports every peer
+//! the topology gives it as `synced` (a matrix: rows are the clusters whose istiod looks,
+//! columns the peers). With `--traffic`, requests from every cluster reach every cluster.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::components::{Board, Memo};
+use crate::exec::{Run, parallel};
+use crate::runner::{self, StepError};
+use crate::sync::{self, Row, State};
+use crate::topology::Topology;
+use crate::traffic;
+
+/// How often `--wait` reads istiod's view again.
+const POLL: Duration = Duration::from_secs(2);
+
+/// What verify found.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub ok: bool,
+    /// One row per cluster that runs istiod.
+    pub sync: Vec<Row>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub traffic: Option<traffic::Report>,
+}
+
+/// Every istiod's view of its peers, read once.
+pub fn read_sync(run: &Run, topology: &Topology) -> Vec<Row> {
+    parallel(run.jobs, &topology.nodes, |node| {
+        let cluster = run
+            .mesh
+            .cluster(&node.cluster)
+            .expect("the topology's clusters are the mesh's");
+        let (mut memo, board) = (Memo::default(), Board::default());
+        run.in_cluster(cluster, &mut memo, &board, |cx| {
+            node.components
+                .iter()
+                .filter_map(|c| c.sync(cx))
+                .collect::<Vec<_>>()
+        })
+    })
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+/// Reads until every row is ok or `wait` has passed (read once without `wait`).
+pub fn sync_until(
+    run: &Run,
+    topology: &Topology,
+    wait: Option<Duration>,
+) -> Result<Vec<Row>, StepError> {
+    let deadline = Instant::now() + wait.unwrap_or_default();
+    loop {
+        let rows = read_sync(run, topology);
+        if rows.iter().all(Row::ok) || Instant::now() + POLL > deadline {
+            return Ok(rows);
+        }
+        let (synced, expected) = rows.iter().fold((0, 0), |(s, e), row| {
+            let (rs, re) = row.synced();
+            (s + rs, e + re)
+        });
+        run.reporter.info(&format!(
+            "{synced}/{expected} peers synced; reading again in {}s",
+            POLL.as_secs()
+        ));
+        runner::sleep(POLL)?;
+    }
+}
+
+/// The matrix as text, then one line per failing pair with its hint.
+pub fn render_sync(run: &Run, rows: &[Row]) -> String {
+    let clusters: Vec<&str> = run.mesh.clusters.iter().map(|c| c.name.as_str()).collect();
+    let width = clusters.iter().map(|c| c.len()).max().unwrap_or(0).max(10) + 2;
+    let mut out =
+        String::from("istiod's view of its peers (rows: the cluster whose istiod looks)\n");
+    out.push_str(&format!("{:<width$}", ""));
+    for peer in &clusters {
+        out.push_str(&format!("{peer:<width$}"));
+    }
+    out.push('\n');
+    for row in rows {
+        out.push_str(&format!("{:<width$}", row.cluster));
+        for peer in &clusters {
+            let word = match (row.peers.get(*peer), row.unexpected.get(*peer)) {
+                (Some(cell), _) => cell.state.word(),
+                (None, Some(_)) => "unexpected",
+                (None, None) => "-",
+            };
+            out.push_str(&format!("{word:<width$}"));
+        }
+        out.push('\n');
+    }
+    for line in problems(run, rows) {
+        out.push_str(&format!("  {line}\n"));
+    }
+    out
+}
+
+/// One line per failing pair or unreadable row, each with what to do.
+pub fn problems(run: &Run, rows: &[Row]) -> Vec<String> {
+    let mut lines = Vec::new();
+    for row in rows {
+        if let Some(error) = &row.error {
+            lines.push(format!(
+                "{}: istiod's view could not be read: {}",
+                row.cluster,
+                error.lines().next().unwrap_or_default()
+            ));
+            continue;
+        }
+        for (peer, cell) in &row.peers {
+            if cell.state == State::Synced {
+                continue;
+            }
+            let server = run
+                .mesh
+                .cluster(peer)
+                .map(|c| c.server.as_str())
+                .unwrap_or_default();
+            lines.push(format!(
+                "{} → {peer}: {}{}; {}",
+                row.cluster,
+                cell.state.word(),
+                cell.secret
+                    .as_ref()
+                    .map(|s| format!(" (secret {s})"))
+                    .unwrap_or_default(),
+                sync::hint(&row.cluster, peer, cell.state, server)
+            ));
+        }
+        for (id, cell) in &row.unexpected {
+            lines.push(format!(
+                "{} → {id}: unexpected{}; {}",
+                row.cluster,
+                cell.secret
+                    .as_ref()
+                    .map(|s| format!(" (secret {s})"))
+                    .unwrap_or_default(),
+                sync::hint(&row.cluster, id, State::Unexpected, "")
+            ));
+        }
+    }
+    lines
+}
