@@ -8,7 +8,10 @@ use std::sync::Arc;
 
 use clap::CommandFactory;
 
-use crate::cli::{Cli, Command, GlobalArgs, InstallArgs, MeshArgs, OutputFormat, VerifyArgs};
+use crate::cli::{
+    Cli, Command, DEFAULT_JOBS, DEFAULT_READ_JOBS, GlobalArgs, InstallArgs, Jobs, MeshArgs,
+    OutputFormat, VerifyArgs,
+};
 use crate::components::reader;
 use crate::error::{Error, InputError};
 use crate::exec::{self, Run, Summary};
@@ -114,7 +117,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             let session = Session::open(&global, &mesh_args, &reporter)?;
             session.require_tools()?;
             let topology = Topology::of(&session.mesh, &Choices::default());
-            let status = status::collect(&session.run(), &topology);
+            let status = status::collect(&session.read(), &topology);
             if reporter.mode() == Mode::Json {
                 print_json(&status)?;
             } else {
@@ -202,7 +205,10 @@ fn warn_unpinned(reporter: &Reporter, mesh: &Mesh) {
 struct Session {
     mesh: Mesh,
     global_kubeconfig: Option<PathBuf>,
+    /// Clusters changed at once.
     jobs: usize,
+    /// Clusters read at once.
+    read_jobs: usize,
     timeout: std::time::Duration,
     helm: Result<PathBuf, String>,
     kubectl: Result<PathBuf, String>,
@@ -228,15 +234,14 @@ impl Session {
             grace: crate::runner::GRACE,
             reporter: reporter.clone(),
         };
-        let jobs = global
-            .jobs
-            .map(usize::from)
-            .unwrap_or(mesh.clusters.len())
-            .max(1);
+        let clusters = mesh.clusters.len();
+        let jobs = Jobs::resolve(global.jobs, clusters, DEFAULT_JOBS);
+        let read_jobs = Jobs::resolve(global.jobs, clusters, DEFAULT_READ_JOBS);
         Ok(Self {
             mesh,
             global_kubeconfig: global.kubeconfig.clone(),
             jobs,
+            read_jobs,
             timeout: global.timeout,
             helm,
             kubectl,
@@ -254,6 +259,7 @@ impl Session {
         Ok(())
     }
 
+    /// For commands that change clusters.
     fn run(&self) -> Run<'_> {
         Run {
             mesh: &self.mesh,
@@ -262,6 +268,14 @@ impl Session {
             jobs: self.jobs,
             timeout: self.timeout,
             kubeconfig: self.global_kubeconfig.clone(),
+        }
+    }
+
+    /// For commands that only read: they may fan out wider.
+    fn read(&self) -> Run<'_> {
+        Run {
+            jobs: self.read_jobs,
+            ..self.run()
         }
     }
 
@@ -277,7 +291,7 @@ impl Session {
             return checks;
         }
         // The local tool checks run beside the cluster checks: neither waits for the other.
-        let run = self.run();
+        let run = self.read();
         let (tools, clusters) = std::thread::scope(|scope| {
             let tools = scope.spawn(|| match (&self.helm, &self.kubectl) {
                 (Ok(helm), Ok(kubectl)) => preflight::tool_checks(&self.runner, helm, kubectl),
@@ -350,7 +364,7 @@ fn verify(
     session.require_tools()?;
     let mesh = &session.mesh;
     let topology = Topology::of(mesh, &Choices::default());
-    let run = session.run();
+    let run = session.read();
     let sync = verify::sync_until(&run, &topology, args.wait)?;
     let traffic = args.traffic.then(|| {
         let (helloworld, curl) = traffic::Options::images(args.registry.as_deref());

@@ -41,9 +41,9 @@ pub struct GlobalArgs {
     #[arg(long, global = true, value_name = "PATH")]
     pub kubeconfig: Option<PathBuf>,
 
-    /// How many clusters to work on at once [default: all]
-    #[arg(long, short = 'j', global = true, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
-    pub jobs: Option<u16>,
+    /// How many clusters to change at once, or `all` [default: 16; reads: 32]
+    #[arg(long, short = 'j', global = true, value_name = "N|all", value_parser = parse_jobs)]
+    pub jobs: Option<Jobs>,
 
     /// Time limit for each helm or kubectl call, e.g. 90s, 5m, 1h
     #[arg(long, global = true, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
@@ -270,6 +270,42 @@ impl From<KeyTypeArg> for KeyType {
     }
 }
 
+/// How many clusters meshup works on at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Jobs {
+    Count(usize),
+    All,
+}
+
+/// Clusters changed at once by default: each helm process takes about 65 MB, so a hundred
+/// clusters at once would need gigabytes.
+pub const DEFAULT_JOBS: usize = 16;
+/// Clusters read at once by default (`status`, `verify`, `preflight`): kubectl reads are light.
+pub const DEFAULT_READ_JOBS: usize = 32;
+
+impl Jobs {
+    /// The number of workers for `clusters` clusters; `default` when no flag was given.
+    pub fn resolve(jobs: Option<Jobs>, clusters: usize, default: usize) -> usize {
+        match jobs {
+            Some(Jobs::Count(n)) => n,
+            Some(Jobs::All) => clusters,
+            None => default,
+        }
+        .clamp(1, clusters.max(1))
+    }
+}
+
+/// Parses `--jobs`: a positive number or `all`.
+pub fn parse_jobs(text: &str) -> Result<Jobs, String> {
+    if text == "all" {
+        return Ok(Jobs::All);
+    }
+    match text.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(Jobs::Count(n)),
+        _ => Err(format!("`{text}` is neither a positive number nor `all`")),
+    }
+}
+
 /// Parses `90s`, `5m`, `1h`, `1h30m`, `250ms` or a bare number of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let bad = || format!("`{text}` is not a duration; use e.g. 90s, 5m or 1h");
@@ -323,6 +359,20 @@ mod tests {
         assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
         assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+    }
+
+    #[test]
+    fn jobs_are_bounded_unless_all() {
+        assert_eq!(parse_jobs("all"), Ok(Jobs::All));
+        assert_eq!(parse_jobs("4"), Ok(Jobs::Count(4)));
+        assert!(parse_jobs("0").is_err() && parse_jobs("many").is_err());
+        assert_eq!(Jobs::resolve(None, 100, DEFAULT_JOBS), 16);
+        assert_eq!(Jobs::resolve(None, 3, DEFAULT_JOBS), 3);
+        assert_eq!(Jobs::resolve(Some(Jobs::All), 100, DEFAULT_JOBS), 100);
+        assert_eq!(
+            Jobs::resolve(Some(Jobs::Count(2)), 100, DEFAULT_READ_JOBS),
+            2
+        );
     }
 
     #[test]

@@ -715,4 +715,111 @@ clusters:
         assert!(!is_dns_label("A"));
         assert!(!is_dns_label(&"a".repeat(64)));
     }
+
+    mod fuzz {
+        //! The loader takes whatever YAML it is given: it never panics, and every rejection is
+        //! an `InputError` (exit 2) with at least one problem.
+        use super::*;
+        use proptest::prelude::*;
+        use serde_yaml::Value as Y;
+
+        fn scalar() -> impl Strategy<Value = Y> {
+            prop_oneof![
+                Just(Y::Null),
+                any::<bool>().prop_map(Y::Bool),
+                any::<i64>().prop_map(|n| Y::Number(n.into())),
+                any::<f64>().prop_map(|n| Y::Number(n.into())),
+                "[a-z0-9.:/_-]{0,12}".prop_map(Y::String),
+                any::<String>().prop_map(Y::String),
+                prop::sample::select(vec![
+                    "kind-cluster1",
+                    "kind-cluster2",
+                    "https://10.0.0.1:6443",
+                    "generate",
+                    "provided",
+                    "none",
+                    "oci://r/charts",
+                    "./charts",
+                    "1.28.1",
+                    "",
+                ])
+                .prop_map(|s| Y::String(s.to_string())),
+            ]
+        }
+
+        fn key() -> impl Strategy<Value = String> {
+            prop_oneof![
+                prop::sample::select(vec![
+                    "meshID",
+                    "network",
+                    "namespace",
+                    "istio",
+                    "values",
+                    "clusters",
+                    "trust",
+                    "version",
+                    "charts",
+                    "revision",
+                    "name",
+                    "context",
+                    "apiServer",
+                    "mode",
+                    "dir",
+                    "global",
+                    "meshId",
+                ])
+                .prop_map(str::to_string),
+                "[a-zA-Z]{1,8}",
+            ]
+        }
+
+        fn value() -> impl Strategy<Value = Y> {
+            scalar().prop_recursive(4, 48, 6, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..4).prop_map(Y::Sequence),
+                    prop::collection::vec((key(), inner), 0..6).prop_map(|entries| {
+                        Y::Mapping(
+                            entries
+                                .into_iter()
+                                .map(|(k, v)| (Y::String(k), v))
+                                .collect(),
+                        )
+                    }),
+                ]
+            })
+        }
+
+        fn check_text(text: &str) {
+            let result = parse(text)
+                .map_err(|p| InputError::new("mesh.yaml", p))
+                .and_then(|raw| {
+                    validate(
+                        "mesh.yaml".into(),
+                        raw,
+                        Path::new(""),
+                        &MeshArgs::default(),
+                        Some(&two_contexts()),
+                    )
+                });
+            if let Err(error) = result {
+                assert!(!error.problems.is_empty());
+                assert!(crate::error::Error::from(error).exit_code() == 2);
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(400))]
+
+            #[test]
+            fn generated_mesh_files_never_panic(doc in value()) {
+                let text = serde_yaml::to_string(&doc).unwrap();
+                check_text(&text);
+            }
+
+            #[test]
+            fn arbitrary_text_never_panics(text in any::<String>()) {
+                check_text(&text);
+            }
+        }
+    }
 }
