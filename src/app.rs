@@ -209,6 +209,7 @@ struct Session {
     jobs: usize,
     /// Clusters read at once.
     read_jobs: usize,
+    retries: u32,
     timeout: std::time::Duration,
     helm: Result<PathBuf, String>,
     kubectl: Result<PathBuf, String>,
@@ -242,6 +243,7 @@ impl Session {
             global_kubeconfig: global.kubeconfig.clone(),
             jobs,
             read_jobs,
+            retries: global.retries,
             timeout: global.timeout,
             helm,
             kubectl,
@@ -268,6 +270,10 @@ impl Session {
             jobs: self.jobs,
             timeout: self.timeout,
             kubeconfig: self.global_kubeconfig.clone(),
+            retry: exec::Retry {
+                times: self.retries,
+                ..exec::Retry::DEFAULT
+            },
         }
     }
 

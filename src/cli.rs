@@ -49,6 +49,11 @@ pub struct GlobalArgs {
     #[arg(long, global = true, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
     pub timeout: Duration,
 
+    /// How often a step that failed for a transient reason (connection reset, HTTP 503, ...)
+    /// is tried again, after 1s, 2s, 4s ... up to 30s
+    #[arg(long, global = true, value_name = "N", default_value_t = 5)]
+    pub retries: u32,
+
     /// How to report progress and results [default: human on a terminal, plain otherwise]
     #[arg(long, short = 'o', global = true, value_enum)]
     pub output: Option<OutputFormat>,

@@ -14,7 +14,7 @@ use crate::live::Live;
 use crate::mesh::{Cluster, Mesh};
 use crate::plan::Plan;
 use crate::reporter::Reporter;
-use crate::runner::{Runner, StepError};
+use crate::runner::{self, Runner, StepError};
 use crate::step::Target;
 
 /// How a command reaches its clusters.
@@ -27,6 +27,35 @@ pub struct Run<'a> {
     /// The limit of each helm or kubectl call.
     pub timeout: Duration,
     pub kubeconfig: Option<PathBuf>,
+    /// How a task that failed for a transient reason is tried again.
+    pub retry: Retry,
+}
+
+/// Retries of a task that failed for a transient reason (`StepError::transient_cause`):
+/// capped exponential backoff.
+#[derive(Debug, Clone, Copy)]
+pub struct Retry {
+    /// How many times a task is tried again (`--retries`).
+    pub times: u32,
+    /// The first pause; each next one doubles, up to `most`.
+    pub first: Duration,
+    pub most: Duration,
+}
+
+impl Retry {
+    /// meshup's default: 5 retries after 1 s, 2 s, 4 s, 8 s, 16 s.
+    pub const DEFAULT: Retry = Retry {
+        times: 5,
+        first: Duration::from_secs(1),
+        most: Duration::from_secs(30),
+    };
+
+    /// The pause before retry `attempt` (1-based).
+    pub fn delay(&self, attempt: u32) -> Duration {
+        self.first
+            .saturating_mul(1 << attempt.saturating_sub(1).min(16))
+            .min(self.most)
+    }
 }
 
 impl Run<'_> {
@@ -173,10 +202,33 @@ pub fn execute(run: &Run, plan: &Plan) -> Summary {
                 }
                 run.reporter.started(&cluster.name, label);
                 let start = Instant::now();
-                let result = run.in_cluster(cluster, &mut memo, &board, |cx| match task.action {
-                    Action::Install => task.component.converge(cx),
-                    Action::Remove => task.component.remove(cx),
-                });
+                let mut attempt = 0;
+                let result = loop {
+                    let result =
+                        run.in_cluster(cluster, &mut memo, &board, |cx| match task.action {
+                            Action::Install => task.component.converge(cx),
+                            Action::Remove => task.component.remove(cx),
+                        });
+                    let cause = result.as_ref().err().and_then(StepError::transient_cause);
+                    match cause {
+                        Some(cause) if attempt < run.retry.times => {
+                            attempt += 1;
+                            let delay = run.retry.delay(attempt);
+                            run.reporter.line(&format!(
+                                "[{}] {label}: retry {attempt}/{} in {}: {cause}",
+                                cluster.name,
+                                run.retry.times,
+                                human(delay)
+                            ));
+                            // What failed may have changed the cluster: read it again.
+                            memo.releases = None;
+                            if let Err(e) = runner::sleep(delay) {
+                                break Err(e);
+                            }
+                        }
+                        _ => break result,
+                    }
+                };
                 let outcome = match result {
                     Ok(outcome) => outcome,
                     Err(e) => {
@@ -226,6 +278,14 @@ pub fn execute(run: &Run, plan: &Plan) -> Summary {
         ok: !failed && !interrupted,
         interrupted,
         clusters: results.into_values().collect(),
+    }
+}
+
+fn human(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{:.1}s", d.as_secs_f64())
     }
 }
 
@@ -309,6 +369,11 @@ mod tests {
             jobs: 3,
             timeout: Duration::from_secs(5),
             kubeconfig: None,
+            retry: Retry {
+                times: 2,
+                first: Duration::from_millis(1),
+                most: Duration::from_millis(1),
+            },
         };
         let topology = Topology::of(m, &Choices::default());
         let summary = execute(&run, &plan::install(&topology));
@@ -386,6 +451,109 @@ mod tests {
             s.args
                 .starts_with(&["get".to_string(), "secrets".to_string()])
         }));
+    }
+
+    #[test]
+    fn a_transient_failure_is_retried_and_a_lasting_one_is_not() {
+        let m = mesh(1, TrustMode::None);
+        let attempts = AtomicUsize::new(0);
+        let reset = |step: &Step| {
+            let args = step.args.join(" ");
+            if args.starts_with("upgrade --install istiod")
+                && attempts.fetch_add(1, Ordering::SeqCst) < 2
+            {
+                Output {
+                    code: Some(1),
+                    stdout: String::new(),
+                    stderr: "Error: UPGRADE FAILED: read tcp: connection reset by peer".into(),
+                }
+            } else {
+                cluster(step, "")
+            }
+        };
+        let runner = RecordingRunner::new(reset);
+        let reporter = Reporter::new(Mode::Json, true, false);
+        let run = Run {
+            mesh: &m,
+            runner: &runner,
+            reporter: &reporter,
+            jobs: 1,
+            timeout: Duration::from_secs(5),
+            kubeconfig: None,
+            retry: Retry {
+                times: 2,
+                first: Duration::from_millis(1),
+                most: Duration::from_millis(1),
+            },
+        };
+        let topology = Topology::of(&m, &Choices::default());
+        let summary = execute(&run, &plan::install(&topology));
+        assert!(summary.ok, "{summary:?}");
+        assert_eq!(attempts.load(Ordering::SeqCst), 3);
+        // The cluster is read again before each retry.
+        let lists = runner
+            .command_lines()
+            .iter()
+            .filter(|l| l.starts_with("helm list"))
+            .count();
+        assert_eq!(lists, 3);
+
+        // A lasting failure gives up after `times` retries; a bad value is not retried at all.
+        let (summary, calls) =
+            run_failing(&m, "Error: UPGRADE FAILED: read: connection reset by peer");
+        assert!(!summary.ok);
+        assert_eq!(count_istiod_upgrades(&calls), 3);
+        let (summary, calls) = run_failing(
+            &m,
+            "Error: UPGRADE FAILED: Deployment.apps \"istiod\" is invalid: spec.replicas: Invalid value: -1",
+        );
+        assert!(!summary.ok);
+        assert_eq!(count_istiod_upgrades(&calls), 1);
+    }
+
+    fn count_istiod_upgrades(calls: &[Step]) -> usize {
+        calls
+            .iter()
+            .filter(|s| s.args.join(" ").starts_with("upgrade --install istiod"))
+            .count()
+    }
+
+    fn run_failing(m: &Mesh, stderr: &'static str) -> (Summary, Vec<Step>) {
+        let runner = RecordingRunner::new(move |step: &Step| {
+            if step.args.join(" ").starts_with("upgrade --install istiod") {
+                Output {
+                    code: Some(1),
+                    stdout: String::new(),
+                    stderr: stderr.into(),
+                }
+            } else {
+                cluster(step, "")
+            }
+        });
+        let reporter = Reporter::new(Mode::Json, true, false);
+        let run = Run {
+            mesh: m,
+            runner: &runner,
+            reporter: &reporter,
+            jobs: 1,
+            timeout: Duration::from_secs(5),
+            kubeconfig: None,
+            retry: Retry {
+                times: 2,
+                first: Duration::from_millis(1),
+                most: Duration::from_millis(1),
+            },
+        };
+        let topology = Topology::of(m, &Choices::default());
+        let summary = execute(&run, &plan::install(&topology));
+        let calls = runner.calls.lock().unwrap().clone();
+        (summary, calls)
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap() {
+        let delays: Vec<u64> = (1..=7).map(|a| Retry::DEFAULT.delay(a).as_secs()).collect();
+        assert_eq!(delays, [1, 2, 4, 8, 16, 30, 30]);
     }
 
     #[test]

@@ -216,7 +216,70 @@ impl StepError {
     pub fn is_interrupted(&self) -> bool {
         matches!(self, StepError::Interrupted)
     }
+
+    /// Why this failure is worth retrying, when it is one an API server that blinked would
+    /// cause (connection refused or reset, EOF, timeouts, 429/5xx, a changed etcd leader, an
+    /// optimistic-lock conflict). Bad values, RBAC or a missing CRD are never retried.
+    pub fn transient_cause(&self) -> Option<&'static str> {
+        let StepError::Failed(failure) = self else {
+            return None;
+        };
+        let text = failure.stderr_tail.to_lowercase();
+        TRANSIENT
+            .iter()
+            .find(|(needles, _)| needles.iter().any(|n| text.contains(n)))
+            .map(|(_, cause)| *cause)
+    }
 }
+
+/// Signs of a failure that a retry can fix, and how to say it.
+const TRANSIENT: &[(&[&str], &str)] = &[
+    (&["connection refused"], "connection refused"),
+    (
+        &["connection reset by peer", "broken pipe"],
+        "connection reset",
+    ),
+    (&["tls handshake timeout"], "TLS handshake timeout"),
+    (&["i/o timeout"], "i/o timeout"),
+    (
+        &["http2: client connection lost", "http2: server sent goaway"],
+        "HTTP/2 connection lost",
+    ),
+    (
+        &["unexpected eof", ": eof", "\"eof\""],
+        "connection closed (EOF)",
+    ),
+    (
+        &[
+            "etcdserver: leader changed",
+            "etcdserver: request timed out",
+        ],
+        "etcd leader changed",
+    ),
+    (
+        &["the object has been modified"],
+        "conflicting write (the object has been modified)",
+    ),
+    (
+        &["toomanyrequests", "too many requests", "(429)"],
+        "HTTP 429",
+    ),
+    (
+        &[
+            "serviceunavailable",
+            "service unavailable",
+            "the server is currently unable to handle the request",
+            "(503)",
+        ],
+        "HTTP 503",
+    ),
+    (
+        &["internalerror", "internal error occurred", "(500)"],
+        "HTTP 500",
+    ),
+    (&["bad gateway", "(502)"], "HTTP 502"),
+    (&["gateway timeout", "(504)"], "HTTP 504"),
+];
 
 /// The last `n` non-empty lines of `text`.
 pub fn tail(text: &str, n: usize) -> String {
@@ -650,6 +713,66 @@ mod tests {
             text.contains("hint: the API server of context `kind-c2` does not answer"),
             "{text}"
         );
+    }
+
+    fn failing(stderr: &str) -> StepError {
+        StepError::failed(
+            &step(Tool::Kubectl, &["apply"]),
+            &Output {
+                code: Some(1),
+                stdout: String::new(),
+                stderr: stderr.into(),
+            },
+        )
+    }
+
+    #[test]
+    fn a_blinking_api_server_is_transient() {
+        for (stderr, cause) in [
+            (
+                "Get \"https://127.0.0.1:6443/api\": read tcp 127.0.0.1:5->127.0.0.1:6443: read: connection reset by peer",
+                "connection reset",
+            ),
+            (
+                "Error: Kubernetes cluster unreachable: Get \"https://x/version\": dial tcp 127.0.0.1:6443: connect: connection refused",
+                "connection refused",
+            ),
+            (
+                "Error from server (ServiceUnavailable): the server is currently unable to handle the request",
+                "HTTP 503",
+            ),
+            (
+                "Error from server (InternalError): Internal error occurred: etcdserver: leader changed",
+                "etcd leader changed",
+            ),
+            (
+                "Error from server (Conflict): Operation cannot be fulfilled on leases.coordination.k8s.io \"x\": the object has been modified; please apply your changes to the latest version and try again",
+                "conflicting write (the object has been modified)",
+            ),
+            (
+                "Error: INSTALLATION FAILED: Get \"https://x/apis\": unexpected EOF",
+                "connection closed (EOF)",
+            ),
+            (
+                "Error from server (TooManyRequests): the server has received too many requests",
+                "HTTP 429",
+            ),
+        ] {
+            assert_eq!(failing(stderr).transient_cause(), Some(cause), "{stderr}");
+        }
+    }
+
+    #[test]
+    fn bad_values_rbac_and_missing_kinds_are_not_transient() {
+        for stderr in [
+            "Error from server (Forbidden): secrets is forbidden: User \"x\" cannot create resource",
+            "Error from server (Invalid): Deployment.apps \"istiod\" is invalid: spec.replicas: Invalid value: -1",
+            "error: resource mapping not found for name: \"x\": no matches for kind \"Gateway\" in version \"networking.istio.io/v1\"",
+            "Error: UPGRADE FAILED: context deadline exceeded",
+        ] {
+            assert_eq!(failing(stderr).transient_cause(), None, "{stderr}");
+        }
+        assert_eq!(StepError::Interrupted.transient_cause(), None);
     }
 
     #[test]

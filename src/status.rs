@@ -285,6 +285,7 @@ mod tests {
             jobs: 2,
             timeout: std::time::Duration::from_secs(5),
             kubeconfig: None,
+            retry: crate::exec::Retry::DEFAULT,
         };
         collect(&run, &Topology::of(mesh, &Choices::default()))
     }

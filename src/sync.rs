@@ -413,6 +413,7 @@ mod tests {
             jobs: 1,
             timeout: Duration::from_secs(5),
             kubeconfig: None,
+            retry: crate::exec::Retry::DEFAULT,
         };
         let watcher = Watcher {
             namespace: "istio-system".into(),

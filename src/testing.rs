@@ -71,6 +71,7 @@ pub fn run_component(
         jobs: 1,
         timeout: Duration::from_secs(5),
         kubeconfig: None,
+        retry: crate::exec::Retry::DEFAULT,
     };
     let board = Board::default();
     let mut memo = Memo::default();
