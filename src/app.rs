@@ -19,9 +19,11 @@ use crate::files::{self, Existing};
 use crate::finding::{Finding, Level};
 use crate::kubeconfig::Kubeconfig;
 use crate::live::Live;
+use crate::lock;
 use crate::mesh::{self, Mesh};
 use crate::plan;
 use crate::preflight;
+use crate::pull;
 use crate::remote_secret;
 use crate::reporter::{Mode, Reporter};
 use crate::runner::ProcessRunner;
@@ -56,8 +58,20 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             Ok(())
         }
         Command::Plan { values_dir } => {
-            let mesh = mesh::load(&mesh_args, None)?;
+            let mut mesh = mesh::load(&mesh_args, None)?;
             warn_about_mesh(&reporter, &mesh);
+            let pulls = match pull::planned(
+                &mesh.charts,
+                mesh.version.as_deref(),
+                mesh::CHARTS,
+                &pull::cache_dir(),
+            ) {
+                Some((pulls, charts)) => {
+                    mesh.charts = charts;
+                    pulls
+                }
+                None => Vec::new(),
+            };
             let topology = Topology::of(&mesh, &Choices::default());
             let script = plan::script(
                 &mesh,
@@ -67,6 +81,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
                     mesh_flags: &mesh_args.override_flags(),
                     kubeconfig: global.kubeconfig.as_deref(),
                     timeout: global.timeout,
+                    pulls: &pulls,
                 },
             );
             print_stdout(&script)
@@ -110,7 +125,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             let session = Session::open(&global, &mesh_args, &reporter)?;
             session.require_tools()?;
             let topology = Topology::of(&session.mesh, &Choices::default());
-            let summary = exec::execute(&session.run(), &plan::link(&topology));
+            let summary = session.execute_locked("link", &plan::link(&topology))?;
             finish(&reporter, "link", &summary)
         }
         Command::Status => {
@@ -142,7 +157,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
                 ..Choices::default()
             };
             let topology = Topology::of(&session.mesh, &choices);
-            let summary = exec::execute(&session.run(), &plan::uninstall(&topology));
+            let summary = session.execute_locked("uninstall", &plan::uninstall(&topology))?;
             finish(&reporter, "uninstall", &summary)
         }
     }
@@ -210,6 +225,7 @@ struct Session {
     /// Clusters read at once.
     read_jobs: usize,
     retries: u32,
+    wait_for_lock: Option<std::time::Duration>,
     timeout: std::time::Duration,
     helm: Result<PathBuf, String>,
     kubectl: Result<PathBuf, String>,
@@ -244,6 +260,7 @@ impl Session {
             jobs,
             read_jobs,
             retries: global.retries,
+            wait_for_lock: global.wait_for_lock,
             timeout: global.timeout,
             helm,
             kubectl,
@@ -274,7 +291,22 @@ impl Session {
                 times: self.retries,
                 ..exec::Retry::DEFAULT
             },
+            locks: None,
         }
+    }
+
+    /// Executes `plan` holding every cluster's lock.
+    fn execute_locked(&self, command: &str, plan: &plan::Plan) -> Result<Summary, Error> {
+        let run = self.run();
+        Ok(lock::hold(&run, command, self.wait_for_lock, |locks| {
+            exec::execute(
+                &Run {
+                    locks: Some(locks),
+                    ..run.clone()
+                },
+                plan,
+            )
+        })?)
     }
 
     /// For commands that only read: they may fan out wider.
@@ -328,8 +360,7 @@ fn install(
     reporter: &Arc<Reporter>,
     args: &InstallArgs,
 ) -> Result<(), Error> {
-    let session = Session::open(global, mesh_args, reporter)?;
-    warn_unpinned(reporter, &session.mesh);
+    let mut session = Session::open(global, mesh_args, reporter)?;
     // Preflight only reads, so it runs before the CA files are touched.
     let checks = session.preflight(&Topology::of(&session.mesh, &Choices::default()));
     if checks.iter().any(Finding::is_failure) {
@@ -348,6 +379,19 @@ fn install(
             check.sentence()
         ));
     }
+    session.require_tools()?;
+    let fetched = pull::fetch(
+        &session.runner,
+        reporter,
+        &session.mesh.charts,
+        session.mesh.version.as_deref(),
+        mesh::CHARTS,
+        &pull::cache_dir(),
+    )?;
+    session.mesh.charts = fetched.charts;
+    if let Some(version) = fetched.pinned {
+        session.mesh.version = Some(version);
+    }
     let trust = prepare_trust(reporter, &session.mesh, args.key_type.into())?;
     let choices = Choices {
         trust: trust.as_ref(),
@@ -356,7 +400,7 @@ fn install(
         purge_crds: false,
     };
     let topology = Topology::of(&session.mesh, &choices);
-    let summary = exec::execute(&session.run(), &plan::install(&topology));
+    let summary = session.execute_locked("install", &plan::install(&topology))?;
     finish(reporter, "install", &summary)
 }
 

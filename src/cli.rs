@@ -54,6 +54,11 @@ pub struct GlobalArgs {
     #[arg(long, global = true, value_name = "N", default_value_t = 5)]
     pub retries: u32,
 
+    /// When another meshup holds a cluster's lock, wait this long for it (e.g. 5m) instead
+    /// of stopping
+    #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration)]
+    pub wait_for_lock: Option<Duration>,
+
     /// How to report progress and results [default: human on a terminal, plain otherwise]
     #[arg(long, short = 'o', global = true, value_enum)]
     pub output: Option<OutputFormat>,

@@ -7,6 +7,8 @@
 use std::fmt;
 
 use crate::files::FileError;
+use crate::lock::LockError;
+use crate::pull::PullError;
 use crate::runner::StepError;
 use crate::trust::TrustError;
 
@@ -21,6 +23,10 @@ pub enum Error {
     Step(#[from] StepError),
     #[error(transparent)]
     File(#[from] FileError),
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error(transparent)]
+    Pull(#[from] PullError),
     /// helm or kubectl is not where meshup was told to look.
     #[error("{0}")]
     MissingTool(String),
@@ -42,9 +48,14 @@ impl Error {
         match self {
             Error::Input(_) => 2,
             Error::Trust(e) => e.exit_code(),
-            Error::Step(StepError::Interrupted) | Error::Interrupted => 130,
+            Error::Step(StepError::Interrupted)
+            | Error::Lock(LockError::Step(StepError::Interrupted))
+            | Error::Pull(PullError::Step(StepError::Interrupted))
+            | Error::Interrupted => 130,
             Error::Step(_)
             | Error::File(_)
+            | Error::Lock(_)
+            | Error::Pull(_)
             | Error::MissingTool(_)
             | Error::Stdout(_)
             | Error::Reported => 1,

@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::components::{Action, Board, Cx, Memo};
 use crate::live::Live;
+use crate::lock::Locks;
 use crate::mesh::{Cluster, Mesh};
 use crate::plan::Plan;
 use crate::reporter::Reporter;
@@ -18,6 +19,7 @@ use crate::runner::{self, Runner, StepError};
 use crate::step::Target;
 
 /// How a command reaches its clusters.
+#[derive(Clone)]
 pub struct Run<'a> {
     pub mesh: &'a Mesh,
     pub runner: &'a dyn Runner,
@@ -29,6 +31,8 @@ pub struct Run<'a> {
     pub kubeconfig: Option<PathBuf>,
     /// How a task that failed for a transient reason is tried again.
     pub retry: Retry,
+    /// The per-cluster locks a changing run holds.
+    pub locks: Option<&'a Locks>,
 }
 
 /// Retries of a task that failed for a transient reason (`StepError::transient_cause`):
@@ -83,6 +87,9 @@ impl Run<'_> {
             reporter: self.reporter,
             memo,
             board,
+            took_over: self
+                .locks
+                .is_some_and(|l| l.taken_over.contains_key(&cluster.name)),
         };
         f(&mut cx)
     }
@@ -197,6 +204,11 @@ pub fn execute(run: &Run, plan: &Plan) -> Summary {
             for task in &chain.tasks {
                 let label = task.label();
                 if error.is_some() {
+                    not_run.push(label);
+                    continue;
+                }
+                if let Some(Err(e)) = run.locks.map(|l| l.check(&cluster.name)) {
+                    error = Some(e);
                     not_run.push(label);
                     continue;
                 }
@@ -374,6 +386,7 @@ mod tests {
                 first: Duration::from_millis(1),
                 most: Duration::from_millis(1),
             },
+            locks: None,
         };
         let topology = Topology::of(m, &Choices::default());
         let summary = execute(&run, &plan::install(&topology));
@@ -485,6 +498,7 @@ mod tests {
                 first: Duration::from_millis(1),
                 most: Duration::from_millis(1),
             },
+            locks: None,
         };
         let topology = Topology::of(&m, &Choices::default());
         let summary = execute(&run, &plan::install(&topology));
@@ -543,6 +557,7 @@ mod tests {
                 first: Duration::from_millis(1),
                 most: Duration::from_millis(1),
             },
+            locks: None,
         };
         let topology = Topology::of(m, &Choices::default());
         let summary = execute(&run, &plan::install(&topology));

@@ -133,6 +133,70 @@ pub fn uninstall(target: &Target, release: &str, namespace: &str, timeout: Durat
     connect(target, args)
 }
 
+/// A private repository configuration under meshup's cache, so the user's `helm repo list`
+/// is never touched.
+pub struct RepoConfig<'a> {
+    pub config: &'a Path,
+    pub cache: &'a Path,
+}
+
+impl RepoConfig<'_> {
+    fn flags(&self) -> Vec<String> {
+        vec![
+            "--repository-config".into(),
+            self.config.display().to_string(),
+            "--repository-cache".into(),
+            self.cache.display().to_string(),
+        ]
+    }
+}
+
+/// `helm repo add NAME URL --force-update`: reads the repository's index once.
+pub fn repo_add(name: &str, url: &str, repos: &RepoConfig) -> Step {
+    let mut args = words(&["repo", "add", name, url, "--force-update"]);
+    args.extend(repos.flags());
+    local(args)
+}
+
+/// `helm pull CHART [--version V] --destination DIR`: downloads one chart archive (from a
+/// repository added with [`repo_add`], or an `oci://` reference).
+pub fn pull(chart: &str, version: Option<&str>, destination: &Path, repos: Option<&RepoConfig>) -> Step {
+    let mut args = words(&["pull", chart]);
+    if let Some(version) = version {
+        args.extend(["--version".to_string(), version.to_string()]);
+    }
+    args.extend(["--destination".to_string(), destination.display().to_string()]);
+    if let Some(repos) = repos {
+        args.extend(repos.flags());
+    }
+    local(args)
+}
+
+/// A helm call that touches no cluster.
+fn local(args: Vec<String>) -> Step {
+    Step {
+        cluster: String::new(),
+        tool: Tool::Helm,
+        args,
+        stdin: None,
+    }
+}
+
+/// `helm rollback RELEASE --wait`: back to the previous revision (the last deployed one, when
+/// an upgrade was left pending).
+pub fn rollback(target: &Target, release: &str, namespace: &str, timeout: Duration) -> Step {
+    let mut args = words(&[
+        "rollback",
+        release,
+        "--namespace",
+        namespace,
+        "--wait",
+        "--timeout",
+    ]);
+    args.push(go_duration(timeout));
+    connect(target, args)
+}
+
 /// The one place that points helm at a cluster.
 fn connect(target: &Target, mut args: Vec<String>) -> Step {
     args.extend(["--kube-context".to_string(), target.context.clone()]);

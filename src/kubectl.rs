@@ -88,6 +88,22 @@ pub fn apply(target: &Target, manifest: Sensitive<Vec<u8>>, timeout: Duration) -
     step
 }
 
+/// `kubectl create -f -`: creates the object on stdin; fails with `AlreadyExists` when it
+/// exists (what a lock needs: exactly one creator wins).
+pub fn create(target: &Target, manifest: Sensitive<Vec<u8>>, timeout: Duration) -> Step {
+    let mut step = connect(target, words(&["create", "--filename", "-"]), timeout);
+    step.stdin = Some(manifest);
+    step
+}
+
+/// `kubectl replace -f -`: replaces the object on stdin; with a `resourceVersion` in it, fails
+/// with `Conflict` when the object changed since it was read.
+pub fn replace(target: &Target, manifest: Sensitive<Vec<u8>>, timeout: Duration) -> Step {
+    let mut step = connect(target, words(&["replace", "--filename", "-"]), timeout);
+    step.stdin = Some(manifest);
+    step
+}
+
 /// `kubectl create serviceaccount`.
 pub fn create_service_account(
     target: &Target,

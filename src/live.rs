@@ -226,6 +226,28 @@ pub struct HelmRelease {
     /// The release revision, as helm prints it (a string).
     #[serde(default)]
     pub revision: String,
+    /// When its last revision was written, as helm prints it
+    /// (`2026-11-25 20:10:48.123456789 +0000 UTC`).
+    #[serde(default)]
+    pub updated: String,
+}
+
+impl HelmRelease {
+    /// An install, upgrade or rollback that never finished (helm refuses the next one).
+    pub fn is_pending(&self) -> bool {
+        self.status.starts_with("pending-") || self.status == "uninstalling"
+    }
+
+    /// `updated` as a time, when helm printed one meshup can read.
+    pub fn updated_at(&self) -> Option<time::OffsetDateTime> {
+        // `YYYY-MM-DD HH:MM:SS[.fraction] +HHMM ZONE`
+        let mut words = self.updated.split_whitespace();
+        let (date, clock, offset) = (words.next()?, words.next()?, words.next()?);
+        let clock = clock.split('.').next()?;
+        let offset = format!("{}:{}", offset.get(..3)?, offset.get(3..5)?);
+        let text = format!("{date}T{clock}{offset}");
+        time::OffsetDateTime::parse(&text, &time::format_description::well_known::Rfc3339).ok()
+    }
 }
 
 /// The metadata meshup reads.
@@ -323,6 +345,25 @@ pub struct EnvVar {
 #[serde(rename_all = "camelCase", default)]
 pub struct DeploymentStatus {
     pub ready_replicas: Option<u64>,
+}
+
+/// A `coordination.k8s.io/v1` Lease.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Lease {
+    #[serde(default)]
+    pub metadata: Meta,
+    #[serde(default)]
+    pub spec: LeaseSpec,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct LeaseSpec {
+    pub holder_identity: Option<String>,
+    pub lease_duration_seconds: Option<i64>,
+    pub acquire_time: Option<String>,
+    pub renew_time: Option<String>,
+    pub lease_transitions: Option<i64>,
 }
 
 /// A Pod: its phase and whether it is Ready.
@@ -466,6 +507,27 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
+    }
+
+    #[test]
+    fn helm_update_times_are_read() {
+        let release = HelmRelease {
+            name: "istiod".into(),
+            status: "pending-install".into(),
+            chart: "istiod-1.28.1".into(),
+            revision: "1".into(),
+            updated: "2026-11-25 20:10:48.123456789 +0100 CET".into(),
+        };
+        assert!(release.is_pending());
+        assert_eq!(
+            release.updated_at().unwrap().unix_timestamp(),
+            1_795_633_848
+        );
+        let unreadable = HelmRelease {
+            updated: "yesterday".into(),
+            ..release
+        };
+        assert_eq!(unreadable.updated_at(), None);
     }
 
     #[test]

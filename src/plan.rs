@@ -164,6 +164,9 @@ pub struct ScriptOptions<'a> {
     pub values_dir: &'a Path,
     pub kubeconfig: Option<&'a Path>,
     pub timeout: Duration,
+    /// The chart pulls that come first (`pull::planned`); the mesh's charts then name the
+    /// pulled archives.
+    pub pulls: &'a [crate::step::Step],
 }
 
 /// The plan as a bash script a person could run. No key material or token appears: the
@@ -192,6 +195,14 @@ pub fn script(mesh: &Mesh, plan: &Plan, options: &ScriptOptions) -> String {
         "meshup render{source_flag} --out {}\n",
         shell_quote(&options.values_dir.display().to_string())
     ));
+    if !options.pulls.is_empty() {
+        out.push_str("# Charts, pulled once into meshup's cache; every cluster installs those archives.
+");
+        for step in options.pulls {
+            out.push_str(&format!("{}
+", step.command_line()));
+        }
+    }
     if mesh.trust.mode == TrustMode::Generate {
         out.push_str(&format!(
             "# Shared root of trust: a root CA and one intermediate per cluster under {}.\nmeshup certs{source_flag}\n",
@@ -322,6 +333,7 @@ mod tests {
                 mesh_flags: &[],
                 kubeconfig: None,
                 timeout: Duration::from_secs(300),
+                pulls: &[],
             },
         );
         let pipes: Vec<&str> = text
@@ -362,6 +374,7 @@ mod tests {
                 mesh_flags: &flags,
                 kubeconfig: None,
                 timeout: Duration::from_secs(60),
+                pulls: &[],
             },
         );
         assert!(text.contains(
@@ -381,6 +394,7 @@ mod tests {
                 mesh_flags: &[],
                 kubeconfig: Some(Path::new("/home/op/kubeconfig")),
                 timeout: Duration::from_secs(300),
+                pulls: &[],
             }
         ));
     }
@@ -403,6 +417,7 @@ mod tests {
                 mesh_flags: &[],
                 kubeconfig: None,
                 timeout: Duration::from_secs(60),
+                pulls: &[],
             }
         ));
     }

@@ -286,6 +286,7 @@ mod tests {
             timeout: std::time::Duration::from_secs(5),
             kubeconfig: None,
             retry: crate::exec::Retry::DEFAULT,
+            locks: None,
         };
         collect(&run, &Topology::of(mesh, &Choices::default()))
     }

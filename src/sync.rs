@@ -414,6 +414,7 @@ mod tests {
             timeout: Duration::from_secs(5),
             kubeconfig: None,
             retry: crate::exec::Retry::DEFAULT,
+            locks: None,
         };
         let watcher = Watcher {
             namespace: "istio-system".into(),

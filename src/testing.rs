@@ -72,6 +72,7 @@ pub fn run_component(
         timeout: Duration::from_secs(5),
         kubeconfig: None,
         retry: crate::exec::Retry::DEFAULT,
+        locks: None,
     };
     let board = Board::default();
     let mut memo = Memo::default();

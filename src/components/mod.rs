@@ -110,6 +110,9 @@ pub struct Memo {
     /// istiod ran before its `cacerts` appeared or changed, so it still signs with the old
     /// root until it restarts.
     pub istiod_needs_restart: bool,
+    /// Releases this run asked helm to install or upgrade: if one is left pending, this run
+    /// left it so.
+    pub attempted: std::collections::BTreeSet<String>,
 }
 
 /// The remote secrets built during a run, by the cluster they give access to. They stay in
@@ -124,6 +127,9 @@ pub struct Cx<'a> {
     pub reporter: &'a Reporter,
     pub memo: &'a mut Memo,
     pub board: &'a Board,
+    /// This run took the cluster's lock over from a dead run: what that run left pending may
+    /// be recovered.
+    pub took_over: bool,
 }
 
 impl Cx<'_> {

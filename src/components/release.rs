@@ -7,7 +7,7 @@ use super::{Action, Component, Cx, ScriptCx};
 use crate::chart::Chart;
 use crate::finding::Finding;
 use crate::helm::{self, Install, Values};
-use crate::live::{ConfigMap, Deployment};
+use crate::live::{ConfigMap, Deployment, HelmRelease};
 use crate::runner::StepError;
 use crate::status::{ClusterStatus, Readiness, ReleaseStatus};
 use crate::sync;
@@ -42,6 +42,59 @@ pub struct Istiod {
 }
 
 impl Release {
+    /// Whether this run may touch a pending release: it left it so itself (a failed attempt),
+    /// or took the lock over from the dead run that did, or the release has been pending for
+    /// longer than any helm call may take (`--timeout`) while nobody held the lock.
+    fn may_recover(&self, cx: &Cx, pending: &HelmRelease) -> Result<(), StepError> {
+        let ours = cx.memo.attempted.contains(&self.name);
+        let stale = pending.updated_at().is_some_and(|at| {
+            time::OffsetDateTime::now_utc() - at > cx.timeout()
+        });
+        if ours || cx.took_over || stale {
+            return Ok(());
+        }
+        Err(StepError::other(
+            &cx.cluster.name,
+            format!(
+                "helm release `{}` is `{}` since {}: a helm run that meshup does not know of may still be working on it",
+                self.name, pending.status, pending.updated
+            ),
+            Some(format!(
+                "wait for that run to end; if none runs, meshup recovers the release once it has been pending for longer than --timeout ({}s)",
+                cx.timeout().as_secs()
+            )),
+        ))
+    }
+
+    /// Brings a pending release back to where helm accepts the next install: a
+    /// `pending-install` (or `uninstalling`) is removed to be installed anew; a
+    /// `pending-upgrade` or `pending-rollback` is rolled back to its last deployed revision.
+    /// Returns what was interrupted.
+    fn recover(&self, cx: &mut Cx, pending: &HelmRelease) -> Result<&'static str, StepError> {
+        self.may_recover(cx, pending)?;
+        let (target, ns, timeout) = (cx.target().clone(), &self.namespace, cx.timeout());
+        match pending.status.as_str() {
+            "pending-upgrade" | "pending-rollback" => {
+                cx.live
+                    .run(&helm::rollback(&target, &self.name, ns, timeout))?;
+                Ok(if pending.status == "pending-upgrade" {
+                    "upgrade"
+                } else {
+                    "rollback"
+                })
+            }
+            status => {
+                cx.live
+                    .run(&helm::uninstall(&target, &self.name, ns, timeout))?;
+                Ok(if status == "uninstalling" {
+                    "uninstall"
+                } else {
+                    "install"
+                })
+            }
+        }
+    }
+
     fn install_step(&self, cx: &Cx) -> Result<crate::step::Step, StepError> {
         let yaml = serde_yaml::to_string(&self.values).map_err(|e| {
             StepError::other(&cx.cluster.name, format!("cannot write values: {e}"), None)
@@ -65,7 +118,18 @@ impl Component for Release {
     }
 
     fn converge(&self, cx: &mut Cx) -> Result<String, StepError> {
-        let existing = cx.release(&self.name)?;
+        let mut existing = cx.release(&self.name)?;
+        let mut recovered = None;
+        if let Some(pending) = existing.clone().filter(HelmRelease::is_pending) {
+            let how = self.recover(cx, &pending)?;
+            cx.reporter.line(&format!(
+                "[{}] {}: recovered from an interrupted {how}",
+                cx.cluster.name, self.label
+            ));
+            recovered = Some(how);
+            cx.memo.releases = None;
+            existing = cx.release(&self.name)?;
+        }
         if let Some(existing) = &existing
             && existing.status == "deployed"
             && self.chart.is_listed_as(&existing.chart)
@@ -76,18 +140,26 @@ impl Component for Release {
             }
         }
         let step = self.install_step(cx)?;
+        cx.memo.attempted.insert(self.name.clone());
         cx.live.run(&step)?;
-        Ok(if existing.is_some() {
+        let done = if existing.is_some() {
             "upgraded"
         } else {
             "installed"
-        }
-        .into())
+        };
+        Ok(match recovered {
+            Some(how) => format!("{done} (recovered from an interrupted {how})"),
+            None => done.into(),
+        })
     }
 
     fn remove(&self, cx: &mut Cx) -> Result<String, StepError> {
-        if cx.release(&self.name)?.is_none() {
+        let Some(existing) = cx.release(&self.name)? else {
             return Ok("absent".into());
+        };
+        if existing.is_pending() {
+            // helm uninstall takes a pending release too, but not one a live run works on.
+            self.may_recover(cx, &existing)?;
         }
         cx.live.run(&helm::uninstall(
             cx.target(),
@@ -339,6 +411,69 @@ mod tests {
             "{outcome:?}"
         );
         assert!(calls.iter().all(|c| !c.contains("upgrade")), "{calls:?}");
+    }
+
+    fn pending(status: &'static str, updated: String) -> impl Fn(&Step) -> Output {
+        let listed = std::sync::atomic::AtomicBool::new(false);
+        move |step: &Step| {
+            let args = step.args.join(" ");
+            if args.starts_with("list") {
+                // Pending until meshup recovered it, then as helm leaves it.
+                if listed.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                    let after = if status == "pending-upgrade" { "deployed" } else { "" };
+                    if after.is_empty() {
+                        return ok("[]");
+                    }
+                    return ok(&format!(
+                        r#"[{{"name":"istiod","status":"{after}","chart":"istiod-1.27.0","revision":"3","updated":"{updated}"}}]"#
+                    ));
+                }
+                ok(&format!(
+                    r#"[{{"name":"istiod","status":"{status}","chart":"istiod-1.28.1","revision":"2","updated":"{updated}"}}]"#
+                ))
+            } else {
+                ok("")
+            }
+        }
+    }
+
+    fn helm_time(t: time::OffsetDateTime) -> String {
+        format!(
+            "{:04}-{:02}-{:02} {:02}:{:02}:{:02}.5 +0000 UTC",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second()
+        )
+    }
+
+    #[test]
+    fn a_fresh_pending_release_that_no_dead_run_left_is_not_touched() {
+        let now = helm_time(time::OffsetDateTime::now_utc());
+        let (outcome, calls) = run_component(&istiod("{}"), Action::Install, pending("pending-install", now));
+        let error = outcome.unwrap_err().to_string();
+        assert!(error.contains("is `pending-install` since"), "{error}");
+        assert_eq!(calls.len(), 1, "only `helm list` ran: {calls:?}");
+    }
+
+    #[test]
+    fn a_stale_pending_install_is_removed_and_installed_anew() {
+        let old = helm_time(time::OffsetDateTime::now_utc() - time::Duration::hours(1));
+        let (outcome, calls) = run_component(&istiod("{}"), Action::Install, pending("pending-install", old));
+        assert_eq!(outcome.unwrap(), "installed (recovered from an interrupted install)");
+        let verbs: Vec<&str> = calls.iter().map(|c| c.split(' ').nth(1).unwrap()).collect();
+        assert_eq!(verbs, ["list", "uninstall", "list", "upgrade"], "{calls:?}");
+    }
+
+    #[test]
+    fn a_stale_pending_upgrade_is_rolled_back_then_upgraded() {
+        let old = helm_time(time::OffsetDateTime::now_utc() - time::Duration::hours(1));
+        let (outcome, calls) = run_component(&istiod("{}"), Action::Install, pending("pending-upgrade", old));
+        assert_eq!(outcome.unwrap(), "upgraded (recovered from an interrupted upgrade)");
+        assert!(calls[1].starts_with("helm rollback istiod --namespace istio-system --wait"), "{calls:?}");
+        assert!(calls.last().unwrap().starts_with("helm upgrade --install istiod"), "{calls:?}");
     }
 
     #[test]

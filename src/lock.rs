@@ -1,0 +1,609 @@
+//! One run at a time per cluster: a `coordination.k8s.io/v1` Lease that `install`, `link` and
+//! `uninstall` hold for as long as they change a cluster, renewed while they run and released
+//! at the end. A second run that finds a live holder stops before changing anything (or waits,
+//! with `--wait-for-lock`); a dead holder (same host and its process is gone, or its renewals
+//! stopped for longer than the lease duration) is taken over, and that is reported — and only
+//! then may meshup recover what the dead run left pending.
+//!
+//! The Lease lives in `kube-system`, named `meshup-<mesh namespace>`: that namespace exists on
+//! every cluster before Istio does and outlives `uninstall`, so the lock never moves while a
+//! run holds it.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde_json::json;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::exec::{Run, parallel};
+use crate::kubectl;
+use crate::live::{Lease, Live};
+use crate::mesh::Cluster;
+use crate::runner::{self, StepError};
+use crate::sensitive::Sensitive;
+use crate::step::Target;
+
+/// Where the Lease lives.
+pub const LOCK_NAMESPACE: &str = "kube-system";
+/// How long a holder's renewal counts: after this without one, the holder is taken for dead.
+pub const LEASE_SECONDS: i64 = 30;
+/// How often a holder renews.
+const RENEW_EVERY: Duration = Duration::from_secs(10);
+/// How often a waiting run looks again.
+const POLL: Duration = Duration::from_secs(2);
+
+const HOST: &str = "meshup.io/host";
+const PID: &str = "meshup.io/pid";
+const PID_START: &str = "meshup.io/pid-start";
+const USER: &str = "meshup.io/user";
+const COMMAND: &str = "meshup.io/command";
+const STARTED: &str = "meshup.io/started";
+
+/// Who holds (or wants) a lock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    pub host: String,
+    pub pid: u32,
+    /// When the process started (ticks since boot on Linux), so a reused pid is not taken for
+    /// the holder.
+    pub pid_start: String,
+    pub user: String,
+    pub command: String,
+    pub started: OffsetDateTime,
+}
+
+impl Holder {
+    /// This process, running `command`.
+    pub fn me(command: &str) -> Holder {
+        let pid = std::process::id();
+        Holder {
+            host: hostname(),
+            pid,
+            pid_start: process_start(pid).unwrap_or_default(),
+            user: std::env::var("USER")
+                .or_else(|_| std::env::var("LOGNAME"))
+                .unwrap_or_else(|_| "unknown".into()),
+            command: command.to_string(),
+            started: OffsetDateTime::now_utc(),
+        }
+    }
+
+    /// `meshup install by alice@build-7 (pid 4242)`: the Lease's `holderIdentity`.
+    pub fn identity(&self) -> String {
+        format!(
+            "meshup {} by {}@{} (pid {})",
+            self.command, self.user, self.host, self.pid
+        )
+    }
+
+    /// The holder a Lease names, when a meshup holds it.
+    fn of(lease: &Lease) -> Option<Holder> {
+        let identity = lease.spec.holder_identity.as_deref().unwrap_or_default();
+        if identity.is_empty() {
+            return None;
+        }
+        let a = &lease.metadata.annotations;
+        Some(Holder {
+            host: a.get(HOST).cloned().unwrap_or_default(),
+            pid: a.get(PID).and_then(|p| p.parse().ok()).unwrap_or(0),
+            pid_start: a.get(PID_START).cloned().unwrap_or_default(),
+            user: a.get(USER).cloned().unwrap_or_default(),
+            command: a
+                .get(COMMAND)
+                .cloned()
+                .unwrap_or_else(|| identity.to_string()),
+            started: a
+                .get(STARTED)
+                .and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok())
+                .unwrap_or(OffsetDateTime::UNIX_EPOCH),
+        })
+    }
+}
+
+/// Whether the holder of `lease` is gone, and why; `None` while it may still run.
+pub fn dead(lease: &Lease, now: OffsetDateTime, here: &str) -> Option<String> {
+    let holder = Holder::of(lease)?;
+    let renewed = lease
+        .spec
+        .renew_time
+        .as_deref()
+        .and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok());
+    let duration = lease.spec.lease_duration_seconds.unwrap_or(LEASE_SECONDS);
+    match renewed {
+        Some(renewed) if now - renewed > time::Duration::seconds(duration) => {
+            return Some(format!(
+                "its last renewal was at {} (the lease lasts {duration}s)",
+                stamp(renewed)
+            ));
+        }
+        None => return Some("it never renewed the lease".into()),
+        Some(_) => {}
+    }
+    if holder.host == here && !process_alive(holder.pid, &holder.pid_start) {
+        return Some(format!(
+            "its process {} on this host is gone",
+            holder.pid
+        ));
+    }
+    None
+}
+
+/// A lock held by a live run of someone else.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(
+    "[{cluster}] `{identity}` has been changing this cluster since {since}; meshup stops before changing anything (pass --wait-for-lock DURATION to wait for it)"
+)]
+pub struct Held {
+    pub cluster: String,
+    pub identity: String,
+    pub since: String,
+}
+
+/// Why the locks could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error(transparent)]
+    Held(#[from] Held),
+    #[error(transparent)]
+    Step(#[from] StepError),
+}
+
+/// The locks a run holds, one per cluster.
+#[derive(Debug, Default)]
+pub struct Locks {
+    /// For each cluster whose lock was taken over from a dead run: who that was and why it
+    /// counts as dead. Only there may meshup recover what a run left pending.
+    pub taken_over: BTreeMap<String, String>,
+    /// Clusters whose lock another run took while this one held it.
+    lost: Mutex<Vec<String>>,
+}
+
+impl Locks {
+    /// Whether this run may go on changing `cluster`.
+    pub fn check(&self, cluster: &str) -> Result<(), StepError> {
+        if self
+            .lost
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|c| c == cluster)
+        {
+            return Err(StepError::other(
+                cluster,
+                "another run took over meshup's lock on this cluster while this one held it",
+                Some("stop the other run or wait for it, then re-run".into()),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Runs `f` holding the lock of every cluster of the run: takes them all first (in parallel;
+/// none is kept when one cannot be had), renews them while `f` runs, releases them after —
+/// also after a failure or Ctrl-C.
+pub fn hold<R>(
+    run: &Run,
+    command: &str,
+    wait: Option<Duration>,
+    f: impl FnOnce(&Locks) -> R,
+) -> Result<R, LockError> {
+    let holder = Holder::me(command);
+    let name = lease_name(&run.mesh.namespace);
+    let clusters = &run.mesh.clusters;
+    let acquired = parallel(run.jobs, clusters, |cluster| {
+        let target = run.target(cluster);
+        let live = Live::new(run.runner, &target, run.timeout);
+        acquire(&live, &name, &holder, wait)
+    });
+    let mut locks = Locks::default();
+    let mut failure = None;
+    for (cluster, result) in clusters.iter().zip(&acquired) {
+        match result {
+            Ok(Some(previous)) => {
+                run.reporter.warn(&format!(
+                    "[{}] took over the lock of {previous}",
+                    cluster.name
+                ));
+                locks
+                    .taken_over
+                    .insert(cluster.name.clone(), previous.clone());
+            }
+            Ok(None) => {}
+            Err(e) if failure.is_none() => failure = Some(e.clone()),
+            Err(_) => {}
+        }
+    }
+    let held: Vec<&Cluster> = clusters
+        .iter()
+        .zip(&acquired)
+        .filter(|(_, r)| r.is_ok())
+        .map(|(c, _)| c)
+        .collect();
+    if let Some(failure) = failure {
+        release(run, &held, &name, &holder);
+        return Err(failure.into_error());
+    }
+    let stop = AtomicBool::new(false);
+    let result = std::thread::scope(|scope| {
+        scope.spawn(|| renew(run, &held, &name, &holder, &locks, &stop));
+        let result = f(&locks);
+        stop.store(true, Ordering::SeqCst);
+        result
+    });
+    release(run, &held, &name, &holder);
+    Ok(result)
+}
+
+/// Why one cluster's lock could not be had (cloneable, to report the first of several).
+#[derive(Debug, Clone)]
+enum Refused {
+    Held(Held),
+    Step(String, String),
+    Interrupted,
+}
+
+impl Refused {
+    fn into_error(self) -> LockError {
+        match self {
+            Refused::Held(held) => LockError::Held(held),
+            Refused::Interrupted => LockError::Step(StepError::Interrupted),
+            Refused::Step(cluster, message) => {
+                LockError::Step(StepError::other(&cluster, message, None))
+            }
+        }
+    }
+}
+
+impl From<StepError> for Refused {
+    fn from(e: StepError) -> Self {
+        match e {
+            StepError::Interrupted => Refused::Interrupted,
+            other => Refused::Step(String::new(), other.to_string()),
+        }
+    }
+}
+
+/// Takes one cluster's lock; `Some(who)` when it was taken over from a dead holder.
+fn acquire(
+    live: &Live,
+    name: &str,
+    holder: &Holder,
+    wait: Option<Duration>,
+) -> Result<Option<String>, Refused> {
+    let cluster = &live.target.cluster;
+    let deadline = std::time::Instant::now() + wait.unwrap_or_default();
+    let here = hostname();
+    loop {
+        let lease: Option<Lease> = live.get("lease", name, Some(LOCK_NAMESPACE))?;
+        let now = OffsetDateTime::now_utc();
+        let attempt = match &lease {
+            None => write(live, kubectl::create, &manifest(name, holder, now, None, 0)),
+            Some(lease) => {
+                let transitions = lease.spec.lease_transitions.unwrap_or(0);
+                match Holder::of(lease) {
+                    None => write(
+                        live,
+                        kubectl::replace,
+                        &manifest(name, holder, now, Some(lease), transitions + 1),
+                    ),
+                    Some(other) if other == *holder => return Ok(None),
+                    Some(other) => match dead(lease, now, &here) {
+                        Some(why) => {
+                            match write(
+                                live,
+                                kubectl::replace,
+                                &manifest(name, holder, now, Some(lease), transitions + 1),
+                            )? {
+                                Written::Done => {
+                                    return Ok(Some(format!(
+                                        "`{}` (started {}): {why}",
+                                        other.identity(),
+                                        stamp(other.started)
+                                    )));
+                                }
+                                Written::Raced => continue,
+                            }
+                        }
+                        None if std::time::Instant::now() < deadline => {
+                            runner::sleep(POLL)?;
+                            continue;
+                        }
+                        None => {
+                            return Err(Refused::Held(Held {
+                                cluster: cluster.clone(),
+                                identity: other.identity(),
+                                since: stamp(other.started),
+                            }));
+                        }
+                    },
+                }
+            }
+        }?;
+        match attempt {
+            Written::Done => return Ok(None),
+            // Another run wrote first: look again.
+            Written::Raced => continue,
+        }
+    }
+}
+
+enum Written {
+    Done,
+    /// `AlreadyExists` or `Conflict`: someone else wrote in between.
+    Raced,
+}
+
+fn write(
+    live: &Live,
+    verb: fn(&Target, Sensitive<Vec<u8>>, Duration) -> crate::step::Step,
+    manifest: &serde_json::Value,
+) -> Result<Written, Refused> {
+    let yaml = serde_yaml::to_string(manifest).expect("plain JSON is valid YAML");
+    let step = verb(live.target, Sensitive::new(yaml.into_bytes()), live.timeout);
+    let output = live.runner.run(&step)?;
+    if output.success() {
+        return Ok(Written::Done);
+    }
+    let stderr = output.stderr.to_lowercase();
+    if stderr.contains("alreadyexists") || stderr.contains("already exists") || stderr.contains("the object has been modified") {
+        return Ok(Written::Raced);
+    }
+    Err(Refused::Step(
+        live.target.cluster.clone(),
+        StepError::failed(&step, &output).to_string(),
+    ))
+}
+
+/// Renews every held lock until `stop`; a lock someone else took is marked lost.
+fn renew(run: &Run, held: &[&Cluster], name: &str, holder: &Holder, locks: &Locks, stop: &AtomicBool) {
+    loop {
+        let next = std::time::Instant::now() + RENEW_EVERY;
+        while std::time::Instant::now() < next {
+            if stop.load(Ordering::SeqCst) || runner::interrupted() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        for cluster in held {
+            let target = run.target(cluster);
+            let live = Live::new(run.runner, &target, run.timeout);
+            let Ok(Some(lease)) = live.get::<Lease>("lease", name, Some(LOCK_NAMESPACE)) else {
+                continue;
+            };
+            let ours = Holder::of(&lease).is_some_and(|h| h == *holder);
+            if !ours {
+                run.reporter.warn(&format!(
+                    "[{}] meshup's lock was taken over by `{}`",
+                    cluster.name,
+                    lease.spec.holder_identity.as_deref().unwrap_or("someone")
+                ));
+                locks
+                    .lost
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(cluster.name.clone());
+                continue;
+            }
+            let now = OffsetDateTime::now_utc();
+            let mut renewed = manifest(
+                name,
+                holder,
+                now,
+                Some(&lease),
+                lease.spec.lease_transitions.unwrap_or(0),
+            );
+            renewed["spec"]["acquireTime"] = json!(lease.spec.acquire_time);
+            // A failed renewal is tried again at the next round; transient trouble is fine.
+            let _ = write(&live, kubectl::replace, &renewed);
+        }
+    }
+}
+
+/// Releases the locks this run still holds (also after Ctrl-C).
+fn release(run: &Run, held: &[&Cluster], name: &str, holder: &Holder) {
+    runner::cleanup(|| {
+        parallel(run.jobs, held, |cluster| {
+            let target = run.target(cluster);
+            let live = Live::new(run.runner, &target, run.timeout);
+            let Ok(Some(lease)) = live.get::<Lease>("lease", name, Some(LOCK_NAMESPACE)) else {
+                return;
+            };
+            if Holder::of(&lease).is_some_and(|h| h == *holder) {
+                let released = json!({
+                    "apiVersion": "coordination.k8s.io/v1",
+                    "kind": "Lease",
+                    "metadata": {
+                        "name": name,
+                        "namespace": LOCK_NAMESPACE,
+                        "resourceVersion": lease.metadata.resource_version,
+                    },
+                    "spec": {
+                        "leaseDurationSeconds": LEASE_SECONDS,
+                        "leaseTransitions": lease.spec.lease_transitions.unwrap_or(0),
+                    },
+                });
+                if let Err(e) = write(&live, kubectl::replace, &released) {
+                    let message = match e {
+                        Refused::Step(_, m) => m,
+                        _ => "interrupted".into(),
+                    };
+                    run.reporter.warn(&format!(
+                        "[{}] could not release meshup's lock (it expires by itself after {LEASE_SECONDS}s): {message}",
+                        cluster.name
+                    ));
+                }
+            }
+        });
+    });
+}
+
+/// The Lease's name for a mesh in `namespace`.
+pub fn lease_name(namespace: &str) -> String {
+    format!("meshup-{namespace}")
+}
+
+fn manifest(
+    name: &str,
+    holder: &Holder,
+    now: OffsetDateTime,
+    previous: Option<&Lease>,
+    transitions: i64,
+) -> serde_json::Value {
+    let mut metadata = json!({
+        "name": name,
+        "namespace": LOCK_NAMESPACE,
+        "labels": {"app.kubernetes.io/managed-by": "meshup"},
+        "annotations": {
+            HOST: holder.host,
+            PID: holder.pid.to_string(),
+            PID_START: holder.pid_start,
+            USER: holder.user,
+            COMMAND: holder.command,
+            STARTED: holder.started.format(&Rfc3339).unwrap_or_default(),
+        },
+    });
+    if let Some(previous) = previous {
+        metadata["resourceVersion"] = json!(previous.metadata.resource_version);
+    }
+    json!({
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": metadata,
+        "spec": {
+            "holderIdentity": holder.identity(),
+            "leaseDurationSeconds": LEASE_SECONDS,
+            "acquireTime": micro_time(now),
+            "renewTime": micro_time(now),
+            "leaseTransitions": transitions,
+        },
+    })
+}
+
+/// A Kubernetes MicroTime: RFC 3339 in UTC with microseconds.
+fn micro_time(t: OffsetDateTime) -> String {
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.microsecond()
+    )
+}
+
+/// A time for people: `2026-11-25 20:10:48 UTC`.
+fn stamp(t: OffsetDateTime) -> String {
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
+}
+
+fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most `len` bytes into the buffer we own.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "unknown".into();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+/// When process `pid` started (field 22 of /proc/PID/stat), to tell it from a later process
+/// that reused its pid.
+fn process_start(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces; fields after it are plain.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(19).map(str::to_string)
+}
+
+/// Whether process `pid` (started at `start`, when known) still runs.
+fn process_alive(pid: u32, start: &str) -> bool {
+    if pid == 0 {
+        return false;
+    }
+    match process_start(pid) {
+        Some(now) => start.is_empty() || now == start,
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease(holder: &Holder, renewed: OffsetDateTime) -> Lease {
+        let value = manifest("meshup-istio-system", holder, renewed, None, 0);
+        serde_json::from_value(value).unwrap()
+    }
+
+    fn other_process() -> Holder {
+        let mut holder = Holder::me("install");
+        holder.pid = u32::MAX - 1;
+        holder
+    }
+
+    #[test]
+    fn a_live_holder_on_this_host_is_alive() {
+        let me = Holder::me("install");
+        let now = OffsetDateTime::now_utc();
+        assert_eq!(dead(&lease(&me, now), now, &me.host), None);
+    }
+
+    #[test]
+    fn a_holder_whose_process_is_gone_is_dead_at_once() {
+        let gone = other_process();
+        let now = OffsetDateTime::now_utc();
+        let why = dead(&lease(&gone, now), now, &gone.host).unwrap();
+        assert!(why.contains("on this host is gone"), "{why}");
+        // On another host the pid says nothing: only the renewals count.
+        assert_eq!(dead(&lease(&gone, now), now, "elsewhere"), None);
+    }
+
+    #[test]
+    fn a_holder_that_stopped_renewing_is_dead_after_the_lease_duration() {
+        let holder = Holder::me("link");
+        let renewed = OffsetDateTime::now_utc() - time::Duration::seconds(LEASE_SECONDS + 1);
+        let why = dead(&lease(&holder, renewed), OffsetDateTime::now_utc(), "elsewhere").unwrap();
+        assert!(why.contains("last renewal"), "{why}");
+    }
+
+    #[test]
+    fn a_reused_pid_is_not_the_holder() {
+        let mut holder = Holder::me("install");
+        holder.pid_start = "1".into();
+        let now = OffsetDateTime::now_utc();
+        assert!(dead(&lease(&holder, now), now, &holder.host).is_some());
+    }
+
+    #[test]
+    fn the_identity_says_who_and_the_lease_carries_when() {
+        let holder = Holder::me("uninstall");
+        let identity = holder.identity();
+        assert!(identity.starts_with("meshup uninstall by "), "{identity}");
+        let parsed = Holder::of(&lease(&holder, OffsetDateTime::now_utc())).unwrap();
+        assert_eq!(parsed.pid, holder.pid);
+        assert_eq!(parsed.command, "uninstall");
+        assert_eq!(stamp(parsed.started), stamp(holder.started));
+    }
+
+    #[test]
+    fn micro_time_is_what_the_api_server_takes() {
+        let t = OffsetDateTime::from_unix_timestamp(1_764_101_448).unwrap()
+            + time::Duration::microseconds(123_456);
+        assert_eq!(micro_time(t), "2025-11-25T20:10:48.123456Z");
+        assert!(OffsetDateTime::parse(&micro_time(t), &Rfc3339).is_ok());
+    }
+}
