@@ -141,7 +141,11 @@ impl State {
                     set_default(obj, "/spec/ipFamilyPolicy", json!("SingleStack"));
                 }
                 if ty == "LoadBalancer" {
-                    if obj.pointer("/status/loadBalancer/ingress/0/ip").is_none() {
+                    if !self.load_balancer {
+                        if obj.pointer("/status/loadBalancer/ingress/0").is_none() {
+                            obj["status"] = json!({"loadBalancer": {}});
+                        }
+                    } else if obj.pointer("/status/loadBalancer/ingress/0/ip").is_none() {
                         let ip = self.allocate_ip("172.18.255");
                         obj["status"] =
                             json!({"loadBalancer": {"ingress": [{"ip": ip, "ipMode": "VIP"}]}});
@@ -355,8 +359,32 @@ impl State {
         let _ = self.create(&rs_res, &key.namespace, rs, false);
     }
 
+    /// The load-balancer controller, switched on: every pending LoadBalancer Service gets an
+    /// address.
+    pub fn assign_load_balancers(&mut self) {
+        let Some(svc) = self.resource("", "v1", "services") else {
+            return;
+        };
+        let pending: Vec<(Key, Value)> = self
+            .objects
+            .iter()
+            .filter(|(k, o)| {
+                k.group.is_empty()
+                    && k.plural == "services"
+                    && o.pointer("/spec/type").and_then(Value::as_str) == Some("LoadBalancer")
+                    && o.pointer("/status/loadBalancer/ingress/0").is_none()
+            })
+            .map(|(k, o)| (k.clone(), o.clone()))
+            .collect();
+        for (k, mut o) in pending {
+            let ip = self.allocate_ip("172.18.255");
+            o["status"] = json!({"loadBalancer": {"ingress": [{"ip": ip, "ipMode": "VIP"}]}});
+            let _ = self.update(&svc, &k, o, WriteMode::Internal, false);
+        }
+    }
+
     /// The answer to `POST .../serviceaccounts/NAME/token`.
-    pub fn token_request(&self, ns: &str, sa: &str, mut body: Value) -> Value {
+    pub fn token_request(&mut self, ns: &str, sa: &str, mut body: Value) -> Value {
         let seconds = body
             .pointer("/spec/expirationSeconds")
             .and_then(Value::as_i64)
@@ -367,8 +395,28 @@ impl State {
         set_default(&mut body, "/metadata/name", json!(sa));
         body["metadata"]["namespace"] = json!(ns);
         body["metadata"]["creationTimestamp"] = Value::Null;
+        let t = token(&self.cluster, ns, sa, Some(exp));
+        let sa_uid = self
+            .objects
+            .get(&Key {
+                group: String::new(),
+                plural: "serviceaccounts".into(),
+                namespace: ns.into(),
+                name: sa.into(),
+            })
+            .map(|o| meta_str(o, "uid").to_string())
+            .unwrap_or_default();
+        self.issued.insert(
+            t.clone(),
+            crate::auth::Issued {
+                namespace: ns.into(),
+                name: sa.into(),
+                sa_uid,
+                expires: exp,
+            },
+        );
         body["status"] = json!({
-            "token": token(&self.cluster, ns, sa, Some(exp)),
+            "token": t,
             "expirationTimestamp": crate::util::rfc3339(exp),
         });
         body

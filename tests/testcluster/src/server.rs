@@ -1,18 +1,21 @@
 //! The HTTP side: routing of API paths, verbs, content types and watch streams.
 
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes, to_bytes};
-use axum::extract::{Request, State as AxState};
+use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::Response;
 use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::time::Instant;
 
+use crate::LoggedRequest;
+use crate::auth::{self, Who};
+use crate::net::{Conn, Cut, Faults, Verdict};
 use crate::patch;
 use crate::registry::Resource;
 use crate::selector::{FieldSelector, LabelSelector};
@@ -23,10 +26,38 @@ use crate::util::url_decode;
 pub struct Shared {
     pub name: String,
     pub state: Mutex<State>,
-    pub latency: Duration,
+    pub latency_ns: AtomicU64,
     pub requests: AtomicU64,
     pub mutations: AtomicU64,
     pub log: bool,
+    pub pki: crate::tls::Pki,
+    pub admin_token: String,
+    pub faults: Mutex<Faults>,
+    /// Tells open connections to close (stop) or reset (outage).
+    pub cut: tokio::sync::watch::Sender<Cut>,
+    pub request_log: Mutex<Vec<LoggedRequest>>,
+    pub pod_proxy: AtomicBool,
+    pub sync_delay_ms: AtomicU64,
+}
+
+impl Shared {
+    fn record(&self, method: &Method, uri: &axum::http::Uri, status: u16, who: &str) {
+        let path = uri
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_else(|| uri.path().to_string());
+        self.request_log.lock().unwrap().push(LoggedRequest {
+            method: method.as_str().to_string(),
+            path,
+            status,
+            who: who.to_string(),
+        });
+    }
+
+    /// Closes (or resets) every open connection but `exempt`.
+    pub fn cut_all(&self, reset: bool, exempt: Option<u64>) {
+        self.cut.send_modify(|c| c.next(reset, exempt));
+    }
 }
 
 struct Query(Vec<(String, String)>);
@@ -91,18 +122,58 @@ fn not_found_path(path: &str) -> Response {
     error_response(&e)
 }
 
-pub async fn handle(AxState(shared): AxState<Arc<Shared>>, req: Request) -> Response {
-    shared.requests.fetch_add(1, Ordering::Relaxed);
-    if !shared.latency.is_zero() {
-        tokio::time::sleep(shared.latency).await;
+fn is_write(method: &Method) -> bool {
+    matches!(
+        method,
+        &Method::POST | &Method::PUT | &Method::PATCH | &Method::DELETE
+    )
+}
+
+/// Paths that anyone may read without a token, as on a real cluster
+/// (`system:public-info-viewer`).
+fn is_public(path: &str) -> bool {
+    let first = path.trim_start_matches('/').split('/').next().unwrap_or("");
+    matches!(first, "version" | "healthz" | "readyz" | "livez")
+}
+
+/// Answers one request: latency, faults, authentication, then the API.
+pub async fn handle(shared: Arc<Shared>, conn: Conn, req: Request) -> Response {
+    let latency = Duration::from_nanos(shared.latency_ns.load(Ordering::Relaxed));
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
     }
     let method = req.method().clone();
     let uri = req.uri().clone();
     let headers = req.headers().clone();
-    if matches!(
-        method,
-        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
-    ) {
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(String::from);
+    let who = {
+        let st = shared.state.lock().unwrap();
+        auth::authenticate(&st, &shared.admin_token, authorization.as_deref())
+    };
+    let user = who.as_ref().map(Who::user).unwrap_or_else(|_| "-".into());
+    let verdict = shared.faults.lock().unwrap().verdict();
+    match verdict {
+        Verdict::Serve => {}
+        Verdict::Reset => {
+            shared.record(&method, &uri, 0, &user);
+            conn.reset().await
+        }
+        Verdict::Unavailable => {
+            shared.record(&method, &uri, 503, &user);
+            let e = ApiError::new(
+                503,
+                "ServiceUnavailable",
+                "the server is currently unable to handle the request",
+            );
+            return error_response(&e);
+        }
+    }
+    shared.requests.fetch_add(1, Ordering::Relaxed);
+    let write = is_write(&method);
+    if write {
         shared.mutations.fetch_add(1, Ordering::Relaxed);
     }
     // Always read the body, DELETE's too: clients reuse the connection.
@@ -111,31 +182,53 @@ pub async fn handle(AxState(shared): AxState<Arc<Shared>>, req: Request) -> Resp
         Err(e) => return error_response(&ApiError::new(400, "BadRequest", e.to_string())),
     };
     let query = Query::parse(uri.query());
-    let (resp, tokens) = route(&shared, &method, uri.path(), &query, &headers, body);
+    let resp = match who {
+        Err(()) => json_response(401, &auth::unauthorized()),
+        Ok(Who::Anonymous) if !is_public(uri.path()) => json_response(401, &auth::unauthorized()),
+        Ok(who) => match crate::proxy::pod_proxy_target(uri.path()) {
+            Some(target) if method == Method::GET => {
+                crate::proxy::pod_proxy(&shared, &who, target).await
+            }
+            _ => {
+                let (resp, tokens) =
+                    route(&shared, &who, &method, uri.path(), &query, &headers, body);
+                spawn_pending(&shared, tokens);
+                resp
+            }
+        },
+    };
+    let status = resp.status().as_u16();
     if shared.log {
         let ct = headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("-");
-        eprintln!(
-            "[{}] {method} {uri} ({ct}) -> {}",
-            shared.name,
-            resp.status().as_u16()
-        );
+        eprintln!("[{}] {method} {uri} ({ct}) {user} -> {status}", shared.name);
     }
-    if !tokens.is_empty() {
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            let mut st = shared.state.lock().unwrap();
-            for k in tokens {
-                st.fill_token(&k);
-            }
-        });
+    shared.record(&method, &uri, status, &user);
+    if write && shared.faults.lock().unwrap().count_write() {
+        shared.cut_all(true, Some(conn.id));
     }
     resp
 }
 
+/// Runs the controllers' follow-up work of a write: the token controller fills new token
+/// secrets shortly after. Must be called within the cluster's runtime.
+pub fn spawn_pending(shared: &Arc<Shared>, tokens: Vec<Key>) {
+    if tokens.is_empty() {
+        return;
+    }
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut st = shared.state.lock().unwrap();
+        for k in tokens {
+            st.fill_token(&k);
+        }
+    });
+}
+
+/// The Kubernetes version the test clusters report.
 pub const GIT_VERSION: &str = "v1.34.0";
 
 fn version() -> Value {
@@ -149,6 +242,7 @@ fn version() -> Value {
 
 fn route(
     shared: &Arc<Shared>,
+    who: &Who,
     method: &Method,
     path: &str,
     q: &Query,
@@ -179,11 +273,11 @@ fn route(
         ["openapi", "v3", "apis", g, v] => found(reg.openapi_gv(g, v)),
         ["api", v, rest @ ..] => {
             let v = v.to_string();
-            return resource(shared, &mut st, method, "", &v, rest, q, headers, body);
+            return resource(shared, &mut st, who, method, "", &v, rest, q, headers, body);
         }
         ["apis", g, v, rest @ ..] => {
             let (g, v) = (g.to_string(), v.to_string());
-            return resource(shared, &mut st, method, &g, &v, rest, q, headers, body);
+            return resource(shared, &mut st, who, method, &g, &v, rest, q, headers, body);
         }
         _ => not_found_path(path),
     };
@@ -257,6 +351,7 @@ fn decode_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
 fn resource(
     shared: &Arc<Shared>,
     st: &mut State,
+    who: &Who,
     method: &Method,
     group: &str,
     version: &str,
@@ -265,7 +360,9 @@ fn resource(
     headers: &HeaderMap,
     body: Bytes,
 ) -> (Response, Vec<Key>) {
-    let resp = match resource_inner(shared, st, method, group, version, segs, q, headers, body) {
+    let resp = match resource_inner(
+        shared, st, who, method, group, version, segs, q, headers, body,
+    ) {
         Ok(r) => r,
         Err(e) => error_response(&e),
     };
@@ -276,6 +373,7 @@ fn resource(
 fn resource_inner(
     shared: &Arc<Shared>,
     st: &mut State,
+    who: &Who,
     method: &Method,
     group: &str,
     version: &str,
@@ -287,6 +385,35 @@ fn resource_inner(
     let t = resolve(st, group, version, segs)?;
     let res = &t.res;
     let ns = t.ns.clone().unwrap_or_default();
+    let verb = match (method, &t.name) {
+        (&Method::GET, None) if q.flag("watch") => "watch",
+        (&Method::GET, None) => "list",
+        (&Method::GET, Some(_)) => "get",
+        (&Method::POST, _) => "create",
+        (&Method::PUT, _) => "update",
+        (&Method::PATCH, _) => "patch",
+        (&Method::DELETE, None) => "deletecollection",
+        _ => "delete",
+    };
+    let resource_name = match &t.sub {
+        Some(sub) => format!("{}/{sub}", res.plural),
+        None => res.plural.clone(),
+    };
+    if !auth::allowed(who, verb, &resource_name, res.create_only) {
+        let message = auth::forbidden_message(
+            who,
+            verb,
+            &res.group,
+            &resource_name,
+            t.ns.as_deref(),
+            t.name.as_deref(),
+        );
+        let mut e = ApiError::new(403, "Forbidden", message);
+        e.name = t.name.clone().unwrap_or_default();
+        e.group = res.group.clone();
+        e.plural = res.plural.clone();
+        return Err(e);
+    }
     let dry_run = q.get("dryRun").is_some_and(|v| !v.is_empty());
     let bad = |m: &str| ApiError::new(405, "MethodNotAllowed", m.to_string());
     let label = LabelSelector::parse(q.get("labelSelector").unwrap_or(""))
@@ -339,11 +466,7 @@ fn resource_inner(
             }
             body["apiVersion"] = json!(res.api_version());
             body["kind"] = json!(res.kind);
-            body["status"] = if res.plural == "tokenreviews" {
-                json!({"authenticated": true, "user": {"username": "admin", "groups": ["system:masters"]}})
-            } else {
-                json!({"allowed": true, "reason": "testcluster allows everything"})
-            };
+            body["status"] = review_status(st, &shared.admin_token, who, res, &body);
             Ok(json_response(201, &body))
         }
         (&Method::POST, None) => {
@@ -455,6 +578,52 @@ fn resource_inner(
         _ => Err(bad(
             "the server does not allow this method on the requested resource",
         )),
+    }
+}
+
+/// The answer of a review: a TokenReview names the token's owner; a SelfSubjectAccessReview
+/// says what the caller's own role allows; a SubjectAccessReview allows (only admins and the
+/// reader role may ask, and testcluster grants no finer roles).
+fn review_status(st: &State, admin_token: &str, who: &Who, res: &Resource, body: &Value) -> Value {
+    match res.plural.as_str() {
+        "tokenreviews" => {
+            let token = body
+                .pointer("/spec/token")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            match auth::token_owner(st, admin_token, token) {
+                Some(owner) => {
+                    json!({"authenticated": true, "user": {"username": owner.user(), "groups": ["system:authenticated"]}})
+                }
+                None => json!({"authenticated": false, "error": "invalid bearer token"}),
+            }
+        }
+        "selfsubjectaccessreviews" => {
+            let attr = body.pointer("/spec/resourceAttributes");
+            let s = |k: &str| {
+                attr.and_then(|a| a.get(k))
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+            };
+            let resource = match s("subresource") {
+                "" => s("resource").to_string(),
+                sub => format!("{}/{sub}", s("resource")),
+            };
+            let verb = if attr.is_some() {
+                s("verb")
+            } else {
+                body.pointer("/spec/nonResourceAttributes/verb")
+                    .and_then(Value::as_str)
+                    .unwrap_or("get")
+            };
+            let create_only = resource.ends_with("reviews");
+            if auth::allowed(who, verb, &resource, create_only) {
+                json!({"allowed": true})
+            } else {
+                json!({"allowed": false, "reason": "no RBAC policy matched"})
+            }
+        }
+        _ => json!({"allowed": true}),
     }
 }
 

@@ -131,6 +131,13 @@ pub struct State {
     next_ip: u32,
     /// Token secrets the token controller fills in shortly.
     pub pending_tokens: Vec<Key>,
+    /// Tokens issued by TokenRequests.
+    pub issued: HashMap<String, crate::auth::Issued>,
+    /// Whether LoadBalancer Services get an address (a load-balancer controller runs).
+    pub load_balancer: bool,
+    /// When each live object was created: its first resourceVersion (creation order) and
+    /// instant.
+    pub born: HashMap<Key, (u64, std::time::Instant)>,
 }
 
 pub fn meta_str<'a>(obj: &'a Value, field: &str) -> &'a str {
@@ -178,6 +185,9 @@ impl State {
             applied: HashMap::new(),
             next_ip: 1,
             pending_tokens: Vec::new(),
+            issued: HashMap::new(),
+            load_balancer: true,
+            born: HashMap::new(),
         };
         let ns = s.registry.find("", "v1", "namespaces").unwrap().clone();
         for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
@@ -306,6 +316,8 @@ impl State {
             return Ok(obj);
         }
         let stored = self.commit(key.clone(), obj, "ADDED");
+        self.born
+            .insert(key.clone(), (self.rv, std::time::Instant::now()));
         self.after_write(res, &key, &stored);
         Ok(stored)
     }
@@ -428,6 +440,7 @@ impl State {
     /// contents, a CRD's custom resources.
     pub fn delete(&mut self, key: &Key) -> Option<Value> {
         let mut obj = self.objects.remove(key)?;
+        self.born.remove(key);
         self.rv += 1;
         meta_mut(&mut obj).insert("resourceVersion".into(), json!(self.rv.to_string()));
         self.applied.retain(|(k, _), _| k != key);
@@ -447,6 +460,26 @@ impl State {
             })
             .map(|(k, _)| k.clone())
             .collect();
+        if key.group.is_empty() && key.plural == "serviceaccounts" {
+            // The token controller deletes the token secrets of a deleted service account.
+            dependents.extend(
+                self.objects
+                    .iter()
+                    .filter(|(k, s)| {
+                        k.group.is_empty()
+                            && k.plural == "secrets"
+                            && k.namespace == key.namespace
+                            && s.get("type").and_then(Value::as_str)
+                                == Some("kubernetes.io/service-account-token")
+                            && s.pointer(
+                                "/metadata/annotations/kubernetes.io~1service-account.name",
+                            )
+                            .and_then(Value::as_str)
+                                == Some(key.name.as_str())
+                    })
+                    .map(|(k, _)| k.clone()),
+            );
+        }
         if key.group.is_empty() && key.plural == "namespaces" {
             dependents.extend(
                 self.objects
@@ -500,6 +533,17 @@ impl State {
             .and_then(Value::as_str)
             .unwrap_or("default")
             .to_string();
+        let sa_key = Key {
+            group: String::new(),
+            plural: "serviceaccounts".into(),
+            namespace: key.namespace.clone(),
+            name: sa.clone(),
+        };
+        if !self.objects.contains_key(&sa_key) {
+            // The token controller deletes a token secret whose service account does not exist.
+            self.delete(key);
+            return;
+        }
         let token = crate::controllers::token(&self.cluster, &key.namespace, &sa, None);
         let data = obj
             .as_object_mut()
@@ -512,12 +556,6 @@ impl State {
         data["token"] = json!(b64(&token));
         data["ca.crt"] = json!(b64(&self.ca_pem));
         data["namespace"] = json!(b64(&key.namespace));
-        let sa_key = Key {
-            group: String::new(),
-            plural: "serviceaccounts".into(),
-            namespace: key.namespace.clone(),
-            name: sa,
-        };
         if let Some(sa_uid) = self
             .objects
             .get(&sa_key)

@@ -649,19 +649,12 @@ fn latency_is_added_to_every_request() {
         "slow",
         Options {
             latency: Duration::from_millis(200),
+            ..Options::default()
         },
     );
-    let addr = c.url().trim_start_matches("http://").to_string();
     let started = Instant::now();
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut resp = String::new();
-    std::io::Read::read_to_string(&mut s, &mut resp).unwrap();
-    assert!(
-        resp.starts_with("HTTP/1.1 200") && resp.ends_with("ok"),
-        "{resp}"
-    );
+    let reply = c.request("GET", "/healthz", None, None).unwrap();
+    assert_eq!((reply.status, reply.body.as_str()), (200, "ok"));
     assert!(started.elapsed() >= Duration::from_millis(200));
     assert_eq!((c.requests(), c.mutations()), (1, 0));
 }

@@ -50,6 +50,7 @@ fn main() -> ExitCode {
     };
     let options = Options {
         latency: Duration::from_millis(latency_ms),
+        ..Options::default()
     };
     let running: Vec<TestCluster> = (1..=clusters)
         .map(|i| TestCluster::start(&format!("cluster{i}"), options.clone()))
