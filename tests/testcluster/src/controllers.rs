@@ -35,6 +35,117 @@ pub fn token(cluster: &str, ns: &str, sa: &str, exp: Option<i64>) -> String {
     )
 }
 
+/// The node every pod runs on.
+const NODE: &str = "testcluster-node";
+
+/// The revision an istiod pod serves (label `istio.io/rev`, `default` when unset).
+pub fn istiod_revision(pod: &Value) -> String {
+    pod.pointer("/metadata/labels/istio.io~1rev")
+        .and_then(Value::as_str)
+        .unwrap_or("default")
+        .to_string()
+}
+
+/// A pod for a controller: `<prefix>-<5 random chars>`, labels, annotations and spec from the
+/// template, owned by `owner`.
+pub fn pod_from_template(prefix: &str, template: &Value, owner: Value) -> Value {
+    let mut meta = json!({
+        "name": format!("{prefix}-{}", random_string(5, b"bcdfghjklmnpqrstvwxz2456789")),
+        "generateName": format!("{prefix}-"),
+        "ownerReferences": [owner],
+    });
+    for field in ["labels", "annotations"] {
+        if let Some(v) = template.pointer(&format!("/metadata/{field}")) {
+            meta[field] = v.clone();
+        }
+    }
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": meta,
+        "spec": template.get("spec").cloned().unwrap_or(json!({})),
+    })
+}
+
+/// The status of a pod that runs, every container ready.
+pub fn running_status(pod: &Value, ip: &str, started: &str) -> Value {
+    let condition = |t: &str| json!({"type": t, "status": "True", "lastProbeTime": null, "lastTransitionTime": started});
+    let containers: Vec<Value> = pod
+        .pointer("/spec/containers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            json!({
+                "name": c.get("name").cloned().unwrap_or(json!("")),
+                "image": c.get("image").cloned().unwrap_or(json!("")),
+                "imageID": "",
+                "containerID": format!("containerd://{}", random_string(64, b"0123456789abcdef")),
+                "ready": true,
+                "started": true,
+                "restartCount": 0,
+                "state": {"running": {"startedAt": started}},
+            })
+        })
+        .collect();
+    json!({
+        "phase": "Running",
+        "hostIP": "172.18.0.2",
+        "hostIPs": [{"ip": "172.18.0.2"}],
+        "podIP": ip,
+        "podIPs": [{"ip": ip}],
+        "startTime": started,
+        "qosClass": "BestEffort",
+        "conditions": [
+            condition("PodReadyToStartContainers"),
+            condition("Initialized"),
+            condition("Ready"),
+            condition("ContainersReady"),
+            condition("PodScheduled"),
+        ],
+        "containerStatuses": containers,
+    })
+}
+
+/// Job admission: the controller-uid selector and the labels the job controller puts on its
+/// pods, and the defaults of `spec`.
+fn admit_job(old: Option<&Value>, obj: &mut Value) {
+    if let Some(old) = old {
+        // Selector and template labels are immutable; keep what admission set.
+        for p in ["/spec/selector", "/spec/template/metadata/labels"] {
+            if let Some(v) = old.pointer(p) {
+                let (parent, field) = p.rsplit_once('/').unwrap();
+                set_default(obj, parent, json!({}));
+                if let Some(o) = obj.pointer_mut(parent).and_then(Value::as_object_mut) {
+                    o.insert(field.into(), v.clone());
+                }
+            }
+        }
+        return;
+    }
+    let uid = meta_str(obj, "uid").to_string();
+    let name = meta_str(obj, "name").to_string();
+    set_default(obj, "/spec/selector/matchLabels", json!({}));
+    obj["spec"]["selector"]["matchLabels"]["batch.kubernetes.io/controller-uid"] = json!(uid);
+    set_default(obj, "/spec/template/metadata/labels", json!({}));
+    let labels = &mut obj["spec"]["template"]["metadata"]["labels"];
+    labels["batch.kubernetes.io/controller-uid"] = json!(uid);
+    labels["controller-uid"] = json!(uid);
+    labels["batch.kubernetes.io/job-name"] = json!(name);
+    labels["job-name"] = json!(name);
+    set_default(obj, "/spec/completions", json!(1));
+    set_default(obj, "/spec/parallelism", json!(1));
+    set_default(obj, "/spec/backoffLimit", json!(6));
+    set_default(obj, "/spec/completionMode", json!("NonIndexed"));
+    set_default(obj, "/spec/suspend", json!(false));
+    set_default(obj, "/spec/manualSelector", json!(false));
+    set_default(
+        obj,
+        "/spec/podReplacementPolicy",
+        json!("TerminatingOrFailed"),
+    );
+}
+
 /// The `pod-template-hash` of a pod template.
 fn template_hash(template: &Value) -> String {
     let mut h = DefaultHasher::new();
@@ -154,6 +265,8 @@ impl State {
                     obj["status"] = json!({"loadBalancer": {}});
                 }
             }
+            ("", "pods") if old.is_none() => self.admit_pod(key, obj),
+            ("batch", "jobs") => admit_job(old, obj),
             ("apps", "deployments") => {
                 set_default(obj, "/spec/replicas", json!(1));
                 set_default(obj, "/spec/strategy/type", json!("RollingUpdate"));
@@ -284,6 +397,8 @@ impl State {
     pub(crate) fn after_write(&mut self, res: &Resource, key: &Key, obj: &Value) {
         match (res.group.as_str(), res.plural.as_str()) {
             ("apps", "deployments") => self.reconcile_replicasets(key, obj),
+            ("apps", "replicasets") => self.reconcile_pods(key, obj),
+            ("batch", "jobs") => self.start_job(key, obj),
             ("apiextensions.k8s.io", "customresourcedefinitions") => self.registry.add_crd(obj),
             ("", "secrets") if State::is_token_secret_unfilled(obj) => {
                 self.pending_tokens.push(key.clone())
@@ -357,6 +472,221 @@ impl State {
             "spec": {"replicas": replicas, "selector": selector, "template": tmpl},
         });
         let _ = self.create(&rs_res, &key.namespace, rs, false);
+    }
+
+    /// The ReplicaSet controller: as many pods as `spec.replicas`, owned by the ReplicaSet;
+    /// surplus pods are deleted, newest name last.
+    pub(crate) fn reconcile_pods(&mut self, rs_key: &Key, rs: &Value) {
+        let Some(pod_res) = self.resource("", "v1", "pods") else {
+            return;
+        };
+        let uid = meta_str(rs, "uid").to_string();
+        let want = rs
+            .pointer("/spec/replicas")
+            .and_then(Value::as_u64)
+            .unwrap_or(1) as usize;
+        let owned: Vec<Key> = self
+            .objects
+            .iter()
+            .filter(|(k, p)| {
+                k.group.is_empty()
+                    && k.plural == "pods"
+                    && k.namespace == rs_key.namespace
+                    && owned_by(p, &uid)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in owned.iter().skip(want) {
+            self.delete(k);
+        }
+        let template = rs.pointer("/spec/template").cloned().unwrap_or(json!({}));
+        let owner = json!({"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": rs_key.name,
+                           "uid": uid, "controller": true, "blockOwnerDeletion": true});
+        for _ in owned.len()..want {
+            let pod = pod_from_template(&rs_key.name, &template, owner.clone());
+            let _ = self.create(&pod_res, &rs_key.namespace, pod, false);
+        }
+    }
+
+    /// The scheduler and kubelet, done at once: a new pod is bound to the node, gets an IP from
+    /// the pod CIDR and runs Ready (unless it was created with a phase). Istio's injector
+    /// marks it `sidecar.istio.io/status` when its namespace selects a revision whose istiod
+    /// runs at that moment (pods created before that stay out of the mesh, as on a real
+    /// cluster).
+    fn admit_pod(&mut self, key: &Key, obj: &mut Value) {
+        set_default(obj, "/spec/nodeName", json!(NODE));
+        set_default(obj, "/spec/serviceAccountName", json!("default"));
+        set_default(obj, "/spec/restartPolicy", json!("Always"));
+        set_default(obj, "/spec/dnsPolicy", json!("ClusterFirst"));
+        set_default(obj, "/spec/schedulerName", json!("default-scheduler"));
+        set_default(obj, "/spec/terminationGracePeriodSeconds", json!(30));
+        if crate::proxy::is_istiod(obj) {
+            let root = crate::mesh::cacerts_root(self, &key.namespace);
+            self.istiod_roots.insert(key.clone(), root);
+        }
+        if let Some(rev) = self.injected_revision(&key.namespace, obj) {
+            set_default(obj, "/metadata/annotations", json!({}));
+            obj["metadata"]["annotations"]["sidecar.istio.io/status"] =
+                json!(json!({"containers": ["istio-proxy"], "revision": rev}).to_string());
+        }
+        if obj.pointer("/status/phase").is_some() {
+            return;
+        }
+        let ip = self.allocate_ip("10.244");
+        obj["status"] = running_status(obj, &ip, meta_str(obj, "creationTimestamp"));
+    }
+
+    /// The istiod revision whose injector would inject a pod created now in `ns`: the
+    /// namespace's `istio-injection=enabled` (revision `default`) or `istio.io/rev` label,
+    /// when a Ready istiod of that revision runs, and the pod does not opt out.
+    pub(crate) fn injected_revision(&self, ns: &str, pod: &Value) -> Option<String> {
+        if pod
+            .pointer("/metadata/labels/sidecar.istio.io~1inject")
+            .and_then(Value::as_str)
+            == Some("false")
+        {
+            return None;
+        }
+        let rev = self.namespace_revision(ns)?;
+        self.revision_runs(&rev).then_some(rev)
+    }
+
+    /// The revision a namespace's labels select for injection.
+    pub(crate) fn namespace_revision(&self, ns: &str) -> Option<String> {
+        let labels = self
+            .objects
+            .get(&Key {
+                group: String::new(),
+                plural: "namespaces".into(),
+                namespace: String::new(),
+                name: ns.into(),
+            })?
+            .pointer("/metadata/labels")?;
+        let label = |k: &str| labels.get(k).and_then(Value::as_str);
+        match label("istio-injection") {
+            Some("enabled") => Some("default".into()),
+            Some(_) => None,
+            None => label("istio.io/rev").map(String::from),
+        }
+    }
+
+    /// Whether a Ready istiod pod of revision `rev` runs in this cluster.
+    pub(crate) fn revision_runs(&self, rev: &str) -> bool {
+        self.istiod_pods()
+            .any(|(_, p)| crate::proxy::pod_ready(p) && istiod_revision(p) == rev)
+    }
+
+    /// istiod's pods (label `app=istiod`).
+    pub(crate) fn istiod_pods(&self) -> impl Iterator<Item = (&Key, &Value)> {
+        self.objects
+            .iter()
+            .filter(|(k, p)| k.group.is_empty() && k.plural == "pods" && crate::proxy::is_istiod(p))
+    }
+
+    /// The job controller: one pod for a Job that has none and has not finished; the pod runs
+    /// shortly after (see `finish_job`).
+    fn start_job(&mut self, key: &Key, job: &Value) {
+        let uid = meta_str(job, "uid").to_string();
+        let finished = job
+            .pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .is_some_and(|c| !c.is_empty());
+        let has_pod = self.objects.iter().any(|(k, p)| {
+            k.group.is_empty()
+                && k.plural == "pods"
+                && k.namespace == key.namespace
+                && owned_by(p, &uid)
+        });
+        if finished || has_pod || job.pointer("/status/startTime").is_some() {
+            return;
+        }
+        let (Some(pod_res), Some(job_res)) = (
+            self.resource("", "v1", "pods"),
+            self.resource("batch", "v1", "jobs"),
+        ) else {
+            return;
+        };
+        let template = job.pointer("/spec/template").cloned().unwrap_or(json!({}));
+        let owner = json!({"apiVersion": "batch/v1", "kind": "Job", "name": key.name,
+                           "uid": uid, "controller": true, "blockOwnerDeletion": true});
+        let pod = pod_from_template(&key.name, &template, owner);
+        let Ok(pod) = self.create(&pod_res, &key.namespace, pod, false) else {
+            return;
+        };
+        let pod_key = Key::new(&pod_res, &key.namespace, meta_str(&pod, "name"));
+        self.pending_jobs.push(pod_key);
+        let mut job = job.clone();
+        job["status"] = json!({"active": 1, "ready": 0, "terminating": 0, "startTime": crate::util::now_rfc3339(),
+                   "uncountedTerminatedPods": {}});
+        let _ = self.update(&job_res, key, job, WriteMode::Internal, false);
+    }
+
+    /// The kubelet and job controller once a Job's pod has run: the pod Succeeded with `log` as
+    /// its output, the Job Complete.
+    pub fn finish_job(&mut self, pod_key: &Key, log: String) {
+        let Some(mut pod) = self.objects.get(pod_key).cloned() else {
+            return;
+        };
+        let (Some(pod_res), Some(job_res)) = (
+            self.resource("", "v1", "pods"),
+            self.resource("batch", "v1", "jobs"),
+        ) else {
+            return;
+        };
+        let now = crate::util::now_rfc3339();
+        self.pod_logs.insert(pod_key.clone(), log);
+        let started = pod
+            .pointer("/status/startTime")
+            .cloned()
+            .unwrap_or(json!(now));
+        let condition = |t: &str, status: &str| {
+            json!({"type": t, "status": status, "lastProbeTime": null, "lastTransitionTime": now,
+                   "reason": if status == "False" { json!("PodCompleted") } else { Value::Null }})
+        };
+        pod["status"]["phase"] = json!("Succeeded");
+        pod["status"]["conditions"] = json!([
+            condition("PodReadyToStartContainers", "False"),
+            condition("Initialized", "True"),
+            condition("Ready", "False"),
+            condition("ContainersReady", "False"),
+            condition("PodScheduled", "True"),
+        ]);
+        if let Some(Value::Array(cs)) = pod.pointer_mut("/status/containerStatuses") {
+            for c in cs {
+                c["ready"] = json!(false);
+                c["started"] = json!(false);
+                c["state"] = json!({"terminated": {"exitCode": 0, "reason": "Completed",
+                                                   "startedAt": started, "finishedAt": now}});
+            }
+        }
+        let _ = self.update(&pod_res, pod_key, pod.clone(), WriteMode::Internal, false);
+        let Some(owner) = pod
+            .pointer("/metadata/ownerReferences/0/name")
+            .and_then(Value::as_str)
+        else {
+            return;
+        };
+        let job_key = Key::new(&job_res, &pod_key.namespace, owner);
+        let Some(mut job) = self.objects.get(&job_key).cloned() else {
+            return;
+        };
+        let done = |t: &str, message: &str| {
+            json!({"type": t, "status": "True", "reason": "CompletionsReached", "message": message,
+                   "lastProbeTime": now, "lastTransitionTime": now})
+        };
+        job["status"] = json!({
+            "startTime": job.pointer("/status/startTime").cloned().unwrap_or(json!(now)),
+            "completionTime": now,
+            "succeeded": 1,
+            "ready": 0,
+            "terminating": 0,
+            "uncountedTerminatedPods": {},
+            "conditions": [
+                done("SuccessCriteriaMet", "Reached expected number of succeeded pods"),
+                done("Complete", "Reached expected number of succeeded pods"),
+            ],
+        });
+        let _ = self.update(&job_res, &job_key, job, WriteMode::Internal, false);
     }
 
     /// The load-balancer controller, switched on: every pending LoadBalancer Service gets an

@@ -8,6 +8,7 @@
 
 mod auth;
 mod controllers;
+mod mesh;
 mod net;
 mod patch;
 mod proto;
@@ -120,6 +121,16 @@ impl std::error::Error for ApiFailure {}
 /// The running clusters of this process, so that one can reach another's state (traffic
 /// emulation) by the port its URL names.
 static RUNNING: Mutex<Vec<(u16, Weak<Shared>)>> = Mutex::new(Vec::new());
+
+/// The running cluster serving `port`, if any.
+pub(crate) fn cluster_by_port(port: u16) -> Option<Arc<Shared>> {
+    RUNNING
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(p, _)| *p == port)
+        .and_then(|(_, w)| w.upgrade())
+}
 
 /// One in-memory Kubernetes API server. Dropping it stops the server.
 pub struct TestCluster {
@@ -418,7 +429,7 @@ impl TestCluster {
             }
             (r, _) => r,
         };
-        let pending = std::mem::take(&mut st.pending_tokens);
+        let pending = st.take_pending();
         drop(st);
         let _guard = self.runtime.enter();
         server::spawn_pending(&self.shared, pending);

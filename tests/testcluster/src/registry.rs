@@ -139,6 +139,7 @@ impl Registry {
             builtin("apps/v1", "statefulsets", "StatefulSet", true, &["sts"]),
             builtin("apps/v1", "daemonsets", "DaemonSet", true, &["ds"]),
             builtin("batch/v1", "jobs", "Job", true, &[]),
+            builtin("coordination.k8s.io/v1", "leases", "Lease", true, &[]),
             builtin(
                 "autoscaling/v2",
                 "horizontalpodautoscalers",

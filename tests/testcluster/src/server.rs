@@ -19,7 +19,7 @@ use crate::net::{Conn, Cut, Faults, Verdict};
 use crate::patch;
 use crate::registry::Resource;
 use crate::selector::{FieldSelector, LabelSelector};
-use crate::store::{ApiError, Event, Key, State, WriteMode, meta_str};
+use crate::store::{ApiError, Event, Key, Pending, State, WriteMode, meta_str};
 use crate::util::url_decode;
 
 /// What the server threads and the `TestCluster` handle share.
@@ -190,9 +190,9 @@ pub async fn handle(shared: Arc<Shared>, conn: Conn, req: Request) -> Response {
                 crate::proxy::pod_proxy(&shared, &who, target).await
             }
             _ => {
-                let (resp, tokens) =
+                let (resp, pending) =
                     route(&shared, &who, &method, uri.path(), &query, &headers, body);
-                spawn_pending(&shared, tokens);
+                spawn_pending(&shared, pending);
                 resp
             }
         },
@@ -213,19 +213,26 @@ pub async fn handle(shared: Arc<Shared>, conn: Conn, req: Request) -> Response {
 }
 
 /// Runs the controllers' follow-up work of a write: the token controller fills new token
-/// secrets shortly after. Must be called within the cluster's runtime.
-pub fn spawn_pending(shared: &Arc<Shared>, tokens: Vec<Key>) {
-    if tokens.is_empty() {
-        return;
+/// secrets shortly after; Job pods run (their traffic is emulated without the state lock) and
+/// complete. Must be called within the cluster's runtime.
+pub fn spawn_pending(shared: &Arc<Shared>, pending: Pending) {
+    if !pending.tokens.is_empty() {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let mut st = shared.state.lock().unwrap();
+            for k in pending.tokens {
+                st.fill_token(&k);
+            }
+        });
     }
-    let shared = shared.clone();
-    tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let mut st = shared.state.lock().unwrap();
-        for k in tokens {
-            st.fill_token(&k);
-        }
-    });
+    for pod in pending.jobs {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let log = crate::mesh::run(&shared, &pod).await.unwrap_or_default();
+            shared.state.lock().unwrap().finish_job(&pod, log);
+        });
+    }
 }
 
 /// The Kubernetes version the test clusters report.
@@ -248,7 +255,7 @@ fn route(
     q: &Query,
     headers: &HeaderMap,
     body: Bytes,
-) -> (Response, Vec<Key>) {
+) -> (Response, Pending) {
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let mut st = shared.state.lock().unwrap();
     let reg = &st.registry;
@@ -281,7 +288,7 @@ fn route(
         }
         _ => not_found_path(path),
     };
-    (resp, Vec::new())
+    (resp, Pending::default())
 }
 
 /// A resource path, split into its parts.
@@ -359,14 +366,14 @@ fn resource(
     q: &Query,
     headers: &HeaderMap,
     body: Bytes,
-) -> (Response, Vec<Key>) {
+) -> (Response, Pending) {
     let resp = match resource_inner(
         shared, st, who, method, group, version, segs, q, headers, body,
     ) {
         Ok(r) => r,
         Err(e) => error_response(&e),
     };
-    (resp, std::mem::take(&mut st.pending_tokens))
+    (resp, st.take_pending())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -438,6 +445,74 @@ fn resource_inner(
                         "metadata": {"resourceVersion": st.rv.to_string()}, "items": items}),
             ))
         }
+        (&Method::GET | &Method::PUT | &Method::PATCH, Some(name))
+            if res.plural == "deployments" && t.sub.as_deref() == Some("scale") =>
+        {
+            let key = Key::new(res, &ns, name);
+            let mut dep = st
+                .objects
+                .get(&key)
+                .cloned()
+                .ok_or_else(|| ApiError::not_found(&res.group, &res.plural, name))?;
+            let mut scale = scale_of(&dep);
+            if method == Method::GET {
+                return Ok(json_response(200, &scale));
+            }
+            let p = decode_body(headers, &body)?;
+            if method == Method::PUT {
+                scale = p;
+            } else if content_type(headers).starts_with("application/json-patch") {
+                patch::json(&mut scale, &p).map_err(|e| ApiError::new(422, "Invalid", e))?;
+            } else {
+                patch::merge(&mut scale, &p);
+            }
+            let replicas = scale
+                .pointer("/spec/replicas")
+                .and_then(Value::as_i64)
+                .ok_or_else(|| ApiError::new(422, "Invalid", "spec.replicas is required"))?;
+            dep["spec"]["replicas"] = json!(replicas);
+            let dep = st.update(res, &key, dep, WriteMode::Main, dry_run)?;
+            Ok(json_response(200, &scale_of(&dep)))
+        }
+        (&Method::GET, Some(name)) if res.plural == "pods" && t.sub.as_deref() == Some("log") => {
+            let key = Key::new(res, &ns, name);
+            let pod = st
+                .objects
+                .get(&key)
+                .ok_or_else(|| ApiError::not_found("", "pods", name))?;
+            let containers: Vec<&str> = pod
+                .pointer("/spec/containers")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c.get("name").and_then(Value::as_str))
+                .collect();
+            match q.get("container") {
+                None if containers.len() > 1 => {
+                    return Err(ApiError::new(
+                        400,
+                        "BadRequest",
+                        format!(
+                            "a container name must be specified for pod {name}, choose one of: [{}]",
+                            containers.join(" ")
+                        ),
+                    ));
+                }
+                Some(c) if !containers.contains(&c) => {
+                    return Err(ApiError::new(
+                        400,
+                        "BadRequest",
+                        format!("container {c} is not valid for pod {name}"),
+                    ));
+                }
+                _ => {}
+            }
+            let log = st.pod_logs.get(&key).cloned().unwrap_or_default();
+            let mut r = Response::new(Body::from(log));
+            r.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+            Ok(r)
+        }
         (&Method::GET, Some(name)) => {
             if t.sub.as_deref().is_some_and(|s| s != "status") {
                 return Err(bad("subresource not supported"));
@@ -481,6 +556,24 @@ fn resource_inner(
                 Some(_) => return Err(bad("subresource not supported")),
             };
             let body = decode_body(headers, &body)?;
+            if res.group == "coordination.k8s.io"
+                && res.plural == "leases"
+                && meta_str(&body, "resourceVersion").is_empty()
+            {
+                // Leases allow no unconditional update: a lock is only as good as its
+                // resourceVersion check.
+                let mut e = ApiError::new(
+                    422,
+                    "Invalid",
+                    format!(
+                        "Lease.coordination.k8s.io \"{name}\" is invalid: metadata.resourceVersion: Invalid value: 0x0: must be specified for an update"
+                    ),
+                );
+                e.name = name.clone();
+                e.group = res.group.clone();
+                e.plural = res.plural.clone();
+                return Err(e);
+            }
             let key = Key::new(res, &ns, name);
             let obj = st.update(res, &key, body, mode, dry_run)?;
             Ok(json_response(200, &obj))
@@ -579,6 +672,26 @@ fn resource_inner(
             "the server does not allow this method on the requested resource",
         )),
     }
+}
+
+/// The `scale` subresource of a Deployment (`autoscaling/v1` Scale).
+fn scale_of(dep: &Value) -> Value {
+    let selector: Vec<String> = dep
+        .pointer("/spec/selector/matchLabels")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+        .collect();
+    let meta = &dep["metadata"];
+    json!({
+        "kind": "Scale", "apiVersion": "autoscaling/v1",
+        "metadata": {"name": meta["name"], "namespace": meta["namespace"], "uid": meta["uid"],
+                     "resourceVersion": meta["resourceVersion"], "creationTimestamp": meta["creationTimestamp"]},
+        "spec": {"replicas": dep.pointer("/spec/replicas").cloned().unwrap_or(json!(1))},
+        "status": {"replicas": dep.pointer("/status/replicas").cloned().unwrap_or(json!(0)),
+                   "selector": selector.join(",")},
+    })
 }
 
 /// The answer of a review: a TokenReview names the token's owner; a SelfSubjectAccessReview

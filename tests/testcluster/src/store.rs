@@ -138,6 +138,22 @@ pub struct State {
     /// When each live object was created: its first resourceVersion (creation order) and
     /// instant.
     pub born: HashMap<Key, (u64, std::time::Instant)>,
+    /// What each pod's containers printed (`.../pods/NAME/log`).
+    pub pod_logs: HashMap<Key, String>,
+    /// The root of trust each istiod pod loaded from `cacerts` when it started (`None`: a
+    /// self-signed root of its own).
+    pub istiod_roots: HashMap<Key, Option<String>>,
+    /// Client pods of Jobs that the job controller runs shortly.
+    pub pending_jobs: Vec<Key>,
+}
+
+/// Work the controllers do shortly after a write, outside the request.
+#[derive(Debug, Default)]
+pub struct Pending {
+    /// Token secrets to fill.
+    pub tokens: Vec<Key>,
+    /// Job pods to run.
+    pub jobs: Vec<Key>,
 }
 
 pub fn meta_str<'a>(obj: &'a Value, field: &str) -> &'a str {
@@ -188,6 +204,9 @@ impl State {
             issued: HashMap::new(),
             load_balancer: true,
             born: HashMap::new(),
+            pod_logs: HashMap::new(),
+            istiod_roots: HashMap::new(),
+            pending_jobs: Vec::new(),
         };
         let ns = s.registry.find("", "v1", "namespaces").unwrap().clone();
         for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
@@ -355,7 +374,10 @@ impl State {
         if dry_run {
             return Ok(obj);
         }
-        if obj == old {
+        // A write that changes nothing is no write: the resourceVersion stays, no event.
+        let mut unchanged = old.clone();
+        meta_mut(&mut unchanged).remove("resourceVersion");
+        if obj == unchanged {
             return Ok(old);
         }
         let stored = self.commit(key.clone(), obj, "MODIFIED");
@@ -510,7 +532,45 @@ impl State {
         for k in dependents {
             self.delete(&k);
         }
+        if key.group.is_empty() && key.plural == "pods" {
+            self.pod_logs.remove(key);
+            self.istiod_roots.remove(key);
+            self.replace_pod(key, &obj);
+        }
         Some(obj)
+    }
+
+    /// Takes the work the controllers owe after the last writes.
+    pub fn take_pending(&mut self) -> Pending {
+        Pending {
+            tokens: std::mem::take(&mut self.pending_tokens),
+            jobs: std::mem::take(&mut self.pending_jobs),
+        }
+    }
+
+    /// The ReplicaSet controller replaces a deleted pod while its ReplicaSet lives.
+    fn replace_pod(&mut self, key: &Key, pod: &Value) {
+        let Some(owner) = pod
+            .pointer("/metadata/ownerReferences")
+            .and_then(Value::as_array)
+            .and_then(|refs| {
+                refs.iter()
+                    .find(|r| r["kind"] == "ReplicaSet" && r["controller"] == true)
+            })
+            .and_then(|r| r.get("name"))
+            .and_then(Value::as_str)
+        else {
+            return;
+        };
+        let rs_key = Key {
+            group: "apps".into(),
+            plural: "replicasets".into(),
+            namespace: key.namespace.clone(),
+            name: owner.to_string(),
+        };
+        if let Some(rs) = self.objects.get(&rs_key).cloned() {
+            self.reconcile_pods(&rs_key, &rs);
+        }
     }
 
     pub fn is_token_secret_unfilled(obj: &Value) -> bool {
