@@ -1,10 +1,67 @@
 //! In-memory Kubernetes API servers for meshup's end-to-end tests.
 //!
-//! [`TestCluster::start`] serves one cluster on its own `127.0.0.1` port over plain HTTP, good
-//! enough for real `helm` (3.19, 4.1) and `kubectl` (1.34, 1.35): discovery, OpenAPI v3,
-//! create/update/patch (merge, strategic, JSON, server-side apply)/delete, selectors, watches,
-//! and the bits of controller behaviour installs wait for (ready Deployments with ReplicaSets,
-//! established CRDs, service IPs, service-account tokens). Objects are plain JSON.
+//! [`TestCluster::start`] serves one cluster on its own `127.0.0.1` port, good enough for the
+//! real `helm` (3.19, 4.1) and `kubectl` (1.34, 1.35), and honest about what real clusters do
+//! where meshup's behaviour depends on it. Objects are plain JSON.
+//!
+//! # The API
+//! Discovery, OpenAPI v3, create/update/patch (merge, strategic, JSON, server-side
+//! apply)/delete, label and field selectors, watches (chunked, with initial events and
+//! bookmarks), protobuf request bodies of the kinds clients send that way, `dryRun`,
+//! 409 AlreadyExists and 409 Conflict on a stale `resourceVersion`. A write that changes
+//! nothing keeps the `resourceVersion` and sends no event. `coordination.k8s.io/v1` leases are
+//! served (an update without `resourceVersion` is refused, as leases allow no unconditional
+//! update); Deployments have `status` and `scale`.
+//!
+//! # Transport and credentials
+//! Each cluster has its own CA ([`TestCluster::ca_pem`]) and serves HTTPS with a certificate
+//! for IP 127.0.0.1 and DNS `localhost` ([`TestCluster::url`] is `https://127.0.0.1:PORT`),
+//! from a listener with a backlog of 1024. Every request needs `Authorization: Bearer T`
+//! where T is the admin token ([`TestCluster::admin_token`], written by [`write_kubeconfig`]
+//! with the CA), the `data.token` of a live `kubernetes.io/service-account-token` Secret, or a
+//! TokenRequest token that has not expired; the service account must still exist. Anything
+//! else gets 401 Unauthorized; `/version` and the health endpoints may be read without a
+//! token. A service account may read (get, list, watch; no `proxy` or `log` subresources) and
+//! is refused every write with RBAC's 403 message, as the Istio reader role is. The token
+//! controller fills token secrets with a token, the cluster's CA as `ca.crt` and the
+//! namespace, and deletes those of missing or deleted service accounts.
+//!
+//! # Controllers
+//! Done at once on each write: namespace, service (cluster IPs; LoadBalancer addresses unless
+//! [`Options::load_balancer`] is off) and CRD status; Deployments get a ReplicaSet per pod
+//! template and ReplicaSets a Running, Ready pod per replica (`<rs>-<5 chars>`, owned by the
+//! ReplicaSet, IP from 10.244.0.0/16); scaling, new templates and deletions act on pods as the
+//! ReplicaSet controller and garbage collector would. Jobs get the `controller-uid` selector
+//! and labels and one pod that runs at once and completes the Job. A pod created in a
+//! namespace that selects a running istiod revision (`istio-injection=enabled` for
+//! `default`, or `istio.io/rev`) is marked injected (`sidecar.istio.io/status`).
+//!
+//! # Pods as istiod and as a curl client
+//! `GET /api/v1/namespaces/NS/pods/NAME[:PORT]/proxy/PATH` reaches istiod's `/debug/clusterz`
+//! on port 15014 (`http-monitoring`) of a ready `app=istiod` pod: istiod's own cluster (its
+//! `CLUSTER_ID`), then one entry per data key of the `istio/multiCluster=true` secrets of its
+//! namespace (own id and ids already registered skipped), `synced` when the kubeconfig's
+//! loopback server verifies against the kubeconfig's CA and its token may read, `syncing`
+//! within [`Options::sync_delay`] of the secret's creation, `timeout` otherwise. Non-loopback
+//! servers are never contacted. Nothing else listens in a pod (503, connection refused), and
+//! with [`Options::pod_proxy`] off the API server reaches no pod at all.
+//!
+//! A Job whose container has env `URL` (`http://SVC.NS:PORT/...`) and `REQUESTS` prints, in its
+//! pod's log (`kubectl logs job/NAME`), one line per request: `Hello version: V, instance: POD`
+//! from the reachable endpoints in turn, or `request failed`. Reachability across the clusters
+//! of this process (injection, clusterz, the root of trust istiod loaded at start, networks
+//! and east-west gateways) is described in the `mesh` module and follows Istio.
+//!
+//! # Faults and inspection
+//! [`TestCluster::outage_after_writes`] resets every connection for a while after a number of
+//! writes; [`TestCluster::set_random_faults`] answers a seeded fraction of requests with 503 or
+//! a reset; [`TestCluster::set_latency`], [`TestCluster::stop`] and [`TestCluster::restart`]
+//! change the server while it runs. [`TestCluster::requests_log`] lists every request with
+//! its answer and caller; [`TestCluster::get`], [`TestCluster::list`], [`TestCluster::put`]
+//! and [`TestCluster::delete`] read and change the store directly, and
+//! [`TestCluster::request`] is a small HTTPS client for tests that need no kubectl.
+
+#![warn(missing_docs)]
 
 mod auth;
 mod controllers;
