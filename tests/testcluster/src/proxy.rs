@@ -322,13 +322,17 @@ pub fn own_cluster_id(pod: &Value) -> String {
 
 /// What istiod in pod `pod` would list at `/debug/clusterz`, or `None` if there is no such pod.
 /// The state lock is held only to read; the probes run without it.
-pub async fn clusterz(shared: &Arc<Shared>, pod: &Key) -> Option<Vec<ClusterEntry>> {
+pub async fn clusterz(shared: &Arc<Shared>, pod_key: &Key) -> Option<Vec<ClusterEntry>> {
     let delay = Duration::from_millis(shared.sync_delay_ms.load(Ordering::Relaxed));
     let (own, candidates) = {
         let st = shared.state.lock().unwrap();
-        let pod = st.objects.get(pod)?;
+        let pod = st.objects.get(pod_key)?;
         let own = own_cluster_id(pod);
-        (own.clone(), remote_clusters(&st, &pod_ns(pod), &own, delay))
+        let loaded = st.istiod_loaded.get(pod_key);
+        (
+            own.clone(),
+            remote_clusters(&st, &pod_ns(pod), &own, delay, loaded),
+        )
     };
     let probes = candidates
         .into_iter()
@@ -358,12 +362,14 @@ fn pod_ns(pod: &Value) -> String {
 
 /// The remote clusters istiod registers from the secrets labelled `istio/multiCluster=true` in
 /// its namespace, first secret (by creation) first: one per data key, skipping its own id and
-/// ids already registered. The bool says the peer is still within the sync delay.
+/// ids already registered. The kubeconfig is the one istiod loaded (`loaded`) from the same
+/// secret, else the secret's. The bool says the peer is still within the sync delay.
 fn remote_clusters(
     st: &State,
     ns: &str,
     own: &str,
     delay: Duration,
+    loaded: Option<&std::collections::BTreeMap<(String, String), String>>,
 ) -> Vec<(ClusterEntry, Peer, bool)> {
     let mut secrets: Vec<(&Key, &Value)> = st
         .objects
@@ -384,14 +390,16 @@ fn remote_clusters(
         let Some(data) = secret.get("data").and_then(Value::as_object) else {
             continue;
         };
+        let uid = meta_str(secret, "uid");
         for (id, value) in data {
             if id == own || out.iter().any(|(e, _, _)| e.id == *id) {
                 continue;
             }
-            let peer = value
-                .as_str()
-                .and_then(parse_kubeconfig)
-                .unwrap_or_default();
+            let value = match loaded.and_then(|l| l.get(&(uid.to_string(), id.clone()))) {
+                Some(kubeconfig) => kubeconfig.as_str(),
+                None => value.as_str().unwrap_or(""),
+            };
+            let peer = parse_kubeconfig(value).unwrap_or_default();
             out.push((
                 ClusterEntry {
                     id: id.clone(),
@@ -489,7 +497,7 @@ mod tests {
         secret(&mut st, "z-first", json!({"c2": kc(2), "c1": kc(1)}));
         secret(&mut st, "a-second", json!({"c2": kc(3), "c3": kc(4)}));
         let view: Vec<(String, String, String)> =
-            remote_clusters(&st, "istio-system", "c1", Duration::ZERO)
+            remote_clusters(&st, "istio-system", "c1", Duration::ZERO, None)
                 .into_iter()
                 .map(|(e, _, _)| (e.id, e.secret_name, e.server))
                 .collect();
@@ -514,7 +522,7 @@ mod tests {
     fn a_peer_is_syncing_within_the_sync_delay() {
         let mut st = State::new("c1", String::new());
         secret(&mut st, "s", json!({"c2": ""}));
-        let young = |d| remote_clusters(&st, "istio-system", "c1", d)[0].2;
+        let young = |d| remote_clusters(&st, "istio-system", "c1", d, None)[0].2;
         assert!(young(Duration::from_secs(60)));
         assert!(!young(Duration::ZERO));
     }

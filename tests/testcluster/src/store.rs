@@ -143,6 +143,10 @@ pub struct State {
     /// The root of trust each istiod pod loaded from `cacerts` when it started (`None`: a
     /// self-signed root of its own).
     pub istiod_roots: HashMap<Key, Option<String>>,
+    /// The remote-secret kubeconfigs each istiod pod loaded: (secret uid, cluster id) →
+    /// base64 kubeconfig. Before Istio 1.31 istiod keeps what it loaded when the secret
+    /// changes.
+    pub istiod_loaded: HashMap<Key, BTreeMap<(String, String), String>>,
     /// Client pods of Jobs that the job controller runs shortly.
     pub pending_jobs: Vec<Key>,
 }
@@ -206,6 +210,7 @@ impl State {
             born: HashMap::new(),
             pod_logs: HashMap::new(),
             istiod_roots: HashMap::new(),
+            istiod_loaded: HashMap::new(),
             pending_jobs: Vec::new(),
         };
         let ns = s.registry.find("", "v1", "namespaces").unwrap().clone();
@@ -535,6 +540,7 @@ impl State {
         if key.group.is_empty() && key.plural == "pods" {
             self.pod_logs.remove(key);
             self.istiod_roots.remove(key);
+            self.istiod_loaded.remove(key);
             self.replace_pod(key, &obj);
         }
         Some(obj)

@@ -803,6 +803,18 @@ fn remote_secret(from: &TestCluster, name: &str, id: &str, kubeconfig: &str) {
     );
 }
 
+/// The sync status of cluster `id` in a clusterz view.
+fn sync(view: &Value, id: &str) -> String {
+    view.as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["id"] == id)
+        .unwrap_or_else(|| panic!("{id} not in {view}"))["syncStatus"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
 fn pods(c: &TestCluster, ns: &str) -> Vec<Value> {
     c.list(&format!("/api/v1/namespaces/{ns}/pods"))
 }
@@ -951,8 +963,9 @@ fn istiod_answers_clusterz_through_the_pod_proxy() {
     let token2 = control_plane(&c2, "cluster2", "n1", None);
     let good = remote_kubeconfig(&c2, "cluster2", c2.ca_pem(), &token2);
     remote_secret(&c1, "cluster2", "cluster2", &good);
-    let pod = istiod_pod(&c1);
+    let pod = std::cell::RefCell::new(istiod_pod(&c1));
     let clusterz = |port: &str| -> Value {
+        let pod = pod.borrow();
         let raw = t.kubectl(
             "c1",
             &[
@@ -972,7 +985,7 @@ fn istiod_answers_clusterz_through_the_pod_proxy() {
         ])
     );
     assert_eq!(
-        clusterz("http-monitoring")[1]["syncStatus"],
+        sync(&clusterz("http-monitoring"), "cluster2"),
         "synced",
         "named port"
     );
@@ -1000,22 +1013,57 @@ fn istiod_answers_clusterz_through_the_pod_proxy() {
         json!({"id": "cluster3", "secretName": "istio-system/istio-remote-secret-far", "syncStatus": "timeout"})
     );
 
-    // A wrong CA, then a revoked token: timeout.
+    for name in ["self", "again"] {
+        c1.delete(&format!(
+            "/api/v1/namespaces/{NS}/secrets/istio-remote-secret-{name}"
+        ))
+        .unwrap();
+    }
+
+    // A wrong CA, then a revoked token: timeout. istiod takes a changed kubeconfig only from a
+    // new secret (deleted, then created).
+    let secret2 = format!("/api/v1/namespaces/{NS}/secrets/istio-remote-secret-cluster2");
+    c1.delete(&secret2).unwrap();
     remote_secret(
         &c1,
         "cluster2",
         "cluster2",
         &remote_kubeconfig(&c2, "cluster2", c1.ca_pem(), &token2),
     );
-    assert_eq!(clusterz("15014")[1]["syncStatus"], "timeout", "wrong CA");
+    assert_eq!(sync(&clusterz("15014"), "cluster2"), "timeout", "wrong CA");
+    c1.delete(&secret2).unwrap();
     remote_secret(&c1, "cluster2", "cluster2", &good);
-    assert_eq!(clusterz("15014")[1]["syncStatus"], "synced");
+    assert_eq!(sync(&clusterz("15014"), "cluster2"), "synced");
+
+    // A rotated token written into the same secret: istiod before 1.31 keeps the token it
+    // loaded, which is revoked now, until it restarts.
+    put(
+        &c2,
+        &format!("/api/v1/namespaces/{NS}/secrets/reader-token-2"),
+        json!({"type": "kubernetes.io/service-account-token", "metadata": {"annotations": {
+            "kubernetes.io/service-account.name": "istio-reader-service-account"}}}),
+    );
+    let rotated = wait_token(&c2, NS, "reader-token-2");
+    remote_secret(
+        &c1,
+        "cluster2",
+        "cluster2",
+        &remote_kubeconfig(&c2, "cluster2", c2.ca_pem(), &rotated),
+    );
     c2.delete(&format!("/api/v1/namespaces/{NS}/secrets/reader-token"))
         .unwrap();
     assert_eq!(
-        clusterz("15014")[1]["syncStatus"],
+        sync(&clusterz("15014"), "cluster2"),
         "timeout",
-        "revoked token"
+        "the old, revoked token is still in use"
+    );
+    let old = pod.borrow().clone();
+    t.kubectl("c1", &["delete", "pod", &old, "-n", NS], None);
+    *pod.borrow_mut() = istiod_pod(&c1);
+    assert_eq!(
+        sync(&clusterz("15014"), "cluster2"),
+        "synced",
+        "a restarted istiod loads the rotated token"
     );
 
     // syncing within the sync delay of a new secret.
@@ -1024,10 +1072,11 @@ fn istiod_answers_clusterz_through_the_pod_proxy() {
         "/api/v1/namespaces/{NS}/secrets/istio-remote-secret-far"
     ));
     remote_secret(&c1, "far", "cluster3", &far);
-    assert_eq!(clusterz("15014")[2]["syncStatus"], "syncing");
+    assert_eq!(sync(&clusterz("15014"), "cluster3"), "syncing");
     c1.set_sync_delay(Duration::ZERO);
 
     // Nothing else listens; a private control plane reaches no pod.
+    let pod = pod.borrow().clone();
     let other = t.kubectl_out(
         "c1",
         &[
@@ -1259,8 +1308,9 @@ fn a_reset_window_fails_kubectl_until_it_ends() {
     let (_dir, t) = kubectl_env(&[&c]);
     assert!(t.kubectl_out("c1", &["get", "ns"], None).ok);
     c.outage_after_writes(1, Duration::from_secs(2));
-    let started = Instant::now();
     t.kubectl("c1", &["create", "namespace", "a"], None);
+    // The outage began before kubectl got its answer: a window from now covers it.
+    let started = Instant::now();
     let failed = t.kubectl_out("c1", &["create", "namespace", "b"], None);
     assert!(!failed.ok);
     assert!(
