@@ -47,6 +47,45 @@ pub fn istiod_revision(pod: &Value) -> String {
         .to_string()
 }
 
+/// What a crashing istiod prints.
+const ISTIOD_CACERTS_ERROR: &str =
+    "error\tfailed to create discovery service: incomplete signing CA bundle in cacerts\n";
+
+/// A running pod whose containers crash on start: not ready, in CrashLoopBackOff.
+fn crash(pod: &mut Value) {
+    let name = meta_str(pod, "name").to_string();
+    if let Some(Value::Array(cs)) = pod.pointer_mut("/status/conditions") {
+        for c in cs {
+            if c["type"] == "Ready" || c["type"] == "ContainersReady" {
+                c["status"] = json!("False");
+                c["reason"] = json!("ContainersNotReady");
+            }
+        }
+    }
+    if let Some(Value::Array(cs)) = pod.pointer_mut("/status/containerStatuses") {
+        for c in cs {
+            let container = c["name"].as_str().unwrap_or("").to_string();
+            c["ready"] = json!(false);
+            c["started"] = json!(false);
+            c["restartCount"] = json!(1);
+            c["state"] = json!({"waiting": {"reason": "CrashLoopBackOff", "message":
+                format!("back-off 10s restarting failed container={container} pod={name}")}});
+            c["lastState"] = json!({"terminated": {"exitCode": 255, "reason": "Error"}});
+        }
+    }
+}
+
+fn is_crashing(pod: &Value) -> bool {
+    pod.pointer("/status/containerStatuses")
+        .and_then(Value::as_array)
+        .is_some_and(|cs| {
+            cs.iter().any(|c| {
+                c.pointer("/state/waiting/reason").and_then(Value::as_str)
+                    == Some("CrashLoopBackOff")
+            })
+        })
+}
+
 /// Whether an istiod picks up a changed remote secret without a restart: Istio 1.31 and
 /// later, by the tag of its `discovery` (or first) container's image.
 pub fn istiod_reloads_remote_secrets(pod: &Value) -> bool {
@@ -302,7 +341,6 @@ impl State {
                 }
                 set_default(obj, "/spec/revisionHistoryLimit", json!(10));
                 set_default(obj, "/spec/progressDeadlineSeconds", json!(600));
-                let replicas = obj.pointer("/spec/replicas").cloned().unwrap_or(json!(1));
                 let template = obj.pointer("/spec/template").cloned().unwrap_or(json!({}));
                 let hash = template_hash(&template);
                 let uid = meta_str(obj, "uid").to_string();
@@ -330,24 +368,13 @@ impl State {
                 set_default(obj, "/metadata/annotations", json!({}));
                 obj["metadata"]["annotations"]["deployment.kubernetes.io/revision"] =
                     json!(revision.to_string());
-                let rs_name = format!("{}-{hash}", key.name);
-                let now = meta_str(obj, "creationTimestamp").to_string();
-                obj["status"] = json!({
-                    "observedGeneration": generation,
-                    "replicas": replicas,
-                    "updatedReplicas": replicas,
-                    "readyReplicas": replicas,
-                    "availableReplicas": replicas,
-                    "conditions": [
-                        {"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable",
-                         "message": "Deployment has minimum availability.", "lastUpdateTime": now, "lastTransitionTime": now},
-                        {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable",
-                         "message": format!("ReplicaSet \"{rs_name}\" has successfully progressed."),
-                         "lastUpdateTime": now, "lastTransitionTime": now},
-                    ],
-                });
+                obj["status"] = self.deployment_status(key, obj, generation);
             }
-            ("apps", "replicasets") | ("apps", "statefulsets") => {
+            ("apps", "replicasets") => {
+                set_default(obj, "/spec/replicas", json!(1));
+                obj["status"] = self.replicaset_status(obj, generation);
+            }
+            ("apps", "statefulsets") => {
                 let replicas = obj.pointer("/spec/replicas").cloned().unwrap_or(json!(1));
                 set_default(obj, "/spec/replicas", replicas.clone());
                 obj["status"] = json!({
@@ -417,11 +444,19 @@ impl State {
     pub(crate) fn after_write(&mut self, res: &Resource, key: &Key, obj: &Value) {
         match (res.group.as_str(), res.plural.as_str()) {
             ("apps", "deployments") => self.reconcile_replicasets(key, obj),
-            ("apps", "replicasets") => self.reconcile_pods(key, obj),
+            ("apps", "replicasets") => {
+                self.reconcile_pods(key, obj);
+                self.stale_status.push(key.clone());
+                self.owner_status_stale(obj);
+            }
+            ("", "pods") => self.owner_status_stale(obj),
             ("batch", "jobs") => self.start_job(key, obj),
             ("apiextensions.k8s.io", "customresourcedefinitions") => self.registry.add_crd(obj),
             ("", "secrets") if State::is_token_secret_unfilled(obj) => {
                 self.pending_tokens.push(key.clone())
+            }
+            ("", "secrets") if key.name == "cacerts" => {
+                self.restart_crashing_istiods(&key.namespace)
             }
             ("", "secrets")
                 if obj
@@ -502,6 +537,161 @@ impl State {
         let _ = self.create(&rs_res, &key.namespace, rs, false);
     }
 
+    /// Marks the status of an object's controlling ReplicaSet or Deployment for recomputing.
+    pub(crate) fn owner_status_stale(&mut self, obj: &Value) {
+        let Some(owner) = obj
+            .pointer("/metadata/ownerReferences")
+            .and_then(Value::as_array)
+            .and_then(|refs| refs.iter().find(|r| r["controller"] == true))
+        else {
+            return;
+        };
+        let plural = match owner["kind"].as_str() {
+            Some("ReplicaSet") => "replicasets",
+            Some("Deployment") => "deployments",
+            _ => return,
+        };
+        let key = Key {
+            group: "apps".into(),
+            plural: plural.into(),
+            namespace: meta_str(obj, "namespace").to_string(),
+            name: owner["name"].as_str().unwrap_or("").to_string(),
+        };
+        if !self.stale_status.contains(&key) {
+            self.stale_status.push(key);
+        }
+    }
+
+    /// Recomputes the status of a ReplicaSet or Deployment (a no-op write when unchanged).
+    pub(crate) fn refresh_status(&mut self, key: &Key) {
+        let (Some(obj), Some(res)) = (
+            self.objects.get(key).cloned(),
+            self.resource(&key.group, "v1", &key.plural),
+        ) else {
+            return;
+        };
+        let _ = self.update(&res, key, obj, WriteMode::Internal, false);
+    }
+
+    /// Pods controlled by the object with `uid` in `ns`: (total, ready).
+    fn pod_counts(&self, ns: &str, uid: &str) -> (u64, u64) {
+        let mut total = 0;
+        let mut ready = 0;
+        for (k, p) in self.objects.iter() {
+            if k.group.is_empty() && k.plural == "pods" && k.namespace == ns && owned_by(p, uid) {
+                total += 1;
+                if crate::proxy::pod_ready(p) {
+                    ready += 1;
+                }
+            }
+        }
+        (total, ready)
+    }
+
+    /// A ReplicaSet's status from its pods (zero counts left out, as the API server does).
+    fn replicaset_status(&self, rs: &Value, generation: Value) -> Value {
+        let (total, ready) = self.pod_counts(meta_str(rs, "namespace"), meta_str(rs, "uid"));
+        let mut status = json!({"observedGeneration": generation, "replicas": total});
+        if total > 0 {
+            status["fullyLabeledReplicas"] = json!(total);
+        }
+        if ready > 0 {
+            status["readyReplicas"] = json!(ready);
+            status["availableReplicas"] = json!(ready);
+        }
+        status
+    }
+
+    /// A Deployment's status from its ReplicaSets' pods: counts, and the Available and
+    /// Progressing conditions (timestamps kept while a condition does not change).
+    fn deployment_status(&self, key: &Key, dep: &Value, generation: Value) -> Value {
+        let desired = dep
+            .pointer("/spec/replicas")
+            .and_then(Value::as_u64)
+            .unwrap_or(1);
+        let uid = meta_str(dep, "uid");
+        let new_rs = format!(
+            "{}-{}",
+            key.name,
+            template_hash(dep.pointer("/spec/template").unwrap_or(&json!({})))
+        );
+        let (mut total, mut ready, mut updated) = (0, 0, 0);
+        for (k, rs) in self.objects.iter() {
+            if k.group == "apps"
+                && k.plural == "replicasets"
+                && k.namespace == key.namespace
+                && owned_by(rs, uid)
+            {
+                let (t, r) = self.pod_counts(&key.namespace, meta_str(rs, "uid"));
+                total += t;
+                ready += r;
+                if k.name == new_rs {
+                    updated = t;
+                }
+            }
+        }
+        let max_unavailable = match dep.pointer("/spec/strategy/rollingUpdate/maxUnavailable") {
+            Some(Value::String(p)) => p
+                .trim_end_matches('%')
+                .parse::<u64>()
+                .map(|pct| desired * pct / 100)
+                .unwrap_or(0),
+            Some(v) => v.as_u64().unwrap_or(0),
+            None => 0,
+        };
+        let now = crate::util::now_rfc3339();
+        let old = dep.pointer("/status/conditions").and_then(Value::as_array);
+        let condition = |t: &str, ok: bool, reason: &str, message: String| {
+            let status = if ok { "True" } else { "False" };
+            let same = old.and_then(|cs| {
+                cs.iter()
+                    .find(|c| c["type"] == t && c["status"] == status && c["reason"] == reason)
+            });
+            let (updated_at, transition) = match same {
+                Some(c) => (c["lastUpdateTime"].clone(), c["lastTransitionTime"].clone()),
+                None => (json!(now), json!(now)),
+            };
+            json!({"type": t, "status": status, "reason": reason, "message": message,
+                   "lastUpdateTime": updated_at, "lastTransitionTime": transition})
+        };
+        let available = ready >= desired.saturating_sub(max_unavailable);
+        let complete = updated == desired && total == desired && ready == desired;
+        let mut status = json!({
+            "observedGeneration": generation,
+            "replicas": total,
+            "conditions": [
+                if available {
+                    condition("Available", true, "MinimumReplicasAvailable",
+                              "Deployment has minimum availability.".into())
+                } else {
+                    condition("Available", false, "MinimumReplicasUnavailable",
+                              "Deployment does not have minimum availability.".into())
+                },
+                if complete {
+                    condition("Progressing", true, "NewReplicaSetAvailable",
+                              format!("ReplicaSet \"{new_rs}\" has successfully progressed."))
+                } else {
+                    condition("Progressing", true, "ReplicaSetUpdated",
+                              format!("ReplicaSet \"{new_rs}\" is progressing."))
+                },
+            ],
+        });
+        for (field, n) in [
+            ("updatedReplicas", updated),
+            ("readyReplicas", ready),
+            ("availableReplicas", ready),
+            (
+                "unavailableReplicas",
+                total.max(desired).saturating_sub(ready),
+            ),
+        ] {
+            if n > 0 {
+                status[field] = json!(n);
+            }
+        }
+        status
+    }
+
     /// The ReplicaSet controller: as many pods as `spec.replicas`, owned by the ReplicaSet;
     /// surplus pods are deleted, newest name last.
     pub(crate) fn reconcile_pods(&mut self, rs_key: &Key, rs: &Value) {
@@ -548,11 +738,13 @@ impl State {
         set_default(obj, "/spec/dnsPolicy", json!("ClusterFirst"));
         set_default(obj, "/spec/schedulerName", json!("default-scheduler"));
         set_default(obj, "/spec/terminationGracePeriodSeconds", json!(30));
+        let mut crashing = false;
         if crate::proxy::is_istiod(obj) {
             let root = crate::mesh::cacerts_root(self, &key.namespace);
             self.istiod_roots.insert(key.clone(), root);
             let loaded = self.remote_secrets_of(&key.namespace);
             self.istiod_loaded.insert(key.clone(), loaded);
+            crashing = crate::mesh::cacerts(self, &key.namespace) == crate::mesh::Cacerts::Partial;
         }
         if let Some(rev) = self.injected_revision(&key.namespace, obj) {
             set_default(obj, "/metadata/annotations", json!({}));
@@ -564,6 +756,39 @@ impl State {
         }
         let ip = self.allocate_ip("10.244");
         obj["status"] = running_status(obj, &ip, meta_str(obj, "creationTimestamp"));
+        if crashing {
+            crash(obj);
+            self.pod_logs
+                .insert(key.clone(), ISTIOD_CACERTS_ERROR.to_string());
+        }
+    }
+
+    /// The kubelet restarts crashing istiod containers: once `cacerts` in their namespace is
+    /// complete again (or gone), they start, loading it.
+    pub(crate) fn restart_crashing_istiods(&mut self, ns: &str) {
+        if crate::mesh::cacerts(self, ns) == crate::mesh::Cacerts::Partial {
+            return;
+        }
+        let Some(res) = self.resource("", "v1", "pods") else {
+            return;
+        };
+        let crashing: Vec<(Key, Value)> = self
+            .istiod_pods()
+            .filter(|(k, p)| k.namespace == ns && is_crashing(p))
+            .map(|(k, p)| (k.clone(), p.clone()))
+            .collect();
+        for (k, mut pod) in crashing {
+            let root = crate::mesh::cacerts_root(self, ns);
+            self.istiod_roots.insert(k.clone(), root);
+            self.pod_logs.remove(&k);
+            let ip = pod["status"]["podIP"].as_str().unwrap_or("").to_string();
+            let started = pod["status"]["startTime"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
+            pod["status"] = running_status(&pod, &ip, &started);
+            let _ = self.update(&res, &k, pod, WriteMode::Internal, false);
+        }
     }
 
     /// The istiod revision whose injector would inject a pod created now in `ns`: the

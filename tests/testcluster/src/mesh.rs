@@ -127,16 +127,34 @@ pub fn reachable(
     Ok(())
 }
 
-/// The root of trust in a namespace's `cacerts`: `root-cert.pem` when all four plug-in files
-/// are there, `ca.crt` of the `tls.crt` layout; `None` without a complete set.
-pub fn cacerts_root(st: &State, ns: &str) -> Option<String> {
-    let secret = st.objects.get(&Key {
+/// What istiod finds in its namespace's `cacerts` when it starts.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cacerts {
+    /// No `cacerts`: istiod makes a self-signed root of its own.
+    Absent,
+    /// Some of the plug-in files but not all: istiod fails to start ("incomplete signing CA
+    /// bundle").
+    Partial,
+    /// A complete set with this root: `root-cert.pem` of the four plug-in files, or `ca.crt`
+    /// of the `tls.crt`/`tls.key`/`ca.crt` layout (which takes priority when `tls.crt` exists).
+    Root(String),
+}
+
+/// Reads a namespace's `cacerts` the way istiod does.
+pub fn cacerts(st: &State, ns: &str) -> Cacerts {
+    let Some(secret) = st.objects.get(&Key {
         group: String::new(),
         plural: "secrets".into(),
         namespace: ns.into(),
         name: "cacerts".into(),
-    })?;
-    let data = secret.get("data")?.as_object()?;
+    }) else {
+        return Cacerts::Absent;
+    };
+    let empty = serde_json::Map::new();
+    let data = secret
+        .get("data")
+        .and_then(Value::as_object)
+        .unwrap_or(&empty);
     let get = |k: &str| {
         data.get(k)
             .and_then(Value::as_str)
@@ -144,18 +162,31 @@ pub fn cacerts_root(st: &State, ns: &str) -> Option<String> {
             .map(|b| String::from_utf8_lossy(&b).into_owned())
     };
     if data.contains_key("tls.crt") {
-        return get("tls.key").and(get("ca.crt"));
+        return match (get("tls.key"), get("ca.crt")) {
+            (Some(_), Some(root)) => Cacerts::Root(root),
+            _ => Cacerts::Partial,
+        };
     }
-    let all = [
+    let files = [
         "ca-cert.pem",
         "ca-key.pem",
         "root-cert.pem",
         "cert-chain.pem",
     ];
-    if all.iter().all(|k| data.contains_key(*k)) {
-        get("root-cert.pem")
-    } else {
-        None
+    let present = files.iter().filter(|k| data.contains_key(**k)).count();
+    match (present, get("root-cert.pem")) {
+        (0, _) => Cacerts::Absent,
+        (4, Some(root)) => Cacerts::Root(root),
+        _ => Cacerts::Partial,
+    }
+}
+
+/// The root of trust a starting istiod takes from its namespace's `cacerts`; `None` when it
+/// uses a root of its own.
+pub fn cacerts_root(st: &State, ns: &str) -> Option<String> {
+    match cacerts(st, ns) {
+        Cacerts::Root(root) => Some(root),
+        _ => None,
     }
 }
 

@@ -147,6 +147,10 @@ pub struct State {
     /// base64 kubeconfig. Before Istio 1.31 istiod keeps what it loaded when the secret
     /// changes.
     pub istiod_loaded: HashMap<Key, BTreeMap<(String, String), String>>,
+    /// Workloads (ReplicaSets, Deployments) whose status must be recomputed from their pods.
+    pub stale_status: Vec<Key>,
+    depth: u32,
+    flushing: bool,
     /// Client pods of Jobs that the job controller runs shortly.
     pub pending_jobs: Vec<Key>,
 }
@@ -211,6 +215,9 @@ impl State {
             pod_logs: HashMap::new(),
             istiod_roots: HashMap::new(),
             istiod_loaded: HashMap::new(),
+            stale_status: Vec::new(),
+            depth: 0,
+            flushing: false,
             pending_jobs: Vec::new(),
         };
         let ns = s.registry.find("", "v1", "namespaces").unwrap().clone();
@@ -273,7 +280,58 @@ impl State {
         Ok(())
     }
 
+    /// Creates an object (admission, then the controllers' follow-up writes).
     pub fn create(
+        &mut self,
+        res: &Resource,
+        ns: &str,
+        obj: Value,
+        dry_run: bool,
+    ) -> Result<Value, ApiError> {
+        self.depth += 1;
+        let r = self.create_inner(res, ns, obj, dry_run);
+        self.leave();
+        r
+    }
+
+    /// Replaces an existing object with `obj` (the outcome of a PUT or a patch).
+    pub fn update(
+        &mut self,
+        res: &Resource,
+        key: &Key,
+        obj: Value,
+        mode: WriteMode,
+        dry_run: bool,
+    ) -> Result<Value, ApiError> {
+        self.depth += 1;
+        let r = self.update_inner(res, key, obj, mode, dry_run);
+        self.leave();
+        r
+    }
+
+    /// Deletes an object and everything that depends on it: objects it owns, a namespace's
+    /// contents, a CRD's custom resources.
+    pub fn delete(&mut self, key: &Key) -> Option<Value> {
+        self.depth += 1;
+        let r = self.delete_inner(key);
+        self.leave();
+        r
+    }
+
+    /// Ends a write; the outermost one then brings the status of the workloads it touched up
+    /// to date (their pods changed), which may write again.
+    fn leave(&mut self) {
+        self.depth -= 1;
+        if self.depth == 0 && !self.flushing {
+            self.flushing = true;
+            while let Some(k) = self.stale_status.pop() {
+                self.refresh_status(&k);
+            }
+            self.flushing = false;
+        }
+    }
+
+    fn create_inner(
         &mut self,
         res: &Resource,
         ns: &str,
@@ -346,8 +404,7 @@ impl State {
         Ok(stored)
     }
 
-    /// Replaces an existing object with `obj` (the outcome of a PUT or a patch).
-    pub fn update(
+    fn update_inner(
         &mut self,
         res: &Resource,
         key: &Key,
@@ -463,9 +520,7 @@ impl State {
         self.admit(res, key, old, obj);
     }
 
-    /// Deletes an object and everything that depends on it: objects it owns, a namespace's
-    /// contents, a CRD's custom resources.
-    pub fn delete(&mut self, key: &Key) -> Option<Value> {
+    fn delete_inner(&mut self, key: &Key) -> Option<Value> {
         let mut obj = self.objects.remove(key)?;
         self.born.remove(key);
         self.rv += 1;
@@ -541,6 +596,10 @@ impl State {
             self.pod_logs.remove(key);
             self.istiod_roots.remove(key);
             self.istiod_loaded.remove(key);
+            self.owner_status_stale(&obj);
+        }
+        if key.group.is_empty() && key.plural == "secrets" && key.name == "cacerts" {
+            self.restart_crashing_istiods(&key.namespace);
             self.replace_pod(key, &obj);
         }
         Some(obj)

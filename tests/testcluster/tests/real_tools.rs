@@ -201,10 +201,12 @@ fn drive(t: &Tools, c: &TestCluster, helm_major: &str, dir: &Path) -> Seen {
     // Namespace and secrets from stdin, twice.
     let docs = format!(
         "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {NS}\n  labels:\n    topology.istio.io/network: net-{ctx}\n\
-         ---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: cacerts\n  namespace: {NS}\ndata:\n  ca-cert.pem: {}\n  root-cert.pem: {}\n\
+         ---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: cacerts\n  namespace: {NS}\ndata:\n  ca-cert.pem: {}\n  ca-key.pem: {}\n  root-cert.pem: {}\n  cert-chain.pem: {}\n\
          ---\napiVersion: v1\nkind: Secret\ntype: Opaque\nmetadata:\n  name: istio-remote-secret-other\n  namespace: {NS}\n  labels:\n    istio/multiCluster: \"true\"\n  annotations:\n    networking.istio.io/cluster: other\ndata:\n  other: {}\n",
         STANDARD.encode(format!("ca of {ctx}")),
+        STANDARD.encode("key"),
         STANDARD.encode("root"),
+        STANDARD.encode("chain"),
         STANDARD.encode("apiVersion: v1\nkind: Config\n"),
     );
     let apply = |manifest: &str| {
@@ -1333,4 +1335,86 @@ fn a_reset_window_fails_kubectl_until_it_ends() {
         [201, 201],
         "no namespace write was served in the window"
     );
+}
+
+#[test]
+fn an_istiod_with_a_partial_cacerts_crashes_until_the_set_is_complete() {
+    let c = TestCluster::start("c1", Options::default());
+    let (_dir, t) = kubectl_env(&[&c]);
+    put(&c, &format!("/api/v1/namespaces/{NS}"), json!({}));
+    put(
+        &c,
+        &format!("/api/v1/namespaces/{NS}/secrets/cacerts"),
+        json!({"data": {"ca-cert.pem": STANDARD.encode("ca"), "root-cert.pem": STANDARD.encode("root")}}),
+    );
+    control_plane(&c, "cluster1", "n1", None);
+    let pod = istiod_pod(&c);
+    let stored = c
+        .get(&format!("/api/v1/namespaces/{NS}/pods/{pod}"))
+        .unwrap();
+    assert_eq!(
+        stored["status"]["containerStatuses"][0]["state"]["waiting"]["reason"],
+        "CrashLoopBackOff"
+    );
+    let dep = c
+        .get(&format!("/apis/apps/v1/namespaces/{NS}/deployments/istiod"))
+        .unwrap();
+    assert_eq!(dep["status"]["conditions"][0]["status"], "False", "{dep}");
+    assert_eq!(dep["status"].get("readyReplicas"), None);
+    let waiting = t.kubectl_out(
+        "c1",
+        &[
+            "rollout",
+            "status",
+            "deployment/istiod",
+            "-n",
+            NS,
+            "--timeout=1s",
+        ],
+        None,
+    );
+    assert!(
+        !waiting.ok,
+        "a crashing istiod rolled out: {}",
+        waiting.stdout
+    );
+    let logs = t.kubectl("c1", &["logs", &pod, "-n", NS], None);
+    assert!(logs.contains("incomplete signing CA bundle"), "{logs}");
+    let proxy = t.kubectl_out(
+        "c1",
+        &[
+            "get",
+            "--raw",
+            &format!("/api/v1/namespaces/{NS}/pods/{pod}:15014/proxy/debug/clusterz"),
+        ],
+        None,
+    );
+    assert!(
+        !proxy.ok && proxy.stderr.contains("connection refused"),
+        "{}",
+        proxy.stderr
+    );
+
+    // The complete set: the restarted container starts and loads it.
+    let b64 = |s: &str| STANDARD.encode(s);
+    put(
+        &c,
+        &format!("/api/v1/namespaces/{NS}/secrets/cacerts"),
+        json!({"data": {"ca-cert.pem": b64("ca"), "ca-key.pem": b64("key"),
+                        "root-cert.pem": b64("root"), "cert-chain.pem": b64("chain")}}),
+    );
+    let status = t.kubectl(
+        "c1",
+        &[
+            "rollout",
+            "status",
+            "deployment/istiod",
+            "-n",
+            NS,
+            "--timeout=10s",
+        ],
+        None,
+    );
+    assert!(status.contains("successfully rolled out"), "{status}");
+    assert_eq!(istiod_pod(&c), pod, "the same pod, restarted in place");
 }
