@@ -134,21 +134,112 @@ pub fn forbidden_message(
     )
 }
 
-/// Whether `who` may do `verb` (a Kubernetes verb) on `resource` (with `/subresource`).
-pub fn allowed(who: &Who, verb: &str, resource: &str, create_only: bool) -> bool {
-    match who {
-        Who::Admin => true,
-        Who::Anonymous => false,
-        Who::ServiceAccount { .. } => {
-            if create_only {
-                // Reviews: every authenticated user may ask what they may do; the reader role
-                // grants tokenreviews and subjectaccessreviews.
-                return verb == "create";
-            }
-            let sub = resource.split_once('/').map(|(_, s)| s);
-            matches!(verb, "get" | "list" | "watch") && sub.is_none_or(|s| s == "status")
-        }
+/// What a request asks to do, as RBAC sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Attributes<'a> {
+    pub verb: &'a str,
+    pub group: &'a str,
+    /// The resource, with `/subresource` when there is one.
+    pub resource: &'a str,
+    pub namespace: Option<&'a str>,
+    pub name: Option<&'a str>,
+}
+
+/// Whether `who` may do what `a` asks. The admin may do everything; a service account what
+/// the ClusterRoles and Roles bound to it (or to its groups) allow, plus asking what it may
+/// do itself (`selfsubjectaccessreviews`, as `system:basic-user` grants). Aggregated
+/// ClusterRoles are not evaluated.
+pub fn allowed(st: &State, who: &Who, a: &Attributes) -> bool {
+    let (ns, name) = match who {
+        Who::Admin => return true,
+        Who::Anonymous => return false,
+        Who::ServiceAccount { namespace, name } => (namespace.as_str(), name.as_str()),
+    };
+    if a.group == "authorization.k8s.io"
+        && matches!(
+            a.resource,
+            "selfsubjectaccessreviews" | "selfsubjectrulesreviews"
+        )
+    {
+        return true;
     }
+    let binds_me = |binding: &Value| {
+        binding
+            .get("subjects")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .any(|s| {
+                let field = |f: &str| s.get(f).and_then(Value::as_str).unwrap_or("");
+                match field("kind") {
+                    "ServiceAccount" => field("name") == name && field("namespace") == ns,
+                    "User" => field("name") == format!("system:serviceaccount:{ns}:{name}"),
+                    "Group" => {
+                        matches!(
+                            field("name"),
+                            "system:serviceaccounts" | "system:authenticated"
+                        ) || field("name") == format!("system:serviceaccounts:{ns}")
+                    }
+                    _ => false,
+                }
+            })
+    };
+    let role = |kind: &str, role_ns: &str, role_name: &str| -> Option<&Value> {
+        let (plural, namespace) = match kind {
+            "ClusterRole" => ("clusterroles", ""),
+            "Role" => ("roles", role_ns),
+            _ => return None,
+        };
+        st.objects.get(&Key {
+            group: "rbac.authorization.k8s.io".into(),
+            plural: plural.into(),
+            namespace: namespace.into(),
+            name: role_name.into(),
+        })
+    };
+    st.objects
+        .iter()
+        .filter(|(k, b)| {
+            k.group == "rbac.authorization.k8s.io"
+                && (k.plural == "clusterrolebindings"
+                    // A RoleBinding grants only within its namespace.
+                    || (k.plural == "rolebindings" && a.namespace == Some(k.namespace.as_str())))
+                && binds_me(b)
+        })
+        .filter_map(|(k, b)| {
+            let kind = b.pointer("/roleRef/kind").and_then(Value::as_str)?;
+            let role_name = b.pointer("/roleRef/name").and_then(Value::as_str)?;
+            role(kind, &k.namespace, role_name)
+        })
+        .flat_map(|r| {
+            r.get("rules")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+        })
+        .any(|rule| rule_allows(rule, a))
+}
+
+fn rule_allows(rule: &Value, a: &Attributes) -> bool {
+    let list = |f: &str| -> Vec<&str> {
+        rule.get(f)
+            .and_then(Value::as_array)
+            .map(|v| v.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default()
+    };
+    let has = |f: &str, want: &str| list(f).iter().any(|x| *x == "*" || *x == want);
+    let resource_ok = list("resources").iter().any(|r| {
+        *r == "*"
+            || *r == a.resource
+            || r.strip_suffix("/*").is_some_and(|base| {
+                a.resource.split('/').next() == Some(base) && a.resource.contains('/')
+            })
+    });
+    let names = list("resourceNames");
+    has("verbs", a.verb)
+        && has("apiGroups", a.group)
+        && resource_ok
+        && (names.is_empty() || a.name.is_some_and(|n| names.contains(&n)))
 }
 
 #[cfg(test)]
@@ -200,16 +291,71 @@ mod tests {
         );
     }
 
-    #[test]
-    fn service_accounts_only_read() {
-        let sa = Who::ServiceAccount {
-            namespace: "a".into(),
-            name: "b".into(),
+    fn with_reader_role(rules: Value) -> State {
+        let mut st = State::new("c", String::new());
+        let add = |st: &mut State, plural: &str, obj: Value| {
+            let res = st
+                .resource("rbac.authorization.k8s.io", "v1", plural)
+                .unwrap();
+            st.create(&res, "", obj, false).unwrap();
         };
-        assert!(allowed(&sa, "list", "secrets", false));
-        assert!(!allowed(&sa, "patch", "secrets", false));
-        assert!(!allowed(&sa, "get", "pods/proxy", false));
-        assert!(allowed(&sa, "create", "selfsubjectaccessreviews", true));
-        assert!(allowed(&Who::Admin, "delete", "namespaces", false));
+        add(
+            &mut st,
+            "clusterroles",
+            json!({"metadata": {"name": "reader"}, "rules": rules}),
+        );
+        add(
+            &mut st,
+            "clusterrolebindings",
+            json!({"metadata": {"name": "reader"},
+                   "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "reader"},
+                   "subjects": [{"kind": "ServiceAccount", "name": "r", "namespace": "istio-system"}]}),
+        );
+        st
+    }
+
+    fn ask<'a>(verb: &'a str, group: &'a str, resource: &'a str) -> Attributes<'a> {
+        Attributes {
+            verb,
+            group,
+            resource,
+            namespace: Some("istio-system"),
+            name: None,
+        }
+    }
+
+    #[test]
+    fn a_service_account_may_do_what_its_bound_roles_allow() {
+        let st = with_reader_role(json!([
+            {"apiGroups": [""], "resources": ["secrets", "namespaces"], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": ["networking.istio.io"], "resources": ["*"], "verbs": ["list"]},
+        ]));
+        let sa = Who::ServiceAccount {
+            namespace: "istio-system".into(),
+            name: "r".into(),
+        };
+        assert!(allowed(&st, &sa, &ask("list", "", "secrets")));
+        assert!(allowed(
+            &st,
+            &sa,
+            &ask("list", "networking.istio.io", "gateways")
+        ));
+        assert!(!allowed(&st, &sa, &ask("create", "", "secrets")));
+        assert!(!allowed(&st, &sa, &ask("get", "", "pods/proxy")));
+        assert!(!allowed(&st, &sa, &ask("list", "", "configmaps")));
+        assert!(allowed(
+            &st,
+            &sa,
+            &ask("create", "authorization.k8s.io", "selfsubjectaccessreviews")
+        ));
+        let other = Who::ServiceAccount {
+            namespace: "default".into(),
+            name: "r".into(),
+        };
+        assert!(
+            !allowed(&st, &other, &ask("list", "", "secrets")),
+            "bound to istio-system/r only"
+        );
+        assert!(allowed(&st, &Who::Admin, &ask("delete", "", "namespaces")));
     }
 }

@@ -76,6 +76,7 @@ fn unreachable(ip: &str, port: &str, why: &str) -> Response {
     ))
 }
 
+/// The store key of a pod.
 pub fn pod_key(ns: &str, name: &str) -> Key {
     Key {
         group: String::new(),
@@ -144,20 +145,27 @@ fn resolve_port(pod: &Value, port: Option<&str>) -> Result<u16, String> {
 
 /// Answers a GET on a pod's proxy subresource.
 pub async fn pod_proxy(shared: &Arc<Shared>, who: &Who, t: ProxyTarget) -> Response {
-    if !auth::allowed(who, "get", "pods/proxy", false) {
-        let message = auth::forbidden_message(
-            who,
-            "get",
-            "",
-            "pods/proxy",
-            Some(&t.namespace),
-            Some(&t.pod),
-        );
-        return status_response(&ApiError::new(403, "Forbidden", message));
-    }
     let key = pod_key(&t.namespace, &t.pod);
     let (pod, port) = {
         let st = shared.state.lock().unwrap();
+        let ask = auth::Attributes {
+            verb: "get",
+            group: "",
+            resource: "pods/proxy",
+            namespace: Some(&t.namespace),
+            name: Some(&t.pod),
+        };
+        if !auth::allowed(&st, who, &ask) {
+            let message = auth::forbidden_message(
+                who,
+                "get",
+                "",
+                "pods/proxy",
+                Some(&t.namespace),
+                Some(&t.pod),
+            );
+            return status_response(&ApiError::new(403, "Forbidden", message));
+        }
         let Some(pod) = st.objects.get(&key).cloned() else {
             return status_response(&ApiError::not_found("", "pods", &t.pod));
         };

@@ -299,6 +299,8 @@ pub struct Target {
     pub sub: Option<String>,
 }
 
+/// Resolves the segments after `/api/V` or `/apis/G/V` to a resource, namespace, name and
+/// subresource.
 pub fn resolve(st: &State, group: &str, version: &str, segs: &[&str]) -> Result<Target, ApiError> {
     let missing = || {
         ApiError::new(
@@ -406,7 +408,14 @@ fn resource_inner(
         Some(sub) => format!("{}/{sub}", res.plural),
         None => res.plural.clone(),
     };
-    if !auth::allowed(who, verb, &resource_name, res.create_only) {
+    let ask = auth::Attributes {
+        verb,
+        group: &res.group,
+        resource: &resource_name,
+        namespace: t.ns.as_deref(),
+        name: t.name.as_deref(),
+    };
+    if !auth::allowed(st, who, &ask) {
         let message = auth::forbidden_message(
             who,
             verb,
@@ -722,15 +731,15 @@ fn review_status(st: &State, admin_token: &str, who: &Who, res: &Resource, body:
                 "" => s("resource").to_string(),
                 sub => format!("{}/{sub}", s("resource")),
             };
-            let verb = if attr.is_some() {
-                s("verb")
-            } else {
-                body.pointer("/spec/nonResourceAttributes/verb")
-                    .and_then(Value::as_str)
-                    .unwrap_or("get")
+            let ask = auth::Attributes {
+                verb: s("verb"),
+                group: s("group"),
+                resource: &resource,
+                namespace: Some(s("namespace")).filter(|n| !n.is_empty()),
+                name: Some(s("name")).filter(|n| !n.is_empty()),
             };
-            let create_only = resource.ends_with("reviews");
-            if auth::allowed(who, verb, &resource, create_only) {
+            // Non-resource paths (discovery, health) are open to every authenticated user.
+            if attr.is_none() || auth::allowed(st, who, &ask) {
                 json!({"allowed": true})
             } else {
                 json!({"allowed": false, "reason": "no RBAC policy matched"})

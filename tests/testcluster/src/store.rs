@@ -118,6 +118,7 @@ pub enum WriteMode {
     Internal,
 }
 
+/// Everything one cluster stores, and the controllers' bookkeeping.
 pub struct State {
     pub cluster: String,
     pub ca_pem: String,
@@ -164,6 +165,7 @@ pub struct Pending {
     pub jobs: Vec<Key>,
 }
 
+/// A string field of `metadata`, empty when absent.
 pub fn meta_str<'a>(obj: &'a Value, field: &str) -> &'a str {
     obj.get("metadata")
         .and_then(|m| m.get(field))

@@ -15,6 +15,27 @@ fn json_of(body: &str) -> Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
 }
 
+/// The reader's ClusterRole and binding, as the istiod chart renders them with
+/// `global.enableReaderRBAC` (the default).
+fn bind_reader(c: &TestCluster) {
+    let rbac = "/apis/rbac.authorization.k8s.io/v1";
+    c.put(
+        &format!("{rbac}/clusterroles/istio-reader-clusterrole-istio-system"),
+        json!({"rules": [
+            {"apiGroups": ["config.istio.io", "security.istio.io", "networking.istio.io"], "resources": ["*"], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": [""], "resources": ["endpoints", "pods", "services", "nodes", "namespaces", "secrets"], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
+        ]}),
+    )
+    .unwrap();
+    c.put(
+        &format!("{rbac}/clusterrolebindings/istio-reader-clusterrole-istio-system"),
+        json!({"roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "istio-reader-clusterrole-istio-system"},
+               "subjects": [{"kind": "ServiceAccount", "name": "istio-reader-service-account", "namespace": "istio-system"}]}),
+    )
+    .unwrap();
+}
+
 /// A cluster with the reader service account and a filled token secret for it; returns the
 /// token.
 fn cluster_with_reader() -> (TestCluster, String) {
@@ -26,6 +47,7 @@ fn cluster_with_reader() -> (TestCluster, String) {
         json!({}),
     )
     .unwrap();
+    bind_reader(&c);
     c.put(
         &format!("/api/v1/namespaces/{NS}/secrets/reader-token"),
         json!({"type": "kubernetes.io/service-account-token",
@@ -171,5 +193,26 @@ fn deleting_the_token_secret_or_the_service_account_revokes_the_token() {
         read(&bound),
         401,
         "a deleted service account's token still worked"
+    );
+}
+
+#[test]
+fn a_service_account_reads_only_what_its_role_allows() {
+    let (c, token) = cluster_with_reader();
+    let get = |path: &str| c.request("GET", path, Some(&token), None).unwrap().status;
+    assert_eq!(get(&format!("/api/v1/namespaces/{NS}/secrets")), 200);
+    assert_eq!(
+        get(&format!("/api/v1/namespaces/{NS}/configmaps")),
+        403,
+        "the reader role has no configmaps"
+    );
+    // Without the binding (`global.enableReaderRBAC=false`) the token reads nothing.
+    c.delete("/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/istio-reader-clusterrole-istio-system")
+        .unwrap();
+    assert_eq!(get(&format!("/api/v1/namespaces/{NS}/secrets")), 403);
+    assert_eq!(
+        get("/api"),
+        200,
+        "discovery stays open to every authenticated user"
     );
 }

@@ -743,6 +743,27 @@ fn wait_token(c: &TestCluster, ns: &str, secret: &str) -> String {
     }
 }
 
+/// The reader's ClusterRole and binding, as the istiod chart renders them with
+/// `global.enableReaderRBAC` (the default).
+fn bind_reader(c: &TestCluster) {
+    let rbac = "/apis/rbac.authorization.k8s.io/v1";
+    c.put(
+        &format!("{rbac}/clusterroles/istio-reader-clusterrole-istio-system"),
+        json!({"rules": [
+            {"apiGroups": ["config.istio.io", "security.istio.io", "networking.istio.io"], "resources": ["*"], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": [""], "resources": ["endpoints", "pods", "services", "nodes", "namespaces", "secrets"], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
+        ]}),
+    )
+    .unwrap();
+    c.put(
+        &format!("{rbac}/clusterrolebindings/istio-reader-clusterrole-istio-system"),
+        json!({"roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "istio-reader-clusterrole-istio-system"},
+               "subjects": [{"kind": "ServiceAccount", "name": "istio-reader-service-account", "namespace": "istio-system"}]}),
+    )
+    .unwrap();
+}
+
 /// istio-system with the reader service account and its token secret; returns the token.
 fn reader(c: &TestCluster) -> String {
     let ns = format!("/api/v1/namespaces/{NS}");
@@ -754,6 +775,7 @@ fn reader(c: &TestCluster) -> String {
         &format!("{ns}/serviceaccounts/istio-reader-service-account"),
         json!({}),
     );
+    bind_reader(c);
     put(
         c,
         &format!("{ns}/secrets/reader-token"),
@@ -997,6 +1019,16 @@ fn istiod_answers_clusterz_through_the_pod_proxy() {
             && r.status == 200),
         "the probe reads c2 with the reader token"
     );
+    // Without the reader's role binding the token is refused every read.
+    let binding = "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/istio-reader-clusterrole-istio-system";
+    let saved = c2.delete(binding).unwrap();
+    assert_eq!(
+        sync(&clusterz("15014"), "cluster2"),
+        "timeout",
+        "no reader RBAC"
+    );
+    put(&c2, binding, saved);
+    assert_eq!(sync(&clusterz("15014"), "cluster2"), "synced");
 
     // Own id ignored; an id already registered ignored; a non-loopback server never synced.
     remote_secret(&c1, "self", "cluster1", &good);
