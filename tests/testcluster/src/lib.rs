@@ -21,8 +21,10 @@
 //! with the CA), the `data.token` of a live `kubernetes.io/service-account-token` Secret, or a
 //! TokenRequest token that has not expired; the service account must still exist. Anything
 //! else gets 401 Unauthorized; `/version` and the health endpoints may be read without a
-//! token. A service account may read (get, list, watch; no `proxy` or `log` subresources) and
-//! is refused every write with RBAC's 403 message, as the Istio reader role is. The token
+//! token. A service account may do what the ClusterRoles and Roles bound to it allow (RBAC
+//! rules: verbs, API groups, resources and subresources, resource names; no aggregation),
+//! use discovery and ask `selfsubjectaccessreviews`; anything else gets RBAC's 403 message.
+//! With the charts' reader role, the reader token reads and writes nothing. The token
 //! controller fills token secrets with a token, the cluster's CA as `ca.crt` and the
 //! namespace, and deletes those of missing or deleted service accounts.
 //!
