@@ -1,6 +1,7 @@
 //! What the controllers of a real cluster would do, done at once on each write: defaults,
 //! cluster IPs, ready Deployments with their ReplicaSets, established CRDs, and tokens.
 
+use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 
 use base64::Engine;
@@ -33,6 +34,175 @@ pub fn token(cluster: &str, ns: &str, sa: &str, exp: Option<i64>) -> String {
         "{header}.{}.{sig}",
         URL_SAFE_NO_PAD.encode(claims.to_string())
     )
+}
+
+/// The node every pod runs on.
+const NODE: &str = "testcluster-node";
+
+/// The revision an istiod pod serves (label `istio.io/rev`, `default` when unset).
+pub fn istiod_revision(pod: &Value) -> String {
+    pod.pointer("/metadata/labels/istio.io~1rev")
+        .and_then(Value::as_str)
+        .unwrap_or("default")
+        .to_string()
+}
+
+/// What a crashing istiod prints.
+const ISTIOD_CACERTS_ERROR: &str =
+    "error\tfailed to create discovery service: incomplete signing CA bundle in cacerts\n";
+
+/// A running pod whose containers crash on start: not ready, in CrashLoopBackOff.
+fn crash(pod: &mut Value) {
+    let name = meta_str(pod, "name").to_string();
+    if let Some(Value::Array(cs)) = pod.pointer_mut("/status/conditions") {
+        for c in cs {
+            if c["type"] == "Ready" || c["type"] == "ContainersReady" {
+                c["status"] = json!("False");
+                c["reason"] = json!("ContainersNotReady");
+            }
+        }
+    }
+    if let Some(Value::Array(cs)) = pod.pointer_mut("/status/containerStatuses") {
+        for c in cs {
+            let container = c["name"].as_str().unwrap_or("").to_string();
+            c["ready"] = json!(false);
+            c["started"] = json!(false);
+            c["restartCount"] = json!(1);
+            c["state"] = json!({"waiting": {"reason": "CrashLoopBackOff", "message":
+                format!("back-off 10s restarting failed container={container} pod={name}")}});
+            c["lastState"] = json!({"terminated": {"exitCode": 255, "reason": "Error"}});
+        }
+    }
+}
+
+fn is_crashing(pod: &Value) -> bool {
+    pod.pointer("/status/containerStatuses")
+        .and_then(Value::as_array)
+        .is_some_and(|cs| {
+            cs.iter().any(|c| {
+                c.pointer("/state/waiting/reason").and_then(Value::as_str)
+                    == Some("CrashLoopBackOff")
+            })
+        })
+}
+
+/// Whether an istiod picks up a changed remote secret without a restart: Istio 1.31 and
+/// later, by the tag of its `discovery` (or first) container's image.
+pub fn istiod_reloads_remote_secrets(pod: &Value) -> bool {
+    let image = pod
+        .pointer("/spec/containers")
+        .and_then(Value::as_array)
+        .and_then(|cs| {
+            cs.iter()
+                .find(|c| c["name"] == "discovery")
+                .or_else(|| cs.first())
+        })
+        .and_then(|c| c.get("image"))
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let tag = image.rsplit_once(':').map(|(_, t)| t).unwrap_or("");
+    let mut parts = tag.split(['.', '-']).map(|p| p.parse::<u32>().ok());
+    matches!((parts.next(), parts.next()), (Some(Some(major)), Some(Some(minor))) if (major, minor) >= (1, 31))
+}
+
+/// A pod for a controller: `<prefix>-<5 random chars>`, labels, annotations and spec from the
+/// template, owned by `owner`.
+pub fn pod_from_template(prefix: &str, template: &Value, owner: Value) -> Value {
+    let mut meta = json!({
+        "name": format!("{prefix}-{}", random_string(5, b"bcdfghjklmnpqrstvwxz2456789")),
+        "generateName": format!("{prefix}-"),
+        "ownerReferences": [owner],
+    });
+    for field in ["labels", "annotations"] {
+        if let Some(v) = template.pointer(&format!("/metadata/{field}")) {
+            meta[field] = v.clone();
+        }
+    }
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": meta,
+        "spec": template.get("spec").cloned().unwrap_or(json!({})),
+    })
+}
+
+/// The status of a pod that runs, every container ready.
+pub fn running_status(pod: &Value, ip: &str, started: &str) -> Value {
+    let condition = |t: &str| json!({"type": t, "status": "True", "lastProbeTime": null, "lastTransitionTime": started});
+    let containers: Vec<Value> = pod
+        .pointer("/spec/containers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            json!({
+                "name": c.get("name").cloned().unwrap_or(json!("")),
+                "image": c.get("image").cloned().unwrap_or(json!("")),
+                "imageID": "",
+                "containerID": format!("containerd://{}", random_string(64, b"0123456789abcdef")),
+                "ready": true,
+                "started": true,
+                "restartCount": 0,
+                "state": {"running": {"startedAt": started}},
+            })
+        })
+        .collect();
+    json!({
+        "phase": "Running",
+        "hostIP": "172.18.0.2",
+        "hostIPs": [{"ip": "172.18.0.2"}],
+        "podIP": ip,
+        "podIPs": [{"ip": ip}],
+        "startTime": started,
+        "qosClass": "BestEffort",
+        "conditions": [
+            condition("PodReadyToStartContainers"),
+            condition("Initialized"),
+            condition("Ready"),
+            condition("ContainersReady"),
+            condition("PodScheduled"),
+        ],
+        "containerStatuses": containers,
+    })
+}
+
+/// Job admission: the controller-uid selector and the labels the job controller puts on its
+/// pods, and the defaults of `spec`.
+fn admit_job(old: Option<&Value>, obj: &mut Value) {
+    if let Some(old) = old {
+        // Selector and template labels are immutable; keep what admission set.
+        for p in ["/spec/selector", "/spec/template/metadata/labels"] {
+            if let Some(v) = old.pointer(p) {
+                let (parent, field) = p.rsplit_once('/').unwrap();
+                set_default(obj, parent, json!({}));
+                if let Some(o) = obj.pointer_mut(parent).and_then(Value::as_object_mut) {
+                    o.insert(field.into(), v.clone());
+                }
+            }
+        }
+        return;
+    }
+    let uid = meta_str(obj, "uid").to_string();
+    let name = meta_str(obj, "name").to_string();
+    set_default(obj, "/spec/selector/matchLabels", json!({}));
+    obj["spec"]["selector"]["matchLabels"]["batch.kubernetes.io/controller-uid"] = json!(uid);
+    set_default(obj, "/spec/template/metadata/labels", json!({}));
+    let labels = &mut obj["spec"]["template"]["metadata"]["labels"];
+    labels["batch.kubernetes.io/controller-uid"] = json!(uid);
+    labels["controller-uid"] = json!(uid);
+    labels["batch.kubernetes.io/job-name"] = json!(name);
+    labels["job-name"] = json!(name);
+    set_default(obj, "/spec/completions", json!(1));
+    set_default(obj, "/spec/parallelism", json!(1));
+    set_default(obj, "/spec/backoffLimit", json!(6));
+    set_default(obj, "/spec/completionMode", json!("NonIndexed"));
+    set_default(obj, "/spec/suspend", json!(false));
+    set_default(obj, "/spec/manualSelector", json!(false));
+    set_default(
+        obj,
+        "/spec/podReplacementPolicy",
+        json!("TerminatingOrFailed"),
+    );
 }
 
 /// The `pod-template-hash` of a pod template.
@@ -141,7 +311,11 @@ impl State {
                     set_default(obj, "/spec/ipFamilyPolicy", json!("SingleStack"));
                 }
                 if ty == "LoadBalancer" {
-                    if obj.pointer("/status/loadBalancer/ingress/0/ip").is_none() {
+                    if !self.load_balancer {
+                        if obj.pointer("/status/loadBalancer/ingress/0").is_none() {
+                            obj["status"] = json!({"loadBalancer": {}});
+                        }
+                    } else if obj.pointer("/status/loadBalancer/ingress/0/ip").is_none() {
                         let ip = self.allocate_ip("172.18.255");
                         obj["status"] =
                             json!({"loadBalancer": {"ingress": [{"ip": ip, "ipMode": "VIP"}]}});
@@ -150,6 +324,8 @@ impl State {
                     obj["status"] = json!({"loadBalancer": {}});
                 }
             }
+            ("", "pods") if old.is_none() => self.admit_pod(key, obj),
+            ("batch", "jobs") => admit_job(old, obj),
             ("apps", "deployments") => {
                 set_default(obj, "/spec/replicas", json!(1));
                 set_default(obj, "/spec/strategy/type", json!("RollingUpdate"));
@@ -165,7 +341,6 @@ impl State {
                 }
                 set_default(obj, "/spec/revisionHistoryLimit", json!(10));
                 set_default(obj, "/spec/progressDeadlineSeconds", json!(600));
-                let replicas = obj.pointer("/spec/replicas").cloned().unwrap_or(json!(1));
                 let template = obj.pointer("/spec/template").cloned().unwrap_or(json!({}));
                 let hash = template_hash(&template);
                 let uid = meta_str(obj, "uid").to_string();
@@ -193,24 +368,13 @@ impl State {
                 set_default(obj, "/metadata/annotations", json!({}));
                 obj["metadata"]["annotations"]["deployment.kubernetes.io/revision"] =
                     json!(revision.to_string());
-                let rs_name = format!("{}-{hash}", key.name);
-                let now = meta_str(obj, "creationTimestamp").to_string();
-                obj["status"] = json!({
-                    "observedGeneration": generation,
-                    "replicas": replicas,
-                    "updatedReplicas": replicas,
-                    "readyReplicas": replicas,
-                    "availableReplicas": replicas,
-                    "conditions": [
-                        {"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable",
-                         "message": "Deployment has minimum availability.", "lastUpdateTime": now, "lastTransitionTime": now},
-                        {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable",
-                         "message": format!("ReplicaSet \"{rs_name}\" has successfully progressed."),
-                         "lastUpdateTime": now, "lastTransitionTime": now},
-                    ],
-                });
+                obj["status"] = self.deployment_status(key, obj, generation);
             }
-            ("apps", "replicasets") | ("apps", "statefulsets") => {
+            ("apps", "replicasets") => {
+                set_default(obj, "/spec/replicas", json!(1));
+                obj["status"] = self.replicaset_status(obj, generation);
+            }
+            ("apps", "statefulsets") => {
                 let replicas = obj.pointer("/spec/replicas").cloned().unwrap_or(json!(1));
                 set_default(obj, "/spec/replicas", replicas.clone());
                 obj["status"] = json!({
@@ -280,9 +444,27 @@ impl State {
     pub(crate) fn after_write(&mut self, res: &Resource, key: &Key, obj: &Value) {
         match (res.group.as_str(), res.plural.as_str()) {
             ("apps", "deployments") => self.reconcile_replicasets(key, obj),
+            ("apps", "replicasets") => {
+                self.reconcile_pods(key, obj);
+                self.stale_status.push(key.clone());
+                self.owner_status_stale(obj);
+            }
+            ("", "pods") => self.owner_status_stale(obj),
+            ("batch", "jobs") => self.start_job(key, obj),
             ("apiextensions.k8s.io", "customresourcedefinitions") => self.registry.add_crd(obj),
             ("", "secrets") if State::is_token_secret_unfilled(obj) => {
                 self.pending_tokens.push(key.clone())
+            }
+            ("", "secrets") if key.name == "cacerts" => {
+                self.restart_crashing_istiods(&key.namespace)
+            }
+            ("", "secrets")
+                if obj
+                    .pointer("/metadata/labels/istio~1multiCluster")
+                    .and_then(Value::as_str)
+                    == Some("true") =>
+            {
+                self.istiod_sees_remote_secret(key, obj)
             }
             _ => {}
         }
@@ -355,8 +537,495 @@ impl State {
         let _ = self.create(&rs_res, &key.namespace, rs, false);
     }
 
+    /// Marks the status of an object's controlling ReplicaSet or Deployment for recomputing.
+    pub(crate) fn owner_status_stale(&mut self, obj: &Value) {
+        let Some(owner) = obj
+            .pointer("/metadata/ownerReferences")
+            .and_then(Value::as_array)
+            .and_then(|refs| refs.iter().find(|r| r["controller"] == true))
+        else {
+            return;
+        };
+        let plural = match owner["kind"].as_str() {
+            Some("ReplicaSet") => "replicasets",
+            Some("Deployment") => "deployments",
+            _ => return,
+        };
+        let key = Key {
+            group: "apps".into(),
+            plural: plural.into(),
+            namespace: meta_str(obj, "namespace").to_string(),
+            name: owner["name"].as_str().unwrap_or("").to_string(),
+        };
+        if !self.stale_status.contains(&key) {
+            self.stale_status.push(key);
+        }
+    }
+
+    /// Recomputes the status of a ReplicaSet or Deployment (a no-op write when unchanged).
+    pub(crate) fn refresh_status(&mut self, key: &Key) {
+        let (Some(obj), Some(res)) = (
+            self.objects.get(key).cloned(),
+            self.resource(&key.group, "v1", &key.plural),
+        ) else {
+            return;
+        };
+        let _ = self.update(&res, key, obj, WriteMode::Internal, false);
+    }
+
+    /// Pods controlled by the object with `uid` in `ns`: (total, ready).
+    fn pod_counts(&self, ns: &str, uid: &str) -> (u64, u64) {
+        let mut total = 0;
+        let mut ready = 0;
+        for (k, p) in self.objects.iter() {
+            if k.group.is_empty() && k.plural == "pods" && k.namespace == ns && owned_by(p, uid) {
+                total += 1;
+                if crate::proxy::pod_ready(p) {
+                    ready += 1;
+                }
+            }
+        }
+        (total, ready)
+    }
+
+    /// A ReplicaSet's status from its pods (zero counts left out, as the API server does).
+    fn replicaset_status(&self, rs: &Value, generation: Value) -> Value {
+        let (total, ready) = self.pod_counts(meta_str(rs, "namespace"), meta_str(rs, "uid"));
+        let mut status = json!({"observedGeneration": generation, "replicas": total});
+        if total > 0 {
+            status["fullyLabeledReplicas"] = json!(total);
+        }
+        if ready > 0 {
+            status["readyReplicas"] = json!(ready);
+            status["availableReplicas"] = json!(ready);
+        }
+        status
+    }
+
+    /// A Deployment's status from its ReplicaSets' pods: counts, and the Available and
+    /// Progressing conditions (timestamps kept while a condition does not change).
+    fn deployment_status(&self, key: &Key, dep: &Value, generation: Value) -> Value {
+        let desired = dep
+            .pointer("/spec/replicas")
+            .and_then(Value::as_u64)
+            .unwrap_or(1);
+        let uid = meta_str(dep, "uid");
+        let new_rs = format!(
+            "{}-{}",
+            key.name,
+            template_hash(dep.pointer("/spec/template").unwrap_or(&json!({})))
+        );
+        let (mut total, mut ready, mut updated) = (0, 0, 0);
+        for (k, rs) in self.objects.iter() {
+            if k.group == "apps"
+                && k.plural == "replicasets"
+                && k.namespace == key.namespace
+                && owned_by(rs, uid)
+            {
+                let (t, r) = self.pod_counts(&key.namespace, meta_str(rs, "uid"));
+                total += t;
+                ready += r;
+                if k.name == new_rs {
+                    updated = t;
+                }
+            }
+        }
+        let max_unavailable = match dep.pointer("/spec/strategy/rollingUpdate/maxUnavailable") {
+            Some(Value::String(p)) => p
+                .trim_end_matches('%')
+                .parse::<u64>()
+                .map(|pct| desired * pct / 100)
+                .unwrap_or(0),
+            Some(v) => v.as_u64().unwrap_or(0),
+            None => 0,
+        };
+        let now = crate::util::now_rfc3339();
+        let old = dep.pointer("/status/conditions").and_then(Value::as_array);
+        let condition = |t: &str, ok: bool, reason: &str, message: String| {
+            let status = if ok { "True" } else { "False" };
+            let same = old.and_then(|cs| {
+                cs.iter()
+                    .find(|c| c["type"] == t && c["status"] == status && c["reason"] == reason)
+            });
+            let (updated_at, transition) = match same {
+                Some(c) => (c["lastUpdateTime"].clone(), c["lastTransitionTime"].clone()),
+                None => (json!(now), json!(now)),
+            };
+            json!({"type": t, "status": status, "reason": reason, "message": message,
+                   "lastUpdateTime": updated_at, "lastTransitionTime": transition})
+        };
+        let available = ready >= desired.saturating_sub(max_unavailable);
+        let complete = updated == desired && total == desired && ready == desired;
+        let mut status = json!({
+            "observedGeneration": generation,
+            "replicas": total,
+            "conditions": [
+                if available {
+                    condition("Available", true, "MinimumReplicasAvailable",
+                              "Deployment has minimum availability.".into())
+                } else {
+                    condition("Available", false, "MinimumReplicasUnavailable",
+                              "Deployment does not have minimum availability.".into())
+                },
+                if complete {
+                    condition("Progressing", true, "NewReplicaSetAvailable",
+                              format!("ReplicaSet \"{new_rs}\" has successfully progressed."))
+                } else {
+                    condition("Progressing", true, "ReplicaSetUpdated",
+                              format!("ReplicaSet \"{new_rs}\" is progressing."))
+                },
+            ],
+        });
+        for (field, n) in [
+            ("updatedReplicas", updated),
+            ("readyReplicas", ready),
+            ("availableReplicas", ready),
+            (
+                "unavailableReplicas",
+                total.max(desired).saturating_sub(ready),
+            ),
+        ] {
+            if n > 0 {
+                status[field] = json!(n);
+            }
+        }
+        status
+    }
+
+    /// The ReplicaSet controller: as many pods as `spec.replicas`, owned by the ReplicaSet;
+    /// surplus pods are deleted, newest name last.
+    pub(crate) fn reconcile_pods(&mut self, rs_key: &Key, rs: &Value) {
+        let Some(pod_res) = self.resource("", "v1", "pods") else {
+            return;
+        };
+        let uid = meta_str(rs, "uid").to_string();
+        let want = rs
+            .pointer("/spec/replicas")
+            .and_then(Value::as_u64)
+            .unwrap_or(1) as usize;
+        let owned: Vec<Key> = self
+            .objects
+            .iter()
+            .filter(|(k, p)| {
+                k.group.is_empty()
+                    && k.plural == "pods"
+                    && k.namespace == rs_key.namespace
+                    && owned_by(p, &uid)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in owned.iter().skip(want) {
+            self.delete(k);
+        }
+        let template = rs.pointer("/spec/template").cloned().unwrap_or(json!({}));
+        let owner = json!({"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": rs_key.name,
+                           "uid": uid, "controller": true, "blockOwnerDeletion": true});
+        for _ in owned.len()..want {
+            let pod = pod_from_template(&rs_key.name, &template, owner.clone());
+            let _ = self.create(&pod_res, &rs_key.namespace, pod, false);
+        }
+    }
+
+    /// The scheduler and kubelet, done at once: a new pod is bound to the node, gets an IP from
+    /// the pod CIDR and runs Ready (unless it was created with a phase). Istio's injector
+    /// marks it `sidecar.istio.io/status` when its namespace selects a revision whose istiod
+    /// runs at that moment (pods created before that stay out of the mesh, as on a real
+    /// cluster).
+    fn admit_pod(&mut self, key: &Key, obj: &mut Value) {
+        set_default(obj, "/spec/nodeName", json!(NODE));
+        set_default(obj, "/spec/serviceAccountName", json!("default"));
+        set_default(obj, "/spec/restartPolicy", json!("Always"));
+        set_default(obj, "/spec/dnsPolicy", json!("ClusterFirst"));
+        set_default(obj, "/spec/schedulerName", json!("default-scheduler"));
+        set_default(obj, "/spec/terminationGracePeriodSeconds", json!(30));
+        let mut crashing = false;
+        if crate::proxy::is_istiod(obj) {
+            let root = crate::mesh::cacerts_root(self, &key.namespace);
+            self.istiod_roots.insert(key.clone(), root);
+            let loaded = self.remote_secrets_of(&key.namespace);
+            self.istiod_loaded.insert(key.clone(), loaded);
+            crashing = crate::mesh::cacerts(self, &key.namespace) == crate::mesh::Cacerts::Partial;
+        }
+        if let Some(rev) = self.injected_revision(&key.namespace, obj) {
+            set_default(obj, "/metadata/annotations", json!({}));
+            obj["metadata"]["annotations"]["sidecar.istio.io/status"] =
+                json!(json!({"containers": ["istio-proxy"], "revision": rev}).to_string());
+        }
+        if obj.pointer("/status/phase").is_some() {
+            return;
+        }
+        let ip = self.allocate_ip("10.244");
+        obj["status"] = running_status(obj, &ip, meta_str(obj, "creationTimestamp"));
+        if crashing {
+            crash(obj);
+            self.pod_logs
+                .insert(key.clone(), ISTIOD_CACERTS_ERROR.to_string());
+        }
+    }
+
+    /// The kubelet restarts crashing istiod containers: once `cacerts` in their namespace is
+    /// complete again (or gone), they start, loading it.
+    pub(crate) fn restart_crashing_istiods(&mut self, ns: &str) {
+        if crate::mesh::cacerts(self, ns) == crate::mesh::Cacerts::Partial {
+            return;
+        }
+        let Some(res) = self.resource("", "v1", "pods") else {
+            return;
+        };
+        let crashing: Vec<(Key, Value)> = self
+            .istiod_pods()
+            .filter(|(k, p)| k.namespace == ns && is_crashing(p))
+            .map(|(k, p)| (k.clone(), p.clone()))
+            .collect();
+        for (k, mut pod) in crashing {
+            let root = crate::mesh::cacerts_root(self, ns);
+            self.istiod_roots.insert(k.clone(), root);
+            self.pod_logs.remove(&k);
+            let ip = pod["status"]["podIP"].as_str().unwrap_or("").to_string();
+            let started = pod["status"]["startTime"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
+            pod["status"] = running_status(&pod, &ip, &started);
+            let _ = self.update(&res, &k, pod, WriteMode::Internal, false);
+        }
+    }
+
+    /// The istiod revision whose injector would inject a pod created now in `ns`: the
+    /// namespace's `istio-injection=enabled` (revision `default`) or `istio.io/rev` label,
+    /// when a Ready istiod of that revision runs, and the pod does not opt out.
+    pub(crate) fn injected_revision(&self, ns: &str, pod: &Value) -> Option<String> {
+        if pod
+            .pointer("/metadata/labels/sidecar.istio.io~1inject")
+            .and_then(Value::as_str)
+            == Some("false")
+        {
+            return None;
+        }
+        let rev = self.namespace_revision(ns)?;
+        self.revision_runs(&rev).then_some(rev)
+    }
+
+    /// The revision a namespace's labels select for injection.
+    pub(crate) fn namespace_revision(&self, ns: &str) -> Option<String> {
+        let labels = self
+            .objects
+            .get(&Key {
+                group: String::new(),
+                plural: "namespaces".into(),
+                namespace: String::new(),
+                name: ns.into(),
+            })?
+            .pointer("/metadata/labels")?;
+        let label = |k: &str| labels.get(k).and_then(Value::as_str);
+        match label("istio-injection") {
+            Some("enabled") => Some("default".into()),
+            Some(_) => None,
+            None => label("istio.io/rev").map(String::from),
+        }
+    }
+
+    /// Whether a Ready istiod pod of revision `rev` runs in this cluster.
+    pub(crate) fn revision_runs(&self, rev: &str) -> bool {
+        self.istiod_pods()
+            .any(|(_, p)| crate::proxy::pod_ready(p) && istiod_revision(p) == rev)
+    }
+
+    /// istiod's pods (label `app=istiod`).
+    pub(crate) fn istiod_pods(&self) -> impl Iterator<Item = (&Key, &Value)> {
+        self.objects
+            .iter()
+            .filter(|(k, p)| k.group.is_empty() && k.plural == "pods" && crate::proxy::is_istiod(p))
+    }
+
+    /// The job controller: one pod for a Job that has none and has not finished; the pod runs
+    /// shortly after (see `finish_job`).
+    fn start_job(&mut self, key: &Key, job: &Value) {
+        let uid = meta_str(job, "uid").to_string();
+        let finished = job
+            .pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .is_some_and(|c| !c.is_empty());
+        let has_pod = self.objects.iter().any(|(k, p)| {
+            k.group.is_empty()
+                && k.plural == "pods"
+                && k.namespace == key.namespace
+                && owned_by(p, &uid)
+        });
+        if finished || has_pod || job.pointer("/status/startTime").is_some() {
+            return;
+        }
+        let (Some(pod_res), Some(job_res)) = (
+            self.resource("", "v1", "pods"),
+            self.resource("batch", "v1", "jobs"),
+        ) else {
+            return;
+        };
+        let template = job.pointer("/spec/template").cloned().unwrap_or(json!({}));
+        let owner = json!({"apiVersion": "batch/v1", "kind": "Job", "name": key.name,
+                           "uid": uid, "controller": true, "blockOwnerDeletion": true});
+        let pod = pod_from_template(&key.name, &template, owner);
+        let Ok(pod) = self.create(&pod_res, &key.namespace, pod, false) else {
+            return;
+        };
+        let pod_key = Key::new(&pod_res, &key.namespace, meta_str(&pod, "name"));
+        self.pending_jobs.push(pod_key);
+        let mut job = job.clone();
+        job["status"] = json!({"active": 1, "ready": 0, "terminating": 0, "startTime": crate::util::now_rfc3339(),
+                   "uncountedTerminatedPods": {}});
+        let _ = self.update(&job_res, key, job, WriteMode::Internal, false);
+    }
+
+    /// The kubelet and job controller once a Job's pod has run: the pod Succeeded with `log` as
+    /// its output, the Job Complete.
+    pub fn finish_job(&mut self, pod_key: &Key, log: String) {
+        let Some(mut pod) = self.objects.get(pod_key).cloned() else {
+            return;
+        };
+        let (Some(pod_res), Some(job_res)) = (
+            self.resource("", "v1", "pods"),
+            self.resource("batch", "v1", "jobs"),
+        ) else {
+            return;
+        };
+        let now = crate::util::now_rfc3339();
+        self.pod_logs.insert(pod_key.clone(), log);
+        let started = pod
+            .pointer("/status/startTime")
+            .cloned()
+            .unwrap_or(json!(now));
+        let condition = |t: &str, status: &str| {
+            json!({"type": t, "status": status, "lastProbeTime": null, "lastTransitionTime": now,
+                   "reason": if status == "False" { json!("PodCompleted") } else { Value::Null }})
+        };
+        pod["status"]["phase"] = json!("Succeeded");
+        pod["status"]["conditions"] = json!([
+            condition("PodReadyToStartContainers", "False"),
+            condition("Initialized", "True"),
+            condition("Ready", "False"),
+            condition("ContainersReady", "False"),
+            condition("PodScheduled", "True"),
+        ]);
+        if let Some(Value::Array(cs)) = pod.pointer_mut("/status/containerStatuses") {
+            for c in cs {
+                c["ready"] = json!(false);
+                c["started"] = json!(false);
+                c["state"] = json!({"terminated": {"exitCode": 0, "reason": "Completed",
+                                                   "startedAt": started, "finishedAt": now}});
+            }
+        }
+        let _ = self.update(&pod_res, pod_key, pod.clone(), WriteMode::Internal, false);
+        let Some(owner) = pod
+            .pointer("/metadata/ownerReferences/0/name")
+            .and_then(Value::as_str)
+        else {
+            return;
+        };
+        let job_key = Key::new(&job_res, &pod_key.namespace, owner);
+        let Some(mut job) = self.objects.get(&job_key).cloned() else {
+            return;
+        };
+        let done = |t: &str, message: &str| {
+            json!({"type": t, "status": "True", "reason": "CompletionsReached", "message": message,
+                   "lastProbeTime": now, "lastTransitionTime": now})
+        };
+        job["status"] = json!({
+            "startTime": job.pointer("/status/startTime").cloned().unwrap_or(json!(now)),
+            "completionTime": now,
+            "succeeded": 1,
+            "ready": 0,
+            "terminating": 0,
+            "uncountedTerminatedPods": {},
+            "conditions": [
+                done("SuccessCriteriaMet", "Reached expected number of succeeded pods"),
+                done("Complete", "Reached expected number of succeeded pods"),
+            ],
+        });
+        let _ = self.update(&job_res, &job_key, job, WriteMode::Internal, false);
+    }
+
+    /// Every istiod pod of the secret's namespace loads the clusters it does not know yet;
+    /// from Istio 1.31 it also takes changed kubeconfigs (a rotated token), before it keeps the
+    /// one it loaded until it restarts (istio/istio#60612).
+    fn istiod_sees_remote_secret(&mut self, key: &Key, secret: &Value) {
+        let uid = meta_str(secret, "uid").to_string();
+        let data: Vec<(String, String)> = secret
+            .get("data")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
+            .collect();
+        let pods: Vec<(Key, bool)> = self
+            .istiod_pods()
+            .filter(|(k, _)| k.namespace == key.namespace)
+            .map(|(k, p)| (k.clone(), istiod_reloads_remote_secrets(p)))
+            .collect();
+        for (pod, reloads) in pods {
+            let loaded = self.istiod_loaded.entry(pod).or_default();
+            for (id, kubeconfig) in &data {
+                let slot = (uid.clone(), id.clone());
+                if reloads || !loaded.contains_key(&slot) {
+                    loaded.insert(slot, kubeconfig.clone());
+                }
+            }
+        }
+    }
+
+    /// The kubeconfigs of the remote secrets in `ns`, by (secret uid, cluster id), as a
+    /// starting istiod loads them.
+    fn remote_secrets_of(&self, ns: &str) -> BTreeMap<(String, String), String> {
+        let mut out = BTreeMap::new();
+        for (k, s) in self.objects.iter() {
+            let remote = s
+                .pointer("/metadata/labels/istio~1multiCluster")
+                .and_then(Value::as_str)
+                == Some("true");
+            if !(k.group.is_empty() && k.plural == "secrets" && k.namespace == ns && remote) {
+                continue;
+            }
+            let uid = meta_str(s, "uid").to_string();
+            for (id, v) in s
+                .get("data")
+                .and_then(Value::as_object)
+                .into_iter()
+                .flatten()
+            {
+                out.insert(
+                    (uid.clone(), id.clone()),
+                    v.as_str().unwrap_or("").to_string(),
+                );
+            }
+        }
+        out
+    }
+
+    /// The load-balancer controller, switched on: every pending LoadBalancer Service gets an
+    /// address.
+    pub fn assign_load_balancers(&mut self) {
+        let Some(svc) = self.resource("", "v1", "services") else {
+            return;
+        };
+        let pending: Vec<(Key, Value)> = self
+            .objects
+            .iter()
+            .filter(|(k, o)| {
+                k.group.is_empty()
+                    && k.plural == "services"
+                    && o.pointer("/spec/type").and_then(Value::as_str) == Some("LoadBalancer")
+                    && o.pointer("/status/loadBalancer/ingress/0").is_none()
+            })
+            .map(|(k, o)| (k.clone(), o.clone()))
+            .collect();
+        for (k, mut o) in pending {
+            let ip = self.allocate_ip("172.18.255");
+            o["status"] = json!({"loadBalancer": {"ingress": [{"ip": ip, "ipMode": "VIP"}]}});
+            let _ = self.update(&svc, &k, o, WriteMode::Internal, false);
+        }
+    }
+
     /// The answer to `POST .../serviceaccounts/NAME/token`.
-    pub fn token_request(&self, ns: &str, sa: &str, mut body: Value) -> Value {
+    pub fn token_request(&mut self, ns: &str, sa: &str, mut body: Value) -> Value {
         let seconds = body
             .pointer("/spec/expirationSeconds")
             .and_then(Value::as_i64)
@@ -367,10 +1036,54 @@ impl State {
         set_default(&mut body, "/metadata/name", json!(sa));
         body["metadata"]["namespace"] = json!(ns);
         body["metadata"]["creationTimestamp"] = Value::Null;
+        let t = token(&self.cluster, ns, sa, Some(exp));
+        let sa_uid = self
+            .objects
+            .get(&Key {
+                group: String::new(),
+                plural: "serviceaccounts".into(),
+                namespace: ns.into(),
+                name: sa.into(),
+            })
+            .map(|o| meta_str(o, "uid").to_string())
+            .unwrap_or_default();
+        self.issued.insert(
+            t.clone(),
+            crate::auth::Issued {
+                namespace: ns.into(),
+                name: sa.into(),
+                sa_uid,
+                expires: exp,
+            },
+        );
         body["status"] = json!({
-            "token": token(&self.cluster, ns, sa, Some(exp)),
+            "token": t,
             "expirationTimestamp": crate::util::rfc3339(exp),
         });
         body
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn istiod_reloads_remote_secrets_from_1_31() {
+        let pod =
+            |image: &str| json!({"spec": {"containers": [{"name": "discovery", "image": image}]}});
+        assert!(!istiod_reloads_remote_secrets(&pod(
+            "docker.io/istio/pilot:1.28.1"
+        )));
+        assert!(istiod_reloads_remote_secrets(&pod(
+            "docker.io/istio/pilot:1.31.0"
+        )));
+        assert!(istiod_reloads_remote_secrets(&pod(
+            "localhost:5000/pilot:1.32.1-distroless"
+        )));
+        assert!(
+            !istiod_reloads_remote_secrets(&pod("pilot")),
+            "unknown: the old behaviour"
+        );
     }
 }

@@ -1,28 +1,94 @@
 //! In-memory Kubernetes API servers for meshup's end-to-end tests.
 //!
-//! [`TestCluster::start`] serves one cluster on its own `127.0.0.1` port over plain HTTP, good
-//! enough for real `helm` (3.19, 4.1) and `kubectl` (1.34, 1.35): discovery, OpenAPI v3,
-//! create/update/patch (merge, strategic, JSON, server-side apply)/delete, selectors, watches,
-//! and the bits of controller behaviour installs wait for (ready Deployments with ReplicaSets,
-//! established CRDs, service IPs, service-account tokens). Objects are plain JSON.
+//! [`TestCluster::start`] serves one cluster on its own `127.0.0.1` port, good enough for the
+//! real `helm` (3.19, 4.1) and `kubectl` (1.34, 1.35), and honest about what real clusters do
+//! where meshup's behaviour depends on it. Objects are plain JSON.
+//!
+//! # The API
+//! Discovery, OpenAPI v3, create/update/patch (merge, strategic, JSON, server-side
+//! apply)/delete, label and field selectors, watches (chunked, with initial events and
+//! bookmarks), protobuf request bodies of the kinds clients send that way, `dryRun`,
+//! 409 AlreadyExists and 409 Conflict on a stale `resourceVersion`. A write that changes
+//! nothing keeps the `resourceVersion` and sends no event. `coordination.k8s.io/v1` leases are
+//! served (an update without `resourceVersion` is refused, as leases allow no unconditional
+//! update); Deployments have `status` and `scale`.
+//!
+//! # Transport and credentials
+//! Each cluster has its own CA ([`TestCluster::ca_pem`]) and serves HTTPS with a certificate
+//! for IP 127.0.0.1 and DNS `localhost` ([`TestCluster::url`] is `https://127.0.0.1:PORT`),
+//! from a listener with a backlog of 1024. Every request needs `Authorization: Bearer T`
+//! where T is the admin token ([`TestCluster::admin_token`], written by [`write_kubeconfig`]
+//! with the CA), the `data.token` of a live `kubernetes.io/service-account-token` Secret, or a
+//! TokenRequest token that has not expired; the service account must still exist. Anything
+//! else gets 401 Unauthorized; `/version` and the health endpoints may be read without a
+//! token. A service account may do what the ClusterRoles and Roles bound to it allow (RBAC
+//! rules: verbs, API groups, resources and subresources, resource names; no aggregation),
+//! use discovery and ask `selfsubjectaccessreviews`; anything else gets RBAC's 403 message.
+//! With the charts' reader role, the reader token reads and writes nothing. The token
+//! controller fills token secrets with a token, the cluster's CA as `ca.crt` and the
+//! namespace, and deletes those of missing or deleted service accounts.
+//!
+//! # Controllers
+//! Done at once on each write: namespace, service (cluster IPs; LoadBalancer addresses unless
+//! [`Options::load_balancer`] is off) and CRD status; Deployments get a ReplicaSet per pod
+//! template and ReplicaSets a Running, Ready pod per replica (`<rs>-<5 chars>`, owned by the
+//! ReplicaSet, IP from 10.244.0.0/16); scaling, new templates and deletions act on pods as the
+//! ReplicaSet controller and garbage collector would. Jobs get the `controller-uid` selector
+//! and labels and one pod that runs at once and completes the Job. A pod created in a
+//! namespace that selects a running istiod revision (`istio-injection=enabled` for
+//! `default`, or `istio.io/rev`) is marked injected (`sidecar.istio.io/status`).
+//!
+//! # Pods as istiod and as a curl client
+//! `GET /api/v1/namespaces/NS/pods/NAME[:PORT]/proxy/PATH` reaches istiod's `/debug/clusterz`
+//! on port 15014 (`http-monitoring`) of a ready `app=istiod` pod: istiod's own cluster (its
+//! `CLUSTER_ID`), then one entry per data key of the `istio/multiCluster=true` secrets of its
+//! namespace (own id and ids already registered skipped), `synced` when the kubeconfig's
+//! loopback server verifies against the kubeconfig's CA and its token may read, `syncing`
+//! within [`Options::sync_delay`] of the secret's creation, `timeout` otherwise. Non-loopback
+//! servers are never contacted. Nothing else listens in a pod (503, connection refused), and
+//! with [`Options::pod_proxy`] off the API server reaches no pod at all.
+//!
+//! A Job whose container has env `URL` (`http://SVC.NS:PORT/...`) and `REQUESTS` prints, in its
+//! pod's log (`kubectl logs job/NAME`), one line per request: `Hello version: V, instance: POD`
+//! from the reachable endpoints in turn, or `request failed`. Reachability across the clusters
+//! of this process (injection, clusterz, the root of trust istiod loaded at start, networks
+//! and east-west gateways) is described in the `mesh` module and follows Istio.
+//!
+//! # Faults and inspection
+//! [`TestCluster::outage_after_writes`] resets every connection for a while after a number of
+//! writes; [`TestCluster::set_random_faults`] answers a seeded fraction of requests with 503 or
+//! a reset; [`TestCluster::set_latency`], [`TestCluster::stop`] and [`TestCluster::restart`]
+//! change the server while it runs. [`TestCluster::requests_log`] lists every request with
+//! its answer and caller; [`TestCluster::get`], [`TestCluster::list`], [`TestCluster::put`]
+//! and [`TestCluster::delete`] read and change the store directly, and
+//! [`TestCluster::request`] is a small HTTPS client for tests that need no kubectl.
 
+#![warn(missing_docs)]
+
+mod auth;
 mod controllers;
+mod mesh;
+mod net;
 mod patch;
 mod proto;
+mod proxy;
 mod registry;
 mod selector;
 mod server;
 mod store;
+mod tls;
 mod util;
 
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
 use serde_json::Value;
 
 pub use server::GIT_VERSION;
@@ -30,11 +96,99 @@ pub use server::GIT_VERSION;
 use server::Shared;
 use store::{Key, State};
 
-/// How a test cluster behaves.
-#[derive(Debug, Clone, Default)]
+/// How a test cluster behaves. Every field can also be changed while it runs.
+#[derive(Debug, Clone)]
 pub struct Options {
     /// Added to every request before it is answered (to model a remote API server).
     pub latency: Duration,
+    /// Whether the API server can reach pods through the `proxy` subresource (default true).
+    /// Off models a private control plane: every pod proxy request answers 503.
+    pub pod_proxy: bool,
+    /// How long istiod reports a peer as `syncing` after its remote secret appeared (default
+    /// zero: it syncs, or times out, at once).
+    pub sync_delay: Duration,
+    /// Whether LoadBalancer Services get `status.loadBalancer.ingress[0].ip` (default true);
+    /// false leaves them pending, as on a cluster without a load-balancer controller.
+    pub load_balancer: bool,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            latency: Duration::ZERO,
+            pod_proxy: true,
+            sync_delay: Duration::ZERO,
+            load_balancer: true,
+        }
+    }
+}
+
+/// One request as the API server saw it, in [`TestCluster::requests_log`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoggedRequest {
+    /// `GET`, `POST`, `PUT`, `PATCH` or `DELETE`.
+    pub method: String,
+    /// Path with query, as sent.
+    pub path: String,
+    /// The status code answered; 0 when the connection was reset instead (a fault).
+    pub status: u16,
+    /// `admin`, `system:serviceaccount:NS:NAME`, `system:anonymous` (no token) or `-` (a token
+    /// that was refused).
+    pub who: String,
+}
+
+/// The answer to [`TestCluster::request`].
+#[derive(Debug, Clone)]
+pub struct HttpReply {
+    /// HTTP status code.
+    pub status: u16,
+    /// The body, as text.
+    pub body: String,
+}
+
+/// Random faults: fractions of requests answered 503 or reset, drawn from a seeded generator so
+/// that a test sees the same faults on every run.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RandomFaults {
+    /// Seed of the generator.
+    pub seed: u64,
+    /// Fraction (0..=1) of requests answered 503 ServiceUnavailable.
+    pub unavailable: f64,
+    /// Fraction (0..=1) of requests whose connection is reset.
+    pub reset: f64,
+}
+
+/// A failed [`TestCluster::put`]: what the API server would have answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiFailure {
+    /// HTTP status code, e.g. 404 or 409.
+    pub code: u16,
+    /// The `Status` reason, e.g. `NotFound`.
+    pub reason: String,
+    /// The `Status` message.
+    pub message: String,
+}
+
+impl std::fmt::Display for ApiFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}: {}", self.code, self.reason, self.message)
+    }
+}
+
+impl std::error::Error for ApiFailure {}
+
+/// The running clusters of this process, so that one can reach another's state (traffic
+/// emulation) by the port its URL names.
+static RUNNING: Mutex<Vec<(u16, Weak<Shared>)>> = Mutex::new(Vec::new());
+
+/// The running cluster serving `port`, if any.
+pub(crate) fn cluster_by_port(port: u16) -> Option<Arc<Shared>> {
+    RUNNING
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(p, _)| *p == port)
+        .and_then(|(_, w)| w.upgrade())
 }
 
 /// One in-memory Kubernetes API server. Dropping it stops the server.
@@ -42,40 +196,47 @@ pub struct TestCluster {
     name: String,
     addr: SocketAddr,
     shared: Arc<Shared>,
-    stop_tx: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
+    runtime: tokio::runtime::Handle,
+    shutdown: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
-}
-
-/// A self-signed CA certificate, different for every cluster, for `ca.crt` of token secrets.
-fn ca_pem(name: &str) -> String {
-    let key = rcgen::KeyPair::generate().expect("generate a key");
-    let mut params =
-        rcgen::CertificateParams::new(Vec::<String>::new()).expect("certificate params");
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, format!("testcluster-{name}-ca"));
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    params.self_signed(&key).expect("self-sign").pem()
+    /// Stops the accept loop; its receiver acknowledges once the listener is closed.
+    serving: Mutex<
+        Option<(
+            tokio::sync::watch::Sender<bool>,
+            std::sync::mpsc::Receiver<()>,
+        )>,
+    >,
 }
 
 impl TestCluster {
-    /// Starts a cluster on a free port of 127.0.0.1, served by its own thread and tokio runtime.
+    /// Starts a cluster on a free port of 127.0.0.1, served over HTTPS by its own thread and
+    /// tokio runtime, with a CA of its own and a random admin token.
     pub fn start(name: &str, options: Options) -> TestCluster {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-        listener
-            .set_nonblocking(true)
-            .expect("non-blocking listener");
+        let listener = net::bind("127.0.0.1:0".parse().unwrap()).expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("local address");
+        let pki = tls::Pki::new(name);
+        let mut state = State::new(name, pki.ca_pem.clone());
+        state.load_balancer = options.load_balancer;
         let shared = Arc::new(Shared {
             name: name.to_string(),
-            state: Mutex::new(State::new(name, ca_pem(name))),
-            latency: options.latency,
+            state: Mutex::new(state),
+            latency_ns: AtomicU64::new(options.latency.as_nanos() as u64),
             requests: AtomicU64::new(0),
             mutations: AtomicU64::new(0),
             log: std::env::var_os("TESTCLUSTER_LOG").is_some(),
+            pki,
+            admin_token: format!(
+                "admin-{}",
+                util::random_string(32, b"abcdefghijklmnopqrstuvwxyz0123456789")
+            ),
+            faults: Mutex::new(net::Faults::default()),
+            cut: tokio::sync::watch::Sender::new(net::Cut::default()),
+            request_log: Mutex::new(Vec::new()),
+            pod_proxy: AtomicBool::new(options.pod_proxy),
+            sync_delay_ms: AtomicU64::new(options.sync_delay.as_millis() as u64),
         });
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let app_state = shared.clone();
+        let (handle_tx, handle_rx) = std::sync::mpsc::channel();
+        let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
             .name(format!("testcluster-{name}"))
             .spawn(move || {
@@ -83,50 +244,86 @@ impl TestCluster {
                     .enable_all()
                     .build()
                     .expect("tokio runtime");
+                handle_tx.send(rt.handle().clone()).unwrap();
                 rt.block_on(async move {
-                    let listener =
-                        tokio::net::TcpListener::from_std(listener).expect("tokio listener");
-                    let app = axum::Router::new()
-                        .fallback(server::handle)
-                        .with_state(app_state);
-                    tokio::select! {
-                        r = axum::serve(listener, app) => { let _ = r; }
-                        _ = stop_rx => {}
-                    }
+                    let _ = shutdown_rx.await;
                 });
                 // Dropping the runtime cancels the open connections and watches.
                 rt.shutdown_timeout(Duration::from_millis(100));
             })
             .expect("spawn server thread");
-        TestCluster {
+        let runtime = handle_rx.recv().expect("runtime handle");
+        RUNNING
+            .lock()
+            .unwrap()
+            .push((addr.port(), Arc::downgrade(&shared)));
+        let cluster = TestCluster {
             name: name.to_string(),
             addr,
             shared,
-            stop_tx: Mutex::new(Some(stop_tx)),
+            runtime,
+            shutdown: Mutex::new(Some(shutdown_tx)),
             thread: Mutex::new(Some(thread)),
-        }
+            serving: Mutex::new(None),
+        };
+        cluster.serve(listener);
+        cluster
     }
 
+    fn serve(&self, listener: std::net::TcpListener) {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let shared = self.shared.clone();
+        self.runtime.spawn(async move {
+            if let Ok(l) = tokio::net::TcpListener::from_std(listener) {
+                net::accept_loop(shared, l, stop_rx).await;
+            }
+            let _ = done_tx.send(());
+        });
+        *self.serving.lock().unwrap() = Some((stop_tx, done_rx));
+    }
+
+    /// The cluster's name, as given to [`TestCluster::start`].
     pub fn name(&self) -> &str {
         &self.name
     }
 
-    /// `http://127.0.0.1:PORT`
+    /// `https://127.0.0.1:PORT`
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("https://{}", self.addr)
     }
 
-    /// Stops serving; afterwards connections to the port are refused. The stored objects stay
-    /// readable through [`TestCluster::get`] and [`TestCluster::list`].
+    /// The PEM of the cluster's own CA, which signed its serving certificate (for IP 127.0.0.1
+    /// and DNS `localhost`); token secrets carry it as `ca.crt`.
+    pub fn ca_pem(&self) -> &str {
+        &self.shared.pki.ca_pem
+    }
+
+    /// The bearer token of the cluster's admin (random per cluster).
+    pub fn admin_token(&self) -> &str {
+        &self.shared.admin_token
+    }
+
+    /// Stops serving: the listener closes (new connections are refused) and open connections
+    /// and watches are closed. The stored objects stay, readable through [`TestCluster::get`]
+    /// and [`TestCluster::list`], and [`TestCluster::restart`] serves them again.
     pub fn stop(&self) {
-        if let Some(tx) = self.stop_tx.lock().unwrap().take() {
-            let _ = tx.send(());
+        if let Some((stop, done)) = self.serving.lock().unwrap().take() {
+            let _ = stop.send(true);
+            let _ = done.recv_timeout(Duration::from_secs(5));
         }
-        if let Some(t) = self.thread.lock().unwrap().take() {
-            let _ = t.join();
-        }
+        self.shared.cut_all(false, None);
     }
 
+    /// Serves the same state on the same port again after [`TestCluster::stop`] (a restarted
+    /// API server). Does nothing while serving.
+    pub fn restart(&self) {
+        if self.serving.lock().unwrap().is_some() {
+            return;
+        }
+        let listener = net::bind(self.addr).expect("bind the cluster's port again");
+        self.serve(listener);
+    }
     /// The stored object at an API path, e.g. `/api/v1/namespaces/istio-system/secrets/cacerts`.
     pub fn get(&self, path: &str) -> Option<Value> {
         let st = self.shared.state.lock().unwrap();
@@ -159,6 +356,153 @@ impl TestCluster {
     pub fn mutations(&self) -> u64 {
         self.shared.mutations.load(Ordering::Relaxed)
     }
+
+    /// Sends one HTTPS request to this cluster, verifying its certificate against its CA, with
+    /// `token` as bearer token (none: anonymous) and `body` as JSON: a client for tests that
+    /// need no kubectl. Errors are transport failures (refused, reset, timeout).
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> Result<HttpReply, String> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        let body = body.map(|b| serde_json::to_vec(b).unwrap());
+        let reply = rt
+            .block_on(tls::request(
+                self.addr.port(),
+                "127.0.0.1",
+                self.ca_pem().as_bytes(),
+                tls::Call {
+                    method,
+                    path,
+                    token,
+                    body: body.as_deref(),
+                },
+                Duration::from_secs(30),
+            ))
+            .map_err(|e| e.to_string())?;
+        Ok(HttpReply {
+            status: reply.status,
+            body: String::from_utf8_lossy(&reply.body).into_owned(),
+        })
+    }
+
+    /// Every request so far, in the order they were answered.
+    pub fn requests_log(&self) -> Vec<LoggedRequest> {
+        self.shared.request_log.lock().unwrap().clone()
+    }
+
+    /// Changes the latency added to every request from now on.
+    pub fn set_latency(&self, latency: Duration) {
+        self.shared
+            .latency_ns
+            .store(latency.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    /// After the `k`-th write request (POST, PUT, PATCH, DELETE) from now has been answered,
+    /// every connection is reset for `length`: open keep-alive connections and watches are cut,
+    /// new connections are reset as they are accepted, and requests on a connection that
+    /// survived get a reset instead of an answer. Calls queue several outages; overlapping ones
+    /// add up.
+    pub fn outage_after_writes(&self, k: u64, length: Duration) {
+        self.shared
+            .faults
+            .lock()
+            .unwrap()
+            .outage_after_writes(k, length);
+    }
+
+    /// Answers a fraction of requests with 503 or a reset, from now on (zero rates turn it off).
+    pub fn set_random_faults(&self, faults: RandomFaults) {
+        self.shared.faults.lock().unwrap().set_random(
+            faults.seed,
+            faults.unavailable,
+            faults.reset,
+        );
+    }
+
+    /// Lets the API server reach pods through the `proxy` subresource, or not (see
+    /// [`Options::pod_proxy`]).
+    pub fn set_pod_proxy(&self, enabled: bool) {
+        self.shared.pod_proxy.store(enabled, Ordering::Relaxed);
+    }
+
+    /// Changes [`Options::sync_delay`].
+    pub fn set_sync_delay(&self, delay: Duration) {
+        self.shared
+            .sync_delay_ms
+            .store(delay.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Turns the load-balancer controller on or off (see [`Options::load_balancer`]); turning
+    /// it on gives pending LoadBalancer Services their address.
+    pub fn set_load_balancer(&self, enabled: bool) {
+        let mut st = self.shared.state.lock().unwrap();
+        st.load_balancer = enabled;
+        if enabled {
+            st.assign_load_balancers();
+        }
+    }
+
+    /// Creates or replaces the object at `path` (an object path, or a collection path and the
+    /// name in `object`), through the same defaults and controllers as an API request; a
+    /// `status` in `object` is written too. The resourceVersion in `object` is ignored.
+    pub fn put(&self, path: &str, mut object: Value) -> Result<Value, ApiFailure> {
+        let failure = |e: store::ApiError| ApiFailure {
+            code: e.code,
+            reason: e.reason.to_string(),
+            message: e.message,
+        };
+        let mut st = self.shared.state.lock().unwrap();
+        let (t, _) = target(&st, path).ok_or_else(|| ApiFailure {
+            code: 404,
+            reason: "NotFound".into(),
+            message: format!("no resource at `{path}`"),
+        })?;
+        if let Some(m) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+            m.remove("resourceVersion");
+        }
+        let meta = |f: &str| store::meta_str(&object, f).to_string();
+        let name = t.name.clone().unwrap_or_else(|| meta("name"));
+        let ns = t.ns.clone().unwrap_or_else(|| meta("namespace"));
+        let key = Key::new(&t.res, &ns, &name);
+        let status = object.get("status").cloned();
+        let result = if st.objects.contains_key(&key) {
+            st.update(&t.res, &key, object, store::WriteMode::Main, false)
+        } else {
+            if object.is_object() {
+                object["metadata"]["name"] = Value::String(name.clone());
+            }
+            st.create(&t.res, &ns, object, false)
+        };
+        let result = match (result, status) {
+            (Ok(_), Some(status)) if t.res.has_status() => {
+                let mut with_status = st.objects.get(&key).cloned().unwrap_or_default();
+                with_status["status"] = status;
+                st.update(&t.res, &key, with_status, store::WriteMode::Status, false)
+            }
+            (r, _) => r,
+        };
+        let pending = st.take_pending();
+        drop(st);
+        let _guard = self.runtime.enter();
+        server::spawn_pending(&self.shared, pending);
+        result.map_err(failure)
+    }
+
+    /// Deletes the object at `path` and what depends on it (owned objects, a namespace's
+    /// contents), as the API server and its garbage collector would; returns the deleted object.
+    pub fn delete(&self, path: &str) -> Option<Value> {
+        let mut st = self.shared.state.lock().unwrap();
+        let (t, _) = target(&st, path)?;
+        let key = Key::new(&t.res, t.ns.as_deref().unwrap_or(""), t.name.as_deref()?);
+        st.delete(&key)
+    }
 }
 
 fn target(st: &State, path: &str) -> Option<(server::Target, ())> {
@@ -175,21 +519,38 @@ fn target(st: &State, path: &str) -> Option<(server::Target, ())> {
 impl Drop for TestCluster {
     fn drop(&mut self) {
         self.stop();
+        RUNNING
+            .lock()
+            .unwrap()
+            .retain(|(p, w)| *p != self.addr.port() && w.strong_count() > 0);
+        if let Some(tx) = self.shutdown.lock().unwrap().take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.lock().unwrap().take() {
+            let _ = t.join();
+        }
     }
 }
 
 /// Writes a kubeconfig with one context per cluster: context, cluster and user all named after
-/// the [`TestCluster`] name (the user has a dummy token), server = [`TestCluster::url`].
+/// the [`TestCluster`] name; server = [`TestCluster::url`] with the cluster's CA as
+/// `certificate-authority-data`; the user holds the cluster's [`TestCluster::admin_token`].
 pub fn write_kubeconfig(path: &Path, clusters: &[&TestCluster]) -> std::io::Result<()> {
     let mut out = String::from("apiVersion: v1\nkind: Config\nclusters:\n");
     for c in clusters {
-        out += &format!("- name: {}\n  cluster:\n    server: {}\n", c.name, c.url());
+        out += &format!(
+            "- name: {}\n  cluster:\n    server: {}\n    certificate-authority-data: {}\n",
+            c.name,
+            c.url(),
+            STANDARD.encode(c.ca_pem())
+        );
     }
     out += "users:\n";
     for c in clusters {
         out += &format!(
-            "- name: {}\n  user:\n    token: testcluster-{}-token\n",
-            c.name, c.name
+            "- name: {}\n  user:\n    token: {}\n",
+            c.name,
+            c.admin_token()
         );
     }
     out += "contexts:\n";

@@ -139,6 +139,7 @@ impl Registry {
             builtin("apps/v1", "statefulsets", "StatefulSet", true, &["sts"]),
             builtin("apps/v1", "daemonsets", "DaemonSet", true, &["ds"]),
             builtin("batch/v1", "jobs", "Job", true, &[]),
+            builtin("coordination.k8s.io/v1", "leases", "Lease", true, &[]),
             builtin(
                 "autoscaling/v2",
                 "horizontalpodautoscalers",
@@ -246,8 +247,7 @@ impl Registry {
                 res.create_only = true;
             }
             match res.plural.as_str() {
-                "pods"
-                | "services"
+                "services"
                 | "namespaces"
                 | "replicasets"
                 | "statefulsets"
@@ -268,6 +268,25 @@ impl Registry {
                         "autoscaling".into(),
                         "v1".into(),
                         vec!["get".into(), "patch".into(), "update".into()],
+                    ));
+                }
+                "pods" => {
+                    res.subresources.push(status_sub("Pod"));
+                    res.subresources.push((
+                        "log".into(),
+                        "Pod".into(),
+                        String::new(),
+                        String::new(),
+                        vec!["get".into()],
+                    ));
+                    res.subresources.push((
+                        "proxy".into(),
+                        "PodProxyOptions".into(),
+                        String::new(),
+                        String::new(),
+                        ["create", "delete", "get", "patch", "update"]
+                            .map(String::from)
+                            .to_vec(),
                     ));
                 }
                 "serviceaccounts" => res.subresources.push((

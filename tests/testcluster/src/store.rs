@@ -118,6 +118,7 @@ pub enum WriteMode {
     Internal,
 }
 
+/// Everything one cluster stores, and the controllers' bookkeeping.
 pub struct State {
     pub cluster: String,
     pub ca_pem: String,
@@ -131,8 +132,40 @@ pub struct State {
     next_ip: u32,
     /// Token secrets the token controller fills in shortly.
     pub pending_tokens: Vec<Key>,
+    /// Tokens issued by TokenRequests.
+    pub issued: HashMap<String, crate::auth::Issued>,
+    /// Whether LoadBalancer Services get an address (a load-balancer controller runs).
+    pub load_balancer: bool,
+    /// When each live object was created: its first resourceVersion (creation order) and
+    /// instant.
+    pub born: HashMap<Key, (u64, std::time::Instant)>,
+    /// What each pod's containers printed (`.../pods/NAME/log`).
+    pub pod_logs: HashMap<Key, String>,
+    /// The root of trust each istiod pod loaded from `cacerts` when it started (`None`: a
+    /// self-signed root of its own).
+    pub istiod_roots: HashMap<Key, Option<String>>,
+    /// The remote-secret kubeconfigs each istiod pod loaded: (secret uid, cluster id) →
+    /// base64 kubeconfig. Before Istio 1.31 istiod keeps what it loaded when the secret
+    /// changes.
+    pub istiod_loaded: HashMap<Key, BTreeMap<(String, String), String>>,
+    /// Workloads (ReplicaSets, Deployments) whose status must be recomputed from their pods.
+    pub stale_status: Vec<Key>,
+    depth: u32,
+    flushing: bool,
+    /// Client pods of Jobs that the job controller runs shortly.
+    pub pending_jobs: Vec<Key>,
 }
 
+/// Work the controllers do shortly after a write, outside the request.
+#[derive(Debug, Default)]
+pub struct Pending {
+    /// Token secrets to fill.
+    pub tokens: Vec<Key>,
+    /// Job pods to run.
+    pub jobs: Vec<Key>,
+}
+
+/// A string field of `metadata`, empty when absent.
 pub fn meta_str<'a>(obj: &'a Value, field: &str) -> &'a str {
     obj.get("metadata")
         .and_then(|m| m.get(field))
@@ -178,6 +211,16 @@ impl State {
             applied: HashMap::new(),
             next_ip: 1,
             pending_tokens: Vec::new(),
+            issued: HashMap::new(),
+            load_balancer: true,
+            born: HashMap::new(),
+            pod_logs: HashMap::new(),
+            istiod_roots: HashMap::new(),
+            istiod_loaded: HashMap::new(),
+            stale_status: Vec::new(),
+            depth: 0,
+            flushing: false,
+            pending_jobs: Vec::new(),
         };
         let ns = s.registry.find("", "v1", "namespaces").unwrap().clone();
         for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
@@ -239,7 +282,58 @@ impl State {
         Ok(())
     }
 
+    /// Creates an object (admission, then the controllers' follow-up writes).
     pub fn create(
+        &mut self,
+        res: &Resource,
+        ns: &str,
+        obj: Value,
+        dry_run: bool,
+    ) -> Result<Value, ApiError> {
+        self.depth += 1;
+        let r = self.create_inner(res, ns, obj, dry_run);
+        self.leave();
+        r
+    }
+
+    /// Replaces an existing object with `obj` (the outcome of a PUT or a patch).
+    pub fn update(
+        &mut self,
+        res: &Resource,
+        key: &Key,
+        obj: Value,
+        mode: WriteMode,
+        dry_run: bool,
+    ) -> Result<Value, ApiError> {
+        self.depth += 1;
+        let r = self.update_inner(res, key, obj, mode, dry_run);
+        self.leave();
+        r
+    }
+
+    /// Deletes an object and everything that depends on it: objects it owns, a namespace's
+    /// contents, a CRD's custom resources.
+    pub fn delete(&mut self, key: &Key) -> Option<Value> {
+        self.depth += 1;
+        let r = self.delete_inner(key);
+        self.leave();
+        r
+    }
+
+    /// Ends a write; the outermost one then brings the status of the workloads it touched up
+    /// to date (their pods changed), which may write again.
+    fn leave(&mut self) {
+        self.depth -= 1;
+        if self.depth == 0 && !self.flushing {
+            self.flushing = true;
+            while let Some(k) = self.stale_status.pop() {
+                self.refresh_status(&k);
+            }
+            self.flushing = false;
+        }
+    }
+
+    fn create_inner(
         &mut self,
         res: &Resource,
         ns: &str,
@@ -306,12 +400,13 @@ impl State {
             return Ok(obj);
         }
         let stored = self.commit(key.clone(), obj, "ADDED");
+        self.born
+            .insert(key.clone(), (self.rv, std::time::Instant::now()));
         self.after_write(res, &key, &stored);
         Ok(stored)
     }
 
-    /// Replaces an existing object with `obj` (the outcome of a PUT or a patch).
-    pub fn update(
+    fn update_inner(
         &mut self,
         res: &Resource,
         key: &Key,
@@ -343,7 +438,10 @@ impl State {
         if dry_run {
             return Ok(obj);
         }
-        if obj == old {
+        // A write that changes nothing is no write: the resourceVersion stays, no event.
+        let mut unchanged = old.clone();
+        meta_mut(&mut unchanged).remove("resourceVersion");
+        if obj == unchanged {
             return Ok(old);
         }
         let stored = self.commit(key.clone(), obj, "MODIFIED");
@@ -424,10 +522,9 @@ impl State {
         self.admit(res, key, old, obj);
     }
 
-    /// Deletes an object and everything that depends on it: objects it owns, a namespace's
-    /// contents, a CRD's custom resources.
-    pub fn delete(&mut self, key: &Key) -> Option<Value> {
+    fn delete_inner(&mut self, key: &Key) -> Option<Value> {
         let mut obj = self.objects.remove(key)?;
+        self.born.remove(key);
         self.rv += 1;
         meta_mut(&mut obj).insert("resourceVersion".into(), json!(self.rv.to_string()));
         self.applied.retain(|(k, _), _| k != key);
@@ -447,6 +544,26 @@ impl State {
             })
             .map(|(k, _)| k.clone())
             .collect();
+        if key.group.is_empty() && key.plural == "serviceaccounts" {
+            // The token controller deletes the token secrets of a deleted service account.
+            dependents.extend(
+                self.objects
+                    .iter()
+                    .filter(|(k, s)| {
+                        k.group.is_empty()
+                            && k.plural == "secrets"
+                            && k.namespace == key.namespace
+                            && s.get("type").and_then(Value::as_str)
+                                == Some("kubernetes.io/service-account-token")
+                            && s.pointer(
+                                "/metadata/annotations/kubernetes.io~1service-account.name",
+                            )
+                            .and_then(Value::as_str)
+                                == Some(key.name.as_str())
+                    })
+                    .map(|(k, _)| k.clone()),
+            );
+        }
         if key.group.is_empty() && key.plural == "namespaces" {
             dependents.extend(
                 self.objects
@@ -477,7 +594,50 @@ impl State {
         for k in dependents {
             self.delete(&k);
         }
+        if key.group.is_empty() && key.plural == "pods" {
+            self.pod_logs.remove(key);
+            self.istiod_roots.remove(key);
+            self.istiod_loaded.remove(key);
+            self.owner_status_stale(&obj);
+        }
+        if key.group.is_empty() && key.plural == "secrets" && key.name == "cacerts" {
+            self.restart_crashing_istiods(&key.namespace);
+            self.replace_pod(key, &obj);
+        }
         Some(obj)
+    }
+
+    /// Takes the work the controllers owe after the last writes.
+    pub fn take_pending(&mut self) -> Pending {
+        Pending {
+            tokens: std::mem::take(&mut self.pending_tokens),
+            jobs: std::mem::take(&mut self.pending_jobs),
+        }
+    }
+
+    /// The ReplicaSet controller replaces a deleted pod while its ReplicaSet lives.
+    fn replace_pod(&mut self, key: &Key, pod: &Value) {
+        let Some(owner) = pod
+            .pointer("/metadata/ownerReferences")
+            .and_then(Value::as_array)
+            .and_then(|refs| {
+                refs.iter()
+                    .find(|r| r["kind"] == "ReplicaSet" && r["controller"] == true)
+            })
+            .and_then(|r| r.get("name"))
+            .and_then(Value::as_str)
+        else {
+            return;
+        };
+        let rs_key = Key {
+            group: "apps".into(),
+            plural: "replicasets".into(),
+            namespace: key.namespace.clone(),
+            name: owner.to_string(),
+        };
+        if let Some(rs) = self.objects.get(&rs_key).cloned() {
+            self.reconcile_pods(&rs_key, &rs);
+        }
     }
 
     pub fn is_token_secret_unfilled(obj: &Value) -> bool {
@@ -500,6 +660,17 @@ impl State {
             .and_then(Value::as_str)
             .unwrap_or("default")
             .to_string();
+        let sa_key = Key {
+            group: String::new(),
+            plural: "serviceaccounts".into(),
+            namespace: key.namespace.clone(),
+            name: sa.clone(),
+        };
+        if !self.objects.contains_key(&sa_key) {
+            // The token controller deletes a token secret whose service account does not exist.
+            self.delete(key);
+            return;
+        }
         let token = crate::controllers::token(&self.cluster, &key.namespace, &sa, None);
         let data = obj
             .as_object_mut()
@@ -512,12 +683,6 @@ impl State {
         data["token"] = json!(b64(&token));
         data["ca.crt"] = json!(b64(&self.ca_pem));
         data["namespace"] = json!(b64(&key.namespace));
-        let sa_key = Key {
-            group: String::new(),
-            plural: "serviceaccounts".into(),
-            namespace: key.namespace.clone(),
-            name: sa,
-        };
         if let Some(sa_uid) = self
             .objects
             .get(&sa_key)

@@ -1,5 +1,9 @@
 //! Drives the real helm and kubectl (from `scripts/fetch-tools.sh`) against in-memory test
-//! clusters with exactly the commands meshup runs, and checks what the clusters stored.
+//! clusters, and checks what the clusters stored. The install run uses the commands and flags
+//! meshup uses (`kubectl apply --server-side --force-conflicts --field-manager meshup
+//! --filename -` with the manifest on stdin, `helm upgrade --install ... --wait`, `helm list`
+//! with its state flags); the other tests drive what meshup's later features rely on: tokens,
+//! pods, the pod proxy, Jobs and their logs, leases and faults.
 //!
 //! `.tools/helm4` holds helm 4.1 with kubectl 1.35, `.tools/helm3` helm 3.19 with kubectl 1.34.
 
@@ -14,6 +18,15 @@ use meshup_testcluster::{Options, TestCluster, write_kubeconfig};
 use serde_json::{Value, json};
 
 const NS: &str = "istio-system";
+/// meshup's apply: server-side, its own field manager, the manifest on stdin.
+const APPLY: [&str; 6] = [
+    "apply",
+    "--server-side",
+    "--force-conflicts",
+    "--field-manager",
+    "meshup",
+    "--filename",
+];
 const CRDS: [&str; 4] = [
     "virtualservices.networking.istio.io",
     "destinationrules.networking.istio.io",
@@ -188,19 +201,39 @@ fn drive(t: &Tools, c: &TestCluster, helm_major: &str, dir: &Path) -> Seen {
     // Namespace and secrets from stdin, twice.
     let docs = format!(
         "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {NS}\n  labels:\n    topology.istio.io/network: net-{ctx}\n\
-         ---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: cacerts\n  namespace: {NS}\ndata:\n  ca-cert.pem: {}\n  root-cert.pem: {}\n\
+         ---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: cacerts\n  namespace: {NS}\ndata:\n  ca-cert.pem: {}\n  ca-key.pem: {}\n  root-cert.pem: {}\n  cert-chain.pem: {}\n\
          ---\napiVersion: v1\nkind: Secret\ntype: Opaque\nmetadata:\n  name: istio-remote-secret-other\n  namespace: {NS}\n  labels:\n    istio/multiCluster: \"true\"\n  annotations:\n    networking.istio.io/cluster: other\ndata:\n  other: {}\n",
         STANDARD.encode(format!("ca of {ctx}")),
+        STANDARD.encode("key"),
         STANDARD.encode("root"),
+        STANDARD.encode("chain"),
         STANDARD.encode("apiVersion: v1\nkind: Config\n"),
     );
-    let first = t.kubectl(ctx, &["apply", "-f", "-"], Some(&docs));
-    assert!(first.contains("secret/cacerts created"), "{first}");
-    let second = t.kubectl(ctx, &["apply", "-f", "-"], Some(&docs));
+    let apply = |manifest: &str| {
+        let mut args = APPLY.to_vec();
+        args.push("-");
+        t.kubectl(ctx, &args, Some(manifest))
+    };
+    let first = apply(&docs);
+    assert!(
+        first.contains("secret/cacerts serverside-applied"),
+        "{first}"
+    );
+    let versions = || {
+        [
+            ns_path.clone(),
+            format!("{ns_path}/secrets/cacerts"),
+            format!("{ns_path}/secrets/istio-remote-secret-other"),
+        ]
+        .map(|p| c.get(&p).unwrap()["metadata"]["resourceVersion"].clone())
+    };
+    let before = versions();
+    let second = apply(&docs);
+    assert_eq!(second.matches("serverside-applied").count(), 3, "{second}");
     assert_eq!(
-        second.matches("unchanged").count(),
-        3,
-        "a second apply changes nothing: {second}"
+        before,
+        versions(),
+        "a second apply of the same manifest wrote"
     );
     let ns = c.get(&ns_path).expect("namespace stored");
     assert_eq!(
@@ -235,7 +268,7 @@ fn drive(t: &Tools, c: &TestCluster, helm_major: &str, dir: &Path) -> Seen {
                 "--namespace",
                 NS,
                 "--create-namespace",
-                "-f",
+                "--values",
                 values,
                 "--wait",
                 "--timeout",
@@ -315,11 +348,17 @@ fn drive(t: &Tools, c: &TestCluster, helm_major: &str, dir: &Path) -> Seen {
     assert_eq!(release(2)["metadata"]["labels"]["status"], "deployed");
 
     // Release inspection.
-    // helm 4 lists releases in every status by default and has no `--all` any more.
-    let mut list_args = vec!["list", "--namespace", NS, "-o", "json"];
-    if helm_major == "3" {
-        list_args.push("--all");
-    }
+    let list_args = [
+        "list",
+        "--namespace",
+        NS,
+        "--deployed",
+        "--failed",
+        "--pending",
+        "--uninstalling",
+        "--output",
+        "json",
+    ];
     let list: Value = serde_json::from_str(&t.helm(ctx, &list_args)).unwrap();
     let releases: Vec<(Value, Value, Value)> = list
         .as_array()
@@ -386,7 +425,7 @@ fn drive(t: &Tools, c: &TestCluster, helm_major: &str, dir: &Path) -> Seen {
     let token_secret = format!(
         "apiVersion: v1\nkind: Secret\ntype: kubernetes.io/service-account-token\nmetadata:\n  name: istio-reader-service-account-istio-remote-secret-token\n  namespace: {NS}\n  annotations:\n    kubernetes.io/service-account.name: istio-reader-service-account\n"
     );
-    t.kubectl(ctx, &["apply", "-f", "-"], Some(&token_secret));
+    apply(&token_secret);
     let deadline = Instant::now() + Duration::from_secs(5);
     let secret = loop {
         let s = t.kubectl_json(
@@ -649,19 +688,765 @@ fn latency_is_added_to_every_request() {
         "slow",
         Options {
             latency: Duration::from_millis(200),
+            ..Options::default()
         },
     );
-    let addr = c.url().trim_start_matches("http://").to_string();
     let started = Instant::now();
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut resp = String::new();
-    std::io::Read::read_to_string(&mut s, &mut resp).unwrap();
-    assert!(
-        resp.starts_with("HTTP/1.1 200") && resp.ends_with("ok"),
-        "{resp}"
-    );
+    let reply = c.request("GET", "/healthz", None, None).unwrap();
+    assert_eq!((reply.status, reply.body.as_str()), (200, "ok"));
     assert!(started.elapsed() >= Duration::from_millis(200));
     assert_eq!((c.requests(), c.mutations()), (1, 0));
+}
+
+// ---- credentials, pods, pod proxy, Jobs, leases and faults, driven by the real kubectl ----
+
+/// A kubeconfig with one context `ctx` for `c` whose user holds `token`.
+fn user_kubeconfig(path: &Path, c: &TestCluster, token: &str) {
+    std::fs::write(path, remote_kubeconfig(c, "ctx", c.ca_pem(), token)).unwrap();
+}
+
+/// A kubeconfig naming `c`'s server with the given CA and token, as a remote secret holds it.
+fn remote_kubeconfig(c: &TestCluster, name: &str, ca_pem: &str, token: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: {name}\n  cluster:\n    server: {}\n    certificate-authority-data: {}\ncontexts:\n- name: {name}\n  context: {{cluster: {name}, user: {name}}}\ncurrent-context: {name}\nusers:\n- name: {name}\n  user:\n    token: {token}\n",
+        c.url(),
+        STANDARD.encode(ca_pem)
+    )
+}
+
+/// A scratch directory, a kubeconfig for `clusters` and the helm 4 / kubectl 1.35 tools.
+fn kubectl_env(clusters: &[&TestCluster]) -> (tempfile::TempDir, Tools) {
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    write_kubeconfig(&kubeconfig, clusters).unwrap();
+    let t = tools("helm4", &kubeconfig, dir.path());
+    (dir, t)
+}
+
+fn put(c: &TestCluster, path: &str, object: Value) -> Value {
+    c.put(path, object)
+        .unwrap_or_else(|e| panic!("put {path}: {e}"))
+}
+
+/// The token the token controller put into a token secret.
+fn wait_token(c: &TestCluster, ns: &str, secret: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(t) = c
+            .get(&format!("/api/v1/namespaces/{ns}/secrets/{secret}"))
+            .and_then(|s| s["data"]["token"].as_str().map(String::from))
+        {
+            return String::from_utf8(STANDARD.decode(t).unwrap()).unwrap();
+        }
+        assert!(Instant::now() < deadline, "{secret} never got a token");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The reader's ClusterRole and binding, as the istiod chart renders them with
+/// `global.enableReaderRBAC` (the default).
+fn bind_reader(c: &TestCluster) {
+    let rbac = "/apis/rbac.authorization.k8s.io/v1";
+    c.put(
+        &format!("{rbac}/clusterroles/istio-reader-clusterrole-istio-system"),
+        json!({"rules": [
+            {"apiGroups": ["config.istio.io", "security.istio.io", "networking.istio.io"], "resources": ["*"], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": [""], "resources": ["endpoints", "pods", "services", "nodes", "namespaces", "secrets"], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
+        ]}),
+    )
+    .unwrap();
+    c.put(
+        &format!("{rbac}/clusterrolebindings/istio-reader-clusterrole-istio-system"),
+        json!({"roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "istio-reader-clusterrole-istio-system"},
+               "subjects": [{"kind": "ServiceAccount", "name": "istio-reader-service-account", "namespace": "istio-system"}]}),
+    )
+    .unwrap();
+}
+
+/// istio-system with the reader service account and its token secret; returns the token.
+fn reader(c: &TestCluster) -> String {
+    let ns = format!("/api/v1/namespaces/{NS}");
+    if c.get(&ns).is_none() {
+        put(c, &ns, json!({}));
+    }
+    put(
+        c,
+        &format!("{ns}/serviceaccounts/istio-reader-service-account"),
+        json!({}),
+    );
+    bind_reader(c);
+    put(
+        c,
+        &format!("{ns}/secrets/reader-token"),
+        json!({"type": "kubernetes.io/service-account-token", "metadata": {"annotations": {
+            "kubernetes.io/service-account.name": "istio-reader-service-account"}}}),
+    );
+    wait_token(c, NS, "reader-token")
+}
+
+/// A control plane as the charts leave it: istio-system (on `network`), `cacerts` with `root`
+/// (none when `None`), the reader's token secret, and a ready istiod reporting `id`.
+fn control_plane(c: &TestCluster, id: &str, network: &str, root: Option<&str>) -> String {
+    let ns = format!("/api/v1/namespaces/{NS}");
+    put(
+        c,
+        &ns,
+        json!({"metadata": {"labels": {"topology.istio.io/network": network}}}),
+    );
+    if let Some(root) = root {
+        let b64 = |s: &str| STANDARD.encode(s);
+        put(
+            c,
+            &format!("{ns}/secrets/cacerts"),
+            json!({"data": {"ca-cert.pem": b64(&format!("ca of {id}")), "ca-key.pem": b64("key"),
+                            "root-cert.pem": b64(root), "cert-chain.pem": b64("chain")}}),
+        );
+    }
+    let token = reader(c);
+    put(
+        c,
+        &format!("/apis/apps/v1/namespaces/{NS}/deployments/istiod"),
+        json!({"metadata": {"labels": {"app": "istiod"}}, "spec": {
+            "selector": {"matchLabels": {"app": "istiod", "istio.io/rev": "default"}},
+            "template": {"metadata": {"labels": {"app": "istiod", "istio.io/rev": "default"}},
+                "spec": {"containers": [{"name": "discovery", "image": "pilot",
+                    "ports": [{"name": "http-monitoring", "containerPort": 15014}],
+                    "env": [{"name": "CLUSTER_ID", "value": id}]}]}}}}),
+    );
+    token
+}
+
+/// A remote secret in `from` for the peer `to`, named `istio-remote-secret-NAME`.
+fn remote_secret(from: &TestCluster, name: &str, id: &str, kubeconfig: &str) {
+    put(
+        from,
+        &format!("/api/v1/namespaces/{NS}/secrets/istio-remote-secret-{name}"),
+        json!({"metadata": {"labels": {"istio/multiCluster": "true"}},
+               "data": {id: STANDARD.encode(kubeconfig)}}),
+    );
+}
+
+/// The sync status of cluster `id` in a clusterz view.
+fn sync(view: &Value, id: &str) -> String {
+    view.as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["id"] == id)
+        .unwrap_or_else(|| panic!("{id} not in {view}"))["syncStatus"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn pods(c: &TestCluster, ns: &str) -> Vec<Value> {
+    c.list(&format!("/api/v1/namespaces/{ns}/pods"))
+}
+
+fn istiod_pod(c: &TestCluster) -> String {
+    pods(c, NS)
+        .iter()
+        .find(|p| p["metadata"]["labels"]["app"] == "istiod")
+        .expect("an istiod pod")["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn kubectl_with_a_wrong_or_revoked_token_is_refused() {
+    let c = TestCluster::start("c1", Options::default());
+    let (dir, admin) = kubectl_env(&[&c]);
+    assert!(admin.kubectl_out("c1", &["get", "ns"], None).ok);
+
+    let kubeconfig = dir.path().join("user");
+    let t = tools("helm4", &kubeconfig, dir.path());
+    user_kubeconfig(&kubeconfig, &c, "not-a-token");
+    let out = t.kubectl_out("ctx", &["get", "namespaces"], None);
+    assert!(!out.ok);
+    assert!(out.stderr.contains("Unauthorized"), "{}", out.stderr);
+
+    let token = reader(&c);
+    user_kubeconfig(&kubeconfig, &c, &token);
+    assert!(t.kubectl_out("ctx", &["get", "secrets", "-n", NS], None).ok);
+    let write = t.kubectl_out("ctx", &["create", "namespace", "x"], None);
+    assert!(!write.ok);
+    assert!(
+        write.stderr.contains("is forbidden: User \"system:serviceaccount:istio-system:istio-reader-service-account\" cannot create resource \"namespaces\""),
+        "{}",
+        write.stderr
+    );
+    c.delete(&format!("/api/v1/namespaces/{NS}/secrets/reader-token"))
+        .unwrap();
+    let revoked = t.kubectl_out("ctx", &["get", "namespaces"], None);
+    assert!(!revoked.ok);
+    assert!(
+        revoked.stderr.contains("Unauthorized"),
+        "{}",
+        revoked.stderr
+    );
+}
+
+#[test]
+fn kubectl_scales_restarts_and_deletes_a_deployment_with_its_pods() {
+    let c = TestCluster::start("c1", Options::default());
+    let (_dir, t) = kubectl_env(&[&c]);
+    let manifest = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, namespace: default}\nspec:\n  replicas: 2\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec:\n      containers: [{name: web, image: nginx}]\n";
+    let mut args = APPLY.to_vec();
+    args.push("-");
+    t.kubectl("c1", &args, Some(manifest));
+    let web = |c: &TestCluster| -> Vec<Value> {
+        pods(c, "default")
+            .into_iter()
+            .filter(|p| p["metadata"]["labels"]["app"] == "web")
+            .collect()
+    };
+    let first = web(&c);
+    assert_eq!(first.len(), 2);
+    let rs = c.list("/apis/apps/v1/namespaces/default/replicasets");
+    assert_eq!(rs.len(), 1);
+    for p in &first {
+        let name = p["metadata"]["name"].as_str().unwrap();
+        let rs_name = rs[0]["metadata"]["name"].as_str().unwrap();
+        assert!(
+            name.starts_with(&format!("{rs_name}-")) && name.len() == rs_name.len() + 6,
+            "{name}"
+        );
+        assert_eq!(
+            p["metadata"]["ownerReferences"][0]["uid"],
+            rs[0]["metadata"]["uid"]
+        );
+        assert_eq!(p["metadata"]["ownerReferences"][0]["controller"], true);
+        assert_eq!(p["status"]["phase"], "Running");
+        assert!(
+            p["status"]["podIP"]
+                .as_str()
+                .unwrap()
+                .starts_with("10.244.")
+        );
+        assert_eq!(p["status"]["containerStatuses"][0]["ready"], true);
+    }
+    let ready = t.kubectl(
+        "c1",
+        &[
+            "get",
+            "pods",
+            "-l",
+            "app=web",
+            "-o",
+            "jsonpath={.items[*].status.conditions[?(@.type==\"Ready\")].status}",
+        ],
+        None,
+    );
+    assert_eq!(ready, "True True");
+
+    t.kubectl("c1", &["scale", "deployment/web", "--replicas=3"], None);
+    assert_eq!(web(&c).len(), 3);
+    t.kubectl("c1", &["scale", "deployment/web", "--replicas=1"], None);
+    assert_eq!(web(&c).len(), 1);
+
+    let gone = web(&c)[0]["metadata"]["name"].as_str().unwrap().to_string();
+    t.kubectl("c1", &["delete", "pod", &gone], None);
+    let replaced = web(&c);
+    assert_eq!(replaced.len(), 1, "the ReplicaSet replaces a deleted pod");
+    assert_ne!(replaced[0]["metadata"]["name"], gone.as_str());
+
+    let before = web(&c)[0]["metadata"]["name"].clone();
+    t.kubectl("c1", &["rollout", "restart", "deployment/web"], None);
+    let status = t.kubectl(
+        "c1",
+        &["rollout", "status", "deployment/web", "--timeout=30s"],
+        None,
+    );
+    assert!(status.contains("successfully rolled out"), "{status}");
+    let after = web(&c);
+    assert_eq!(after.len(), 1);
+    assert_ne!(
+        after[0]["metadata"]["name"], before,
+        "old pods go with the old template"
+    );
+    assert_eq!(
+        c.list("/apis/apps/v1/namespaces/default/replicasets").len(),
+        2
+    );
+
+    t.kubectl("c1", &["delete", "deployment", "web"], None);
+    assert!(
+        c.list("/apis/apps/v1/namespaces/default/replicasets")
+            .is_empty()
+    );
+    assert!(web(&c).is_empty(), "garbage collection removes the pods");
+}
+
+#[test]
+fn istiod_answers_clusterz_through_the_pod_proxy() {
+    let c1 = TestCluster::start("c1", Options::default());
+    let c2 = TestCluster::start("c2", Options::default());
+    let (_dir, t) = kubectl_env(&[&c1, &c2]);
+    control_plane(&c1, "cluster1", "n1", None);
+    let token2 = control_plane(&c2, "cluster2", "n1", None);
+    let good = remote_kubeconfig(&c2, "cluster2", c2.ca_pem(), &token2);
+    remote_secret(&c1, "cluster2", "cluster2", &good);
+    let pod = std::cell::RefCell::new(istiod_pod(&c1));
+    let clusterz = |port: &str| -> Value {
+        let pod = pod.borrow();
+        let raw = t.kubectl(
+            "c1",
+            &[
+                "get",
+                "--raw",
+                &format!("/api/v1/namespaces/{NS}/pods/{pod}:{port}/proxy/debug/clusterz"),
+            ],
+            None,
+        );
+        serde_json::from_str(&raw).unwrap()
+    };
+    assert_eq!(
+        clusterz("15014"),
+        json!([
+            {"id": "cluster1", "secretName": "", "syncStatus": "synced"},
+            {"id": "cluster2", "secretName": "istio-system/istio-remote-secret-cluster2", "syncStatus": "synced"},
+        ])
+    );
+    assert_eq!(
+        sync(&clusterz("http-monitoring"), "cluster2"),
+        "synced",
+        "named port"
+    );
+    assert!(
+        c2.requests_log().iter().any(|r| r.who
+            == format!("system:serviceaccount:{NS}:istio-reader-service-account")
+            && r.status == 200),
+        "the probe reads c2 with the reader token"
+    );
+    // Without the reader's role binding the token is refused every read.
+    let binding = "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/istio-reader-clusterrole-istio-system";
+    let saved = c2.delete(binding).unwrap();
+    assert_eq!(
+        sync(&clusterz("15014"), "cluster2"),
+        "timeout",
+        "no reader RBAC"
+    );
+    put(&c2, binding, saved);
+    assert_eq!(sync(&clusterz("15014"), "cluster2"), "synced");
+
+    // Own id ignored; an id already registered ignored; a non-loopback server never synced.
+    remote_secret(&c1, "self", "cluster1", &good);
+    remote_secret(
+        &c1,
+        "again",
+        "cluster2",
+        &remote_kubeconfig(&c2, "x", c1.ca_pem(), "bad"),
+    );
+    let far = good.replace(&c2.url(), "https://10.0.0.1:6443");
+    remote_secret(&c1, "far", "cluster3", &far);
+    let view = clusterz("15014");
+    assert_eq!(view.as_array().unwrap().len(), 3, "{view}");
+    assert_eq!(
+        view[2],
+        json!({"id": "cluster3", "secretName": "istio-system/istio-remote-secret-far", "syncStatus": "timeout"})
+    );
+
+    for name in ["self", "again"] {
+        c1.delete(&format!(
+            "/api/v1/namespaces/{NS}/secrets/istio-remote-secret-{name}"
+        ))
+        .unwrap();
+    }
+
+    // A wrong CA, then a revoked token: timeout. istiod takes a changed kubeconfig only from a
+    // new secret (deleted, then created).
+    let secret2 = format!("/api/v1/namespaces/{NS}/secrets/istio-remote-secret-cluster2");
+    c1.delete(&secret2).unwrap();
+    remote_secret(
+        &c1,
+        "cluster2",
+        "cluster2",
+        &remote_kubeconfig(&c2, "cluster2", c1.ca_pem(), &token2),
+    );
+    assert_eq!(sync(&clusterz("15014"), "cluster2"), "timeout", "wrong CA");
+    c1.delete(&secret2).unwrap();
+    remote_secret(&c1, "cluster2", "cluster2", &good);
+    assert_eq!(sync(&clusterz("15014"), "cluster2"), "synced");
+
+    // A rotated token written into the same secret: istiod before 1.31 keeps the token it
+    // loaded, which is revoked now, until it restarts.
+    put(
+        &c2,
+        &format!("/api/v1/namespaces/{NS}/secrets/reader-token-2"),
+        json!({"type": "kubernetes.io/service-account-token", "metadata": {"annotations": {
+            "kubernetes.io/service-account.name": "istio-reader-service-account"}}}),
+    );
+    let rotated = wait_token(&c2, NS, "reader-token-2");
+    remote_secret(
+        &c1,
+        "cluster2",
+        "cluster2",
+        &remote_kubeconfig(&c2, "cluster2", c2.ca_pem(), &rotated),
+    );
+    c2.delete(&format!("/api/v1/namespaces/{NS}/secrets/reader-token"))
+        .unwrap();
+    assert_eq!(
+        sync(&clusterz("15014"), "cluster2"),
+        "timeout",
+        "the old, revoked token is still in use"
+    );
+    let old = pod.borrow().clone();
+    t.kubectl("c1", &["delete", "pod", &old, "-n", NS], None);
+    *pod.borrow_mut() = istiod_pod(&c1);
+    assert_eq!(
+        sync(&clusterz("15014"), "cluster2"),
+        "synced",
+        "a restarted istiod loads the rotated token"
+    );
+
+    // syncing within the sync delay of a new secret.
+    c1.set_sync_delay(Duration::from_secs(60));
+    c1.delete(&format!(
+        "/api/v1/namespaces/{NS}/secrets/istio-remote-secret-far"
+    ));
+    remote_secret(&c1, "far", "cluster3", &far);
+    assert_eq!(sync(&clusterz("15014"), "cluster3"), "syncing");
+    c1.set_sync_delay(Duration::ZERO);
+
+    // Nothing else listens; a private control plane reaches no pod.
+    let pod = pod.borrow().clone();
+    let other = t.kubectl_out(
+        "c1",
+        &[
+            "get",
+            "--raw",
+            &format!("/api/v1/namespaces/{NS}/pods/{pod}:8080/proxy/debug/clusterz"),
+        ],
+        None,
+    );
+    assert!(!other.ok);
+    assert!(
+        other.stderr.contains("connect: connection refused"),
+        "{}",
+        other.stderr
+    );
+    c1.set_pod_proxy(false);
+    let private = t.kubectl_out(
+        "c1",
+        &[
+            "get",
+            "--raw",
+            &format!("/api/v1/namespaces/{NS}/pods/{pod}:15014/proxy/debug/clusterz"),
+        ],
+        None,
+    );
+    assert!(!private.ok);
+    assert!(
+        private.stderr.contains("ServiceUnavailable") || private.stderr.contains("i/o timeout"),
+        "{}",
+        private.stderr
+    );
+}
+
+/// helloworld `version` in namespace meshup-verify (injected) of `c`.
+fn helloworld(c: &TestCluster, version: &str) {
+    let ns = "/api/v1/namespaces/meshup-verify";
+    if c.get(ns).is_none() {
+        put(
+            c,
+            ns,
+            json!({"metadata": {"labels": {"istio-injection": "enabled"}}}),
+        );
+    }
+    put(
+        c,
+        &format!("{ns}/services/helloworld"),
+        json!({"spec": {"selector": {"app": "helloworld"}, "ports": [{"name": "http", "port": 5000}]}}),
+    );
+    put(
+        c,
+        &format!("/apis/apps/v1/namespaces/meshup-verify/deployments/helloworld-{version}"),
+        json!({"spec": {"selector": {"matchLabels": {"app": "helloworld", "version": version}},
+            "template": {"metadata": {"labels": {"app": "helloworld", "version": version}},
+                "spec": {"containers": [{"name": "helloworld", "image": "helloworld",
+                    "env": [{"name": "SERVICE_VERSION", "value": version}]}]}}}}),
+    );
+}
+
+/// Runs the curl client Job `name` in `ctx` and returns its log lines.
+fn curl_job(t: &Tools, ctx: &str, name: &str, requests: u32) -> Vec<String> {
+    let job = format!(
+        "apiVersion: batch/v1\nkind: Job\nmetadata: {{name: {name}, namespace: meshup-verify}}\nspec:\n  backoffLimit: 0\n  template:\n    spec:\n      restartPolicy: Never\n      containers:\n      - name: curl\n        image: curlimages/curl\n        command: [sh, -c, 'for i in $(seq $REQUESTS); do curl -s $URL || echo request failed; echo; done']\n        env:\n        - {{name: URL, value: 'http://helloworld.meshup-verify:5000/hello'}}\n        - {{name: REQUESTS, value: '{requests}'}}\n"
+    );
+    let mut args = APPLY.to_vec();
+    args.push("-");
+    t.kubectl(ctx, &args, Some(&job));
+    let job_ref = format!("job/{name}");
+    t.kubectl(
+        ctx,
+        &[
+            "wait",
+            "--for=condition=complete",
+            &job_ref,
+            "-n",
+            "meshup-verify",
+            "--timeout=30s",
+        ],
+        None,
+    );
+    t.kubectl(ctx, &["logs", &job_ref, "-n", "meshup-verify"], None)
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn a_curl_job_reaches_both_clusters_only_with_a_shared_root() {
+    let c1 = TestCluster::start("c1", Options::default());
+    let c2 = TestCluster::start("c2", Options::default());
+    let (_dir, t) = kubectl_env(&[&c1, &c2]);
+    let token1 = control_plane(&c1, "cluster1", "n1", Some("root"));
+    let token2 = control_plane(&c2, "cluster2", "n1", Some("root"));
+    remote_secret(
+        &c1,
+        "cluster2",
+        "cluster2",
+        &remote_kubeconfig(&c2, "cluster2", c2.ca_pem(), &token2),
+    );
+    remote_secret(
+        &c2,
+        "cluster1",
+        "cluster1",
+        &remote_kubeconfig(&c1, "cluster1", c1.ca_pem(), &token1),
+    );
+    helloworld(&c1, "v1");
+    helloworld(&c2, "v2");
+
+    let lines = curl_job(&t, "c1", "curl", 4);
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    let job = c1
+        .get("/apis/batch/v1/namespaces/meshup-verify/jobs/curl")
+        .unwrap();
+    assert_eq!(job["status"]["succeeded"], 1);
+    let uid = job["metadata"]["uid"].as_str().unwrap();
+    assert_eq!(
+        job["spec"]["selector"]["matchLabels"]["batch.kubernetes.io/controller-uid"],
+        uid
+    );
+    for label in ["batch.kubernetes.io/controller-uid", "controller-uid"] {
+        assert_eq!(job["spec"]["template"]["metadata"]["labels"][label], uid);
+    }
+    assert_eq!(
+        job["spec"]["template"]["metadata"]["labels"]["job-name"],
+        "curl"
+    );
+    for v in ["v1", "v2"] {
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with(&format!("Hello version: {v}, instance: helloworld-{v}-"))),
+            "{v} missing: {lines:?}"
+        );
+    }
+
+    // cluster2's istiod restarts with a root of its own: cross-cluster mTLS fails.
+    put(
+        &c2,
+        &format!("/api/v1/namespaces/{NS}/secrets/cacerts"),
+        json!({"data": {
+        "ca-cert.pem": STANDARD.encode("x"), "ca-key.pem": STANDARD.encode("x"),
+        "root-cert.pem": STANDARD.encode("another root"), "cert-chain.pem": STANDARD.encode("x")}}),
+    );
+    let lines = curl_job(&t, "c1", "curl-2", 4);
+    assert!(
+        lines.iter().any(|l| l.contains("version: v2")),
+        "a new cacerts is not used before istiod restarts: {lines:?}"
+    );
+    let istiod2 = istiod_pod(&c2);
+    t.kubectl("c2", &["delete", "pod", &istiod2, "-n", NS], None);
+    let lines = curl_job(&t, "c1", "curl-3", 4);
+    assert!(lines.iter().all(|l| l.contains("version: v1")), "{lines:?}");
+
+    // Nothing serves the Service in cluster1 any more and cluster2 is out of reach.
+    t.kubectl(
+        "c1",
+        &[
+            "delete",
+            "deployment",
+            "helloworld-v1",
+            "-n",
+            "meshup-verify",
+        ],
+        None,
+    );
+    assert_eq!(
+        curl_job(&t, "c1", "curl-4", 2),
+        ["request failed", "request failed"]
+    );
+}
+
+#[test]
+fn leases_refuse_a_second_create_and_a_stale_update() {
+    let c = TestCluster::start("c1", Options::default());
+    let (dir, t) = kubectl_env(&[&c]);
+    let lease = "apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata: {name: meshup-lock, namespace: default}\nspec: {holderIdentity: run-1, leaseDurationSeconds: 30}\n";
+    t.kubectl("c1", &["create", "-f", "-"], Some(lease));
+    let again = t.kubectl_out("c1", &["create", "-f", "-"], Some(lease));
+    assert!(!again.ok);
+    assert!(again.stderr.contains("AlreadyExists"), "{}", again.stderr);
+
+    let got = t.kubectl_json("c1", &["get", "lease", "meshup-lock", "-o", "json"]);
+    let mut stale = got.clone();
+    stale["spec"]["holderIdentity"] = json!("run-2");
+    let mut fresh = got;
+    fresh["spec"]["holderIdentity"] = json!("run-3");
+    let file = |v: &Value, n: &str| {
+        let p = dir.path().join(n);
+        std::fs::write(&p, v.to_string()).unwrap();
+        p
+    };
+    let (fresh_file, stale_file) = (file(&fresh, "fresh.json"), file(&stale, "stale.json"));
+    t.kubectl("c1", &["replace", "-f", fresh_file.to_str().unwrap()], None);
+    let conflict = t.kubectl_out("c1", &["replace", "-f", stale_file.to_str().unwrap()], None);
+    assert!(!conflict.ok);
+    assert!(
+        conflict.stderr.contains("the object has been modified"),
+        "{}",
+        conflict.stderr
+    );
+    let holder = c
+        .get("/apis/coordination.k8s.io/v1/namespaces/default/leases/meshup-lock")
+        .unwrap();
+    assert_eq!(holder["spec"]["holderIdentity"], "run-3");
+
+    let mut unconditional = holder;
+    unconditional["metadata"]
+        .as_object_mut()
+        .unwrap()
+        .remove("resourceVersion");
+    let reply = c
+        .request(
+            "PUT",
+            "/apis/coordination.k8s.io/v1/namespaces/default/leases/meshup-lock",
+            Some(c.admin_token()),
+            Some(&unconditional),
+        )
+        .unwrap();
+    assert_eq!(reply.status, 422, "{}", reply.body);
+    assert!(
+        reply.body.contains("must be specified for an update"),
+        "{}",
+        reply.body
+    );
+}
+
+#[test]
+fn a_reset_window_fails_kubectl_until_it_ends() {
+    let c = TestCluster::start("c1", Options::default());
+    let (_dir, t) = kubectl_env(&[&c]);
+    assert!(t.kubectl_out("c1", &["get", "ns"], None).ok);
+    c.outage_after_writes(1, Duration::from_secs(2));
+    t.kubectl("c1", &["create", "namespace", "a"], None);
+    // The outage began before kubectl got its answer: a window from now covers it.
+    let started = Instant::now();
+    let failed = t.kubectl_out("c1", &["create", "namespace", "b"], None);
+    assert!(!failed.ok);
+    assert!(
+        failed.stderr.contains("connection reset by peer"),
+        "{}",
+        failed.stderr
+    );
+    assert!(c.get("/api/v1/namespaces/b").is_none());
+    std::thread::sleep(Duration::from_secs(2).saturating_sub(started.elapsed()));
+    t.kubectl("c1", &["create", "namespace", "b"], None);
+    assert!(c.get("/api/v1/namespaces/b").is_some());
+    let creates: Vec<u16> = c
+        .requests_log()
+        .iter()
+        .filter(|r| r.method == "POST" && r.path.starts_with("/api/v1/namespaces"))
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(
+        creates,
+        [201, 201],
+        "no namespace write was served in the window"
+    );
+}
+
+#[test]
+fn an_istiod_with_a_partial_cacerts_crashes_until_the_set_is_complete() {
+    let c = TestCluster::start("c1", Options::default());
+    let (_dir, t) = kubectl_env(&[&c]);
+    put(&c, &format!("/api/v1/namespaces/{NS}"), json!({}));
+    put(
+        &c,
+        &format!("/api/v1/namespaces/{NS}/secrets/cacerts"),
+        json!({"data": {"ca-cert.pem": STANDARD.encode("ca"), "root-cert.pem": STANDARD.encode("root")}}),
+    );
+    control_plane(&c, "cluster1", "n1", None);
+    let pod = istiod_pod(&c);
+    let stored = c
+        .get(&format!("/api/v1/namespaces/{NS}/pods/{pod}"))
+        .unwrap();
+    assert_eq!(
+        stored["status"]["containerStatuses"][0]["state"]["waiting"]["reason"],
+        "CrashLoopBackOff"
+    );
+    let dep = c
+        .get(&format!("/apis/apps/v1/namespaces/{NS}/deployments/istiod"))
+        .unwrap();
+    assert_eq!(dep["status"]["conditions"][0]["status"], "False", "{dep}");
+    assert_eq!(dep["status"].get("readyReplicas"), None);
+    let waiting = t.kubectl_out(
+        "c1",
+        &[
+            "rollout",
+            "status",
+            "deployment/istiod",
+            "-n",
+            NS,
+            "--timeout=1s",
+        ],
+        None,
+    );
+    assert!(
+        !waiting.ok,
+        "a crashing istiod rolled out: {}",
+        waiting.stdout
+    );
+    let logs = t.kubectl("c1", &["logs", &pod, "-n", NS], None);
+    assert!(logs.contains("incomplete signing CA bundle"), "{logs}");
+    let proxy = t.kubectl_out(
+        "c1",
+        &[
+            "get",
+            "--raw",
+            &format!("/api/v1/namespaces/{NS}/pods/{pod}:15014/proxy/debug/clusterz"),
+        ],
+        None,
+    );
+    assert!(
+        !proxy.ok && proxy.stderr.contains("connection refused"),
+        "{}",
+        proxy.stderr
+    );
+
+    // The complete set: the restarted container starts and loads it.
+    let b64 = |s: &str| STANDARD.encode(s);
+    put(
+        &c,
+        &format!("/api/v1/namespaces/{NS}/secrets/cacerts"),
+        json!({"data": {"ca-cert.pem": b64("ca"), "ca-key.pem": b64("key"),
+                        "root-cert.pem": b64("root"), "cert-chain.pem": b64("chain")}}),
+    );
+    let status = t.kubectl(
+        "c1",
+        &[
+            "rollout",
+            "status",
+            "deployment/istiod",
+            "-n",
+            NS,
+            "--timeout=10s",
+        ],
+        None,
+    );
+    assert!(status.contains("successfully rolled out"), "{status}");
+    assert_eq!(istiod_pod(&c), pod, "the same pod, restarted in place");
 }

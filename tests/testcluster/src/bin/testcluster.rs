@@ -1,62 +1,134 @@
-//! `testcluster --clusters N --latency-ms MS --kubeconfig PATH`: starts N in-memory clusters
-//! named cluster1..clusterN, writes a kubeconfig for them, prints `ready`, and runs until
-//! SIGTERM/SIGINT or until stdin closes.
+//! `testcluster --clusters N --kubeconfig PATH [options]`: starts N in-memory clusters named
+//! cluster1..clusterN (HTTPS, each with its own CA and admin token), writes a kubeconfig for
+//! them, prints `ready`, and runs until SIGTERM/SIGINT or until stdin closes.
+//!
+//! Options (faults apply to every cluster, or to those named by `--fault-clusters`):
+//!   --latency-ms MS                 added to every request
+//!   --unavailable FRACTION          fraction of requests answered 503 ServiceUnavailable
+//!   --reset FRACTION                fraction of requests whose connection is reset
+//!   --seed N                        seed of the random faults (default 1)
+//!   --outage-after-writes K:MS      after the K-th write, reset every connection for MS ms
+//!                                   (repeatable: outages queue)
+//!   --fault-clusters NAME,NAME      the clusters the faults above apply to
+//!   --sync-delay-ms MS              istiod reports a new peer `syncing` this long
+//!   --no-load-balancer              LoadBalancer Services stay pending
+//!   --no-pod-proxy                  the pod proxy is refused (a private control plane)
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use meshup_testcluster::{Options, TestCluster, write_kubeconfig};
+use meshup_testcluster::{Options, RandomFaults, TestCluster, write_kubeconfig};
 use tokio::io::AsyncReadExt;
 
-const USAGE: &str = "usage: testcluster --clusters N [--latency-ms MS] --kubeconfig PATH";
+const USAGE: &str = "usage: testcluster --clusters N --kubeconfig PATH [--latency-ms MS] \
+[--unavailable FRACTION] [--reset FRACTION] [--seed N] [--outage-after-writes K:MS]... \
+[--fault-clusters NAME,...] [--sync-delay-ms MS] [--no-load-balancer] [--no-pod-proxy]";
 
-fn main() -> ExitCode {
+/// What the command line asks for.
+struct Args {
+    clusters: usize,
+    kubeconfig: PathBuf,
+    options: Options,
+    faults: RandomFaults,
+    outages: Vec<(u64, Duration)>,
+    fault_clusters: Option<Vec<String>>,
+}
+
+fn parse() -> Result<Option<Args>, String> {
     let mut clusters = 1usize;
-    let mut latency_ms = 0u64;
     let mut kubeconfig: Option<PathBuf> = None;
+    let mut options = Options::default();
+    let mut faults = RandomFaults {
+        seed: 1,
+        ..RandomFaults::default()
+    };
+    let mut outages = Vec::new();
+    let mut fault_clusters = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
-        let mut value = |flag: &str| {
+        let mut value = || {
             args.next()
-                .ok_or_else(|| format!("`{flag}` needs a value; {USAGE}"))
+                .ok_or_else(|| format!("`{arg}` needs a value; {USAGE}"))
         };
-        let parsed = match arg.as_str() {
-            "--clusters" => value("--clusters").and_then(|v| {
-                v.parse()
-                    .map_err(|e| format!("--clusters: {e}"))
-                    .map(|n| clusters = n)
-            }),
-            "--latency-ms" => value("--latency-ms").and_then(|v| {
-                v.parse()
-                    .map_err(|e| format!("--latency-ms: {e}"))
-                    .map(|n| latency_ms = n)
-            }),
-            "--kubeconfig" => value("--kubeconfig").map(|v| kubeconfig = Some(v.into())),
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                return ExitCode::SUCCESS;
+        fn number<T: std::str::FromStr>(flag: &str, v: &str) -> Result<T, String>
+        where
+            T::Err: std::fmt::Display,
+        {
+            v.parse().map_err(|e| format!("`{flag} {v}`: {e}"))
+        }
+        match arg.as_str() {
+            "--clusters" => clusters = number(&arg, &value()?)?,
+            "--kubeconfig" => kubeconfig = Some(value()?.into()),
+            "--latency-ms" => {
+                options.latency = Duration::from_millis(number(&arg, &value()?)?);
             }
-            other => Err(format!("unknown argument `{other}`; {USAGE}")),
-        };
-        if let Err(e) = parsed {
+            "--unavailable" => faults.unavailable = number(&arg, &value()?)?,
+            "--reset" => faults.reset = number(&arg, &value()?)?,
+            "--seed" => faults.seed = number(&arg, &value()?)?,
+            "--outage-after-writes" => {
+                let v = value()?;
+                let (k, ms) = v
+                    .split_once(':')
+                    .ok_or_else(|| format!("`{arg} {v}`: expected K:MS"))?;
+                outages.push((number(&arg, k)?, Duration::from_millis(number(&arg, ms)?)));
+            }
+            "--fault-clusters" => {
+                fault_clusters = Some(value()?.split(',').map(String::from).collect());
+            }
+            "--sync-delay-ms" => {
+                options.sync_delay = Duration::from_millis(number(&arg, &value()?)?);
+            }
+            "--no-load-balancer" => options.load_balancer = false,
+            "--no-pod-proxy" => options.pod_proxy = false,
+            "-h" | "--help" => return Ok(None),
+            other => return Err(format!("unknown argument `{other}`; {USAGE}")),
+        }
+    }
+    let kubeconfig = kubeconfig.ok_or_else(|| format!("`--kubeconfig` is required; {USAGE}"))?;
+    Ok(Some(Args {
+        clusters,
+        kubeconfig,
+        options,
+        faults,
+        outages,
+        fault_clusters,
+    }))
+}
+
+fn main() -> ExitCode {
+    let args = match parse() {
+        Ok(Some(a)) => a,
+        Ok(None) => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(2);
         }
-    }
-    let Some(kubeconfig) = kubeconfig else {
-        eprintln!("error: `--kubeconfig` is required; {USAGE}");
-        return ExitCode::from(2);
     };
-    let options = Options {
-        latency: Duration::from_millis(latency_ms),
-    };
-    let running: Vec<TestCluster> = (1..=clusters)
-        .map(|i| TestCluster::start(&format!("cluster{i}"), options.clone()))
+    let running: Vec<TestCluster> = (1..=args.clusters)
+        .map(|i| TestCluster::start(&format!("cluster{i}"), args.options.clone()))
         .collect();
+    for c in &running {
+        let faulty = args
+            .fault_clusters
+            .as_ref()
+            .is_none_or(|names| names.iter().any(|n| n == c.name()));
+        if faulty {
+            c.set_random_faults(args.faults);
+            for (k, length) in &args.outages {
+                c.outage_after_writes(*k, *length);
+            }
+        }
+    }
     let refs: Vec<&TestCluster> = running.iter().collect();
-    if let Err(e) = write_kubeconfig(&kubeconfig, &refs) {
-        eprintln!("error: could not write `{}`: {e}", kubeconfig.display());
+    if let Err(e) = write_kubeconfig(&args.kubeconfig, &refs) {
+        eprintln!(
+            "error: could not write `{}`: {e}",
+            args.kubeconfig.display()
+        );
         return ExitCode::from(1);
     }
     for c in &running {
@@ -87,8 +159,10 @@ fn main() -> ExitCode {
     // The stdin reader sits in a blocking thread: do not wait for it.
     rt.shutdown_background();
     for c in &running {
+        let resets = c.requests_log().iter().filter(|r| r.status == 0).count();
+        let unavailable = c.requests_log().iter().filter(|r| r.status == 503).count();
         eprintln!(
-            "{}: {} requests, {} mutations",
+            "{}: {} requests, {} mutations, {unavailable} answered 503, {resets} reset",
             c.name(),
             c.requests(),
             c.mutations()
