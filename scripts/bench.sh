@@ -1,34 +1,26 @@
 #!/usr/bin/env bash
-# Benchmarks `meshup install` as the number of clusters grows, run one cluster at a time
-# (--jobs 1) and with the default (all clusters at once).
+# Benchmarks `meshup install` as the number of clusters grows, one cluster at a time
+# (--jobs 1) and with the default fan-out.
 #
-#   scripts/bench.sh [fake]   the fake helm and kubectl of tests/fake, each call sleeping
-#                             FAKE_LATENCY_MS (default 100); N = 1, 2, 5, 10, 20; trust modes
-#                             `none` and `generate` (BENCH_TRUST="none" for one). Checks the
-#                             targets: default-jobs wall time at N=10 within 1.5x of one
-#                             cluster's chain (half of N=2 with --jobs 1: base -> istiod ->
-#                             remote secret -> link), and helm+kubectl processes linear in N.
-#                             BENCH_SIZES="1 10" picks other sizes. The table also shows the
-#                             CPU seconds meshup and its helm/kubectl processes used.
-#   scripts/bench.sh clusters the real helm and kubectl of .tools/helm4 (scripts/fetch-tools.sh)
-#                             against in-memory API servers (target/release/testcluster,
-#                             --latency-ms 20), local charts tests/fixtures/charts; N = 2, 5, 10.
+#   scripts/bench.sh [clusters]  the real helm and kubectl of .tools/helm4 (scripts/fetch-tools.sh)
+#                                against in-memory API servers (target/release/testcluster,
+#                                --latency-ms 20), local charts tests/fixtures/charts; N = 2, 5, 10.
 #
 # Everything runs in a temporary directory that is removed at exit, with every process it
-# started stopped. Nothing but 127.0.0.1 is contacted: the fakes contact nothing, the test
-# clusters listen on 127.0.0.1, and the charts are local.
+# started stopped. Nothing but 127.0.0.1 is contacted: the test clusters listen on 127.0.0.1,
+# and the charts are local.
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-mode="${1:-fake}"
+mode="${1:-clusters}"
 case "${mode}" in
-  fake | clusters) ;;
+  clusters) ;;
   -h | --help)
     sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
     exit 0
     ;;
   *)
-    echo "error: unknown mode \`${mode}\`; use \`fake\` (default) or \`clusters\`" >&2
+    echo "error: unknown mode \`${mode}\`; use \`clusters\`" >&2
     exit 2
     ;;
 esac
@@ -100,121 +92,6 @@ mesh_file() {
       echo "    context: ${prefix}${i}"
     done
   } >"${path}"
-}
-
-# --- fake mode -----------------------------------------------------------------------------------
-
-# A kubeconfig of N contexts; nothing listens on these ports and the fakes connect nowhere.
-fake_kubeconfig() {
-  local path="$1" n="$2" i
-  {
-    echo "apiVersion: v1"
-    echo "kind: Config"
-    echo "clusters:"
-    for ((i = 1; i <= n; i++)); do
-      echo "- name: c${i}"
-      echo "  cluster: {server: \"https://127.0.0.1:$((20000 + i))\"}"
-    done
-    echo "contexts:"
-    for ((i = 1; i <= n; i++)); do
-      echo "- name: bench-cluster${i}"
-      echo "  context: {cluster: c${i}, user: u}"
-    done
-    echo "users:"
-    echo "- name: u"
-    echo "  user: {token: bench}"
-  } >"${path}"
-}
-
-# run_fake N JOBS TRUST: sets `result` to "SECONDS PROCESSES CPU-SECONDS". JOBS is a number or
-# `default`.
-run_fake() {
-  local n="$1" jobs="$2" trust="$3"
-  local dir="${work}/fake-${trust}-${n}-${jobs}"
-  mkdir -p "${dir}/tmp"
-  fake_kubeconfig "${dir}/kubeconfig" "${n}"
-  mesh_file "${dir}/mesh.yaml" "${n}" "${trust}" bench-cluster
-  local args=(install -f "${dir}/mesh.yaml")
-  [[ "${jobs}" == default ]] || args+=(--jobs "${jobs}")
-  local start end cpu_before
-  read_cpu
-  cpu_before="${cpu_total}"
-  start="$(now)"
-  if ! (cd "${dir}" && env \
-    KUBECONFIG="${dir}/kubeconfig" HOME="${dir}/tmp" TMPDIR="${dir}/tmp" \
-    MESHUP_HELM="${repo_root}/tests/fake/helm" MESHUP_KUBECTL="${repo_root}/tests/fake/kubectl" \
-    FAKE_STATE="${dir}/state" FAKE_LOG="${dir}/calls.jsonl" FAKE_LATENCY_MS="${latency_ms}" \
-    "${meshup}" "${args[@]}" >"${dir}/out.log" 2>&1); then
-    echo "error: meshup ${args[*]} failed (N=${n}, jobs=${jobs}, trust=${trust}):" >&2
-    tail -20 "${dir}/out.log" >&2
-    exit 1
-  fi
-  end="$(now)"
-  read_cpu
-  result="$(calc "${end} - ${start}") $(wc -l <"${dir}/calls.jsonl" | tr -d ' ') $(calc "${cpu_total} - ${cpu_before}")"
-}
-
-bench_fake() {
-  build --bin meshup
-  # The fakes are Python; put the real interpreter first so that a version-manager shim
-  # (pyenv: ~100 ms per call) does not stand in front of it.
-  local python_dir
-  python_dir="$(dirname "$(python3 -c 'import sys; print(sys.executable)')")"
-  export PATH="${python_dir}:${PATH}"
-  latency_ms="${FAKE_LATENCY_MS:-100}"
-  result="" cpu_total=0
-  local sizes=(${BENCH_SIZES:-1 2 5 10 20}) trust status=0 cores
-  cores="$(getconf _NPROCESSORS_ONLN 2>/dev/null || echo 1)"
-  for trust in ${BENCH_TRUST:-none generate}; do
-    echo
-    echo "fake helm/kubectl, ${latency_ms} ms per call, trust mode \`${trust}\`, ${cores} CPUs"
-    printf '%4s  %11s  %12s  %6s  %9s  %11s  %14s\n' N "jobs=1 (s)" "default (s)" ratio processes "processes/N" "CPU (s, dflt)"
-    local n one all one_s all_s procs cpu chain="" at10="" per_n=()
-    for n in "${sizes[@]}"; do
-      if [[ "${n}" == 1 ]]; then
-        run_fake 1 default "${trust}"
-        one="${result}" all="${result}"
-      else
-        run_fake "${n}" 1 "${trust}"
-        one="${result}"
-        run_fake "${n}" default "${trust}"
-        all="${result}"
-      fi
-      read -r one_s _ _ <<<"${one}"
-      read -r all_s procs cpu <<<"${all}"
-      # One cluster's chain (namespace -> base -> istiod -> remote secret -> link): a 1-cluster
-      # mesh has no remote secret and no peer to link, so take half of a 2-cluster mesh run
-      # one cluster at a time (two chains back to back, the shared preflight halved too).
-      [[ "${n}" == 2 ]] && chain="$(calc "${one_s} / 2")"
-      [[ "${n}" == 10 ]] && at10="${all_s}"
-      ((n > 1)) && per_n+=("$(calc "${procs} / ${n}")")
-      printf '%4s  %11s  %12s  %6s  %9s  %11s  %14s\n' "${n}" "${one_s}" "${all_s}" \
-        "$(calc "${one_s} / ${all_s}")x" "${procs}" "$(calc "${procs} / ${n}")" "${cpu}"
-    done
-    if [[ -n "${chain}" && -n "${at10}" ]]; then
-      local limit
-      limit="$(calc "1.5 * ${chain}")"
-      echo "one cluster's chain (N=2, --jobs 1, halved): ${chain} s"
-      if awk "BEGIN { exit !(${at10} <= ${limit}) }"; then
-        echo "PASS  N=10 with default jobs: ${at10} s <= 1.5 x ${chain} s = ${limit} s"
-      else
-        echo "FAIL  N=10 with default jobs: ${at10} s > 1.5 x ${chain} s = ${limit} s"
-        status=1
-      fi
-    fi
-    # Linear: a few global calls spread over more clusters, so processes/N settles: from the
-    # smallest mesh to the largest it may only fall, and by at most 15%.
-    if ((${#per_n[@]} >= 2)); then
-      local first="${per_n[0]}" last="${per_n[-1]}"
-      if awk "BEGIN { exit !(${last} <= ${first} && ${last} >= 0.85 * ${first}) }"; then
-        echo "PASS  processes linear in N: processes/N ${first} .. ${last}"
-      else
-        echo "FAIL  processes not linear in N: processes/N ${first} .. ${last}"
-        status=1
-      fi
-    fi
-  done
-  return "${status}"
 }
 
 # --- clusters mode -------------------------------------------------------------------------------
@@ -300,6 +177,5 @@ bench_clusters() {
 }
 
 case "${mode}" in
-  fake) bench_fake ;;
   clusters) bench_clusters ;;
 esac

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs meshup's whole test suite on a fresh machine: fetches the real helm and kubectl the
 # end-to-end tests drive (scripts/fetch-tools.sh), then formatting, lints, and every test of
-# the workspace (unit, fake-tool integration, end-to-end against in-memory API servers).
+# the workspace (unit tests, and integration tests driving the real tools against in-memory API servers).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 

@@ -160,12 +160,20 @@ pub fn repo_add(name: &str, url: &str, repos: &RepoConfig) -> Step {
 
 /// `helm pull CHART [--version V] --destination DIR`: downloads one chart archive (from a
 /// repository added with [`repo_add`], or an `oci://` reference).
-pub fn pull(chart: &str, version: Option<&str>, destination: &Path, repos: Option<&RepoConfig>) -> Step {
+pub fn pull(
+    chart: &str,
+    version: Option<&str>,
+    destination: &Path,
+    repos: Option<&RepoConfig>,
+) -> Step {
     let mut args = words(&["pull", chart]);
     if let Some(version) = version {
         args.extend(["--version".to_string(), version.to_string()]);
     }
-    args.extend(["--destination".to_string(), destination.display().to_string()]);
+    args.extend([
+        "--destination".to_string(),
+        destination.display().to_string(),
+    ]);
     if let Some(repos) = repos {
         args.extend(repos.flags());
     }

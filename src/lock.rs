@@ -10,8 +10,8 @@
 //! run holds it.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use serde_json::json;
@@ -123,10 +123,7 @@ pub fn dead(lease: &Lease, now: OffsetDateTime, here: &str) -> Option<String> {
         Some(_) => {}
     }
     if holder.host == here && !process_alive(holder.pid, &holder.pid_start) {
-        return Some(format!(
-            "its process {} on this host is gone",
-            holder.pid
-        ));
+        return Some(format!("its process {} on this host is gone", holder.pid));
     }
     None
 }
@@ -348,7 +345,10 @@ fn write(
         return Ok(Written::Done);
     }
     let stderr = output.stderr.to_lowercase();
-    if stderr.contains("alreadyexists") || stderr.contains("already exists") || stderr.contains("the object has been modified") {
+    if stderr.contains("alreadyexists")
+        || stderr.contains("already exists")
+        || stderr.contains("the object has been modified")
+    {
         return Ok(Written::Raced);
     }
     Err(Refused::Step(
@@ -358,7 +358,14 @@ fn write(
 }
 
 /// Renews every held lock until `stop`; a lock someone else took is marked lost.
-fn renew(run: &Run, held: &[&Cluster], name: &str, holder: &Holder, locks: &Locks, stop: &AtomicBool) {
+fn renew(
+    run: &Run,
+    held: &[&Cluster],
+    name: &str,
+    holder: &Holder,
+    locks: &Locks,
+    stop: &AtomicBool,
+) {
     loop {
         let next = std::time::Instant::now() + RENEW_EVERY;
         while std::time::Instant::now() < next {
@@ -576,7 +583,12 @@ mod tests {
     fn a_holder_that_stopped_renewing_is_dead_after_the_lease_duration() {
         let holder = Holder::me("link");
         let renewed = OffsetDateTime::now_utc() - time::Duration::seconds(LEASE_SECONDS + 1);
-        let why = dead(&lease(&holder, renewed), OffsetDateTime::now_utc(), "elsewhere").unwrap();
+        let why = dead(
+            &lease(&holder, renewed),
+            OffsetDateTime::now_utc(),
+            "elsewhere",
+        )
+        .unwrap();
         assert!(why.contains("last renewal"), "{why}");
     }
 

@@ -196,11 +196,16 @@ pub fn script(mesh: &Mesh, plan: &Plan, options: &ScriptOptions) -> String {
         shell_quote(&options.values_dir.display().to_string())
     ));
     if !options.pulls.is_empty() {
-        out.push_str("# Charts, pulled once into meshup's cache; every cluster installs those archives.
-");
+        out.push_str(
+            "# Charts, pulled once into meshup's cache; every cluster installs those archives.
+",
+        );
         for step in options.pulls {
-            out.push_str(&format!("{}
-", step.command_line()));
+            out.push_str(&format!(
+                "{}
+",
+                step.command_line()
+            ));
         }
     }
     if mesh.trust.mode == TrustMode::Generate {

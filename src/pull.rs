@@ -90,7 +90,12 @@ pub fn planned(
             let repo = format!("meshup-{key}");
             let mut steps = vec![helm::repo_add(&repo, url, &repos)];
             for name in names {
-                steps.push(helm::pull(&format!("{repo}/{name}"), Some(version), &dir, Some(&repos)));
+                steps.push(helm::pull(
+                    &format!("{repo}/{name}"),
+                    Some(version),
+                    &dir,
+                    Some(&repos),
+                ));
             }
             (dir, steps)
         }
@@ -160,11 +165,10 @@ fn from_repo(
     let repo = format!("meshup-{key}");
     run_ok(runner, &helm::repo_add(&repo, url, &repos))?;
     let index_file = repo_cache.join(format!("{repo}-index.yaml"));
-    let text = std::fs::read_to_string(&index_file)
-        .map_err(FileError::about("read", &index_file))?;
-    let index: Index = serde_yaml::from_str(&text).map_err(|e| {
-        PullError::Chart(format!("the index of {url} cannot be read: {e}"))
-    })?;
+    let text =
+        std::fs::read_to_string(&index_file).map_err(FileError::about("read", &index_file))?;
+    let index: Index = serde_yaml::from_str(&text)
+        .map_err(|e| PullError::Chart(format!("the index of {url} cannot be read: {e}")))?;
     let chosen = match version {
         Some(v) => v.trim_start_matches('v').to_string(),
         None => newest_common(&index, names).ok_or_else(|| {
@@ -204,7 +208,12 @@ fn from_repo(
                 .map_err(FileError::about("create a directory in", &dir))?;
             run_ok(
                 runner,
-                &helm::pull(&format!("{repo}/{name}"), Some(&entry.version), tmp.path(), Some(&repos)),
+                &helm::pull(
+                    &format!("{repo}/{name}"),
+                    Some(&entry.version),
+                    tmp.path(),
+                    Some(&repos),
+                ),
             )?;
             let pulled = single_archive(tmp.path(), name)?;
             let digest = sha256_file(&pulled).unwrap_or_default();
@@ -257,7 +266,12 @@ fn from_oci(
             .map_err(FileError::about("create a directory in", &dir))?;
         let output = run_ok(
             runner,
-            &helm::pull(&format!("{prefix}/{name}"), chosen.as_deref(), tmp.path(), None),
+            &helm::pull(
+                &format!("{prefix}/{name}"),
+                chosen.as_deref(),
+                tmp.path(),
+                None,
+            ),
         )?;
         let pulled = single_archive(tmp.path(), name)?;
         let pulled_version = archive_version(&pulled, name).unwrap_or_default();
@@ -271,7 +285,12 @@ fn from_oci(
             .find_map(|l| l.trim().strip_prefix("Digest: "))
             .unwrap_or_default();
         let digest = sha256_file(&archive).unwrap_or_default();
-        files::write(&digest_path(&archive), digest.as_bytes(), 0o644, Existing::Replace)?;
+        files::write(
+            &digest_path(&archive),
+            digest.as_bytes(),
+            0o644,
+            Existing::Replace,
+        )?;
         if !registry_digest.is_empty() {
             files::write(
                 &archive.with_extension("tgz.oci-digest"),
@@ -338,7 +357,9 @@ fn single_archive(dir: &Path, name: &str) -> Result<PathBuf, PullError> {
 /// `1.28.1` of `.../istiod-1.28.1.tgz`.
 fn archive_version(path: &Path, name: &str) -> Option<String> {
     let file = path.file_name()?.to_str()?;
-    let version = file.strip_prefix(&format!("{name}-"))?.strip_suffix(".tgz")?;
+    let version = file
+        .strip_prefix(&format!("{name}-"))?
+        .strip_suffix(".tgz")?;
     version
         .starts_with(|c: char| c.is_ascii_digit() || c == 'v')
         .then(|| version.to_string())
@@ -378,7 +399,10 @@ fn sha256_file(path: &Path) -> Option<String> {
 
 fn short_hash(text: &str) -> String {
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, text.as_bytes());
-    digest.as_ref()[..6].iter().map(|b| format!("{b:02x}")).collect()
+    digest.as_ref()[..6]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 #[cfg(test)]
@@ -394,7 +418,10 @@ mod tests {
         let idx = index(
             "entries:\n  base:\n  - {version: 1.28.1}\n  - {version: 1.29.0}\n  - {version: 1.30.0-beta.1}\n  istiod:\n  - {version: 1.28.1}\n  - {version: 1.29.0}\n  - {version: 1.9.9}\n  gateway:\n  - {version: 1.28.1}\n",
         );
-        assert_eq!(newest_common(&idx, &["base", "istiod"]).as_deref(), Some("1.29.0"));
+        assert_eq!(
+            newest_common(&idx, &["base", "istiod"]).as_deref(),
+            Some("1.29.0")
+        );
         assert_eq!(
             newest_common(&idx, &["base", "istiod", "gateway"]).as_deref(),
             Some("1.28.1")
@@ -422,6 +449,9 @@ mod tests {
             archive_version(Path::new("/c/istiod-1.28.1.tgz"), "istiod").as_deref(),
             Some("1.28.1")
         );
-        assert_eq!(archive_version(Path::new("/c/istiod-remote-1.tgz"), "istiod"), None);
+        assert_eq!(
+            archive_version(Path::new("/c/istiod-remote-1.tgz"), "istiod"),
+            None
+        );
     }
 }

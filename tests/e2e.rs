@@ -2,208 +2,13 @@
 //! scripts/fetch-tools.sh) against in-memory Kubernetes API servers, one per cluster, and the
 //! tests assert on the objects those servers hold afterwards.
 
+mod common;
+
 use std::collections::BTreeSet;
-use std::path::PathBuf;
-use std::process::{Command, Output};
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as B64;
-use meshup_testcluster::{Options, TestCluster, write_kubeconfig};
+use common::*;
+use meshup_testcluster::TestCluster;
 use serde_json::Value;
-
-const NS: &str = "istio-system";
-const CACERTS: &str = "/api/v1/namespaces/istio-system/secrets/cacerts";
-
-/// A set of test clusters, a kubeconfig naming them, and one tool set.
-struct Env {
-    dir: tempfile::TempDir,
-    clusters: Vec<TestCluster>,
-    kubeconfig: PathBuf,
-    tools: PathBuf,
-}
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-impl Env {
-    fn new(tool_set: &str, n: usize) -> Env {
-        let tools = repo().join(".tools").join(tool_set);
-        assert!(
-            tools.join("helm").is_file() && tools.join("kubectl").is_file(),
-            "the real helm and kubectl are missing from {}; run scripts/fetch-tools.sh (scripts/test.sh does)",
-            tools.display()
-        );
-        let dir = tempfile::tempdir().unwrap();
-        let clusters: Vec<TestCluster> = (1..=n)
-            .map(|i| TestCluster::start(&format!("cluster{i}"), Options::default()))
-            .collect();
-        let kubeconfig = dir.path().join("kubeconfig");
-        write_kubeconfig(&kubeconfig, &clusters.iter().collect::<Vec<_>>()).unwrap();
-        Env {
-            dir,
-            clusters,
-            kubeconfig,
-            tools,
-        }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// Writes `mesh.yaml` for the named clusters (all when empty) and returns its path.
-    /// `overrides` maps a cluster name to its `apiServer`.
-    fn mesh_file(&self, names: &[&str], overrides: &[(&str, &str)], extra: &str) -> PathBuf {
-        let mut text = format!(
-            "meshID: mesh1\nnetwork: network1\nistio:\n  version: 1.28.1\n  charts: {}\ntrust:\n  dir: {}\n{extra}clusters:\n",
-            repo().join("tests/fixtures/charts").display(),
-            self.path("certs").display()
-        );
-        for cluster in &self.clusters {
-            if !names.is_empty() && !names.contains(&cluster.name()) {
-                continue;
-            }
-            text.push_str(&format!(
-                "  - name: {0}\n    context: {0}\n",
-                cluster.name()
-            ));
-            if let Some((_, server)) = overrides.iter().find(|(n, _)| *n == cluster.name()) {
-                text.push_str(&format!("    apiServer: {server}\n"));
-            }
-        }
-        let path = self.path("mesh.yaml");
-        std::fs::write(&path, text).unwrap();
-        path
-    }
-
-    /// Runs meshup with this env's kubeconfig and tools; plain output.
-    fn meshup(&self, args: &[&str]) -> Run {
-        let home = self.path("home");
-        std::fs::create_dir_all(&home).unwrap();
-        let output = Command::new(env!("CARGO_BIN_EXE_meshup"))
-            .args(args)
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .arg("--helm")
-            .arg(self.tools.join("helm"))
-            .arg("--kubectl")
-            .arg(self.tools.join("kubectl"))
-            .args(["--output", "plain", "--timeout", "60s"])
-            .current_dir(self.dir.path())
-            .env("HOME", &home)
-            .env("XDG_CACHE_HOME", home.join(".cache"))
-            .env("XDG_CONFIG_HOME", home.join(".config"))
-            .env("XDG_DATA_HOME", home.join(".local/share"))
-            .env_remove("KUBECONFIG")
-            .env_remove("MESHUP_FILE")
-            .output()
-            .unwrap();
-        Run::from(output)
-    }
-
-    /// Sets `trust.mode` in the mesh file.
-    fn set_trust_mode(&self, mesh: &std::path::Path, mode: &str) {
-        let text = std::fs::read_to_string(mesh)
-            .unwrap()
-            .replace("trust:\n", &format!("trust:\n  mode: {mode}\n"));
-        std::fs::write(mesh, text).unwrap();
-    }
-
-    fn cluster(&self, name: &str) -> &TestCluster {
-        self.clusters.iter().find(|c| c.name() == name).unwrap()
-    }
-}
-
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl From<Output> for Run {
-    fn from(o: Output) -> Self {
-        Run {
-            code: o.status.code(),
-            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-        }
-    }
-}
-
-impl Run {
-    #[track_caller]
-    fn expect(self, code: i32) -> Run {
-        assert_eq!(
-            self.code,
-            Some(code),
-            "meshup exited {:?}\n--- stdout\n{}\n--- stderr\n{}",
-            self.code,
-            self.stdout,
-            self.stderr
-        );
-        self
-    }
-}
-
-fn secrets(cluster: &TestCluster) -> Vec<Value> {
-    cluster.list(&format!("/api/v1/namespaces/{NS}/secrets"))
-}
-
-fn remote_secrets(cluster: &TestCluster) -> Vec<Value> {
-    secrets(cluster)
-        .into_iter()
-        .filter(|s| s["metadata"]["labels"]["istio/multiCluster"] == "true")
-        .collect()
-}
-
-fn names(objects: &[Value]) -> BTreeSet<String> {
-    objects
-        .iter()
-        .map(|o| o["metadata"]["name"].as_str().unwrap().to_string())
-        .collect()
-}
-
-/// helm's release records: (release, version).
-fn helm_records(cluster: &TestCluster) -> BTreeSet<(String, String)> {
-    secrets(cluster)
-        .iter()
-        .filter(|s| s["metadata"]["labels"]["owner"] == "helm")
-        .map(|s| {
-            let labels = &s["metadata"]["labels"];
-            (
-                labels["name"].as_str().unwrap().to_string(),
-                labels["version"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
-}
-
-fn decode(value: &Value) -> String {
-    String::from_utf8(B64.decode(value.as_str().unwrap()).unwrap()).unwrap()
-}
-
-fn istio_crds(cluster: &TestCluster) -> BTreeSet<String> {
-    names(&cluster.list("/apis/apiextensions.k8s.io/v1/customresourcedefinitions"))
-        .into_iter()
-        .filter(|n| n.ends_with(".istio.io"))
-        .collect()
-}
-
-fn resource_versions(objects: &[Value]) -> BTreeSet<(String, String)> {
-    objects
-        .iter()
-        .map(|o| {
-            (
-                o["metadata"]["name"].as_str().unwrap().to_string(),
-                o["metadata"]["resourceVersion"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
-            )
-        })
-        .collect()
-}
 
 // ---- scenarios, each run with Helm 4 and Helm 3 (see the modules at the bottom) ----
 
@@ -254,6 +59,8 @@ fn install_twice_converges(tools: &str) {
         );
     }
 
+    let writes_before: Vec<Vec<(String, String)>> =
+        env.clusters.iter().map(|c| writes(c, 0)).collect();
     let again = env.meshup(&["install", "-f", mesh]).expect(0);
     assert!(
         again.stderr.contains("istiod unchanged"),
@@ -265,13 +72,26 @@ fn install_twice_converges(tools: &str) {
         before, after,
         "a second install changed releases, remote secrets, cacerts, the namespace or istiod"
     );
+    // The only writes of a second install are meshup's lock (taken, renewed, released).
+    for (cluster, earlier) in env.clusters.iter().zip(&writes_before) {
+        let lock =
+            format!("/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/meshup-{NS}");
+        let new: Vec<(String, String)> = writes(cluster, 0)
+            .into_iter()
+            .skip(earlier.len())
+            .filter(|(_, path)| *path != lock)
+            .collect();
+        assert!(new.is_empty(), "{}: {new:?}", cluster.name());
+    }
 
+    let quiet = env.mutations();
     let status = env.meshup(&["status", "-f", mesh]).expect(0);
     assert!(
         status.stdout.contains("is as the mesh file says"),
         "{}",
         status.stdout
     );
+    assert_eq!(quiet, env.mutations(), "status wrote to a cluster");
 }
 
 /// Scenario 2 (and the trust part of issue 4): every cluster holds a remote secret for each
@@ -412,7 +232,18 @@ fn link_removes_a_dropped_cluster(tools: &str) {
     let mesh = env.mesh_file(&[], &[], "");
     env.meshup(&["install", "-f", mesh.to_str().unwrap()])
         .expect(0);
+    // A remote secret someone else made (no meshup label) is not meshup's to remove.
+    env.cluster("cluster1")
+        .put(
+            &format!("/api/v1/namespaces/{NS}/secrets"),
+            serde_json::json!({"apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": "istio-remote-secret-legacy", "namespace": NS,
+                             "labels": {"istio/multiCluster": "true"}},
+                "data": {"legacy": encode("apiVersion: v1\nkind: Config\n")}}),
+        )
+        .unwrap();
     let smaller = env.mesh_file(&["cluster1", "cluster2"], &[], "");
+    let cluster3_requests = env.cluster("cluster3").requests();
     let run = env
         .meshup(&["link", "-f", smaller.to_str().unwrap()])
         .expect(0);
@@ -423,8 +254,26 @@ fn link_removes_a_dropped_cluster(tools: &str) {
             !peers.contains("istio-remote-secret-cluster3"),
             "{name}: {peers:?}"
         );
-        assert_eq!(peers.len(), 1, "{name}: {peers:?}");
     }
+    assert_eq!(
+        names(&remote_secrets(env.cluster("cluster1"))),
+        BTreeSet::from([
+            "istio-remote-secret-cluster2".to_string(),
+            "istio-remote-secret-legacy".to_string()
+        ])
+    );
+    assert_eq!(
+        names(&remote_secrets(env.cluster("cluster2"))),
+        BTreeSet::from(["istio-remote-secret-cluster1".to_string()])
+    );
+    assert_eq!(
+        env.cluster("cluster3").requests(),
+        cluster3_requests,
+        "a cluster no longer in the mesh file is not contacted"
+    );
+    env.cluster("cluster1").delete(&format!(
+        "/api/v1/namespaces/{NS}/secrets/istio-remote-secret-legacy"
+    ));
     env.meshup(&["status", "-f", smaller.to_str().unwrap()])
         .expect(0);
 }
@@ -495,11 +344,30 @@ fn uninstall_leaves_nothing_behind(tools: &str) {
         );
     }
 
-    // Already clean: not an error; and --purge-crds removes the CRDs.
+    // Already clean: not an error, and helm is not asked to uninstall anything; --purge-crds
+    // removes Istio's CRDs and no other.
+    env.cluster("cluster1")
+        .put(
+            "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
+            serde_json::json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+                "metadata": {"name": "certificates.cert-manager.io"},
+                "spec": {"group": "cert-manager.io", "scope": "Namespaced",
+                         "names": {"kind": "Certificate", "plural": "certificates", "singular": "certificate"},
+                         "versions": [{"name": "v1", "served": true, "storage": true,
+                                       "schema": {"openAPIV3Schema": {"type": "object"}}}]}}),
+        )
+        .unwrap();
     let run = env
-        .meshup(&["uninstall", "--yes", "--purge-crds", "-f", mesh])
+        .meshup(&["uninstall", "--yes", "--purge-crds", "-v", "-f", mesh])
         .expect(0);
     assert!(run.stderr.contains("istiod absent"), "{}", run.stderr);
+    assert!(
+        !run.commands()
+            .iter()
+            .any(|(_, c)| c.starts_with("helm uninstall")),
+        "{}",
+        run.stderr
+    );
     for cluster in &env.clusters {
         assert!(
             istio_crds(cluster).is_empty(),
@@ -507,6 +375,12 @@ fn uninstall_leaves_nothing_behind(tools: &str) {
             cluster.name()
         );
     }
+    assert!(
+        env.cluster("cluster1")
+            .get("/apis/apiextensions.k8s.io/v1/customresourcedefinitions/certificates.cert-manager.io")
+            .is_some(),
+        "a CRD that is not Istio's was deleted"
+    );
 }
 
 /// Issue 4: a cacerts with another root blocks the install of that cluster unless --rotate-ca.
@@ -583,7 +457,14 @@ fn remote_secret_command_prints_one_secret_holding_the_reader_token() {
             "https://10.0.0.1:6443",
         ])
         .expect(0);
-    let secret: serde_yaml::Value = serde_yaml::from_str(&run.stdout).unwrap();
+    let documents: Vec<serde_yaml::Value> = run
+        .stdout
+        .split("\n---\n")
+        .filter(|d| !d.trim().is_empty())
+        .map(|d| serde_yaml::from_str(d).unwrap())
+        .collect();
+    assert_eq!(documents.len(), 1, "exactly one document: {}", run.stdout);
+    let secret = &documents[0];
     assert_eq!(secret["kind"], "Secret");
     assert_eq!(secret["metadata"]["name"], "istio-remote-secret-east");
     assert_eq!(secret["metadata"]["labels"]["istio/multiCluster"], "true");
@@ -593,10 +474,8 @@ fn remote_secret_command_prints_one_secret_holding_the_reader_token() {
         ))
         .expect("the token secret");
     let token = decode(&token_secret["data"]["token"]);
-    let kubeconfig = B64
-        .decode(secret["data"]["east"].as_str().unwrap())
-        .unwrap();
-    assert!(String::from_utf8(kubeconfig).unwrap().contains(&token));
+    let kubeconfig = decode(&serde_json::to_value(&secret["data"]["east"]).unwrap());
+    assert!(kubeconfig.contains(&token));
     assert!(!run.stderr.contains(&token), "{}", run.stderr);
 }
 

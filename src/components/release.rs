@@ -47,9 +47,9 @@ impl Release {
     /// longer than any helm call may take (`--timeout`) while nobody held the lock.
     fn may_recover(&self, cx: &Cx, pending: &HelmRelease) -> Result<(), StepError> {
         let ours = cx.memo.attempted.contains(&self.name);
-        let stale = pending.updated_at().is_some_and(|at| {
-            time::OffsetDateTime::now_utc() - at > cx.timeout()
-        });
+        let stale = pending
+            .updated_at()
+            .is_some_and(|at| time::OffsetDateTime::now_utc() - at > cx.timeout());
         if ours || cx.took_over || stale {
             return Ok(());
         }
@@ -420,7 +420,11 @@ mod tests {
             if args.starts_with("list") {
                 // Pending until meshup recovered it, then as helm leaves it.
                 if listed.swap(true, std::sync::atomic::Ordering::SeqCst) {
-                    let after = if status == "pending-upgrade" { "deployed" } else { "" };
+                    let after = if status == "pending-upgrade" {
+                        "deployed"
+                    } else {
+                        ""
+                    };
                     if after.is_empty() {
                         return ok("[]");
                     }
@@ -452,7 +456,11 @@ mod tests {
     #[test]
     fn a_fresh_pending_release_that_no_dead_run_left_is_not_touched() {
         let now = helm_time(time::OffsetDateTime::now_utc());
-        let (outcome, calls) = run_component(&istiod("{}"), Action::Install, pending("pending-install", now));
+        let (outcome, calls) = run_component(
+            &istiod("{}"),
+            Action::Install,
+            pending("pending-install", now),
+        );
         let error = outcome.unwrap_err().to_string();
         assert!(error.contains("is `pending-install` since"), "{error}");
         assert_eq!(calls.len(), 1, "only `helm list` ran: {calls:?}");
@@ -461,8 +469,15 @@ mod tests {
     #[test]
     fn a_stale_pending_install_is_removed_and_installed_anew() {
         let old = helm_time(time::OffsetDateTime::now_utc() - time::Duration::hours(1));
-        let (outcome, calls) = run_component(&istiod("{}"), Action::Install, pending("pending-install", old));
-        assert_eq!(outcome.unwrap(), "installed (recovered from an interrupted install)");
+        let (outcome, calls) = run_component(
+            &istiod("{}"),
+            Action::Install,
+            pending("pending-install", old),
+        );
+        assert_eq!(
+            outcome.unwrap(),
+            "installed (recovered from an interrupted install)"
+        );
         let verbs: Vec<&str> = calls.iter().map(|c| c.split(' ').nth(1).unwrap()).collect();
         assert_eq!(verbs, ["list", "uninstall", "list", "upgrade"], "{calls:?}");
     }
@@ -470,10 +485,26 @@ mod tests {
     #[test]
     fn a_stale_pending_upgrade_is_rolled_back_then_upgraded() {
         let old = helm_time(time::OffsetDateTime::now_utc() - time::Duration::hours(1));
-        let (outcome, calls) = run_component(&istiod("{}"), Action::Install, pending("pending-upgrade", old));
-        assert_eq!(outcome.unwrap(), "upgraded (recovered from an interrupted upgrade)");
-        assert!(calls[1].starts_with("helm rollback istiod --namespace istio-system --wait"), "{calls:?}");
-        assert!(calls.last().unwrap().starts_with("helm upgrade --install istiod"), "{calls:?}");
+        let (outcome, calls) = run_component(
+            &istiod("{}"),
+            Action::Install,
+            pending("pending-upgrade", old),
+        );
+        assert_eq!(
+            outcome.unwrap(),
+            "upgraded (recovered from an interrupted upgrade)"
+        );
+        assert!(
+            calls[1].starts_with("helm rollback istiod --namespace istio-system --wait"),
+            "{calls:?}"
+        );
+        assert!(
+            calls
+                .last()
+                .unwrap()
+                .starts_with("helm upgrade --install istiod"),
+            "{calls:?}"
+        );
     }
 
     #[test]

@@ -197,6 +197,34 @@ fn spec_part(obj: &Value) -> Value {
     v
 }
 
+/// What the API server's validation refuses of the fields meshup's charts set: a negative
+/// replica count (a typo in one cluster's values), answered 422 as a real API server does.
+fn validate(res: &Resource, name: &str, obj: &Value) -> Result<(), ApiError> {
+    let scaled = res.group == "apps"
+        && matches!(
+            res.plural.as_str(),
+            "deployments" | "replicasets" | "statefulsets"
+        );
+    if scaled
+        && let Some(replicas) = obj.pointer("/spec/replicas").and_then(Value::as_i64)
+        && replicas < 0
+    {
+        let mut e = ApiError::new(
+            422,
+            "Invalid",
+            format!(
+                "{}.{} \"{name}\" is invalid: spec.replicas: Invalid value: {replicas}: must be greater than or equal to 0",
+                res.kind, res.group
+            ),
+        );
+        e.name = name.to_string();
+        e.group = res.group.clone();
+        e.plural = res.plural.clone();
+        return Err(e);
+    }
+    Ok(())
+}
+
 impl State {
     pub fn new(cluster: &str, ca_pem: String) -> State {
         let (tx, _) = broadcast::channel(4096);
@@ -395,6 +423,7 @@ impl State {
             e.plural = res.plural.clone();
             return Err(e);
         }
+        validate(res, &name, &obj)?;
         self.prepare(res, &key, None, &mut obj, WriteMode::Main);
         if dry_run {
             return Ok(obj);
@@ -433,6 +462,9 @@ impl State {
                 e.group = res.group.clone();
                 return Err(e);
             }
+        }
+        if mode == WriteMode::Main {
+            validate(res, &key.name, &obj)?;
         }
         self.prepare(res, key, Some(&old), &mut obj, mode);
         if dry_run {

@@ -63,7 +63,8 @@ fn random_faults_are_the_same_for_the_same_seed() {
 #[test]
 fn an_outage_cuts_open_watches_and_resets_new_connections() {
     let c = TestCluster::start("outage", Options::default());
-    c.outage_after_writes(1, Duration::from_millis(800));
+    // Long enough that a loaded machine still makes the next request inside the window.
+    c.outage_after_writes(1, Duration::from_secs(3));
     std::thread::scope(|s| {
         let watch = s.spawn(|| {
             c.request(
@@ -94,13 +95,12 @@ fn an_outage_cuts_open_watches_and_resets_new_connections() {
             cut.as_ref().is_err_and(|e| e.contains("reset")),
             "the watch was not reset: {cut:?}"
         );
-        assert!(started.elapsed() < Duration::from_millis(500));
         let during = create_namespace(&c, "b");
         assert!(
             during.as_ref().is_err_and(|e| e.contains("reset")),
             "{during:?}"
         );
-        std::thread::sleep(Duration::from_millis(850).saturating_sub(started.elapsed()));
+        std::thread::sleep(Duration::from_millis(3100).saturating_sub(started.elapsed()));
     });
     assert_eq!(
         create_namespace(&c, "b"),

@@ -1,0 +1,324 @@
+//! What the integration tests share: test clusters (in-memory API servers) with a kubeconfig
+//! naming them, one set of the real helm and kubectl, the built meshup, and ways to read what
+//! happened (the clusters' objects and request logs, meshup's verbose command lines).
+
+#![allow(dead_code)]
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use meshup_testcluster::{LoggedRequest, Options, TestCluster, write_kubeconfig};
+use serde_json::Value;
+
+pub const NS: &str = "istio-system";
+pub const CACERTS: &str = "/api/v1/namespaces/istio-system/secrets/cacerts";
+pub const TOKEN_SECRET: &str = meshup::remote_secret::TOKEN_SECRET;
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A set of test clusters, a kubeconfig naming them, and one tool set.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub clusters: Vec<TestCluster>,
+    pub kubeconfig: PathBuf,
+    pub tools: PathBuf,
+}
+
+impl Env {
+    /// `n` clusters `cluster1`..`clusterN` with the tools of `tool_set` (`helm4`, `helm3`).
+    pub fn new(tool_set: &str, n: usize) -> Env {
+        Env::with(tool_set, n, Options::default())
+    }
+
+    pub fn with(tool_set: &str, n: usize, options: Options) -> Env {
+        let tools = repo().join(".tools").join(tool_set);
+        assert!(
+            tools.join("helm").is_file() && tools.join("kubectl").is_file(),
+            "the real helm and kubectl are missing from {}; run scripts/fetch-tools.sh (scripts/test.sh does)",
+            tools.display()
+        );
+        let dir = tempfile::Builder::new()
+            .prefix("meshup-test-")
+            .tempdir()
+            .unwrap();
+        let clusters: Vec<TestCluster> = (1..=n)
+            .map(|i| TestCluster::start(&format!("cluster{i}"), options.clone()))
+            .collect();
+        let kubeconfig = dir.path().join("kubeconfig");
+        write_kubeconfig(&kubeconfig, &clusters.iter().collect::<Vec<_>>()).unwrap();
+        Env {
+            dir,
+            clusters,
+            kubeconfig,
+            tools,
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Writes `mesh.yaml` for the named clusters (all when empty) and returns its path.
+    /// `overrides` maps a cluster name to its `apiServer`; `extra` goes before `clusters:`.
+    pub fn mesh_file(&self, names: &[&str], overrides: &[(&str, &str)], extra: &str) -> PathBuf {
+        let mut text = format!(
+            "meshID: mesh1\nnetwork: network1\nistio:\n  version: 1.28.1\n  charts: {}\ntrust:\n  dir: {}\n{extra}clusters:\n",
+            repo().join("tests/fixtures/charts").display(),
+            self.path("certs").display()
+        );
+        for cluster in &self.clusters {
+            if !names.is_empty() && !names.contains(&cluster.name()) {
+                continue;
+            }
+            text.push_str(&format!(
+                "  - name: {0}\n    context: {0}\n",
+                cluster.name()
+            ));
+            if let Some((_, server)) = overrides.iter().find(|(n, _)| *n == cluster.name()) {
+                text.push_str(&format!("    apiServer: {server}\n"));
+            }
+        }
+        let path = self.path("mesh.yaml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// Sets `trust.mode` in the mesh file.
+    pub fn set_trust_mode(&self, mesh: &Path, mode: &str) {
+        let text = std::fs::read_to_string(mesh)
+            .unwrap()
+            .replace("trust:\n", &format!("trust:\n  mode: {mode}\n"));
+        std::fs::write(mesh, text).unwrap();
+    }
+
+    /// Runs meshup with this env's kubeconfig and tools; plain output.
+    pub fn meshup(&self, args: &[&str]) -> Run {
+        self.meshup_env(args, &[])
+    }
+
+    /// Like [`Env::meshup`], with extra environment variables.
+    pub fn meshup_env(&self, args: &[&str], vars: &[(&str, &str)]) -> Run {
+        let output = self
+            .command(args)
+            .envs(vars.iter().copied())
+            .output()
+            .unwrap();
+        Run::from(output)
+    }
+
+    /// The meshup command [`Env::meshup`] runs, to start it some other way.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let home = self.path("home");
+        std::fs::create_dir_all(&home).unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_meshup"));
+        let given = |flag: &str| args.contains(&flag);
+        command.args(args).arg("--kubeconfig").arg(&self.kubeconfig);
+        if !given("--helm") {
+            command.arg("--helm").arg(self.tools.join("helm"));
+        }
+        if !given("--kubectl") {
+            command.arg("--kubectl").arg(self.tools.join("kubectl"));
+        }
+        if !given("--output") && !given("-o") {
+            command.args(["--output", "plain"]);
+        }
+        if !given("--timeout") {
+            command.args(["--timeout", "60s"]);
+        }
+        command
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .env("HOME", &home)
+            .env("XDG_CACHE_HOME", home.join(".cache"))
+            .env("XDG_CONFIG_HOME", home.join(".config"))
+            .env("XDG_DATA_HOME", home.join(".local/share"))
+            .env_remove("KUBECONFIG")
+            .env_remove("MESHUP_FILE")
+            .env_remove("MESHUP_HELM")
+            .env_remove("MESHUP_KUBECTL");
+        command
+    }
+
+    pub fn cluster(&self, name: &str) -> &TestCluster {
+        self.clusters.iter().find(|c| c.name() == name).unwrap()
+    }
+
+    /// Every cluster's write count.
+    pub fn mutations(&self) -> Vec<u64> {
+        self.clusters.iter().map(TestCluster::mutations).collect()
+    }
+
+    /// Every cluster's request count.
+    pub fn requests(&self) -> Vec<u64> {
+        self.clusters.iter().map(TestCluster::requests).collect()
+    }
+
+    /// The reader token `cluster` holds in its token secret.
+    pub fn token(&self, cluster: &str) -> String {
+        let secret = self
+            .cluster(cluster)
+            .get(&format!("/api/v1/namespaces/{NS}/secrets/{TOKEN_SECRET}"))
+            .expect("the token secret exists");
+        decode(&secret["data"]["token"])
+    }
+}
+
+/// What a finished meshup run printed.
+pub struct Run {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Self {
+        Run {
+            code: o.status.code(),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+impl Run {
+    #[track_caller]
+    pub fn expect(self, code: i32) -> Run {
+        assert_eq!(
+            self.code,
+            Some(code),
+            "meshup exited {:?}\n--- stdout\n{}\n--- stderr\n{}",
+            self.code,
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+
+    pub fn all(&self) -> String {
+        format!("{}\n{}", self.stdout, self.stderr)
+    }
+
+    /// The command lines a `--verbose` run printed, in order: (cluster, `helm ...`).
+    pub fn commands(&self) -> Vec<(String, String)> {
+        self.stderr
+            .lines()
+            .filter_map(|line| {
+                let (who, command) = line.split_once("$ ")?;
+                let cluster = who.trim().trim_start_matches('[').trim_end_matches(']');
+                Some((cluster.to_string(), command.to_string()))
+            })
+            .collect()
+    }
+
+    /// The command lines a `--verbose` run printed for `cluster`.
+    pub fn commands_in(&self, cluster: &str) -> Vec<String> {
+        self.commands()
+            .into_iter()
+            .filter(|(c, _)| c == cluster)
+            .map(|(_, command)| command)
+            .collect()
+    }
+}
+
+/// The writes a cluster answered (method, path without query), from request `since` on.
+pub fn writes(cluster: &TestCluster, since: usize) -> Vec<(String, String)> {
+    cluster
+        .requests_log()
+        .into_iter()
+        .skip(since)
+        .filter(|r: &LoggedRequest| r.method != "GET" && (200..300).contains(&r.status))
+        .map(|r| {
+            let path = r.path.split('?').next().unwrap_or_default().to_string();
+            (r.method, path)
+        })
+        .collect()
+}
+
+pub fn secrets(cluster: &TestCluster) -> Vec<Value> {
+    cluster.list(&format!("/api/v1/namespaces/{NS}/secrets"))
+}
+
+pub fn remote_secrets(cluster: &TestCluster) -> Vec<Value> {
+    secrets(cluster)
+        .into_iter()
+        .filter(|s| s["metadata"]["labels"]["istio/multiCluster"] == "true")
+        .collect()
+}
+
+pub fn names(objects: &[Value]) -> BTreeSet<String> {
+    objects
+        .iter()
+        .map(|o| o["metadata"]["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// helm's release records: (release, version).
+pub fn helm_records(cluster: &TestCluster) -> BTreeSet<(String, String)> {
+    secrets(cluster)
+        .iter()
+        .filter(|s| s["metadata"]["labels"]["owner"] == "helm")
+        .map(|s| {
+            let labels = &s["metadata"]["labels"];
+            (
+                labels["name"].as_str().unwrap().to_string(),
+                labels["version"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The status helm recorded for the newest revision of `release`.
+pub fn release_status(cluster: &TestCluster, release: &str) -> Option<String> {
+    secrets(cluster)
+        .iter()
+        .filter(|s| {
+            s["metadata"]["labels"]["owner"] == "helm" && s["metadata"]["labels"]["name"] == release
+        })
+        .max_by_key(|s| {
+            s["metadata"]["labels"]["version"]
+                .as_str()
+                .and_then(|v| v.parse::<u32>().ok())
+                .unwrap_or(0)
+        })
+        .map(|s| {
+            s["metadata"]["labels"]["status"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+}
+
+pub fn decode(value: &Value) -> String {
+    String::from_utf8(B64.decode(value.as_str().unwrap()).unwrap()).unwrap()
+}
+
+pub fn encode(text: &str) -> String {
+    B64.encode(text)
+}
+
+pub fn istio_crds(cluster: &TestCluster) -> BTreeSet<String> {
+    names(&cluster.list("/apis/apiextensions.k8s.io/v1/customresourcedefinitions"))
+        .into_iter()
+        .filter(|n| n.ends_with(".istio.io"))
+        .collect()
+}
+
+pub fn resource_versions(objects: &[Value]) -> BTreeSet<(String, String)> {
+    objects
+        .iter()
+        .map(|o| {
+            (
+                o["metadata"]["name"].as_str().unwrap().to_string(),
+                o["metadata"]["resourceVersion"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            )
+        })
+        .collect()
+}
