@@ -7,6 +7,7 @@ use serde::{Serialize, Serializer};
 use crate::components::{Board, Memo, cacerts};
 use crate::exec::{Run, parallel};
 use crate::finding::Finding;
+use crate::sync::{self, Row, State};
 use crate::topology::Topology;
 use crate::trust::TrustMode;
 
@@ -39,8 +40,21 @@ pub struct ClusterStatus {
     pub remote_secrets: RemoteSecrets,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cacerts: Option<Cacerts>,
+    /// What this cluster's istiod reports of the peers it must watch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sync: Option<Sync>,
     #[serde(serialize_with = "sentences")]
     pub problems: Vec<Finding>,
+}
+
+/// istiod's view of its peers, as counted by `status`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Sync {
+    pub synced: usize,
+    pub expected: usize,
+    /// Each peer's state (`synced`, `syncing`, `timeout`, `missing`, ...).
+    pub peers: std::collections::BTreeMap<String, State>,
 }
 
 impl ClusterStatus {
@@ -120,6 +134,15 @@ pub fn collect(run: &Run, topology: &Topology) -> Status {
             for component in &node.components {
                 component.inspect(cx, &mut status);
             }
+            for row in node.components.iter().filter_map(|c| c.sync(cx)) {
+                sync_findings(run, &row, &mut status);
+                let (synced, expected) = row.synced();
+                status.sync = Some(Sync {
+                    synced,
+                    expected,
+                    peers: row.peers.iter().map(|(p, c)| (p.clone(), c.state)).collect(),
+                });
+            }
         });
         status
     });
@@ -138,54 +161,125 @@ pub fn collect(run: &Run, topology: &Topology) -> Status {
     }
 }
 
-/// The status as text for people.
-pub fn render_text(status: &Status) -> String {
-    let mut out = String::new();
-    for c in &status.clusters {
-        out.push_str(&format!(
-            "{} (context {}): {}\n",
-            c.cluster,
-            c.context,
-            match (&c.reachable, &c.kubernetes) {
-                (true, Some(v)) => format!("reachable, Kubernetes {v}"),
-                (true, None) => "reachable".to_string(),
-                (false, _) => "UNREACHABLE".to_string(),
-            }
+/// Problems of istiod's view that status does not show already (a missing secret is).
+fn sync_findings(run: &Run, row: &Row, status: &mut ClusterStatus) {
+    let cluster = Some(row.cluster.as_str());
+    if let Some(error) = &row.error {
+        status.problem(Finding::fail(
+            cluster,
+            "istiod sync",
+            format!(
+                "istiod's view of its peers could not be read: {}",
+                error.lines().next().unwrap_or_default()
+            ),
         ));
-        for r in &c.releases {
-            out.push_str(&format!(
-                "  release {:<12} {:<10} {}\n",
-                r.name,
-                r.status.as_deref().unwrap_or("absent"),
-                r.chart.as_deref().unwrap_or("")
-            ));
+        return;
+    }
+    for (peer, cell) in &row.peers {
+        let already_said = cell.state == State::Missing
+            && status.remote_secrets.missing.contains(peer);
+        if cell.state == State::Synced || already_said {
+            continue;
         }
-        if let Some(i) = &c.istiod {
-            out.push_str(&format!("  istiod ready {}/{}\n", i.ready, i.desired));
+        let server = run.mesh.cluster(peer).map(|c| c.server.as_str()).unwrap_or_default();
+        status.problem(
+            Finding::fail(
+                cluster,
+                "istiod sync",
+                format!("istiod reports peer `{peer}` as {}", cell.state.word()),
+            )
+            .fix(sync::hint(&row.cluster, peer, cell.state, server)),
+        );
+    }
+    for (id, cell) in &row.unexpected {
+        status.problem(Finding::fail(
+            cluster,
+            "istiod sync",
+            format!(
+                "istiod watches `{id}` from secret {}, which the mesh file does not give it",
+                cell.secret.as_deref().unwrap_or("(unknown)")
+            ),
+        ));
+    }
+}
+
+/// The status as text for people: one row per cluster, then what is wrong.
+pub fn render_text(status: &Status) -> String {
+    let header = [
+        "CLUSTER",
+        "CONTEXT",
+        "KUBERNETES",
+        "RELEASES",
+        "ISTIOD",
+        "PEERS SYNCED",
+        "CACERTS ROOT",
+    ];
+    let rows: Vec<[String; 7]> = status
+        .clusters
+        .iter()
+        .map(|c| {
+            let releases = if c.releases.is_empty() {
+                "-".to_string()
+            } else {
+                c.releases
+                    .iter()
+                    .map(|r| match (&r.status, &r.chart) {
+                        (Some(s), Some(chart)) if s == "deployed" => chart.clone(),
+                        (Some(s), _) => format!("{} {s}", r.name),
+                        (None, _) => format!("{} absent", r.name),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            };
+            [
+                c.cluster.clone(),
+                c.context.clone(),
+                match (&c.reachable, &c.kubernetes) {
+                    (true, Some(v)) => v.clone(),
+                    (true, None) => "reachable".to_string(),
+                    (false, _) => "UNREACHABLE".to_string(),
+                },
+                releases,
+                c.istiod
+                    .as_ref()
+                    .map(|i| format!("{}/{}", i.ready, i.desired))
+                    .unwrap_or_else(|| "-".into()),
+                c.sync
+                    .as_ref()
+                    .map(|s| format!("{}/{}", s.synced, s.expected))
+                    .unwrap_or_else(|| "-".into()),
+                match &c.cacerts {
+                    Some(Cacerts {
+                        root_fingerprint: Some(fp),
+                        ..
+                    }) => short_fingerprint(fp),
+                    Some(Cacerts { present: true, .. }) => "unreadable".into(),
+                    Some(_) => "missing".into(),
+                    None => "-".into(),
+                },
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
         }
-        let s = &c.remote_secrets;
-        if c.reachable {
-            out.push_str(&format!(
-                "  remote secrets: present [{}] missing [{}] stale [{}] unexpected [{}]\n",
-                s.present.join(", "),
-                s.missing.join(", "),
-                s.stale.join(", "),
-                s.unexpected.join(", ")
-            ));
-        }
-        if let Some(ca) = &c.cacerts {
-            out.push_str(&format!(
-                "  cacerts: {}\n",
-                match (&ca.present, &ca.root_fingerprint) {
-                    (true, Some(fp)) => format!("present, root {fp}"),
-                    (true, None) => "present, root unreadable".to_string(),
-                    (false, _) => "missing".to_string(),
-                }
-            ));
-        }
-        for p in &c.problems {
-            out.push_str(&format!("  problem: {}\n", p.sentence()));
-        }
+    }
+    let line = |cells: &[String]| {
+        let mut text = cells
+            .iter()
+            .zip(widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ");
+        text.truncate(text.trim_end().len());
+        text.push('\n');
+        text
+    };
+    let mut out = line(&header.map(String::from));
+    for row in &rows {
+        out.push_str(&line(row));
     }
     if let Some(shared) = status.shared_root {
         out.push_str(&format!(
@@ -193,21 +287,32 @@ pub fn render_text(status: &Status) -> String {
             if shared { "yes" } else { "NO" }
         ));
     }
-    for p in &status.problems {
-        out.push_str(&format!("problem: {}\n", p.sentence()));
+    let problems: Vec<String> = status
+        .clusters
+        .iter()
+        .flat_map(|c| c.problems.iter().map(move |p| format!("[{}] {}", c.cluster, p.sentence())))
+        .chain(status.problems.iter().map(Finding::sentence))
+        .collect();
+    if !problems.is_empty() {
+        out.push_str("problems:\n");
+        for p in &problems {
+            out.push_str(&format!("  {p}\n"));
+        }
     }
-    let count = status.problems.len()
-        + status
-            .clusters
-            .iter()
-            .map(|c| c.problems.len())
-            .sum::<usize>();
     out.push_str(&if status.ok {
         format!("mesh `{}` is as the mesh file says\n", status.mesh_id)
     } else {
-        format!("mesh `{}`: {count} problem(s)\n", status.mesh_id)
+        format!("mesh `{}`: {} problem(s)\n", status.mesh_id, problems.len())
     });
     out
+}
+
+/// `4D:34:09:7D…`: enough of a fingerprint to tell roots apart at a glance.
+fn short_fingerprint(fp: &str) -> String {
+    match fp.get(..11) {
+        Some(start) if fp.len() > 11 => format!("{start}…"),
+        _ => fp.to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -241,6 +346,19 @@ mod tests {
             ok(json!({"kind": "Deployment", "spec": {"replicas": 1}, "status": {"readyReplicas": 1}}).to_string())
         } else if args.starts_with("get secrets") {
             ok(json!({"kind": "SecretList", "items": secrets}).to_string())
+        } else if args.starts_with("get pods") {
+            ok(json!({"kind": "PodList", "items": [{"metadata": {"name": "istiod-x"},
+                "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}}]})
+            .to_string())
+        } else if args.starts_with("get --raw") {
+            // istiod synced with every peer it holds a secret for.
+            let mut entries = vec![json!({"id": step.cluster, "secretName": "", "syncStatus": "synced"})];
+            for s in secrets {
+                for id in s["data"].as_object().unwrap().keys() {
+                    entries.push(json!({"id": id, "secretName": format!("istio-system/{}", s["metadata"]["name"].as_str().unwrap()), "syncStatus": "synced"}));
+                }
+            }
+            ok(serde_json::Value::Array(entries).to_string())
         } else {
             ok(String::new())
         }
@@ -365,8 +483,13 @@ mod tests {
         let m = mesh(2, TrustMode::None);
         let status = status_of(&m, vec![]);
         let text = render_text(&status);
+        assert!(text.starts_with("CLUSTER   CONTEXT        KUBERNETES"), "{text}");
         assert!(
-            text.contains("remote secrets: present [] missing [cluster2]"),
+            text.contains("cluster1  kind-cluster1  v1.33.0     base-1.28.1 istiod-1.28.1  1/1     0/1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  [cluster1] remote secrets missing for cluster2; run `meshup link`"),
             "{text}"
         );
         assert!(text.ends_with("problem(s)\n"), "{text}");

@@ -9,7 +9,7 @@ use crate::components::Component;
 use crate::components::cacerts::CacertsSecret;
 use crate::components::crds::Crds;
 use crate::components::namespace::Namespace;
-use crate::components::peers::{Peers, Source};
+use crate::components::peers::{self, Peers, Source};
 use crate::components::reader::Reader;
 use crate::components::release::{Istiod, Release};
 use crate::components::restart::IstiodRestart;
@@ -161,6 +161,9 @@ fn components(
     parts.push(Box::new(Peers {
         namespace: ns.clone(),
         sources,
+        reloads_changed_secrets: peers::reloads_changed_secrets(
+            mesh.chart("istiod").version.as_deref(),
+        ),
     }));
     parts
 }

@@ -1,0 +1,226 @@
+//! `meshup verify` and the sync column of `status`, end to end: istiod's own view of its peers
+//! (read from the test clusters' istiod pods through the pod proxy), each way a mesh breaks
+//! while every object still exists, and `meshup install` repairing it; then traffic.
+
+mod common;
+
+use common::*;
+use meshup_testcluster::Options;
+use serde_json::{Value, json};
+
+const TOOLS: &str = "helm4";
+
+/// verify and status both fail naming `pairs` (e.g. `cluster1 → cluster2: timeout`).
+#[track_caller]
+fn both_fail_naming(env: &Env, mesh: &str, pairs: &[&str]) {
+    let verify = env.meshup(&["verify", "-f", mesh]).expect(1);
+    for pair in pairs {
+        assert!(verify.stdout.contains(pair), "`{pair}` not in:\n{}", verify.stdout);
+    }
+    let status = env.meshup(&["status", "-f", mesh]).expect(1);
+    assert!(status.stdout.contains("problems:"), "{}", status.stdout);
+}
+
+#[track_caller]
+fn both_pass(env: &Env, mesh: &str) {
+    let verify = env.meshup(&["verify", "--wait", "30s", "-f", mesh]).expect(0);
+    assert!(verify.stdout.contains("the mesh works"), "{}", verify.stdout);
+    let status = env.meshup(&["status", "-f", mesh]).expect(0);
+    assert!(status.stdout.contains("is as the mesh file says"), "{}", status.stdout);
+}
+
+#[test]
+fn an_api_server_the_peers_cannot_reach_shows_as_timeout_until_install_repairs_it() {
+    let env = Env::new(TOOLS, 3);
+    let bad = env.mesh_file(&[], &[("cluster2", "https://cluster2.unreachable.test:6443")], "");
+    let bad = bad.to_str().unwrap();
+    env.meshup(&["install", "-f", bad]).expect(0);
+    both_fail_naming(
+        &env,
+        bad,
+        &["cluster1 → cluster2: timeout", "cluster3 → cluster2: timeout", "is not reachable from inside"],
+    );
+    let status = env.meshup(&["status", "-f", bad, "--output", "json"]).expect(1);
+    let doc: Value = serde_json::from_str(&status.stdout).unwrap();
+    assert_eq!(doc["clusters"][0]["sync"]["peers"]["cluster2"], "timeout");
+    assert_eq!(doc["clusters"][0]["sync"]["synced"], 1);
+
+    let good = env.mesh_file(&[], &[], "");
+    let good = good.to_str().unwrap();
+    env.meshup(&["install", "-f", good]).expect(0);
+    both_pass(&env, good);
+}
+
+#[test]
+fn a_revoked_token_and_a_missing_secret_are_named_and_repaired() {
+    let env = Env::new(TOOLS, 3);
+    let mesh = env.mesh_file(&[], &[], "");
+    let mesh = mesh.to_str().unwrap();
+    env.meshup(&["install", "-f", mesh]).expect(0);
+    both_pass(&env, mesh);
+
+    // cluster1's reader token goes: every peer holding it is refused.
+    env.cluster("cluster1")
+        .delete(&format!("/api/v1/namespaces/{NS}/secrets/{TOKEN_SECRET}"))
+        .expect("the token secret was there");
+    both_fail_naming(&env, mesh, &["cluster2 → cluster1: timeout", "cluster3 → cluster1: timeout"]);
+    env.meshup(&["install", "-f", mesh]).expect(0);
+    both_pass(&env, mesh);
+
+    // A remote secret goes missing.
+    env.cluster("cluster3")
+        .delete(&format!("/api/v1/namespaces/{NS}/secrets/istio-remote-secret-cluster2"))
+        .expect("the remote secret was there");
+    both_fail_naming(&env, mesh, &["cluster3 → cluster2: missing", "no remote secret for `cluster2`"]);
+    env.meshup(&["install", "-f", mesh]).expect(0);
+    both_pass(&env, mesh);
+}
+
+/// A remote secret for `id` in `cluster`'s istiod namespace, giving a kubeconfig of cluster2.
+fn foreign_secret(env: &Env, name: &str, id: &str, managed: bool) -> Value {
+    let peer = env.cluster("cluster2");
+    let kubeconfig = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: {id}\n  cluster:\n    server: {}\n    certificate-authority-data: {}\ncontexts:\n- name: {id}\n  context: {{cluster: {id}, user: {id}}}\ncurrent-context: {id}\nusers:\n- name: {id}\n  user: {{token: {}}}\n",
+        peer.url(),
+        encode(peer.ca_pem()),
+        peer.admin_token()
+    );
+    let mut labels = json!({"istio/multiCluster": "true"});
+    if managed {
+        labels["app.kubernetes.io/managed-by"] = "meshup".into();
+    }
+    json!({"apiVersion": "v1", "kind": "Secret",
+           "metadata": {"name": name, "namespace": NS, "labels": labels},
+           "data": {id: encode(&kubeconfig)}})
+}
+
+#[test]
+fn a_secret_for_a_cluster_not_in_the_mesh_file_is_unexpected() {
+    let env = Env::new(TOOLS, 2);
+    let mesh = env.mesh_file(&[], &[], "");
+    let mesh = mesh.to_str().unwrap();
+    env.meshup(&["install", "-f", mesh]).expect(0);
+    let secrets = format!("/api/v1/namespaces/{NS}/secrets");
+    // One someone else made, one meshup made for a cluster since dropped from the file.
+    env.cluster("cluster1")
+        .put(&secrets, foreign_secret(&env, "istio-remote-secret-stranger", "stranger", false))
+        .unwrap();
+    env.cluster("cluster1")
+        .put(&secrets, foreign_secret(&env, "istio-remote-secret-departed", "departed", true))
+        .unwrap();
+    both_fail_naming(
+        &env,
+        mesh,
+        &[
+            "cluster1 → stranger: unexpected (secret istio-system/istio-remote-secret-stranger)",
+            "cluster1 → departed: unexpected",
+        ],
+    );
+    // install prunes what meshup made; the other stays named, with what to do.
+    env.meshup(&["install", "-f", mesh]).expect(0);
+    let verify = env.meshup(&["verify", "-f", mesh]).expect(1);
+    assert!(!verify.stdout.contains("departed"), "{}", verify.stdout);
+    assert!(verify.stdout.contains("delete that secret"), "{}", verify.stdout);
+    env.cluster("cluster1")
+        .delete(&format!("{secrets}/istio-remote-secret-stranger"))
+        .unwrap();
+    both_pass(&env, mesh);
+}
+
+#[test]
+fn verify_waits_while_istiod_is_syncing() {
+    let env = Env::with(
+        TOOLS,
+        2,
+        Options {
+            sync_delay: std::time::Duration::from_secs(4),
+            ..Options::default()
+        },
+    );
+    let mesh = env.mesh_file(&[], &[], "");
+    let mesh = mesh.to_str().unwrap();
+    env.meshup(&["install", "-f", mesh]).expect(0);
+    let now = env.meshup(&["verify", "-f", mesh]).expect(1);
+    assert!(now.stdout.contains("cluster1 → cluster2: syncing"), "{}", now.stdout);
+    let later = env.meshup(&["verify", "--wait", "30s", "-f", mesh]).expect(0);
+    assert!(later.stderr.contains("reading again"), "{}", later.stderr);
+}
+
+#[test]
+fn a_refused_pod_proxy_falls_back_to_port_forward_and_says_so() {
+    let env = Env::with(
+        TOOLS,
+        2,
+        Options {
+            pod_proxy: false,
+            ..Options::default()
+        },
+    );
+    let mesh = env.mesh_file(&[], &[], "");
+    let mesh = mesh.to_str().unwrap();
+    env.meshup(&["install", "-f", mesh]).expect(0);
+    let run = env.meshup(&["verify", "-v", "-f", mesh]).expect(1);
+    assert!(
+        run.stderr.contains("reading its view through `kubectl port-forward` instead"),
+        "{}",
+        run.stderr
+    );
+    let forward = run
+        .commands_in("cluster1")
+        .into_iter()
+        .find(|c| c.starts_with("kubectl port-forward"))
+        .expect("a port-forward was tried");
+    assert!(
+        forward.contains(":15014 --address 127.0.0.1 --namespace istio-system --context cluster1"),
+        "{forward}"
+    );
+    // The test API server serves no port-forward (a stream upgrade), so the row says both ways
+    // failed.
+    assert!(run.stdout.contains("istiod's view could not be read"), "{}", run.stdout);
+}
+
+#[test]
+fn traffic_crosses_every_pair_of_a_working_mesh() {
+    let env = Env::new(TOOLS, 2);
+    let mesh = env.mesh_file(&[], &[], "");
+    let mesh = mesh.to_str().unwrap();
+    env.meshup(&["install", "-f", mesh]).expect(0);
+    let run = env
+        .meshup(&["verify", "--traffic", "--requests", "10", "-f", mesh, "--output", "json"])
+        .expect(0);
+    let report: Value = serde_json::from_str(&run.stdout).unwrap();
+    for from in ["cluster1", "cluster2"] {
+        for to in ["cluster1", "cluster2"] {
+            let answers = report["traffic"]["answers"][from][to].as_u64().unwrap_or(0);
+            assert!(answers > 0, "{from} → {to}: {}", run.stdout);
+        }
+    }
+    for cluster in &env.clusters {
+        assert!(
+            cluster.get("/api/v1/namespaces/meshup-verify").is_none(),
+            "the check's namespace was left in {}",
+            cluster.name()
+        );
+    }
+
+}
+
+#[test]
+fn without_a_shared_root_the_control_plane_syncs_but_no_request_crosses_clusters() {
+    // Each istiod signs with a root of its own.
+    let env = Env::new(TOOLS, 2);
+    let mesh = env.mesh_file(&[], &[], "");
+    env.set_trust_mode(&mesh, "none");
+    let mesh = mesh.to_str().unwrap();
+    env.meshup(&["install", "-f", mesh]).expect(0);
+    env.meshup(&["verify", "-f", mesh]).expect(0);
+    let run = env
+        .meshup(&["verify", "--traffic", "--requests", "10", "--keep", "-f", mesh])
+        .expect(1);
+    assert!(run.stdout.contains("cluster1 → cluster2: no answer"), "{}", run.stdout);
+    assert!(run.stdout.contains("traffic: from \\ to"), "{}", run.stdout);
+    assert!(
+        env.cluster("cluster1").get("/api/v1/namespaces/meshup-verify").is_some(),
+        "--keep keeps the namespace"
+    );
+}
