@@ -63,7 +63,7 @@ fn random_faults_are_the_same_for_the_same_seed() {
 #[test]
 fn an_outage_cuts_open_watches_and_resets_new_connections() {
     let c = TestCluster::start("outage", Options::default());
-    c.outage_after_writes(1, Duration::from_millis(800));
+    c.outage_after_writes(1, Duration::from_secs(2));
     std::thread::scope(|s| {
         let watch = s.spawn(|| {
             c.request(
@@ -83,24 +83,28 @@ fn an_outage_cuts_open_watches_and_resets_new_connections() {
             assert!(Instant::now() < deadline, "the watch never arrived");
             std::thread::sleep(Duration::from_millis(10));
         }
-        let started = Instant::now();
         assert_eq!(
             create_namespace(&c, "a"),
             Ok(201),
             "the k-th write is answered"
         );
+        // The outage began before the answer arrived: a window from now covers it.
+        let started = Instant::now();
         let cut = watch.join().unwrap();
         assert!(
             cut.as_ref().is_err_and(|e| e.contains("reset")),
             "the watch was not reset: {cut:?}"
         );
-        assert!(started.elapsed() < Duration::from_millis(500));
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the watch ran to its timeout instead of being cut"
+        );
         let during = create_namespace(&c, "b");
         assert!(
             during.as_ref().is_err_and(|e| e.contains("reset")),
             "{during:?}"
         );
-        std::thread::sleep(Duration::from_millis(850).saturating_sub(started.elapsed()));
+        std::thread::sleep(Duration::from_millis(2050).saturating_sub(started.elapsed()));
     });
     assert_eq!(
         create_namespace(&c, "b"),
