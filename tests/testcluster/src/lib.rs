@@ -154,6 +154,9 @@ pub struct RandomFaults {
     pub seed: u64,
     /// Fraction (0..=1) of requests answered 503 ServiceUnavailable.
     pub unavailable: f64,
+    /// Fraction (0..=1) of requests answered 429 TooManyRequests with `Retry-After: 1`
+    /// (client-go waits and retries those by itself).
+    pub throttled: f64,
     /// Fraction (0..=1) of requests whose connection is reset.
     pub reset: f64,
 }
@@ -417,13 +420,10 @@ impl TestCluster {
             .outage_after_writes(k, length);
     }
 
-    /// Answers a fraction of requests with 503 or a reset, from now on (zero rates turn it off).
+    /// Answers a fraction of requests with 503, 429 or a reset, from now on (zero rates turn it
+    /// off).
     pub fn set_random_faults(&self, faults: RandomFaults) {
-        self.shared.faults.lock().unwrap().set_random(
-            faults.seed,
-            faults.unavailable,
-            faults.reset,
-        );
+        self.shared.faults.lock().unwrap().set_random(faults);
     }
 
     /// Lets the API server reach pods through the `proxy` subresource, or not (see

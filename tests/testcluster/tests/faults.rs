@@ -28,6 +28,7 @@ fn random_faults_are_the_same_for_the_same_seed() {
         c.set_random_faults(RandomFaults {
             seed,
             unavailable: 0.3,
+            throttled: 0.0,
             reset: 0.2,
         });
         let seen: Vec<String> = (0..30)

@@ -1450,3 +1450,35 @@ fn an_istiod_with_a_partial_cacerts_crashes_until_the_set_is_complete() {
     assert!(status.contains("successfully rolled out"), "{status}");
     assert_eq!(istiod_pod(&c), pod, "the same pod, restarted in place");
 }
+
+#[test]
+fn kubectl_waits_out_throttling_but_not_unavailability() {
+    let c = TestCluster::start("c1", Options::default());
+    let (_dir, t) = kubectl_env(&[&c]);
+    c.set_random_faults(meshup_testcluster::RandomFaults {
+        seed: 3,
+        throttled: 0.3,
+        ..Default::default()
+    });
+    let started = Instant::now();
+    t.kubectl("c1", &["get", "namespace", "default", "-o", "name"], None);
+    let throttled = c.requests_log().iter().filter(|r| r.status == 429).count();
+    assert!(throttled > 0, "seed 3 throttles none of kubectl's requests");
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "Retry-After: 1 was not honoured"
+    );
+
+    c.set_random_faults(meshup_testcluster::RandomFaults {
+        seed: 3,
+        unavailable: 1.0,
+        ..Default::default()
+    });
+    let out = t.kubectl_out("c1", &["get", "namespace", "default"], None);
+    assert!(!out.ok);
+    assert!(
+        out.stderr.contains("unable to handle the request"),
+        "{}",
+        out.stderr
+    );
+}
