@@ -1482,3 +1482,62 @@ fn kubectl_waits_out_throttling_but_not_unavailability() {
         out.stderr
     );
 }
+
+#[test]
+fn helm_cut_off_mid_install_leaves_the_release_pending() {
+    let c = TestCluster::start("c1", Options::default());
+    let (dir, t) = kubectl_env(&[&c]);
+    let values = dir.path().join("values.yaml");
+    std::fs::write(&values, "global:\n  multiCluster:\n    clusterName: c1\n").unwrap();
+    let install = |timeout: &str| {
+        let kc = t.kubeconfig.to_str().unwrap();
+        t.run(
+            &t.helm,
+            &[
+                "upgrade",
+                "--install",
+                "istiod",
+                "tests/fixtures/charts/istiod",
+                "--namespace",
+                NS,
+                "--create-namespace",
+                "--values",
+                values.to_str().unwrap(),
+                "--wait",
+                "--timeout",
+                timeout,
+                "--kubeconfig",
+                kc,
+                "--kube-context",
+                "c1",
+            ],
+            None,
+        )
+    };
+    // The namespace, the release record and a few objects get through; then every
+    // connection is reset for longer than helm retries.
+    c.outage_after_writes(4, Duration::from_secs(4));
+    let cut = install("20s");
+    assert!(!cut.ok, "helm survived the outage:\n{}", cut.stdout);
+    assert!(
+        cut.stderr.contains("connection reset by peer"),
+        "{}",
+        cut.stderr
+    );
+    let record = c
+        .get(&format!(
+            "/api/v1/namespaces/{NS}/secrets/sh.helm.release.v1.istiod.v1"
+        ))
+        .expect("helm wrote its release record before the outage");
+    assert_eq!(record["metadata"]["labels"]["status"], "pending-install");
+    std::thread::sleep(Duration::from_secs(4));
+    let again = install("20s");
+    assert!(!again.ok, "a pending release blocks the next upgrade");
+    assert!(
+        again
+            .stderr
+            .contains("another operation (install/upgrade/rollback) is in progress"),
+        "{}",
+        again.stderr
+    );
+}
