@@ -316,7 +316,7 @@ impl State {
                             obj["status"] = json!({"loadBalancer": {}});
                         }
                     } else if obj.pointer("/status/loadBalancer/ingress/0/ip").is_none() {
-                        let ip = self.allocate_ip("172.18.255");
+                        let ip = self.allocate_ip(&self.load_balancer_prefix());
                         obj["status"] =
                             json!({"loadBalancer": {"ingress": [{"ip": ip, "ipMode": "VIP"}]}});
                     }
@@ -754,7 +754,7 @@ impl State {
         if obj.pointer("/status/phase").is_some() {
             return;
         }
-        let ip = self.allocate_ip("10.244");
+        let ip = self.allocate_ip(&self.pod_prefix());
         obj["status"] = running_status(obj, &ip, meta_str(obj, "creationTimestamp"));
         if crashing {
             crash(obj);
@@ -1018,7 +1018,7 @@ impl State {
             .map(|(k, o)| (k.clone(), o.clone()))
             .collect();
         for (k, mut o) in pending {
-            let ip = self.allocate_ip("172.18.255");
+            let ip = self.allocate_ip(&self.load_balancer_prefix());
             o["status"] = json!({"loadBalancer": {"ingress": [{"ip": ip, "ipMode": "VIP"}]}});
             let _ = self.update(&svc, &k, o, WriteMode::Internal, false);
         }

@@ -32,7 +32,8 @@
 //! Done at once on each write: namespace, service (cluster IPs; LoadBalancer addresses unless
 //! [`Options::load_balancer`] is off) and CRD status; Deployments get a ReplicaSet per pod
 //! template and ReplicaSets a Running, Ready pod per replica (`<rs>-<5 chars>`, owned by the
-//! ReplicaSet, IP from 10.244.0.0/16); scaling, new templates and deletions act on pods as the
+//! ReplicaSet, IP from the cluster's own /16: 10.244 for the first cluster of the process,
+//! 10.245 for the next); scaling, new templates and deletions act on pods as the
 //! ReplicaSet controller and garbage collector would. Jobs get the `controller-uid` selector
 //! and labels and one pod that runs at once and completes the Job. A pod created in a
 //! namespace that selects a running istiod revision (`istio-injection=enabled` for
@@ -180,6 +181,9 @@ impl std::fmt::Display for ApiFailure {
 
 impl std::error::Error for ApiFailure {}
 
+/// How many clusters this process started: each gets its own pod and load-balancer ranges.
+static STARTED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
 /// The running clusters of this process, so that one can reach another's state (traffic
 /// emulation) by the port its URL names.
 static RUNNING: Mutex<Vec<(u16, Weak<Shared>)>> = Mutex::new(Vec::new());
@@ -220,6 +224,7 @@ impl TestCluster {
         let pki = tls::Pki::new(name);
         let mut state = State::new(name, pki.ca_pem.clone());
         state.load_balancer = options.load_balancer;
+        state.index = STARTED.fetch_add(1, Ordering::Relaxed);
         let shared = Arc::new(Shared {
             name: name.to_string(),
             state: Mutex::new(state),

@@ -134,6 +134,8 @@ pub struct State {
     pub pending_tokens: Vec<Key>,
     /// Tokens issued by TokenRequests.
     pub issued: HashMap<String, crate::auth::Issued>,
+    /// The cluster's number among those this process started (0 for the first).
+    pub index: u32,
     /// Whether LoadBalancer Services get an address (a load-balancer controller runs).
     pub load_balancer: bool,
     /// When each live object was created: its first resourceVersion (creation order) and
@@ -213,6 +215,7 @@ impl State {
             pending_tokens: Vec::new(),
             issued: HashMap::new(),
             load_balancer: true,
+            index: 0,
             born: HashMap::new(),
             pod_logs: HashMap::new(),
             istiod_roots: HashMap::new(),
@@ -695,6 +698,19 @@ impl State {
         }
     }
 
+    /// The first two octets of this cluster's pod CIDR: `10.244` for the first cluster of the
+    /// process, `10.245` for the second, and so on (pod IPs differ across clusters, as a flat
+    /// multi-cluster network needs).
+    pub fn pod_prefix(&self) -> String {
+        format!("10.{}", 244 + self.index % 12)
+    }
+
+    /// The first two octets of this cluster's load-balancer addresses: `172.18`, `172.19`, …
+    pub fn load_balancer_prefix(&self) -> String {
+        format!("172.{}", 18 + self.index % 12)
+    }
+
+    /// The next free address under a two-octet prefix.
     pub fn allocate_ip(&mut self, prefix: &str) -> String {
         let n = self.next_ip;
         self.next_ip += 1;
