@@ -983,7 +983,7 @@ fn istiod_answers_clusterz_through_the_pod_proxy() {
     let c1 = TestCluster::start("c1", Options::default());
     let c2 = TestCluster::start("c2", Options::default());
     let (_dir, t) = kubectl_env(&[&c1, &c2]);
-    control_plane(&c1, "cluster1", "n1", None);
+    let token1 = control_plane(&c1, "cluster1", "n1", None);
     let token2 = control_plane(&c2, "cluster2", "n1", None);
     let good = remote_kubeconfig(&c2, "cluster2", c2.ca_pem(), &token2);
     remote_secret(&c1, "cluster2", "cluster2", &good);
@@ -1019,6 +1019,19 @@ fn istiod_answers_clusterz_through_the_pod_proxy() {
             && r.status == 200),
         "the probe reads c2 with the reader token"
     );
+    // A peer served by the same process thread as istiod itself: probed without deadlock.
+    remote_secret(
+        &c1,
+        "loop",
+        "cluster9",
+        &remote_kubeconfig(&c1, "loop", c1.ca_pem(), &token1),
+    );
+    assert_eq!(sync(&clusterz("15014"), "cluster9"), "synced");
+    c1.delete(&format!(
+        "/api/v1/namespaces/{NS}/secrets/istio-remote-secret-loop"
+    ))
+    .unwrap();
+
     // Without the reader's role binding the token is refused every read.
     let binding = "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/istio-reader-clusterrole-istio-system";
     let saved = c2.delete(binding).unwrap();
