@@ -29,8 +29,9 @@
 //! namespace, and deletes those of missing or deleted service accounts.
 //!
 //! # Controllers
-//! Done at once on each write: namespace, service (cluster IPs; LoadBalancer addresses unless
-//! [`Options::load_balancer`] is off) and CRD status; Deployments get a ReplicaSet per pod
+//! One Ready node (`<cluster>-control-plane`). Done at once on each write: namespace, service
+//! (cluster IPs; node ports for NodePort and LoadBalancer Services; LoadBalancer addresses,
+//! from the cluster's own range, unless [`Options::load_balancer`] is off) and CRD status; Deployments get a ReplicaSet per pod
 //! template and ReplicaSets a Running, Ready pod per replica (`<rs>-<5 chars>`, owned by the
 //! ReplicaSet, IP from the cluster's own /16: 10.244 for the first cluster of the process,
 //! 10.245 for the next); scaling, new templates and deletions act on pods as the
@@ -225,6 +226,7 @@ impl TestCluster {
         let mut state = State::new(name, pki.ca_pem.clone());
         state.load_balancer = options.load_balancer;
         state.index = STARTED.fetch_add(1, Ordering::Relaxed);
+        state.add_node();
         let shared = Arc::new(Shared {
             name: name.to_string(),
             state: Mutex::new(state),

@@ -130,6 +130,8 @@ pub struct State {
     /// What each field manager applied last (server-side apply), to drop fields it stops setting.
     pub applied: HashMap<(Key, String), Value>,
     next_ip: u32,
+    /// The last node port handed out (they start at 30001).
+    pub next_node_port: u64,
     /// Token secrets the token controller fills in shortly.
     pub pending_tokens: Vec<Key>,
     /// Tokens issued by TokenRequests.
@@ -212,6 +214,7 @@ impl State {
             tx,
             applied: HashMap::new(),
             next_ip: 1,
+            next_node_port: 30000,
             pending_tokens: Vec::new(),
             issued: HashMap::new(),
             load_balancer: true,
@@ -708,6 +711,41 @@ impl State {
     /// The first two octets of this cluster's load-balancer addresses: `172.18`, `172.19`, …
     pub fn load_balancer_prefix(&self) -> String {
         format!("172.{}", 18 + self.index % 12)
+    }
+
+    /// The cluster's one node, named like kind's.
+    pub fn node_name(&self) -> String {
+        format!("{}-control-plane", self.cluster)
+    }
+
+    /// The node's InternalIP: `172.30.0.2` for the first cluster of the process, then `.3`, …
+    pub fn node_ip(&self) -> String {
+        format!("172.30.0.{}", 2 + self.index % 250)
+    }
+
+    /// Registers the cluster's node, Ready, once the cluster's number is known.
+    pub fn add_node(&mut self) {
+        let Some(res) = self.resource("", "v1", "nodes") else {
+            return;
+        };
+        let (name, ip) = (self.node_name(), self.node_ip());
+        let cidr = format!("{}.0.0/16", self.pod_prefix());
+        let node = json!({
+            "metadata": {"name": name, "labels": {
+                "kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": "amd64", "node-role.kubernetes.io/control-plane": ""}},
+            "spec": {"podCIDR": cidr, "podCIDRs": [cidr]},
+            "status": {
+                "addresses": [{"type": "InternalIP", "address": ip}, {"type": "Hostname", "address": name}],
+                "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
+                                "message": "kubelet is posting ready status"}],
+                "capacity": {"cpu": "8", "memory": "16Gi", "pods": "110"},
+                "allocatable": {"cpu": "8", "memory": "16Gi", "pods": "110"},
+                "nodeInfo": {"kubeletVersion": crate::GIT_VERSION, "containerRuntimeVersion": "containerd://2.1.0",
+                             "operatingSystem": "linux", "architecture": "amd64"},
+            },
+        });
+        let _ = self.create(&res, "", node, false);
     }
 
     /// The next free address under a two-octet prefix.

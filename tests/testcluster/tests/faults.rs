@@ -1,5 +1,5 @@
 //! Faults on request: outages that reset connections, seeded random 503s and resets, latency,
-//! stop and restart, and a cluster without a load-balancer controller.
+//! stop and restart; load balancers (or none) and node ports.
 
 use std::time::{Duration, Instant};
 
@@ -169,4 +169,19 @@ fn load_balancer_services_stay_pending_without_a_controller() {
         ip.as_str().is_some_and(|ip| ip.starts_with("172.18.")),
         "{ip}"
     );
+}
+
+#[test]
+fn load_balancer_and_node_port_services_get_node_ports_they_keep() {
+    let c = TestCluster::start("ports", Options::default());
+    let path = "/api/v1/namespaces/default/services/gw";
+    let svc = json!({"spec": {"type": "LoadBalancer", "ports": [{"name": "tls", "port": 15443}]}});
+    let first = c.put(path, svc.clone()).unwrap();
+    let node_port = first["spec"]["ports"][0]["nodePort"].as_u64().unwrap();
+    assert!((30000..=32767).contains(&node_port), "{node_port}");
+    let again = c.put(path, svc).unwrap();
+    assert_eq!(again["spec"]["ports"][0]["nodePort"], node_port);
+    let nodes = c.list("/api/v1/nodes");
+    assert_eq!(nodes.len(), 1);
+    assert_eq!(nodes[0]["status"]["addresses"][0]["type"], "InternalIP");
 }
