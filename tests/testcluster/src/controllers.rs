@@ -762,6 +762,11 @@ impl State {
             crashing = crate::mesh::cacerts(self, &key.namespace) == crate::mesh::Cacerts::Partial;
         }
         if let Some(rev) = self.injected_revision(&key.namespace, obj) {
+            let root = self
+                .istiod_pods()
+                .find(|(_, p)| crate::proxy::pod_ready(p) && istiod_revision(p) == rev)
+                .and_then(|(k, _)| self.istiod_roots.get(k).cloned().flatten());
+            self.sidecar_roots.insert(key.clone(), root);
             set_default(obj, "/metadata/annotations", json!({}));
             obj["metadata"]["annotations"]["sidecar.istio.io/status"] =
                 json!(json!({"containers": ["istio-proxy"], "revision": rev}).to_string());

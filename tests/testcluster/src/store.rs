@@ -156,6 +156,9 @@ pub struct State {
     pub stale_status: Vec<Key>,
     depth: u32,
     flushing: bool,
+    /// Pods with a sidecar, and the root of trust it got from the istiod that injected it
+    /// (`None`: that istiod's own self-signed root).
+    pub sidecar_roots: HashMap<Key, Option<String>>,
     /// Client pods of Jobs that the job controller runs shortly.
     pub pending_jobs: Vec<Key>,
 }
@@ -224,6 +227,7 @@ impl State {
             istiod_roots: HashMap::new(),
             istiod_loaded: HashMap::new(),
             stale_status: Vec::new(),
+            sidecar_roots: HashMap::new(),
             depth: 0,
             flushing: false,
             pending_jobs: Vec::new(),
@@ -604,6 +608,7 @@ impl State {
             self.pod_logs.remove(key);
             self.istiod_roots.remove(key);
             self.istiod_loaded.remove(key);
+            self.sidecar_roots.remove(key);
             self.owner_status_stale(&obj);
         }
         if key.group.is_empty() && key.plural == "secrets" && key.name == "cacerts" {

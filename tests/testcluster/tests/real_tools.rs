@@ -1258,7 +1258,8 @@ fn a_curl_job_reaches_both_clusters_only_with_a_shared_root() {
         );
     }
 
-    // cluster2's istiod restarts with a root of its own: cross-cluster mTLS fails.
+    // cluster2 gets another root: its workloads keep the old one until both istiod and they
+    // restart; then cross-cluster mTLS fails.
     put(
         &c2,
         &format!("/api/v1/namespaces/{NS}/secrets/cacerts"),
@@ -1266,15 +1267,36 @@ fn a_curl_job_reaches_both_clusters_only_with_a_shared_root() {
         "ca-cert.pem": STANDARD.encode("x"), "ca-key.pem": STANDARD.encode("x"),
         "root-cert.pem": STANDARD.encode("another root"), "cert-chain.pem": STANDARD.encode("x")}}),
     );
-    let lines = curl_job(&t, "c1", "curl-2", 4);
+    let reaches_v2 = |job: &str| {
+        curl_job(&t, "c1", job, 4)
+            .iter()
+            .any(|l| l.contains("version: v2"))
+    };
     assert!(
-        lines.iter().any(|l| l.contains("version: v2")),
-        "a new cacerts is not used before istiod restarts: {lines:?}"
+        reaches_v2("curl-2"),
+        "a new cacerts is not used before istiod restarts"
     );
     let istiod2 = istiod_pod(&c2);
     t.kubectl("c2", &["delete", "pod", &istiod2, "-n", NS], None);
-    let lines = curl_job(&t, "c1", "curl-3", 4);
-    assert!(lines.iter().all(|l| l.contains("version: v1")), "{lines:?}");
+    assert!(
+        reaches_v2("curl-3"),
+        "running workloads keep their certificates"
+    );
+    t.kubectl(
+        "c2",
+        &[
+            "rollout",
+            "restart",
+            "deployment/helloworld-v2",
+            "-n",
+            "meshup-verify",
+        ],
+        None,
+    );
+    assert!(
+        !reaches_v2("curl-4"),
+        "a restarted v2 trusts only the new root"
+    );
 
     // Nothing serves the Service in cluster1 any more and cluster2 is out of reach.
     t.kubectl(
@@ -1289,7 +1311,7 @@ fn a_curl_job_reaches_both_clusters_only_with_a_shared_root() {
         None,
     );
     assert_eq!(
-        curl_job(&t, "c1", "curl-4", 2),
+        curl_job(&t, "c1", "curl-5", 2),
         ["request failed", "request failed"]
     );
 }
