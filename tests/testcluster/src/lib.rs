@@ -53,7 +53,7 @@
 //! A Job whose container has env `URL` (`http://SVC.NS:PORT/...`) and `REQUESTS` prints, in its
 //! pod's log (`kubectl logs job/NAME`), one line per request: `Hello version: V, instance: POD`
 //! from the reachable endpoints in turn, or `request failed`. Reachability across the clusters
-//! of this process (injection, clusterz, the root of trust istiod loaded at start, networks
+//! of this process (injection, clusterz, the roots sidecars got from their istiod, networks
 //! and east-west gateways) is described in the `mesh` module and follows Istio.
 //!
 //! # Faults and inspection
