@@ -36,9 +36,6 @@ pub fn token(cluster: &str, ns: &str, sa: &str, exp: Option<i64>) -> String {
     )
 }
 
-/// The node every pod runs on.
-const NODE: &str = "testcluster-node";
-
 /// The revision an istiod pod serves (label `istio.io/rev`, `default` when unset).
 pub fn istiod_revision(pod: &Value) -> String {
     pod.pointer("/metadata/labels/istio.io~1rev")
@@ -126,7 +123,7 @@ pub fn pod_from_template(prefix: &str, template: &Value, owner: Value) -> Value 
     })
 }
 
-/// The status of a pod that runs, every container ready.
+/// The status of a pod that runs, every container ready (the node's address is the caller's).
 pub fn running_status(pod: &Value, ip: &str, started: &str) -> Value {
     let condition = |t: &str| json!({"type": t, "status": "True", "lastProbeTime": null, "lastTransitionTime": started});
     let containers: Vec<Value> = pod
@@ -149,8 +146,6 @@ pub fn running_status(pod: &Value, ip: &str, started: &str) -> Value {
         .collect();
     json!({
         "phase": "Running",
-        "hostIP": "172.18.0.2",
-        "hostIPs": [{"ip": "172.18.0.2"}],
         "podIP": ip,
         "podIPs": [{"ip": ip}],
         "startTime": started,
@@ -287,13 +282,33 @@ impl State {
                     .and_then(Value::as_str)
                     .unwrap_or("")
                     .to_string();
+                let node_ports = ty == "NodePort" || ty == "LoadBalancer";
+                let old_ports: Vec<Value> = old
+                    .and_then(|o| o.pointer("/spec/ports"))
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default();
+                let mut next = self.next_node_port;
                 if let Some(Value::Array(ports)) = obj.pointer_mut("/spec/ports") {
                     for p in ports {
                         set_default(p, "/protocol", json!("TCP"));
                         let port = p.get("port").cloned().unwrap_or(Value::Null);
-                        set_default(p, "/targetPort", port);
+                        set_default(p, "/targetPort", port.clone());
+                        if node_ports && p.get("nodePort").is_none_or(Value::is_null) {
+                            // A port keeps the node port it had; a new one gets the next free.
+                            let kept = old_ports
+                                .iter()
+                                .find(|o| o.get("port") == Some(&port))
+                                .and_then(|o| o.get("nodePort"))
+                                .cloned();
+                            p["nodePort"] = kept.unwrap_or_else(|| {
+                                next += 1;
+                                json!(next)
+                            });
+                        }
                     }
                 }
+                self.next_node_port = next;
                 if ty != "ExternalName" {
                     let ip = match old
                         .and_then(|o| o.pointer("/spec/clusterIP"))
@@ -316,7 +331,7 @@ impl State {
                             obj["status"] = json!({"loadBalancer": {}});
                         }
                     } else if obj.pointer("/status/loadBalancer/ingress/0/ip").is_none() {
-                        let ip = self.allocate_ip("172.18.255");
+                        let ip = self.allocate_ip(&self.load_balancer_prefix());
                         obj["status"] =
                             json!({"loadBalancer": {"ingress": [{"ip": ip, "ipMode": "VIP"}]}});
                     }
@@ -732,7 +747,7 @@ impl State {
     /// runs at that moment (pods created before that stay out of the mesh, as on a real
     /// cluster).
     fn admit_pod(&mut self, key: &Key, obj: &mut Value) {
-        set_default(obj, "/spec/nodeName", json!(NODE));
+        set_default(obj, "/spec/nodeName", json!(self.node_name()));
         set_default(obj, "/spec/serviceAccountName", json!("default"));
         set_default(obj, "/spec/restartPolicy", json!("Always"));
         set_default(obj, "/spec/dnsPolicy", json!("ClusterFirst"));
@@ -747,6 +762,11 @@ impl State {
             crashing = crate::mesh::cacerts(self, &key.namespace) == crate::mesh::Cacerts::Partial;
         }
         if let Some(rev) = self.injected_revision(&key.namespace, obj) {
+            let root = self
+                .istiod_pods()
+                .find(|(_, p)| crate::proxy::pod_ready(p) && istiod_revision(p) == rev)
+                .and_then(|(k, _)| self.istiod_roots.get(k).cloned().flatten());
+            self.sidecar_roots.insert(key.clone(), root);
             set_default(obj, "/metadata/annotations", json!({}));
             obj["metadata"]["annotations"]["sidecar.istio.io/status"] =
                 json!(json!({"containers": ["istio-proxy"], "revision": rev}).to_string());
@@ -754,8 +774,10 @@ impl State {
         if obj.pointer("/status/phase").is_some() {
             return;
         }
-        let ip = self.allocate_ip("10.244");
+        let ip = self.allocate_ip(&self.pod_prefix());
         obj["status"] = running_status(obj, &ip, meta_str(obj, "creationTimestamp"));
+        obj["status"]["hostIP"] = json!(self.node_ip());
+        obj["status"]["hostIPs"] = json!([{"ip": self.node_ip()}]);
         if crashing {
             crash(obj);
             self.pod_logs
@@ -786,7 +808,10 @@ impl State {
                 .as_str()
                 .unwrap_or("")
                 .to_string();
+            let host = pod["status"]["hostIP"].clone();
             pod["status"] = running_status(&pod, &ip, &started);
+            pod["status"]["hostIP"] = host.clone();
+            pod["status"]["hostIPs"] = json!([{"ip": host}]);
             let _ = self.update(&res, &k, pod, WriteMode::Internal, false);
         }
     }
@@ -1018,7 +1043,7 @@ impl State {
             .map(|(k, o)| (k.clone(), o.clone()))
             .collect();
         for (k, mut o) in pending {
-            let ip = self.allocate_ip("172.18.255");
+            let ip = self.allocate_ip(&self.load_balancer_prefix());
             o["status"] = json!({"loadBalancer": {"ingress": [{"ip": ip, "ipMode": "VIP"}]}});
             let _ = self.update(&svc, &k, o, WriteMode::Internal, false);
         }

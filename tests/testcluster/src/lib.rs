@@ -29,10 +29,12 @@
 //! namespace, and deletes those of missing or deleted service accounts.
 //!
 //! # Controllers
-//! Done at once on each write: namespace, service (cluster IPs; LoadBalancer addresses unless
-//! [`Options::load_balancer`] is off) and CRD status; Deployments get a ReplicaSet per pod
+//! One Ready node (`<cluster>-control-plane`). Done at once on each write: namespace, service
+//! (cluster IPs; node ports for NodePort and LoadBalancer Services; LoadBalancer addresses,
+//! from the cluster's own range, unless [`Options::load_balancer`] is off) and CRD status; Deployments get a ReplicaSet per pod
 //! template and ReplicaSets a Running, Ready pod per replica (`<rs>-<5 chars>`, owned by the
-//! ReplicaSet, IP from 10.244.0.0/16); scaling, new templates and deletions act on pods as the
+//! ReplicaSet, IP from the cluster's own /16: 10.244 for the first cluster of the process,
+//! 10.245 for the next); scaling, new templates and deletions act on pods as the
 //! ReplicaSet controller and garbage collector would. Jobs get the `controller-uid` selector
 //! and labels and one pod that runs at once and completes the Job. A pod created in a
 //! namespace that selects a running istiod revision (`istio-injection=enabled` for
@@ -51,7 +53,7 @@
 //! A Job whose container has env `URL` (`http://SVC.NS:PORT/...`) and `REQUESTS` prints, in its
 //! pod's log (`kubectl logs job/NAME`), one line per request: `Hello version: V, instance: POD`
 //! from the reachable endpoints in turn, or `request failed`. Reachability across the clusters
-//! of this process (injection, clusterz, the root of trust istiod loaded at start, networks
+//! of this process (injection, clusterz, the roots sidecars got from their istiod, networks
 //! and east-west gateways) is described in the `mesh` module and follows Istio.
 //!
 //! # Faults and inspection
@@ -154,6 +156,9 @@ pub struct RandomFaults {
     pub seed: u64,
     /// Fraction (0..=1) of requests answered 503 ServiceUnavailable.
     pub unavailable: f64,
+    /// Fraction (0..=1) of requests answered 429 TooManyRequests with `Retry-After: 1`
+    /// (client-go waits and retries those by itself).
+    pub throttled: f64,
     /// Fraction (0..=1) of requests whose connection is reset.
     pub reset: f64,
 }
@@ -176,6 +181,9 @@ impl std::fmt::Display for ApiFailure {
 }
 
 impl std::error::Error for ApiFailure {}
+
+/// How many clusters this process started: each gets its own pod and load-balancer ranges.
+static STARTED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 /// The running clusters of this process, so that one can reach another's state (traffic
 /// emulation) by the port its URL names.
@@ -217,6 +225,8 @@ impl TestCluster {
         let pki = tls::Pki::new(name);
         let mut state = State::new(name, pki.ca_pem.clone());
         state.load_balancer = options.load_balancer;
+        state.index = STARTED.fetch_add(1, Ordering::Relaxed);
+        state.add_node();
         let shared = Arc::new(Shared {
             name: name.to_string(),
             state: Mutex::new(state),
@@ -417,13 +427,10 @@ impl TestCluster {
             .outage_after_writes(k, length);
     }
 
-    /// Answers a fraction of requests with 503 or a reset, from now on (zero rates turn it off).
+    /// Answers a fraction of requests with 503, 429 or a reset, from now on (zero rates turn it
+    /// off).
     pub fn set_random_faults(&self, faults: RandomFaults) {
-        self.shared.faults.lock().unwrap().set_random(
-            faults.seed,
-            faults.unavailable,
-            faults.reset,
-        );
+        self.shared.faults.lock().unwrap().set_random(faults);
     }
 
     /// Lets the API server reach pods through the `proxy` subresource, or not (see

@@ -7,8 +7,10 @@
 //! - the client pod got a sidecar (its namespace selected a running istiod revision when the
 //!   pod was created), and B's namespace selects a revision whose istiod runs in B;
 //! - the client's istiod lists B as `synced` in its `/debug/clusterz` view;
-//! - both istiods loaded a `cacerts` with the same `root-cert.pem` when they started (without
-//!   one each istiod signs with a root of its own);
+//! - the client's sidecar and the endpoint's sidecar trust the same root: each got it from
+//!   the istiod that injected it, which took it from `cacerts` when it started (without one each
+//!   istiod signs with a root of its own). A new `cacerts` reaches a workload only once both its
+//!   istiod and the workload restarted;
 //! - on different networks (label `topology.istio.io/network` of istiod's namespace), B has a
 //!   ready east-west gateway (Service labelled `istio: eastwestgateway` and with B's network
 //!   label, an external address and a ready pod) and a `cross-network-gateway` Gateway in its
@@ -68,6 +70,19 @@ pub fn client_of(pod: &Value) -> Option<Client> {
 pub struct Endpoint {
     pub pod: String,
     pub version: String,
+    /// The root its sidecar trusts; `None` without a sidecar or with a self-signed root.
+    pub root: Option<String>,
+}
+
+/// The client pod, as the mesh sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Caller {
+    /// Whether it has a sidecar.
+    pub injected: bool,
+    /// The root its sidecar trusts (see [`Endpoint::root`]).
+    pub root: Option<String>,
+    /// The network of its cluster's istiod namespace.
+    pub network: String,
 }
 
 /// What one cluster contributes, as seen from the Service's namespace.
@@ -81,9 +96,6 @@ pub struct Side {
     pub injected: bool,
     /// The Ready istiod pod of that revision.
     pub istiod: Option<Key>,
-    /// The root of trust that istiod loaded from `cacerts` when it started; `None` for a root
-    /// of its own.
-    pub root: Option<String>,
     /// The network of istiod's namespace (empty when unlabelled).
     pub network: String,
     /// Whether a usable east-west gateway and `cross-network-gateway` exist.
@@ -100,15 +112,15 @@ pub enum Blocked {
     NoEastWestGateway,
 }
 
-/// Whether a client in `client` can reach the endpoints of `remote`, whose sync status in the
-/// client's istiod is `synced`. `client_injected` says the client pod has a sidecar.
+/// Whether `caller` can reach `endpoint` of another cluster `remote`, whose sync status in the
+/// caller's istiod is `synced`.
 pub fn reachable(
-    client: &Side,
-    client_injected: bool,
+    caller: &Caller,
     remote: &Side,
+    endpoint: &Endpoint,
     synced: bool,
 ) -> Result<(), Blocked> {
-    if !client_injected {
+    if !caller.injected {
         return Err(Blocked::ClientNotInjected);
     }
     if !remote.injected {
@@ -117,11 +129,11 @@ pub fn reachable(
     if !synced {
         return Err(Blocked::NotSynced);
     }
-    match (&client.root, &remote.root) {
+    match (&caller.root, &endpoint.root) {
         (Some(a), Some(b)) if a == b => {}
         _ => return Err(Blocked::NoSharedRoot),
     }
-    if client.network != remote.network && !remote.gateway {
+    if caller.network != remote.network && !remote.gateway {
         return Err(Blocked::NoEastWestGateway);
     }
     Ok(())
@@ -293,6 +305,7 @@ pub fn side(st: &State, client: &Client) -> Side {
                     version: container_env(p, "SERVICE_VERSION")
                         .unwrap_or("")
                         .to_string(),
+                    root: st.sidecar_roots.get(k).cloned().flatten(),
                 })
                 .collect();
             eps.sort_by(|a, b| a.pod.cmp(&b.pod));
@@ -307,7 +320,6 @@ pub fn side(st: &State, client: &Client) -> Side {
             .map(|(k, _)| k.clone());
     }
     if let Some(istiod) = &out.istiod {
-        out.root = st.istiod_roots.get(istiod).cloned().flatten();
         out.network = namespace_label(st, &istiod.namespace, "topology.istio.io/network");
         out.gateway = east_west_gateway(st, &istiod.namespace, &out.network);
     }
@@ -331,37 +343,32 @@ fn sidecar_revision(pod: &Value) -> Option<String> {
 /// Runs the client in pod `pod` of `shared`: REQUESTS lines, each what one `curl -s URL`
 /// prints. `None` when the pod is gone or is not such a client.
 pub async fn run(shared: &Arc<Shared>, pod: &Key) -> Option<String> {
-    let (client, local, client_injected, istiod) = {
+    let (client, local, caller, istiod) = {
         let st = shared.state.lock().unwrap();
         let p = st.objects.get(pod)?;
         let client = client_of(p)?;
         let local = side(&st, &client);
-        let rev = sidecar_revision(p);
+        let sidecar = st.sidecar_roots.get(pod);
         // The client's own proxy is configured by the istiod of its revision.
-        let istiod = rev.as_ref().and_then(|rev| {
+        let istiod = sidecar_revision(p).and_then(|rev| {
             st.istiod_pods()
-                .find(|(_, p)| pod_ready(p) && istiod_revision(p) == *rev)
+                .find(|(_, p)| pod_ready(p) && istiod_revision(p) == rev)
                 .map(|(k, _)| k.clone())
         });
-        (client, local, rev.is_some(), istiod)
+        let network = istiod
+            .as_ref()
+            .map(|k| namespace_label(&st, &k.namespace, "topology.istio.io/network"))
+            .unwrap_or_default();
+        let caller = Caller {
+            injected: sidecar.is_some(),
+            root: sidecar.cloned().flatten(),
+            network,
+        };
+        (client, local, caller, istiod)
     };
     let mut endpoints = Vec::new();
     if local.service {
         endpoints.extend(local.endpoints.iter().cloned());
-        let client_side = Side {
-            root: match &istiod {
-                Some(k) => shared
-                    .state
-                    .lock()
-                    .unwrap()
-                    .istiod_roots
-                    .get(k)
-                    .cloned()
-                    .flatten(),
-                None => None,
-            },
-            ..local.clone()
-        };
         let view = match &istiod {
             Some(k) => crate::proxy::clusterz(shared, k).await.unwrap_or_default(),
             None => Vec::new(),
@@ -379,8 +386,14 @@ pub async fn run(shared: &Arc<Shared>, pod: &Key) -> Option<String> {
             seen.push(Arc::as_ptr(&peer));
             let remote = side(&peer.state.lock().unwrap(), &client);
             let synced = entry.sync_status == "synced";
-            if remote.service && reachable(&client_side, client_injected, &remote, synced).is_ok() {
-                endpoints.extend(remote.endpoints);
+            if remote.service {
+                endpoints.extend(
+                    remote
+                        .endpoints
+                        .iter()
+                        .filter(|e| reachable(&caller, &remote, e, synced).is_ok())
+                        .cloned(),
+                );
             }
         }
     }
@@ -403,17 +416,33 @@ mod tests {
 
     fn joined(network: &str) -> Side {
         Side {
-            endpoints: vec![Endpoint {
-                pod: "helloworld-v2-abcde".into(),
-                version: "v2".into(),
-            }],
+            endpoints: vec![endpoint(Some("root"))],
             service: true,
             injected: true,
             istiod: None,
-            root: Some("root".into()),
             network: network.into(),
             gateway: false,
         }
+    }
+
+    fn endpoint(root: Option<&str>) -> Endpoint {
+        Endpoint {
+            pod: "helloworld-v2-abcde".into(),
+            version: "v2".into(),
+            root: root.map(String::from),
+        }
+    }
+
+    fn caller(network: &str) -> Caller {
+        Caller {
+            injected: true,
+            root: Some("root".into()),
+            network: network.into(),
+        }
+    }
+
+    fn check(caller: &Caller, remote: &Side, synced: bool) -> Result<(), Blocked> {
+        reachable(caller, remote, &remote.endpoints[0], synced)
     }
 
     #[test]
@@ -440,13 +469,18 @@ mod tests {
 
     #[test]
     fn peers_on_one_network_with_a_shared_root_reach_each_other() {
-        assert_eq!(reachable(&joined("n1"), true, &joined("n1"), true), Ok(()));
+        assert_eq!(check(&caller("n1"), &joined("n1"), true), Ok(()));
     }
 
     #[test]
     fn a_client_without_a_sidecar_reaches_only_its_own_cluster() {
+        let bare = Caller {
+            injected: false,
+            root: None,
+            ..caller("n1")
+        };
         assert_eq!(
-            reachable(&joined("n1"), false, &joined("n1"), true),
+            check(&bare, &joined("n1"), true),
             Err(Blocked::ClientNotInjected)
         );
     }
@@ -458,7 +492,7 @@ mod tests {
             ..joined("n1")
         };
         assert_eq!(
-            reachable(&joined("n1"), true, &remote, true),
+            check(&caller("n1"), &remote, true),
             Err(Blocked::RemoteNotInjected)
         );
     }
@@ -466,29 +500,26 @@ mod tests {
     #[test]
     fn a_peer_that_is_not_synced_is_out_of_reach() {
         assert_eq!(
-            reachable(&joined("n1"), true, &joined("n1"), false),
+            check(&caller("n1"), &joined("n1"), false),
             Err(Blocked::NotSynced)
         );
     }
 
     #[test]
     fn different_or_missing_roots_break_mtls() {
-        let other = Side {
-            root: Some("other".into()),
-            ..joined("n1")
-        };
-        let none = Side {
-            root: None,
-            ..joined("n1")
-        };
-        for remote in [&other, &none] {
+        let remote = joined("n1");
+        for root in [Some("other"), None] {
             assert_eq!(
-                reachable(&joined("n1"), true, remote, true),
+                reachable(&caller("n1"), &remote, &endpoint(root), true),
                 Err(Blocked::NoSharedRoot)
             );
         }
+        let self_signed = Caller {
+            root: None,
+            ..caller("n1")
+        };
         assert_eq!(
-            reachable(&none, true, &none, true),
+            reachable(&self_signed, &remote, &endpoint(None), true),
             Err(Blocked::NoSharedRoot),
             "two self-signed roots never match"
         );
@@ -497,14 +528,14 @@ mod tests {
     #[test]
     fn another_network_needs_the_peers_east_west_gateway() {
         assert_eq!(
-            reachable(&joined("n1"), true, &joined("n2"), true),
+            check(&caller("n1"), &joined("n2"), true),
             Err(Blocked::NoEastWestGateway)
         );
         let with_gateway = Side {
             gateway: true,
             ..joined("n2")
         };
-        assert_eq!(reachable(&joined("n1"), true, &with_gateway, true), Ok(()));
+        assert_eq!(check(&caller("n1"), &with_gateway, true), Ok(()));
     }
 
     fn state_with(objects: &[(&str, &str, Value)]) -> State {

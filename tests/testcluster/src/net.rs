@@ -81,6 +81,7 @@ pub struct Faults {
     until: Option<Instant>,
     rng: u64,
     unavailable: f64,
+    throttled: f64,
     reset: f64,
 }
 
@@ -89,6 +90,7 @@ pub struct Faults {
 pub enum Verdict {
     Serve,
     Unavailable,
+    Throttled,
     Reset,
 }
 
@@ -106,12 +108,12 @@ impl Faults {
         });
     }
 
-    /// Random faults from now on: a fraction `unavailable` of requests gets 503, a fraction
-    /// `reset` is reset, drawn from a generator seeded with `seed`.
-    pub fn set_random(&mut self, seed: u64, unavailable: f64, reset: f64) {
-        self.rng = seed;
-        self.unavailable = unavailable.clamp(0.0, 1.0);
-        self.reset = reset.clamp(0.0, 1.0);
+    /// Random faults from now on, drawn from a generator seeded with `f.seed`.
+    pub fn set_random(&mut self, f: crate::RandomFaults) {
+        self.rng = f.seed;
+        self.unavailable = f.unavailable.clamp(0.0, 1.0);
+        self.throttled = f.throttled.clamp(0.0, 1.0);
+        self.reset = f.reset.clamp(0.0, 1.0);
     }
 
     /// splitmix64: small, seedable, good enough to spread faults.
@@ -129,13 +131,15 @@ impl Faults {
         if self.in_outage() {
             return Verdict::Reset;
         }
-        if self.unavailable == 0.0 && self.reset == 0.0 {
+        if self.unavailable == 0.0 && self.throttled == 0.0 && self.reset == 0.0 {
             return Verdict::Serve;
         }
         let x = self.next_unit();
         if x < self.unavailable {
             Verdict::Unavailable
-        } else if x < self.unavailable + self.reset {
+        } else if x < self.unavailable + self.throttled {
+            Verdict::Throttled
+        } else if x < self.unavailable + self.throttled + self.reset {
             Verdict::Reset
         } else {
             Verdict::Serve
@@ -265,7 +269,12 @@ mod tests {
     fn random_faults_repeat_for_the_same_seed() {
         let draw = |seed| {
             let mut f = Faults::default();
-            f.set_random(seed, 0.2, 0.1);
+            f.set_random(crate::RandomFaults {
+                seed,
+                unavailable: 0.2,
+                throttled: 0.0,
+                reset: 0.1,
+            });
             (0..200).map(|_| f.verdict()).collect::<Vec<_>>()
         };
         let a = draw(7);

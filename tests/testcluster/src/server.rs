@@ -161,6 +161,18 @@ pub async fn handle(shared: Arc<Shared>, conn: Conn, req: Request) -> Response {
             shared.record(&method, &uri, 0, &user);
             conn.reset().await
         }
+        Verdict::Throttled => {
+            shared.record(&method, &uri, 429, &user);
+            let e = ApiError::new(
+                429,
+                "TooManyRequests",
+                "Too many requests, please try again later.",
+            );
+            let mut r = error_response(&e);
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return r;
+        }
         Verdict::Unavailable => {
             shared.record(&method, &uri, 503, &user);
             let e = ApiError::new(

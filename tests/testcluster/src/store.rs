@@ -130,10 +130,14 @@ pub struct State {
     /// What each field manager applied last (server-side apply), to drop fields it stops setting.
     pub applied: HashMap<(Key, String), Value>,
     next_ip: u32,
+    /// The last node port handed out (they start at 30001).
+    pub next_node_port: u64,
     /// Token secrets the token controller fills in shortly.
     pub pending_tokens: Vec<Key>,
     /// Tokens issued by TokenRequests.
     pub issued: HashMap<String, crate::auth::Issued>,
+    /// The cluster's number among those this process started (0 for the first).
+    pub index: u32,
     /// Whether LoadBalancer Services get an address (a load-balancer controller runs).
     pub load_balancer: bool,
     /// When each live object was created: its first resourceVersion (creation order) and
@@ -152,6 +156,9 @@ pub struct State {
     pub stale_status: Vec<Key>,
     depth: u32,
     flushing: bool,
+    /// Pods with a sidecar, and the root of trust it got from the istiod that injected it
+    /// (`None`: that istiod's own self-signed root).
+    pub sidecar_roots: HashMap<Key, Option<String>>,
     /// Client pods of Jobs that the job controller runs shortly.
     pub pending_jobs: Vec<Key>,
 }
@@ -238,14 +245,17 @@ impl State {
             tx,
             applied: HashMap::new(),
             next_ip: 1,
+            next_node_port: 30000,
             pending_tokens: Vec::new(),
             issued: HashMap::new(),
             load_balancer: true,
+            index: 0,
             born: HashMap::new(),
             pod_logs: HashMap::new(),
             istiod_roots: HashMap::new(),
             istiod_loaded: HashMap::new(),
             stale_status: Vec::new(),
+            sidecar_roots: HashMap::new(),
             depth: 0,
             flushing: false,
             pending_jobs: Vec::new(),
@@ -630,6 +640,7 @@ impl State {
             self.pod_logs.remove(key);
             self.istiod_roots.remove(key);
             self.istiod_loaded.remove(key);
+            self.sidecar_roots.remove(key);
             self.owner_status_stale(&obj);
         }
         if key.group.is_empty() && key.plural == "secrets" && key.name == "cacerts" {
@@ -727,6 +738,54 @@ impl State {
         }
     }
 
+    /// The first two octets of this cluster's pod CIDR: `10.244` for the first cluster of the
+    /// process, `10.245` for the second, and so on (pod IPs differ across clusters, as a flat
+    /// multi-cluster network needs).
+    pub fn pod_prefix(&self) -> String {
+        format!("10.{}", 244 + self.index % 12)
+    }
+
+    /// The first two octets of this cluster's load-balancer addresses: `172.18`, `172.19`, …
+    pub fn load_balancer_prefix(&self) -> String {
+        format!("172.{}", 18 + self.index % 12)
+    }
+
+    /// The cluster's one node, named like kind's.
+    pub fn node_name(&self) -> String {
+        format!("{}-control-plane", self.cluster)
+    }
+
+    /// The node's InternalIP: `172.30.0.2` for the first cluster of the process, then `.3`, …
+    pub fn node_ip(&self) -> String {
+        format!("172.30.0.{}", 2 + self.index % 250)
+    }
+
+    /// Registers the cluster's node, Ready, once the cluster's number is known.
+    pub fn add_node(&mut self) {
+        let Some(res) = self.resource("", "v1", "nodes") else {
+            return;
+        };
+        let (name, ip) = (self.node_name(), self.node_ip());
+        let cidr = format!("{}.0.0/16", self.pod_prefix());
+        let node = json!({
+            "metadata": {"name": name, "labels": {
+                "kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": "amd64", "node-role.kubernetes.io/control-plane": ""}},
+            "spec": {"podCIDR": cidr, "podCIDRs": [cidr]},
+            "status": {
+                "addresses": [{"type": "InternalIP", "address": ip}, {"type": "Hostname", "address": name}],
+                "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
+                                "message": "kubelet is posting ready status"}],
+                "capacity": {"cpu": "8", "memory": "16Gi", "pods": "110"},
+                "allocatable": {"cpu": "8", "memory": "16Gi", "pods": "110"},
+                "nodeInfo": {"kubeletVersion": crate::GIT_VERSION, "containerRuntimeVersion": "containerd://2.1.0",
+                             "operatingSystem": "linux", "architecture": "amd64"},
+            },
+        });
+        let _ = self.create(&res, "", node, false);
+    }
+
+    /// The next free address under a two-octet prefix.
     pub fn allocate_ip(&mut self, prefix: &str) -> String {
         let n = self.next_ip;
         self.next_ip += 1;

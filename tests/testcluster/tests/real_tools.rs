@@ -983,7 +983,7 @@ fn istiod_answers_clusterz_through_the_pod_proxy() {
     let c1 = TestCluster::start("c1", Options::default());
     let c2 = TestCluster::start("c2", Options::default());
     let (_dir, t) = kubectl_env(&[&c1, &c2]);
-    control_plane(&c1, "cluster1", "n1", None);
+    let token1 = control_plane(&c1, "cluster1", "n1", None);
     let token2 = control_plane(&c2, "cluster2", "n1", None);
     let good = remote_kubeconfig(&c2, "cluster2", c2.ca_pem(), &token2);
     remote_secret(&c1, "cluster2", "cluster2", &good);
@@ -1019,6 +1019,19 @@ fn istiod_answers_clusterz_through_the_pod_proxy() {
             && r.status == 200),
         "the probe reads c2 with the reader token"
     );
+    // A peer served by the same process thread as istiod itself: probed without deadlock.
+    remote_secret(
+        &c1,
+        "loop",
+        "cluster9",
+        &remote_kubeconfig(&c1, "loop", c1.ca_pem(), &token1),
+    );
+    assert_eq!(sync(&clusterz("15014"), "cluster9"), "synced");
+    c1.delete(&format!(
+        "/api/v1/namespaces/{NS}/secrets/istio-remote-secret-loop"
+    ))
+    .unwrap();
+
     // Without the reader's role binding the token is refused every read.
     let binding = "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/istio-reader-clusterrole-istio-system";
     let saved = c2.delete(binding).unwrap();
@@ -1245,7 +1258,8 @@ fn a_curl_job_reaches_both_clusters_only_with_a_shared_root() {
         );
     }
 
-    // cluster2's istiod restarts with a root of its own: cross-cluster mTLS fails.
+    // cluster2 gets another root: its workloads keep the old one until both istiod and they
+    // restart; then cross-cluster mTLS fails.
     put(
         &c2,
         &format!("/api/v1/namespaces/{NS}/secrets/cacerts"),
@@ -1253,15 +1267,36 @@ fn a_curl_job_reaches_both_clusters_only_with_a_shared_root() {
         "ca-cert.pem": STANDARD.encode("x"), "ca-key.pem": STANDARD.encode("x"),
         "root-cert.pem": STANDARD.encode("another root"), "cert-chain.pem": STANDARD.encode("x")}}),
     );
-    let lines = curl_job(&t, "c1", "curl-2", 4);
+    let reaches_v2 = |job: &str| {
+        curl_job(&t, "c1", job, 4)
+            .iter()
+            .any(|l| l.contains("version: v2"))
+    };
     assert!(
-        lines.iter().any(|l| l.contains("version: v2")),
-        "a new cacerts is not used before istiod restarts: {lines:?}"
+        reaches_v2("curl-2"),
+        "a new cacerts is not used before istiod restarts"
     );
     let istiod2 = istiod_pod(&c2);
     t.kubectl("c2", &["delete", "pod", &istiod2, "-n", NS], None);
-    let lines = curl_job(&t, "c1", "curl-3", 4);
-    assert!(lines.iter().all(|l| l.contains("version: v1")), "{lines:?}");
+    assert!(
+        reaches_v2("curl-3"),
+        "running workloads keep their certificates"
+    );
+    t.kubectl(
+        "c2",
+        &[
+            "rollout",
+            "restart",
+            "deployment/helloworld-v2",
+            "-n",
+            "meshup-verify",
+        ],
+        None,
+    );
+    assert!(
+        !reaches_v2("curl-4"),
+        "a restarted v2 trusts only the new root"
+    );
 
     // Nothing serves the Service in cluster1 any more and cluster2 is out of reach.
     t.kubectl(
@@ -1276,7 +1311,7 @@ fn a_curl_job_reaches_both_clusters_only_with_a_shared_root() {
         None,
     );
     assert_eq!(
-        curl_job(&t, "c1", "curl-4", 2),
+        curl_job(&t, "c1", "curl-5", 2),
         ["request failed", "request failed"]
     );
 }
@@ -1449,4 +1484,95 @@ fn an_istiod_with_a_partial_cacerts_crashes_until_the_set_is_complete() {
     );
     assert!(status.contains("successfully rolled out"), "{status}");
     assert_eq!(istiod_pod(&c), pod, "the same pod, restarted in place");
+}
+
+#[test]
+fn kubectl_waits_out_throttling_but_not_unavailability() {
+    let c = TestCluster::start("c1", Options::default());
+    let (_dir, t) = kubectl_env(&[&c]);
+    c.set_random_faults(meshup_testcluster::RandomFaults {
+        seed: 3,
+        throttled: 0.3,
+        ..Default::default()
+    });
+    let started = Instant::now();
+    t.kubectl("c1", &["get", "namespace", "default", "-o", "name"], None);
+    let throttled = c.requests_log().iter().filter(|r| r.status == 429).count();
+    assert!(throttled > 0, "seed 3 throttles none of kubectl's requests");
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "Retry-After: 1 was not honoured"
+    );
+
+    c.set_random_faults(meshup_testcluster::RandomFaults {
+        seed: 3,
+        unavailable: 1.0,
+        ..Default::default()
+    });
+    let out = t.kubectl_out("c1", &["get", "namespace", "default"], None);
+    assert!(!out.ok);
+    assert!(
+        out.stderr.contains("unable to handle the request"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn helm_cut_off_mid_install_leaves_the_release_pending() {
+    let c = TestCluster::start("c1", Options::default());
+    let (dir, t) = kubectl_env(&[&c]);
+    let values = dir.path().join("values.yaml");
+    std::fs::write(&values, "global:\n  multiCluster:\n    clusterName: c1\n").unwrap();
+    let install = |timeout: &str| {
+        let kc = t.kubeconfig.to_str().unwrap();
+        t.run(
+            &t.helm,
+            &[
+                "upgrade",
+                "--install",
+                "istiod",
+                "tests/fixtures/charts/istiod",
+                "--namespace",
+                NS,
+                "--create-namespace",
+                "--values",
+                values.to_str().unwrap(),
+                "--wait",
+                "--timeout",
+                timeout,
+                "--kubeconfig",
+                kc,
+                "--kube-context",
+                "c1",
+            ],
+            None,
+        )
+    };
+    // The namespace, the release record and a few objects get through; then every
+    // connection is reset for longer than helm retries.
+    c.outage_after_writes(4, Duration::from_secs(4));
+    let cut = install("20s");
+    assert!(!cut.ok, "helm survived the outage:\n{}", cut.stdout);
+    assert!(
+        cut.stderr.contains("connection reset by peer"),
+        "{}",
+        cut.stderr
+    );
+    let record = c
+        .get(&format!(
+            "/api/v1/namespaces/{NS}/secrets/sh.helm.release.v1.istiod.v1"
+        ))
+        .expect("helm wrote its release record before the outage");
+    assert_eq!(record["metadata"]["labels"]["status"], "pending-install");
+    std::thread::sleep(Duration::from_secs(4));
+    let again = install("20s");
+    assert!(!again.ok, "a pending release blocks the next upgrade");
+    assert!(
+        again
+            .stderr
+            .contains("another operation (install/upgrade/rollback) is in progress"),
+        "{}",
+        again.stderr
+    );
 }

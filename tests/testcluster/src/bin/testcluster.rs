@@ -5,6 +5,7 @@
 //! Options (faults apply to every cluster, or to those named by `--fault-clusters`):
 //!   --latency-ms MS                 added to every request
 //!   --unavailable FRACTION          fraction of requests answered 503 ServiceUnavailable
+//!   --throttled FRACTION            fraction of requests answered 429 with Retry-After: 1
 //!   --reset FRACTION                fraction of requests whose connection is reset
 //!   --seed N                        seed of the random faults (default 1)
 //!   --outage-after-writes K:MS      after the K-th write, reset every connection for MS ms
@@ -22,7 +23,7 @@ use meshup_testcluster::{Options, RandomFaults, TestCluster, write_kubeconfig};
 use tokio::io::AsyncReadExt;
 
 const USAGE: &str = "usage: testcluster --clusters N --kubeconfig PATH [--latency-ms MS] \
-[--unavailable FRACTION] [--reset FRACTION] [--seed N] [--outage-after-writes K:MS]... \
+[--unavailable FRACTION] [--throttled FRACTION] [--reset FRACTION] [--seed N] [--outage-after-writes K:MS]... \
 [--fault-clusters NAME,...] [--sync-delay-ms MS] [--no-load-balancer] [--no-pod-proxy]";
 
 /// What the command line asks for.
@@ -64,6 +65,7 @@ fn parse() -> Result<Option<Args>, String> {
                 options.latency = Duration::from_millis(number(&arg, &value()?)?);
             }
             "--unavailable" => faults.unavailable = number(&arg, &value()?)?,
+            "--throttled" => faults.throttled = number(&arg, &value()?)?,
             "--reset" => faults.reset = number(&arg, &value()?)?,
             "--seed" => faults.seed = number(&arg, &value()?)?,
             "--outage-after-writes" => {
@@ -161,8 +163,9 @@ fn main() -> ExitCode {
     for c in &running {
         let resets = c.requests_log().iter().filter(|r| r.status == 0).count();
         let unavailable = c.requests_log().iter().filter(|r| r.status == 503).count();
+        let throttled = c.requests_log().iter().filter(|r| r.status == 429).count();
         eprintln!(
-            "{}: {} requests, {} mutations, {unavailable} answered 503, {resets} reset",
+            "{}: {} requests, {} mutations, {unavailable} answered 503, {throttled} answered 429, {resets} reset",
             c.name(),
             c.requests(),
             c.mutations()
