@@ -140,7 +140,11 @@ pub fn collect(run: &Run, topology: &Topology) -> Status {
                 status.sync = Some(Sync {
                     synced,
                     expected,
-                    peers: row.peers.iter().map(|(p, c)| (p.clone(), c.state)).collect(),
+                    peers: row
+                        .peers
+                        .iter()
+                        .map(|(p, c)| (p.clone(), c.state))
+                        .collect(),
                 });
             }
         });
@@ -176,12 +180,16 @@ fn sync_findings(run: &Run, row: &Row, status: &mut ClusterStatus) {
         return;
     }
     for (peer, cell) in &row.peers {
-        let already_said = cell.state == State::Missing
-            && status.remote_secrets.missing.contains(peer);
+        let already_said =
+            cell.state == State::Missing && status.remote_secrets.missing.contains(peer);
         if cell.state == State::Synced || already_said {
             continue;
         }
-        let server = run.mesh.cluster(peer).map(|c| c.server.as_str()).unwrap_or_default();
+        let server = run
+            .mesh
+            .cluster(peer)
+            .map(|c| c.server.as_str())
+            .unwrap_or_default();
         status.problem(
             Finding::fail(
                 cluster,
@@ -290,7 +298,11 @@ pub fn render_text(status: &Status) -> String {
     let problems: Vec<String> = status
         .clusters
         .iter()
-        .flat_map(|c| c.problems.iter().map(move |p| format!("[{}] {}", c.cluster, p.sentence())))
+        .flat_map(|c| {
+            c.problems
+                .iter()
+                .map(move |p| format!("[{}] {}", c.cluster, p.sentence()))
+        })
         .chain(status.problems.iter().map(Finding::sentence))
         .collect();
     if !problems.is_empty() {
@@ -352,7 +364,8 @@ mod tests {
             .to_string())
         } else if args.starts_with("get --raw") {
             // istiod synced with every peer it holds a secret for.
-            let mut entries = vec![json!({"id": step.cluster, "secretName": "", "syncStatus": "synced"})];
+            let mut entries =
+                vec![json!({"id": step.cluster, "secretName": "", "syncStatus": "synced"})];
             for s in secrets {
                 for id in s["data"].as_object().unwrap().keys() {
                     entries.push(json!({"id": id, "secretName": format!("istio-system/{}", s["metadata"]["name"].as_str().unwrap()), "syncStatus": "synced"}));
@@ -483,9 +496,14 @@ mod tests {
         let m = mesh(2, TrustMode::None);
         let status = status_of(&m, vec![]);
         let text = render_text(&status);
-        assert!(text.starts_with("CLUSTER   CONTEXT        KUBERNETES"), "{text}");
         assert!(
-            text.contains("cluster1  kind-cluster1  v1.33.0     base-1.28.1 istiod-1.28.1  1/1     0/1"),
+            text.starts_with("CLUSTER   CONTEXT        KUBERNETES"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "cluster1  kind-cluster1  v1.33.0     base-1.28.1 istiod-1.28.1  1/1     0/1"
+            ),
             "{text}"
         );
         assert!(

@@ -15,7 +15,11 @@ const TOOLS: &str = "helm4";
 fn both_fail_naming(env: &Env, mesh: &str, pairs: &[&str]) {
     let verify = env.meshup(&["verify", "-f", mesh]).expect(1);
     for pair in pairs {
-        assert!(verify.stdout.contains(pair), "`{pair}` not in:\n{}", verify.stdout);
+        assert!(
+            verify.stdout.contains(pair),
+            "`{pair}` not in:\n{}",
+            verify.stdout
+        );
     }
     let status = env.meshup(&["status", "-f", mesh]).expect(1);
     assert!(status.stdout.contains("problems:"), "{}", status.stdout);
@@ -23,24 +27,44 @@ fn both_fail_naming(env: &Env, mesh: &str, pairs: &[&str]) {
 
 #[track_caller]
 fn both_pass(env: &Env, mesh: &str) {
-    let verify = env.meshup(&["verify", "--wait", "30s", "-f", mesh]).expect(0);
-    assert!(verify.stdout.contains("the mesh works"), "{}", verify.stdout);
+    let verify = env
+        .meshup(&["verify", "--wait", "30s", "-f", mesh])
+        .expect(0);
+    assert!(
+        verify.stdout.contains("the mesh works"),
+        "{}",
+        verify.stdout
+    );
     let status = env.meshup(&["status", "-f", mesh]).expect(0);
-    assert!(status.stdout.contains("is as the mesh file says"), "{}", status.stdout);
+    assert!(
+        status.stdout.contains("is as the mesh file says"),
+        "{}",
+        status.stdout
+    );
 }
 
 #[test]
 fn an_api_server_the_peers_cannot_reach_shows_as_timeout_until_install_repairs_it() {
     let env = Env::new(TOOLS, 3);
-    let bad = env.mesh_file(&[], &[("cluster2", "https://cluster2.unreachable.test:6443")], "");
+    let bad = env.mesh_file(
+        &[],
+        &[("cluster2", "https://cluster2.unreachable.test:6443")],
+        "",
+    );
     let bad = bad.to_str().unwrap();
     env.meshup(&["install", "-f", bad]).expect(0);
     both_fail_naming(
         &env,
         bad,
-        &["cluster1 → cluster2: timeout", "cluster3 → cluster2: timeout", "is not reachable from inside"],
+        &[
+            "cluster1 → cluster2: timeout",
+            "cluster3 → cluster2: timeout",
+            "is not reachable from inside",
+        ],
     );
-    let status = env.meshup(&["status", "-f", bad, "--output", "json"]).expect(1);
+    let status = env
+        .meshup(&["status", "-f", bad, "--output", "json"])
+        .expect(1);
     let doc: Value = serde_json::from_str(&status.stdout).unwrap();
     assert_eq!(doc["clusters"][0]["sync"]["peers"]["cluster2"], "timeout");
     assert_eq!(doc["clusters"][0]["sync"]["synced"], 1);
@@ -63,15 +87,31 @@ fn a_revoked_token_and_a_missing_secret_are_named_and_repaired() {
     env.cluster("cluster1")
         .delete(&format!("/api/v1/namespaces/{NS}/secrets/{TOKEN_SECRET}"))
         .expect("the token secret was there");
-    both_fail_naming(&env, mesh, &["cluster2 → cluster1: timeout", "cluster3 → cluster1: timeout"]);
+    both_fail_naming(
+        &env,
+        mesh,
+        &[
+            "cluster2 → cluster1: timeout",
+            "cluster3 → cluster1: timeout",
+        ],
+    );
     env.meshup(&["install", "-f", mesh]).expect(0);
     both_pass(&env, mesh);
 
     // A remote secret goes missing.
     env.cluster("cluster3")
-        .delete(&format!("/api/v1/namespaces/{NS}/secrets/istio-remote-secret-cluster2"))
+        .delete(&format!(
+            "/api/v1/namespaces/{NS}/secrets/istio-remote-secret-cluster2"
+        ))
         .expect("the remote secret was there");
-    both_fail_naming(&env, mesh, &["cluster3 → cluster2: missing", "no remote secret for `cluster2`"]);
+    both_fail_naming(
+        &env,
+        mesh,
+        &[
+            "cluster3 → cluster2: missing",
+            "no remote secret for `cluster2`",
+        ],
+    );
     env.meshup(&["install", "-f", mesh]).expect(0);
     both_pass(&env, mesh);
 }
@@ -103,10 +143,16 @@ fn a_secret_for_a_cluster_not_in_the_mesh_file_is_unexpected() {
     let secrets = format!("/api/v1/namespaces/{NS}/secrets");
     // One someone else made, one meshup made for a cluster since dropped from the file.
     env.cluster("cluster1")
-        .put(&secrets, foreign_secret(&env, "istio-remote-secret-stranger", "stranger", false))
+        .put(
+            &secrets,
+            foreign_secret(&env, "istio-remote-secret-stranger", "stranger", false),
+        )
         .unwrap();
     env.cluster("cluster1")
-        .put(&secrets, foreign_secret(&env, "istio-remote-secret-departed", "departed", true))
+        .put(
+            &secrets,
+            foreign_secret(&env, "istio-remote-secret-departed", "departed", true),
+        )
         .unwrap();
     both_fail_naming(
         &env,
@@ -120,7 +166,11 @@ fn a_secret_for_a_cluster_not_in_the_mesh_file_is_unexpected() {
     env.meshup(&["install", "-f", mesh]).expect(0);
     let verify = env.meshup(&["verify", "-f", mesh]).expect(1);
     assert!(!verify.stdout.contains("departed"), "{}", verify.stdout);
-    assert!(verify.stdout.contains("delete that secret"), "{}", verify.stdout);
+    assert!(
+        verify.stdout.contains("delete that secret"),
+        "{}",
+        verify.stdout
+    );
     env.cluster("cluster1")
         .delete(&format!("{secrets}/istio-remote-secret-stranger"))
         .unwrap();
@@ -141,8 +191,14 @@ fn verify_waits_while_istiod_is_syncing() {
     let mesh = mesh.to_str().unwrap();
     env.meshup(&["install", "-f", mesh]).expect(0);
     let now = env.meshup(&["verify", "-f", mesh]).expect(1);
-    assert!(now.stdout.contains("cluster1 → cluster2: syncing"), "{}", now.stdout);
-    let later = env.meshup(&["verify", "--wait", "30s", "-f", mesh]).expect(0);
+    assert!(
+        now.stdout.contains("cluster1 → cluster2: syncing"),
+        "{}",
+        now.stdout
+    );
+    let later = env
+        .meshup(&["verify", "--wait", "30s", "-f", mesh])
+        .expect(0);
     assert!(later.stderr.contains("reading again"), "{}", later.stderr);
 }
 
@@ -161,7 +217,8 @@ fn a_refused_pod_proxy_falls_back_to_port_forward_and_says_so() {
     env.meshup(&["install", "-f", mesh]).expect(0);
     let run = env.meshup(&["verify", "-v", "-f", mesh]).expect(1);
     assert!(
-        run.stderr.contains("reading its view through `kubectl port-forward` instead"),
+        run.stderr
+            .contains("reading its view through `kubectl port-forward` instead"),
         "{}",
         run.stderr
     );
@@ -176,7 +233,11 @@ fn a_refused_pod_proxy_falls_back_to_port_forward_and_says_so() {
     );
     // The test API server serves no port-forward (a stream upgrade), so the row says both ways
     // failed.
-    assert!(run.stdout.contains("istiod's view could not be read"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("istiod's view could not be read"),
+        "{}",
+        run.stdout
+    );
 }
 
 #[test]
@@ -186,7 +247,16 @@ fn traffic_crosses_every_pair_of_a_working_mesh() {
     let mesh = mesh.to_str().unwrap();
     env.meshup(&["install", "-f", mesh]).expect(0);
     let run = env
-        .meshup(&["verify", "--traffic", "--requests", "10", "-f", mesh, "--output", "json"])
+        .meshup(&[
+            "verify",
+            "--traffic",
+            "--requests",
+            "10",
+            "-f",
+            mesh,
+            "--output",
+            "json",
+        ])
         .expect(0);
     let report: Value = serde_json::from_str(&run.stdout).unwrap();
     for from in ["cluster1", "cluster2"] {
@@ -202,7 +272,6 @@ fn traffic_crosses_every_pair_of_a_working_mesh() {
             cluster.name()
         );
     }
-
 }
 
 #[test]
@@ -215,12 +284,26 @@ fn without_a_shared_root_the_control_plane_syncs_but_no_request_crosses_clusters
     env.meshup(&["install", "-f", mesh]).expect(0);
     env.meshup(&["verify", "-f", mesh]).expect(0);
     let run = env
-        .meshup(&["verify", "--traffic", "--requests", "10", "--keep", "-f", mesh])
+        .meshup(&[
+            "verify",
+            "--traffic",
+            "--requests",
+            "10",
+            "--keep",
+            "-f",
+            mesh,
+        ])
         .expect(1);
-    assert!(run.stdout.contains("cluster1 → cluster2: no answer"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("cluster1 → cluster2: no answer"),
+        "{}",
+        run.stdout
+    );
     assert!(run.stdout.contains("traffic: from \\ to"), "{}", run.stdout);
     assert!(
-        env.cluster("cluster1").get("/api/v1/namespaces/meshup-verify").is_some(),
+        env.cluster("cluster1")
+            .get("/api/v1/namespaces/meshup-verify")
+            .is_some(),
         "--keep keeps the namespace"
     );
 }
