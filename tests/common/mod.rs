@@ -225,7 +225,8 @@ impl Run {
     }
 }
 
-/// The writes a cluster answered (method, path without query), from request `since` on.
+/// The writes a cluster answered (method, path without query), after the first `since`
+/// requests of its log.
 pub fn writes(cluster: &TestCluster, since: usize) -> Vec<(String, String)> {
     cluster
         .requests_log()
