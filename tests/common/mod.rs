@@ -323,3 +323,90 @@ pub fn resource_versions(objects: &[Value]) -> BTreeSet<(String, String)> {
         })
         .collect()
 }
+
+/// A Helm chart repository served over HTTP on 127.0.0.1 from a directory: the fixture charts
+/// packaged by the real helm, an `index.yaml` made by `helm repo index`, and a log of every
+/// path requested.
+pub struct ChartRepo {
+    pub url: String,
+    pub dir: tempfile::TempDir,
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl ChartRepo {
+    /// Packages `tests/fixtures/charts/{names}` with `helm` and serves them.
+    pub fn serve(helm: &Path, names: &[&str]) -> ChartRepo {
+        use std::io::{BufRead, BufReader, Write};
+        let dir = tempfile::tempdir().unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        for name in names {
+            let chart = repo().join("tests/fixtures/charts").join(name);
+            let out = Command::new(helm)
+                .args(["package"])
+                .arg(&chart)
+                .arg("--destination")
+                .arg(dir.path())
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let out = Command::new(helm)
+            .args(["repo", "index"])
+            .arg(dir.path())
+            .args(["--url", &url])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (root, requests) = (dir.path().to_path_buf(), log.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut line = String::new();
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                if reader.read_line(&mut line).is_err() {
+                    continue;
+                }
+                // Skip the headers.
+                let mut header = String::new();
+                while reader.read_line(&mut header).is_ok_and(|n| n > 2) {
+                    header.clear();
+                }
+                let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
+                requests.lock().unwrap().push(path.clone());
+                let file = root.join(path.trim_start_matches('/'));
+                let response = match std::fs::read(&file) {
+                    Ok(body) => {
+                        let mut r = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                            body.len()
+                        )
+                        .into_bytes();
+                        r.extend(body);
+                        r
+                    }
+                    Err(_) => {
+                        b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                            .to_vec()
+                    }
+                };
+                let _ = stream.write_all(&response);
+            }
+        });
+        ChartRepo { url, dir, log }
+    }
+
+    /// How often `suffix` was requested since the log was last taken.
+    pub fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.log.lock().unwrap())
+    }
+}
