@@ -1,26 +1,36 @@
 #!/usr/bin/env bash
-# Benchmarks `meshup install` as the number of clusters grows, one cluster at a time
-# (--jobs 1) and with the default fan-out.
+# Benchmarks `meshup install` with the real helm 4 and kubectl (.tools/helm4, from
+# scripts/fetch-tools.sh) against in-memory API servers (target/release/testcluster) with
+# latency per request.
 #
-#   scripts/bench.sh [clusters]  the real helm and kubectl of .tools/helm4 (scripts/fetch-tools.sh)
-#                                against in-memory API servers (target/release/testcluster,
-#                                --latency-ms 20), local charts tests/fixtures/charts; N = 2, 5, 10.
+#   scripts/bench.sh [clusters]  N = 1, 2, 5, 10 (BENCH_SIZES), one cluster at a time
+#                                (--jobs 1) and with the default fan-out; helm and kubectl
+#                                processes per cluster. Target: N=10 with default jobs within
+#                                1.5x of one cluster's chain (half of N=2 with --jobs 1).
+#   scripts/bench.sh charts      a chart repository served over HTTP on 127.0.0.1 (python3):
+#                                index reads and chart downloads of a cold and a warm install
+#                                of 3 clusters. Target: 1 index read and 1 download per chart
+#                                cold, none warm.
+#   scripts/bench.sh memory      N = 50 (BENCH_MEMORY_N): wall time and peak memory (summed
+#                                RSS of meshup and every helm and kubectl it runs at once) with
+#                                the default --jobs (16) and with --jobs all.
+#   scripts/bench.sh all         all three.
 #
-# Everything runs in a temporary directory that is removed at exit, with every process it
-# started stopped. Nothing but 127.0.0.1 is contacted: the test clusters listen on 127.0.0.1,
-# and the charts are local.
+# BENCH_LATENCY_MS sets the latency per request (default 20). Everything runs in a temporary
+# directory that is removed at exit, with every process it started stopped. Nothing but
+# 127.0.0.1 is contacted.
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 mode="${1:-clusters}"
 case "${mode}" in
-  clusters) ;;
+  clusters | charts | memory | all) ;;
   -h | --help)
-    sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,23p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
     exit 0
     ;;
   *)
-    echo "error: unknown mode \`${mode}\`; use \`clusters\`" >&2
+    echo "error: unknown mode \`${mode}\`; use clusters, charts, memory or all" >&2
     exit 2
     ;;
 esac
@@ -40,10 +50,15 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# Never send anything through a proxy (Go skips one for loopback anyway).
+# Never send anything through a proxy.
 unset HTTP_PROXY HTTPS_PROXY ALL_PROXY http_proxy https_proxy all_proxy
 export NO_PROXY=127.0.0.1,localhost no_proxy=127.0.0.1,localhost
 export CI=1
+latency_ms="${BENCH_LATENCY_MS:-20}"
+tools="${repo_root}/.tools/helm4"
+# BENCH_MESHUP: another meshup binary to time (e.g. an older build), against the same servers.
+meshup="${BENCH_MESHUP:-${repo_root}/target/release/meshup}"
+charts="${repo_root}/tests/fixtures/charts"
 
 now() {
   if [[ -n "${EPOCHREALTIME:-}" ]]; then
@@ -53,105 +68,24 @@ now() {
   fi
 }
 
-# read_cpu: sets `cpu_total` to the user+system seconds of every finished child of this shell
-# so far (meshup and, through it, every helm and kubectl). It must not run in a subshell (no
-# `$(read_cpu)`): a subshell's children are not this shell's.
-read_cpu() {
-  times >"${work}/times"
-  cpu_total="$(awk 'NR == 2 {
-    total = 0
-    for (i = 1; i <= 2; i++) { split($i, p, "m"); total += p[1] * 60 + p[2] }
-    printf "%.2f", total
-  }' "${work}/times")"
-}
-
 # calc EXPR: floating-point arithmetic.
 calc() { awk "BEGIN { printf \"%.2f\", $1 }"; }
 
 build() {
-  echo "building meshup $* (release)..." >&2
-  (cd "${repo_root}" && cargo build --release --locked --quiet "$@") >&2
+  echo "building meshup and testcluster (release)..." >&2
+  (cd "${repo_root}" && cargo build --release --locked --quiet --bin meshup \
+    && cargo build --release --locked --quiet -p meshup-testcluster --bin testcluster) >&2
 }
 
-meshup="${repo_root}/target/release/meshup"
-charts="${repo_root}/tests/fixtures/charts"
-
-# mesh_file PATH N TRUST CONTEXT_PREFIX
-mesh_file() {
-  local path="$1" n="$2" trust="$3" prefix="$4" i
-  {
-    echo "meshID: bench"
-    echo "network: network1"
-    echo "istio:"
-    echo "  charts: ${charts}"
-    echo "trust:"
-    echo "  mode: ${trust}"
-    echo "clusters:"
-    for ((i = 1; i <= n; i++)); do
-      echo "  - name: cluster${i}"
-      echo "    context: ${prefix}${i}"
-    done
-  } >"${path}"
-}
-
-# --- clusters mode -------------------------------------------------------------------------------
-
-# run_clusters N JOBS TRUST: starts N test clusters, installs, stops them; sets `result` to
-# "SECONDS PROCESSES". Not run in a subshell, so that the EXIT trap knows the clusters' pid.
-run_clusters() {
-  local n="$1" jobs="$2" trust="$3"
-  local dir="${work}/clusters-${trust}-${n}-${jobs}"
-  mkdir -p "${dir}/home" "${dir}/tmp"
-  mkfifo "${dir}/stdin"
-  "${repo_root}/target/release/testcluster" --clusters "${n}" --latency-ms 20 \
-    --kubeconfig "${dir}/kubeconfig" <"${dir}/stdin" >"${dir}/testcluster.out" 2>"${dir}/testcluster.err" &
-  local tc_pid=$!
-  started_pids+=("${tc_pid}")
-  # Holding the fifo open keeps the clusters up; closing it stops them.
-  local tc_stdin
-  exec {tc_stdin}>"${dir}/stdin"
-  local waited=0
-  until grep -qx ready "${dir}/testcluster.out" 2>/dev/null; do
-    if ! kill -0 "${tc_pid}" 2>/dev/null || ((waited >= 300)); then
-      echo "error: testcluster did not print \`ready\`:" >&2
-      cat "${dir}/testcluster.err" >&2
-      exit 1
-    fi
-    sleep 0.1
-    waited=$((waited + 1))
-  done
-  mesh_file "${dir}/mesh.yaml" "${n}" "${trust}" cluster
-  local args=(install -f "${dir}/mesh.yaml" --kubeconfig "${dir}/kubeconfig"
-    --helm "${wrappers}/helm" --kubectl "${wrappers}/kubectl")
-  [[ "${jobs}" == default ]] || args+=(--jobs "${jobs}")
-  local start end ok=1
-  start="$(now)"
-  (cd "${dir}" && env -u KUBECONFIG -u HELM_KUBECONTEXT -u HELM_NAMESPACE \
-    HOME="${dir}/home" TMPDIR="${dir}/tmp" \
-    XDG_CACHE_HOME="${dir}/home/.cache" XDG_CONFIG_HOME="${dir}/home/.config" \
-    XDG_DATA_HOME="${dir}/home/.local/share" COUNT_FILE="${dir}/processes" \
-    "${meshup}" "${args[@]}" >"${dir}/out.log" 2>&1) || ok=0
-  end="$(now)"
-  exec {tc_stdin}>&-
-  wait "${tc_pid}" 2>/dev/null || true
-  if ((!ok)); then
-    echo "error: meshup ${args[*]} failed (N=${n}, jobs=${jobs}):" >&2
-    tail -30 "${dir}/out.log" >&2
-    exit 1
-  fi
-  result="$(calc "${end} - ${start}") $(wc -l <"${dir}/processes" | tr -d ' ')"
-}
-
-bench_clusters() {
-  local tools="${repo_root}/.tools/helm4" bin
+setup() {
+  local bin
   for bin in helm kubectl; do
     if [[ ! -x "${tools}/${bin}" ]]; then
       echo "error: ${tools}/${bin} is missing; run scripts/fetch-tools.sh first" >&2
       exit 1
     fi
   done
-  build --bin meshup
-  build -p meshup-testcluster --bin testcluster
+  build
   # Counting wrappers: one line per process, then the real tool.
   wrappers="${work}/bin"
   mkdir -p "${wrappers}"
@@ -160,22 +94,245 @@ bench_clusters() {
       "${bin}" "${tools}/${bin}" >"${wrappers}/${bin}"
     chmod +x "${wrappers}/${bin}"
   done
-  local trust n one all
-  for trust in ${BENCH_TRUST:-none}; do
-    echo
-    echo "real helm $("${tools}/helm" version --template '{{.Version}}') and kubectl against testcluster (20 ms latency), trust mode \`${trust}\`"
-    printf '%4s  %12s  %12s  %7s  %9s  %11s\n' N "jobs=1 (s)" "default (s)" ratio processes "processes/N"
-    for n in 2 5 10; do
-      run_clusters "${n}" 1 "${trust}"
-      one="${result}"
-      run_clusters "${n}" default "${trust}"
-      all="${result}"
-      printf '%4s  %12s  %12s  %7s  %9s  %11s\n' "${n}" "${one% *}" "${all% *}" \
-        "$(calc "${one% *} / ${all% *}")x" "${all#* }" "$(calc "${all#* } / ${n}")"
+}
+
+# mesh_file PATH N CHARTS [VERSION]
+mesh_file() {
+  local path="$1" n="$2" source="$3" version="${4:-}" i
+  {
+    echo "meshID: bench"
+    echo "network: network1"
+    echo "istio:"
+    echo "  charts: ${source}"
+    [[ -n "${version}" ]] && echo "  version: ${version}"
+    echo "trust:"
+    echo "  mode: none"
+    echo "clusters:"
+    for ((i = 1; i <= n; i++)); do
+      echo "  - name: cluster${i}"
+      echo "    context: cluster${i}"
     done
+  } >"${path}"
+}
+
+# start_clusters DIR N: starts N test clusters, writes DIR/kubeconfig; sets `tc_pid`,
+# `tc_stdin` (closing it stops them).
+start_clusters() {
+  local dir="$1" n="$2"
+  mkfifo "${dir}/stdin"
+  "${repo_root}/target/release/testcluster" --clusters "${n}" --latency-ms "${latency_ms}" \
+    --kubeconfig "${dir}/kubeconfig" <"${dir}/stdin" >"${dir}/testcluster.out" 2>"${dir}/testcluster.err" &
+  tc_pid=$!
+  started_pids+=("${tc_pid}")
+  exec {tc_stdin}>"${dir}/stdin"
+  local waited=0
+  until grep -qx ready "${dir}/testcluster.out" 2>/dev/null; do
+    if ! kill -0 "${tc_pid}" 2>/dev/null || ((waited >= 600)); then
+      echo "error: testcluster did not print \`ready\`:" >&2
+      cat "${dir}/testcluster.err" >&2
+      exit 1
+    fi
+    sleep 0.1
+    waited=$((waited + 1))
   done
 }
 
+stop_clusters() {
+  exec {tc_stdin}>&-
+  wait "${tc_pid}" 2>/dev/null || true
+}
+
+# run_meshup DIR ARGS...: runs meshup with the counting wrappers; sets `seconds`.
+run_meshup() {
+  local dir="$1"
+  shift
+  mkdir -p "${dir}/home" "${dir}/tmp"
+  local start end ok=1
+  start="$(now)"
+  (cd "${dir}" && env -u KUBECONFIG -u HELM_KUBECONTEXT -u HELM_NAMESPACE \
+    HOME="${dir}/home" TMPDIR="${dir}/tmp" \
+    XDG_CACHE_HOME="${dir}/home/.cache" XDG_CONFIG_HOME="${dir}/home/.config" \
+    XDG_DATA_HOME="${dir}/home/.local/share" COUNT_FILE="${dir}/processes" \
+    "${meshup}" "$@" --kubeconfig "${dir}/kubeconfig" \
+    --helm "${wrappers}/helm" --kubectl "${wrappers}/kubectl" >"${dir}/out.log" 2>&1) || ok=0
+  end="$(now)"
+  if ((!ok)); then
+    echo "error: meshup $* failed:" >&2
+    tail -30 "${dir}/out.log" >&2
+    exit 1
+  fi
+  seconds="$(calc "${end} - ${start}")"
+}
+
+# --- clusters: scaling ---------------------------------------------------------------------------
+
+# install_once N JOBS: sets `result` to "SECONDS PROCESSES".
+install_once() {
+  local n="$1" jobs="$2"
+  local dir="${work}/scale-${n}-${jobs}"
+  mkdir -p "${dir}"
+  start_clusters "${dir}" "${n}"
+  mesh_file "${dir}/mesh.yaml" "${n}" "${charts}"
+  local args=(install -f "${dir}/mesh.yaml")
+  [[ "${jobs}" == default ]] || args+=(--jobs "${jobs}")
+  run_meshup "${dir}" "${args[@]}"
+  stop_clusters
+  result="${seconds} $(wc -l <"${dir}/processes" | tr -d ' ')"
+}
+
+bench_clusters() {
+  echo
+  echo "install, real helm $("${tools}/helm" version --template '{{.Version}}') and kubectl, ${latency_ms} ms per request, trust none"
+  printf '%4s  %12s  %12s  %7s  %9s  %11s\n' N "jobs=1 (s)" "default (s)" ratio processes "processes/N"
+  local n one all chain="" at10="" status=0
+  for n in ${BENCH_SIZES:-1 2 5 10}; do
+    if [[ "${n}" == 1 ]]; then
+      install_once 1 default
+      one="${result}" all="${result}"
+    else
+      install_once "${n}" 1
+      one="${result}"
+      install_once "${n}" default
+      all="${result}"
+    fi
+    # One cluster's chain (namespace -> base -> istiod -> remote secret -> link) is half of a
+    # two-cluster mesh run one cluster at a time.
+    [[ "${n}" == 2 ]] && chain="$(calc "${one% *} / 2")"
+    [[ "${n}" == 10 ]] && at10="${all% *}"
+    printf '%4s  %12s  %12s  %7s  %9s  %11s\n' "${n}" "${one% *}" "${all% *}" \
+      "$(calc "${one% *} / ${all% *}")x" "${all#* }" "$(calc "${all#* } / ${n}")"
+  done
+  if [[ -n "${chain}" && -n "${at10}" ]]; then
+    local limit
+    limit="$(calc "1.5 * ${chain}")"
+    if awk "BEGIN { exit !(${at10} <= ${limit}) }"; then
+      echo "PASS  N=10 with default jobs: ${at10} s <= 1.5 x one chain (${chain} s) = ${limit} s"
+    else
+      echo "FAIL  N=10 with default jobs: ${at10} s > 1.5 x one chain (${chain} s) = ${limit} s"
+      status=1
+    fi
+  fi
+  return "${status}"
+}
+
+# --- charts: index reads and downloads -----------------------------------------------------------
+
+bench_charts() {
+  local dir="${work}/charts" repo port status=0
+  mkdir -p "${dir}/repo"
+  "${tools}/helm" package "${charts}/base" "${charts}/istiod" --destination "${dir}/repo" >/dev/null
+  port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+  repo="http://127.0.0.1:${port}"
+  "${tools}/helm" repo index "${dir}/repo" --url "${repo}"
+  (cd "${dir}/repo" && exec python3 -m http.server "${port}" --bind 127.0.0.1) >/dev/null 2>"${dir}/http.log" &
+  started_pids+=("$!")
+  sleep 1
+  start_clusters "${dir}" 3
+  mesh_file "${dir}/mesh.yaml" 3 "${repo}" 1.28.1
+  echo
+  echo "charts from ${repo} (2 charts), 3 clusters"
+  printf '%-6s  %11s  %9s  %8s\n' install "index reads" downloads "time (s)"
+  local round reads gets
+  for round in cold warm; do
+    : >"${dir}/http.log"
+    run_meshup "${dir}" install -f "${dir}/mesh.yaml"
+    reads="$(grep -c 'GET /index.yaml' "${dir}/http.log" || true)"
+    gets="$(grep -c 'GET /[^ ]*\.tgz' "${dir}/http.log" || true)"
+    printf '%-6s  %11s  %9s  %8s\n' "${round}" "${reads}" "${gets}" "${seconds}"
+    if [[ "${round}" == cold && ( "${reads}" != 1 || "${gets}" != 2 ) ]] ||
+      [[ "${round}" == warm && ( "${reads}" != 0 || "${gets}" != 0 ) ]]; then
+      status=1
+    fi
+  done
+  stop_clusters
+  if ((status)); then
+    echo "FAIL  expected 1 index read and 1 download per chart cold, none warm"
+  else
+    echo "PASS  1 index read and 1 download per chart cold, none warm"
+  fi
+  return "${status}"
+}
+
+# --- memory: peak at N=50 ------------------------------------------------------------------------
+
+# peak_rss PID: prints the highest summed RSS (MB) of PID and its descendants until it ends.
+peak_rss() {
+  python3 - "$1" <<'PY'
+import os, sys, time
+root = int(sys.argv[1])
+peak = 0
+def children():
+    kids = {}
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                stat = f.read()
+            ppid = int(stat[stat.rfind(")") + 2:].split()[1])
+            kids.setdefault(ppid, []).append(int(pid))
+        except (OSError, ValueError, IndexError):
+            pass
+    return kids
+while os.path.exists(f"/proc/{root}"):
+    kids, total, todo = children(), 0, [root]
+    while todo:
+        pid = todo.pop()
+        todo.extend(kids.get(pid, []))
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+        except OSError:
+            pass
+    peak = max(peak, total)
+    time.sleep(0.05)
+print(f"{peak / 1024:.0f}")
+PY
+}
+
+bench_memory() {
+  local n="${BENCH_MEMORY_N:-50}" jobs dir
+  echo
+  echo "install of ${n} clusters, ${latency_ms} ms per request: peak memory of meshup and its helm/kubectl"
+  printf '%-9s  %8s  %14s\n' jobs "time (s)" "peak RSS (MB)"
+  for jobs in default all; do
+    dir="${work}/memory-${jobs}"
+    mkdir -p "${dir}/home" "${dir}/tmp"
+    start_clusters "${dir}" "${n}"
+    mesh_file "${dir}/mesh.yaml" "${n}" "${charts}"
+    local args=(install -f "${dir}/mesh.yaml" --kubeconfig "${dir}/kubeconfig"
+      --helm "${wrappers}/helm" --kubectl "${wrappers}/kubectl")
+    [[ "${jobs}" == default ]] || args+=(--jobs all)
+    local start end pid peak
+    start="$(now)"
+    (cd "${dir}" && env -u KUBECONFIG HOME="${dir}/home" TMPDIR="${dir}/tmp" \
+      XDG_CACHE_HOME="${dir}/home/.cache" COUNT_FILE="${dir}/processes" \
+      "${meshup}" "${args[@]}" >"${dir}/out.log" 2>&1) &
+    pid=$!
+    peak="$(peak_rss "${pid}")"
+    if ! wait "${pid}"; then
+      echo "error: meshup failed (jobs ${jobs}):" >&2
+      tail -30 "${dir}/out.log" >&2
+      exit 1
+    fi
+    end="$(now)"
+    stop_clusters
+    printf '%-9s  %8s  %14s\n' "${jobs}" "$(calc "${end} - ${start}")" "${peak}"
+  done
+}
+
+setup
+status=0
 case "${mode}" in
-  clusters) bench_clusters ;;
+  clusters) bench_clusters || status=1 ;;
+  charts) bench_charts || status=1 ;;
+  memory) bench_memory ;;
+  all)
+    bench_clusters || status=1
+    bench_charts || status=1
+    bench_memory
+    ;;
 esac
+exit "${status}"

@@ -88,18 +88,26 @@ pub fn apply(target: &Target, manifest: Sensitive<Vec<u8>>, timeout: Duration) -
     step
 }
 
-/// `kubectl create -f -`: creates the object on stdin; fails with `AlreadyExists` when it
-/// exists (what a lock needs: exactly one creator wins).
+/// `kubectl create -f - -o json`: creates the object on stdin and prints it; fails with
+/// `AlreadyExists` when it exists (what a lock needs: exactly one creator wins).
 pub fn create(target: &Target, manifest: Sensitive<Vec<u8>>, timeout: Duration) -> Step {
-    let mut step = connect(target, words(&["create", "--filename", "-"]), timeout);
+    let mut step = connect(
+        target,
+        words(&["create", "--filename", "-", "--output", "json"]),
+        timeout,
+    );
     step.stdin = Some(manifest);
     step
 }
 
-/// `kubectl replace -f -`: replaces the object on stdin; with a `resourceVersion` in it, fails
-/// with `Conflict` when the object changed since it was read.
+/// `kubectl replace -f - -o json`: replaces the object on stdin and prints it; with a
+/// `resourceVersion` in it, fails with `Conflict` when the object changed since it was read.
 pub fn replace(target: &Target, manifest: Sensitive<Vec<u8>>, timeout: Duration) -> Step {
-    let mut step = connect(target, words(&["replace", "--filename", "-"]), timeout);
+    let mut step = connect(
+        target,
+        words(&["replace", "--filename", "-", "--output", "json"]),
+        timeout,
+    );
     step.stdin = Some(manifest);
     step
 }

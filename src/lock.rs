@@ -199,7 +199,7 @@ pub fn hold<R>(
     let mut failure = None;
     for (cluster, result) in clusters.iter().zip(&acquired) {
         match result {
-            Ok(Some(previous)) => {
+            Ok((_, Some(previous))) => {
                 run.reporter.warn(&format!(
                     "[{}] took over the lock of {previous}",
                     cluster.name
@@ -208,19 +208,19 @@ pub fn hold<R>(
                     .taken_over
                     .insert(cluster.name.clone(), previous.clone());
             }
-            Ok(None) => {}
+            Ok((_, None)) => {}
             Err(e) if failure.is_none() => failure = Some(e.clone()),
             Err(_) => {}
         }
     }
-    let held: Vec<&Cluster> = clusters
+    // Each held lock with the `resourceVersion` of this run's last write to it.
+    let held: Vec<(&Cluster, Mutex<LastWrite>)> = clusters
         .iter()
         .zip(&acquired)
-        .filter(|(_, r)| r.is_ok())
-        .map(|(c, _)| c)
+        .filter_map(|(c, r)| r.as_ref().ok().map(|(w, _)| (c, Mutex::new(w.clone()))))
         .collect();
     if let Some(failure) = failure {
-        release(run, &held, &name, &holder);
+        release(run, &held, &name);
         return Err(failure.into_error());
     }
     let stop = AtomicBool::new(false);
@@ -230,7 +230,7 @@ pub fn hold<R>(
         stop.store(true, Ordering::SeqCst);
         result
     });
-    release(run, &held, &name, &holder);
+    release(run, &held, &name);
     Ok(result)
 }
 
@@ -263,13 +263,17 @@ impl From<StepError> for Refused {
     }
 }
 
-/// Takes one cluster's lock; `Some(who)` when it was taken over from a dead holder.
+/// What taking a lock gave: the Lease's `resourceVersion` (for the next write) and, when it was
+/// taken over from a dead holder, who that was.
+type Taken = (LastWrite, Option<String>);
+
+/// Takes one cluster's lock.
 fn acquire(
     live: &Live,
     name: &str,
     holder: &Holder,
     wait: Option<Duration>,
-) -> Result<Option<String>, Refused> {
+) -> Result<Taken, Refused> {
     let cluster = &live.target.cluster;
     let deadline = std::time::Instant::now() + wait.unwrap_or_default();
     let here = hostname();
@@ -277,7 +281,9 @@ fn acquire(
         let lease: Option<Lease> = live.get("lease", name, Some(LOCK_NAMESPACE))?;
         let now = OffsetDateTime::now_utc();
         let attempt = match &lease {
-            None => write(live, kubectl::create, &manifest(name, holder, now, None, 0)),
+            None => {
+                write(live, kubectl::create, &manifest(name, holder, now, None, 0)).map(|w| (w, 0))
+            }
             Some(lease) => {
                 let transitions = lease.spec.lease_transitions.unwrap_or(0);
                 match Holder::of(lease) {
@@ -285,8 +291,15 @@ fn acquire(
                         live,
                         kubectl::replace,
                         &manifest(name, holder, now, Some(lease), transitions + 1),
-                    ),
-                    Some(other) if other == *holder => return Ok(None),
+                    )
+                    .map(|w| (w, transitions + 1)),
+                    Some(other) if other == *holder => {
+                        let last = LastWrite {
+                            version: lease.metadata.resource_version.clone(),
+                            transitions,
+                        };
+                        return Ok((last, None));
+                    }
                     Some(other) => match dead(lease, now, &here) {
                         Some(why) => {
                             match write(
@@ -294,12 +307,18 @@ fn acquire(
                                 kubectl::replace,
                                 &manifest(name, holder, now, Some(lease), transitions + 1),
                             )? {
-                                Written::Done => {
-                                    return Ok(Some(format!(
-                                        "`{}` (started {}): {why}",
-                                        other.identity(),
-                                        stamp(other.started)
-                                    )));
+                                Written::Done(version) => {
+                                    return Ok((
+                                        LastWrite {
+                                            version,
+                                            transitions: transitions + 1,
+                                        },
+                                        Some(format!(
+                                            "`{}` (started {}): {why}",
+                                            other.identity(),
+                                            stamp(other.started)
+                                        )),
+                                    ));
                                 }
                                 Written::Raced => continue,
                             }
@@ -320,15 +339,24 @@ fn acquire(
             }
         }?;
         match attempt {
-            Written::Done => return Ok(None),
+            (Written::Done(version), transitions) => {
+                return Ok((
+                    LastWrite {
+                        version,
+                        transitions,
+                    },
+                    None,
+                ));
+            }
             // Another run wrote first: look again.
-            Written::Raced => continue,
+            (Written::Raced, _) => continue,
         }
     }
 }
 
 enum Written {
-    Done,
+    /// Written; the Lease's new `resourceVersion`.
+    Done(String),
     /// `AlreadyExists` or `Conflict`: someone else wrote in between.
     Raced,
 }
@@ -342,7 +370,13 @@ fn write(
     let step = verb(live.target, Sensitive::new(yaml.into_bytes()), live.timeout);
     let output = live.runner.run(&step)?;
     if output.success() {
-        return Ok(Written::Done);
+        let lease: Lease = serde_json::from_str(&output.stdout).map_err(|e| {
+            Refused::Step(
+                live.target.cluster.clone(),
+                StepError::malformed(&step, e).to_string(),
+            )
+        })?;
+        return Ok(Written::Done(lease.metadata.resource_version));
     }
     let stderr = output.stderr.to_lowercase();
     if stderr.contains("alreadyexists")
@@ -357,10 +391,11 @@ fn write(
     ))
 }
 
-/// Renews every held lock until `stop`; a lock someone else took is marked lost.
+/// Renews every held lock until `stop`, one write each (conditional on this run's last
+/// write); a lock someone else took is marked lost.
 fn renew(
     run: &Run,
-    held: &[&Cluster],
+    held: &[(&Cluster, Mutex<LastWrite>)],
     name: &str,
     holder: &Holder,
     locks: &Locks,
@@ -374,74 +409,68 @@ fn renew(
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        for cluster in held {
+        for (cluster, version) in held {
             let target = run.target(cluster);
             let live = Live::new(run.runner, &target, run.timeout);
-            let Ok(Some(lease)) = live.get::<Lease>("lease", name, Some(LOCK_NAMESPACE)) else {
-                continue;
-            };
-            let ours = Holder::of(&lease).is_some_and(|h| h == *holder);
-            if !ours {
-                run.reporter.warn(&format!(
-                    "[{}] meshup's lock was taken over by `{}`",
-                    cluster.name,
-                    lease.spec.holder_identity.as_deref().unwrap_or("someone")
-                ));
-                locks
-                    .lost
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(cluster.name.clone());
-                continue;
+            let mut last = version.lock().unwrap_or_else(|e| e.into_inner());
+            let renewed = lease_json(name, holder, OffsetDateTime::now_utc(), &last);
+            match write(&live, kubectl::replace, &renewed) {
+                Ok(Written::Done(new)) => last.version = new,
+                // Someone else wrote it: the lock is theirs now.
+                Ok(Written::Raced) => {
+                    let taker = live
+                        .get::<Lease>("lease", name, Some(LOCK_NAMESPACE))
+                        .ok()
+                        .flatten()
+                        .and_then(|l| l.spec.holder_identity)
+                        .unwrap_or_else(|| "someone".into());
+                    run.reporter.warn(&format!(
+                        "[{}] meshup's lock was taken over by `{taker}`",
+                        cluster.name
+                    ));
+                    locks
+                        .lost
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(cluster.name.clone());
+                }
+                // A failed renewal is tried again at the next round; transient trouble is fine.
+                Err(_) => {}
             }
-            let now = OffsetDateTime::now_utc();
-            let mut renewed = manifest(
-                name,
-                holder,
-                now,
-                Some(&lease),
-                lease.spec.lease_transitions.unwrap_or(0),
-            );
-            renewed["spec"]["acquireTime"] = json!(lease.spec.acquire_time);
-            // A failed renewal is tried again at the next round; transient trouble is fine.
-            let _ = write(&live, kubectl::replace, &renewed);
         }
     }
 }
 
-/// Releases the locks this run still holds (also after Ctrl-C).
-fn release(run: &Run, held: &[&Cluster], name: &str, holder: &Holder) {
+/// Releases the locks this run still holds (also after Ctrl-C): one write each, conditional on
+/// this run's last write, so a lock someone took over is left alone.
+fn release(run: &Run, held: &[(&Cluster, Mutex<LastWrite>)], name: &str) {
     runner::cleanup(|| {
-        parallel(run.jobs, held, |cluster| {
+        parallel(run.jobs, held, |(cluster, version)| {
             let target = run.target(cluster);
             let live = Live::new(run.runner, &target, run.timeout);
-            let Ok(Some(lease)) = live.get::<Lease>("lease", name, Some(LOCK_NAMESPACE)) else {
-                return;
-            };
-            if Holder::of(&lease).is_some_and(|h| h == *holder) {
-                let released = json!({
-                    "apiVersion": "coordination.k8s.io/v1",
-                    "kind": "Lease",
-                    "metadata": {
-                        "name": name,
-                        "namespace": LOCK_NAMESPACE,
-                        "resourceVersion": lease.metadata.resource_version,
-                    },
-                    "spec": {
-                        "leaseDurationSeconds": LEASE_SECONDS,
-                        "leaseTransitions": lease.spec.lease_transitions.unwrap_or(0),
-                    },
-                });
-                if let Err(e) = write(&live, kubectl::replace, &released) {
-                    let message = match e {
-                        Refused::Step(_, m) => m,
-                        _ => "interrupted".into(),
-                    };
-                    run.reporter.warn(&format!(
-                        "[{}] could not release meshup's lock (it expires by itself after {LEASE_SECONDS}s): {message}",
-                        cluster.name
-                    ));
-                }
+            let last = version.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let released = json!({
+                "apiVersion": "coordination.k8s.io/v1",
+                "kind": "Lease",
+                "metadata": {
+                    "name": name,
+                    "namespace": LOCK_NAMESPACE,
+                    "resourceVersion": last.version,
+                },
+                "spec": {
+                    "leaseDurationSeconds": LEASE_SECONDS,
+                    "leaseTransitions": last.transitions,
+                },
+            });
+            if let Err(e) = write(&live, kubectl::replace, &released) {
+                let message = match e {
+                    Refused::Step(_, m) => m,
+                    _ => "interrupted".into(),
+                };
+                run.reporter.warn(&format!(
+                    "[{}] could not release meshup's lock (it expires by itself after {LEASE_SECONDS}s): {message}",
+                    cluster.name
+                ));
             }
         });
     });
@@ -450,6 +479,30 @@ fn release(run: &Run, held: &[&Cluster], name: &str, holder: &Holder) {
 /// The Lease's name for a mesh in `namespace`.
 pub fn lease_name(namespace: &str) -> String {
     format!("meshup-{namespace}")
+}
+
+/// The Lease as this run last wrote it: its `resourceVersion` and `leaseTransitions`.
+#[derive(Debug, Clone, Default)]
+struct LastWrite {
+    version: String,
+    transitions: i64,
+}
+
+/// A Lease held by `holder`, renewed `now`, replacing what this run last wrote.
+fn lease_json(
+    name: &str,
+    holder: &Holder,
+    now: OffsetDateTime,
+    last: &LastWrite,
+) -> serde_json::Value {
+    let previous = Lease {
+        metadata: crate::live::Meta {
+            resource_version: last.version.clone(),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    manifest(name, holder, now, Some(&previous), last.transitions)
 }
 
 fn manifest(
@@ -482,7 +535,8 @@ fn manifest(
         "spec": {
             "holderIdentity": holder.identity(),
             "leaseDurationSeconds": LEASE_SECONDS,
-            "acquireTime": micro_time(now),
+            // This run took the lock when it started trying to; renewals keep that time.
+            "acquireTime": micro_time(holder.started),
             "renewTime": micro_time(now),
             "leaseTransitions": transitions,
         },
