@@ -63,7 +63,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             let pulls = match pull::planned(
                 &mesh.charts,
                 mesh.version.as_deref(),
-                mesh::CHARTS,
+                &mesh.charts_needed(),
                 &pull::cache_dir(),
             ) {
                 Some((pulls, charts)) => {
@@ -202,11 +202,8 @@ fn render(mesh: &Mesh, out: &Path) -> Result<Vec<PathBuf>, Error> {
     Ok(written)
 }
 
-/// Warnings for commands that contact no cluster (install gets them from preflight).
+/// Warnings for commands that contact no cluster (install says them as it pins a version).
 fn warn_about_mesh(reporter: &Reporter, mesh: &Mesh) {
-    if let Some(warning) = preflight::network_warning(mesh) {
-        reporter.warn(&warning);
-    }
     warn_unpinned(reporter, mesh);
 }
 
@@ -385,7 +382,7 @@ fn install(
         reporter,
         &session.mesh.charts,
         session.mesh.version.as_deref(),
-        mesh::CHARTS,
+        &session.mesh.charts_needed(),
         &pull::cache_dir(),
     )?;
     session.mesh.charts = fetched.charts;

@@ -20,6 +20,20 @@ pub const DEFAULT_TRUST_DIR: &str = "meshup-certs";
 /// The charts every mesh installs (a local `istio.charts` directory must hold them).
 pub const CHARTS: &[&str] = &["base", "istiod"];
 
+/// The charts a mesh of `clusters` installs: `base` and `istiod`, and `gateway` when a cluster
+/// gets an east-west gateway (several networks, or a primary with remote clusters).
+pub fn charts_needed(clusters: &[Cluster]) -> Vec<&'static str> {
+    let networks: BTreeSet<Option<&str>> = clusters.iter().map(|c| c.network.as_deref()).collect();
+    let remotes = clusters
+        .iter()
+        .any(|c| matches!(c.role, Role::Remote { .. }));
+    let mut names = CHARTS.to_vec();
+    if networks.len() > 1 || remotes {
+        names.push("gateway");
+    }
+    names
+}
+
 /// A validated mesh.
 #[derive(Debug, Clone)]
 pub struct Mesh {
@@ -54,6 +68,47 @@ pub struct Cluster {
     pub network: Option<String>,
     /// Extra istiod values for this cluster only.
     pub values: Mapping,
+    /// Whether it runs istiod, or is controlled by a primary's.
+    pub role: Role,
+    /// How its east-west gateway is exposed, when it gets one.
+    pub gateway: GatewayExposure,
+}
+
+/// A cluster's part in the control plane.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Role {
+    /// Runs istiod (the default).
+    #[default]
+    Primary,
+    /// Runs no istiod: the named primary's istiod controls it.
+    Remote { primary: String },
+}
+
+/// How an east-west gateway's Service is exposed (`clusters[].eastWestGateway`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct GatewayExposure {
+    /// `LoadBalancer` (the default) or `NodePort`.
+    pub service_type: ServiceType,
+    /// The address peers reach the gateway at, for clusters without load balancers (then it
+    /// is also the Service's external IP); else the load balancer's address is waited for.
+    pub address: Option<String>,
+}
+
+/// The Service type of an east-west gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ServiceType {
+    #[default]
+    LoadBalancer,
+    NodePort,
+}
+
+impl ServiceType {
+    pub fn name(self) -> &'static str {
+        match self {
+            ServiceType::LoadBalancer => "LoadBalancer",
+            ServiceType::NodePort => "NodePort",
+        }
+    }
 }
 
 /// The shared root of trust.
@@ -92,6 +147,23 @@ struct RawCluster {
     api_server: Option<String>,
     network: Option<String>,
     values: Option<Value>,
+    role: Option<String>,
+    primary: Option<String>,
+    east_west_gateway: Option<RawGateway>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawGateway {
+    service: Option<RawService>,
+    address: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    #[serde(rename = "type")]
+    kind: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -213,19 +285,6 @@ fn validate(
         problems.add(format!("`istio.version`: `{v}` contains white space"));
     }
 
-    let (charts_text, charts_dir) = match (&args.charts, istio.charts) {
-        (Some(flag), _) => (flag.clone(), PathBuf::new()),
-        (None, Some(file)) => (file, base_dir.to_path_buf()),
-        (None, None) => (DEFAULT_CHARTS.to_string(), PathBuf::new()),
-    };
-    let charts = match chart::resolve(&charts_text, &charts_dir, version.as_deref(), CHARTS) {
-        Ok(charts) => Some(charts),
-        Err(problem) => {
-            problems.add(format!("`istio.charts`: {problem}"));
-            None
-        }
-    };
-
     let values = mapping_or_problem(&mut problems, "values", raw.values);
     check_reserved_values(&mut problems, "values", &values);
 
@@ -257,6 +316,8 @@ fn validate(
     }
 
     let mut clusters = Vec::new();
+    // Each cluster's field in the input (`clusters[1]`, `--cluster a=b`), for later problems.
+    let mut fields = Vec::new();
     let mut names = BTreeSet::new();
     let mut contexts = BTreeSet::new();
     for (field, raw) in raw_clusters {
@@ -306,6 +367,30 @@ fn validate(
         let cluster_values =
             mapping_or_problem(&mut problems, &format!("{field}.values"), raw.values);
         check_reserved_values(&mut problems, &format!("{field}.values"), &cluster_values);
+        let role = match (raw.role.as_deref(), raw.primary) {
+            (None | Some("primary"), None) => Role::Primary,
+            (None | Some("primary"), Some(primary)) => {
+                problems.add(format!(
+                    "`{field}.primary`: `{primary}` is set, but only a remote names its primary; add `role: remote` or remove it"
+                ));
+                Role::Primary
+            }
+            (Some("remote"), Some(primary)) => Role::Remote { primary },
+            (Some("remote"), None) => {
+                problems.add(format!(
+                    "`{field}.primary` is required for `role: remote`: name the primary cluster whose istiod controls this one"
+                ));
+                Role::Primary
+            }
+            (Some(other), _) => {
+                problems.add(format!(
+                    "`{field}.role`: `{other}` is not one of primary, remote"
+                ));
+                Role::Primary
+            }
+        };
+        let gateway = gateway_exposure(&mut problems, &field, raw.east_west_gateway);
+        fields.push(field);
         clusters.push(Cluster {
             name,
             context,
@@ -313,8 +398,28 @@ fn validate(
             server: raw.api_server.unwrap_or(context_server),
             network: cluster_network,
             values: cluster_values,
+            role,
+            gateway,
         });
     }
+    check_topology(&mut problems, &fields, &clusters);
+    let (charts_text, charts_dir) = match (&args.charts, istio.charts) {
+        (Some(flag), _) => (flag.clone(), PathBuf::new()),
+        (None, Some(file)) => (file, base_dir.to_path_buf()),
+        (None, None) => (DEFAULT_CHARTS.to_string(), PathBuf::new()),
+    };
+    let charts = match chart::resolve(
+        &charts_text,
+        &charts_dir,
+        version.as_deref(),
+        &charts_needed(&clusters),
+    ) {
+        Ok(charts) => Some(charts),
+        Err(problem) => {
+            problems.add(format!("`istio.charts`: {problem}"));
+            None
+        }
+    };
 
     let raw_trust = raw.trust.unwrap_or_default();
     let mode = match raw_trust.mode.as_deref() {
@@ -383,8 +488,94 @@ impl Mesh {
         self.charts.chart(name, self.version.as_deref())
     }
 
+    /// The charts this mesh installs.
+    pub fn charts_needed(&self) -> Vec<&'static str> {
+        charts_needed(&self.clusters)
+    }
+
+    /// Whether the clusters sit on more than one network (east-west gateways needed).
+    pub fn multi_network(&self) -> bool {
+        let networks: BTreeSet<Option<&str>> =
+            self.clusters.iter().map(|c| c.network.as_deref()).collect();
+        networks.len() > 1
+    }
+
+    /// The remote clusters `primary` controls.
+    pub fn remotes_of<'a>(&'a self, primary: &'a str) -> impl Iterator<Item = &'a Cluster> + 'a {
+        self.clusters
+            .iter()
+            .filter(move |c| matches!(&c.role, Role::Remote { primary: p } if p == primary))
+    }
+
     pub fn cluster(&self, name: &str) -> Option<&Cluster> {
         self.clusters.iter().find(|c| c.name == name)
+    }
+}
+
+fn gateway_exposure(
+    problems: &mut Problems,
+    field: &str,
+    raw: Option<RawGateway>,
+) -> GatewayExposure {
+    let raw = raw.unwrap_or_default();
+    let service_type = match raw.service.and_then(|s| s.kind).as_deref() {
+        None | Some("LoadBalancer") => ServiceType::LoadBalancer,
+        Some("NodePort") => ServiceType::NodePort,
+        Some(other) => {
+            problems.add(format!(
+                "`{field}.eastWestGateway.service.type`: `{other}` is not one of LoadBalancer, NodePort"
+            ));
+            ServiceType::LoadBalancer
+        }
+    };
+    if let Some(address) = &raw.address
+        && address.parse::<std::net::IpAddr>().is_err()
+    {
+        problems.add(format!(
+            "`{field}.eastWestGateway.address`: `{address}` is not an IP address; give the address peers reach the gateway at (it becomes the Service's external IP)"
+        ));
+    }
+    GatewayExposure {
+        service_type,
+        address: raw.address,
+    }
+}
+
+/// Roles and gateways across clusters: a remote's primary is another primary of this mesh,
+/// and a gateway without a load balancer has an address.
+fn check_topology(problems: &mut Problems, fields: &[String], clusters: &[Cluster]) {
+    let networks: BTreeSet<Option<&str>> = clusters.iter().map(|c| c.network.as_deref()).collect();
+    for (field, cluster) in fields.iter().zip(clusters) {
+        if let Role::Remote { primary } = &cluster.role {
+            match clusters.iter().find(|c| c.name == *primary) {
+                None => problems.add(format!(
+                    "`{field}.primary`: `{primary}` is not a cluster of this mesh (known: {})",
+                    known_list(clusters.iter().map(|c| &c.name))
+                )),
+                Some(p) if p.name == cluster.name => problems.add(format!(
+                    "`{field}.primary`: a cluster cannot be its own primary"
+                )),
+                Some(p) if p.role != Role::Primary => problems.add(format!(
+                    "`{field}.primary`: `{primary}` is a remote cluster itself; a remote's primary must run istiod (`role: primary`)"
+                )),
+                Some(_) => {}
+            }
+        }
+        let serves_remotes = clusters.iter().any(|c| {
+            c.role
+                == (Role::Remote {
+                    primary: cluster.name.clone(),
+                })
+        });
+        let gets_gateway = networks.len() > 1 || serves_remotes;
+        if gets_gateway
+            && cluster.gateway.service_type == ServiceType::NodePort
+            && cluster.gateway.address.is_none()
+        {
+            problems.add(format!(
+                "`{field}.eastWestGateway.address` is required with `service: {{type: NodePort}}`: a NodePort Service has no external address, so give the address peers reach the gateway at"
+            ));
+        }
     }
 }
 
@@ -413,6 +604,10 @@ const RESERVED: &[(&[&str], &str)] = &[
     (&["global", "network"], "network (or clusters[].network)"),
     (&["global", "istioNamespace"], "namespace"),
     (&["revision"], "istio.revision"),
+    (&["profile"], "clusters[].role"),
+    (&["global", "remotePilotAddress"], "clusters[].primary"),
+    (&["global", "externalIstiod"], "clusters[].role"),
+    (&["istiodRemote"], "clusters[].role"),
 ];
 
 fn check_reserved_values(problems: &mut Problems, field: &str, values: &Mapping) {
@@ -705,6 +900,74 @@ clusters:
         )
         .unwrap();
         assert_eq!(mesh.clusters[0].server, "");
+    }
+
+    #[test]
+    fn a_remote_needs_a_primary_that_runs_istiod() {
+        let err = problems(
+            "meshID: m\nclusters:\n  - {name: a, context: kind-cluster1, role: remote}\n  - {name: b, context: kind-cluster2, role: remote, primary: a}\n",
+        );
+        assert!(
+            err.contains("`clusters[0].primary` is required for `role: remote`"),
+            "{err}"
+        );
+        let err = problems(
+            "meshID: m\nclusters:\n  - {name: a, context: kind-cluster1}\n  - {name: b, context: kind-cluster2, role: remote, primary: nowhere}\n",
+        );
+        assert!(
+            err.contains("`clusters[1].primary`: `nowhere` is not a cluster of this mesh"),
+            "{err}"
+        );
+        let err = problems(
+            "meshID: m\nclusters:\n  - {name: a, context: kind-cluster1, role: remote, primary: b}\n  - {name: b, context: kind-cluster2, role: remote, primary: a}\n",
+        );
+        assert!(err.contains("`b` is a remote cluster itself"), "{err}");
+        let err = problems(
+            "meshID: m\nclusters:\n  - {name: a, context: kind-cluster1, primary: b}\n  - {name: b, context: kind-cluster2, role: secondary}\n",
+        );
+        assert!(err.contains("only a remote names its primary"), "{err}");
+        assert!(
+            err.contains("`clusters[1].role`: `secondary` is not one of primary, remote"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_node_port_gateway_needs_an_address_and_an_address_is_an_ip() {
+        let err = problems(
+            "meshID: m\nclusters:\n  - {name: a, context: kind-cluster1, network: n1, eastWestGateway: {service: {type: NodePort}}}\n  - {name: b, context: kind-cluster2, network: n2, eastWestGateway: {address: gw.example.test}}\n",
+        );
+        assert!(
+            err.contains(
+                "`clusters[0].eastWestGateway.address` is required with `service: {type: NodePort}`"
+            ),
+            "{err}"
+        );
+        assert!(
+            err.contains(
+                "`clusters[1].eastWestGateway.address`: `gw.example.test` is not an IP address"
+            ),
+            "{err}"
+        );
+        // On one network without remotes there is no gateway, so nothing to expose.
+        let mesh = check(
+            "meshID: m\nclusters:\n  - {name: a, context: kind-cluster1, eastWestGateway: {service: {type: NodePort}}}\n",
+            &MeshArgs::default(),
+        )
+        .unwrap();
+        assert_eq!(mesh.charts_needed(), ["base", "istiod"]);
+    }
+
+    #[test]
+    fn values_meshup_sets_for_roles_are_refused() {
+        let err = problems(
+            "meshID: m\nclusters:\n  - name: a\n    context: kind-cluster1\n    values: {profile: remote, global: {remotePilotAddress: 1.2.3.4}}\n",
+        );
+        assert!(err.contains("`clusters[0].values.profile`"), "{err}");
+        assert!(
+            err.contains("`clusters[0].values.global.remotePilotAddress`"),
+            "{err}"
+        );
     }
 
     #[test]

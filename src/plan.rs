@@ -93,8 +93,9 @@ enum Order {
 
 const LINK_TITLE: &str = "give every cluster the remote secrets of all the others";
 
-/// Each cluster's own components (namespace → cacerts → istio-base → istiod → restart → its
-/// remote secret); then every cluster takes its peers' remote secrets.
+/// Each cluster's own components (namespace → cacerts → istio-base → istiod → restart →
+/// east-west gateway → its remote secret); then the remote clusters' istiod, pointed at their
+/// primary's gateway; then every cluster takes its peers' remote secrets.
 pub fn install(topology: &Topology) -> Plan<'_> {
     let batches = [
         batch(
@@ -103,6 +104,13 @@ pub fn install(topology: &Topology) -> Plan<'_> {
             Action::Install,
             Order::Forwards,
             |c| c.stage() == Stage::Cluster,
+        ),
+        batch(
+            topology,
+            "install the remote clusters' istiod, pointed at their primary's east-west gateway",
+            Action::Install,
+            Order::Forwards,
+            |c| c.stage() == Stage::Remote,
         ),
         batch(
             topology,
@@ -140,20 +148,43 @@ pub fn link(topology: &Topology) -> Plan<'_> {
     }
 }
 
-/// The install backwards, per cluster: remote secrets, istiod, istio-base, the namespace (and
-/// the CRDs with `--purge-crds`).
+/// The install backwards, per cluster: remote secrets, the gateway's objects and release,
+/// istiod, istio-base, the namespace (and the CRDs with `--purge-crds`); remote clusters
+/// before the primaries that control them.
 pub fn uninstall(topology: &Topology) -> Plan<'_> {
-    Plan {
-        batches: batch(
-            topology,
-            "remove the mesh from every cluster",
-            Action::Remove,
-            Order::Backwards,
-            |_| true,
-        )
-        .into_iter()
-        .collect(),
+    let remotes: Vec<&str> = topology
+        .nodes
+        .iter()
+        .filter(|n| n.remote)
+        .map(|n| n.cluster.as_str())
+        .collect();
+    if remotes.is_empty() {
+        return Plan {
+            batches: batch(
+                topology,
+                "remove the mesh from every cluster",
+                Action::Remove,
+                Order::Backwards,
+                |_| true,
+            )
+            .into_iter()
+            .collect(),
+        };
     }
+    let mut batches = Vec::new();
+    for (title, of_remotes) in [
+        ("remove the mesh from the remote clusters", true),
+        ("remove the mesh from the primary clusters", false),
+    ] {
+        if let Some(mut b) = batch(topology, title, Action::Remove, Order::Backwards, |_| true) {
+            b.chains
+                .retain(|chain| remotes.contains(&chain.cluster.as_str()) == of_remotes);
+            if !b.chains.is_empty() {
+                batches.push(b);
+            }
+        }
+    }
+    Plan { batches }
 }
 
 /// What `script` needs besides the mesh and the plan.

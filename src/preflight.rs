@@ -85,26 +85,8 @@ pub fn cluster_checks(run: &Run, topology: &Topology) -> Vec<Finding> {
             .into_iter()
             .flatten()
             .collect();
-    checks.extend(network_warning(run.mesh).map(|w| Finding::warn(None, "networks", w)));
     checks.extend(loopback_warnings(run.mesh));
     checks
-}
-
-/// A warning when the clusters sit on more than one network: cross-network traffic needs an
-/// east-west gateway per network (Istio's `gateway` chart), which meshup does not install.
-pub fn network_warning(mesh: &Mesh) -> Option<String> {
-    let networks: std::collections::BTreeSet<&str> = mesh
-        .clusters
-        .iter()
-        .filter_map(|c| c.network.as_deref())
-        .collect();
-    (networks.len() > 1).then(|| {
-        format!(
-            "the clusters are on {} networks ({}); traffic between networks needs an east-west gateway in each (Istio's `gateway` chart with `networkGateway`), which meshup does not install",
-            networks.len(),
-            networks.into_iter().collect::<Vec<_>>().join(", ")
-        )
-    })
 }
 
 /// Clusters whose remote secret would carry a loopback server, which no peer can reach.
@@ -200,18 +182,6 @@ mod tests {
         assert_eq!(major_minor("v4.1.4"), Some((4, 1)));
         assert_eq!(major_minor("v3.12.0-rc.1"), Some((3, 12)));
         assert_eq!(major_minor("garbage"), None);
-    }
-
-    #[test]
-    fn several_networks_are_warned_about() {
-        let mut mesh = crate::testing::mesh(3, crate::trust::TrustMode::None);
-        assert_eq!(network_warning(&mesh), None);
-        mesh.clusters[2].network = Some("network2".into());
-        let warning = network_warning(&mesh).unwrap();
-        assert!(
-            warning.contains("2 networks (network1, network2)"),
-            "{warning}"
-        );
     }
 
     #[test]

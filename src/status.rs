@@ -34,6 +34,12 @@ pub struct ClusterStatus {
     pub reachable: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kubernetes: Option<String>,
+    /// The primary whose istiod controls this cluster, for a remote.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub primary: Option<String>,
+    /// The east-west gateway's address, for a cluster that has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
     pub releases: Vec<ReleaseStatus>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub istiod: Option<Readiness>,
@@ -113,6 +119,10 @@ pub fn collect(run: &Run, topology: &Topology) -> Status {
         let mut status = ClusterStatus {
             cluster: cluster.name.clone(),
             context: cluster.context.clone(),
+            primary: match &cluster.role {
+                crate::mesh::Role::Remote { primary } => Some(primary.clone()),
+                crate::mesh::Role::Primary => None,
+            },
             ..ClusterStatus::default()
         };
         let (mut memo, board) = (Memo::default(), Board::default());
@@ -217,12 +227,14 @@ pub fn render_text(status: &Status) -> String {
         "CLUSTER",
         "CONTEXT",
         "KUBERNETES",
+        "ROLE",
         "RELEASES",
         "ISTIOD",
         "PEERS SYNCED",
+        "GATEWAY",
         "CACERTS ROOT",
     ];
-    let rows: Vec<[String; 7]> = status
+    let rows: Vec<[String; 9]> = status
         .clusters
         .iter()
         .map(|c| {
@@ -247,6 +259,10 @@ pub fn render_text(status: &Status) -> String {
                     (true, None) => "reachable".to_string(),
                     (false, _) => "UNREACHABLE".to_string(),
                 },
+                match &c.primary {
+                    Some(primary) => format!("remote of {primary}"),
+                    None => "primary".into(),
+                },
                 releases,
                 c.istiod
                     .as_ref()
@@ -256,6 +272,7 @@ pub fn render_text(status: &Status) -> String {
                     .as_ref()
                     .map(|s| format!("{}/{}", s.synced, s.expected))
                     .unwrap_or_else(|| "-".into()),
+                c.gateway.clone().unwrap_or_else(|| "-".into()),
                 match &c.cacerts {
                     Some(Cacerts {
                         root_fingerprint: Some(fp),
@@ -502,7 +519,7 @@ mod tests {
         );
         assert!(
             text.contains(
-                "cluster1  kind-cluster1  v1.33.0     base-1.28.1 istiod-1.28.1  1/1     0/1"
+                "cluster1  kind-cluster1  v1.33.0     primary  base-1.28.1 istiod-1.28.1  1/1     0/1           -        -\n"
             ),
             "{text}"
         );

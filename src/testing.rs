@@ -31,6 +31,8 @@ pub fn mesh(n: usize, trust: TrustMode) -> Mesh {
                 server_overridden: i == 1,
                 network: Some("network1".into()),
                 values: Mapping::new(),
+                role: Default::default(),
+                gateway: Default::default(),
             })
             .collect(),
         trust: Trust {

@@ -1,19 +1,28 @@
 //! The topology: from the validated mesh, which components each cluster gets, in install order,
 //! and which clusters hold whose remote secrets. Decided once, here; nothing downstream
-//! re-derives it. Today every cluster is a primary on the mesh's network(s) and watches every
-//! other cluster (multi-primary); roles and east-west gateways plug in here.
+//! re-derives it.
+//!
+//! - Every primary runs istiod and watches every other primary and every remote cluster (it
+//!   holds their remote secrets). A remote runs no istiod and watches nothing.
+//! - When the clusters sit on more than one network, every cluster gets an east-west gateway
+//!   (Istio's `gateway` chart) and the `cross-network-gateway`.
+//! - A primary that controls remote clusters gets `global.externalIstiod`, an east-west
+//!   gateway, and istiod exposed through it; its remotes get the `remote` profile pointing at
+//!   that gateway, installed once the primary is up.
 
 use std::collections::BTreeMap;
 
-use crate::components::Component;
 use crate::components::cacerts::CacertsSecret;
 use crate::components::crds::Crds;
+use crate::components::eastwest::EastWest;
+use crate::components::namespace::CONTROL_PLANE_ANNOTATION;
 use crate::components::namespace::Namespace;
 use crate::components::peers::{self, Peers, Source};
 use crate::components::reader::Reader;
 use crate::components::release::{Istiod, Release};
 use crate::components::restart::IstiodRestart;
-use crate::mesh::{Cluster, Mesh};
+use crate::components::{Component, Stage};
+use crate::mesh::{Cluster, Mesh, Role};
 use crate::trust::{Trust, TrustMode};
 use crate::values;
 
@@ -34,6 +43,8 @@ pub struct Choices<'a> {
 /// One cluster's part of the mesh.
 pub struct Node {
     pub cluster: String,
+    /// A remote cluster (no istiod of its own).
+    pub remote: bool,
     /// Its components in install order (removal runs them backwards).
     pub components: Vec<Box<dyn Component>>,
 }
@@ -53,12 +64,15 @@ impl Topology {
             .clusters
             .iter()
             .map(|c| {
-                let peers = mesh
-                    .clusters
-                    .iter()
-                    .filter(|p| p.name != c.name)
-                    .map(|p| p.name.clone())
-                    .collect();
+                let peers = match c.role {
+                    Role::Primary => mesh
+                        .clusters
+                        .iter()
+                        .filter(|p| p.name != c.name)
+                        .map(|p| p.name.clone())
+                        .collect(),
+                    Role::Remote { .. } => Vec::new(),
+                };
                 (c.name.clone(), peers)
             })
             .collect();
@@ -67,6 +81,7 @@ impl Topology {
             .iter()
             .map(|cluster| Node {
                 cluster: cluster.name.clone(),
+                remote: matches!(cluster.role, Role::Remote { .. }),
                 components: components(mesh, cluster, &watches, choices),
             })
             .collect();
@@ -86,7 +101,19 @@ fn components(
 ) -> Vec<Box<dyn Component>> {
     let ns = &mesh.namespace;
     let istiod_deployment = mesh.istiod_deployment();
-    let trust = mesh.trust.mode != TrustMode::None;
+    let remote = match &cluster.role {
+        Role::Remote { primary } => Some(primary.clone()),
+        Role::Primary => None,
+    };
+    let serves_remotes = mesh.remotes_of(&cluster.name).next().is_some();
+    let gateway = mesh.multi_network() || serves_remotes;
+    // A remote's istiod and what depends on it wait for the primaries.
+    let own_stage = if remote.is_some() {
+        Stage::Remote
+    } else {
+        Stage::Cluster
+    };
+    let trust = mesh.trust.mode != TrustMode::None && remote.is_none();
     let mut parts: Vec<Box<dyn Component>> = vec![
         // First, so that removal (which runs backwards) deletes them last.
         Box::new(Crds {
@@ -95,6 +122,10 @@ fn components(
         Box::new(Namespace {
             name: ns.clone(),
             network: cluster.network.clone(),
+            annotations: remote
+                .iter()
+                .map(|p| (CONTROL_PLANE_ANNOTATION.to_string(), p.clone()))
+                .collect(),
         }),
     ];
     if trust {
@@ -114,16 +145,22 @@ fn components(
         label: "istio-base",
         chart: mesh.chart("base"),
         namespace: ns.clone(),
-        values: values::base(mesh),
+        values: values::base(mesh, cluster),
         istiod: None,
+        stage: Stage::Cluster,
+        pilot_from: None,
     }));
+    let primary_has_address = remote
+        .as_ref()
+        .and_then(|p| mesh.cluster(p))
+        .is_some_and(|p| p.gateway.address.is_some());
     parts.push(Box::new(Release {
         name: mesh.istiod_release(),
         label: "istiod",
         chart: mesh.chart("istiod"),
         namespace: ns.clone(),
         values: values::istiod(mesh, cluster),
-        istiod: Some(Istiod {
+        istiod: remote.is_none().then(|| Istiod {
             deployment: istiod_deployment.clone(),
             mesh_configmap: mesh.mesh_configmap(),
             mesh_id: mesh.mesh_id.clone(),
@@ -131,12 +168,34 @@ fn components(
             revision: mesh.revision.clone().unwrap_or_else(|| "default".into()),
             watches: watches.get(&cluster.name).cloned().unwrap_or_default(),
         }),
+        stage: own_stage,
+        pilot_from: remote.clone().filter(|_| !primary_has_address),
     }));
     if trust {
         parts.push(Box::new(IstiodRestart {
             deployment: istiod_deployment,
             namespace: ns.clone(),
             enabled: choices.restart,
+        }));
+    }
+    if gateway {
+        parts.push(Box::new(Release {
+            name: values::EAST_WEST_GATEWAY.into(),
+            label: "east-west gateway release",
+            chart: mesh.chart("gateway"),
+            namespace: ns.clone(),
+            values: values::east_west_gateway(mesh, cluster),
+            istiod: None,
+            stage: own_stage,
+            pilot_from: None,
+        }));
+        parts.push(Box::new(EastWest {
+            namespace: ns.clone(),
+            stage: own_stage,
+            address: cluster.gateway.address.clone(),
+            cross_network: mesh.multi_network(),
+            expose_istiod: serves_remotes
+                .then(|| format!("{}.{ns}.svc.cluster.local", mesh.istiod_deployment())),
         }));
     }
     let watched = watches.values().any(|w| w.contains(&cluster.name));
@@ -172,6 +231,7 @@ fn components(
 mod tests {
     use super::*;
     use crate::components::Action;
+    use crate::mesh::Role;
     use crate::testing::mesh;
 
     fn labels(node: &Node) -> Vec<&'static str> {
@@ -202,6 +262,100 @@ mod tests {
                 "istiod restart",
                 "remote secret",
                 "link"
+            ]
+        );
+    }
+
+    /// cluster1 and cluster2 primaries, cluster3 a remote of cluster1; cluster3 on `networks[2]`.
+    fn mixed(networks: [&str; 3]) -> Mesh {
+        let mut m = mesh(3, TrustMode::Generate);
+        for (c, n) in m.clusters.iter_mut().zip(networks) {
+            c.network = Some(n.into());
+        }
+        m.clusters[2].role = Role::Remote {
+            primary: "cluster1".into(),
+        };
+        m
+    }
+
+    fn stage_labels(node: &Node, stage: Stage) -> Vec<&'static str> {
+        node.components
+            .iter()
+            .filter(|c| c.does(Action::Install) && c.stage() == stage)
+            .map(|c| c.label(Action::Install))
+            .collect()
+    }
+
+    #[test]
+    fn primaries_watch_every_other_cluster_and_remotes_watch_none() {
+        let t = Topology::of(&mixed(["n1", "n1", "n1"]), &Choices::default());
+        assert_eq!(t.watches["cluster1"], ["cluster2", "cluster3"]);
+        assert_eq!(t.watches["cluster2"], ["cluster1", "cluster3"]);
+        assert!(t.watches["cluster3"].is_empty());
+    }
+
+    #[test]
+    fn a_primary_with_remotes_gets_a_gateway_and_its_remote_waits_for_it() {
+        let t = Topology::of(&mixed(["n1", "n1", "n1"]), &Choices::default());
+        assert_eq!(
+            labels(&t.nodes[0]),
+            [
+                "namespace",
+                "cacerts",
+                "istio-base",
+                "istiod",
+                "istiod restart",
+                "east-west gateway release",
+                "east-west gateway",
+                "remote secret",
+                "link"
+            ]
+        );
+        // One network, no remotes: no gateway.
+        assert!(!labels(&t.nodes[1]).contains(&"east-west gateway"));
+        // The remote: no cacerts, no restart; its istiod after the primaries.
+        assert_eq!(
+            stage_labels(&t.nodes[2], Stage::Cluster),
+            ["namespace", "istio-base", "remote secret"]
+        );
+        assert_eq!(stage_labels(&t.nodes[2], Stage::Remote), ["istiod"]);
+        let plan = crate::plan::install(&t);
+        assert_eq!(plan.batches.len(), 3);
+    }
+
+    #[test]
+    fn on_several_networks_every_cluster_gets_a_gateway() {
+        let t = Topology::of(&mixed(["n1", "n1", "n2"]), &Choices::default());
+        for node in &t.nodes {
+            assert!(
+                labels(node).contains(&"east-west gateway"),
+                "{}",
+                node.cluster
+            );
+        }
+        // A remote's gateway comes with its istiod.
+        assert_eq!(
+            stage_labels(&t.nodes[2], Stage::Remote),
+            ["istiod", "east-west gateway release", "east-west gateway"]
+        );
+    }
+
+    #[test]
+    fn uninstall_takes_remotes_first_and_gateways_before_istiod() {
+        let t = Topology::of(&mixed(["n1", "n2", "n2"]), &Choices::default());
+        let plan = crate::plan::uninstall(&t);
+        assert_eq!(plan.batches.len(), 2);
+        assert_eq!(plan.batches[0].chains.len(), 1);
+        assert_eq!(plan.batches[0].chains[0].cluster, "cluster3");
+        assert_eq!(
+            plan.batches[1].chains[0].labels(),
+            [
+                "remote secrets",
+                "east-west gateway",
+                "east-west gateway release",
+                "istiod",
+                "istio-base",
+                "namespace"
             ]
         );
     }

@@ -4,7 +4,7 @@
 
 use serde_yaml::{Mapping, Value};
 
-use crate::mesh::{Cluster, Mesh};
+use crate::mesh::{Cluster, Mesh, Role};
 
 /// meshup's defaults for the istio/base chart (charts-values/base.yaml).
 pub const BASE_DEFAULTS: &str = include_str!("../charts-values/base.yaml");
@@ -12,11 +12,54 @@ pub const BASE_DEFAULTS: &str = include_str!("../charts-values/base.yaml");
 pub const ISTIOD_DEFAULTS: &str = include_str!("../charts-values/istiod.yaml");
 
 /// The istio/base values of one cluster.
-pub fn base(mesh: &Mesh) -> Mapping {
+pub fn base(mesh: &Mesh, cluster: &Cluster) -> Mapping {
     let mut base = defaults(BASE_DEFAULTS);
     set(&mut base, &["global", "istioNamespace"], &mesh.namespace);
+    if matches!(cluster.role, Role::Remote { .. }) {
+        set(&mut base, &["profile"], "remote");
+    }
     sort(&mut base);
     base
+}
+
+/// The name of the east-west gateway (release, Deployment, Service).
+pub const EAST_WEST_GATEWAY: &str = "istio-eastwestgateway";
+
+/// The istio/gateway values of one cluster's east-west gateway.
+pub fn east_west_gateway(mesh: &Mesh, cluster: &Cluster) -> Mapping {
+    let mut values = Mapping::new();
+    set(&mut values, &["name"], EAST_WEST_GATEWAY);
+    set(&mut values, &["labels", "istio"], "eastwestgateway");
+    set(&mut values, &["labels", "app"], EAST_WEST_GATEWAY);
+    if let Some(network) = &cluster.network {
+        set(
+            &mut values,
+            &["labels", "topology.istio.io/network"],
+            network,
+        );
+        set(&mut values, &["networkGateway"], network);
+    }
+    if let Some(revision) = &mesh.revision {
+        set(&mut values, &["revision"], revision);
+    }
+    set(
+        &mut values,
+        &["service", "type"],
+        cluster.gateway.service_type.name(),
+    );
+    if let Some(address) = &cluster.gateway.address {
+        values
+            .entry(Value::from("service"))
+            .or_insert_with(|| Value::Mapping(Mapping::new()))
+            .as_mapping_mut()
+            .expect("service is a mapping")
+            .insert(
+                Value::from("externalIPs"),
+                Value::Sequence(vec![Value::from(address.as_str())]),
+            );
+    }
+    sort(&mut values);
+    values
 }
 
 /// The istio/istiod values of one cluster, layered.
@@ -34,6 +77,29 @@ pub fn istiod(mesh: &Mesh, cluster: &Cluster) -> Mapping {
     set(&mut istiod, &["global", "istioNamespace"], &mesh.namespace);
     if let Some(revision) = &mesh.revision {
         set(&mut istiod, &["revision"], revision);
+    }
+    match &cluster.role {
+        Role::Remote { primary } => {
+            set(&mut istiod, &["profile"], "remote");
+            let injection = match &cluster.network {
+                Some(network) => format!("/inject/cluster/{}/net/{network}", cluster.name),
+                None => format!("/inject/cluster/{}", cluster.name),
+            };
+            set(&mut istiod, &["istiodRemote", "injectionPath"], &injection);
+            // With an address given for the primary's gateway, it is known now; else meshup
+            // sets it at install, from the primary's gateway (see `Release::pilot_from`).
+            if let Some(address) = mesh
+                .cluster(primary)
+                .and_then(|p| p.gateway.address.as_ref())
+            {
+                set(&mut istiod, &["global", "remotePilotAddress"], address);
+            }
+        }
+        Role::Primary => {
+            if mesh.remotes_of(&cluster.name).next().is_some() {
+                set_bool(&mut istiod, &["global", "externalIstiod"], true);
+            }
+        }
     }
     deep_merge(&mut istiod, &mesh.values);
     deep_merge(&mut istiod, &cluster.values);
@@ -105,7 +171,21 @@ fn defaults(text: &str) -> Mapping {
     }
 }
 
-fn set(map: &mut Mapping, path: &[&str], value: &str) {
+fn set_bool(map: &mut Mapping, path: &[&str], value: bool) {
+    set(map, path, "");
+    let (last, parents) = path.split_last().expect("a non-empty path");
+    let mut node = map;
+    for key in parents {
+        node = node
+            .get_mut(*key)
+            .and_then(Value::as_mapping_mut)
+            .expect("set made the parents");
+    }
+    node.insert(Value::from(*last), Value::Bool(value));
+}
+
+/// Sets `path` in `map` to `value`, making the mappings on the way.
+pub fn set(map: &mut Mapping, path: &[&str], value: &str) {
     let (last, parents) = path.split_last().expect("a non-empty path");
     let mut node = map;
     for key in parents {
@@ -199,7 +279,10 @@ mod tests {
         let v = istiod(&m, &m.clusters[0]);
         assert_eq!(v["revision"], "canary");
         assert_eq!(v["global"]["istioNamespace"], "mesh-system");
-        assert_eq!(base(&m)["global"]["istioNamespace"], "mesh-system");
+        assert_eq!(
+            base(&m, &m.clusters[0])["global"]["istioNamespace"],
+            "mesh-system"
+        );
     }
 
     #[test]
@@ -214,7 +297,7 @@ mod tests {
     #[test]
     fn base_values_snapshot() {
         let m = mesh();
-        insta::assert_snapshot!(file_text(&m, "cluster1", "base", &base(&m)));
+        insta::assert_snapshot!(file_text(&m, "cluster1", "base", &base(&m, &m.clusters[0])));
     }
 
     #[test]

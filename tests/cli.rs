@@ -703,3 +703,37 @@ fn a_second_install_with_a_float_value_leaves_istiod_alone() {
         "a new helm revision"
     );
 }
+
+#[test]
+fn plan_of_a_primary_and_a_remote_on_two_networks_shows_the_gateways() {
+    let env = Env::new(TOOLS, 2);
+    let mesh = env.mesh_file(&[], &[], "");
+    let text = std::fs::read_to_string(&mesh).unwrap().replace(
+        "  - name: cluster2\n    context: cluster2\n",
+        "  - name: cluster2\n    context: cluster2\n    network: network2\n    role: remote\n    primary: cluster1\n",
+    );
+    std::fs::write(&mesh, text).unwrap();
+    let run = without_tools(&env, &["plan", "-f", mesh.to_str().unwrap()]).expect(0);
+    let plan = &run.stdout;
+    for needle in [
+        "helm upgrade --install istio-eastwestgateway",
+        "name: cross-network-gateway",
+        "mode: AUTO_PASSTHROUGH",
+        "name: istiod-gateway",
+        "name: istiod-vs",
+        "topology.istio.io/controlPlaneClusters: cluster1",
+        "# Phase 2: install the remote clusters' istiod",
+        "--set \"global.remotePilotAddress=$(kubectl get service istio-eastwestgateway --namespace istio-system --context cluster1",
+    ] {
+        assert!(plan.contains(needle), "`{needle}` not in:\n{plan}");
+    }
+    assert_eq!(env.requests(), [0, 0]);
+    // render writes the gateway's values too.
+    without_tools(
+        &env,
+        &["render", "-f", mesh.to_str().unwrap(), "--out", "values"],
+    )
+    .expect(0);
+    let gateway = std::fs::read_to_string(env.path("values/cluster2/gateway-values.yaml")).unwrap();
+    assert!(gateway.contains("networkGateway: network2"), "{gateway}");
+}

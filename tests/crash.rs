@@ -240,6 +240,7 @@ with_both_helms!(
     killed_early_then_mid_base,
     killed_mid_istiod_then_during_link,
     three_outages_during_one_install,
+    two_installs_at_once_one_stops_naming_the_other_and_the_mesh_converges,
 );
 
 // --- locks ----------------------------------------------------------------------------------------
@@ -325,10 +326,9 @@ fn a_holder_that_stopped_renewing_is_taken_over_and_one_that_lets_go_is_waited_f
     assert!(!run.stderr.contains("took over"), "{}", run.stderr);
 }
 
-#[test]
-fn two_installs_at_once_one_stops_naming_the_other_and_the_mesh_converges() {
+fn two_installs_at_once_one_stops_naming_the_other_and_the_mesh_converges(tools: &str) {
     let env = Env::with(
-        "helm4",
+        tools,
         2,
         Options {
             latency: Duration::from_millis(10),

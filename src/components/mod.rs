@@ -6,6 +6,7 @@
 
 pub mod cacerts;
 pub mod crds;
+pub mod eastwest;
 pub mod namespace;
 pub mod peers;
 pub mod reader;
@@ -41,7 +42,9 @@ pub enum Action {
 pub enum Stage {
     /// With the rest of its cluster; clusters in parallel.
     Cluster,
-    /// Once every cluster has finished its own stage: it needs what the others built.
+    /// Once the primaries are up: a remote cluster's istiod points at its primary's gateway.
+    Remote,
+    /// Once every cluster has finished its own stages: it needs what the others built.
     Mesh,
 }
 
@@ -115,9 +118,15 @@ pub struct Memo {
     pub attempted: std::collections::BTreeSet<String>,
 }
 
-/// The remote secrets built during a run, by the cluster they give access to. They stay in
+/// What one cluster's components make during a run for other clusters' components. Lives in
 /// memory only.
-pub type Board = Mutex<BTreeMap<String, RemoteSecret>>;
+#[derive(Debug, Default)]
+pub struct Board {
+    /// Remote secrets, by the cluster they give access to.
+    pub secrets: Mutex<BTreeMap<String, RemoteSecret>>,
+    /// East-west gateway addresses, by cluster.
+    pub addresses: Mutex<BTreeMap<String, String>>,
+}
 
 /// What a component works with in one cluster.
 pub struct Cx<'a> {

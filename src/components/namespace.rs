@@ -13,11 +13,16 @@ use crate::sensitive::Sensitive;
 /// The label istiod reads a cluster's network from.
 pub const NETWORK_LABEL: &str = "topology.istio.io/network";
 
+/// The annotation that tells a remote cluster's proxies which cluster runs their istiod.
+pub const CONTROL_PLANE_ANNOTATION: &str = "topology.istio.io/controlPlaneClusters";
+
 /// The namespace istiod runs in.
 pub struct Namespace {
     pub name: String,
     /// The cluster's network, when it has one.
     pub network: Option<String>,
+    /// Annotations it must carry (a remote's `topology.istio.io/controlPlaneClusters`).
+    pub annotations: std::collections::BTreeMap<String, String>,
 }
 
 impl Namespace {
@@ -31,6 +36,9 @@ impl Namespace {
         if let Some(network) = &self.network {
             namespace["metadata"]["labels"] = json!({ NETWORK_LABEL: network });
         }
+        if !self.annotations.is_empty() {
+            namespace["metadata"]["annotations"] = json!(self.annotations);
+        }
         serde_yaml::to_string(&namespace).expect("plain JSON is valid YAML")
     }
 
@@ -39,6 +47,10 @@ impl Namespace {
         self.network
             .as_ref()
             .is_none_or(|network| live.metadata.labels.get(NETWORK_LABEL) == Some(network))
+            && self
+                .annotations
+                .iter()
+                .all(|(k, v)| live.metadata.annotations.get(k) == Some(v))
     }
 }
 
@@ -111,6 +123,7 @@ mod tests {
         Namespace {
             name: "istio-system".into(),
             network: Some("network1".into()),
+            annotations: Default::default(),
         }
     }
 

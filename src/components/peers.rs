@@ -77,7 +77,7 @@ impl Component for Peers {
         let ns = &self.namespace;
         let found = self.observe(cx)?;
         let wanted: Vec<RemoteSecret> = {
-            let built = cx.board.lock().unwrap_or_else(|e| e.into_inner());
+            let built = cx.board.secrets.lock().unwrap_or_else(|e| e.into_inner());
             self.sources
                 .iter()
                 .filter_map(|source| built.get(&source.name).cloned())
@@ -215,7 +215,7 @@ impl Component for Peers {
             ));
         }
         if text.is_empty() {
-            text.push_str("# (a single cluster has no peers)\n");
+            text.push_str("# (no istiod here watches a peer)\n");
         }
         text.push_str("# meshup link also deletes remote secrets here that meshup made for clusters no longer in the mesh.\n");
         text

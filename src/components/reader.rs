@@ -38,6 +38,7 @@ impl Component for Reader {
         let name = cx.cluster.name.clone();
         let secret = build(&cx.live, &name, &self.namespace, &self.server)?;
         cx.board
+            .secrets
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(name, secret);

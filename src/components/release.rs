@@ -3,7 +3,7 @@
 
 use serde_yaml::Mapping;
 
-use super::{Action, Component, Cx, ScriptCx};
+use super::{Action, Component, Cx, ScriptCx, Stage};
 use crate::chart::Chart;
 use crate::finding::Finding;
 use crate::helm::{self, Install, Values};
@@ -25,6 +25,11 @@ pub struct Release {
     pub values: Mapping,
     /// Set when this release runs istiod: what status and preflight check of it.
     pub istiod: Option<Istiod>,
+    /// When its install runs (a remote's istiod waits for its primary's gateway).
+    pub stage: Stage,
+    /// A remote's istiod: the primary whose east-west gateway address becomes
+    /// `global.remotePilotAddress`, when the mesh file does not give it.
+    pub pilot_from: Option<String>,
 }
 
 /// What an istiod release must show: its Deployment ready, and (before an install) no istiod
@@ -42,6 +47,34 @@ pub struct Istiod {
 }
 
 impl Release {
+    /// The values to install: the layered ones, with the primary's gateway address this run
+    /// found for a remote's istiod.
+    fn values(&self, cx: &Cx) -> Result<Mapping, StepError> {
+        let mut values = self.values.clone();
+        if let Some(primary) = &self.pilot_from {
+            let known = cx
+                .board
+                .addresses
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(primary)
+                .cloned();
+            let Some(address) = known else {
+                return Err(StepError::other(
+                    &cx.cluster.name,
+                    format!(
+                        "the address of primary `{primary}`'s east-west gateway is not known, so this remote cluster's istiod has nowhere to point"
+                    ),
+                    Some(format!(
+                        "install `{primary}` first (meshup install does), or set `eastWestGateway.address` for `{primary}` in the mesh file"
+                    )),
+                ));
+            };
+            values::set(&mut values, &["global", "remotePilotAddress"], &address);
+        }
+        Ok(values)
+    }
+
     /// Whether this run may touch a pending release: it left it so itself (a failed attempt),
     /// or took the lock over from the dead run that did, or the release has been pending for
     /// longer than any helm call may take (`--timeout`) while nobody held the lock.
@@ -95,8 +128,8 @@ impl Release {
         }
     }
 
-    fn install_step(&self, cx: &Cx) -> Result<crate::step::Step, StepError> {
-        let yaml = serde_yaml::to_string(&self.values).map_err(|e| {
+    fn install_step(&self, cx: &Cx, values: &Mapping) -> Result<crate::step::Step, StepError> {
+        let yaml = serde_yaml::to_string(values).map_err(|e| {
             StepError::other(&cx.cluster.name, format!("cannot write values: {e}"), None)
         })?;
         Ok(helm::upgrade_install(
@@ -117,6 +150,10 @@ impl Component for Release {
         self.label
     }
 
+    fn stage(&self) -> Stage {
+        self.stage
+    }
+
     fn converge(&self, cx: &mut Cx) -> Result<String, StepError> {
         let mut existing = cx.release(&self.name)?;
         let mut recovered = None;
@@ -130,16 +167,17 @@ impl Component for Release {
             cx.memo.releases = None;
             existing = cx.release(&self.name)?;
         }
+        let values = self.values(cx)?;
         if let Some(existing) = &existing
             && existing.status == "deployed"
             && self.chart.is_listed_as(&existing.chart)
         {
             let deployed = cx.live.helm_values(&self.name, &self.namespace)?;
-            if values::same_as_deployed(&self.values, &deployed) {
+            if values::same_as_deployed(&values, &deployed) {
                 return Ok("unchanged".into());
             }
         }
-        let step = self.install_step(cx)?;
+        let step = self.install_step(cx, &values)?;
         cx.memo.attempted.insert(self.name.clone());
         cx.live.run(&step)?;
         let done = if existing.is_some() {
@@ -177,7 +215,7 @@ impl Component for Release {
                     .values_dir
                     .join(&cx.cluster.name)
                     .join(values::file_name(&self.chart.name));
-                helm::upgrade_install(
+                let step = helm::upgrade_install(
                     &cx.target,
                     Install {
                         release: &self.name,
@@ -186,7 +224,23 @@ impl Component for Release {
                         values: Values::File(&file),
                     },
                     cx.timeout,
-                )
+                );
+                if let Some(primary) = self.pilot_from.as_ref().and_then(|p| cx.mesh.cluster(p)) {
+                    // The primary's gateway address is only known once it has one.
+                    let lookup = format!(
+                        "kubectl get service {} --namespace {} --context {}{} --output 'jsonpath={{.status.loadBalancer.ingress[0].ip}}{{.status.loadBalancer.ingress[0].hostname}}'",
+                        values::EAST_WEST_GATEWAY,
+                        self.namespace,
+                        crate::step::shell_quote(&primary.context),
+                        cx.kubeconfig_flag()
+                    );
+                    return format!(
+                        "{} \\
+  --set \"global.remotePilotAddress=$({lookup})\"\n",
+                        step.command_line()
+                    );
+                }
+                step
             }
             Action::Remove => helm::uninstall(&cx.target, &self.name, &self.namespace, cx.timeout),
         };
@@ -352,6 +406,8 @@ mod tests {
             namespace: "istio-system".into(),
             values: serde_yaml::from_str(values).unwrap(),
             istiod: None,
+            stage: Stage::Cluster,
+            pilot_from: None,
         }
     }
 

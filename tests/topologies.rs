@@ -1,0 +1,370 @@
+//! The four topologies, end to end with the real helm 3 and 4: multi-primary on two networks,
+//! primary-remote on one network and on two, and a mixed mesh of two primaries and a remote.
+//! Each is installed, installed again (nothing changes), checked with status and verify, and
+//! uninstalled.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::*;
+use meshup_testcluster::TestCluster;
+use serde_json::Value;
+
+/// One cluster of a topology: (name, network, primary it is a remote of).
+type Spec = (&'static str, &'static str, Option<&'static str>);
+
+fn mesh_for(env: &Env, clusters: &[Spec]) -> String {
+    let mut text = format!(
+        "meshID: mesh1\nistio:\n  version: 1.28.1\n  charts: {}\ntrust:\n  dir: {}\nclusters:\n",
+        repo().join("tests/fixtures/charts").display(),
+        env.path("certs").display()
+    );
+    for (name, network, primary) in clusters {
+        text.push_str(&format!(
+            "  - name: {name}\n    context: {name}\n    network: {network}\n"
+        ));
+        if let Some(primary) = primary {
+            text.push_str(&format!("    role: remote\n    primary: {primary}\n"));
+        }
+    }
+    let path = env.path("mesh.yaml");
+    std::fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+fn get(cluster: &TestCluster, path: &str) -> Option<Value> {
+    cluster.get(&format!("/api/v1/namespaces/{NS}/{path}"))
+}
+
+fn istio(cluster: &TestCluster, kind: &str, name: &str) -> Option<Value> {
+    cluster.get(&format!(
+        "/apis/networking.istio.io/v1/namespaces/{NS}/{kind}/{name}"
+    ))
+}
+
+fn deployment(cluster: &TestCluster, name: &str) -> Option<Value> {
+    cluster.get(&format!("/apis/apps/v1/namespaces/{NS}/deployments/{name}"))
+}
+
+fn env_var(deployment: &Value, name: &str) -> Option<String> {
+    deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()?
+        .iter()
+        .find(|e| e["name"] == name)
+        .and_then(|e| e["value"].as_str().map(str::to_string))
+}
+
+/// Installs, checks what each cluster holds, installs again, status, verify, uninstall.
+fn topology(tools: &str, clusters: &[Spec]) {
+    let env = Env::new(tools, clusters.len());
+    let mesh = mesh_for(&env, clusters);
+    let mesh = mesh.as_str();
+    let run = env.meshup(&["install", "-f", mesh]).expect(0);
+    assert!(
+        !run.stderr.contains("networks"),
+        "no warning about networks: {}",
+        run.stderr
+    );
+    let networks: BTreeSet<&str> = clusters.iter().map(|c| c.1).collect();
+    let multi_network = networks.len() > 1;
+
+    for (name, network, primary) in clusters {
+        let cluster = env.cluster(name);
+        let namespace = cluster.get(&format!("/api/v1/namespaces/{NS}")).unwrap();
+        assert_eq!(
+            namespace["metadata"]["labels"]["topology.istio.io/network"], *network,
+            "{name}"
+        );
+        let remotes: Vec<&str> = clusters
+            .iter()
+            .filter(|c| c.2 == Some(*name))
+            .map(|c| c.0)
+            .collect();
+        let gateway = multi_network || !remotes.is_empty();
+        // Who holds whose remote secret.
+        let held = names(&remote_secrets(cluster));
+        let expected: BTreeSet<String> = match primary {
+            Some(_) => BTreeSet::new(),
+            None => clusters
+                .iter()
+                .filter(|c| c.0 != *name)
+                .map(|c| format!("istio-remote-secret-{}", c.0))
+                .collect(),
+        };
+        assert_eq!(held, expected, "remote secrets in {name}");
+
+        match primary {
+            Some(primary) => {
+                assert!(
+                    deployment(cluster, "istiod").is_none(),
+                    "{name} runs no istiod"
+                );
+                assert_eq!(
+                    namespace["metadata"]["annotations"]["topology.istio.io/controlPlaneClusters"],
+                    *primary
+                );
+                // istiod here is the primary's, reached through its east-west gateway.
+                let gateway_ip = env
+                    .cluster(primary)
+                    .get(&format!(
+                        "/api/v1/namespaces/{NS}/services/istio-eastwestgateway"
+                    ))
+                    .unwrap()["status"]["loadBalancer"]["ingress"][0]["ip"]
+                    .as_str()
+                    .unwrap()
+                    .to_string();
+                let slice = cluster
+                    .get(&format!(
+                        "/apis/discovery.k8s.io/v1/namespaces/{NS}/endpointslices/istiod-remote"
+                    ))
+                    .expect("the remote's istiod EndpointSlice");
+                assert_eq!(slice["endpoints"][0]["addresses"][0], gateway_ip, "{name}");
+                assert!(
+                    get(cluster, "secrets/cacerts").is_none(),
+                    "a remote needs no cacerts"
+                );
+            }
+            None => {
+                let istiod = deployment(cluster, "istiod").expect("istiod");
+                assert_eq!(
+                    env_var(&istiod, "EXTERNAL_ISTIOD").is_some(),
+                    !remotes.is_empty(),
+                    "{name}"
+                );
+                assert_eq!(
+                    istio(cluster, "gateways", "istiod-gateway").is_some(),
+                    !remotes.is_empty(),
+                    "{name}"
+                );
+                assert_eq!(
+                    istio(cluster, "virtualservices", "istiod-vs").is_some(),
+                    !remotes.is_empty(),
+                    "{name}"
+                );
+            }
+        }
+        assert_eq!(
+            deployment(cluster, "istio-eastwestgateway").is_some(),
+            gateway,
+            "east-west gateway in {name}"
+        );
+        if gateway {
+            let service = get(cluster, "services/istio-eastwestgateway").unwrap();
+            assert_eq!(
+                service["metadata"]["labels"]["topology.istio.io/network"],
+                *network
+            );
+            let ports: BTreeSet<u64> = service["spec"]["ports"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p["port"].as_u64().unwrap())
+                .collect();
+            assert_eq!(ports, BTreeSet::from([15021, 15443, 15012, 15017]));
+        }
+        let cross = istio(cluster, "gateways", "cross-network-gateway");
+        assert_eq!(cross.is_some(), multi_network, "{name}");
+        if let Some(cross) = cross {
+            let server = &cross["spec"]["servers"][0];
+            assert_eq!(server["port"]["number"], 15443);
+            assert_eq!(server["tls"]["mode"], "AUTO_PASSTHROUGH");
+            assert_eq!(server["hosts"][0], "*.local");
+        }
+    }
+
+    // Again: nothing but meshup's lock is written.
+    let before: Vec<usize> = env.clusters.iter().map(|c| writes(c, 0).len()).collect();
+    env.meshup(&["install", "-f", mesh]).expect(0);
+    let lock = format!("/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/meshup-{NS}");
+    for (cluster, before) in env.clusters.iter().zip(before) {
+        let new: Vec<(String, String)> = writes(cluster, 0)
+            .into_iter()
+            .skip(before)
+            .filter(|(_, p)| *p != lock)
+            .collect();
+        assert!(
+            new.is_empty(),
+            "a second install wrote to {}: {new:?}",
+            cluster.name()
+        );
+    }
+
+    let status = env.meshup(&["status", "-f", mesh]).expect(0);
+    for (name, _, primary) in clusters {
+        if let Some(primary) = primary {
+            assert!(
+                status.stdout.contains(&format!("remote of {primary}")),
+                "{name}: {}",
+                status.stdout
+            );
+        }
+    }
+    let verify = env
+        .meshup(&["verify", "-f", mesh, "--output", "json"])
+        .expect(0);
+    let report: Value = serde_json::from_str(&verify.stdout).unwrap();
+    let rows: BTreeSet<&str> = report["sync"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["cluster"].as_str().unwrap())
+        .collect();
+    let primaries: BTreeSet<&str> = clusters
+        .iter()
+        .filter(|c| c.2.is_none())
+        .map(|c| c.0)
+        .collect();
+    assert_eq!(rows, primaries, "only istiod looks: {}", verify.stdout);
+
+    let run = env
+        .meshup(&["uninstall", "--yes", "-v", "-f", mesh])
+        .expect(0);
+    for cluster in &env.clusters {
+        assert!(
+            cluster.get(&format!("/api/v1/namespaces/{NS}")).is_none(),
+            "{}",
+            cluster.name()
+        );
+        assert!(helm_records(cluster).is_empty(), "{}", cluster.name());
+    }
+    // A remote is taken away before its primary, and a gateway before istiod.
+    let order: Vec<(String, String)> = run
+        .commands()
+        .into_iter()
+        .filter(|(_, c)| c.starts_with("helm uninstall"))
+        .collect();
+    for (name, _, primary) in clusters {
+        let Some(primary) = primary else { continue };
+        let last_remote = order.iter().rposition(|(c, _)| c == name).unwrap();
+        let first_primary = order.iter().position(|(c, _)| c == primary).unwrap();
+        assert!(last_remote < first_primary, "{order:#?}");
+    }
+    for (name, _, _) in clusters {
+        let mine: Vec<&str> = order
+            .iter()
+            .filter(|(c, _)| c == name)
+            .map(|(_, c)| c.as_str())
+            .collect();
+        if let Some(gateway) = mine
+            .iter()
+            .position(|c| c.contains("istio-eastwestgateway"))
+        {
+            let istiod = mine
+                .iter()
+                .position(|c| c.starts_with("helm uninstall istiod"))
+                .unwrap();
+            assert!(gateway < istiod, "{mine:#?}");
+        }
+    }
+}
+
+fn multi_primary_on_two_networks(tools: &str) {
+    topology(
+        tools,
+        &[
+            ("cluster1", "network1", None),
+            ("cluster2", "network2", None),
+        ],
+    );
+}
+
+fn primary_remote_on_one_network(tools: &str) {
+    topology(
+        tools,
+        &[
+            ("cluster1", "network1", None),
+            ("cluster2", "network1", Some("cluster1")),
+        ],
+    );
+}
+
+fn primary_remote_on_two_networks(tools: &str) {
+    topology(
+        tools,
+        &[
+            ("cluster1", "network1", None),
+            ("cluster2", "network2", Some("cluster1")),
+        ],
+    );
+}
+
+fn two_primaries_and_a_remote(tools: &str) {
+    topology(
+        tools,
+        &[
+            ("cluster1", "network1", None),
+            ("cluster2", "network2", None),
+            ("cluster3", "network1", Some("cluster1")),
+        ],
+    );
+}
+
+macro_rules! with_both_helms {
+    ($($scenario:ident),* $(,)?) => {
+        mod helm4 {
+            $(#[test] fn $scenario() { super::$scenario("helm4") })*
+        }
+        mod helm3 {
+            $(#[test] fn $scenario() { super::$scenario("helm3") })*
+        }
+    };
+}
+
+with_both_helms!(
+    multi_primary_on_two_networks,
+    primary_remote_on_one_network,
+    primary_remote_on_two_networks,
+    two_primaries_and_a_remote,
+);
+
+#[test]
+fn a_cluster_without_a_load_balancer_is_waited_for_then_named() {
+    let env = Env::new("helm4", 2);
+    for cluster in &env.clusters {
+        cluster.set_load_balancer(false);
+    }
+    let mesh = mesh_for(
+        &env,
+        &[
+            ("cluster1", "network1", None),
+            ("cluster2", "network2", None),
+        ],
+    );
+    let run = env
+        .meshup(&["install", "-f", &mesh, "--timeout", "8s"])
+        .expect(1);
+    assert!(
+        run.stderr
+            .contains("waiting for the east-west gateway's external address"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains("eastWestGateway: {service: {type: NodePort}, address:"),
+        "{}",
+        run.stderr
+    );
+
+    // With an address given, a NodePort gateway needs no load balancer.
+    let text = std::fs::read_to_string(&mesh).unwrap().replace(
+        "    network: network1\n",
+        "    network: network1\n    eastWestGateway: {service: {type: NodePort}, address: 10.0.0.11}\n",
+    ).replace(
+        "    network: network2\n",
+        "    network: network2\n    eastWestGateway: {service: {type: NodePort}, address: 10.0.0.12}\n",
+    );
+    std::fs::write(&mesh, text).unwrap();
+    env.meshup(&["install", "-f", &mesh]).expect(0);
+    let service = env
+        .cluster("cluster1")
+        .get(&format!(
+            "/api/v1/namespaces/{NS}/services/istio-eastwestgateway"
+        ))
+        .unwrap();
+    assert_eq!(service["spec"]["type"], "NodePort");
+    assert_eq!(service["spec"]["externalIPs"][0], "10.0.0.11");
+    let status = env.meshup(&["status", "-f", &mesh]).expect(0);
+    assert!(status.stdout.contains("10.0.0.11"), "{}", status.stdout);
+}
