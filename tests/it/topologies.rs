@@ -3,11 +3,9 @@
 //! Each is installed, installed again (nothing changes), checked with status and verify, and
 //! uninstalled.
 
-mod common;
-
 use std::collections::BTreeSet;
 
-use common::*;
+use super::common::*;
 use meshup_testcluster::TestCluster;
 use serde_json::Value;
 
@@ -298,17 +296,6 @@ fn two_primaries_and_a_remote(tools: &str) {
             ("cluster3", "network1", Some("cluster1")),
         ],
     );
-}
-
-macro_rules! with_both_helms {
-    ($($scenario:ident),* $(,)?) => {
-        mod helm4 {
-            $(#[test] fn $scenario() { super::$scenario("helm4") })*
-        }
-        mod helm3 {
-            $(#[test] fn $scenario() { super::$scenario("helm3") })*
-        }
-    };
 }
 
 with_both_helms!(

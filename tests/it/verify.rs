@@ -2,9 +2,7 @@
 //! (read from the test clusters' istiod pods through the pod proxy), each way a mesh breaks
 //! while every object still exists, and `meshup install` repairing it; then traffic.
 
-mod common;
-
-use common::*;
+use super::common::*;
 use meshup_testcluster::Options;
 use serde_json::{Value, json};
 

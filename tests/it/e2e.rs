@@ -2,11 +2,9 @@
 //! scripts/fetch-tools.sh) against in-memory Kubernetes API servers, one per cluster, and the
 //! tests assert on the objects those servers hold afterwards.
 
-mod common;
-
 use std::collections::BTreeSet;
 
-use common::*;
+use super::common::*;
 use meshup_testcluster::TestCluster;
 use serde_json::Value;
 
@@ -417,17 +415,6 @@ fn a_foreign_root_is_refused_until_rotate_ca(tools: &str) {
         assert_eq!(decode(&cacerts["data"]["root-cert.pem"]), new_root);
     }
     env.meshup(&["status", "-f", mesh]).expect(0);
-}
-
-macro_rules! with_both_helms {
-    ($($scenario:ident),* $(,)?) => {
-        mod helm4 {
-            $(#[test] fn $scenario() { super::$scenario("helm4") })*
-        }
-        mod helm3 {
-            $(#[test] fn $scenario() { super::$scenario("helm3") })*
-        }
-    };
 }
 
 with_both_helms!(

@@ -2,12 +2,10 @@
 //! of what it does, what it prints, what it refuses, and what it never leaks. (Scenarios that
 //! run with both Helm 3 and Helm 4 are in e2e.rs.)
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use common::*;
+use super::common::*;
 use meshup_testcluster::TestCluster;
 use serde_json::{Value, json};
 
@@ -523,7 +521,7 @@ fn tokens_and_keys_appear_in_no_argv_no_output_and_no_file() {
     }
     // In the clusters, only `cacerts` holds a private key.
     for cluster in &env.clusters {
-        for secret in common::secrets(cluster) {
+        for secret in super::common::secrets(cluster) {
             let holds_key = secret["data"]
                 .as_object()
                 .into_iter()

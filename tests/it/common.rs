@@ -2,8 +2,6 @@
 //! naming them, one set of the real helm and kubectl, the built meshup, and ways to read what
 //! happened (the clusters' objects and request logs, meshup's verbose command lines).
 
-#![allow(dead_code)]
-
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -14,6 +12,19 @@ use meshup_testcluster::{LoggedRequest, Options, TestCluster, write_kubeconfig};
 use serde_json::Value;
 
 pub const NS: &str = "istio-system";
+
+/// Runs each scenario `fn(tools: &str)` once with Helm 4 (module `helm4`) and once with Helm 3
+/// (module `helm3`).
+macro_rules! with_both_helms {
+    ($($scenario:ident),* $(,)?) => {
+        mod helm4 {
+            $(#[test] fn $scenario() { super::$scenario("helm4") })*
+        }
+        mod helm3 {
+            $(#[test] fn $scenario() { super::$scenario("helm3") })*
+        }
+    };
+}
 pub const CACERTS: &str = "/api/v1/namespaces/istio-system/secrets/cacerts";
 pub const TOKEN_SECRET: &str = meshup::remote_secret::TOKEN_SECRET;
 

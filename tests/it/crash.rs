@@ -2,13 +2,11 @@
 //! together at several points of an install, API servers that drop every connection for a
 //! few seconds, and two runs at once. In every case the next plain run converges.
 
-mod common;
-
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use super::common::*;
 use meshup_testcluster::{Options, TestCluster};
 use serde_json::json;
 
@@ -223,17 +221,6 @@ fn three_outages_during_one_install(tools: &str) {
         "{retries:#?}"
     );
     converged(&env, mesh);
-}
-
-macro_rules! with_both_helms {
-    ($($scenario:ident),* $(,)?) => {
-        mod helm4 {
-            $(#[test] fn $scenario() { super::$scenario("helm4") })*
-        }
-        mod helm3 {
-            $(#[test] fn $scenario() { super::$scenario("helm3") })*
-        }
-    };
 }
 
 with_both_helms!(

@@ -2,9 +2,7 @@
 //! install (not per cluster), each chart downloaded once into meshup's cache, none of it again
 //! on a warm cache, and a chart whose bytes do not match the repository's digest refused.
 
-mod common;
-
-use common::*;
+use super::common::*;
 
 fn index_reads(log: &[String]) -> usize {
     log.iter().filter(|p| p.ends_with("/index.yaml")).count()

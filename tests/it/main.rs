@@ -1,0 +1,13 @@
+//! meshup's integration tests, in one binary (one link instead of one per file): the built
+//! meshup driving the real helm and kubectl against in-memory API servers.
+
+#[macro_use]
+mod common;
+
+mod charts;
+mod cli;
+mod crash;
+mod e2e;
+mod interrupt;
+mod topologies;
+mod verify;
