@@ -9,8 +9,8 @@ use std::sync::Arc;
 use clap::CommandFactory;
 
 use crate::cli::{
-    Cli, Command, DEFAULT_JOBS, DEFAULT_READ_JOBS, GlobalArgs, InstallArgs, Jobs, MeshArgs,
-    OutputFormat, VerifyArgs,
+    Cli, Command, DEFAULT_JOBS, DEFAULT_READ_JOBS, GlobalArgs, InstallArgs, Jobs, LinkArgs,
+    MeshArgs, OutputFormat, UninstallArgs, VerifyArgs,
 };
 use crate::components::reader;
 use crate::error::{Error, InputError};
@@ -18,6 +18,7 @@ use crate::exec::{self, Run, Summary};
 use crate::files::{self, Existing};
 use crate::finding::{Finding, Level};
 use crate::kubeconfig::Kubeconfig;
+use crate::leave;
 use crate::live::Live;
 use crate::lock;
 use crate::mesh::{self, Mesh};
@@ -26,7 +27,8 @@ use crate::preflight;
 use crate::pull;
 use crate::remote_secret;
 use crate::reporter::{Mode, Reporter};
-use crate::runner::ProcessRunner;
+use crate::rotate::{self, Rotated};
+use crate::runner::{ProcessRunner, StepError};
 use crate::status;
 use crate::step::{Target, Tool};
 use crate::sync;
@@ -121,13 +123,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             Ok(())
         }
         Command::Install(args) => install(&global, &mesh_args, &reporter, &args),
-        Command::Link => {
-            let session = Session::open(&global, &mesh_args, &reporter)?;
-            session.require_tools()?;
-            let topology = Topology::of(&session.mesh, &Choices::default());
-            let summary = session.execute_locked("link", &plan::link(&topology))?;
-            finish(&reporter, "link", &summary)
-        }
+        Command::Link(args) => link(&global, &mesh_args, &reporter, &args),
         Command::Status => {
             let session = Session::open(&global, &mesh_args, &reporter)?;
             session.require_tools()?;
@@ -145,21 +141,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             }
         }
         Command::Verify(args) => verify(&global, &mesh_args, &reporter, &args),
-        Command::Uninstall { purge_crds, yes } => {
-            let session = Session::open(&global, &mesh_args, &reporter)?;
-            if !yes && std::io::stdin().is_terminal() && !confirm(&session.mesh, purge_crds)? {
-                reporter.line("nothing was changed");
-                return Ok(());
-            }
-            session.require_tools()?;
-            let choices = Choices {
-                purge_crds,
-                ..Choices::default()
-            };
-            let topology = Topology::of(&session.mesh, &choices);
-            let summary = session.execute_locked("uninstall", &plan::uninstall(&topology))?;
-            finish(&reporter, "uninstall", &summary)
-        }
+        Command::Uninstall(args) => uninstall(&global, &mesh_args, &reporter, &args),
     }
 }
 
@@ -292,17 +274,14 @@ impl Session {
         }
     }
 
-    /// Executes `plan` holding every cluster's lock.
-    fn execute_locked(&self, command: &str, plan: &plan::Plan) -> Result<Summary, Error> {
+    /// Runs `f` holding every cluster's lock.
+    fn locked<R>(&self, command: &str, f: impl FnOnce(&Run) -> R) -> Result<R, Error> {
         let run = self.run();
         Ok(lock::hold(&run, command, self.wait_for_lock, |locks| {
-            exec::execute(
-                &Run {
-                    locks: Some(locks),
-                    ..run.clone()
-                },
-                plan,
-            )
+            f(&Run {
+                locks: Some(locks),
+                ..run.clone()
+            })
         })?)
     }
 
@@ -397,8 +376,176 @@ fn install(
         purge_crds: false,
     };
     let topology = Topology::of(&session.mesh, &choices);
-    let summary = session.execute_locked("install", &plan::install(&topology))?;
-    finish(reporter, "install", &summary)
+    let (summary, rotated) = session.locked("install", |run| {
+        let summary = exec::execute(run, &plan::install(&topology));
+        let rotated = after_link(run, &topology, &summary, None, args.prune, args.restart);
+        (summary, rotated)
+    })?;
+    finish(reporter, "install", &summary, &rotated)
+}
+
+fn link(
+    global: &GlobalArgs,
+    mesh_args: &MeshArgs,
+    reporter: &Arc<Reporter>,
+    args: &LinkArgs,
+) -> Result<(), Error> {
+    let session = Session::open(global, mesh_args, reporter)?;
+    if let Some(names) = &args.rotate {
+        check_cluster_names(&session.mesh, "--rotate", names)?;
+    }
+    session.require_tools()?;
+    let topology = Topology::of(&session.mesh, &Choices::default());
+    let (summary, rotated) = session.locked("link", |run| {
+        let summary = exec::execute(run, &plan::link(&topology));
+        let rotate = args.rotate.as_deref();
+        let rotated = after_link(run, &topology, &summary, rotate, args.prune, args.restart);
+        (summary, rotated)
+    })?;
+    finish(reporter, "link", &summary, &rotated)
+}
+
+/// After a successful link: the rotations asked for (`--rotate`, all clusters when it names
+/// none), or, when clusters left the mesh file, all of them with `--prune` and a warning
+/// without.
+fn after_link(
+    run: &Run,
+    topology: &Topology,
+    summary: &Summary,
+    rotate: Option<&[String]>,
+    prune: bool,
+    restart: bool,
+) -> Vec<Result<Rotated, StepError>> {
+    if !summary.ok {
+        return Vec::new();
+    }
+    let departed = summary.departed.join(", ");
+    let names = match rotate {
+        Some([]) => None,
+        Some(names) => Some(names),
+        None if summary.departed.is_empty() => return Vec::new(),
+        None if prune => {
+            run.reporter.info(&format!(
+                "{departed} left the mesh file and may still hold its peers' reader tokens: rotating them all"
+            ));
+            None
+        }
+        None => {
+            run.reporter.warn(&format!(
+                "{departed} left the mesh file: its remote secrets were removed from the peers, but it may still hold their reader tokens, which stay valid; run `meshup link --rotate` to revoke them (or re-run with --prune)"
+            ));
+            return Vec::new();
+        }
+    };
+    let sources = rotate::sources(run, topology, names);
+    rotate::rotate(run, topology, &sources, restart)
+}
+
+fn uninstall(
+    global: &GlobalArgs,
+    mesh_args: &MeshArgs,
+    reporter: &Arc<Reporter>,
+    args: &UninstallArgs,
+) -> Result<(), Error> {
+    let session = Session::open(global, mesh_args, reporter)?;
+    let mesh = &session.mesh;
+    check_cluster_names(mesh, "CLUSTER", &args.leaving)?;
+    let everyone = mesh.clusters.iter().all(|c| args.leaving.contains(&c.name));
+    let leaving: Vec<String> = if everyone {
+        Vec::new()
+    } else {
+        args.leaving.clone()
+    };
+    check_primaries_leave_with_remotes(mesh, &leaving)?;
+    if !args.yes && std::io::stdin().is_terminal() && !confirm(mesh, &leaving, args.purge_crds)? {
+        reporter.line("nothing was changed");
+        return Ok(());
+    }
+    session.require_tools()?;
+    let choices = Choices {
+        purge_crds: args.purge_crds,
+        ..Choices::default()
+    };
+    if leaving.is_empty() {
+        let topology = Topology::of(mesh, &choices);
+        let summary = session.locked("uninstall", |run| {
+            exec::execute(run, &plan::uninstall(&topology))
+        })?;
+        return finish(reporter, "uninstall", &summary, &[]);
+    }
+    let left = session.locked("uninstall", |run| {
+        leave::leave(run, &leaving, &choices, args.restart)
+    })?;
+    if left.unlinked.iter().any(|(_, r)| r.is_err()) {
+        reporter.line(&format!(
+            "uninstall failed before {} was touched; fix the error above and re-run",
+            leaving.join(", ")
+        ));
+        return Err(Error::Reported);
+    }
+    let (gone, it) = if leaving.len() == 1 {
+        (format!("`{}` is out of the mesh", leaving[0]), "it")
+    } else {
+        (
+            format!("{} are out of the mesh", leaving.join(", ")),
+            "them",
+        )
+    };
+    let command = format!("uninstall {}", leaving.join(" "));
+    finish(reporter, &command, &left.removed, &left.rotated).inspect(|()| {
+        reporter.line(&format!(
+            "{gone}; remove {it} from {} so the next install does not bring {it} back",
+            mesh.source
+        ));
+    })
+}
+
+/// Every name must be a cluster of the mesh file.
+fn check_cluster_names(mesh: &Mesh, what: &str, names: &[String]) -> Result<(), InputError> {
+    let known: Vec<&str> = mesh.clusters.iter().map(|c| c.name.as_str()).collect();
+    let problems: Vec<String> = names
+        .iter()
+        .filter(|n| !known.contains(&n.as_str()))
+        .map(|n| {
+            format!(
+                "{what}: `{n}` is not a cluster of the mesh (its clusters: {})",
+                known.join(", ")
+            )
+        })
+        .collect();
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(InputError {
+            source: mesh.source.clone(),
+            problems,
+        })
+    }
+}
+
+/// A primary cannot leave while a remote it runs istiod for stays.
+fn check_primaries_leave_with_remotes(mesh: &Mesh, leaving: &[String]) -> Result<(), InputError> {
+    let problems: Vec<String> = leaving
+        .iter()
+        .flat_map(|primary| {
+            mesh.remotes_of(primary)
+                .filter(|r| !leaving.contains(&r.name))
+                .map(move |r| {
+                    format!(
+                        "CLUSTER: `{primary}` runs istiod for remote `{}`; take `{}` out too, or give it another primary first",
+                        r.name, r.name
+                    )
+                })
+        })
+        .collect();
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(InputError {
+            source: mesh.source.clone(),
+            problems,
+        })
+    }
 }
 
 fn verify(
@@ -494,36 +641,86 @@ fn prepare_trust(
     }
 }
 
-fn finish(reporter: &Reporter, command: &str, summary: &Summary) -> Result<(), Error> {
+fn finish(
+    reporter: &Reporter,
+    command: &str,
+    summary: &Summary,
+    rotated: &[Result<Rotated, StepError>],
+) -> Result<(), Error> {
+    let interrupted = summary.interrupted
+        || rotated
+            .iter()
+            .any(|r| r.as_ref().is_err_and(StepError::is_interrupted));
+    let ok =
+        summary.ok && !interrupted && rotated.iter().all(|r| r.as_ref().is_ok_and(|r| r.complete));
     if reporter.mode() == Mode::Json {
-        print_json(
-            &serde_json::json!({ "command": command, "ok": summary.ok, "interrupted": summary.interrupted, "clusters": summary.clusters }),
-        )?;
+        let rotations: Vec<serde_json::Value> = rotated
+            .iter()
+            .map(|r| match r {
+                Ok(r) => serde_json::to_value(r).expect("rotations serialize"),
+                Err(e) => serde_json::json!({ "error": e.to_string() }),
+            })
+            .collect();
+        let mut report = serde_json::json!({ "command": command, "ok": ok, "interrupted": interrupted, "clusters": summary.clusters });
+        if !summary.departed.is_empty() {
+            report["departed"] = serde_json::json!(summary.departed);
+        }
+        if !rotations.is_empty() {
+            report["rotated"] = serde_json::Value::Array(rotations);
+        }
+        print_json(&report)?;
     } else {
-        exec::print_summary(reporter, command, summary);
+        for line in rotate::render(rotated) {
+            reporter.line(&line);
+        }
+        exec::print_summary(
+            reporter,
+            command,
+            &Summary {
+                ok,
+                interrupted,
+                ..summary.clone()
+            },
+        );
     }
-    if summary.interrupted {
+    if interrupted {
         Err(Error::Interrupted)
-    } else if summary.ok {
+    } else if ok {
         Ok(())
     } else {
         Err(Error::Reported)
     }
 }
 
-fn confirm(mesh: &Mesh, purge_crds: bool) -> Result<bool, Error> {
-    let names: Vec<&str> = mesh.clusters.iter().map(|c| c.name.as_str()).collect();
-    let question = format!(
-        "Remove Istio (mesh `{}`, namespace `{}`{}) from {}? [y/N] ",
-        mesh.mesh_id,
-        mesh.namespace,
-        if purge_crds {
-            ", and Istio's CRDs with all Istio config"
-        } else {
-            ""
-        },
-        names.join(", ")
-    );
+fn confirm(mesh: &Mesh, leaving: &[String], purge_crds: bool) -> Result<bool, Error> {
+    let crds = if purge_crds {
+        ", and Istio's CRDs with all Istio config"
+    } else {
+        ""
+    };
+    let question = if leaving.is_empty() {
+        let names: Vec<&str> = mesh.clusters.iter().map(|c| c.name.as_str()).collect();
+        format!(
+            "Remove Istio (mesh `{}`, namespace `{}`{crds}) from {}? [y/N] ",
+            mesh.mesh_id,
+            mesh.namespace,
+            names.join(", ")
+        )
+    } else {
+        let staying: Vec<&str> = mesh
+            .clusters
+            .iter()
+            .filter(|c| !leaving.contains(&c.name))
+            .map(|c| c.name.as_str())
+            .collect();
+        format!(
+            "Take {} out of mesh `{}`: remove its remote secrets from {}, remove Istio (namespace `{}`{crds}) from it, and rotate the reader tokens it held? [y/N] ",
+            leaving.join(", "),
+            mesh.mesh_id,
+            staying.join(", "),
+            mesh.namespace,
+        )
+    };
     let mut err = std::io::stderr().lock();
     // A terminal that cannot be written to cannot be asked: take it as "no".
     if err

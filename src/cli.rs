@@ -160,21 +160,15 @@ pub enum Command {
     Preflight,
     /// Preflight, then install istio-base and istiod in every cluster, then link them
     Install(InstallArgs),
-    /// Exchange remote secrets so every istiod watches every other cluster
-    Link,
+    /// Exchange remote secrets so every istiod watches the clusters it should
+    Link(LinkArgs),
     /// Report each cluster's releases, istiod, remote secrets and cacerts; exit 1 on drift
     Status,
     /// Prove the mesh works: every istiod synced with every peer (and traffic, with --traffic)
     Verify(VerifyArgs),
-    /// Remove remote secrets, istiod, istio-base and the namespace from every cluster
-    Uninstall {
-        /// Also delete Istio's CRDs (helm keeps them), and with them all Istio config
-        #[arg(long)]
-        purge_crds: bool,
-        /// Do not ask for confirmation
-        #[arg(long, short = 'y')]
-        yes: bool,
-    },
+    /// Remove the mesh (or the named clusters from a live mesh): remote secrets, istiod,
+    /// istio-base and the namespace
+    Uninstall(UninstallArgs),
     /// Print one cluster's remote secret (a Secret holding a kubeconfig) to stdout
     #[command(name = "remote-secret")]
     RemoteSecret {
@@ -210,12 +204,51 @@ pub struct InstallArgs {
     /// until every workload restarts)
     #[arg(long)]
     pub rotate_ca: bool,
-    /// Restart istiod where it was running before its `cacerts` was created or changed
+    /// Restart istiod where it was running before its `cacerts` was created or changed (and,
+    /// with --prune, an istiod before Istio 1.31 after a token rotation)
     #[arg(long)]
     pub restart: bool,
     /// Key algorithm for newly created CA keys
     #[arg(long, value_enum, default_value = "ecdsa-p256")]
     pub key_type: KeyTypeArg,
+    /// When remote secrets of clusters no longer in the mesh file are removed, also rotate
+    /// every reader token those clusters may still hold
+    #[arg(long)]
+    pub prune: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct UninstallArgs {
+    /// Clusters of the mesh file to take out of the live mesh; the others keep running,
+    /// and the reader tokens these clusters held are rotated [default: the whole mesh]
+    #[arg(value_name = "CLUSTER")]
+    pub leaving: Vec<String>,
+    /// Also delete Istio's CRDs (helm keeps them), and with them all Istio config
+    #[arg(long)]
+    pub purge_crds: bool,
+    /// Do not ask for confirmation
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    /// Restart an istiod before Istio 1.31 after a token rotation (it keeps the old token
+    /// until it restarts)
+    #[arg(long)]
+    pub restart: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LinkArgs {
+    /// Replace the reader token of the named clusters (all when none is named): a new token
+    /// in every peer, istiod synced again, then the old token revoked
+    #[arg(long, value_name = "CLUSTER", num_args = 0..)]
+    pub rotate: Option<Vec<String>>,
+    /// Restart an istiod before Istio 1.31 after a token rotation (it keeps the old token
+    /// until it restarts)
+    #[arg(long)]
+    pub restart: bool,
+    /// When remote secrets of clusters no longer in the mesh file are removed, also rotate
+    /// every reader token those clusters may still hold
+    #[arg(long)]
+    pub prune: bool,
 }
 
 #[derive(Debug, Args)]

@@ -149,6 +149,9 @@ pub struct Summary {
     pub ok: bool,
     pub interrupted: bool,
     pub clusters: Vec<ClusterResult>,
+    /// Clusters no longer in the mesh file whose remote secrets were removed from the peers.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub departed: Vec<String>,
 }
 
 /// Runs the plan and reports as it goes. Remote secrets stay in memory only.
@@ -290,6 +293,12 @@ pub fn execute(run: &Run, plan: &Plan) -> Summary {
         ok: !failed && !interrupted,
         interrupted,
         clusters: results.into_values().collect(),
+        departed: board
+            .departed
+            .into_inner()
+            .unwrap_or_else(|e| e.into_inner())
+            .into_iter()
+            .collect(),
     }
 }
 
@@ -460,9 +469,11 @@ mod tests {
             assert!(summary.clusters[i].ok);
             assert_eq!(summary.clusters[i].not_run, ["link"]);
         }
+        // No cluster looked for remote secrets to link.
         assert!(!calls.iter().any(|s| {
             s.args
-                .starts_with(&["get".to_string(), "secrets".to_string()])
+                .iter()
+                .any(|a| a.contains(crate::remote_secret::MULTICLUSTER_LABEL))
         }));
     }
 

@@ -142,6 +142,12 @@ pub fn delete(
     connect(target, args, timeout)
 }
 
+/// How many objects a `kubectl delete` says it deleted: one line each, `secret "a" deleted`
+/// (kubectl 1.34) or `secret "a" deleted from istio-system namespace` (1.35).
+pub fn deleted_count(stdout: &str) -> usize {
+    stdout.lines().filter(|l| l.contains("\" deleted")).count()
+}
+
 /// `kubectl delete KIND --selector SELECTOR --ignore-not-found`.
 pub fn delete_selected(
     target: &Target,
@@ -336,6 +342,16 @@ mod tests {
             context: "kind-cluster2".into(),
             kubeconfig: None,
         }
+    }
+
+    #[test]
+    fn deletions_are_counted_in_the_words_of_either_kubectl() {
+        let old =
+            "secret \"istio-remote-secret-a\" deleted\nsecret \"istio-remote-secret-b\" deleted\n";
+        let new = "secret \"istio-remote-secret-a\" deleted from istio-system namespace\n";
+        assert_eq!(deleted_count(old), 2);
+        assert_eq!(deleted_count(new), 1);
+        assert_eq!(deleted_count("No resources found\n"), 0);
     }
 
     #[test]

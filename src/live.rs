@@ -331,6 +331,7 @@ pub struct PodSpec {
 #[serde(default)]
 pub struct Container {
     pub name: String,
+    pub image: Option<String>,
     pub env: Vec<EnvVar>,
 }
 
@@ -414,6 +415,20 @@ impl Deployment {
             .flat_map(|c| &c.env)
             .find(|e| e.name == name)
             .and_then(|e| e.value.as_deref())
+    }
+
+    /// The tag of its first container's image (`1.28.1` of `docker.io/istio/pilot:1.28.1`).
+    pub fn image_tag(&self) -> Option<String> {
+        let image = self
+            .spec
+            .template
+            .spec
+            .containers
+            .first()?
+            .image
+            .as_deref()?;
+        let (_, tag) = image.rsplit_once(':')?;
+        (!tag.contains('/')).then(|| tag.to_string())
     }
 
     /// (ready, desired) replicas; a Deployment without `replicas` wants one.

@@ -13,8 +13,11 @@ use crate::sensitive::Sensitive;
 
 /// The service account whose token goes into remote secrets (created by istio/base).
 pub const READER_ACCOUNT: &str = "istio-reader-service-account";
-/// The long-lived token secret meshup asks the token controller to fill.
+/// The first long-lived token secret meshup asks the token controller to fill; each rotation
+/// makes another, named `<this>-<YYYYMMDDHHMMSS>`.
 pub const TOKEN_SECRET: &str = "istio-reader-service-account-istio-remote-secret-token";
+/// The label on every reader token secret meshup makes.
+pub const READER_TOKEN_LABEL: &str = "meshup.io/reader-token";
 /// The label istiod selects remote secrets by.
 pub const MULTICLUSTER_LABEL: &str = "istio/multiCluster";
 /// The label marking what meshup created, so uninstall and pruning touch nothing else.
@@ -132,15 +135,15 @@ pub fn is_loopback(server: &str) -> bool {
 }
 
 /// The token secret that asks the token controller for a long-lived token.
-pub fn token_secret_manifest(namespace: &str) -> String {
+pub fn token_secret_manifest(namespace: &str, name: &str) -> String {
     let secret = json!({
         "apiVersion": "v1",
         "kind": "Secret",
         "metadata": {
-            "name": TOKEN_SECRET,
+            "name": name,
             "namespace": namespace,
             "annotations": { "kubernetes.io/service-account.name": READER_ACCOUNT },
-            "labels": { MANAGED_BY_LABEL: MANAGED_BY },
+            "labels": { MANAGED_BY_LABEL: MANAGED_BY, READER_TOKEN_LABEL: "true" },
         },
         "type": "kubernetes.io/service-account-token",
     });

@@ -126,6 +126,9 @@ pub struct Board {
     pub secrets: Mutex<BTreeMap<String, RemoteSecret>>,
     /// East-west gateway addresses, by cluster.
     pub addresses: Mutex<BTreeMap<String, String>>,
+    /// Clusters no longer in the mesh file whose remote secrets this run removed: they may
+    /// still hold their peers' reader tokens.
+    pub departed: Mutex<std::collections::BTreeSet<String>>,
 }
 
 /// What a component works with in one cluster.

@@ -138,6 +138,16 @@ impl Component for Peers {
             .map(|f| f.secret.clone())
             .collect();
         stale.dedup();
+        let departed = found
+            .iter()
+            .filter(|f| f.managed && cx.mesh.cluster(&f.cluster).is_none());
+        for f in departed {
+            cx.board
+                .departed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(f.cluster.clone());
+        }
         if !stale.is_empty() {
             cx.live.run(&kubectl::delete(
                 cx.target(),
@@ -171,12 +181,7 @@ impl Component for Peers {
             cx.timeout(),
         );
         let output = cx.live.run(&step)?;
-        // `kubectl delete` prints one line per object it deleted.
-        let n = output
-            .stdout
-            .lines()
-            .filter(|l| l.trim_end().ends_with("deleted"))
-            .count();
+        let n = kubectl::deleted_count(&output.stdout);
         Ok(if n == 0 {
             "none".into()
         } else {

@@ -8,7 +8,8 @@ use super::{Action, Component, Cx, ScriptCx};
 use crate::kubectl;
 use crate::live::{Live, Object, Secret};
 use crate::remote_secret::{
-    READER_ACCOUNT, RemoteSecret, TOKEN_SECRET, read_token, token_secret_manifest,
+    READER_ACCOUNT, READER_TOKEN_LABEL, RemoteSecret, TOKEN_SECRET, read_token,
+    token_secret_manifest,
 };
 use crate::runner::{self, StepError};
 use crate::sensitive::Sensitive;
@@ -51,61 +52,93 @@ impl Component for Reader {
     }
 }
 
-/// Builds cluster `name`'s remote secret from its own context: makes sure the reader service
-/// account and its token secret exist, waits (bounded, with backoff) for the token controller
-/// to fill the token, and assembles the secret. Nothing is printed or written.
+/// The reader token secrets meshup made in a cluster (the first, and each rotation's), in the
+/// order they were made: the last is the one in use.
+pub fn token_secrets(live: &Live, namespace: &str) -> Result<Vec<Secret>, StepError> {
+    let mut secrets: Vec<Secret> = live.list(
+        "secrets",
+        Some(namespace),
+        Some(&format!("{READER_TOKEN_LABEL}=true")),
+    )?;
+    // `…-token`, then `…-token-YYYYMMDDHHMMSS` for each rotation: the names sort by age.
+    secrets.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    Ok(secrets)
+}
+
+/// Builds cluster `name`'s remote secret from its own context, with the reader token in use:
+/// makes sure the reader service account and a token secret exist, waits (bounded, with
+/// backoff) for the token controller to fill the token, and assembles the secret. Nothing is
+/// printed or written.
 pub fn build(
     live: &Live,
     name: &str,
     namespace: &str,
     server: &str,
 ) -> Result<RemoteSecret, StepError> {
-    let (target, timeout) = (live.target, live.timeout);
-    let found = live.get_each(
-        &[("serviceaccount", READER_ACCOUNT), ("secret", TOKEN_SECRET)],
-        Some(namespace),
-    )?;
-    if found
-        .find::<Object>("ServiceAccount", READER_ACCOUNT)?
-        .is_none()
-    {
+    let secrets = token_secrets(live, namespace)?;
+    if let Some((ca, token)) = secrets.iter().rev().find_map(read_token) {
+        return Ok(RemoteSecret::new(name, server, &ca, &token));
+    }
+    let token_secret = match secrets.last() {
+        Some(waiting) => waiting.metadata.name.clone(),
+        None => {
+            // Before the first run (or from a meshup that did not label it): the first one.
+            ensure_account(live, namespace)?;
+            create_token_secret(live, namespace, TOKEN_SECRET)?;
+            TOKEN_SECRET.to_string()
+        }
+    };
+    let (ca, token) = wait_for_token(live, namespace, &token_secret)?;
+    Ok(RemoteSecret::new(name, server, &ca, &token))
+}
+
+/// Makes sure the reader service account exists (istio-base makes it unless
+/// `global.enableReaderRBAC` is off).
+pub fn ensure_account(live: &Live, namespace: &str) -> Result<(), StepError> {
+    let account: Option<Object> = live.get("serviceaccount", READER_ACCOUNT, Some(namespace))?;
+    if account.is_none() {
         live.run(&kubectl::create_service_account(
-            target,
+            live.target,
             READER_ACCOUNT,
             namespace,
-            timeout,
+            live.timeout,
         ))?;
     }
-    match found.find::<Secret>("Secret", TOKEN_SECRET)? {
-        None => {
-            let manifest = token_secret_manifest(namespace);
-            live.run(&kubectl::apply(
-                target,
-                Sensitive::new(manifest.into_bytes()),
-                timeout,
-            ))?;
-        }
-        Some(secret) => {
-            if let Some((ca, token)) = read_token(&secret) {
-                return Ok(RemoteSecret::new(name, server, &ca, &token));
-            }
-        }
-    }
+    Ok(())
+}
 
+/// Asks the token controller for a long-lived token of the reader account in a secret `name`.
+pub fn create_token_secret(live: &Live, namespace: &str, name: &str) -> Result<(), StepError> {
+    let manifest = token_secret_manifest(namespace, name);
+    live.run(&kubectl::apply(
+        live.target,
+        Sensitive::new(manifest.into_bytes()),
+        live.timeout,
+    ))?;
+    Ok(())
+}
+
+/// Waits (bounded, with backoff) until the token controller filled secret `name`; returns
+/// its `ca.crt` (base64) and token.
+pub fn wait_for_token(
+    live: &Live,
+    namespace: &str,
+    name: &str,
+) -> Result<(String, Sensitive<String>), StepError> {
+    let target = live.target;
     // The token controller fills the secret within a second or two on a healthy cluster.
-    let deadline = Instant::now() + timeout.min(Duration::from_secs(60));
+    let deadline = Instant::now() + live.timeout.min(Duration::from_secs(60));
     let mut pause = Duration::from_millis(100);
     loop {
-        runner::sleep(pause)?;
-        let secret: Option<Secret> = live.get("secret", TOKEN_SECRET, Some(namespace))?;
-        if let Some((ca, token)) = secret.as_ref().and_then(read_token) {
-            return Ok(RemoteSecret::new(name, server, &ca, &token));
+        let secret: Option<Secret> = live.get("secret", name, Some(namespace))?;
+        if let Some(filled) = secret.as_ref().and_then(read_token) {
+            return Ok(filled);
         }
         if Instant::now() >= deadline {
             return Err(StepError::other(
                 &target.cluster,
                 format!(
-                    "the token controller did not fill `token` and `ca.crt` of secret `{TOKEN_SECRET}` in namespace `{namespace}`"
+                    "the token controller did not fill `token` and `ca.crt` of secret `{name}` in namespace `{namespace}`"
                 ),
                 Some(format!(
                     "check that kube-controller-manager runs in context `{}` and that service account `{READER_ACCOUNT}` exists",
@@ -113,6 +146,7 @@ pub fn build(
                 )),
             ));
         }
+        runner::sleep(pause)?;
         pause = (pause * 2).min(Duration::from_secs(2));
     }
 }
@@ -130,13 +164,22 @@ mod tests {
     use crate::step::{Step, Target};
     use crate::testing::ok;
 
-    fn token_json(filled: bool) -> String {
-        let data = if filled {
-            json!({"token": B64.encode("eyJhbGciOiJSUzI1NiJ9.reader"), "ca.crt": "Q0E=", "namespace": "aXN0aW8tc3lzdGVt"})
-        } else {
-            json!({})
+    fn token_json(name: &str, token: Option<&str>) -> Value {
+        let data = match token {
+            Some(token) => {
+                json!({"token": B64.encode(token), "ca.crt": "Q0E=", "namespace": "aXN0aW8tc3lzdGVt"})
+            }
+            None => json!({}),
         };
-        json!({"kind": "Secret", "metadata": {"name": TOKEN_SECRET}, "data": data}).to_string()
+        json!({"kind": "Secret", "metadata": {"name": name}, "data": data})
+    }
+
+    fn kubeconfig_of(secret: &RemoteSecret) -> String {
+        String::from_utf8(B64.decode(secret.data.expose()).unwrap()).unwrap()
+    }
+
+    fn list_of(items: &[Value]) -> String {
+        json!({"kind": "List", "items": items}).to_string()
     }
 
     fn target() -> Target {
@@ -158,14 +201,17 @@ mod tests {
         let gets = AtomicUsize::new(0);
         let runner = RecordingRunner::new(|step: &Step| {
             let args = step.args.join(" ");
-            if args.starts_with("get serviceaccount/") {
-                // Neither the account nor the token secret exists.
+            if args.starts_with("get secrets") {
+                // No token secret yet.
+                ok(&list_of(&[]))
+            } else if args.starts_with("get serviceaccount ") {
+                // Nor the account.
                 ok("")
-            } else if args.starts_with("get secret") {
+            } else if args.starts_with("get secret ") {
                 // Not yet filled, then filled.
                 match gets.fetch_add(1, Ordering::SeqCst) {
-                    0 => ok(&token_json(false)),
-                    _ => ok(&token_json(true)),
+                    0 => ok(&token_json(TOKEN_SECRET, None).to_string()),
+                    _ => ok(&token_json(TOKEN_SECRET, Some("eyJ.reader")).to_string()),
                 }
             } else {
                 ok("")
@@ -174,12 +220,15 @@ mod tests {
         let secret = built(&runner).unwrap();
         let lines = runner.command_lines();
         let verbs: Vec<&str> = lines.iter().map(|l| l.split(' ').nth(1).unwrap()).collect();
-        assert_eq!(verbs, ["get", "create", "apply", "get", "get"]);
+        assert_eq!(verbs, ["get", "get", "create", "apply", "get", "get"]);
+        assert!(lines[0].contains(&format!("--selector {READER_TOKEN_LABEL}=true")));
         assert_eq!(secret.server, "https://10.0.0.1");
-        let applied = runner.calls.lock().unwrap()[2].stdin.clone().unwrap();
+        let applied = runner.calls.lock().unwrap()[3].stdin.clone().unwrap();
         let applied = String::from_utf8(applied.expose().clone()).unwrap();
         assert!(
-            applied.contains("kubernetes.io/service-account-token"),
+            applied.contains("kubernetes.io/service-account-token")
+                && applied.contains(TOKEN_SECRET)
+                && applied.contains(READER_TOKEN_LABEL),
             "{applied}"
         );
     }
@@ -187,18 +236,35 @@ mod tests {
     #[test]
     fn build_reuses_a_filled_token_in_one_call() {
         let runner = RecordingRunner::new(|_: &Step| {
-            let token: Value = serde_json::from_str(&token_json(true)).unwrap();
-            let account = json!({"kind": "ServiceAccount", "metadata": {"name": READER_ACCOUNT}});
-            ok(&json!({"kind": "List", "items": [account, token]}).to_string())
+            ok(&list_of(&[token_json(TOKEN_SECRET, Some("eyJ.first"))]))
         });
-        built(&runner).unwrap();
+        let secret = built(&runner).unwrap();
         assert_eq!(runner.command_lines().len(), 1);
+        assert!(kubeconfig_of(&secret).contains("eyJ.first"));
+    }
+
+    #[test]
+    fn build_takes_the_newest_filled_token_of_the_rotations() {
+        let runner = RecordingRunner::new(|_: &Step| {
+            // Listed in any order; a rotation still waiting for its token is passed over.
+            ok(&list_of(&[
+                token_json(
+                    &format!("{TOKEN_SECRET}-20261125101010"),
+                    Some("eyJ.second"),
+                ),
+                token_json(&format!("{TOKEN_SECRET}-20261125121212"), None),
+                token_json(TOKEN_SECRET, Some("eyJ.first")),
+            ]))
+        });
+        let secret = built(&runner).unwrap();
+        assert_eq!(runner.command_lines().len(), 1);
+        assert!(kubeconfig_of(&secret).contains("eyJ.second"));
     }
 
     #[test]
     fn an_unreadable_token_secret_is_an_error_not_a_wait() {
         let runner = RecordingRunner::new(|step: &Step| {
-            if step.args[1].starts_with("serviceaccount/") {
+            if step.args[1] == "secrets" {
                 Output {
                     code: Some(0),
                     stdout: "<html>gateway timeout</html>".into(),

@@ -270,6 +270,41 @@ fn a_reserved_value_in_cluster_values_is_bad_input() {
     );
 }
 
+#[test]
+fn clusters_to_take_out_or_rotate_must_be_in_the_mesh_file() {
+    let env = Env::new(TOOLS, 2);
+    std::fs::write(
+        env.path("mesh.yaml"),
+        format!("meshID: mesh1\n{TWO}    role: remote\n    primary: cluster1\n"),
+    )
+    .unwrap();
+    let cases: [(&[&str], &str); 3] = [
+        (
+            &["uninstall", "-y", "cluster9"],
+            "CLUSTER: `cluster9` is not a cluster of the mesh (its clusters: cluster1, cluster2)",
+        ),
+        (
+            &["link", "--rotate", "cluster1", "cluster9"],
+            "--rotate: `cluster9` is not a cluster of the mesh",
+        ),
+        (
+            &["uninstall", "-y", "cluster1"],
+            "`cluster1` runs istiod for remote `cluster2`; take `cluster2` out too",
+        ),
+    ];
+    for (args, needle) in cases {
+        let mut args = args.to_vec();
+        args.extend(["-f", "mesh.yaml"]);
+        let run = env.meshup(&args).expect(2);
+        assert!(
+            run.stderr.contains("mesh.yaml") && run.stderr.contains(needle),
+            "{args:?}: {}",
+            run.stderr
+        );
+    }
+    assert_eq!(env.requests(), [0, 0], "a cluster was contacted");
+}
+
 // --- preflight ----------------------------------------------------------------------------------
 
 #[test]

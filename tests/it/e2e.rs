@@ -246,6 +246,13 @@ fn link_removes_a_dropped_cluster(tools: &str) {
         .meshup(&["link", "-f", smaller.to_str().unwrap()])
         .expect(0);
     assert!(run.stderr.contains("1 stale removed"), "{}", run.stderr);
+    // cluster3 still holds the others' tokens: meshup says so, and how to revoke them.
+    assert!(
+        run.stderr.contains("cluster3 left the mesh file")
+            && run.stderr.contains("run `meshup link --rotate`"),
+        "{}",
+        run.stderr
+    );
     for name in ["cluster1", "cluster2"] {
         let peers = names(&remote_secrets(env.cluster(name)));
         assert!(

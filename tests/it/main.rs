@@ -7,6 +7,7 @@ mod common;
 mod charts;
 mod cli;
 mod crash;
+mod credentials;
 mod e2e;
 mod interrupt;
 mod topologies;
