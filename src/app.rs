@@ -378,7 +378,7 @@ fn install(
     let topology = Topology::of(&session.mesh, &choices);
     let (summary, rotated) = session.locked("install", |run| {
         let summary = exec::execute(run, &plan::install(&topology));
-        let rotated = after_link(run, &topology, &summary, None, args.prune, args.restart);
+        let rotated = after_link(run, &topology, &summary, None, args.prune);
         (summary, rotated)
     })?;
     finish(reporter, "install", &summary, &rotated)
@@ -399,7 +399,7 @@ fn link(
     let (summary, rotated) = session.locked("link", |run| {
         let summary = exec::execute(run, &plan::link(&topology));
         let rotate = args.rotate.as_deref();
-        let rotated = after_link(run, &topology, &summary, rotate, args.prune, args.restart);
+        let rotated = after_link(run, &topology, &summary, rotate, args.prune);
         (summary, rotated)
     })?;
     finish(reporter, "link", &summary, &rotated)
@@ -414,7 +414,6 @@ fn after_link(
     summary: &Summary,
     rotate: Option<&[String]>,
     prune: bool,
-    restart: bool,
 ) -> Vec<Result<Rotated, StepError>> {
     if !summary.ok {
         return Vec::new();
@@ -438,7 +437,7 @@ fn after_link(
         }
     };
     let sources = rotate::sources(run, topology, names);
-    rotate::rotate(run, topology, &sources, restart)
+    rotate::rotate(run, topology, &sources)
 }
 
 fn uninstall(
@@ -473,9 +472,7 @@ fn uninstall(
         })?;
         return finish(reporter, "uninstall", &summary, &[]);
     }
-    let left = session.locked("uninstall", |run| {
-        leave::leave(run, &leaving, &choices, args.restart)
-    })?;
+    let left = session.locked("uninstall", |run| leave::leave(run, &leaving, &choices))?;
     if left.unlinked.iter().any(|(_, r)| r.is_err()) {
         reporter.line(&format!(
             "uninstall failed before {} was touched; fix the error above and re-run",
@@ -560,6 +557,7 @@ fn verify(
     let topology = Topology::of(mesh, &Choices::default());
     let run = session.read();
     let sync = verify::sync_until(&run, &topology, args.wait)?;
+    let credentials = verify::credentials(&run, &topology);
     let traffic = args.traffic.then(|| {
         let (helloworld, curl) = traffic::Options::images(args.registry.as_deref());
         let options = traffic::Options {
@@ -582,12 +580,26 @@ fn verify(
     if crate::runner::interrupted() {
         return Err(Error::Interrupted);
     }
-    let ok = sync.iter().all(sync::Row::ok) && traffic.as_ref().is_none_or(|t| t.ok);
-    let report = verify::Report { ok, sync, traffic };
+    let ok = sync.iter().all(sync::Row::ok)
+        && credentials.is_empty()
+        && traffic.as_ref().is_none_or(|t| t.ok);
+    let report = verify::Report {
+        ok,
+        sync,
+        credentials,
+        traffic,
+    };
     if reporter.mode() == Mode::Json {
         print_json(&report)?;
     } else {
         let mut text = verify::render_sync(&run, &report.sync);
+        for finding in &report.credentials {
+            text.push_str(&format!(
+                "  {}: {}\n",
+                finding.cluster.as_deref().unwrap_or_default(),
+                finding.sentence()
+            ));
+        }
         if let Some(traffic) = &report.traffic {
             let names: Vec<String> = mesh.clusters.iter().map(|c| c.name.clone()).collect();
             text.push('\n');
@@ -651,8 +663,7 @@ fn finish(
         || rotated
             .iter()
             .any(|r| r.as_ref().is_err_and(StepError::is_interrupted));
-    let ok =
-        summary.ok && !interrupted && rotated.iter().all(|r| r.as_ref().is_ok_and(|r| r.complete));
+    let ok = summary.ok && !interrupted && rotated.iter().all(Result::is_ok);
     if reporter.mode() == Mode::Json {
         let rotations: Vec<serde_json::Value> = rotated
             .iter()

@@ -204,8 +204,7 @@ pub struct InstallArgs {
     /// until every workload restarts)
     #[arg(long)]
     pub rotate_ca: bool,
-    /// Restart istiod where it was running before its `cacerts` was created or changed (and,
-    /// with --prune, an istiod before Istio 1.31 after a token rotation)
+    /// Restart istiod where it was running before its `cacerts` was created or changed
     #[arg(long)]
     pub restart: bool,
     /// Key algorithm for newly created CA keys
@@ -229,22 +228,15 @@ pub struct UninstallArgs {
     /// Do not ask for confirmation
     #[arg(long, short = 'y')]
     pub yes: bool,
-    /// Restart an istiod before Istio 1.31 after a token rotation (it keeps the old token
-    /// until it restarts)
-    #[arg(long)]
-    pub restart: bool,
 }
 
 #[derive(Debug, Args)]
 pub struct LinkArgs {
     /// Replace the reader token of the named clusters (all when none is named): a new token
-    /// in every peer, istiod synced again, then the old token revoked
+    /// in every peer, each istiod seen rebuilding that cluster and synced, then the old
+    /// token revoked
     #[arg(long, value_name = "CLUSTER", num_args = 0..)]
     pub rotate: Option<Vec<String>>,
-    /// Restart an istiod before Istio 1.31 after a token rotation (it keeps the old token
-    /// until it restarts)
-    #[arg(long)]
-    pub restart: bool,
     /// When remote secrets of clusters no longer in the mesh file are removed, also rotate
     /// every reader token those clusters may still hold
     #[arg(long)]

@@ -25,6 +25,14 @@ impl Level {
     }
 }
 
+/// Findings appear in JSON as the sentences the text shows.
+pub fn sentences<S: serde::Serializer>(
+    findings: &[Finding],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(findings.iter().map(Finding::sentence))
+}
+
 /// One thing a check found.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Finding {

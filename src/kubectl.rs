@@ -255,26 +255,29 @@ pub fn wait(
     connect(target, args, timeout)
 }
 
-/// `kubectl logs KIND/NAME --container C`: what a pod (of a Job) printed.
+/// `kubectl logs KIND/NAME --container C [--since=Ns]`: what a pod (of a Job) printed, all of
+/// it or the last `since` (whole seconds, rounded up).
 pub fn logs(
     target: &Target,
     object: &str,
     container: &str,
     namespace: &str,
+    since: Option<Duration>,
     timeout: Duration,
 ) -> Step {
-    connect(
-        target,
-        words(&[
-            "logs",
-            object,
-            "--container",
-            container,
-            "--namespace",
-            namespace,
-        ]),
-        timeout,
-    )
+    let mut args = words(&[
+        "logs",
+        object,
+        "--container",
+        container,
+        "--namespace",
+        namespace,
+    ]);
+    if let Some(since) = since {
+        let secs = since.as_secs() + u64::from(since.subsec_nanos() > 0);
+        args.push(format!("--since={}s", secs.max(1)));
+    }
+    connect(target, args, timeout)
 }
 
 /// `kubectl get --raw PATH`: a GET on any API path, e.g. a pod's `proxy` subresource.
@@ -282,28 +285,31 @@ pub fn get_raw(target: &Target, path: &str, timeout: Duration) -> Step {
     connect(target, words(&["get", "--raw", path]), timeout)
 }
 
-/// `kubectl port-forward pod/NAME :PORT --address 127.0.0.1`: forwards a free local port to
-/// the pod's PORT until stopped; prints `Forwarding from 127.0.0.1:LOCAL -> PORT`.
-pub fn port_forward(
+/// `kubectl exec POD --container C -- COMMAND...`: runs a command in a pod's container and
+/// prints what it printed. The connection flags go before `--`, where kubectl reads them.
+pub fn exec(
     target: &Target,
     pod: &str,
+    container: &str,
     namespace: &str,
-    port: u16,
+    command: &[&str],
     timeout: Duration,
 ) -> Step {
-    connect(
+    let mut step = connect(
         target,
         words(&[
-            "port-forward",
-            &format!("pod/{pod}"),
-            &format!(":{port}"),
-            "--address",
-            "127.0.0.1",
+            "exec",
+            pod,
+            "--container",
+            container,
             "--namespace",
             namespace,
         ]),
         timeout,
-    )
+    );
+    step.args.push("--".into());
+    step.args.extend(command.iter().map(|w| w.to_string()));
+    step
 }
 
 /// The one place that points kubectl at a cluster. Every request gets the step timeout too,

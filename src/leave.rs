@@ -24,7 +24,7 @@ pub struct Left {
 }
 
 /// Takes `leaving` (names of `mesh`'s clusters) out of the live mesh.
-pub fn leave(run: &Run, leaving: &[String], choices: &Choices, restart: bool) -> Left {
+pub fn leave(run: &Run, leaving: &[String], choices: &Choices) -> Left {
     let mesh = run.mesh;
     let full = Topology::of(mesh, choices);
     let remaining: Vec<&Cluster> = mesh
@@ -113,7 +113,7 @@ pub fn leave(run: &Run, leaving: &[String], choices: &Choices, restart: bool) ->
         mesh: &rest,
         ..run.clone()
     };
-    let rotated = rotate::rotate(&rest_run, &rest_topology, &sources, restart);
+    let rotated = rotate::rotate(&rest_run, &rest_topology, &sources);
     Left {
         unlinked,
         removed,

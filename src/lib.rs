@@ -9,6 +9,7 @@ pub mod app;
 pub mod chart;
 pub mod cli;
 pub mod components;
+pub mod credentials;
 pub mod error;
 pub mod exec;
 pub mod files;

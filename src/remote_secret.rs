@@ -199,6 +199,32 @@ pub fn found(secrets: &[Secret]) -> Vec<Found> {
     found
 }
 
+/// What a remote secret's kubeconfig (base64, as under `data`) gives istiod to reach its
+/// cluster: the CA it verifies the server with (base64 PEM) and the bearer token.
+pub struct Credentials {
+    pub ca_data: Option<String>,
+    pub token: Option<Sensitive<String>>,
+}
+
+/// The first cluster's CA and the first user's token of a base64 kubeconfig.
+pub fn credentials_of(data_b64: &Sensitive<String>) -> Credentials {
+    let config: Option<serde_yaml::Value> = B64
+        .decode(data_b64.expose())
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .and_then(|text| serde_yaml::from_str(&text).ok());
+    let field = |pointer: &dyn Fn(&serde_yaml::Value) -> &serde_yaml::Value| {
+        config
+            .as_ref()
+            .and_then(|c| pointer(c).as_str())
+            .map(str::to_string)
+    };
+    Credentials {
+        ca_data: field(&|c| &c["clusters"][0]["cluster"]["certificate-authority-data"]),
+        token: field(&|c| &c["users"][0]["user"]["token"]).map(Sensitive::new),
+    }
+}
+
 /// The server of the first cluster in a base64 kubeconfig.
 fn server_of(data_b64: &str) -> Option<String> {
     let text = String::from_utf8(B64.decode(data_b64).ok()?).ok()?;
@@ -288,6 +314,16 @@ mod tests {
         assert!(found[0].managed);
         assert!(!found[1].managed);
         assert_eq!(found[0].data, secret.data);
+    }
+
+    #[test]
+    fn credentials_come_from_the_kubeconfig_inside_the_secret() {
+        let secret = RemoteSecret::new("cluster2", "https://10.0.0.2:6443", "Q0E=", &token());
+        let found = credentials_of(&secret.data);
+        assert_eq!(found.ca_data.as_deref(), Some("Q0E="));
+        assert_eq!(found.token.unwrap(), token());
+        let garbage = credentials_of(&Sensitive::new("not base64!".into()));
+        assert!(garbage.ca_data.is_none() && garbage.token.is_none());
     }
 
     #[test]

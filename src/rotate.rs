@@ -4,12 +4,17 @@
 //!
 //! 1. a new token secret in the source cluster (`…-token-YYYYMMDDHHMMSS`), filled by the token
 //!    controller;
-//! 2. the source's remote secret, with the new token, applied to every peer that watches it;
-//!    an istiod before Istio 1.31 keeps the token it loaded until it restarts, so with
-//!    `--restart` meshup restarts it (without, the old token stays valid and meshup says so);
-//! 3. a wait until every such peer's istiod reports the source `synced` again (bounded by
-//!    `--timeout`; skipped, with a warning, where istiod's view cannot be read);
-//! 4. only then the old token secrets are deleted, which revokes their tokens.
+//! 2. the source's remote secret, with the new token, applied in place to every peer that
+//!    watches it: istiod compares the kubeconfig's SHA-256 and rebuilds that cluster, with no
+//!    restart (pkg/kube/multicluster/secretcontroller.go, every release from 1.26);
+//! 3. a wait until every ready istiod pod of each such peer has acted on it: its log shows
+//!    the `Add cluster`/`Update cluster` line for the source since the apply, and after that
+//!    its `/debug/clusterz` reports the source `synced` (bounded by `--timeout`). A `synced`
+//!    read alone proves nothing: clusterz keeps the old cluster `synced` until istiod
+//!    processes the update, which its informer delivers a moment later;
+//! 4. only then the old token secrets are deleted, which revokes their tokens. Where that
+//!    cannot be shown (istiod's log or view cannot be read, or it did not act in time) the old
+//!    token is kept and the run fails, naming the peer.
 
 use std::time::{Duration, Instant};
 
@@ -20,12 +25,12 @@ use crate::components::reader::{self, token_secrets};
 use crate::components::{Board, Memo};
 use crate::exec::Run;
 use crate::kubectl;
-use crate::live::{Deployment, Live};
+use crate::live::Live;
 use crate::mesh::Cluster;
 use crate::remote_secret::{RemoteSecret, TOKEN_SECRET};
 use crate::runner::{self, StepError};
 use crate::sensitive::Sensitive;
-use crate::sync::{self, State};
+use crate::sync::{self, ISTIOD_CONTAINER, State};
 use crate::topology::Topology;
 
 /// What one cluster's rotation did.
@@ -33,16 +38,11 @@ use crate::topology::Topology;
 #[serde(rename_all = "camelCase")]
 pub struct Rotated {
     pub cluster: String,
-    /// The token secrets it replaced (deleted when `complete`).
+    /// The token secrets it replaced, now deleted (their tokens revoked).
     pub old: Vec<String>,
     pub new: String,
-    /// The peers that now hold the new token.
+    /// The peers whose istiod now uses the new token.
     pub peers: Vec<String>,
-    /// The old tokens are revoked.
-    pub complete: bool,
-    /// Why not, when not.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub pending: Option<String>,
 }
 
 /// The clusters among `names` (all when `None`) whose reader token some istiod holds, in
@@ -71,9 +71,8 @@ pub fn render(rotated: &[Result<Rotated, StepError>]) -> Vec<String> {
                 } else {
                     r.old.join(", ")
                 };
-                let state = if r.complete { "revoked" } else { "still valid" };
-                let mut line = format!(
-                    "{:<12} reader token rotated: {} now in {}; old ({old}) {state}",
+                format!(
+                    "{:<12} reader token rotated: {} now in {}; old ({old}) revoked",
                     r.cluster,
                     r.new,
                     if r.peers.is_empty() {
@@ -81,37 +80,27 @@ pub fn render(rotated: &[Result<Rotated, StepError>]) -> Vec<String> {
                     } else {
                         r.peers.join(", ")
                     }
-                );
-                if let Some(pending) = &r.pending {
-                    line.push_str(&format!("\n  {pending}"));
-                }
-                line
+                )
             }
             Err(e) => format!("error: {e}"),
         })
         .collect()
 }
 
-/// Rotates the reader token of each of `clusters`, one cluster after another (a peer's
-/// istiod restarts at most once at a time).
+/// Rotates the reader token of each of `clusters`, one cluster after another (each peer's
+/// istiod rebuilds one remote cluster at a time).
 pub fn rotate(
     run: &Run,
     topology: &Topology,
     clusters: &[&Cluster],
-    restart: bool,
 ) -> Vec<Result<Rotated, StepError>> {
     clusters
         .iter()
-        .map(|cluster| rotate_one(run, topology, cluster, restart))
+        .map(|cluster| rotate_one(run, topology, cluster))
         .collect()
 }
 
-fn rotate_one(
-    run: &Run,
-    topology: &Topology,
-    source: &Cluster,
-    restart: bool,
-) -> Result<Rotated, StepError> {
+fn rotate_one(run: &Run, topology: &Topology, source: &Cluster) -> Result<Rotated, StepError> {
     let ns = &run.mesh.namespace;
     let watchers: Vec<&Cluster> = topology
         .watches
@@ -148,56 +137,19 @@ fn rotate_one(
             names.join(", ")
         }
     ));
-    let mut waiting_for_restart = Vec::new();
+    let applied = Instant::now();
     for peer in &watchers {
         let peer_target = run.target(peer);
-        let peer_live = Live::new(run.runner, &peer_target, run.timeout);
-        peer_live.run(&kubectl::apply(
+        Live::new(run.runner, &peer_target, run.timeout).run(&kubectl::apply(
             &peer_target,
             Sensitive::new(secret.manifest(ns).expose().clone().into_bytes()),
             run.timeout,
         ))?;
-        if !istiod_reloads(&peer_live, &run.mesh.istiod_deployment(), ns)? {
-            if restart {
-                let deployment = run.mesh.istiod_deployment();
-                peer_live.run(&kubectl::rollout_restart(
-                    &peer_target,
-                    &deployment,
-                    ns,
-                    run.timeout,
-                ))?;
-                peer_live.run(&kubectl::rollout_status(
-                    &peer_target,
-                    &deployment,
-                    ns,
-                    run.timeout,
-                ))?;
-            } else {
-                waiting_for_restart.push(peer.name.clone());
-            }
-        }
     }
-    for peer in watchers
-        .iter()
-        .filter(|p| !waiting_for_restart.contains(&p.name))
-    {
-        wait_synced(run, peer, &source.name)?;
+    for peer in &watchers {
+        wait_acted(run, peer, &source.name, applied)?;
     }
     let peers: Vec<String> = watchers.iter().map(|p| p.name.clone()).collect();
-    if !waiting_for_restart.is_empty() {
-        return Ok(Rotated {
-            cluster: source.name.clone(),
-            old,
-            new,
-            peers,
-            complete: false,
-            pending: Some(format!(
-                "istiod in {} runs Istio before 1.31, which keeps the old token until it restarts, so the old token stays valid; run `meshup link --rotate {} --restart` to finish",
-                waiting_for_restart.join(", "),
-                source.name
-            )),
-        });
-    }
     if !old.is_empty() {
         live.run(&kubectl::delete(
             &target,
@@ -212,26 +164,18 @@ fn rotate_one(
         old,
         new,
         peers,
-        complete: true,
-        pending: None,
     })
 }
 
-/// Whether the istiod of a cluster picks up a changed remote secret without a restart
-/// (Istio 1.31 and later, by its image tag; unknown or absent counts as older).
-fn istiod_reloads(live: &Live, deployment: &str, namespace: &str) -> Result<bool, StepError> {
-    let found: Option<Deployment> = live.get("deployment", deployment, Some(namespace))?;
-    Ok(found
-        .and_then(|d| d.image_tag())
-        .is_some_and(|tag| crate::components::peers::reloads_changed_secrets(Some(&tag))))
-}
-
-/// Waits until `peer`'s istiod reports `source` synced; a view that cannot be read is warned
-/// about and not waited for.
-fn wait_synced(run: &Run, peer: &Cluster, source: &str) -> Result<(), StepError> {
+/// Waits until every ready istiod pod in `peer` has acted on `source`'s remote secret applied
+/// at `applied`: its log since then shows the cluster built anew, and a clusterz read after
+/// that shows it `synced`. Fails, naming the peer, when that cannot be read or does not
+/// happen within `--timeout`.
+fn wait_acted(run: &Run, peer: &Cluster, source: &str, applied: Instant) -> Result<(), StepError> {
     let deadline = Instant::now() + run.timeout;
+    let ns = run.mesh.namespace.clone();
     let watcher = sync::Watcher {
-        namespace: run.mesh.namespace.clone(),
+        namespace: ns.clone(),
         revision: run
             .mesh
             .revision
@@ -239,37 +183,85 @@ fn wait_synced(run: &Run, peer: &Cluster, source: &str) -> Result<(), StepError>
             .unwrap_or_else(|| "default".into()),
         peers: vec![source.to_string()],
     };
+    let kept = "; the old token is kept";
+    // Pods seen building the new cluster; they need only a `synced` read from now on.
+    let mut acted: Vec<String> = Vec::new();
     loop {
         let (mut memo, board) = (Memo::default(), Board::default());
-        let row = run.in_cluster(peer, &mut memo, &board, |cx| sync::read(cx, &watcher));
-        if let Some(error) = &row.error {
-            run.reporter.warn(&format!(
-                "[{}] istiod's view could not be read, so meshup cannot tell it uses `{source}`'s new token ({}); the old one is revoked all the same",
-                peer.name,
-                error.lines().next().unwrap_or_default()
-            ));
-            return Ok(());
-        }
-        let state = row
-            .peers
-            .get(source)
-            .map(|c| c.state)
-            .unwrap_or(State::Missing);
-        if state == State::Synced {
+        let waiting = run.in_cluster(peer, &mut memo, &board, |cx| {
+            let pods = sync::ready_pods(cx, &watcher)
+                .map_err(|e| StepError::other(&peer.name, format!("{e}{kept}"), None))?;
+            let mut waiting = Vec::new();
+            for pod in &pods {
+                if !acted.contains(pod) {
+                    let log = cx.live.run(&kubectl::logs(
+                        cx.target(),
+                        &format!("pod/{pod}"),
+                        ISTIOD_CONTAINER,
+                        &ns,
+                        Some(applied.elapsed() + LOG_SLACK),
+                        cx.timeout(),
+                    ));
+                    let log = log.map_err(|e| StepError::other(
+                        &peer.name,
+                        format!("istiod's log in pod `{pod}` could not be read, so meshup cannot tell it uses `{source}`'s new token{kept}: {}", first_line(&e.to_string())),
+                        Some(format!("reading it needs `get` on `pods/log` in namespace `{ns}`")),
+                    ))?;
+                    if sync::logged_build(&log.stdout, source) {
+                        acted.push(pod.clone());
+                    } else {
+                        waiting.push(format!("{pod}: not yet rebuilt `{source}`"));
+                        continue;
+                    }
+                }
+                let view = sync::read_pod(cx, &ns, pod);
+                if let Some(error) = view.error {
+                    return Err(StepError::other(
+                        &peer.name,
+                        format!("istiod's view in pod `{pod}` could not be read{kept}: {error}"),
+                        None,
+                    ));
+                }
+                let state = view
+                    .entries
+                    .iter()
+                    .skip(1)
+                    .find(|e| e.id == source)
+                    .map_or(State::Missing, |e| State::from_clusterz(&e.sync_status));
+                if state != State::Synced {
+                    waiting.push(format!("{pod}: `{source}` {}", state.word()));
+                }
+            }
+            Ok::<_, StepError>(waiting)
+        })?;
+        if waiting.is_empty() {
             return Ok(());
         }
         if Instant::now() >= deadline {
             return Err(StepError::other(
                 &peer.name,
                 format!(
-                    "istiod reports `{source}` as {} after its new token was applied; the old token is kept",
-                    state.word()
+                    "istiod has not taken `{source}`'s new remote secret within {}s ({}){kept}",
+                    run.timeout.as_secs(),
+                    waiting.join(", ")
                 ),
-                Some(sync::hint(&peer.name, source, state, "")),
+                Some(format!(
+                    "check istiod's log in `{}` (`kubectl logs -n {ns} deploy/{} -c discovery`), then run `meshup link --rotate {source}` again",
+                    peer.name,
+                    run.mesh.istiod_deployment()
+                )),
             ));
         }
-        runner::sleep(Duration::from_secs(1))?;
+        runner::sleep(Duration::from_millis(500))?;
     }
+}
+
+/// Added to the time since the apply when reading istiod's log, for clocks that differ
+/// between this machine and the node by a little.
+const LOG_SLACK: Duration = Duration::from_secs(5);
+
+fn first_line(text: &str) -> &str {
+    text.lines().next().unwrap_or_default()
 }
 
 /// `YYYYMMDDHHMMSS` in UTC: sorts as it ages.

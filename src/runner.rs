@@ -32,48 +32,6 @@ pub trait Runner: Send + Sync {
     /// Runs one step to completion. A non-zero exit is an `Ok(Output)`; use [`run_ok`] when
     /// only success will do.
     fn run(&self, step: &Step) -> Result<Output, StepError>;
-
-    /// Starts a `kubectl port-forward` step and returns once it prints the local port it
-    /// listens on (within the step timeout). The child runs until the [`Forward`] drops.
-    fn forward(&self, step: &Step) -> Result<Forward, StepError>;
-}
-
-/// A running `kubectl port-forward`: its local port; dropping it stops the child.
-pub struct Forward {
-    pub port: u16,
-    stop: Option<Box<dyn FnOnce() + Send>>,
-}
-
-impl Forward {
-    /// A forward on `port`, stopped by `stop`.
-    pub fn new(port: u16, stop: impl FnOnce() + Send + 'static) -> Self {
-        Self {
-            port,
-            stop: Some(Box::new(stop)),
-        }
-    }
-}
-
-impl fmt::Debug for Forward {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Forward(127.0.0.1:{})", self.port)
-    }
-}
-
-impl Drop for Forward {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            stop();
-        }
-    }
-}
-
-/// The local port in a line `kubectl port-forward` prints:
-/// `Forwarding from 127.0.0.1:40123 -> 15014`.
-pub fn forwarded_port(line: &str) -> Option<u16> {
-    let rest = line.trim().strip_prefix("Forwarding from ")?;
-    let (address, _) = rest.split_once(" -> ")?;
-    address.rsplit_once(':')?.1.parse().ok()
 }
 
 /// Runs a step and turns a non-zero exit into a [`StepError::Failed`].
@@ -354,25 +312,15 @@ static CHILDREN: Mutex<Vec<Child>> = Mutex::new(Vec::new());
 
 /// A running child, to stop on Ctrl-C.
 #[derive(Clone)]
-enum Child {
-    Waited(Arc<duct::Handle>),
-    Streaming(Arc<duct::ReaderHandle>),
-}
+struct Child(Arc<duct::Handle>);
 
 impl Child {
     fn pids(&self) -> Vec<u32> {
-        match self {
-            Child::Waited(h) => h.pids(),
-            Child::Streaming(h) => h.pids(),
-        }
+        self.0.pids()
     }
 
     fn is(&self, other: &Child) -> bool {
-        match (self, other) {
-            (Child::Waited(a), Child::Waited(b)) => Arc::ptr_eq(a, b),
-            (Child::Streaming(a), Child::Streaming(b)) => Arc::ptr_eq(a, b),
-            _ => false,
-        }
+        Arc::ptr_eq(&self.0, &other.0)
     }
 }
 
@@ -497,7 +445,7 @@ impl Runner for ProcessRunner {
             None => expression.stdin_null(),
         };
         let handle = Arc::new(expression.start().map_err(|e| Self::spawn_error(step, e))?);
-        let child = Child::Waited(handle.clone());
+        let child = Child(handle.clone());
         track(&child);
         let deadline = Instant::now() + self.timeout + self.grace;
         let result = loop {
@@ -537,75 +485,6 @@ impl Runner for ProcessRunner {
         untrack(&child);
         result
     }
-
-    fn forward(&self, step: &Step) -> Result<Forward, StepError> {
-        use std::io::BufRead;
-        if stopping() {
-            return Err(StepError::Interrupted);
-        }
-        self.reporter.command(step);
-        let reader = duct::cmd(self.program(step), &step.args)
-            .stdin_null()
-            .stderr_capture()
-            .unchecked()
-            .reader()
-            .map_err(|e| Self::spawn_error(step, e))?;
-        let reader = Arc::new(reader);
-        let child = Child::Streaming(reader.clone());
-        track(&child);
-        // Read its output on a thread: the port line may never come.
-        let (sender, receiver) = std::sync::mpsc::channel();
-        let lines = reader.clone();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(&*lines).lines() {
-                let Ok(line) = line else { break };
-                if let Some(port) = forwarded_port(&line) {
-                    let _ = sender.send(port);
-                }
-            }
-        });
-        let deadline = Instant::now() + self.timeout.min(Duration::from_secs(30));
-        let port = loop {
-            match receiver.recv_timeout(Duration::from_millis(100)) {
-                Ok(port) => break Ok(port),
-                Err(_) if stopping() => break Err(StepError::Interrupted),
-                Err(_) if Instant::now() >= deadline => {
-                    break Err(StepError::TimedOut {
-                        command: step.command_line(),
-                        cluster: step.cluster.clone(),
-                        after: self.timeout.min(Duration::from_secs(30)),
-                    });
-                }
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                    // It ended without forwarding: report how.
-                    let output = reader.try_wait().ok().flatten().cloned();
-                    break Err(match output {
-                        Some(output) => StepError::failed(
-                            step,
-                            &Output {
-                                code: output.status.code(),
-                                stdout: String::new(),
-                                stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-                            },
-                        ),
-                        None => Self::spawn_error(step, "it printed no local port"),
-                    });
-                }
-                Err(_) => {}
-            }
-        };
-        match port {
-            Ok(port) => Ok(Forward::new(port, move || {
-                let _ = reader.kill();
-                untrack(&child);
-            })),
-            Err(e) => {
-                let _ = reader.kill();
-                untrack(&child);
-                Err(e)
-            }
-        }
-    }
 }
 
 /// A runner for unit tests: records every step and answers with a function of the step.
@@ -640,17 +519,6 @@ impl<F: Fn(&Step) -> Output + Send + Sync> Runner for RecordingRunner<F> {
     fn run(&self, step: &Step) -> Result<Output, StepError> {
         self.calls.lock().unwrap().push(step.clone());
         Ok((self.respond)(step))
-    }
-
-    /// Records the step; a zero exit means "forwarding", on the port the answer's stdout
-    /// names, else the answer is the failure.
-    fn forward(&self, step: &Step) -> Result<Forward, StepError> {
-        self.calls.lock().unwrap().push(step.clone());
-        let output = (self.respond)(step);
-        match output.stdout.lines().find_map(forwarded_port) {
-            Some(port) if output.success() => Ok(Forward::new(port, || {})),
-            _ => Err(StepError::failed(step, &output)),
-        }
     }
 }
 
@@ -820,60 +688,6 @@ mod tests {
         assert_eq!(output.code, Some(3));
         assert_eq!(output.stdout, "hello");
         assert_eq!(output.stderr, "oops\n");
-    }
-
-    #[test]
-    fn the_local_port_is_read_from_kubectl_port_forward() {
-        assert_eq!(
-            forwarded_port("Forwarding from 127.0.0.1:40123 -> 15014"),
-            Some(40123)
-        );
-        assert_eq!(
-            forwarded_port("Forwarding from [::1]:40123 -> 15014"),
-            Some(40123)
-        );
-        assert_eq!(forwarded_port("Handling connection for 40123"), None);
-    }
-
-    #[test]
-    fn process_runner_forward_reads_the_port_and_stops_the_child() {
-        let pid_file = tempfile::NamedTempFile::new().unwrap();
-        let script = format!(
-            "echo $$ > {}; echo 'Forwarding from 127.0.0.1:41234 -> 15014'; exec sleep 30",
-            pid_file.path().display()
-        );
-        let forward = runner(Duration::from_secs(10))
-            .forward(&step(Tool::Kubectl, &["-c", &script]))
-            .unwrap();
-        assert_eq!(forward.port, 41234);
-        let pid: i32 = std::fs::read_to_string(pid_file.path())
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
-        drop(forward);
-        // SAFETY: signal 0 only asks whether the pid exists.
-        let started = Instant::now();
-        while unsafe { libc::kill(pid, 0) } == 0 && started.elapsed() < Duration::from_secs(5) {
-            // A killed child stays a zombie until reaped; duct reaps on kill.
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        assert!(
-            stat.is_empty() || stat.contains(") Z "),
-            "port-forward still runs: {stat}"
-        );
-    }
-
-    #[test]
-    fn process_runner_forward_reports_a_child_that_ends_without_a_port() {
-        let error = runner(Duration::from_secs(10))
-            .forward(&step(
-                Tool::Kubectl,
-                &["-c", "echo 'error: pods \"x\" is forbidden' >&2; exit 1"],
-            ))
-            .unwrap_err();
-        assert!(error.to_string().contains("forbidden"), "{error}");
     }
 
     #[test]

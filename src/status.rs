@@ -2,7 +2,7 @@
 //! engine here reaches each cluster and walks its components' `inspect`; what is checked
 //! lives in the components.
 
-use serde::{Serialize, Serializer};
+use serde::Serialize;
 
 use crate::components::{Board, Memo, cacerts};
 use crate::exec::{Run, parallel};
@@ -22,7 +22,7 @@ pub struct Status {
     pub shared_root: Option<bool>,
     pub clusters: Vec<ClusterStatus>,
     /// Mesh-wide problems (e.g. roots that differ).
-    #[serde(serialize_with = "sentences")]
+    #[serde(serialize_with = "crate::finding::sentences")]
     pub problems: Vec<Finding>,
 }
 
@@ -49,7 +49,7 @@ pub struct ClusterStatus {
     /// What this cluster's istiod reports of the peers it must watch.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sync: Option<Sync>,
-    #[serde(serialize_with = "sentences")]
+    #[serde(serialize_with = "crate::finding::sentences")]
     pub problems: Vec<Finding>,
 }
 
@@ -104,11 +104,6 @@ pub struct Cacerts {
     pub root_fingerprint: Option<String>,
 }
 
-/// Problems appear in JSON as the sentences the text shows.
-fn sentences<S: Serializer>(findings: &[Finding], serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.collect_seq(findings.iter().map(Finding::sentence))
-}
-
 /// Reads every cluster and compares.
 pub fn collect(run: &Run, topology: &Topology) -> Status {
     let mesh = run.mesh;
@@ -160,6 +155,15 @@ pub fn collect(run: &Run, topology: &Topology) -> Status {
         });
         status
     });
+    let mut clusters = clusters;
+    for finding in crate::verify::credentials(run, topology) {
+        if let Some(status) = clusters
+            .iter_mut()
+            .find(|c| Some(&c.cluster) == finding.cluster.as_ref())
+        {
+            status.problem(finding);
+        }
+    }
     let (shared_root, problems) = if mesh.trust.mode == TrustMode::None {
         (None, Vec::new())
     } else {
@@ -373,13 +377,21 @@ mod tests {
             .to_string())
         } else if args.starts_with("get deployment") {
             ok(json!({"kind": "Deployment", "spec": {"replicas": 1}, "status": {"readyReplicas": 1}}).to_string())
+        } else if args.starts_with("get secrets") && args.contains("meshup.io/reader-token") {
+            // The reader token, whose CA the remote secrets carry.
+            ok(json!({"kind": "SecretList", "items": [{
+                "metadata": {"name": "istio-reader-service-account-istio-remote-secret-token"},
+                "data": {"ca.crt": "Q0E=", "token": "dA=="}}]})
+            .to_string())
         } else if args.starts_with("get secrets") {
             ok(json!({"kind": "SecretList", "items": secrets}).to_string())
+        } else if args.starts_with("create") {
+            ok(json!({"kind": "TokenReview", "status": {"authenticated": true}}).to_string())
         } else if args.starts_with("get pods") {
             ok(json!({"kind": "PodList", "items": [{"metadata": {"name": "istiod-x"},
                 "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}}]})
             .to_string())
-        } else if args.starts_with("get --raw") {
+        } else if args.starts_with("exec") {
             // istiod synced with every peer it holds a secret for.
             let mut entries =
                 vec![json!({"id": step.cluster, "secretName": "", "syncStatus": "synced"})];

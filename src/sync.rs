@@ -1,13 +1,18 @@
-//! istiod's own view of its peers: `/debug/clusterz` on its monitoring port, read from every
-//! ready istiod pod through the API server's pod proxy or, where the control plane cannot
-//! reach pods, through `kubectl port-forward`. It answers whether istiod can use the remote
-//! secrets, not only whether they exist: a peer whose API server is unreachable from inside
-//! the cluster, or whose token is refused, stays `timeout`.
+//! istiod's own view of its peers: `/debug/clusterz` on its monitoring port, read in every
+//! ready istiod pod with `kubectl exec POD -c discovery -- pilot-discovery request GET
+//! /debug/clusterz`. That is the path a real istiod answers: its `/debug/*` handlers accept
+//! only loopback callers or callers it authenticates (pilot/pkg/xds/debug.go
+//! `allowAuthenticatedOrLocalhost`), and the API server's pod proxy reaches it from outside
+//! without the caller's token, so a proxied read gets 401. `pilot-discovery request` calls
+//! 127.0.0.1:15014 from inside the pod (pilot/cmd/pilot-discovery/app/request.go).
+//!
+//! What clusterz proves (pkg/kube/multicluster/cluster.go `SyncStatus`): a peer is `syncing`
+//! until istiod's informers for it first synced, then `synced` for good; `timeout` when no
+//! first sync came within `PILOT_REMOTE_CLUSTER_TIMEOUT`; `closed` once stopped. So it shows
+//! that a remote secret worked when istiod loaded it, not that its token works now; see
+//! `credentials.rs` for that.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -16,9 +21,10 @@ use crate::kubectl;
 use crate::live::Pod;
 use crate::runner::StepError;
 
-/// istiod's monitoring port, which serves `/debug/clusterz`.
-pub const MONITORING_PORT: u16 = 15014;
-const CLUSTERZ: &str = "debug/clusterz";
+/// istiod's container in its pods.
+pub const ISTIOD_CONTAINER: &str = "discovery";
+/// What reads `/debug/clusterz` from inside an istiod pod (it calls 127.0.0.1:15014).
+const CLUSTERZ: [&str; 4] = ["pilot-discovery", "request", "GET", "/debug/clusterz"];
 
 /// One entry of `/debug/clusterz`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -47,7 +53,7 @@ pub enum State {
 }
 
 impl State {
-    fn from_clusterz(status: &str) -> State {
+    pub fn from_clusterz(status: &str) -> State {
         match status {
             "synced" => State::Synced,
             "syncing" => State::Syncing,
@@ -70,20 +76,10 @@ impl State {
     }
 }
 
-/// How a pod's view was read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Via {
-    PodProxy,
-    PortForward,
-}
-
 /// One istiod pod's answer.
 #[derive(Debug, Clone, Serialize)]
 pub struct PodView {
     pub pod: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub via: Option<Via>,
     /// Why its view could not be read.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -172,33 +168,56 @@ pub fn read(cx: &Cx, watcher: &Watcher) -> Row {
             })
             .collect()
     };
-    let selector = format!("app=istiod,istio.io/rev={}", watcher.revision);
-    let pods: Vec<Pod> = match cx
-        .live
-        .list("pods", Some(&watcher.namespace), Some(&selector))
-    {
-        Ok(pods) => pods,
-        Err(e) => {
-            row.error = Some(e.to_string());
+    let ready = match ready_pods(cx, watcher) {
+        Ok(ready) => ready,
+        Err(error) => {
+            row.error = Some(error);
             row.peers = unknown(&watcher.peers);
             return row;
         }
     };
-    let ready: Vec<&Pod> = pods.iter().filter(|p| p.is_ready()).collect();
-    if ready.is_empty() {
-        row.error = Some(format!(
-            "no ready istiod pod (`{selector}`) in namespace `{}`",
-            watcher.namespace
-        ));
-        row.peers = unknown(&watcher.peers);
-        return row;
-    }
     for pod in ready {
-        row.pods
-            .push(read_pod(cx, &watcher.namespace, &pod.metadata.name));
+        row.pods.push(read_pod(cx, &watcher.namespace, &pod));
     }
     merge(&mut row, watcher);
     row
+}
+
+/// The names of `watcher`'s ready istiod pods; an error says why there are none to read.
+pub fn ready_pods(cx: &Cx, watcher: &Watcher) -> Result<Vec<String>, String> {
+    let selector = format!("app=istiod,istio.io/rev={}", watcher.revision);
+    let pods: Vec<Pod> = cx
+        .live
+        .list("pods", Some(&watcher.namespace), Some(&selector))
+        .map_err(|e| e.to_string())?;
+    let ready: Vec<String> = pods
+        .into_iter()
+        .filter(Pod::is_ready)
+        .map(|p| p.metadata.name)
+        .collect();
+    if ready.is_empty() {
+        return Err(format!(
+            "no ready istiod pod (`{selector}`) in namespace `{}`",
+            watcher.namespace
+        ));
+    }
+    Ok(ready)
+}
+
+/// Whether istiod's log holds the line its secret controller writes when it builds a remote
+/// cluster from a new or changed kubeconfig: message `Add cluster` or `Update cluster`, then
+/// a tab and the labels `cluster=ID secret=NS/NAME` (`config=` from 1.30)
+/// (pkg/kube/multicluster/secretcontroller.go, `logger.Infof("%s cluster", action)`; the
+/// label layout is pkg/log/scope.go `emitWithTime`).
+pub fn logged_build(log: &str, cluster: &str) -> bool {
+    let label = format!("cluster={cluster}");
+    log.lines().any(|line| {
+        let mut fields = line.split('\t');
+        let built = fields
+            .clone()
+            .any(|f| f == "Add cluster" || f == "Update cluster");
+        built && fields.any(|f| f.split(' ').any(|l| l == label))
+    })
 }
 
 /// The worst state of each peer across the pods that answered.
@@ -260,85 +279,51 @@ fn merge(row: &mut Row, watcher: &Watcher) {
     }
 }
 
-/// One pod's `/debug/clusterz`: through the pod proxy, else through a port-forward.
-fn read_pod(cx: &Cx, namespace: &str, pod: &str) -> PodView {
-    let path =
-        format!("/api/v1/namespaces/{namespace}/pods/{pod}:{MONITORING_PORT}/proxy/{CLUSTERZ}");
-    let proxied = match cx.live.get_raw::<Vec<Entry>>(&path) {
-        Ok(entries) => {
-            return PodView {
-                pod: pod.to_string(),
-                via: Some(Via::PodProxy),
-                error: None,
-                entries,
-            };
-        }
-        Err(e @ StepError::Interrupted) => {
-            return PodView {
-                pod: pod.to_string(),
-                via: None,
-                error: Some(e.to_string()),
-                entries: Vec::new(),
-            };
-        }
-        Err(e) => e,
-    };
-    cx.reporter.warn(&format!(
-        "[{}] the API server's pod proxy did not reach istiod pod `{pod}` ({}); reading its view through `kubectl port-forward` instead",
-        cx.cluster.name,
-        first_line(&proxied.to_string())
-    ));
-    match forwarded(cx, namespace, pod) {
+/// One pod's `/debug/clusterz`, read inside the pod.
+pub fn read_pod(cx: &Cx, namespace: &str, pod: &str) -> PodView {
+    let step = kubectl::exec(
+        cx.target(),
+        pod,
+        ISTIOD_CONTAINER,
+        namespace,
+        &CLUSTERZ,
+        cx.timeout(),
+    );
+    let read = cx.live.run(&step).and_then(|output| {
+        serde_json::from_str::<Vec<Entry>>(output.stdout.trim())
+            .map_err(|e| StepError::malformed(&step, format!("not clusterz JSON: {e}")))
+    });
+    match read {
         Ok(entries) => PodView {
             pod: pod.to_string(),
-            via: Some(Via::PortForward),
             error: None,
             entries,
         },
-        Err(forward) => PodView {
-            pod: pod.to_string(),
-            via: None,
-            error: Some(format!(
-                "pod proxy: {}; port-forward: {}",
-                first_line(&proxied.to_string()),
-                first_line(&forward)
-            )),
-            entries: Vec::new(),
-        },
+        Err(e) => {
+            let mut error = first_line(&e.to_string()).to_string();
+            if refused(&e) {
+                error = format!(
+                    "{error}; reading istiod's view needs `create` on `pods/exec` in namespace `{namespace}` (`kubectl auth can-i create pods/exec -n {namespace}`)"
+                );
+                cx.reporter.warn(&format!("[{}] {error}", cx.cluster.name));
+            }
+            PodView {
+                pod: pod.to_string(),
+                error: Some(error),
+                entries: Vec::new(),
+            }
+        }
     }
 }
 
-fn forwarded(cx: &Cx, namespace: &str, pod: &str) -> Result<Vec<Entry>, String> {
-    let step = kubectl::port_forward(cx.target(), pod, namespace, MONITORING_PORT, cx.timeout());
-    let forward = cx.live.runner.forward(&step).map_err(|e| e.to_string())?;
-    let body = http_get(forward.port, &format!("/{CLUSTERZ}"), cx.timeout())?;
-    serde_json::from_str(&body)
-        .map_err(|e| format!("istiod's /{CLUSTERZ} is not the JSON meshup expects: {e}"))
-}
-
-/// A plain HTTP GET to 127.0.0.1:`port` (the port-forward's end); the body on 200.
-fn http_get(port: u16, path: &str, timeout: Duration) -> Result<String, String> {
-    let address = SocketAddr::from(([127, 0, 0, 1], port));
-    let timeout = timeout.min(Duration::from_secs(30));
-    let mut stream = TcpStream::connect_timeout(&address, timeout)
-        .map_err(|e| format!("cannot connect to {address}: {e}"))?;
-    let _ = stream.set_read_timeout(Some(timeout));
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
-        .map_err(|e| format!("cannot send to {address}: {e}"))?;
-    let mut response = Vec::new();
-    stream
-        .read_to_end(&mut response)
-        .map_err(|e| format!("no answer from {address}: {e}"))?;
-    let response = String::from_utf8_lossy(&response);
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| format!("{address} answered no HTTP"))?;
-    let status = head.lines().next().unwrap_or_default();
-    if status.split_whitespace().nth(1) != Some("200") {
-        return Err(format!("{address}{path} answered `{status}`"));
+/// Whether the API server refused the exec (RBAC), as opposed to istiod not answering.
+fn refused(e: &StepError) -> bool {
+    match e {
+        StepError::Failed(f) => {
+            f.stderr_tail.contains("forbidden") && f.stderr_tail.contains("pods/exec")
+        }
+        _ => false,
     }
-    Ok(body.to_string())
 }
 
 fn first_line(text: &str) -> &str {
@@ -372,6 +357,8 @@ pub fn hint(cluster: &str, peer: &str, state: State, server: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::components::{Board, Memo};
     use crate::exec::Run;
@@ -427,12 +414,12 @@ mod tests {
     }
 
     #[test]
-    fn every_ready_pod_is_read_through_the_pod_proxy_and_the_worst_state_wins() {
+    fn every_ready_pod_is_read_inside_the_pod_and_the_worst_state_wins() {
         let (row, calls) = read_with(|step| {
             let args = step.args.join(" ");
             if args.starts_with("get pods") {
                 ok(&pods(&["istiod-a", "istiod-b"]))
-            } else if args.contains("pods/istiod-a:15014/proxy/debug/clusterz") {
+            } else if args.starts_with("exec istiod-a --container discovery") {
                 ok(&clusterz(&[
                     ("cluster1", "", "synced"),
                     (
@@ -463,6 +450,10 @@ mod tests {
             "{calls:?}"
         );
         assert_eq!(calls.len(), 3, "{calls:?}");
+        assert_eq!(
+            calls[1],
+            "kubectl exec istiod-a --container discovery --namespace istio-system --context kind-cluster1 --request-timeout=5s -- pilot-discovery request GET /debug/clusterz"
+        );
         assert_eq!(row.peers["cluster2"].state, State::Timeout);
         assert_eq!(row.peers["cluster3"].state, State::Missing);
         assert_eq!(row.unexpected["gone"].state, State::Unexpected);
@@ -471,38 +462,55 @@ mod tests {
     }
 
     #[test]
-    fn a_refused_pod_proxy_falls_back_to_port_forward() {
-        let (row, calls) = read_with(|step| {
-            let args = step.args.join(" ");
-            if args.starts_with("get pods") {
+    fn a_refused_exec_names_the_rbac_verb_it_needs() {
+        let (row, _) = read_with(|step| {
+            if step.args[0] == "get" {
                 ok(&pods(&["istiod-a"]))
-            } else if args.starts_with("get --raw") {
+            } else {
                 Output {
                     code: Some(1),
                     stdout: String::new(),
-                    stderr: "Error from server (Forbidden): pods \"istiod-a:15014\" is forbidden"
-                        .into(),
+                    stderr: "Error from server (Forbidden): pods \"istiod-a\" is forbidden: User \"ci\" cannot create resource \"pods/exec\" in API group \"\" in the namespace \"istio-system\"".into(),
                 }
-            } else {
-                // The recording runner forwards nowhere: port 9 has no listener.
-                ok("Forwarding from 127.0.0.1:9 -> 15014")
             }
         });
-        assert_eq!(
-            calls[2],
-            "kubectl port-forward pod/istiod-a :15014 --address 127.0.0.1 --namespace istio-system --context kind-cluster1 --request-timeout=5s"
-        );
-        let error = row.pods[0].error.as_deref().unwrap();
+        let error = row.error.as_deref().unwrap();
         assert!(
-            error.starts_with("pod proxy: [cluster1] `kubectl get --raw"),
-            "{error}"
-        );
-        assert!(
-            error.contains("port-forward: cannot connect to 127.0.0.1:9"),
+            error.contains("needs `create` on `pods/exec` in namespace `istio-system`"),
             "{error}"
         );
         assert_eq!(row.peers["cluster2"].state, State::Unknown);
         assert!(!row.ok());
+    }
+
+    #[test]
+    fn output_that_is_not_clusterz_is_an_error_not_an_empty_view() {
+        let (row, _) = read_with(|step| {
+            if step.args[0] == "get" {
+                ok(&pods(&["istiod-a"]))
+            } else {
+                ok("Error: received unsuccessful status code 401")
+            }
+        });
+        assert!(
+            row.error.as_deref().unwrap().contains("not clusterz JSON"),
+            "{row:?}"
+        );
+        assert_eq!(row.peers["cluster3"].state, State::Unknown);
+    }
+
+    #[test]
+    fn istiods_log_shows_when_it_built_a_cluster_anew() {
+        // Istio 1.28 labels the secret, 1.30 on the config; both name the cluster.
+        let before_1_30 = "2026-11-30T04:00:00.123456Z\tinfo\tmulticluster\tUpdate cluster\tcluster=cluster2 secret=istio-system/istio-remote-secret-cluster2";
+        let from_1_30 = "2026-11-30T04:00:00.123456Z\tinfo\tmulticluster\tAdd cluster\tcluster=cluster2 config=istio-system/istio-remote-secret-cluster2";
+        assert!(logged_build(before_1_30, "cluster2"));
+        assert!(logged_build(from_1_30, "cluster2"));
+        assert!(!logged_build(before_1_30, "cluster20"));
+        assert!(!logged_build(before_1_30, "cluster"));
+        let skipped = "2026-11-30T04:00:00.123456Z\tinfo\tmulticluster\tskipping update (kubeconfig are identical)\tcluster=cluster2 secret=istio-system/istio-remote-secret-cluster2";
+        assert!(!logged_build(skipped, "cluster2"));
+        assert!(!logged_build("", "cluster2"));
     }
 
     #[test]
@@ -523,25 +531,5 @@ mod tests {
                 .contains("no ready istiod pod")
         );
         assert_eq!(row.synced(), (0, 2));
-    }
-
-    #[test]
-    fn http_get_reads_a_body_from_a_local_port() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let server = std::thread::spawn(move || {
-            let (mut socket, _) = listener.accept().unwrap();
-            let mut request = [0u8; 512];
-            let n = socket.read(&mut request).unwrap();
-            assert!(String::from_utf8_lossy(&request[..n]).starts_with("GET /debug/clusterz "));
-            socket
-                .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n[]")
-                .unwrap();
-        });
-        assert_eq!(
-            http_get(port, "/debug/clusterz", Duration::from_secs(5)).unwrap(),
-            "[]"
-        );
-        server.join().unwrap();
     }
 }

@@ -17,7 +17,7 @@ use crate::components::crds::Crds;
 use crate::components::eastwest::EastWest;
 use crate::components::namespace::CONTROL_PLANE_ANNOTATION;
 use crate::components::namespace::Namespace;
-use crate::components::peers::{self, Peers, Source};
+use crate::components::peers::{Peers, Source};
 use crate::components::reader::Reader;
 use crate::components::release::{Istiod, Release};
 use crate::components::restart::IstiodRestart;
@@ -220,9 +220,6 @@ fn components(
     parts.push(Box::new(Peers {
         namespace: ns.clone(),
         sources,
-        reloads_changed_secrets: peers::reloads_changed_secrets(
-            mesh.chart("istiod").version.as_deref(),
-        ),
     }));
     parts
 }

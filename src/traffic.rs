@@ -189,7 +189,14 @@ fn client(run: &Run, cluster: &Cluster, options: &Options) -> Result<String, Ste
     );
     let logs = run_ok(
         run.runner,
-        &kubectl::logs(&target, &format!("job/{CLIENT}"), "client", ns, run.timeout),
+        &kubectl::logs(
+            &target,
+            &format!("job/{CLIENT}"),
+            "client",
+            ns,
+            None,
+            run.timeout,
+        ),
     );
     match (waited, logs) {
         (_, Ok(logs)) => Ok(logs.stdout),

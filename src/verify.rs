@@ -1,13 +1,17 @@
 //! `meshup verify`: proof that the mesh works. Control plane: every istiod reports every peer
 //! the topology gives it as `synced` (a matrix: rows are the clusters whose istiod looks,
-//! columns the peers). With `--traffic`, requests from every cluster reach every cluster.
+//! columns the peers), and every credential in the remote secrets still works where it was
+//! issued (`credentials.rs`: `synced` stays `synced` after a token is revoked). With
+//! `--traffic`, requests from every cluster reach every cluster.
 
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 use crate::components::{Board, Memo};
+use crate::credentials;
 use crate::exec::{Run, parallel};
+use crate::finding::{Finding, Level};
 use crate::runner::{self, StepError};
 use crate::sync::{self, Row, State};
 use crate::topology::Topology;
@@ -22,6 +26,9 @@ pub struct Report {
     pub ok: bool,
     /// One row per cluster that runs istiod.
     pub sync: Vec<Row>,
+    /// Remote secrets whose token the source refuses or whose CA is not the source's.
+    #[serde(serialize_with = "crate::finding::sentences")]
+    pub credentials: Vec<Finding>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub traffic: Option<traffic::Report>,
 }
@@ -44,6 +51,21 @@ pub fn read_sync(run: &Run, topology: &Topology) -> Vec<Row> {
     .into_iter()
     .flatten()
     .collect()
+}
+
+/// The credentials that do not work; a check that could not be made is warned about.
+pub fn credentials(run: &Run, topology: &Topology) -> Vec<Finding> {
+    let (failed, unknown): (Vec<Finding>, Vec<Finding>) = credentials::check(run, topology)
+        .into_iter()
+        .partition(|f| f.level == Level::Fail);
+    for f in unknown {
+        run.reporter.warn(&format!(
+            "[{}] {}",
+            f.cluster.as_deref().unwrap_or_default(),
+            f.sentence()
+        ));
+    }
+    failed
 }
 
 /// Reads until every row is ok or `wait` has passed (read once without `wait`).

@@ -28,21 +28,6 @@ pub struct Source {
 pub struct Peers {
     pub namespace: String,
     pub sources: Vec<Source>,
-    /// Whether this cluster's istiod reloads a remote secret whose data changed (Istio 1.31
-    /// and later). Older ones keep the kubeconfig they loaded until the secret is new, so a
-    /// changed secret is deleted and created again.
-    pub reloads_changed_secrets: bool,
-}
-
-/// Whether an istiod of chart `version` reloads a changed remote secret (Istio 1.31+,
-/// istio/istio#60612); unknown versions are taken as older.
-pub fn reloads_changed_secrets(version: Option<&str>) -> bool {
-    let Some(version) = version else {
-        return false;
-    };
-    let mut parts = version.trim_start_matches('v').split(['.', '-']);
-    let number = |p: Option<&str>| p.and_then(|p| p.parse::<u32>().ok());
-    matches!((number(parts.next()), number(parts.next())), (Some(major), Some(minor)) if (major, minor) >= (1, 31))
 }
 
 impl Peers {
@@ -94,26 +79,9 @@ impl Component for Peers {
                     && in_place[0].data == secret.data)
             })
             .collect();
-        // An istiod before 1.31 keeps the kubeconfig it loaded from a secret until the secret
-        // is a new object: delete the changed ones first so they come back new.
-        let recreate: Vec<String> = if self.reloads_changed_secrets {
-            Vec::new()
-        } else {
-            changed
-                .iter()
-                .map(|s| remote_secret::secret_name(&s.cluster))
-                .filter(|name| found.iter().any(|f| f.secret == *name))
-                .collect()
-        };
-        if !recreate.is_empty() {
-            cx.live.run(&kubectl::delete(
-                cx.target(),
-                "secrets",
-                &recreate,
-                Some(ns),
-                cx.timeout(),
-            ))?;
-        }
+        // A changed secret is applied in place: istiod compares the kubeconfig's SHA-256 and
+        // rebuilds that cluster (pkg/kube/multicluster/secretcontroller.go, 1.26 on); deleting
+        // it first would drop the peer's endpoints for nothing.
         if !changed.is_empty() {
             // All of this cluster's new secrets go through one apply, on stdin.
             let mut documents = String::new();
@@ -157,18 +125,12 @@ impl Component for Peers {
                 cx.timeout(),
             ))?;
         }
-        let mut outcome = match (changed.len(), stale.len()) {
+        let outcome = match (changed.len(), stale.len()) {
             (0, 0) => format!("unchanged ({} peers)", wanted.len()),
             (a, 0) => format!("{a} applied"),
             (0, r) => format!("{r} stale removed"),
             (a, r) => format!("{a} applied, {r} stale removed"),
         };
-        if !recreate.is_empty() {
-            outcome.push_str(&format!(
-                " ({} recreated: istiod before 1.31 only loads a remote secret anew when it is new)",
-                recreate.len()
-            ));
-        }
         Ok(outcome)
     }
 
@@ -310,19 +272,5 @@ impl Component for Peers {
                 .fix("run `meshup link`"),
             );
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn istiod_reloads_changed_secrets_from_1_31() {
-        assert!(!reloads_changed_secrets(Some("1.28.1")));
-        assert!(!reloads_changed_secrets(None));
-        assert!(reloads_changed_secrets(Some("1.31.0")));
-        assert!(reloads_changed_secrets(Some("v1.32.1")));
-        assert!(reloads_changed_secrets(Some("2.0.0")));
     }
 }
