@@ -260,6 +260,9 @@ pub struct Meta {
     pub annotations: BTreeMap<String, String>,
     pub resource_version: String,
     pub creation_timestamp: String,
+    /// Set once the object is being deleted (a namespace stays `Terminating` until its
+    /// contents are gone).
+    pub deletion_timestamp: String,
 }
 
 /// A Secret. Every value of `data` (base64, as the API returns it) is treated as secret.

@@ -232,6 +232,10 @@ const TRANSIENT: &[(&[&str], &str)] = &[
         "HTTP 503",
     ),
     (
+        &["failed calling webhook"],
+        "a validating webhook did not answer (istiod not ready)",
+    ),
+    (
         &["internalerror", "internal error occurred", "(500)"],
         "HTTP 500",
     ),
@@ -266,6 +270,10 @@ fn hint(step: &Step, stderr: &str) -> Option<String> {
         ));
     }
     let known: &[(&[&str], String)] = &[
+        (
+            &["failed calling webhook"],
+            format!("a webhook that fails closed did not answer: istiod's validation webhook refuses Istio resources while no istiod pod is ready (restarting or upgrading); wait for `kubectl --context {context} rollout status deployment/istiod -n {namespace}`, then run meshup again"),
+        ),
         (
             &["another operation (install/upgrade/rollback) is in progress"],
             "an earlier helm run was interrupted and left the release pending; `helm rollback` it (or `helm uninstall` a pending install), then re-run meshup".to_string(),
@@ -624,6 +632,10 @@ mod tests {
             (
                 "Error from server (TooManyRequests): the server has received too many requests",
                 "HTTP 429",
+            ),
+            (
+                "Error from server (InternalError): error when creating \"STDIN\": Internal error occurred: failed calling webhook \"validation.istio.io\": failed to call webhook: Post \"https://istiod.istio-system.svc:443/validate?timeout=10s\": no endpoints available for service \"istiod\"",
+                "a validating webhook did not answer (istiod not ready)",
             ),
         ] {
             assert_eq!(failing(stderr).transient_cause(), Some(cause), "{stderr}");

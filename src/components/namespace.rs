@@ -60,7 +60,26 @@ impl Component for Namespace {
     }
 
     fn converge(&self, cx: &mut Cx) -> Result<String, StepError> {
-        let found: Option<live::Namespace> = cx.live.get("namespace", &self.name, None)?;
+        let mut found: Option<live::Namespace> = cx.live.get("namespace", &self.name, None)?;
+        if found
+            .as_ref()
+            .is_some_and(|ns| !ns.metadata.deletion_timestamp.is_empty())
+        {
+            // A namespace being deleted refuses new content until it is gone (kube-apiserver's
+            // NamespaceLifecycle admission): wait for it, then create it anew.
+            cx.reporter.info(&format!(
+                "[{}] namespace `{}` is still terminating (a recent uninstall); waiting for it to go",
+                cx.cluster.name, self.name
+            ));
+            cx.live.run(&kubectl::wait(
+                cx.target(),
+                "delete",
+                &format!("namespace/{}", self.name),
+                &self.name,
+                cx.timeout(),
+            ))?;
+            found = None;
+        }
         if found.as_ref().is_some_and(|ns| self.is_right(ns)) {
             return Ok("unchanged".into());
         }
@@ -144,6 +163,18 @@ mod tests {
             calls[1].starts_with("kubectl apply --server-side"),
             "{calls:?}"
         );
+    }
+
+    #[test]
+    fn a_terminating_namespace_is_waited_out_then_created_anew() {
+        let live = r#"{"kind":"Namespace","metadata":{"name":"istio-system","deletionTimestamp":"2026-11-30T04:00:00Z","labels":{"topology.istio.io/network":"network1"}},"status":{"phase":"Terminating"}}"#;
+        let (outcome, calls) = run_component(&namespace(), Action::Install, answer(ok(live)));
+        assert_eq!(outcome.unwrap(), "created");
+        assert!(
+            calls[1].starts_with("kubectl wait --for=delete namespace/istio-system"),
+            "{calls:?}"
+        );
+        assert!(calls[2].starts_with("kubectl apply"), "{calls:?}");
     }
 
     #[test]
