@@ -10,7 +10,7 @@ use clap::CommandFactory;
 
 use crate::cli::{
     Cli, Command, DEFAULT_JOBS, DEFAULT_READ_JOBS, GlobalArgs, InstallArgs, Jobs, LinkArgs,
-    MeshArgs, OutputFormat, UninstallArgs, VerifyArgs,
+    MeshArgs, Operation, OutputFormat, UninstallArgs, VerifyArgs,
 };
 use crate::components::reader;
 use crate::error::{Error, InputError};
@@ -27,8 +27,8 @@ use crate::preflight;
 use crate::pull;
 use crate::remote_secret;
 use crate::reporter::{Mode, Reporter};
-use crate::rotate::{self, Rotated};
-use crate::runner::{ProcessRunner, StepError};
+use crate::rotate;
+use crate::runner::ProcessRunner;
 use crate::status;
 use crate::step::{Target, Tool};
 use crate::sync;
@@ -59,27 +59,56 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             }
             Ok(())
         }
-        Command::Plan { values_dir } => {
+        Command::Plan(args) => {
             let mut mesh = mesh::load(&mesh_args, None)?;
             warn_about_mesh(&reporter, &mesh);
+            if let Some(names) = &args.rotate {
+                check_cluster_names(&mesh, "--rotate", names)?;
+            }
+            check_cluster_names(&mesh, "CLUSTER", &args.leaving)?;
             let pulls = match pull::planned(
                 &mesh.charts,
                 mesh.version.as_deref(),
                 &mesh.charts_needed(),
                 &pull::cache_dir(),
             ) {
-                Some((pulls, charts)) => {
+                Some((pulls, charts)) if args.operation == Operation::Install => {
                     mesh.charts = charts;
                     pulls
                 }
-                None => Vec::new(),
+                _ => Vec::new(),
             };
-            let topology = Topology::of(&mesh, &Choices::default());
+            let choices = Choices {
+                purge_crds: args.purge_crds,
+                ..Choices::default()
+            };
+            let topology = Topology::of(&mesh, &choices);
+            let everyone = mesh.clusters.iter().all(|c| args.leaving.contains(&c.name));
+            let rest = leave::rest(&mesh, &args.leaving);
+            let plan = match args.operation {
+                Operation::Install => plan::install(&topology).then(rotation_plan(
+                    &mesh,
+                    &topology,
+                    args.rotate.as_deref(),
+                )),
+                Operation::Link => plan::link(&topology).then(rotation_plan(
+                    &mesh,
+                    &topology,
+                    args.rotate.as_deref(),
+                )),
+                Operation::Uninstall if args.leaving.is_empty() || everyone => {
+                    plan::uninstall(&topology)
+                }
+                Operation::Uninstall => {
+                    check_primaries_leave_with_remotes(&mesh, &args.leaving)?;
+                    leave::plan(&topology, &rest, &args.leaving, &choices)
+                }
+            };
             let script = plan::script(
                 &mesh,
-                &plan::install(&topology),
+                &plan,
                 &plan::ScriptOptions {
-                    values_dir: &values_dir,
+                    values_dir: &args.values_dir,
                     mesh_flags: &mesh_args.override_flags(),
                     kubeconfig: global.kubeconfig.as_deref(),
                     timeout: global.timeout,
@@ -376,12 +405,11 @@ fn install(
         purge_crds: false,
     };
     let topology = Topology::of(&session.mesh, &choices);
-    let (summary, rotated) = session.locked("install", |run| {
+    let summary = session.locked("install", |run| {
         let summary = exec::execute(run, &plan::install(&topology));
-        let rotated = after_link(run, &topology, &summary, None, args.prune);
-        (summary, rotated)
+        after_link(run, &topology, summary, args.prune)
     })?;
-    finish(reporter, "install", &summary, &rotated)
+    finish(reporter, "install", &summary)
 }
 
 fn link(
@@ -396,48 +424,54 @@ fn link(
     }
     session.require_tools()?;
     let topology = Topology::of(&session.mesh, &Choices::default());
-    let (summary, rotated) = session.locked("link", |run| {
-        let summary = exec::execute(run, &plan::link(&topology));
-        let rotate = args.rotate.as_deref();
-        let rotated = after_link(run, &topology, &summary, rotate, args.prune);
-        (summary, rotated)
+    let plan = plan::link(&topology).then(rotation_plan(
+        &session.mesh,
+        &topology,
+        args.rotate.as_deref(),
+    ));
+    let summary = session.locked("link", |run| {
+        let summary = exec::execute(run, &plan);
+        after_link(run, &topology, summary, args.prune)
     })?;
-    finish(reporter, "link", &summary, &rotated)
+    finish(reporter, "link", &summary)
 }
 
-/// After a successful link: the rotations asked for (`--rotate`, all clusters when it names
-/// none), or, when clusters left the mesh file, all of them with `--prune` and a warning
-/// without.
-fn after_link(
-    run: &Run,
+/// The rotations asked for with `--rotate`: the named clusters, all when it names none.
+fn rotation_plan<'t>(
+    mesh: &Mesh,
     topology: &Topology,
-    summary: &Summary,
     rotate: Option<&[String]>,
-    prune: bool,
-) -> Vec<Result<Rotated, StepError>> {
-    if !summary.ok {
-        return Vec::new();
+) -> plan::Plan<'t> {
+    match rotate {
+        None => plan::Plan::default(),
+        Some(names) => {
+            let names = (!names.is_empty()).then_some(names);
+            rotate::plan(mesh, topology, &rotate::sources(mesh, topology, names))
+        }
+    }
+}
+
+/// After a successful link, when clusters left the mesh file: every token rotated with
+/// `--prune`, a warning without (which clusters left is known only once the link ran).
+fn after_link(run: &Run, topology: &Topology, summary: Summary, prune: bool) -> Summary {
+    if !summary.ok || summary.departed.is_empty() {
+        return summary;
     }
     let departed = summary.departed.join(", ");
-    let names = match rotate {
-        Some([]) => None,
-        Some(names) => Some(names),
-        None if summary.departed.is_empty() => return Vec::new(),
-        None if prune => {
-            run.reporter.info(&format!(
-                "{departed} left the mesh file and may still hold its peers' reader tokens: rotating them all"
-            ));
-            None
-        }
-        None => {
-            run.reporter.warn(&format!(
-                "{departed} left the mesh file: its remote secrets were removed from the peers, but it may still hold their reader tokens, which stay valid; run `meshup link --rotate` to revoke them (or re-run with --prune)"
-            ));
-            return Vec::new();
-        }
-    };
-    let sources = rotate::sources(run, topology, names);
-    rotate::rotate(run, topology, &sources)
+    if !prune {
+        run.reporter.warn(&format!(
+            "{departed} left the mesh file: its remote secrets were removed from the peers, but it may still hold their reader tokens, which stay valid; run `meshup link --rotate` to revoke them (or re-run with --prune)"
+        ));
+        return summary;
+    }
+    run.reporter.info(&format!(
+        "{departed} left the mesh file and may still hold its peers' reader tokens: rotating them all"
+    ));
+    let sources = rotate::sources(run.mesh, topology, None);
+    summary.and(exec::execute(
+        run,
+        &rotate::plan(run.mesh, topology, &sources),
+    ))
 }
 
 fn uninstall(
@@ -470,16 +504,12 @@ fn uninstall(
         let summary = session.locked("uninstall", |run| {
             exec::execute(run, &plan::uninstall(&topology))
         })?;
-        return finish(reporter, "uninstall", &summary, &[]);
+        return finish(reporter, "uninstall", &summary);
     }
-    let left = session.locked("uninstall", |run| leave::leave(run, &leaving, &choices))?;
-    if left.unlinked.iter().any(|(_, r)| r.is_err()) {
-        reporter.line(&format!(
-            "uninstall failed before {} was touched; fix the error above and re-run",
-            leaving.join(", ")
-        ));
-        return Err(Error::Reported);
-    }
+    let full = Topology::of(mesh, &choices);
+    let rest = leave::rest(mesh, &leaving);
+    let plan = leave::plan(&full, &rest, &leaving, &choices);
+    let summary = session.locked("uninstall", |run| exec::execute(run, &plan))?;
     let (gone, it) = if leaving.len() == 1 {
         (format!("`{}` is out of the mesh", leaving[0]), "it")
     } else {
@@ -489,7 +519,7 @@ fn uninstall(
         )
     };
     let command = format!("uninstall {}", leaving.join(" "));
-    finish(reporter, &command, &left.removed, &left.rotated).inspect(|()| {
+    finish(reporter, &command, &summary).inspect(|()| {
         reporter.line(&format!(
             "{gone}; remove {it} from {} so the next install does not bring {it} back",
             mesh.source
@@ -653,50 +683,28 @@ fn prepare_trust(
     }
 }
 
-fn finish(
-    reporter: &Reporter,
-    command: &str,
-    summary: &Summary,
-    rotated: &[Result<Rotated, StepError>],
-) -> Result<(), Error> {
-    let interrupted = summary.interrupted
-        || rotated
-            .iter()
-            .any(|r| r.as_ref().is_err_and(StepError::is_interrupted));
-    let ok = summary.ok && !interrupted && rotated.iter().all(Result::is_ok);
+fn finish(reporter: &Reporter, command: &str, summary: &Summary) -> Result<(), Error> {
     if reporter.mode() == Mode::Json {
-        let rotations: Vec<serde_json::Value> = rotated
-            .iter()
-            .map(|r| match r {
-                Ok(r) => serde_json::to_value(r).expect("rotations serialize"),
-                Err(e) => serde_json::json!({ "error": e.to_string() }),
-            })
-            .collect();
-        let mut report = serde_json::json!({ "command": command, "ok": ok, "interrupted": interrupted, "clusters": summary.clusters });
+        let mut report = serde_json::json!({ "command": command, "ok": summary.ok, "interrupted": summary.interrupted, "clusters": summary.clusters });
         if !summary.departed.is_empty() {
             report["departed"] = serde_json::json!(summary.departed);
         }
-        if !rotations.is_empty() {
-            report["rotated"] = serde_json::Value::Array(rotations);
+        if !summary.gates.is_empty() {
+            report["gates"] = serde_json::json!(summary.gates);
+        }
+        if !summary.rotated.is_empty() {
+            report["rotated"] = serde_json::json!(summary.rotated);
         }
         print_json(&report)?;
     } else {
-        for line in rotate::render(rotated) {
+        for line in rotate::render(&summary.rotated) {
             reporter.line(&line);
         }
-        exec::print_summary(
-            reporter,
-            command,
-            &Summary {
-                ok,
-                interrupted,
-                ..summary.clone()
-            },
-        );
+        exec::print_summary(reporter, command, summary);
     }
-    if interrupted {
+    if summary.interrupted {
         Err(Error::Interrupted)
-    } else if ok {
+    } else if summary.ok {
         Ok(())
     } else {
         Err(Error::Reported)

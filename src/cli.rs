@@ -150,12 +150,9 @@ pub enum Command {
         #[arg(long, default_value = "meshup-values", value_name = "DIR")]
         out: PathBuf,
     },
-    /// Print the whole install as a bash script a person could run; contacts no cluster
-    Plan {
-        /// Where the script expects the values files (it renders them there first)
-        #[arg(long, default_value = "meshup-values", value_name = "DIR")]
-        values_dir: PathBuf,
-    },
+    /// Print an operation (the install by default) as a bash script a person could review
+    /// and run; contacts no cluster
+    Plan(PlanArgs),
     /// Check tools, contexts, API servers and existing Istio installs; changes nothing
     Preflight,
     /// Preflight, then install istio-base and istiod in every cluster, then link them
@@ -196,6 +193,34 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// The operation to print
+    #[arg(value_enum, default_value = "install")]
+    pub operation: Operation,
+    /// With `uninstall`: the clusters to take out of the live mesh [default: the whole mesh]
+    #[arg(value_name = "CLUSTER")]
+    pub leaving: Vec<String>,
+    /// With `install` or `link`: then rotate the reader tokens of the named clusters (all when
+    /// none is named)
+    #[arg(long, value_name = "CLUSTER", num_args = 0..)]
+    pub rotate: Option<Vec<String>>,
+    /// With `uninstall`: also delete Istio's CRDs
+    #[arg(long)]
+    pub purge_crds: bool,
+    /// Where the script expects the values files (it renders them there first)
+    #[arg(long, default_value = "meshup-values", value_name = "DIR")]
+    pub values_dir: PathBuf,
+}
+
+/// What `meshup plan` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Operation {
+    Install,
+    Link,
+    Uninstall,
 }
 
 #[derive(Debug, Args)]

@@ -1,5 +1,8 @@
-//! Executing a plan: batches in order, each cluster's chain in parallel (up to `--jobs`). A
-//! failing chain stops only itself; the batch finishes, then the run stops and reports.
+//! The engine: every operation's plan runs here. Waves in order, each cluster's chain in
+//! parallel (up to `--jobs`), each task retried after a transient failure, the per-cluster
+//! locks checked before each task, then the wave's gate waited on. A failing chain stops only
+//! itself; the wave finishes, then the run stops (but for waves that run after a failure) and
+//! reports.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -9,11 +12,11 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::components::{Action, Board, Cx, Memo};
+use crate::components::{Board, Cx, Memo, Rotation};
 use crate::live::Live;
 use crate::lock::Locks;
 use crate::mesh::{Cluster, Mesh};
-use crate::plan::Plan;
+use crate::plan::{Gate, Plan};
 use crate::reporter::Reporter;
 use crate::runner::{self, Runner, StepError};
 use crate::step::Target;
@@ -152,6 +155,45 @@ pub struct Summary {
     /// Clusters no longer in the mesh file whose remote secrets were removed from the peers.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub departed: Vec<String>,
+    /// Waits between waves that did not pass.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub gates: Vec<GateResult>,
+    /// Reader tokens replaced by this run.
+    #[serde(skip)]
+    pub rotated: Vec<Rotation>,
+}
+
+impl Summary {
+    /// This run, then `later`'s (one command that ran two plans).
+    pub fn and(mut self, later: Summary) -> Summary {
+        for result in later.clusters {
+            match self
+                .clusters
+                .iter_mut()
+                .find(|c| c.cluster == result.cluster)
+            {
+                Some(mine) => {
+                    mine.ok &= result.ok;
+                    mine.tasks.extend(result.tasks);
+                    mine.not_run.extend(result.not_run);
+                    mine.error = mine.error.take().or(result.error);
+                }
+                None => self.clusters.push(result),
+            }
+        }
+        self.ok &= later.ok;
+        self.interrupted |= later.interrupted;
+        self.gates.extend(later.gates);
+        self.rotated.extend(later.rotated);
+        self
+    }
+}
+
+/// A gate that did not pass.
+#[derive(Debug, Clone, Serialize)]
+pub struct GateResult {
+    pub gate: String,
+    pub error: String,
 }
 
 /// Runs the plan and reports as it goes. Remote secrets stay in memory only.
@@ -176,9 +218,10 @@ pub fn execute(run: &Run, plan: &Plan) -> Summary {
     let mut failed = false;
     let mut interrupted = false;
 
-    for (index, batch) in plan.batches.iter().enumerate() {
-        if failed || interrupted {
-            for chain in &batch.chains {
+    let mut gates = Vec::new();
+    for (index, wave) in plan.waves.iter().enumerate() {
+        if interrupted || (failed && !wave.after_failure) {
+            for chain in &wave.chains {
                 if let Some(result) = results.get_mut(&chain.cluster) {
                     result.not_run.extend(chain.labels());
                 }
@@ -188,10 +231,10 @@ pub fn execute(run: &Run, plan: &Plan) -> Summary {
         run.reporter.info(&format!(
             "phase {}/{}: {}",
             index + 1,
-            plan.batches.len(),
-            batch.title
+            plan.waves.len(),
+            wave.title
         ));
-        let outcomes = parallel(run.jobs, &batch.chains, |chain| {
+        let outcomes = parallel(run.jobs, &wave.chains, |chain| {
             let Some(cluster) = run.mesh.cluster(&chain.cluster) else {
                 return (Vec::new(), None, Vec::new());
             };
@@ -217,33 +260,9 @@ pub fn execute(run: &Run, plan: &Plan) -> Summary {
                 }
                 run.reporter.started(&cluster.name, label);
                 let start = Instant::now();
-                let mut attempt = 0;
-                let result = loop {
-                    let result =
-                        run.in_cluster(cluster, &mut memo, &board, |cx| match task.action {
-                            Action::Install => task.component.converge(cx),
-                            Action::Remove => task.component.remove(cx),
-                        });
-                    let cause = result.as_ref().err().and_then(StepError::transient_cause);
-                    match cause {
-                        Some(cause) if attempt < run.retry.times => {
-                            attempt += 1;
-                            let delay = run.retry.delay(attempt);
-                            run.reporter.line(&format!(
-                                "[{}] {label}: retry {attempt}/{} in {}: {cause}",
-                                cluster.name,
-                                run.retry.times,
-                                human(delay)
-                            ));
-                            // What failed may have changed the cluster: read it again.
-                            memo.releases = None;
-                            if let Err(e) = runner::sleep(delay) {
-                                break Err(e);
-                            }
-                        }
-                        _ => break result,
-                    }
-                };
+                let result = with_retries(run, &cluster.name, label, &mut memo, |memo| {
+                    run.in_cluster(cluster, memo, &board, |cx| task.run(cx))
+                });
                 let outcome = match result {
                     Ok(outcome) => outcome,
                     Err(e) => {
@@ -271,13 +290,15 @@ pub fn execute(run: &Run, plan: &Plan) -> Summary {
                 .insert(cluster.name.clone(), memo);
             (done, error, not_run)
         });
-        for (chain, (done, error, not_run)) in batch.chains.iter().zip(outcomes) {
+        let mut wave_ok = true;
+        for (chain, (done, error, not_run)) in wave.chains.iter().zip(outcomes) {
             let result = results
                 .get_mut(&chain.cluster)
                 .expect("every chain is a cluster");
             result.tasks.extend(done);
             result.not_run.extend(not_run);
             if let Some(error) = error {
+                wave_ok = false;
                 result.ok = false;
                 if error.is_interrupted() {
                     interrupted = true;
@@ -286,6 +307,20 @@ pub fn execute(run: &Run, plan: &Plan) -> Summary {
                     run.reporter.line(&format!("error: {error}"));
                 }
                 result.error = Some(error.to_string());
+            }
+        }
+        if let (true, Some(gate)) = (wave_ok, &wave.gate) {
+            match wait_for(run, &board, gate.as_ref()) {
+                Ok(()) => {}
+                Err(e) if e.is_interrupted() => interrupted = true,
+                Err(e) => {
+                    failed = true;
+                    run.reporter.line(&format!("error: {e}"));
+                    gates.push(GateResult {
+                        gate: gate.title(),
+                        error: e.to_string(),
+                    });
+                }
             }
         }
     }
@@ -299,6 +334,88 @@ pub fn execute(run: &Run, plan: &Plan) -> Summary {
             .unwrap_or_else(|e| e.into_inner())
             .into_iter()
             .collect(),
+        gates,
+        rotated: board
+            .rotations
+            .into_inner()
+            .unwrap_or_else(|e| e.into_inner())
+            .into_values()
+            .filter(|r| r.revoked)
+            .collect(),
+    }
+}
+
+/// Runs `attempt` until it succeeds, fails for a reason that is not transient, or has been
+/// retried `--retries` times (capped exponential backoff, each retry printed with its cause).
+/// What failed may have changed the cluster, so what was read of it is forgotten first.
+fn with_retries(
+    run: &Run,
+    cluster: &str,
+    label: &str,
+    memo: &mut Memo,
+    mut attempt: impl FnMut(&mut Memo) -> Result<String, StepError>,
+) -> Result<String, StepError> {
+    let mut tries = 0;
+    loop {
+        let result = attempt(memo);
+        let cause = result.as_ref().err().and_then(StepError::transient_cause);
+        match cause {
+            Some(cause) if tries < run.retry.times => {
+                tries += 1;
+                let delay = run.retry.delay(tries);
+                run.reporter.line(&format!(
+                    "[{cluster}] {label}: retry {tries}/{} in {}: {cause}",
+                    run.retry.times,
+                    human(delay)
+                ));
+                memo.releases = None;
+                runner::sleep(delay)?;
+            }
+            _ => return result,
+        }
+    }
+}
+
+/// How often a gate reads the clusters again.
+const GATE_POLL: Duration = Duration::from_millis(500);
+
+/// Waits until `gate` passes, bounded by `--timeout`; transient read failures are waited
+/// through (each cause printed once), others end the wait.
+fn wait_for(run: &Run, board: &Board, gate: &dyn Gate) -> Result<(), StepError> {
+    let title = gate.title();
+    run.reporter.info(&format!("waiting: {title}"));
+    let start = Instant::now();
+    let mut said: Option<String> = None;
+    loop {
+        let waiting = match gate.check(run, board) {
+            Ok(None) => {
+                run.reporter.info(&format!(
+                    "done waiting ({:.1}s): {title}",
+                    start.elapsed().as_secs_f64()
+                ));
+                return Ok(());
+            }
+            Ok(Some(waiting)) => waiting,
+            Err(e) => match e.transient_cause() {
+                Some(cause) => format!("reading again after {cause}"),
+                None => return Err(e),
+            },
+        };
+        if start.elapsed() >= run.timeout {
+            return Err(StepError::other(
+                "",
+                format!(
+                    "gave up after {}s waiting for: {title} ({waiting})",
+                    run.timeout.as_secs()
+                ),
+                None,
+            ));
+        }
+        if said.as_deref() != Some(waiting.as_str()) {
+            run.reporter.info(&format!("  {waiting}"));
+            said = Some(waiting);
+        }
+        runner::sleep(GATE_POLL)?;
     }
 }
 

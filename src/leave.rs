@@ -1,122 +1,167 @@
-//! `meshup uninstall CLUSTER...`: taking clusters out of a live mesh. In order: their remote
-//! secrets go from every remaining cluster; every remote secret in them goes; Istio is
-//! uninstalled from them (as `uninstall` does for the whole mesh); then the reader tokens of
-//! every remaining cluster they held are rotated, so their copies stop working (also when a
-//! leaving cluster could not be cleaned: it may be gone for good).
+//! `meshup uninstall CLUSTER...`: taking clusters out of a live mesh, as one plan. In order:
+//! their remote secrets go from every remaining cluster; Istio is uninstalled from them (as
+//! `uninstall` does for the whole mesh, their own remote secrets first); then the reader tokens
+//! of every remaining cluster they held are rotated (`rotate.rs`), so their copies stop
+//! working. The rotation waves run also when a leaving cluster could not be cleaned (it may be
+//! gone for good); a rotation still revokes only what its watchers were seen to replace.
 
-use crate::exec::{self, Run, Summary, parallel};
+use std::sync::Arc;
+
+use crate::components::{Cx, ScriptCx};
 use crate::kubectl;
-use crate::mesh::{Cluster, Mesh};
-use crate::plan;
+use crate::mesh::Mesh;
+use crate::plan::{self, Chain, Plan, Task, Wave, Work};
 use crate::remote_secret;
-use crate::rotate::{self, Rotated};
-use crate::runner::{StepError, run_ok};
+use crate::rotate;
+use crate::runner::StepError;
 use crate::topology::{Choices, Topology};
 
-/// What taking clusters out did.
-pub struct Left {
-    /// Remote secrets of the leaving clusters removed from the remaining ones, per cluster.
-    pub unlinked: Vec<(String, Result<usize, StepError>)>,
-    /// The leaving clusters' uninstall.
-    pub removed: Summary,
-    /// The remaining clusters' rotated reader tokens.
-    pub rotated: Vec<Result<Rotated, StepError>>,
-}
-
-/// Takes `leaving` (names of `mesh`'s clusters) out of the live mesh.
-pub fn leave(run: &Run, leaving: &[String], choices: &Choices) -> Left {
-    let mesh = run.mesh;
-    let full = Topology::of(mesh, choices);
-    let remaining: Vec<&Cluster> = mesh
-        .clusters
-        .iter()
-        .filter(|c| !leaving.contains(&c.name))
-        .collect();
-    let names: Vec<String> = leaving
-        .iter()
-        .map(|l| remote_secret::secret_name(l))
-        .collect();
-    let unlinked: Vec<(String, Result<usize, StepError>)> = parallel(run.jobs, &remaining, |c| {
-        let step = kubectl::delete(
-            &run.target(c),
-            "secrets",
-            &names,
-            Some(&mesh.namespace),
-            run.timeout,
-        );
-        let result = run_ok(run.runner, &step).map(|out| kubectl::deleted_count(&out.stdout));
-        match &result {
-            Ok(n) => run.reporter.info(&format!(
-                "[{}] removed {n} remote secret(s) of {}",
-                c.name,
-                leaving.join(", ")
-            )),
-            Err(e) => run.reporter.line(&format!("error: {e}")),
-        }
-        (c.name.clone(), result)
+/// The plan that takes `leaving` (names of `mesh`'s clusters) out of the live mesh; `full` is
+/// the whole mesh's topology, `rest` the mesh without them.
+pub fn plan<'t>(
+    full: &'t Topology,
+    rest: &Mesh,
+    leaving: &[String],
+    choices: &Choices,
+) -> Plan<'t> {
+    let unlink: Arc<dyn Work> = Arc::new(Unlink {
+        leaving: leaving.to_vec(),
     });
-    if unlinked.iter().any(|(_, r)| r.is_err()) {
-        return Left {
-            unlinked,
-            removed: Summary {
-                ok: false,
-                interrupted: false,
-                departed: Vec::new(),
-                clusters: Vec::new(),
-            },
-            rotated: Vec::new(),
-        };
-    }
-
-    let mut removal = plan::uninstall(&full);
-    for batch in &mut removal.batches {
-        batch
-            .chains
-            .retain(|chain| leaving.contains(&chain.cluster));
-    }
-    removal.batches.retain(|b| !b.chains.is_empty());
-    let removed = exec::execute(run, &removal);
-    let removed = Summary {
-        clusters: removed
-            .clusters
-            .into_iter()
-            .filter(|c| leaving.contains(&c.cluster))
+    let unlinking = Wave::new(
+        format!(
+            "take {}'s remote secrets out of the other clusters",
+            leaving.join(", ")
+        ),
+        rest.clusters
+            .iter()
+            .map(|c| Chain {
+                cluster: c.name.clone(),
+                tasks: vec![Task::Work(unlink.clone())],
+            })
             .collect(),
-        ..removed
-    };
-    // A leaving cluster that could not be cleaned (it may be gone for good) still must not
-    // keep working tokens: the rotation runs all the same, unless the user stopped the run.
-    if removed.interrupted {
-        return Left {
-            unlinked,
-            removed,
-            rotated: Vec::new(),
-        };
-    }
-
+    );
+    let removal = plan::uninstall(full).only(leaving);
     // What the leaving clusters held: the tokens of the clusters they watched.
     let held: Vec<&String> = leaving
         .iter()
         .flat_map(|l| full.watches.get(l).into_iter().flatten())
         .collect();
-    let rest = Mesh {
-        clusters: remaining.iter().map(|c| (*c).clone()).collect(),
-        ..mesh.clone()
-    };
-    let rest_topology = Topology::of(&rest, choices);
-    let sources: Vec<&Cluster> = rest
+    let rest_topology = Topology::of(rest, choices);
+    let sources: Vec<_> = rest
         .clusters
         .iter()
         .filter(|c| held.contains(&&c.name))
         .collect();
-    let rest_run = Run {
-        mesh: &rest,
-        ..run.clone()
-    };
-    let rotated = rotate::rotate(&rest_run, &rest_topology, &sources);
-    Left {
-        unlinked,
-        removed,
-        rotated,
+    let mut rotation = rotate::plan(rest, &rest_topology, &sources);
+    for wave in &mut rotation.waves {
+        wave.after_failure = true;
+    }
+    Plan {
+        waves: vec![unlinking],
+    }
+    .then(removal)
+    .then(rotation)
+}
+
+/// The mesh without `leaving`.
+pub fn rest(mesh: &Mesh, leaving: &[String]) -> Mesh {
+    Mesh {
+        clusters: mesh
+            .clusters
+            .iter()
+            .filter(|c| !leaving.contains(&c.name))
+            .cloned()
+            .collect(),
+        ..mesh.clone()
+    }
+}
+
+/// The leaving clusters' remote secrets, deleted from a remaining cluster.
+struct Unlink {
+    leaving: Vec<String>,
+}
+
+impl Unlink {
+    fn names(&self) -> Vec<String> {
+        self.leaving
+            .iter()
+            .map(|l| remote_secret::secret_name(l))
+            .collect()
+    }
+}
+
+impl Work for Unlink {
+    fn label(&self) -> &'static str {
+        "remote secrets of leaving clusters"
+    }
+
+    fn run(&self, cx: &mut Cx) -> Result<String, StepError> {
+        let output = cx.live.run(&kubectl::delete(
+            cx.target(),
+            "secrets",
+            &self.names(),
+            Some(&cx.mesh.namespace),
+            cx.timeout(),
+        ))?;
+        Ok(format!(
+            "{} removed",
+            kubectl::deleted_count(&output.stdout)
+        ))
+    }
+
+    fn script(&self, cx: &ScriptCx) -> String {
+        format!(
+            "{}\n",
+            kubectl::delete(
+                &cx.target,
+                "secrets",
+                &self.names(),
+                Some(&cx.mesh.namespace),
+                cx.timeout
+            )
+            .command_line()
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::mesh;
+    use crate::trust::TrustMode;
+
+    #[test]
+    fn leaving_unlinks_removes_then_rotates_what_it_held_even_after_a_failure() {
+        let m = mesh(3, TrustMode::None);
+        let choices = Choices::default();
+        let full = Topology::of(&m, &choices);
+        let leaving = vec!["cluster3".to_string()];
+        let rest = rest(&m, &leaving);
+        let plan = plan(&full, &rest, &leaving, &choices);
+        let chains = |i: usize| -> Vec<String> {
+            plan.waves[i]
+                .chains
+                .iter()
+                .map(|c| format!("{} {}", c.cluster, c.labels().join(",")))
+                .collect()
+        };
+        assert_eq!(
+            chains(0),
+            [
+                "cluster1 remote secrets of leaving clusters",
+                "cluster2 remote secrets of leaving clusters"
+            ]
+        );
+        assert_eq!(
+            chains(1),
+            ["cluster3 remote secrets,istiod,istio-base,namespace"]
+        );
+        // cluster3 held cluster1's and cluster2's tokens: two rotations of three waves.
+        assert_eq!(plan.waves.len(), 2 + 6);
+        assert_eq!(chains(2), ["cluster1 new reader token"]);
+        assert_eq!(chains(3), ["cluster2 new remote secret"]);
+        assert!(plan.waves[3].gate.is_some());
+        assert!(!plan.waves[1].after_failure);
+        assert!(plan.waves[2..].iter().all(|w| w.after_failure));
     }
 }

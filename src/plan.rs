@@ -1,31 +1,88 @@
-//! A plan is data: batches run in order; inside a batch each cluster's chain of component
-//! actions runs on its own (clusters in parallel up to `--jobs`). `meshup plan` prints a plan
-//! as a bash script; `install`, `link` and `uninstall` execute the same plans (`exec.rs`).
+//! A plan is data, and every operation is one: install, link, uninstall, a cluster leaving, a
+//! token rotation. Waves run in order; inside a wave each cluster's chain of tasks runs on its
+//! own (clusters in parallel up to `--jobs`); after a wave, an optional gate waits on state
+//! observed across clusters (every watcher's istiod acted on a new secret, ...). A task is a
+//! component's install or removal, or a step of a cross-cluster workflow (`Work`). `meshup
+//! plan` prints a plan as a bash script; the commands execute the same plans (`exec.rs`).
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
-use crate::components::{Action, Component, ScriptCx, Stage};
+use crate::components::{Action, Board, Component, Cx, ScriptCx, Stage};
+use crate::exec::Run;
 use crate::mesh::Mesh;
+use crate::runner::StepError;
 use crate::step::{Target, shell_quote};
 use crate::topology::Topology;
 use crate::trust::TrustMode;
 
-/// One component action in one cluster.
-#[derive(Clone, Copy)]
-pub struct Task<'t> {
-    pub component: &'t dyn Component,
-    pub action: Action,
+/// A step of a cross-cluster workflow in one cluster: what a component is to install and
+/// uninstall, for rotations and clusters leaving.
+pub trait Work: Send + Sync {
+    /// The short name progress lines use.
+    fn label(&self) -> &'static str;
+    /// Does it; returns the outcome. Run again after a transient failure, so it must converge.
+    fn run(&self, cx: &mut Cx) -> Result<String, StepError>;
+    /// Its lines in the `plan` script.
+    fn script(&self, cx: &ScriptCx) -> String;
+}
+
+/// A wait between waves on state observed across clusters.
+pub trait Gate: Send + Sync {
+    /// What it waits for, as progress lines and the script say it.
+    fn title(&self) -> String;
+    /// Reads once: `None` when passed, else what it still waits for. An error that is not
+    /// transient ends the wait.
+    fn check(&self, run: &Run, board: &Board) -> Result<Option<String>, StepError>;
+    /// The wait as a commented loop for the `plan` script.
+    fn script(&self, mesh: &Mesh, options: &ScriptOptions) -> String;
+}
+
+/// One task in one cluster.
+#[derive(Clone)]
+pub enum Task<'t> {
+    /// A component's install or removal.
+    Part {
+        component: &'t dyn Component,
+        action: Action,
+    },
+    /// A step of a workflow.
+    Work(Arc<dyn Work + 't>),
 }
 
 impl Task<'_> {
     /// The short name progress lines use.
     pub fn label(&self) -> &'static str {
-        self.component.label(self.action)
+        match self {
+            Task::Part { component, action } => component.label(*action),
+            Task::Work(work) => work.label(),
+        }
+    }
+
+    pub fn run(&self, cx: &mut Cx) -> Result<String, StepError> {
+        match self {
+            Task::Part {
+                component,
+                action: Action::Install,
+            } => component.converge(cx),
+            Task::Part {
+                component,
+                action: Action::Remove,
+            } => component.remove(cx),
+            Task::Work(work) => work.run(cx),
+        }
+    }
+
+    pub fn script(&self, cx: &ScriptCx) -> String {
+        match self {
+            Task::Part { component, action } => component.script(cx, *action),
+            Task::Work(work) => work.script(cx),
+        }
     }
 }
 
-/// One cluster's tasks within a batch, run in order.
+/// One cluster's tasks within a wave, run in order.
 #[derive(Clone)]
 pub struct Chain<'t> {
     pub cluster: String,
@@ -38,26 +95,60 @@ impl Chain<'_> {
     }
 }
 
-/// Chains that may run at the same time.
+/// Chains that may run at the same time, then a gate.
 #[derive(Clone)]
-pub struct Batch<'t> {
+pub struct Wave<'t> {
     pub title: String,
     pub chains: Vec<Chain<'t>>,
+    /// Waited on once every chain succeeded.
+    pub gate: Option<Arc<dyn Gate + 't>>,
+    /// Runs also after an earlier wave failed (not after Ctrl-C): revoking what a cluster
+    /// that could not be cleaned still holds.
+    pub after_failure: bool,
 }
 
-#[derive(Clone)]
+impl<'t> Wave<'t> {
+    /// A wave of chains, no gate.
+    pub fn new(title: impl Into<String>, chains: Vec<Chain<'t>>) -> Self {
+        Wave {
+            title: title.into(),
+            chains,
+            gate: None,
+            after_failure: false,
+        }
+    }
+}
+
+#[derive(Clone, Default)]
 pub struct Plan<'t> {
-    pub batches: Vec<Batch<'t>>,
+    pub waves: Vec<Wave<'t>>,
 }
 
-/// A batch of the components `pick` selects, each cluster's in `order`; none when empty.
+impl<'t> Plan<'t> {
+    /// This plan, then `other`'s waves.
+    pub fn then(mut self, other: Plan<'t>) -> Plan<'t> {
+        self.waves.extend(other.waves);
+        self
+    }
+
+    /// Keeps only the chains of `clusters` (and the waves left with any).
+    pub fn only(mut self, clusters: &[String]) -> Plan<'t> {
+        for wave in &mut self.waves {
+            wave.chains.retain(|c| clusters.contains(&c.cluster));
+        }
+        self.waves.retain(|w| !w.chains.is_empty());
+        self
+    }
+}
+
+/// A wave of the components `pick` selects, each cluster's in `order`; none when empty.
 fn batch<'t>(
     topology: &'t Topology,
     title: &str,
     action: Action,
     order: Order,
     pick: impl Fn(&dyn Component) -> bool,
-) -> Option<Batch<'t>> {
+) -> Option<Wave<'t>> {
     let chains: Vec<Chain> = topology
         .nodes
         .iter()
@@ -67,7 +158,7 @@ fn batch<'t>(
                 .iter()
                 .map(|c| c.as_ref())
                 .filter(|c| c.does(action) && pick(*c))
-                .map(|component| Task { component, action })
+                .map(|component| Task::Part { component, action })
                 .collect();
             if order == Order::Backwards {
                 tasks.reverse();
@@ -79,10 +170,7 @@ fn batch<'t>(
         })
         .filter(|chain| !chain.tasks.is_empty())
         .collect();
-    (!chains.is_empty()).then(|| Batch {
-        title: title.to_string(),
-        chains,
-    })
+    (!chains.is_empty()).then(|| Wave::new(title, chains))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,7 +185,7 @@ const LINK_TITLE: &str = "give every cluster the remote secrets of all the other
 /// east-west gateway → its remote secret); then the remote clusters' istiod, pointed at their
 /// primary's gateway; then every cluster takes its peers' remote secrets.
 pub fn install(topology: &Topology) -> Plan<'_> {
-    let batches = [
+    let waves = [
         batch(
             topology,
             "install istio-base and istiod in every cluster",
@@ -121,13 +209,13 @@ pub fn install(topology: &Topology) -> Plan<'_> {
         ),
     ];
     Plan {
-        batches: batches.into_iter().flatten().collect(),
+        waves: waves.into_iter().flatten().collect(),
     }
 }
 
 /// Build each cluster's remote secret, then apply them where they belong.
 pub fn link(topology: &Topology) -> Plan<'_> {
-    let batches = [
+    let waves = [
         batch(
             topology,
             "build each cluster's remote secret from its own context",
@@ -144,7 +232,7 @@ pub fn link(topology: &Topology) -> Plan<'_> {
         ),
     ];
     Plan {
-        batches: batches.into_iter().flatten().collect(),
+        waves: waves.into_iter().flatten().collect(),
     }
 }
 
@@ -160,7 +248,7 @@ pub fn uninstall(topology: &Topology) -> Plan<'_> {
         .collect();
     if remotes.is_empty() {
         return Plan {
-            batches: batch(
+            waves: batch(
                 topology,
                 "remove the mesh from every cluster",
                 Action::Remove,
@@ -171,7 +259,7 @@ pub fn uninstall(topology: &Topology) -> Plan<'_> {
             .collect(),
         };
     }
-    let mut batches = Vec::new();
+    let mut waves = Vec::new();
     for (title, of_remotes) in [
         ("remove the mesh from the remote clusters", true),
         ("remove the mesh from the primary clusters", false),
@@ -180,11 +268,11 @@ pub fn uninstall(topology: &Topology) -> Plan<'_> {
             b.chains
                 .retain(|chain| remotes.contains(&chain.cluster.as_str()) == of_remotes);
             if !b.chains.is_empty() {
-                batches.push(b);
+                waves.push(b);
             }
         }
     }
-    Plan { batches }
+    Plan { waves }
 }
 
 /// What `script` needs besides the mesh and the plan.
@@ -245,9 +333,9 @@ pub fn script(mesh: &Mesh, plan: &Plan, options: &ScriptOptions) -> String {
             shell_quote(&mesh.trust.dir.display().to_string())
         ));
     }
-    for (i, batch) in plan.batches.iter().enumerate() {
-        out.push_str(&format!("\n# Phase {}: {}.\n", i + 1, batch.title));
-        for chain in &batch.chains {
+    for (i, wave) in plan.waves.iter().enumerate() {
+        out.push_str(&format!("\n# Phase {}: {}.\n", i + 1, wave.title));
+        for chain in &wave.chains {
             let Some(cluster) = mesh.cluster(&chain.cluster) else {
                 continue;
             };
@@ -268,8 +356,12 @@ pub fn script(mesh: &Mesh, plan: &Plan, options: &ScriptOptions) -> String {
                 cluster.name, cluster.context
             ));
             for task in &chain.tasks {
-                out.push_str(&task.component.script(&cx, task.action));
+                out.push_str(&task.script(&cx));
             }
+        }
+        if let Some(gate) = &wave.gate {
+            out.push_str(&format!("\n## Wait: {}.\n", gate.title()));
+            out.push_str(&gate.script(mesh, options));
         }
     }
     out
@@ -289,9 +381,9 @@ mod tests {
     fn install_runs_each_cluster_chain_before_linking() {
         let t = topology(&mesh(2, TrustMode::Generate));
         let plan = install(&t);
-        assert_eq!(plan.batches.len(), 2);
+        assert_eq!(plan.waves.len(), 2);
         assert_eq!(
-            plan.batches[0].chains[0].labels(),
+            plan.waves[0].chains[0].labels(),
             [
                 "namespace",
                 "cacerts",
@@ -301,8 +393,8 @@ mod tests {
                 "remote secret"
             ]
         );
-        assert_eq!(plan.batches[1].chains.len(), 2);
-        assert_eq!(plan.batches[1].chains[1].labels(), ["link"]);
+        assert_eq!(plan.waves[1].chains.len(), 2);
+        assert_eq!(plan.waves[1].chains[1].labels(), ["link"]);
     }
 
     #[test]
@@ -310,11 +402,11 @@ mod tests {
         let t = topology(&mesh(1, TrustMode::None));
         let plan = install(&t);
         assert_eq!(
-            plan.batches[0].chains[0].labels(),
+            plan.waves[0].chains[0].labels(),
             ["namespace", "istio-base", "istiod"]
         );
         // A single cluster still prunes remote secrets of clusters that left the mesh.
-        assert_eq!(plan.batches[1].chains[0].labels(), ["link"]);
+        assert_eq!(plan.waves[1].chains[0].labels(), ["link"]);
     }
 
     #[test]
@@ -329,7 +421,7 @@ mod tests {
         );
         let plan = uninstall(&t);
         assert_eq!(
-            plan.batches[0].chains[0].labels(),
+            plan.waves[0].chains[0].labels(),
             [
                 "remote secrets",
                 "istiod",
@@ -340,7 +432,7 @@ mod tests {
         );
         let without = topology(&m);
         assert!(
-            !uninstall(&without).batches[0].chains[0]
+            !uninstall(&without).waves[0].chains[0]
                 .labels()
                 .contains(&"CRDs")
         );
@@ -350,11 +442,11 @@ mod tests {
     fn link_builds_then_applies() {
         let t = topology(&mesh(2, TrustMode::Generate));
         let plan = link(&t);
-        assert_eq!(plan.batches.len(), 2);
-        assert_eq!(plan.batches[0].chains[0].labels(), ["remote secret"]);
-        assert_eq!(plan.batches[1].chains[0].labels(), ["link"]);
+        assert_eq!(plan.waves.len(), 2);
+        assert_eq!(plan.waves[0].chains[0].labels(), ["remote secret"]);
+        assert_eq!(plan.waves[1].chains[0].labels(), ["link"]);
         let single = topology(&mesh(1, TrustMode::None));
-        assert_eq!(link(&single).batches.len(), 1);
+        assert_eq!(link(&single).waves.len(), 1);
     }
 
     #[test]

@@ -15,45 +15,38 @@
 //! 4. only then the old token secrets are deleted, which revokes their tokens. Where that
 //!    cannot be shown (istiod's log or view cannot be read, or it did not act in time) the old
 //!    token is kept and the run fails, naming the peer.
+//!
+//! These are three waves and a gate of a plan per rotated cluster, run by the engine like any
+//! other plan (retries, locks, Ctrl-C, progress, `meshup plan --rotate`).
 
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
 use time::OffsetDateTime;
 
+use crate::components::peers::{self, Source};
 use crate::components::reader::{self, token_secrets};
-use crate::components::{Board, Memo};
+use crate::components::{Board, Cx, Memo, Rotation, ScriptCx};
 use crate::exec::Run;
 use crate::kubectl;
-use crate::live::Live;
-use crate::mesh::Cluster;
-use crate::remote_secret::{RemoteSecret, TOKEN_SECRET};
-use crate::runner::{self, StepError};
+use crate::mesh::{Cluster, Mesh};
+use crate::plan::{Chain, Gate, Plan, ScriptOptions, Task, Wave, Work};
+use crate::remote_secret::{READER_TOKEN_LABEL, RemoteSecret, TOKEN_SECRET, token_secret_manifest};
+use crate::runner::StepError;
 use crate::sensitive::Sensitive;
+use crate::step::shell_quote;
 use crate::sync::{self, ISTIOD_CONTAINER, State};
 use crate::topology::Topology;
-
-/// What one cluster's rotation did.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Rotated {
-    pub cluster: String,
-    /// The token secrets it replaced, now deleted (their tokens revoked).
-    pub old: Vec<String>,
-    pub new: String,
-    /// The peers whose istiod now uses the new token.
-    pub peers: Vec<String>,
-}
 
 /// The clusters among `names` (all when `None`) whose reader token some istiod holds, in
 /// mesh-file order.
 pub fn sources<'a>(
-    run: &Run<'a>,
+    mesh: &'a Mesh,
     topology: &Topology,
     names: Option<&[String]>,
 ) -> Vec<&'a Cluster> {
-    run.mesh
-        .clusters
+    mesh.clusters
         .iter()
         .filter(|c| names.is_none_or(|n| n.contains(&c.name)))
         .filter(|c| topology.watches.values().any(|w| w.contains(&c.name)))
@@ -61,202 +54,431 @@ pub fn sources<'a>(
 }
 
 /// One line per rotated cluster, for the terminal.
-pub fn render(rotated: &[Result<Rotated, StepError>]) -> Vec<String> {
+pub fn render(rotated: &[Rotation]) -> Vec<String> {
     rotated
         .iter()
-        .map(|r| match r {
-            Ok(r) => {
-                let old = if r.old.is_empty() {
-                    "none".to_string()
+        .map(|r| {
+            let old = if r.old.is_empty() {
+                "none".to_string()
+            } else {
+                r.old.join(", ")
+            };
+            format!(
+                "{:<12} reader token rotated: {} now in {}; old ({old}) revoked",
+                r.cluster,
+                r.new,
+                if r.peers.is_empty() {
+                    "no peer".to_string()
                 } else {
-                    r.old.join(", ")
-                };
-                format!(
-                    "{:<12} reader token rotated: {} now in {}; old ({old}) revoked",
-                    r.cluster,
-                    r.new,
-                    if r.peers.is_empty() {
-                        "no peer".to_string()
-                    } else {
-                        r.peers.join(", ")
-                    }
-                )
-            }
-            Err(e) => format!("error: {e}"),
+                    r.peers.join(", ")
+                }
+            )
         })
         .collect()
 }
 
-/// Rotates the reader token of each of `clusters`, one cluster after another (each peer's
-/// istiod rebuilds one remote cluster at a time).
-pub fn rotate(
-    run: &Run,
-    topology: &Topology,
-    clusters: &[&Cluster],
-) -> Vec<Result<Rotated, StepError>> {
-    clusters
-        .iter()
-        .map(|cluster| rotate_one(run, topology, cluster))
-        .collect()
+/// The rotation of each of `clusters`' reader token, one cluster after another (each peer's
+/// istiod rebuilds one remote cluster at a time): for each, a new token, the new remote
+/// secret to every watcher and the wait for their istiod, then the old tokens revoked.
+pub fn plan<'t>(mesh: &Mesh, topology: &Topology, clusters: &[&Cluster]) -> Plan<'t> {
+    let mut waves = Vec::new();
+    for source in clusters {
+        let watchers: Vec<String> = topology
+            .watches
+            .iter()
+            .filter(|(_, sources)| sources.contains(&source.name))
+            .map(|(watcher, _)| watcher.clone())
+            .collect();
+        let name = &source.name;
+        let chain = |cluster: &str, work: Arc<dyn Work + 't>| Chain {
+            cluster: cluster.to_string(),
+            tasks: vec![Task::Work(work)],
+        };
+        waves.push(Wave::new(
+            format!("a new reader token in {name}"),
+            vec![chain(
+                name,
+                Arc::new(NewToken {
+                    source: Source {
+                        name: name.clone(),
+                        context: source.context.clone(),
+                        server: source.server.clone(),
+                        server_overridden: source.server_overridden,
+                    },
+                    namespace: mesh.namespace.clone(),
+                    watchers: watchers.clone(),
+                }),
+            )],
+        ));
+        let hand = Arc::new(Hand {
+            source: Source {
+                name: name.clone(),
+                context: source.context.clone(),
+                server: source.server.clone(),
+                server_overridden: source.server_overridden,
+            },
+            namespace: mesh.namespace.clone(),
+        });
+        let mut wave = Wave::new(
+            format!("{name}'s new remote secret to {}", watchers.join(", ")),
+            watchers.iter().map(|w| chain(w, hand.clone())).collect(),
+        );
+        wave.gate = Some(Arc::new(Acted {
+            source: name.clone(),
+            watchers: watchers.clone(),
+            namespace: mesh.namespace.clone(),
+            revision: mesh.revision.clone().unwrap_or_else(|| "default".into()),
+            acted: Mutex::new(BTreeSet::new()),
+        }));
+        waves.push(wave);
+        waves.push(Wave::new(
+            format!("revoke {name}'s old reader tokens"),
+            vec![chain(
+                name,
+                Arc::new(Revoke {
+                    namespace: mesh.namespace.clone(),
+                }),
+            )],
+        ));
+    }
+    Plan { waves }
 }
 
-fn rotate_one(run: &Run, topology: &Topology, source: &Cluster) -> Result<Rotated, StepError> {
-    let ns = &run.mesh.namespace;
-    let watchers: Vec<&Cluster> = topology
-        .watches
-        .iter()
-        .filter(|(_, sources)| sources.contains(&source.name))
-        .filter_map(|(watcher, _)| run.mesh.cluster(watcher))
-        .collect();
-    for name in std::iter::once(source).chain(watchers.iter().copied()) {
-        if let Some(Err(e)) = run.locks.map(|l| l.check(&name.name)) {
-            return Err(e);
-        }
-    }
-    let target = run.target(source);
-    let live = Live::new(run.runner, &target, run.timeout);
-    let old: Vec<String> = token_secrets(&live, ns)?
-        .into_iter()
-        .map(|s| s.metadata.name)
-        .collect();
-    let mut new = format!("{TOKEN_SECRET}-{}", stamp(OffsetDateTime::now_utc()));
-    while old.contains(&new) {
-        new.push('x');
-    }
-    reader::ensure_account(&live, ns)?;
-    reader::create_token_secret(&live, ns, &new)?;
-    let (ca, token) = reader::wait_for_token(&live, ns, &new)?;
-    let secret = RemoteSecret::new(&source.name, &source.server, &ca, &token);
-    let names: Vec<&str> = watchers.iter().map(|w| w.name.as_str()).collect();
-    run.reporter.info(&format!(
-        "[{}] reader token: new token secret `{new}`; giving it to {}",
-        source.name,
-        if names.is_empty() {
-            "no peer".to_string()
-        } else {
-            names.join(", ")
-        }
-    ));
-    let applied = Instant::now();
-    for peer in &watchers {
-        let peer_target = run.target(peer);
-        Live::new(run.runner, &peer_target, run.timeout).run(&kubectl::apply(
-            &peer_target,
-            Sensitive::new(secret.manifest(ns).expose().clone().into_bytes()),
-            run.timeout,
-        ))?;
-    }
-    for peer in &watchers {
-        wait_acted(run, peer, &source.name, applied)?;
-    }
-    let peers: Vec<String> = watchers.iter().map(|p| p.name.clone()).collect();
-    if !old.is_empty() {
-        live.run(&kubectl::delete(
-            &target,
-            "secrets",
-            &old,
-            Some(ns),
-            run.timeout,
-        ))?;
-    }
-    Ok(Rotated {
-        cluster: source.name.clone(),
-        old,
-        new,
-        peers,
-    })
+/// A new token secret for the source's reader account, filled; the remote secret built from
+/// it goes on the board. Run again (a retry, a re-run after a failure of this run), it reuses
+/// the token secret it made.
+struct NewToken {
+    source: Source,
+    namespace: String,
+    watchers: Vec<String>,
 }
 
-/// Waits until every ready istiod pod in `peer` has acted on `source`'s remote secret applied
-/// at `applied`: its log since then shows the cluster built anew, and a clusterz read after
-/// that shows it `synced`. Fails, naming the peer, when that cannot be read or does not
-/// happen within `--timeout`.
-fn wait_acted(run: &Run, peer: &Cluster, source: &str, applied: Instant) -> Result<(), StepError> {
-    let deadline = Instant::now() + run.timeout;
-    let ns = run.mesh.namespace.clone();
-    let watcher = sync::Watcher {
-        namespace: ns.clone(),
-        revision: run
-            .mesh
-            .revision
-            .clone()
-            .unwrap_or_else(|| "default".into()),
-        peers: vec![source.to_string()],
-    };
-    let kept = "; the old token is kept";
-    // Pods seen building the new cluster; they need only a `synced` read from now on.
-    let mut acted: Vec<String> = Vec::new();
-    loop {
-        let (mut memo, board) = (Memo::default(), Board::default());
-        let waiting = run.in_cluster(peer, &mut memo, &board, |cx| {
-            let pods = sync::ready_pods(cx, &watcher)
-                .map_err(|e| StepError::other(&peer.name, format!("{e}{kept}"), None))?;
-            let mut waiting = Vec::new();
-            for pod in &pods {
-                if !acted.contains(pod) {
-                    let log = cx.live.run(&kubectl::logs(
-                        cx.target(),
-                        &format!("pod/{pod}"),
-                        ISTIOD_CONTAINER,
-                        &ns,
-                        Some(applied.elapsed() + LOG_SLACK),
-                        cx.timeout(),
-                    ));
-                    let log = log.map_err(|e| StepError::other(
-                        &peer.name,
-                        format!("istiod's log in pod `{pod}` could not be read, so meshup cannot tell it uses `{source}`'s new token{kept}: {}", first_line(&e.to_string())),
-                        Some(format!("reading it needs `get` on `pods/log` in namespace `{ns}`")),
-                    ))?;
-                    if sync::logged_build(&log.stdout, source) {
-                        acted.push(pod.clone());
-                    } else {
-                        waiting.push(format!("{pod}: not yet rebuilt `{source}`"));
-                        continue;
+impl Work for NewToken {
+    fn label(&self) -> &'static str {
+        "new reader token"
+    }
+
+    fn run(&self, cx: &mut Cx) -> Result<String, StepError> {
+        let ns = &self.namespace;
+        let name = &self.source.name;
+        let known = cx
+            .board
+            .rotations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned();
+        let rotation = match known {
+            Some(rotation) => rotation,
+            None => {
+                let old: Vec<String> = token_secrets(&cx.live, ns)?
+                    .into_iter()
+                    .map(|s| s.metadata.name)
+                    .collect();
+                let mut new = format!("{TOKEN_SECRET}-{}", stamp(OffsetDateTime::now_utc()));
+                while old.contains(&new) {
+                    new.push('x');
+                }
+                let rotation = Rotation {
+                    cluster: name.clone(),
+                    old,
+                    new,
+                    peers: self.watchers.clone(),
+                    handed: None,
+                    acted: false,
+                    revoked: false,
+                };
+                cx.board
+                    .rotations
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(name.clone(), rotation.clone());
+                rotation
+            }
+        };
+        reader::ensure_account(&cx.live, ns)?;
+        reader::create_token_secret(&cx.live, ns, &rotation.new)?;
+        let (ca, token) = reader::wait_for_token(&cx.live, ns, &rotation.new)?;
+        let secret = RemoteSecret::new(name, &self.source.server, &ca, &token);
+        cx.board
+            .secrets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.clone(), secret);
+        Ok(format!("`{}`", rotation.new))
+    }
+
+    fn script(&self, cx: &ScriptCx) -> String {
+        let manifest = token_secret_manifest(&self.namespace, &format!("{TOKEN_SECRET}-$STAMP"));
+        format!(
+            "# A new token secret for the reader account; the older ones stay valid until the last phase.\nSTAMP=$(date -u +%Y%m%d%H%M%S) SINCE=$(date -u +%Y-%m-%dT%H:%M:%SZ)\n{} <<EOF\n{manifest}EOF\n",
+            kubectl::apply(&cx.target, Sensitive::default(), cx.timeout).command_line()
+        )
+    }
+}
+
+/// The source's new remote secret (from the board), applied in place in a watcher.
+struct Hand {
+    source: Source,
+    namespace: String,
+}
+
+impl Work for Hand {
+    fn label(&self) -> &'static str {
+        "new remote secret"
+    }
+
+    fn run(&self, cx: &mut Cx) -> Result<String, StepError> {
+        let name = &self.source.name;
+        let secret = cx
+            .board
+            .secrets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+            .ok_or_else(|| {
+                StepError::other(
+                    &cx.cluster.name,
+                    format!("no new remote secret of `{name}` was built"),
+                    None,
+                )
+            })?;
+        let before = Instant::now();
+        cx.live.run(&kubectl::apply(
+            cx.target(),
+            Sensitive::new(
+                secret
+                    .manifest(&self.namespace)
+                    .expose()
+                    .clone()
+                    .into_bytes(),
+            ),
+            cx.timeout(),
+        ))?;
+        if let Some(rotation) = cx
+            .board
+            .rotations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(name)
+        {
+            rotation.handed = Some(rotation.handed.map_or(before, |h| h.min(before)));
+        }
+        Ok(format!("{name}'s applied"))
+    }
+
+    fn script(&self, cx: &ScriptCx) -> String {
+        peers::pipe(cx, &self.namespace, &self.source)
+    }
+}
+
+/// Every ready istiod pod of every watcher has acted on the source's new remote secret: its
+/// log since the secret was handed over shows the cluster built anew, and a clusterz read
+/// after that shows it `synced`.
+struct Acted {
+    source: String,
+    watchers: Vec<String>,
+    namespace: String,
+    revision: String,
+    /// (watcher, pod) seen building the new cluster: they need only a `synced` read.
+    acted: Mutex<BTreeSet<(String, String)>>,
+}
+
+impl Gate for Acted {
+    fn title(&self) -> String {
+        format!(
+            "istiod in {} acted on {}'s new remote secret",
+            self.watchers.join(", "),
+            self.source
+        )
+    }
+
+    fn check(&self, run: &Run, board: &Board) -> Result<Option<String>, StepError> {
+        let handed = board
+            .rotations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&self.source)
+            .and_then(|r| r.handed)
+            .unwrap_or_else(Instant::now);
+        let watcher = sync::Watcher {
+            namespace: self.namespace.clone(),
+            revision: self.revision.clone(),
+            peers: vec![self.source.clone()],
+        };
+        let source = &self.source;
+        let ns = &self.namespace;
+        let kept = "; the old token is kept";
+        let mut waiting = Vec::new();
+        for name in &self.watchers {
+            let Some(cluster) = run.mesh.cluster(name) else {
+                continue;
+            };
+            let (mut memo, scratch) = (Memo::default(), Board::default());
+            run.in_cluster(cluster, &mut memo, &scratch, |cx| {
+                let pods = sync::ready_pods(cx, &watcher)
+                    .map_err(|e| StepError::other(name, format!("{e}{kept}"), None))?;
+                for pod in &pods {
+                    let key = (name.clone(), pod.clone());
+                    let seen = self.acted.lock().unwrap_or_else(|e| e.into_inner()).contains(&key);
+                    if !seen {
+                        let log = cx.live.run(&kubectl::logs(
+                            cx.target(),
+                            &format!("pod/{pod}"),
+                            ISTIOD_CONTAINER,
+                            ns,
+                            Some(handed.elapsed() + LOG_SLACK),
+                            cx.timeout(),
+                        ));
+                        let log = log.map_err(|e| match e.transient_cause() {
+                            Some(_) => e,
+                            None => StepError::other(
+                                name,
+                                format!("istiod's log in pod `{pod}` could not be read, so meshup cannot tell it uses `{source}`'s new token{kept}: {}", first_line(&e.to_string())),
+                                Some(format!("reading it needs `get` on `pods/log` in namespace `{ns}`")),
+                            ),
+                        })?;
+                        if !sync::logged_build(&log.stdout, source) {
+                            waiting.push(format!("{name}/{pod}: `{source}` not rebuilt yet"));
+                            continue;
+                        }
+                        self.acted.lock().unwrap_or_else(|e| e.into_inner()).insert(key);
+                    }
+                    let view = sync::read_pod(cx, ns, pod);
+                    if let Some(error) = view.error {
+                        return Err(StepError::other(
+                            name,
+                            format!("istiod's view in pod `{pod}` could not be read{kept}: {error}"),
+                            None,
+                        ));
+                    }
+                    let state = view
+                        .entries
+                        .iter()
+                        .skip(1)
+                        .find(|e| e.id == *source)
+                        .map_or(State::Missing, |e| State::from_clusterz(&e.sync_status));
+                    if state != State::Synced {
+                        waiting.push(format!("{name}/{pod}: `{source}` {}", state.word()));
                     }
                 }
-                let view = sync::read_pod(cx, &ns, pod);
-                if let Some(error) = view.error {
-                    return Err(StepError::other(
-                        &peer.name,
-                        format!("istiod's view in pod `{pod}` could not be read{kept}: {error}"),
-                        None,
-                    ));
-                }
-                let state = view
-                    .entries
-                    .iter()
-                    .skip(1)
-                    .find(|e| e.id == source)
-                    .map_or(State::Missing, |e| State::from_clusterz(&e.sync_status));
-                if state != State::Synced {
-                    waiting.push(format!("{pod}: `{source}` {}", state.word()));
-                }
-            }
-            Ok::<_, StepError>(waiting)
-        })?;
-        if waiting.is_empty() {
-            return Ok(());
+                Ok(())
+            })?;
         }
-        if Instant::now() >= deadline {
-            return Err(StepError::other(
-                &peer.name,
+        if !waiting.is_empty() {
+            return Ok(Some(waiting.join(", ")));
+        }
+        if let Some(rotation) = board
+            .rotations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(source)
+        {
+            rotation.acted = true;
+        }
+        Ok(None)
+    }
+
+    fn script(&self, mesh: &Mesh, options: &ScriptOptions) -> String {
+        let source = &self.source;
+        let mut out = format!(
+            "# Each istiod pod must log that it built `{source}` anew since the new token (`Add cluster` or\n# `Update cluster`, then its labels), then report it synced, before the old token is revoked.\n"
+        );
+        let kubeconfig = options
+            .kubeconfig
+            .map(|k| format!(" --kubeconfig {}", shell_quote(&k.display().to_string())))
+            .unwrap_or_default();
+        for name in &self.watchers {
+            let Some(cluster) = mesh.cluster(name) else {
+                continue;
+            };
+            let kubectl = |args: &str| {
                 format!(
-                    "istiod has not taken `{source}`'s new remote secret within {}s ({}){kept}",
-                    run.timeout.as_secs(),
-                    waiting.join(", ")
-                ),
-                Some(format!(
-                    "check istiod's log in `{}` (`kubectl logs -n {ns} deploy/{} -c discovery`), then run `meshup link --rotate {source}` again",
-                    peer.name,
-                    run.mesh.istiod_deployment()
-                )),
+                    "kubectl {args} --namespace {} --context {}{kubeconfig}",
+                    self.namespace,
+                    shell_quote(&cluster.context)
+                )
+            };
+            let pods = kubectl(&format!(
+                "get pods --selector app=istiod,istio.io/rev={} --output name",
+                self.revision
+            ));
+            let logs = kubectl("logs \"$pod\" --container discovery --since-time=\"$SINCE\"");
+            let exec = kubectl("exec \"${pod#pod/}\" --container discovery");
+            out.push_str(&format!(
+                "for pod in $({pods}); do\n  until {logs} | grep -q $'cluster\\tcluster={source} '; do sleep 1; done\n  until {exec} -- pilot-discovery request GET /debug/clusterz \\\n    | grep -q '\"id\":\"{source}\"[^}}]*\"syncStatus\":\"synced\"'; do sleep 1; done\ndone\n"
             ));
         }
-        runner::sleep(Duration::from_millis(500))?;
+        out
     }
 }
 
-/// Added to the time since the apply when reading istiod's log, for clocks that differ
+/// The token secrets the rotation replaces, deleted: their tokens stop working.
+struct Revoke {
+    namespace: String,
+}
+
+impl Work for Revoke {
+    fn label(&self) -> &'static str {
+        "old reader tokens"
+    }
+
+    fn run(&self, cx: &mut Cx) -> Result<String, StepError> {
+        let name = cx.cluster.name.clone();
+        let rotation = cx
+            .board
+            .rotations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&name)
+            .cloned();
+        let Some(Rotation {
+            old, acted: true, ..
+        }) = rotation
+        else {
+            // Reached only after an earlier failure (a wave that runs anyway).
+            return Err(StepError::other(
+                &name,
+                "the old reader tokens are kept: not every watcher was seen using the new one",
+                Some(format!("run `meshup link --rotate {name}`")),
+            ));
+        };
+        if !old.is_empty() {
+            cx.live.run(&kubectl::delete(
+                cx.target(),
+                "secrets",
+                &old,
+                Some(&self.namespace),
+                cx.timeout(),
+            ))?;
+        }
+        if let Some(rotation) = cx
+            .board
+            .rotations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(&name)
+        {
+            rotation.revoked = true;
+        }
+        Ok(format!("{} revoked", old.len()))
+    }
+
+    fn script(&self, cx: &ScriptCx) -> String {
+        let flags = format!(
+            "--namespace {} --context {}{}",
+            self.namespace,
+            shell_quote(&cx.target.context),
+            cx.kubeconfig_flag()
+        );
+        format!(
+            "# Every reader token secret but the newest (the names sort by age).\nkubectl get secrets --selector {READER_TOKEN_LABEL}=true --output name {flags} | sort | head -n -1 \\\n  | xargs --no-run-if-empty kubectl delete {flags}\n"
+        )
+    }
+}
+
+/// Added to the time since the hand-over when reading istiod's log, for clocks that differ
 /// between this machine and the node by a little.
 const LOG_SLACK: Duration = Duration::from_secs(5);
 
@@ -279,7 +501,221 @@ fn stamp(t: OffsetDateTime) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use serde_json::json;
+
     use super::*;
+    use crate::exec::{Retry, Summary, execute};
+    use crate::reporter::{Mode, Reporter};
+    use crate::runner::{Output, RecordingRunner};
+    use crate::step::Step;
+    use crate::testing::{mesh, ok};
+    use crate::topology::Choices;
+    use crate::trust::TrustMode;
+
+    const OLD: &str = "istio-reader-service-account-istio-remote-secret-token";
+
+    /// A cluster with one reader token secret (`OLD`), whose token controller fills new ones,
+    /// and whose istiod pod logs `logged` and reports every peer synced.
+    fn answer(step: &Step, logged: &str) -> Output {
+        let args = step.args.join(" ");
+        if args.starts_with("get secrets") && args.contains("meshup.io/reader-token") {
+            ok(&json!({"kind": "SecretList", "items": [{"metadata": {"name": OLD}}]}).to_string())
+        } else if args.starts_with("get secret ") {
+            ok(r#"{"kind":"Secret","data":{"token":"dG9r","ca.crt":"Q0E="}}"#)
+        } else if args.starts_with("get pods") {
+            ok(&json!({"kind": "PodList", "items": [{"metadata": {"name": "istiod-a"},
+                "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}}]})
+            .to_string())
+        } else if args.starts_with("logs") {
+            ok(logged)
+        } else if args.starts_with("exec") {
+            ok(&json!([{"id": step.cluster, "secretName": "", "syncStatus": "synced"},
+                {"id": "cluster1", "secretName": "istio-system/istio-remote-secret-cluster1", "syncStatus": "synced"}])
+            .to_string())
+        } else {
+            ok("")
+        }
+    }
+
+    /// Rotates cluster1 of a three-cluster mesh; istiod logs `logged` (after `delay` reads of
+    /// its log, nothing).
+    fn rotate_cluster1(logged: &'static str, timeout: Duration) -> (Summary, Vec<Step>) {
+        let m = mesh(3, TrustMode::None);
+        let topology = Topology::of(&m, &Choices::default());
+        let sources = sources(&m, &topology, Some(&["cluster1".to_string()]));
+        let plan = plan(&m, &topology, &sources);
+        let runner = RecordingRunner::new(move |step: &Step| answer(step, logged));
+        let reporter = Reporter::new(Mode::Json, true, false);
+        let run = Run {
+            mesh: &m,
+            runner: &runner,
+            reporter: &reporter,
+            jobs: 3,
+            timeout,
+            kubeconfig: None,
+            retry: Retry::DEFAULT,
+            locks: None,
+        };
+        let summary = execute(&run, &plan);
+        let calls = runner.calls.lock().unwrap().clone();
+        (summary, calls)
+    }
+
+    const REBUILT: &str = "2026-11-30T04:00:00.000000Z\tinfo\tmulticluster\tUpdate cluster\tcluster=cluster1 secret=istio-system/istio-remote-secret-cluster1\n";
+
+    fn position(calls: &[Step], cluster: &str, start: &str) -> Option<usize> {
+        calls
+            .iter()
+            .position(|s| s.cluster == cluster && s.args.join(" ").starts_with(start))
+    }
+
+    #[test]
+    fn a_rotation_is_three_waves_and_a_gate() {
+        let m = mesh(3, TrustMode::None);
+        let topology = Topology::of(&m, &Choices::default());
+        let sources = sources(&m, &topology, Some(&["cluster1".to_string()]));
+        let plan = plan(&m, &topology, &sources);
+        let shape: Vec<(Vec<String>, bool)> = plan
+            .waves
+            .iter()
+            .map(|w| {
+                (
+                    w.chains
+                        .iter()
+                        .map(|c| format!("{} {}", c.cluster, c.labels().join(",")))
+                        .collect(),
+                    w.gate.is_some(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            shape,
+            [
+                (vec!["cluster1 new reader token".to_string()], false),
+                (
+                    vec![
+                        "cluster2 new remote secret".to_string(),
+                        "cluster3 new remote secret".to_string()
+                    ],
+                    true
+                ),
+                (vec!["cluster1 old reader tokens".to_string()], false),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_old_token_goes_only_after_every_watcher_logged_the_rebuild_and_is_synced() {
+        let (summary, calls) = rotate_cluster1(REBUILT, Duration::from_secs(5));
+        assert!(summary.ok, "{summary:?}");
+        let revoked =
+            position(&calls, "cluster1", &format!("delete secrets {OLD}")).expect("revoked");
+        for watcher in ["cluster2", "cluster3"] {
+            let applied = position(&calls, watcher, "apply").unwrap();
+            let logs =
+                position(&calls, watcher, "logs pod/istiod-a --container discovery").unwrap();
+            let exec = position(&calls, watcher, "exec istiod-a").unwrap();
+            assert!(applied < logs && logs < exec && exec < revoked, "{watcher}");
+        }
+        assert_eq!(summary.rotated.len(), 1);
+        assert_eq!(summary.rotated[0].old, [OLD]);
+        assert!(summary.rotated[0].new.starts_with(&format!("{OLD}-")));
+    }
+
+    #[test]
+    fn without_the_rebuild_in_istiods_log_the_old_token_is_kept() {
+        // clusterz says synced all along: that alone proves nothing.
+        let (summary, calls) = rotate_cluster1("", Duration::from_secs(1));
+        assert!(!summary.ok);
+        assert!(
+            position(&calls, "cluster1", "delete").is_none(),
+            "revoked anyway"
+        );
+        assert!(position(&calls, "cluster2", "exec").is_none());
+        assert!(
+            summary.gates[0].error.contains("gave up after 1s"),
+            "{:?}",
+            summary.gates
+        );
+        assert!(summary.rotated.is_empty());
+    }
+
+    #[test]
+    fn a_retried_new_token_reuses_the_token_secret_it_made() {
+        let failed_once = AtomicBool::new(false);
+        let m = mesh(2, TrustMode::None);
+        let topology = Topology::of(&m, &Choices::default());
+        let sources = sources(&m, &topology, Some(&["cluster1".to_string()]));
+        let plan = plan(&m, &topology, &sources);
+        let runner = RecordingRunner::new(|step: &Step| {
+            if step.args[0] == "get"
+                && step.args[1] == "secret"
+                && !failed_once.swap(true, Ordering::SeqCst)
+            {
+                return Output {
+                    code: Some(1),
+                    stdout: String::new(),
+                    stderr: "read: connection reset by peer".into(),
+                };
+            }
+            answer(step, REBUILT)
+        });
+        let reporter = Reporter::new(Mode::Json, true, false);
+        let run = Run {
+            mesh: &m,
+            runner: &runner,
+            reporter: &reporter,
+            jobs: 2,
+            timeout: Duration::from_secs(5),
+            kubeconfig: None,
+            retry: Retry {
+                times: 2,
+                first: Duration::from_millis(1),
+                most: Duration::from_millis(1),
+            },
+            locks: None,
+        };
+        let summary = execute(&run, &plan);
+        assert!(summary.ok, "{summary:?}");
+        let names: BTreeSet<String> = runner
+            .calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.args[0] == "apply" && s.cluster == "cluster1")
+            .map(|s| {
+                let manifest =
+                    String::from_utf8(s.stdin.as_ref().unwrap().expose().clone()).unwrap();
+                manifest
+                    .lines()
+                    .find(|l| l.trim_start().starts_with("name:"))
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+    }
+
+    #[test]
+    fn rotation_script_snapshot() {
+        let m = mesh(2, TrustMode::None);
+        let topology = Topology::of(&m, &Choices::default());
+        let sources = sources(&m, &topology, None);
+        insta::assert_snapshot!(crate::plan::script(
+            &m,
+            &plan(&m, &topology, &sources),
+            &ScriptOptions {
+                values_dir: Path::new("meshup-values"),
+                mesh_flags: &[],
+                kubeconfig: None,
+                timeout: Duration::from_secs(60),
+                pulls: &[],
+            }
+        ));
+    }
 
     #[test]
     fn token_secret_names_sort_by_age() {

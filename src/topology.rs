@@ -317,7 +317,7 @@ mod tests {
         );
         assert_eq!(stage_labels(&t.nodes[2], Stage::Remote), ["istiod"]);
         let plan = crate::plan::install(&t);
-        assert_eq!(plan.batches.len(), 3);
+        assert_eq!(plan.waves.len(), 3);
     }
 
     #[test]
@@ -341,11 +341,11 @@ mod tests {
     fn uninstall_takes_remotes_first_and_gateways_before_istiod() {
         let t = Topology::of(&mixed(["n1", "n2", "n2"]), &Choices::default());
         let plan = crate::plan::uninstall(&t);
-        assert_eq!(plan.batches.len(), 2);
-        assert_eq!(plan.batches[0].chains.len(), 1);
-        assert_eq!(plan.batches[0].chains[0].cluster, "cluster3");
+        assert_eq!(plan.waves.len(), 2);
+        assert_eq!(plan.waves[0].chains.len(), 1);
+        assert_eq!(plan.waves[0].chains[0].cluster, "cluster3");
         assert_eq!(
-            plan.batches[1].chains[0].labels(),
+            plan.waves[1].chains[0].labels(),
             [
                 "remote secrets",
                 "east-west gateway",

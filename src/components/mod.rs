@@ -129,6 +129,29 @@ pub struct Board {
     /// Clusters no longer in the mesh file whose remote secrets this run removed: they may
     /// still hold their peers' reader tokens.
     pub departed: Mutex<std::collections::BTreeSet<String>>,
+    /// Reader-token rotations under way, by source cluster.
+    pub rotations: Mutex<BTreeMap<String, Rotation>>,
+}
+
+/// One cluster's reader-token rotation, as its waves pass it on.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Rotation {
+    pub cluster: String,
+    /// The token secrets it replaces (deleted at the end).
+    pub old: Vec<String>,
+    pub new: String,
+    /// The peers that were given the new token.
+    pub peers: Vec<String>,
+    /// When the first peer was given it (istiod's log is read from then on).
+    #[serde(skip)]
+    pub handed: Option<std::time::Instant>,
+    /// Every watcher's istiod was seen using the new token.
+    #[serde(skip)]
+    pub acted: bool,
+    /// The old tokens are revoked.
+    #[serde(skip)]
+    pub revoked: bool,
 }
 
 /// What a component works with in one cluster.

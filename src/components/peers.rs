@@ -30,6 +30,23 @@ pub struct Peers {
     pub sources: Vec<Source>,
 }
 
+/// The script line that gives `cx`'s cluster `source`'s remote secret: `meshup remote-secret`
+/// built from the source's context, piped into `kubectl apply` here.
+pub fn pipe(cx: &ScriptCx, ns: &str, source: &Source) -> String {
+    let server = if source.server_overridden {
+        format!(" --server {}", shell_quote(&source.server))
+    } else {
+        String::new()
+    };
+    format!(
+        "meshup remote-secret{} --context {} --name {} --namespace {ns}{server} \\\n  | {}\n",
+        cx.kubeconfig_flag(),
+        shell_quote(&source.context),
+        source.name,
+        kubectl::apply(&cx.target, Sensitive::default(), cx.timeout).command_line()
+    )
+}
+
 impl Peers {
     /// The remote secrets here (whoever made them).
     fn observe(&self, cx: &Cx) -> Result<Vec<Found>, StepError> {
@@ -168,18 +185,7 @@ impl Component for Peers {
         }
         let mut text = String::new();
         for source in &self.sources {
-            let server = if source.server_overridden {
-                format!(" --server {}", shell_quote(&source.server))
-            } else {
-                String::new()
-            };
-            text.push_str(&format!(
-                "meshup remote-secret{} --context {} --name {} --namespace {ns}{server} \\\n  | {}\n",
-                cx.kubeconfig_flag(),
-                shell_quote(&source.context),
-                source.name,
-                kubectl::apply(&cx.target, Sensitive::default(), cx.timeout).command_line()
-            ));
+            text.push_str(&pipe(cx, ns, source));
         }
         if text.is_empty() {
             text.push_str("# (no istiod here watches a peer)\n");
