@@ -300,6 +300,7 @@ impl Session {
                 ..exec::Retry::DEFAULT
             },
             locks: None,
+            caches: Some(Default::default()),
         }
     }
 
@@ -307,8 +308,10 @@ impl Session {
     fn locked<R>(&self, command: &str, f: impl FnOnce(&Run) -> R) -> Result<R, Error> {
         let run = self.run();
         Ok(lock::hold(&run, command, self.wait_for_lock, |locks| {
+            // Snapshots are read once the locks are held: nothing changes them meanwhile.
             f(&Run {
                 locks: Some(locks),
+                caches: Some(Default::default()),
                 ..run.clone()
             })
         })?)
@@ -322,30 +325,43 @@ impl Session {
         }
     }
 
-    /// Tools, then (if kubectl is there) every cluster.
+    /// Tools, then (if kubectl is there) every cluster, with its Kubernetes version.
     fn preflight(&self, topology: &Topology) -> Vec<Finding> {
+        let mut checks = self.tool_checks();
+        if self.kubectl.is_err() {
+            return checks;
+        }
+        checks.extend(preflight::cluster_checks(&self.read(), topology, true));
+        checks
+    }
+
+    /// The local helm and kubectl: found, and of a version meshup works with.
+    fn tool_checks(&self) -> Vec<Finding> {
         let mut checks = Vec::new();
         for (name, found) in [("helm", &self.helm), ("kubectl", &self.kubectl)] {
             if let Err(message) = found {
                 checks.push(Finding::fail(None, name, message.clone()));
             }
         }
-        if self.kubectl.is_err() {
-            return checks;
+        if let (Ok(helm), Ok(kubectl)) = (&self.helm, &self.kubectl) {
+            checks.extend(preflight::tool_checks(&self.runner, helm, kubectl));
         }
-        // The local tool checks run beside the cluster checks: neither waits for the other.
-        let run = self.read();
-        let (tools, clusters) = std::thread::scope(|scope| {
-            let tools = scope.spawn(|| match (&self.helm, &self.kubectl) {
-                (Ok(helm), Ok(kubectl)) => preflight::tool_checks(&self.runner, helm, kubectl),
-                _ => Vec::new(),
-            });
-            let clusters = preflight::cluster_checks(&run, topology);
-            (tools.join().unwrap_or_default(), clusters)
-        });
-        checks.extend(tools);
-        checks.extend(clusters);
         checks
+    }
+}
+
+/// Prints the warnings among `checks`.
+fn warn_checks(reporter: &Reporter, checks: &[Finding]) {
+    for check in checks.iter().filter(|c| c.level == Level::Warn) {
+        reporter.warn(&format!(
+            "{}{}",
+            check
+                .cluster
+                .as_deref()
+                .map(|c| format!("[{c}] "))
+                .unwrap_or_default(),
+            check.sentence()
+        ));
     }
 }
 
@@ -366,24 +382,13 @@ fn install(
     args: &InstallArgs,
 ) -> Result<(), Error> {
     let mut session = Session::open(global, mesh_args, reporter)?;
-    // Preflight only reads, so it runs before the CA files are touched.
-    let checks = session.preflight(&Topology::of(&session.mesh, &Choices::default()));
-    if checks.iter().any(Finding::is_failure) {
-        report_checks(reporter, &checks)?;
+    let tools = session.tool_checks();
+    if tools.iter().any(Finding::is_failure) {
+        report_checks(reporter, &tools)?;
         reporter.line("error: preflight failed; nothing was changed");
         return Err(Error::Reported);
     }
-    for check in checks.iter().filter(|c| c.level == Level::Warn) {
-        reporter.warn(&format!(
-            "{}{}",
-            check
-                .cluster
-                .as_deref()
-                .map(|c| format!("[{c}] "))
-                .unwrap_or_default(),
-            check.sentence()
-        ));
-    }
+    warn_checks(reporter, &tools);
     session.require_tools()?;
     let fetched = pull::fetch(
         &session.runner,
@@ -405,11 +410,25 @@ fn install(
         purge_crds: false,
     };
     let topology = Topology::of(&session.mesh, &choices);
-    let summary = session.locked("install", |run| {
+    // The clusters are checked once their locks are held, from the snapshot the install then
+    // works with; a failed check releases them with nothing changed.
+    let outcome = session.locked("install", |run| {
+        let checks = preflight::cluster_checks(run, &topology, false);
+        if checks.iter().any(Finding::is_failure) {
+            return Err(checks);
+        }
+        warn_checks(run.reporter, &checks);
         let summary = exec::execute(run, &plan::install(&topology));
-        after_link(run, &topology, summary, args.prune)
+        Ok(after_link(run, &topology, summary, args.prune))
     })?;
-    finish(reporter, "install", &summary)
+    match outcome {
+        Ok(summary) => finish(reporter, "install", &summary),
+        Err(checks) => {
+            report_checks(reporter, &checks)?;
+            reporter.line("error: preflight failed; nothing was changed");
+            Err(Error::Reported)
+        }
+    }
 }
 
 fn link(

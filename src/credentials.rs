@@ -312,6 +312,7 @@ mod tests {
             kubeconfig: None,
             retry: crate::exec::Retry::DEFAULT,
             locks: None,
+            caches: Default::default(),
         };
         let topology = Topology::of(&m, &Choices::default());
         let findings = check(&run, &topology);

@@ -6,12 +6,13 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::cache::Cache;
 use crate::components::{Board, Cx, Memo, Rotation};
 use crate::live::Live;
 use crate::lock::Locks;
@@ -36,6 +37,25 @@ pub struct Run<'a> {
     pub retry: Retry,
     /// The per-cluster locks a changing run holds.
     pub locks: Option<&'a Locks>,
+    /// Each cluster's snapshot for this command (`cache.rs`), shared by its plans and checks;
+    /// without, every read asks the cluster.
+    pub caches: Option<Arc<Caches>>,
+}
+
+/// The snapshots of a command, by cluster.
+#[derive(Debug, Default)]
+pub struct Caches(Mutex<BTreeMap<String, Arc<Cache>>>);
+
+impl Caches {
+    /// `cluster`'s snapshot.
+    pub fn of(&self, cluster: &str) -> Arc<Cache> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(cluster.to_string())
+            .or_default()
+            .clone()
+    }
 }
 
 /// Retries of a task that failed for a transient reason (`StepError::transient_cause`):
@@ -83,10 +103,15 @@ impl Run<'_> {
         f: impl FnOnce(&mut Cx) -> R,
     ) -> R {
         let target = self.target(cluster);
+        let cache = self.caches.as_ref().map(|c| c.of(&cluster.name));
+        let mut live = Live::new(self.runner, &target, self.timeout);
+        if let Some(cache) = &cache {
+            live = live.cached(cache, &self.mesh.namespace);
+        }
         let mut cx = Cx {
             mesh: self.mesh,
             cluster,
-            live: Live::new(self.runner, &target, self.timeout),
+            live,
             reporter: self.reporter,
             memo,
             board,
@@ -278,6 +303,15 @@ pub fn execute(run: &Run, plan: &Plan) -> Summary {
                     seconds: round(start.elapsed()),
                 });
             }
+            if error.is_none() {
+                // Applies still waiting go out before the chain counts as done.
+                let flushed = with_retries(run, &cluster.name, "apply", &mut memo, |memo| {
+                    run.in_cluster(cluster, memo, &board, |cx| {
+                        cx.live.flush().map(|()| String::new())
+                    })
+                });
+                error = flushed.err();
+            }
             let summary = format!(
                 "{} ({:.1}s)",
                 if error.is_some() { "failed" } else { "done" },
@@ -369,6 +403,9 @@ fn with_retries(
                     human(delay)
                 ));
                 memo.releases = None;
+                if let Some(caches) = &run.caches {
+                    caches.of(cluster).forget();
+                }
                 runner::sleep(delay)?;
             }
             _ => return result,
@@ -513,6 +550,7 @@ mod tests {
                 most: Duration::from_millis(1),
             },
             locks: None,
+            caches: Default::default(),
         };
         let topology = Topology::of(m, &Choices::default());
         let summary = execute(&run, &plan::install(&topology));
@@ -540,8 +578,8 @@ mod tests {
                     "apply --server-side --force-conflicts",
                     "upgrade --install istio-base",
                     "upgrade --install istiod",
-                    "create serviceaccount istio-reader-service-account",
-                    // the token secret, then the peers' remote secrets
+                    // the token secret (istio-base made its account), then the peers' remote
+                    // secrets
                     "apply --server-side --force-conflicts",
                     "apply --server-side --force-conflicts"
                 ],
@@ -627,6 +665,7 @@ mod tests {
                 most: Duration::from_millis(1),
             },
             locks: None,
+            caches: Default::default(),
         };
         let topology = Topology::of(&m, &Choices::default());
         let summary = execute(&run, &plan::install(&topology));
@@ -686,6 +725,7 @@ mod tests {
                 most: Duration::from_millis(1),
             },
             locks: None,
+            caches: Default::default(),
         };
         let topology = Topology::of(m, &Choices::default());
         let summary = execute(&run, &plan::install(&topology));

@@ -280,6 +280,23 @@ pub fn logs(
     connect(target, args, timeout)
 }
 
+/// `kubectl delete --raw PATH --filename -`: a DELETE on any API path with a body (the
+/// `DeleteOptions`, e.g. preconditions) on stdin.
+pub fn delete_raw(
+    target: &Target,
+    path: &str,
+    body: Sensitive<Vec<u8>>,
+    timeout: Duration,
+) -> Step {
+    let mut step = connect(
+        target,
+        words(&["delete", "--raw", path, "--filename", "-"]),
+        timeout,
+    );
+    step.stdin = Some(body);
+    step
+}
+
 /// `kubectl get --raw PATH`: a GET on any API path, e.g. a pod's `proxy` subresource.
 pub fn get_raw(target: &Target, path: &str, timeout: Duration) -> Step {
     connect(target, words(&["get", "--raw", path]), timeout)

@@ -6,6 +6,7 @@
 //! [`runner::Runner`], the only code that starts processes. See ARCHITECTURE.md.
 
 pub mod app;
+pub mod cache;
 pub mod chart;
 pub mod cli;
 pub mod components;

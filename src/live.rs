@@ -9,18 +9,21 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
+use crate::cache::{Cache, access};
 use crate::helm;
 use crate::kubectl;
 use crate::runner::{Output, Runner, StepError, run_ok};
 use crate::sensitive::Sensitive;
 use crate::step::{Step, Target};
 
-/// One cluster as meshup reaches it: the runner, the target and the per-call timeout.
+/// One cluster as meshup reaches it: the runner, the target and the per-call timeout, and
+/// for a run the snapshot of its mesh namespace (`cache.rs`).
 #[derive(Clone, Copy)]
 pub struct Live<'a> {
     pub runner: &'a dyn Runner,
     pub target: &'a Target,
     pub timeout: Duration,
+    cache: Option<(&'a Cache, &'a str)>,
 }
 
 impl<'a> Live<'a> {
@@ -29,12 +32,107 @@ impl<'a> Live<'a> {
             runner,
             target,
             timeout,
+            cache: None,
         }
     }
 
-    /// Runs a step; a non-zero exit is an error.
+    /// The same, answering reads of `namespace` from `cache`.
+    pub fn cached(mut self, cache: &'a Cache, namespace: &'a str) -> Self {
+        self.cache = Some((cache, namespace));
+        self
+    }
+
+    /// Runs a step; a non-zero exit is an error. Applies waiting in the cache go out first;
+    /// what the step writes is read from the cluster afterwards.
     pub fn run(&self, step: &Step) -> Result<Output, StepError> {
-        run_ok(self.runner, step)
+        self.flush()?;
+        let result = run_ok(self.runner, step);
+        if let Some((cache, _)) = self.cache {
+            access::wrote(cache, step);
+        }
+        result
+    }
+
+    /// Applies `manifest` together with the others waiting, before the next call that reads
+    /// or writes this cluster (or [`Live::flush`]). Without a cache, at once.
+    pub fn apply_later(&self, manifest: Sensitive<String>) -> Result<(), StepError> {
+        match self.cache {
+            Some((cache, _)) => {
+                access::defer(cache, manifest);
+                Ok(())
+            }
+            None => self
+                .run(&kubectl::apply(
+                    self.target,
+                    Sensitive::new(manifest.expose().clone().into_bytes()),
+                    self.timeout,
+                ))
+                .map(drop),
+        }
+    }
+
+    /// Applies what waits, in one `kubectl apply` (in the order it was given).
+    pub fn flush(&self) -> Result<(), StepError> {
+        let Some((cache, _)) = self.cache else {
+            return Ok(());
+        };
+        let pending = access::take_pending(cache);
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let mut documents = String::new();
+        for manifest in &pending {
+            documents.push_str("---\n");
+            documents.push_str(manifest.expose());
+        }
+        let step = kubectl::apply(
+            self.target,
+            Sensitive::new(documents.into_bytes()),
+            self.timeout,
+        );
+        let result = run_ok(self.runner, &step);
+        access::wrote(cache, &step);
+        if result.is_err() {
+            access::put_back(cache, pending);
+        }
+        result.map(drop)
+    }
+
+    /// The snapshot, when `kind` (named `name`, or all of them) in `namespace` can be read
+    /// from it: read now if it was not yet.
+    fn snapshot(
+        &self,
+        kind: &str,
+        name: Option<&str>,
+        selector: Option<&str>,
+        namespace: Option<&str>,
+    ) -> Result<Option<(&'a Cache, String)>, StepError> {
+        let Some((cache, mesh_ns)) = self.cache else {
+            return Ok(None);
+        };
+        let Some(kind) = access::answers(cache, kind, name, selector, namespace, mesh_ns) else {
+            return Ok(None);
+        };
+        self.load(cache, mesh_ns)?;
+        Ok(Some((cache, kind)))
+    }
+
+    /// Reads the snapshot of `namespace` into `cache`, unless it was read.
+    fn load(&self, cache: &Cache, namespace: &str) -> Result<(), StepError> {
+        if access::loaded(cache, namespace) {
+            return Ok(());
+        }
+        self.flush()?;
+        let step = kubectl::list(
+            self.target,
+            &Cache::kinds(),
+            Some(namespace),
+            Some(crate::cache::SELECTOR),
+            self.timeout,
+        );
+        let list: List<serde_json::Value> = parse_json(&step, &run_ok(self.runner, &step)?.stdout)?;
+        access::store(cache, namespace, list.items);
+        Ok(())
     }
 
     /// The API server's version (`kubectl version -o json`); proves that it answers.
@@ -54,6 +152,15 @@ impl<'a> Live<'a> {
 
     /// Every release in `namespace` that is deployed, failed or pending (`helm list`).
     pub fn helm_releases(&self, namespace: &str) -> Result<Vec<HelmRelease>, StepError> {
+        // Helm keeps a release's records in its namespace: none there, no release.
+        if let Some((cache, mesh_ns)) = self.cache
+            && namespace == mesh_ns
+        {
+            self.load(cache, namespace)?;
+            if access::absent_at_start(cache, "namespace", namespace) {
+                return Ok(Vec::new());
+            }
+        }
         let step = helm::list(self.target, namespace);
         let output = self.run(&step)?;
         // helm prints nothing at all (not `[]`) for an empty namespace in some versions.
@@ -81,6 +188,11 @@ impl<'a> Live<'a> {
         namespace: Option<&str>,
     ) -> Result<Option<T>, StepError> {
         let step = kubectl::get(self.target, kind, name, namespace, self.timeout);
+        if let Some((cache, kind)) = self.snapshot(kind, Some(name), None, namespace)? {
+            return access::find(cache, &kind, name)
+                .map(|o| parse_value(&step, o))
+                .transpose();
+        }
         let output = self.run(&step)?;
         if output.stdout.trim().is_empty() {
             return Ok(None);
@@ -101,6 +213,15 @@ impl<'a> Live<'a> {
             items: Vec<serde_json::Value>,
         }
         let step = kubectl::get_each(self.target, objects, namespace, self.timeout);
+        if !objects.is_empty() && self.all_cached(objects, namespace)? {
+            let mut items = Vec::new();
+            for (kind, name) in objects {
+                if let Some((cache, kind)) = self.snapshot(kind, Some(name), None, namespace)? {
+                    items.extend(access::find(cache, &kind, name));
+                }
+            }
+            return Ok(Fetched { step, items });
+        }
         let output = self.run(&step)?;
         let items = if output.stdout.trim().is_empty() {
             Vec::new()
@@ -129,8 +250,27 @@ impl<'a> Live<'a> {
         selector: Option<&str>,
     ) -> Result<Vec<T>, StepError> {
         let step = kubectl::list(self.target, kind, namespace, selector, self.timeout);
+        if let Some((cache, kind)) = self.snapshot(kind, None, selector, namespace)?
+            && let Some(objects) = access::select(cache, &kind, selector)
+        {
+            return objects.into_iter().map(|o| parse_value(&step, o)).collect();
+        }
         let list: List<T> = parse_json(&step, &self.run(&step)?.stdout)?;
         Ok(list.items)
+    }
+
+    /// Whether every one of `objects` is answered by the snapshot (present or not).
+    fn all_cached(
+        &self,
+        objects: &[(&str, &str)],
+        namespace: Option<&str>,
+    ) -> Result<bool, StepError> {
+        for (kind, name) in objects {
+            if self.snapshot(kind, Some(name), None, namespace)?.is_none() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 }
 

@@ -7,7 +7,9 @@
 //!
 //! The Lease lives in `kube-system`, named `meshup-<mesh namespace>`: that namespace exists on
 //! every cluster before Istio does and outlives `uninstall`, so the lock never moves while a
-//! run holds it.
+//! run holds it. Taking a free lock is one create; releasing it one delete conditional on this
+//! run's last write (a lock someone took over is left alone); a renewal is written only when a
+//! run outlives the renewal period.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -278,6 +280,19 @@ fn acquire(
     let deadline = std::time::Instant::now() + wait.unwrap_or_default();
     let here = hostname();
     loop {
+        // Most runs find the lock free, and then no Lease at all: create it straight away.
+        let now = OffsetDateTime::now_utc();
+        if let Written::Done(version) =
+            write(live, kubectl::create, &manifest(name, holder, now, None, 0))?
+        {
+            return Ok((
+                LastWrite {
+                    version,
+                    transitions: 0,
+                },
+                None,
+            ));
+        }
         let lease: Option<Lease> = live.get("lease", name, Some(LOCK_NAMESPACE))?;
         let now = OffsetDateTime::now_utc();
         let attempt = match &lease {
@@ -441,37 +456,43 @@ fn renew(
     }
 }
 
-/// Releases the locks this run still holds (also after Ctrl-C): one write each, conditional on
-/// this run's last write, so a lock someone took over is left alone.
+/// Releases the locks this run still holds (also after Ctrl-C): one delete each, conditional
+/// on this run's last write, so a lock someone took over is left alone.
 fn release(run: &Run, held: &[(&Cluster, Mutex<LastWrite>)], name: &str) {
     runner::cleanup(|| {
         parallel(run.jobs, held, |(cluster, version)| {
             let target = run.target(cluster);
-            let live = Live::new(run.runner, &target, run.timeout);
             let last = version.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            let released = json!({
-                "apiVersion": "coordination.k8s.io/v1",
-                "kind": "Lease",
-                "metadata": {
-                    "name": name,
-                    "namespace": LOCK_NAMESPACE,
-                    "resourceVersion": last.version,
-                },
-                "spec": {
-                    "leaseDurationSeconds": LEASE_SECONDS,
-                    "leaseTransitions": last.transitions,
-                },
+            let preconditions = json!({
+                "apiVersion": "v1",
+                "kind": "DeleteOptions",
+                "preconditions": { "resourceVersion": last.version },
             });
-            if let Err(e) = write(&live, kubectl::replace, &released) {
-                let message = match e {
-                    Refused::Step(_, m) => m,
-                    _ => "interrupted".into(),
-                };
-                run.reporter.warn(&format!(
-                    "[{}] could not release meshup's lock (it expires by itself after {LEASE_SECONDS}s): {message}",
-                    cluster.name
-                ));
-            }
+            let step = kubectl::delete_raw(
+                &target,
+                &format!("/apis/coordination.k8s.io/v1/namespaces/{LOCK_NAMESPACE}/leases/{name}"),
+                Sensitive::new(preconditions.to_string().into_bytes()),
+                run.timeout,
+            );
+            let message = match run.runner.run(&step) {
+                Ok(output) if output.success() => return,
+                Ok(output) => {
+                    let stderr = output.stderr.to_lowercase();
+                    // Taken over (the precondition failed) or already gone: not ours to touch.
+                    if stderr.contains("conflict")
+                        || stderr.contains("notfound")
+                        || stderr.contains("not found")
+                    {
+                        return;
+                    }
+                    StepError::failed(&step, &output).to_string()
+                }
+                Err(e) => e.to_string(),
+            };
+            run.reporter.warn(&format!(
+                "[{}] could not release meshup's lock (it expires by itself after {LEASE_SECONDS}s): {message}",
+                cluster.name
+            ));
         });
     });
 }

@@ -558,6 +558,7 @@ mod tests {
             kubeconfig: None,
             retry: Retry::DEFAULT,
             locks: None,
+            caches: Default::default(),
         };
         let summary = execute(&run, &plan);
         let calls = runner.calls.lock().unwrap().clone();
@@ -677,6 +678,7 @@ mod tests {
                 most: Duration::from_millis(1),
             },
             locks: None,
+            caches: Default::default(),
         };
         let summary = execute(&run, &plan);
         assert!(summary.ok, "{summary:?}");

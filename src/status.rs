@@ -447,6 +447,7 @@ mod tests {
             kubeconfig: None,
             retry: crate::exec::Retry::DEFAULT,
             locks: None,
+            caches: Default::default(),
         };
         collect(&run, &Topology::of(mesh, &Choices::default()))
     }

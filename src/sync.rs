@@ -402,6 +402,7 @@ mod tests {
             kubeconfig: None,
             retry: crate::exec::Retry::DEFAULT,
             locks: None,
+            caches: Default::default(),
         };
         let watcher = Watcher {
             namespace: "istio-system".into(),

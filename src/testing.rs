@@ -75,6 +75,7 @@ pub fn run_component(
         kubeconfig: None,
         retry: crate::exec::Retry::DEFAULT,
         locks: None,
+        caches: Default::default(),
     };
     let board = Board::default();
     let mut memo = Memo::default();

@@ -115,12 +115,8 @@ impl Component for CacertsSecret {
                 cx.timeout(),
             ))?;
         }
-        let manifest = manifest(ns, ca);
-        cx.live.run(&kubectl::apply(
-            cx.target(),
-            Sensitive::new(manifest.expose().clone().into_bytes()),
-            cx.timeout(),
-        ))?;
+        // Goes out with the namespace's apply (before istiod is installed).
+        cx.live.apply_later(manifest(ns, ca))?;
         Ok(outcome.into())
     }
 

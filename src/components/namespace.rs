@@ -83,9 +83,8 @@ impl Component for Namespace {
         if found.as_ref().is_some_and(|ns| self.is_right(ns)) {
             return Ok("unchanged".into());
         }
-        let manifest = Sensitive::new(self.manifest().into_bytes());
-        cx.live
-            .run(&kubectl::apply(cx.target(), manifest, cx.timeout()))?;
+        // Goes out with `cacerts`, in one apply before the next call.
+        cx.live.apply_later(Sensitive::new(self.manifest()))?;
         Ok(if found.is_none() {
             "created"
         } else {

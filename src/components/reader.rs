@@ -83,7 +83,7 @@ pub fn build(
         Some(waiting) => waiting.metadata.name.clone(),
         None => {
             // Before the first run (or from a meshup that did not label it): the first one.
-            ensure_account(live, namespace)?;
+            // istio-base made the reader account; `wait_for_token` makes it where it did not.
             create_token_secret(live, namespace, TOKEN_SECRET)?;
             TOKEN_SECRET.to_string()
         }
@@ -133,6 +133,12 @@ pub fn wait_for_token(
         let secret: Option<Secret> = live.get("secret", name, Some(namespace))?;
         if let Some(filled) = secret.as_ref().and_then(read_token) {
             return Ok(filled);
+        }
+        if secret.is_none() {
+            // The token controller deletes a token secret whose account does not exist
+            // (istio-base without `global.enableReaderRBAC`): make the account, then ask again.
+            ensure_account(live, namespace)?;
+            create_token_secret(live, namespace, name)?;
         }
         if Instant::now() >= deadline {
             return Err(StepError::other(
@@ -208,9 +214,11 @@ mod tests {
                 // Nor the account.
                 ok("")
             } else if args.starts_with("get secret ") {
-                // Not yet filled, then filled.
+                // Deleted by the token controller (no account), then not yet filled, then
+                // filled.
                 match gets.fetch_add(1, Ordering::SeqCst) {
-                    0 => ok(&token_json(TOKEN_SECRET, None).to_string()),
+                    0 => ok(""),
+                    1 => ok(&token_json(TOKEN_SECRET, None).to_string()),
                     _ => ok(&token_json(TOKEN_SECRET, Some("eyJ.reader")).to_string()),
                 }
             } else {
@@ -220,10 +228,15 @@ mod tests {
         let secret = built(&runner).unwrap();
         let lines = runner.command_lines();
         let verbs: Vec<&str> = lines.iter().map(|l| l.split(' ').nth(1).unwrap()).collect();
-        assert_eq!(verbs, ["get", "get", "create", "apply", "get", "get"]);
+        assert_eq!(
+            verbs,
+            [
+                "get", "apply", "get", "get", "create", "apply", "get", "get"
+            ]
+        );
         assert!(lines[0].contains(&format!("--selector {READER_TOKEN_LABEL}=true")));
         assert_eq!(secret.server, "https://10.0.0.1");
-        let applied = runner.calls.lock().unwrap()[3].stdin.clone().unwrap();
+        let applied = runner.calls.lock().unwrap()[1].stdin.clone().unwrap();
         let applied = String::from_utf8(applied.expose().clone()).unwrap();
         assert!(
             applied.contains("kubernetes.io/service-account-token")

@@ -601,3 +601,34 @@ fn a_revision_names_the_istiod_release_and_deployment() {
         assert!(helm_records(cluster).is_empty());
     }
 }
+
+/// Observe once, write only what differs: a fresh install of three clusters starts at most 10
+/// helm/kubectl processes per cluster, and a re-run that changes nothing at most 6.
+#[test]
+fn install_processes_per_cluster_stay_few() {
+    let env = Env::new("helm4", 3);
+    let mesh = env.mesh_file(&[], &[], "");
+    let mesh = mesh.to_str().unwrap();
+    let fresh = env.meshup(&["install", "-v", "-f", mesh]).expect(0);
+    let again = env.meshup(&["install", "-v", "-f", mesh]).expect(0);
+    for cluster in ["cluster1", "cluster2", "cluster3"] {
+        let first = fresh.commands_in(cluster);
+        let second = again.commands_in(cluster);
+        eprintln!("{cluster} fresh {}:\n  {}", first.len(), first.join("\n  "));
+        eprintln!(
+            "{cluster} again {}:\n  {}",
+            second.len(),
+            second.join("\n  ")
+        );
+        assert!(
+            first.len() <= 10,
+            "{cluster}: {} on a fresh install",
+            first.len()
+        );
+        assert!(
+            second.len() <= 6,
+            "{cluster}: {} on a no-op re-run",
+            second.len()
+        );
+    }
+}
