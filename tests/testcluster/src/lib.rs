@@ -41,14 +41,21 @@
 //! `default`, or `istio.io/rev`) is marked injected (`sidecar.istio.io/status`).
 //!
 //! # Pods as istiod and as a curl client
-//! `GET /api/v1/namespaces/NS/pods/NAME[:PORT]/proxy/PATH` reaches istiod's `/debug/clusterz`
-//! on port 15014 (`http-monitoring`) of a ready `app=istiod` pod: istiod's own cluster (its
-//! `CLUSTER_ID`), then one entry per data key of the `istio/multiCluster=true` secrets of its
-//! namespace (own id and ids already registered skipped), `synced` when the kubeconfig's
-//! loopback server verifies against the kubeconfig's CA and its token may read, `syncing`
-//! within [`Options::sync_delay`] of the secret's creation, `timeout` otherwise. Non-loopback
-//! servers are never contacted. Nothing else listens in a pod (503, connection refused), and
-//! with [`Options::pod_proxy`] off the API server reaches no pod at all.
+//! Every ready `app=istiod` pod runs an emulation of istiod's multicluster secret controller
+//! (Istio's `pkg/kube/multicluster`, per the Istio version in the tag of its `discovery`
+//! image): `istio/multiCluster=true` secrets of its namespace reach it after
+//! [`Options::informer_lag`]; each data key but its own `CLUSTER_ID` becomes a remote cluster
+//! that is `syncing` until a real list of its kubeconfig's loopback server succeeds (not
+//! before [`Options::sync_delay`]), then `synced` for good, or `timeout` after
+//! [`Options::remote_cluster_timeout`]; changed kubeconfigs are rebuilt the way that version
+//! does. Its view is what `kubectl exec POD -c discovery -- pilot-discovery request GET
+//! /debug/clusterz` prints (exec is served over WebSocket, `v5.channel.k8s.io`) and what
+//! [`TestCluster::istiod_clusterz`] returns; `kubectl logs POD -c discovery` shows the lines
+//! istiod writes. `GET /api/v1/namespaces/NS/pods/NAME[:PORT]/proxy/PATH` to its debug
+//! handlers on port 15014 answers 401, as a real istiod answers the API server. Nothing else
+//! listens in a pod (503, connection refused), and with [`Options::pod_proxy`] off the API
+//! server reaches no pod at all. `tests/testcluster/REALISM.md` lists what each behaviour
+//! follows and what is left out.
 //!
 //! A Job whose container has env `URL` (`http://SVC.NS:PORT/...`) and `REQUESTS` prints, in its
 //! pod's log (`kubectl logs job/NAME`), one line per request: `Hello version: V, instance: POD`
