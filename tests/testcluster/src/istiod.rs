@@ -1093,4 +1093,60 @@ mod tests {
         assert!(parse_rfc3339(stamp).is_some(), "{first}");
         assert!(rest.ends_with("info\tStarting multicluster remote secrets controller"));
     }
+
+    #[test]
+    fn a_secret_reaches_a_ready_pod_after_the_informer_lag_and_a_new_pod_lists_it() {
+        let mut st = State::new("c1", String::new());
+        let res = |st: &State, plural: &str| st.resource("", "v1", plural).unwrap();
+        let ns = res(&st, "namespaces");
+        st.create(
+            &ns,
+            "",
+            json!({"metadata": {"name": "istio-system"}}),
+            false,
+        )
+        .unwrap();
+        let mut p = pod("docker.io/istio/pilot:1.28.1");
+        p["metadata"]["labels"] = json!({"app": "istiod"});
+        let pods = res(&st, "pods");
+        let stored = st.create(&pods, "istio-system", p, false).unwrap();
+        let pod_key = Key::new(&pods, "istio-system", meta_str(&stored, "name"));
+        let lag = Duration::from_millis(100);
+        let timeout = Duration::from_secs(2);
+        on_event(&mut st, "ADDED", &pod_key, &stored, lag, timeout);
+        assert!(
+            st.istiods.contains_key(&pod_key),
+            "a ready istiod pod runs istiod"
+        );
+        let secrets = res(&st, "secrets");
+        let s = st
+            .create(
+                &secrets,
+                "istio-system",
+                secret(json!({"c2": kubeconfig(2, "t")})),
+                false,
+            )
+            .unwrap();
+        let secret_key = Key::new(&secrets, "istio-system", "s");
+        assert!(on_event(&mut st, "ADDED", &secret_key, &s, lag, timeout).is_empty());
+        assert_eq!(clusterz(&st, &pod_key).unwrap().len(), 1, "not yet");
+        let starts = process_due(&mut st, Instant::now() + lag);
+        assert_eq!(starts.len(), 1);
+        assert_eq!(clusterz(&st, &pod_key).unwrap()[1].sync_status, "syncing");
+        // A second pod starting now lists the secret that exists.
+        let mut p2 = pod("docker.io/istio/pilot:1.28.1");
+        p2["metadata"]["name"] = json!("istiod-2");
+        p2["metadata"]["labels"] = json!({"app": "istiod"});
+        let stored2 = st.create(&pods, "istio-system", p2, false).unwrap();
+        let key2 = Key::new(&pods, "istio-system", "istiod-2");
+        on_event(&mut st, "ADDED", &key2, &stored2, lag, timeout);
+        assert_eq!(process_due(&mut st, Instant::now() + lag).len(), 1);
+        assert_eq!(clusterz(&st, &key2).unwrap().len(), 2);
+        // Deleted: each istiod drops the cluster.
+        let gone = st.delete(&secret_key).unwrap();
+        on_event(&mut st, "DELETED", &secret_key, &gone, lag, timeout);
+        process_due(&mut st, Instant::now() + lag);
+        assert_eq!(clusterz(&st, &pod_key).unwrap().len(), 1);
+        assert_eq!(clusterz(&st, &key2).unwrap().len(), 1);
+    }
 }

@@ -1168,6 +1168,16 @@ fn a_curl_job_reaches_both_clusters_only_with_a_shared_root() {
         );
     }
 
+    // cluster2's reader token revoked: istiod keeps serving what it listed.
+    c2.delete(&format!("/api/v1/namespaces/{NS}/secrets/reader-token"))
+        .unwrap();
+    assert!(
+        curl_job(&t, "c1", "curl-revoked", 4)
+            .iter()
+            .any(|l| l.contains("version: v2")),
+        "endpoints stay after the token is revoked"
+    );
+
     // cluster2 gets another root: its workloads keep the old one until both istiod and they
     // restart; then cross-cluster mTLS fails.
     put(
