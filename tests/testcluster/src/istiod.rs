@@ -1149,4 +1149,19 @@ mod tests {
         assert_eq!(clusterz(&st, &pod_key).unwrap().len(), 1);
         assert_eq!(clusterz(&st, &key2).unwrap().len(), 1);
     }
+
+    #[test]
+    fn the_pods_env_sets_the_remote_cluster_timeout() {
+        let mut p = pod("pilot:1.28.1");
+        assert_eq!(
+            remote_cluster_timeout(&p, Duration::from_secs(2)),
+            Duration::from_secs(2)
+        );
+        p["spec"]["containers"][0]["env"] =
+            json!([{"name": "PILOT_REMOTE_CLUSTER_TIMEOUT", "value": "30s"}]);
+        assert_eq!(
+            Istiod::new(&p, Duration::from_secs(2)).timeout,
+            Duration::from_secs(30)
+        );
+    }
 }

@@ -711,7 +711,8 @@ fn resource_inner(
 }
 
 /// An istiod pod's log as the kubelet serves it: `sinceTime` (RFC 3339) or `sinceSeconds`
-/// keep the lines written since then, `timestamps` prefixes each with its time stamp.
+/// keep the lines written since then, `tailLines` the last N of those, `timestamps` prefixes
+/// each with its time stamp.
 fn istiod_log(istiod: &crate::istiod::Istiod, q: &Query) -> Result<String, ApiError> {
     let since = match (q.get("sinceTime"), q.get("sinceSeconds")) {
         (Some(t), _) => Some(crate::istiod::parse_rfc3339(t).ok_or_else(|| {
@@ -729,7 +730,17 @@ fn istiod_log(istiod: &crate::istiod::Istiod, q: &Query) -> Result<String, ApiEr
         }
         (None, None) => None,
     };
-    Ok(istiod.render_log(since, q.flag("timestamps")))
+    let log = istiod.render_log(since, q.flag("timestamps"));
+    Ok(
+        match q.get("tailLines").and_then(|n| n.parse::<usize>().ok()) {
+            Some(n) => {
+                let lines: Vec<&str> = log.lines().collect();
+                let kept = &lines[lines.len().saturating_sub(n)..];
+                kept.iter().map(|l| format!("{l}\n")).collect()
+            }
+            None => log,
+        },
+    )
 }
 
 /// The `scale` subresource of a Deployment (`autoscaling/v1` Scale).

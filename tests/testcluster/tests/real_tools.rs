@@ -1367,6 +1367,28 @@ fn an_istiod_with_a_partial_cacerts_crashes_until_the_set_is_complete() {
     );
     let logs = t.kubectl("c1", &["logs", &pod, "-n", NS], None);
     assert!(logs.contains("incomplete signing CA bundle"), "{logs}");
+    let exec = t.kubectl_out(
+        "c1",
+        &[
+            "exec",
+            "-n",
+            NS,
+            &pod,
+            "-c",
+            "discovery",
+            "--",
+            "pilot-discovery",
+            "request",
+            "GET",
+            "/debug/clusterz",
+        ],
+        None,
+    );
+    assert!(
+        !exec.ok && exec.stderr.contains("container not found (\"discovery\")"),
+        "{}",
+        exec.stderr
+    );
     let proxy = t.kubectl_out(
         "c1",
         &[
@@ -1919,4 +1941,24 @@ fn a_second_secret_for_a_registered_id_is_ignored_and_deleting_a_secret_removes_
     );
     let view = c1.istiod_clusterz(NS, &pod).unwrap();
     assert_eq!(view.as_array().unwrap().len(), 1, "{view}");
+    let tail = t.kubectl(
+        "c1",
+        &[
+            "logs",
+            "-n",
+            NS,
+            &pod,
+            "-c",
+            "discovery",
+            "--tail=1",
+            "--timestamps",
+        ],
+        None,
+    );
+    let (stamp, line) = tail.trim_end().split_once(' ').unwrap();
+    assert!(stamp.ends_with('Z') && stamp.contains('T'), "{tail}");
+    assert!(
+        line.ends_with("\tinfo\tNumber of remote clusters: 0"),
+        "{tail}"
+    );
 }
