@@ -485,8 +485,8 @@ impl TestCluster {
             .store(lag.as_millis() as u64, Ordering::Relaxed);
     }
 
-    /// Changes [`Options::remote_cluster_timeout`] for remote clusters istiod starts from now
-    /// on.
+    /// Changes [`Options::remote_cluster_timeout`] for istiod pods that start from now on
+    /// (istiod reads it once, at start).
     pub fn set_remote_cluster_timeout(&self, timeout: Duration) {
         self.shared
             .remote_cluster_timeout_ms
