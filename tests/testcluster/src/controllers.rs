@@ -1,7 +1,6 @@
 //! What the controllers of a real cluster would do, done at once on each write: defaults,
 //! cluster IPs, ready Deployments with their ReplicaSets, established CRDs, and tokens.
 
-use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 
 use base64::Engine;
@@ -81,25 +80,6 @@ fn is_crashing(pod: &Value) -> bool {
                     == Some("CrashLoopBackOff")
             })
         })
-}
-
-/// Whether an istiod picks up a changed remote secret without a restart: Istio 1.31 and
-/// later, by the tag of its `discovery` (or first) container's image.
-pub fn istiod_reloads_remote_secrets(pod: &Value) -> bool {
-    let image = pod
-        .pointer("/spec/containers")
-        .and_then(Value::as_array)
-        .and_then(|cs| {
-            cs.iter()
-                .find(|c| c["name"] == "discovery")
-                .or_else(|| cs.first())
-        })
-        .and_then(|c| c.get("image"))
-        .and_then(Value::as_str)
-        .unwrap_or("");
-    let tag = image.rsplit_once(':').map(|(_, t)| t).unwrap_or("");
-    let mut parts = tag.split(['.', '-']).map(|p| p.parse::<u32>().ok());
-    matches!((parts.next(), parts.next()), (Some(Some(major)), Some(Some(minor))) if (major, minor) >= (1, 31))
 }
 
 /// A pod for a controller: `<prefix>-<5 random chars>`, labels, annotations and spec from the
@@ -473,14 +453,6 @@ impl State {
             ("", "secrets") if key.name == "cacerts" => {
                 self.restart_crashing_istiods(&key.namespace)
             }
-            ("", "secrets")
-                if obj
-                    .pointer("/metadata/labels/istio~1multiCluster")
-                    .and_then(Value::as_str)
-                    == Some("true") =>
-            {
-                self.istiod_sees_remote_secret(key, obj)
-            }
             _ => {}
         }
     }
@@ -757,8 +729,6 @@ impl State {
         if crate::proxy::is_istiod(obj) {
             let root = crate::mesh::cacerts_root(self, &key.namespace);
             self.istiod_roots.insert(key.clone(), root);
-            let loaded = self.remote_secrets_of(&key.namespace);
-            self.istiod_loaded.insert(key.clone(), loaded);
             crashing = crate::mesh::cacerts(self, &key.namespace) == crate::mesh::Cacerts::Partial;
         }
         if let Some(rev) = self.injected_revision(&key.namespace, obj) {
@@ -969,62 +939,6 @@ impl State {
         let _ = self.update(&job_res, &job_key, job, WriteMode::Internal, false);
     }
 
-    /// Every istiod pod of the secret's namespace loads the clusters it does not know yet;
-    /// from Istio 1.31 it also takes changed kubeconfigs (a rotated token), before it keeps the
-    /// one it loaded until it restarts (istio/istio#60612).
-    fn istiod_sees_remote_secret(&mut self, key: &Key, secret: &Value) {
-        let uid = meta_str(secret, "uid").to_string();
-        let data: Vec<(String, String)> = secret
-            .get("data")
-            .and_then(Value::as_object)
-            .into_iter()
-            .flatten()
-            .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
-            .collect();
-        let pods: Vec<(Key, bool)> = self
-            .istiod_pods()
-            .filter(|(k, _)| k.namespace == key.namespace)
-            .map(|(k, p)| (k.clone(), istiod_reloads_remote_secrets(p)))
-            .collect();
-        for (pod, reloads) in pods {
-            let loaded = self.istiod_loaded.entry(pod).or_default();
-            for (id, kubeconfig) in &data {
-                let slot = (uid.clone(), id.clone());
-                if reloads || !loaded.contains_key(&slot) {
-                    loaded.insert(slot, kubeconfig.clone());
-                }
-            }
-        }
-    }
-
-    /// The kubeconfigs of the remote secrets in `ns`, by (secret uid, cluster id), as a
-    /// starting istiod loads them.
-    fn remote_secrets_of(&self, ns: &str) -> BTreeMap<(String, String), String> {
-        let mut out = BTreeMap::new();
-        for (k, s) in self.objects.iter() {
-            let remote = s
-                .pointer("/metadata/labels/istio~1multiCluster")
-                .and_then(Value::as_str)
-                == Some("true");
-            if !(k.group.is_empty() && k.plural == "secrets" && k.namespace == ns && remote) {
-                continue;
-            }
-            let uid = meta_str(s, "uid").to_string();
-            for (id, v) in s
-                .get("data")
-                .and_then(Value::as_object)
-                .into_iter()
-                .flatten()
-            {
-                out.insert(
-                    (uid.clone(), id.clone()),
-                    v.as_str().unwrap_or("").to_string(),
-                );
-            }
-        }
-        out
-    }
-
     /// The load-balancer controller, switched on: every pending LoadBalancer Service gets an
     /// address.
     pub fn assign_load_balancers(&mut self) {
@@ -1086,29 +1000,5 @@ impl State {
             "expirationTimestamp": crate::util::rfc3339(exp),
         });
         body
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn istiod_reloads_remote_secrets_from_1_31() {
-        let pod =
-            |image: &str| json!({"spec": {"containers": [{"name": "discovery", "image": image}]}});
-        assert!(!istiod_reloads_remote_secrets(&pod(
-            "docker.io/istio/pilot:1.28.1"
-        )));
-        assert!(istiod_reloads_remote_secrets(&pod(
-            "docker.io/istio/pilot:1.31.0"
-        )));
-        assert!(istiod_reloads_remote_secrets(&pod(
-            "localhost:5000/pilot:1.32.1-distroless"
-        )));
-        assert!(
-            !istiod_reloads_remote_secrets(&pod("pilot")),
-            "unknown: the old behaviour"
-        );
     }
 }

@@ -41,14 +41,21 @@
 //! `default`, or `istio.io/rev`) is marked injected (`sidecar.istio.io/status`).
 //!
 //! # Pods as istiod and as a curl client
-//! `GET /api/v1/namespaces/NS/pods/NAME[:PORT]/proxy/PATH` reaches istiod's `/debug/clusterz`
-//! on port 15014 (`http-monitoring`) of a ready `app=istiod` pod: istiod's own cluster (its
-//! `CLUSTER_ID`), then one entry per data key of the `istio/multiCluster=true` secrets of its
-//! namespace (own id and ids already registered skipped), `synced` when the kubeconfig's
-//! loopback server verifies against the kubeconfig's CA and its token may read, `syncing`
-//! within [`Options::sync_delay`] of the secret's creation, `timeout` otherwise. Non-loopback
-//! servers are never contacted. Nothing else listens in a pod (503, connection refused), and
-//! with [`Options::pod_proxy`] off the API server reaches no pod at all.
+//! Every ready `app=istiod` pod runs an emulation of istiod's multicluster secret controller
+//! (Istio's `pkg/kube/multicluster`, per the Istio version in the tag of its `discovery`
+//! image): `istio/multiCluster=true` secrets of its namespace reach it after
+//! [`Options::informer_lag`]; each data key but its own `CLUSTER_ID` becomes a remote cluster
+//! that is `syncing` until a real list of its kubeconfig's loopback server succeeds (not
+//! before [`Options::sync_delay`]), then `synced` for good, or `timeout` after
+//! [`Options::remote_cluster_timeout`]; changed kubeconfigs are rebuilt the way that version
+//! does. Its view is what `kubectl exec POD -c discovery -- pilot-discovery request GET
+//! /debug/clusterz` prints (exec is served over WebSocket, `v5.channel.k8s.io`) and what
+//! [`TestCluster::istiod_clusterz`] returns; `kubectl logs POD -c discovery` shows the lines
+//! istiod writes. `GET /api/v1/namespaces/NS/pods/NAME[:PORT]/proxy/PATH` to its debug
+//! handlers on port 15014 answers 401, as a real istiod answers the API server. Nothing else
+//! listens in a pod (503, connection refused), and with [`Options::pod_proxy`] off the API
+//! server reaches no pod at all. `tests/testcluster/REALISM.md` lists what each behaviour
+//! follows and what is left out.
 //!
 //! A Job whose container has env `URL` (`http://SVC.NS:PORT/...`) and `REQUESTS` prints, in its
 //! pod's log (`kubectl logs job/NAME`), one line per request: `Hello version: V, instance: POD`
@@ -69,6 +76,8 @@
 
 mod auth;
 mod controllers;
+mod exec;
+mod istiod;
 mod mesh;
 mod net;
 mod patch;
@@ -106,9 +115,15 @@ pub struct Options {
     /// Whether the API server can reach pods through the `proxy` subresource (default true).
     /// Off models a private control plane: every pod proxy request answers 503.
     pub pod_proxy: bool,
-    /// How long istiod reports a peer as `syncing` after its remote secret appeared (default
-    /// zero: it syncs, or times out, at once).
+    /// How long an emulated istiod's remote cluster stays `syncing` at least after it started
+    /// (default zero: its first successful list syncs it).
     pub sync_delay: Duration,
+    /// How long after a write of a remote secret each istiod pod processes it (its informer's
+    /// lag; default 100 ms).
+    pub informer_lag: Duration,
+    /// istiod's `PILOT_REMOTE_CLUSTER_TIMEOUT` when its pod does not set that env: a remote
+    /// cluster not synced within it shows `timeout` (default 2 s; Istio's own default is 30 s).
+    pub remote_cluster_timeout: Duration,
     /// Whether LoadBalancer Services get `status.loadBalancer.ingress[0].ip` (default true);
     /// false leaves them pending, as on a cluster without a load-balancer controller.
     pub load_balancer: bool,
@@ -120,6 +135,8 @@ impl Default for Options {
             latency: Duration::ZERO,
             pod_proxy: true,
             sync_delay: Duration::ZERO,
+            informer_lag: Duration::from_millis(100),
+            remote_cluster_timeout: Duration::from_secs(2),
             load_balancer: true,
         }
     }
@@ -244,6 +261,10 @@ impl TestCluster {
             request_log: Mutex::new(Vec::new()),
             pod_proxy: AtomicBool::new(options.pod_proxy),
             sync_delay_ms: AtomicU64::new(options.sync_delay.as_millis() as u64),
+            informer_lag_ms: AtomicU64::new(options.informer_lag.as_millis() as u64),
+            remote_cluster_timeout_ms: AtomicU64::new(
+                options.remote_cluster_timeout.as_millis() as u64
+            ),
         });
         let (handle_tx, handle_rx) = std::sync::mpsc::channel();
         let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
@@ -263,6 +284,7 @@ impl TestCluster {
             })
             .expect("spawn server thread");
         let runtime = handle_rx.recv().expect("runtime handle");
+        runtime.spawn(istiod::run(shared.clone()));
         RUNNING
             .lock()
             .unwrap()
@@ -357,6 +379,16 @@ impl TestCluster {
             .collect()
     }
 
+    /// What the istiod of pod `namespace/pod` would answer at `/debug/clusterz` right now
+    /// (`[{"id", "secretName", "syncStatus"}]`, its own cluster first), read without going
+    /// through the API; `None` when no istiod runs in that pod (absent, not ready, not
+    /// `app=istiod`).
+    pub fn istiod_clusterz(&self, namespace: &str, pod: &str) -> Option<Value> {
+        let st = self.shared.state.lock().unwrap();
+        let view = istiod::clusterz(&st, &proxy::pod_key(namespace, pod))?;
+        Some(istiod::clusterz_json(&view))
+    }
+
     /// Requests served so far.
     pub fn requests(&self) -> u64 {
         self.shared.requests.load(Ordering::Relaxed)
@@ -444,6 +476,21 @@ impl TestCluster {
         self.shared
             .sync_delay_ms
             .store(delay.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Changes [`Options::informer_lag`] for secret events from now on.
+    pub fn set_informer_lag(&self, lag: Duration) {
+        self.shared
+            .informer_lag_ms
+            .store(lag.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Changes [`Options::remote_cluster_timeout`] for istiod pods that start from now on
+    /// (istiod reads it once, at start).
+    pub fn set_remote_cluster_timeout(&self, timeout: Duration) {
+        self.shared
+            .remote_cluster_timeout_ms
+            .store(timeout.as_millis() as u64, Ordering::Relaxed);
     }
 
     /// Turns the load-balancer controller on or off (see [`Options::load_balancer`]); turning

@@ -6,7 +6,9 @@
 //! B is reachable only when all of these hold:
 //! - the client pod got a sidecar (its namespace selected a running istiod revision when the
 //!   pod was created), and B's namespace selects a revision whose istiod runs in B;
-//! - the client's istiod lists B as `synced` in its `/debug/clusterz` view;
+//! - the client's istiod serves B's endpoints: B's remote cluster synced once (it stays synced
+//!   when its token is revoked later: the informers keep what they listed), or, from Istio
+//!   1.30, the cluster it is replacing had synced and still runs;
 //! - the client's sidecar and the endpoint's sidecar trust the same root: each got it from
 //!   the istiod that injected it, which took it from `cacerts` when it started (without one each
 //!   istiod signs with a root of its own). A new `cacerts` reaches a workload only once both its
@@ -370,7 +372,9 @@ pub async fn run(shared: &Arc<Shared>, pod: &Key) -> Option<String> {
     if local.service {
         endpoints.extend(local.endpoints.iter().cloned());
         let view = match &istiod {
-            Some(k) => crate::proxy::clusterz(shared, k).await.unwrap_or_default(),
+            Some(k) => {
+                crate::istiod::clusterz(&shared.state.lock().unwrap(), k).unwrap_or_default()
+            }
             None => Vec::new(),
         };
         let mut seen = vec![Arc::as_ptr(shared)];
@@ -385,7 +389,7 @@ pub async fn run(shared: &Arc<Shared>, pod: &Key) -> Option<String> {
             }
             seen.push(Arc::as_ptr(&peer));
             let remote = side(&peer.state.lock().unwrap(), &client);
-            let synced = entry.sync_status == "synced";
+            let synced = entry.serving;
             if remote.service {
                 endpoints.extend(
                     remote

@@ -237,6 +237,7 @@ async fn connection(shared: Arc<Shared>, tcp: TcpStream) {
         let _ = http1::Builder::new()
             .keep_alive(true)
             .serve_connection(TokioIo::new(tls), svc)
+            .with_upgrades()
             .await;
     };
     let reset = tokio::select! {

@@ -1,7 +1,8 @@
 //! The pod `proxy` subresource (`GET /api/v1/namespaces/NS/pods/NAME[:PORT]/proxy/PATH`), and
-//! what answers behind it: istiod's `/debug/clusterz` on its monitoring port, computed the way
-//! istiod computes it from the remote secrets in its namespace, with a real probe of each peer.
-//! Nothing else listens in an emulated pod: every other port refuses the connection.
+//! what answers behind it: istiod's monitoring port, whose debug handlers refuse the API
+//! server (401, as `allowAuthenticatedOrLocalhost` does); nothing else listens in an emulated
+//! pod: every other port refuses the connection. Also the kubeconfig parsing and the probe that
+//! the istiod emulation (`istiod` module) uses for its remote clusters.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -12,11 +13,11 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::auth::{self, Who};
 use crate::server::Shared;
-use crate::store::{ApiError, Key, State, meta_str};
+use crate::store::{ApiError, Key};
 
 /// istiod's monitoring port, where `/debug/clusterz` is served.
 pub const MONITORING_PORT: u16 = 15014;
@@ -194,43 +195,67 @@ pub async fn pod_proxy(shared: &Arc<Shared>, who: &Who, t: ProxyTarget) -> Respo
     if !pod_ready(&pod) || !is_istiod(&pod) || port != MONITORING_PORT {
         return unreachable(&ip, &port.to_string(), "connect: connection refused");
     }
-    if t.path.trim_end_matches('/') != "debug/clusterz" {
-        let mut r = Response::new(Body::from("404 page not found\n"));
-        *r.status_mut() = StatusCode::NOT_FOUND;
-        r.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
+    let path = t.path.split('?').next().unwrap_or("");
+    if is_debug_handler(path) {
+        // allowAuthenticatedOrLocalhost: the API server's pod proxy calls from its own address
+        // and drops the caller's Authorization header, so istiod refuses it, with no body.
+        let mut r = Response::new(Body::empty());
+        *r.status_mut() = StatusCode::UNAUTHORIZED;
         return r;
     }
-    let view = clusterz(shared, &key).await.unwrap_or_default();
-    let body: Vec<Value> = view
-        .iter()
-        .map(|e| json!({"id": e.id, "secretName": e.secret_name, "syncStatus": e.sync_status}))
-        .collect();
-    let mut r = Response::new(Body::from(serde_json::to_vec(&body).unwrap()));
+    let mut r = Response::new(Body::from("404 page not found\n"));
+    *r.status_mut() = StatusCode::NOT_FOUND;
     r.headers_mut().insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
+        HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     r
 }
 
-/// One cluster in istiod's view.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ClusterEntry {
-    pub id: String,
-    /// `NAMESPACE/NAME` of the remote secret; empty for istiod's own cluster.
-    pub secret_name: String,
-    /// `synced`, `syncing` or `timeout`.
-    pub sync_status: String,
-    /// The API server the remote secret points at (empty for istiod's own cluster).
-    pub server: String,
+/// The debug handlers istiod 1.28 registers on its monitoring port (pilot/pkg/xds/debug.go
+/// `InitDebug`), each behind `allowAuthenticatedOrLocalhost`; `debug/pprof/` is a prefix.
+const DEBUG_HANDLERS: [&str; 28] = [
+    "force_disconnect",
+    "ecdsz",
+    "edsz",
+    "ndsz",
+    "adsz",
+    "syncz",
+    "registryz",
+    "endpointz",
+    "endpointShardz",
+    "cachez",
+    "configz",
+    "sidecarz",
+    "resourcesz",
+    "instancesz",
+    "ambientz",
+    "krtz",
+    "authorizationz",
+    "telemetryz",
+    "config_dump",
+    "push_status",
+    "pushcontext",
+    "connections",
+    "inject",
+    "mesh",
+    "clusterz",
+    "networkz",
+    "mcsz",
+    "list",
+];
+
+/// Whether `path` (no leading slash, no query) is one of istiod's debug handlers.
+pub fn is_debug_handler(path: &str) -> bool {
+    let Some(rest) = path.strip_prefix("debug/") else {
+        return false;
+    };
+    rest.starts_with("pprof/") || DEBUG_HANDLERS.contains(&rest)
 }
 
 /// What a kubeconfig in a remote secret says: server, CA and bearer token of its current
 /// context (or of its first cluster and user).
-#[derive(Debug, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Peer {
     pub server: String,
     pub ca: Vec<u8>,
@@ -328,101 +353,6 @@ pub fn own_cluster_id(pod: &Value) -> String {
         .to_string()
 }
 
-/// What istiod in pod `pod` would list at `/debug/clusterz`, or `None` if there is no such pod.
-/// The state lock is held only to read; the probes run without it.
-pub async fn clusterz(shared: &Arc<Shared>, pod_key: &Key) -> Option<Vec<ClusterEntry>> {
-    let delay = Duration::from_millis(shared.sync_delay_ms.load(Ordering::Relaxed));
-    let (own, candidates) = {
-        let st = shared.state.lock().unwrap();
-        let pod = st.objects.get(pod_key)?;
-        let own = own_cluster_id(pod);
-        let loaded = st.istiod_loaded.get(pod_key);
-        (
-            own.clone(),
-            remote_clusters(&st, &pod_ns(pod), &own, delay, loaded),
-        )
-    };
-    let probes = candidates
-        .into_iter()
-        .map(|(mut entry, peer, syncing)| async move {
-            entry.sync_status = if syncing {
-                "syncing".into()
-            } else if probe(&peer).await {
-                "synced".into()
-            } else {
-                "timeout".into()
-            };
-            entry
-        });
-    let mut out = vec![ClusterEntry {
-        id: own,
-        secret_name: String::new(),
-        sync_status: "synced".into(),
-        server: String::new(),
-    }];
-    out.extend(futures_util::future::join_all(probes).await);
-    Some(out)
-}
-
-fn pod_ns(pod: &Value) -> String {
-    meta_str(pod, "namespace").to_string()
-}
-
-/// The remote clusters istiod registers from the secrets labelled `istio/multiCluster=true` in
-/// its namespace, first secret (by creation) first: one per data key, skipping its own id and
-/// ids already registered. The kubeconfig is the one istiod loaded (`loaded`) from the same
-/// secret, else the secret's. The bool says the peer is still within the sync delay.
-fn remote_clusters(
-    st: &State,
-    ns: &str,
-    own: &str,
-    delay: Duration,
-    loaded: Option<&std::collections::BTreeMap<(String, String), String>>,
-) -> Vec<(ClusterEntry, Peer, bool)> {
-    let mut secrets: Vec<(&Key, &Value)> = st
-        .objects
-        .iter()
-        .filter(|(k, s)| {
-            k.group.is_empty()
-                && k.plural == "secrets"
-                && k.namespace == ns
-                && s.pointer("/metadata/labels/istio~1multiCluster")
-                    .and_then(Value::as_str)
-                    == Some("true")
-        })
-        .collect();
-    secrets.sort_by_key(|(k, _)| st.born.get(*k).map(|b| b.0).unwrap_or(0));
-    let mut out: Vec<(ClusterEntry, Peer, bool)> = Vec::new();
-    for (key, secret) in secrets {
-        let young = st.born.get(key).is_some_and(|(_, at)| at.elapsed() < delay);
-        let Some(data) = secret.get("data").and_then(Value::as_object) else {
-            continue;
-        };
-        let uid = meta_str(secret, "uid");
-        for (id, value) in data {
-            if id == own || out.iter().any(|(e, _, _)| e.id == *id) {
-                continue;
-            }
-            let value = match loaded.and_then(|l| l.get(&(uid.to_string(), id.clone()))) {
-                Some(kubeconfig) => kubeconfig.as_str(),
-                None => value.as_str().unwrap_or(""),
-            };
-            let peer = parse_kubeconfig(value).unwrap_or_default();
-            out.push((
-                ClusterEntry {
-                    id: id.clone(),
-                    secret_name: format!("{ns}/{}", key.name),
-                    sync_status: String::new(),
-                    server: peer.server.clone(),
-                },
-                peer,
-                young,
-            ));
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -476,62 +406,11 @@ mod tests {
         );
     }
 
-    fn secret(st: &mut State, name: &str, data: Value) {
-        let res = st.resource("", "v1", "secrets").unwrap();
-        let ns = st.resource("", "v1", "namespaces").unwrap();
-        let _ = st.create(
-            &ns,
-            "",
-            json!({"metadata": {"name": "istio-system"}}),
-            false,
-        );
-        st.create(
-            &res,
-            "istio-system",
-            json!({"metadata": {"name": name, "labels": {"istio/multiCluster": "true"}}, "data": data}),
-            false,
-        )
-        .unwrap();
-    }
-
     #[test]
-    fn istiod_skips_its_own_id_and_ids_already_registered() {
-        let mut st = State::new("c1", String::new());
-        let kc = |port: u16| {
-            STANDARD.encode(format!(
-                "clusters:\n- name: x\n  cluster:\n    server: https://127.0.0.1:{port}\nusers:\n- name: x\n  user:\n    token: t\n"
-            ))
-        };
-        secret(&mut st, "z-first", json!({"c2": kc(2), "c1": kc(1)}));
-        secret(&mut st, "a-second", json!({"c2": kc(3), "c3": kc(4)}));
-        let view: Vec<(String, String, String)> =
-            remote_clusters(&st, "istio-system", "c1", Duration::ZERO, None)
-                .into_iter()
-                .map(|(e, _, _)| (e.id, e.secret_name, e.server))
-                .collect();
-        assert_eq!(
-            view,
-            vec![
-                (
-                    "c2".into(),
-                    "istio-system/z-first".into(),
-                    "https://127.0.0.1:2".into()
-                ),
-                (
-                    "c3".into(),
-                    "istio-system/a-second".into(),
-                    "https://127.0.0.1:4".into()
-                ),
-            ]
-        );
-    }
-
-    #[test]
-    fn a_peer_is_syncing_within_the_sync_delay() {
-        let mut st = State::new("c1", String::new());
-        secret(&mut st, "s", json!({"c2": ""}));
-        let young = |d| remote_clusters(&st, "istio-system", "c1", d, None)[0].2;
-        assert!(young(Duration::from_secs(60)));
-        assert!(!young(Duration::ZERO));
+    fn debug_handlers_are_known_paths_under_debug() {
+        assert!(is_debug_handler("debug/clusterz"));
+        assert!(is_debug_handler("debug/pprof/heap"));
+        assert!(!is_debug_handler("debug/nothing"));
+        assert!(!is_debug_handler("metrics"));
     }
 }

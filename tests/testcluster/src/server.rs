@@ -38,6 +38,10 @@ pub struct Shared {
     pub request_log: Mutex<Vec<LoggedRequest>>,
     pub pod_proxy: AtomicBool,
     pub sync_delay_ms: AtomicU64,
+    /// [`crate::Options::informer_lag`] in milliseconds.
+    pub informer_lag_ms: AtomicU64,
+    /// [`crate::Options::remote_cluster_timeout`] in milliseconds.
+    pub remote_cluster_timeout_ms: AtomicU64,
 }
 
 impl Shared {
@@ -187,6 +191,14 @@ pub async fn handle(shared: Arc<Shared>, conn: Conn, req: Request) -> Response {
     let write = is_write(&method);
     if write {
         shared.mutations.fetch_add(1, Ordering::Relaxed);
+    }
+    if let Some((ns, name)) = crate::exec::exec_target(uri.path()) {
+        let resp = match &who {
+            Ok(Who::Anonymous) | Err(()) => json_response(401, &auth::unauthorized()),
+            Ok(who) => crate::exec::exec(&shared, who, &ns, &name, req).await,
+        };
+        shared.record(&method, &uri, resp.status().as_u16(), &user);
+        return resp;
     }
     // Always read the body, DELETE's too: clients reuse the connection.
     let body = match to_bytes(req.into_body(), 256 << 20).await {
@@ -528,7 +540,10 @@ fn resource_inner(
                 }
                 _ => {}
             }
-            let log = st.pod_logs.get(&key).cloned().unwrap_or_default();
+            let log = match st.istiods.get(&key) {
+                Some(istiod) => istiod_log(istiod, q)?,
+                None => st.pod_logs.get(&key).cloned().unwrap_or_default(),
+            };
             let mut r = Response::new(Body::from(log));
             r.headers_mut()
                 .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
@@ -693,6 +708,39 @@ fn resource_inner(
             "the server does not allow this method on the requested resource",
         )),
     }
+}
+
+/// An istiod pod's log as the kubelet serves it: `sinceTime` (RFC 3339) or `sinceSeconds`
+/// keep the lines written since then, `tailLines` the last N of those, `timestamps` prefixes
+/// each with its time stamp.
+fn istiod_log(istiod: &crate::istiod::Istiod, q: &Query) -> Result<String, ApiError> {
+    let since = match (q.get("sinceTime"), q.get("sinceSeconds")) {
+        (Some(t), _) => Some(crate::istiod::parse_rfc3339(t).ok_or_else(|| {
+            ApiError::new(
+                400,
+                "BadRequest",
+                format!("parsing time {t:?}: invalid RFC 3339"),
+            )
+        })?),
+        (None, Some(s)) => {
+            let secs: u64 = s.parse().map_err(|_| {
+                ApiError::new(400, "BadRequest", format!("invalid sinceSeconds {s:?}"))
+            })?;
+            std::time::SystemTime::now().checked_sub(Duration::from_secs(secs))
+        }
+        (None, None) => None,
+    };
+    let log = istiod.render_log(since, q.flag("timestamps"));
+    Ok(
+        match q.get("tailLines").and_then(|n| n.parse::<usize>().ok()) {
+            Some(n) => {
+                let lines: Vec<&str> = log.lines().collect();
+                let kept = &lines[lines.len().saturating_sub(n)..];
+                kept.iter().map(|l| format!("{l}\n")).collect()
+            }
+            None => log,
+        },
+    )
 }
 
 /// The `scale` subresource of a Deployment (`autoscaling/v1` Scale).

@@ -148,10 +148,8 @@ pub struct State {
     /// The root of trust each istiod pod loaded from `cacerts` when it started (`None`: a
     /// self-signed root of its own).
     pub istiod_roots: HashMap<Key, Option<String>>,
-    /// The remote-secret kubeconfigs each istiod pod loaded: (secret uid, cluster id) →
-    /// base64 kubeconfig. Before Istio 1.31 istiod keeps what it loaded when the secret
-    /// changes.
-    pub istiod_loaded: HashMap<Key, BTreeMap<(String, String), String>>,
+    /// The secret controller of each ready istiod pod (see the `istiod` module).
+    pub istiods: HashMap<Key, crate::istiod::Istiod>,
     /// Workloads (ReplicaSets, Deployments) whose status must be recomputed from their pods.
     pub stale_status: Vec<Key>,
     depth: u32,
@@ -253,7 +251,7 @@ impl State {
             born: HashMap::new(),
             pod_logs: HashMap::new(),
             istiod_roots: HashMap::new(),
-            istiod_loaded: HashMap::new(),
+            istiods: HashMap::new(),
             stale_status: Vec::new(),
             sidecar_roots: HashMap::new(),
             depth: 0,
@@ -639,7 +637,7 @@ impl State {
         if key.group.is_empty() && key.plural == "pods" {
             self.pod_logs.remove(key);
             self.istiod_roots.remove(key);
-            self.istiod_loaded.remove(key);
+            self.istiods.remove(key);
             self.sidecar_roots.remove(key);
             self.owner_status_stale(&obj);
         }

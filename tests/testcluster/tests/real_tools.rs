@@ -788,6 +788,17 @@ fn reader(c: &TestCluster) -> String {
 /// A control plane as the charts leave it: istio-system (on `network`), `cacerts` with `root`
 /// (none when `None`), the reader's token secret, and a ready istiod reporting `id`.
 fn control_plane(c: &TestCluster, id: &str, network: &str, root: Option<&str>) -> String {
+    control_plane_image(c, id, network, root, "pilot")
+}
+
+/// [`control_plane`] with istiod's `discovery` image (its tag names the Istio version).
+fn control_plane_image(
+    c: &TestCluster,
+    id: &str,
+    network: &str,
+    root: Option<&str>,
+    image: &str,
+) -> String {
     let ns = format!("/api/v1/namespaces/{NS}");
     put(
         c,
@@ -810,7 +821,7 @@ fn control_plane(c: &TestCluster, id: &str, network: &str, root: Option<&str>) -
         json!({"metadata": {"labels": {"app": "istiod"}}, "spec": {
             "selector": {"matchLabels": {"app": "istiod", "istio.io/rev": "default"}},
             "template": {"metadata": {"labels": {"app": "istiod", "istio.io/rev": "default"}},
-                "spec": {"containers": [{"name": "discovery", "image": "pilot",
+                "spec": {"containers": [{"name": "discovery", "image": image,
                     "ports": [{"name": "http-monitoring", "containerPort": 15014}],
                     "env": [{"name": "CLUSTER_ID", "value": id}]}]}}}}),
     );
@@ -918,12 +929,7 @@ fn kubectl_scales_restarts_and_deletes_a_deployment_with_its_pods() {
         );
         assert_eq!(p["metadata"]["ownerReferences"][0]["controller"], true);
         assert_eq!(p["status"]["phase"], "Running");
-        assert!(
-            p["status"]["podIP"]
-                .as_str()
-                .unwrap()
-                .starts_with("10.244.")
-        );
+        assert!(p["status"]["podIP"].as_str().unwrap().starts_with("10.2"));
         assert_eq!(p["status"]["containerStatuses"][0]["ready"], true);
     }
     let ready = t.kubectl(
@@ -979,160 +985,46 @@ fn kubectl_scales_restarts_and_deletes_a_deployment_with_its_pods() {
 }
 
 #[test]
-fn istiod_answers_clusterz_through_the_pod_proxy() {
+fn istiods_debug_handlers_refuse_the_pod_proxy_with_401() {
     let c1 = TestCluster::start("c1", Options::default());
-    let c2 = TestCluster::start("c2", Options::default());
-    let (_dir, t) = kubectl_env(&[&c1, &c2]);
-    let token1 = control_plane(&c1, "cluster1", "n1", None);
-    let token2 = control_plane(&c2, "cluster2", "n1", None);
-    let good = remote_kubeconfig(&c2, "cluster2", c2.ca_pem(), &token2);
-    remote_secret(&c1, "cluster2", "cluster2", &good);
-    let pod = std::cell::RefCell::new(istiod_pod(&c1));
-    let clusterz = |port: &str| -> Value {
-        let pod = pod.borrow();
-        let raw = t.kubectl(
+    let (_dir, t) = kubectl_env(&[&c1]);
+    control_plane(&c1, "cluster1", "n1", None);
+    let pod = istiod_pod(&c1);
+    let raw = |port: &str, path: &str| {
+        t.kubectl_out(
             "c1",
             &[
                 "get",
                 "--raw",
-                &format!("/api/v1/namespaces/{NS}/pods/{pod}:{port}/proxy/debug/clusterz"),
+                &format!("/api/v1/namespaces/{NS}/pods/{pod}:{port}/proxy/{path}"),
             ],
             None,
-        );
-        serde_json::from_str(&raw).unwrap()
+        )
     };
-    assert_eq!(
-        clusterz("15014"),
-        json!([
-            {"id": "cluster1", "secretName": "", "syncStatus": "synced"},
-            {"id": "cluster2", "secretName": "istio-system/istio-remote-secret-cluster2", "syncStatus": "synced"},
-        ])
-    );
-    assert_eq!(
-        sync(&clusterz("http-monitoring"), "cluster2"),
-        "synced",
-        "named port"
-    );
-    assert!(
-        c2.requests_log().iter().any(|r| r.who
-            == format!("system:serviceaccount:{NS}:istio-reader-service-account")
-            && r.status == 200),
-        "the probe reads c2 with the reader token"
-    );
-    // A peer served by the same process thread as istiod itself: probed without deadlock.
-    remote_secret(
-        &c1,
-        "loop",
-        "cluster9",
-        &remote_kubeconfig(&c1, "loop", c1.ca_pem(), &token1),
-    );
-    assert_eq!(sync(&clusterz("15014"), "cluster9"), "synced");
-    c1.delete(&format!(
-        "/api/v1/namespaces/{NS}/secrets/istio-remote-secret-loop"
-    ))
-    .unwrap();
-
-    // Without the reader's role binding the token is refused every read.
-    let binding = "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/istio-reader-clusterrole-istio-system";
-    let saved = c2.delete(binding).unwrap();
-    assert_eq!(
-        sync(&clusterz("15014"), "cluster2"),
-        "timeout",
-        "no reader RBAC"
-    );
-    put(&c2, binding, saved);
-    assert_eq!(sync(&clusterz("15014"), "cluster2"), "synced");
-
-    // Own id ignored; an id already registered ignored; a non-loopback server never synced.
-    remote_secret(&c1, "self", "cluster1", &good);
-    remote_secret(
-        &c1,
-        "again",
-        "cluster2",
-        &remote_kubeconfig(&c2, "x", c1.ca_pem(), "bad"),
-    );
-    let far = good.replace(&c2.url(), "https://10.0.0.1:6443");
-    remote_secret(&c1, "far", "cluster3", &far);
-    let view = clusterz("15014");
-    assert_eq!(view.as_array().unwrap().len(), 3, "{view}");
-    assert_eq!(
-        view[2],
-        json!({"id": "cluster3", "secretName": "istio-system/istio-remote-secret-far", "syncStatus": "timeout"})
-    );
-
-    for name in ["self", "again"] {
-        c1.delete(&format!(
-            "/api/v1/namespaces/{NS}/secrets/istio-remote-secret-{name}"
-        ))
-        .unwrap();
+    for port in ["15014", "http-monitoring"] {
+        let out = raw(port, "debug/clusterz");
+        assert!(!out.ok, "{}", out.stdout);
+        // What kubectl prints for a 401 without a Status body.
+        assert!(
+            out.stderr
+                .contains("the server has asked for the client to provide credentials"),
+            "{}",
+            out.stderr
+        );
     }
-
-    // A wrong CA, then a revoked token: timeout. istiod takes a changed kubeconfig only from a
-    // new secret (deleted, then created).
-    let secret2 = format!("/api/v1/namespaces/{NS}/secrets/istio-remote-secret-cluster2");
-    c1.delete(&secret2).unwrap();
-    remote_secret(
-        &c1,
-        "cluster2",
-        "cluster2",
-        &remote_kubeconfig(&c2, "cluster2", c1.ca_pem(), &token2),
-    );
-    assert_eq!(sync(&clusterz("15014"), "cluster2"), "timeout", "wrong CA");
-    c1.delete(&secret2).unwrap();
-    remote_secret(&c1, "cluster2", "cluster2", &good);
-    assert_eq!(sync(&clusterz("15014"), "cluster2"), "synced");
-
-    // A rotated token written into the same secret: istiod before 1.31 keeps the token it
-    // loaded, which is revoked now, until it restarts.
-    put(
-        &c2,
-        &format!("/api/v1/namespaces/{NS}/secrets/reader-token-2"),
-        json!({"type": "kubernetes.io/service-account-token", "metadata": {"annotations": {
-            "kubernetes.io/service-account.name": "istio-reader-service-account"}}}),
-    );
-    let rotated = wait_token(&c2, NS, "reader-token-2");
-    remote_secret(
-        &c1,
-        "cluster2",
-        "cluster2",
-        &remote_kubeconfig(&c2, "cluster2", c2.ca_pem(), &rotated),
-    );
-    c2.delete(&format!("/api/v1/namespaces/{NS}/secrets/reader-token"))
-        .unwrap();
     assert_eq!(
-        sync(&clusterz("15014"), "cluster2"),
-        "timeout",
-        "the old, revoked token is still in use"
+        c1.requests_log().last().map(|r| r.status),
+        Some(401),
+        "istiod's answer, passed on by the API server"
     );
-    let old = pod.borrow().clone();
-    t.kubectl("c1", &["delete", "pod", &old, "-n", NS], None);
-    *pod.borrow_mut() = istiod_pod(&c1);
-    assert_eq!(
-        sync(&clusterz("15014"), "cluster2"),
-        "synced",
-        "a restarted istiod loads the rotated token"
+    let unknown = raw("15014", "debug/nothing");
+    assert!(
+        !unknown.ok && unknown.stderr.contains("NotFound"),
+        "{}",
+        unknown.stderr
     );
-
-    // syncing within the sync delay of a new secret.
-    c1.set_sync_delay(Duration::from_secs(60));
-    c1.delete(&format!(
-        "/api/v1/namespaces/{NS}/secrets/istio-remote-secret-far"
-    ));
-    remote_secret(&c1, "far", "cluster3", &far);
-    assert_eq!(sync(&clusterz("15014"), "cluster3"), "syncing");
-    c1.set_sync_delay(Duration::ZERO);
-
     // Nothing else listens; a private control plane reaches no pod.
-    let pod = pod.borrow().clone();
-    let other = t.kubectl_out(
-        "c1",
-        &[
-            "get",
-            "--raw",
-            &format!("/api/v1/namespaces/{NS}/pods/{pod}:8080/proxy/debug/clusterz"),
-        ],
-        None,
-    );
+    let other = raw("8080", "debug/clusterz");
     assert!(!other.ok);
     assert!(
         other.stderr.contains("connect: connection refused"),
@@ -1140,21 +1032,37 @@ fn istiod_answers_clusterz_through_the_pod_proxy() {
         other.stderr
     );
     c1.set_pod_proxy(false);
-    let private = t.kubectl_out(
-        "c1",
-        &[
-            "get",
-            "--raw",
-            &format!("/api/v1/namespaces/{NS}/pods/{pod}:15014/proxy/debug/clusterz"),
-        ],
-        None,
-    );
+    let private = raw("15014", "debug/clusterz");
     assert!(!private.ok);
     assert!(
         private.stderr.contains("ServiceUnavailable") || private.stderr.contains("i/o timeout"),
         "{}",
         private.stderr
     );
+}
+
+/// Waits until istiod of `c` lists cluster `id` with `status` (at most 20 s: the machine may
+/// be loaded) and returns the view.
+fn wait_sync(c: &TestCluster, id: &str, status: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let pod = istiod_pod(c);
+        if let Some(view) = c.istiod_clusterz(NS, &pod)
+            && view
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["id"] == id && e["syncStatus"] == status)
+        {
+            return view;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{id} never became {status}: {:?}",
+            c.istiod_clusterz(NS, &pod)
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
 }
 
 /// helloworld `version` in namespace meshup-verify (injected) of `c`.
@@ -1230,6 +1138,8 @@ fn a_curl_job_reaches_both_clusters_only_with_a_shared_root() {
     );
     helloworld(&c1, "v1");
     helloworld(&c2, "v2");
+    wait_sync(&c1, "cluster2", "synced");
+    wait_sync(&c2, "cluster1", "synced");
 
     let lines = curl_job(&t, "c1", "curl", 4);
     assert_eq!(lines.len(), 4, "{lines:?}");
@@ -1257,6 +1167,16 @@ fn a_curl_job_reaches_both_clusters_only_with_a_shared_root() {
             "{v} missing: {lines:?}"
         );
     }
+
+    // cluster2's reader token revoked: istiod keeps serving what it listed.
+    c2.delete(&format!("/api/v1/namespaces/{NS}/secrets/reader-token"))
+        .unwrap();
+    assert!(
+        curl_job(&t, "c1", "curl-revoked", 4)
+            .iter()
+            .any(|l| l.contains("version: v2")),
+        "endpoints stay after the token is revoked"
+    );
 
     // cluster2 gets another root: its workloads keep the old one until both istiod and they
     // restart; then cross-cluster mTLS fails.
@@ -1447,6 +1367,28 @@ fn an_istiod_with_a_partial_cacerts_crashes_until_the_set_is_complete() {
     );
     let logs = t.kubectl("c1", &["logs", &pod, "-n", NS], None);
     assert!(logs.contains("incomplete signing CA bundle"), "{logs}");
+    let exec = t.kubectl_out(
+        "c1",
+        &[
+            "exec",
+            "-n",
+            NS,
+            &pod,
+            "-c",
+            "discovery",
+            "--",
+            "pilot-discovery",
+            "request",
+            "GET",
+            "/debug/clusterz",
+        ],
+        None,
+    );
+    assert!(
+        !exec.ok && exec.stderr.contains("container not found (\"discovery\")"),
+        "{}",
+        exec.stderr
+    );
     let proxy = t.kubectl_out(
         "c1",
         &[
@@ -1574,5 +1516,449 @@ fn helm_cut_off_mid_install_leaves_the_release_pending() {
             .contains("another operation (install/upgrade/rollback) is in progress"),
         "{}",
         again.stderr
+    );
+}
+
+// ---- istiod: exec, logs and the secret controller, driven by the real kubectl ----
+
+/// `kubectl exec POD -c discovery -- pilot-discovery request GET PATH` in istio-system.
+fn pilot_request(t: &Tools, ctx: &str, pod: &str, path: &str) -> Out {
+    t.kubectl_out(
+        ctx,
+        &[
+            "exec",
+            "-n",
+            NS,
+            pod,
+            "-c",
+            "discovery",
+            "--",
+            "pilot-discovery",
+            "request",
+            "GET",
+            path,
+        ],
+        None,
+    )
+}
+
+/// Two clusters, istiod in each (image `image`), c1 holding a remote secret for c2.
+fn linked(image: &str, options: Options) -> (TestCluster, TestCluster, String) {
+    let c1 = TestCluster::start("c1", options.clone());
+    let c2 = TestCluster::start("c2", options);
+    control_plane_image(&c1, "cluster1", "n1", None, image);
+    let token2 = control_plane_image(&c2, "cluster2", "n1", None, image);
+    remote_secret(
+        &c1,
+        "cluster2",
+        "cluster2",
+        &remote_kubeconfig(&c2, "cluster2", c2.ca_pem(), &token2),
+    );
+    (c1, c2, token2)
+}
+
+#[test]
+fn kubectl_1_34_and_1_35_exec_pilot_discovery_request_for_clusterz() {
+    let (c1, c2, _) = linked("docker.io/istio/pilot:1.28.1", Options::default());
+    wait_sync(&c1, "cluster2", "synced");
+    let pod = istiod_pod(&c1);
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    write_kubeconfig(&kubeconfig, &[&c1, &c2]).unwrap();
+    for set in ["helm4", "helm3"] {
+        let t = tools(set, &kubeconfig, dir.path());
+        let out = pilot_request(&t, "c1", &pod, "/debug/clusterz");
+        assert!(out.ok, "{set}: {}{}", out.stdout, out.stderr);
+        assert!(out.stdout.ends_with("]\n"), "{set}: {:?}", out.stdout);
+        let view: Value = serde_json::from_str(&out.stdout).unwrap();
+        assert_eq!(
+            view,
+            json!([
+                {"id": "cluster1", "secretName": "", "syncStatus": "synced"},
+                {"id": "cluster2", "secretName": "istio-system/istio-remote-secret-cluster2", "syncStatus": "synced"},
+            ]),
+            "{set}"
+        );
+        // A 404 prints its body and exits 0, as pilot-discovery's request command does.
+        let missing = pilot_request(&t, "c1", &pod, "/debug/nothing");
+        assert!(missing.ok, "{set}: {}", missing.stderr);
+        assert_eq!(missing.stdout, "404 page not found\n\n", "{set}");
+        // Nothing else is in the image.
+        let ls = t.kubectl_out(
+            "c1",
+            &["exec", "-n", NS, &pod, "-c", "discovery", "--", "ls", "/"],
+            None,
+        );
+        assert!(!ls.ok);
+        assert!(
+            ls.stderr
+                .contains("Internal error occurred: error executing command in container")
+                && ls
+                    .stderr
+                    .contains("exec: \"ls\": executable file not found in $PATH: unknown"),
+            "{set}: {}",
+            ls.stderr
+        );
+        // The wrong container, and a pod that does not exist.
+        let wrong = t.kubectl_out(
+            "c1",
+            &["exec", "-n", NS, &pod, "-c", "istio-proxy", "--", "true"],
+            None,
+        );
+        assert!(
+            !wrong.ok
+                && wrong
+                    .stderr
+                    .contains("container istio-proxy is not valid for pod"),
+            "{set}: {}",
+            wrong.stderr
+        );
+        let absent = t.kubectl_out("c1", &["exec", "-n", NS, "istiod-nope", "--", "true"], None);
+        assert!(
+            !absent.ok && absent.stderr.contains("pods \"istiod-nope\" not found"),
+            "{set}: {}",
+            absent.stderr
+        );
+    }
+    // Every command ran over a WebSocket (GET, 101); a refused upgrade (the 400s above) makes
+    // kubectl fall back to SPDY (POST), which is refused the same way.
+    let log = c1.requests_log();
+    let exec: Vec<_> = log.iter().filter(|r| r.path.contains("/exec?")).collect();
+    assert!(
+        exec.iter().all(|r| (r.method == "GET") == (r.status == 101)
+            || r.status == 400
+            || r.status == 404),
+        "{exec:?}"
+    );
+    assert_eq!(
+        exec.iter().filter(|r| r.status == 101).count(),
+        6,
+        "{exec:?}"
+    );
+}
+
+#[test]
+fn exec_over_websocket_needs_get_on_pods_exec_as_kube_apiserver_1_34_authorizes_it() {
+    let c = TestCluster::start("c1", Options::default());
+    let token = control_plane(&c, "cluster1", "n1", None);
+    let pod = istiod_pod(&c);
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("user");
+    user_kubeconfig(&kubeconfig, &c, &token);
+    let t = tools("helm4", &kubeconfig, dir.path());
+    let refused = pilot_request(&t, "ctx", &pod, "/debug/clusterz");
+    assert!(!refused.ok);
+    // kubectl tries the WebSocket (GET: verb `get`), is refused, falls back to SPDY (POST:
+    // verb `create`) and reports that refusal.
+    assert!(
+        refused.stderr.contains(&format!(
+            "pods/exec \"{pod}\" is forbidden: User \"system:serviceaccount:istio-system:istio-reader-service-account\" cannot create resource \"pods/exec\" in API group \"\" in the namespace \"istio-system\""
+        )),
+        "{}",
+        refused.stderr
+    );
+    let tried: Vec<(String, u16)> = c
+        .requests_log()
+        .into_iter()
+        .filter(|r| r.path.contains("/exec?"))
+        .map(|r| (r.method, r.status))
+        .collect();
+    assert_eq!(tried, [("GET".into(), 403), ("POST".into(), 403)]);
+    let rbac = "/apis/rbac.authorization.k8s.io/v1";
+    put(
+        &c,
+        &format!("{rbac}/namespaces/{NS}/roles/exec"),
+        json!({"rules": [{"apiGroups": [""], "resources": ["pods/exec"], "verbs": ["get"]}]}),
+    );
+    put(
+        &c,
+        &format!("{rbac}/namespaces/{NS}/rolebindings/exec"),
+        json!({"roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "exec"},
+               "subjects": [{"kind": "ServiceAccount", "name": "istio-reader-service-account", "namespace": NS}]}),
+    );
+    let allowed = pilot_request(&t, "ctx", &pod, "/debug/clusterz");
+    assert!(allowed.ok, "{}", allowed.stderr);
+}
+
+/// istiod's log lines (without their time stamps) since `since`, through kubectl.
+fn istiod_log(t: &Tools, ctx: &str, pod: &str, since: Option<&str>) -> Vec<String> {
+    let mut args = vec!["logs", "-n", NS, pod, "-c", "discovery"];
+    let flag;
+    if let Some(s) = since {
+        flag = format!("--since-time={s}");
+        args.push(&flag);
+    }
+    t.kubectl(ctx, &args, None)
+        .lines()
+        .map(|l| {
+            l.split_once('\t')
+                .map(|(_, rest)| rest)
+                .unwrap_or(l)
+                .to_string()
+        })
+        .collect()
+}
+
+/// Waits until istiod's log (through kubectl) has a line equal to `line`.
+fn wait_log(t: &Tools, ctx: &str, pod: &str, since: Option<&str>, line: &str) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let lines = istiod_log(t, ctx, pod, since);
+        if lines.iter().any(|l| l == line) {
+            return lines;
+        }
+        assert!(Instant::now() < deadline, "no {line:?} in {lines:#?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A rotated reader token for c2 in c1's remote secret; returns when it was written (RFC 3339,
+/// whole seconds, as `--since-time` takes it).
+fn rotate(c1: &TestCluster, c2: &TestCluster, name: &str) -> String {
+    put(
+        c2,
+        &format!("/api/v1/namespaces/{NS}/secrets/{name}"),
+        json!({"type": "kubernetes.io/service-account-token", "metadata": {"annotations": {
+            "kubernetes.io/service-account.name": "istio-reader-service-account"}}}),
+    );
+    let rotated = wait_token(c2, NS, name);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let since = rfc3339(now);
+    remote_secret(
+        c1,
+        "cluster2",
+        "cluster2",
+        &remote_kubeconfig(c2, "cluster2", c2.ca_pem(), &rotated),
+    );
+    since
+}
+
+fn rfc3339(secs: u64) -> String {
+    let out = Command::new("date")
+        .args(["-u", "-d", &format!("@{secs}"), "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[test]
+fn istio_1_28_logs_update_cluster_and_rebuilds_a_changed_kubeconfig_stop_first() {
+    let (c1, c2, _) = linked("docker.io/istio/pilot:1.28.1", Options::default());
+    let (_dir, t) = kubectl_env(&[&c1, &c2]);
+    let pod = istiod_pod(&c1);
+    let secret = "secret=istio-system/istio-remote-secret-cluster2";
+    let first = wait_log(
+        &t,
+        "c1",
+        &pod,
+        None,
+        &format!("info\tAdd cluster\tcluster=cluster2 {secret}"),
+    );
+    assert!(
+        first.contains(
+            &"info\tprocessing secret event for secret istio-system/istio-remote-secret-cluster2"
+                .to_string()
+        ),
+        "{first:#?}"
+    );
+    wait_sync(&c1, "cluster2", "synced");
+    c1.set_sync_delay(Duration::from_secs(600));
+    let since = rotate(&c1, &c2, "reader-token-2");
+    let lines = wait_log(
+        &t,
+        "c1",
+        &pod,
+        Some(&since),
+        &format!("info\tUpdate cluster\tcluster=cluster2 {secret}"),
+    );
+    let update = lines
+        .iter()
+        .position(|l| l.starts_with("info\tUpdate cluster"))
+        .unwrap();
+    assert!(
+        !lines[update..].iter().any(|l| l.contains("Add cluster")),
+        "an update, not an add: {lines:#?}"
+    );
+    let view = wait_sync(&c1, "cluster2", "syncing");
+    assert_eq!(view.as_array().unwrap().len(), 2, "{view}");
+    c1.set_sync_delay(Duration::ZERO);
+    wait_sync(&c1, "cluster2", "synced");
+    // The same kubeconfig again: skipped.
+    let again = c1
+        .get(&format!(
+            "/api/v1/namespaces/{NS}/secrets/istio-remote-secret-cluster2"
+        ))
+        .unwrap();
+    let mut touched = again.clone();
+    touched["metadata"]["annotations"] = json!({"touched": "yes"});
+    put(
+        &c1,
+        &format!("/api/v1/namespaces/{NS}/secrets/istio-remote-secret-cluster2"),
+        touched,
+    );
+    wait_log(
+        &t,
+        "c1",
+        &pod,
+        None,
+        &format!("info\tskipping update (kubeconfig are identical)\tcluster=cluster2 {secret}"),
+    );
+}
+
+#[test]
+fn istio_1_30_swaps_a_changed_kubeconfig_in_and_logs_config() {
+    let (c1, c2, _) = linked("docker.io/istio/pilot:1.30.0", Options::default());
+    let (_dir, t) = kubectl_env(&[&c1, &c2]);
+    let pod = istiod_pod(&c1);
+    let config = "config=istio-system/istio-remote-secret-cluster2";
+    wait_log(
+        &t,
+        "c1",
+        &pod,
+        None,
+        &format!("info\tAdd cluster\tcluster=cluster2 {config}"),
+    );
+    wait_sync(&c1, "cluster2", "synced");
+    c1.set_sync_delay(Duration::from_secs(600));
+    let since = rotate(&c1, &c2, "reader-token-2");
+    let lines = wait_log(
+        &t,
+        "c1",
+        &pod,
+        Some(&since),
+        &format!("info\tUpdate cluster\tcluster=cluster2 {config}"),
+    );
+    assert!(
+        lines.contains(
+            &"info\tprocessing remote config event for istio-system/istio-remote-secret-cluster2"
+                .to_string()
+        ),
+        "{lines:#?}"
+    );
+    wait_sync(&c1, "cluster2", "syncing");
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.contains("stopping previous cluster"))
+    );
+    c1.set_sync_delay(Duration::ZERO);
+    wait_sync(&c1, "cluster2", "synced");
+    wait_log(
+        &t,
+        "c1",
+        &pod,
+        Some(&since),
+        "info\tstopping previous cluster cluster2 after new cluster synced",
+    );
+}
+
+#[test]
+fn synced_stays_synced_after_the_token_is_revoked_and_a_new_istiod_starts_fresh() {
+    let (c1, c2, _) = linked("docker.io/istio/pilot:1.28.1", Options::default());
+    let (_dir, t) = kubectl_env(&[&c1, &c2]);
+    wait_sync(&c1, "cluster2", "synced");
+    c2.delete(&format!("/api/v1/namespaces/{NS}/secrets/reader-token"))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let pod = istiod_pod(&c1);
+    let out = pilot_request(&t, "c1", &pod, "/debug/clusterz");
+    let view: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(sync(&view, "cluster2"), "synced", "sticky");
+    // A new istiod pod loads the secret again: the revoked token never syncs.
+    t.kubectl("c1", &["delete", "pod", &pod, "-n", NS], None);
+    wait_sync(&c1, "cluster2", "timeout");
+    let new_pod = istiod_pod(&c1);
+    wait_log(
+        &t,
+        "c1",
+        &new_pod,
+        None,
+        "error\tremote cluster cluster2 failed to sync after 2s",
+    );
+}
+
+#[test]
+fn an_unreachable_server_times_out_then_syncs_once_it_answers() {
+    let options = Options {
+        remote_cluster_timeout: Duration::from_millis(500),
+        ..Options::default()
+    };
+    let c1 = TestCluster::start("c1", options.clone());
+    let c2 = TestCluster::start("c2", options);
+    control_plane_image(&c1, "cluster1", "n1", None, "docker.io/istio/pilot:1.28.1");
+    let token2 = control_plane(&c2, "cluster2", "n1", None);
+    c2.stop();
+    remote_secret(
+        &c1,
+        "cluster2",
+        "cluster2",
+        &remote_kubeconfig(&c2, "cluster2", c2.ca_pem(), &token2),
+    );
+    wait_sync(&c1, "cluster2", "timeout");
+    c2.restart();
+    wait_sync(&c1, "cluster2", "synced");
+}
+
+#[test]
+fn a_second_secret_for_a_registered_id_is_ignored_and_deleting_a_secret_removes_its_cluster() {
+    let (c1, c2, token2) = linked("docker.io/istio/pilot:1.28.1", Options::default());
+    let (_dir, t) = kubectl_env(&[&c1, &c2]);
+    let pod = istiod_pod(&c1);
+    wait_sync(&c1, "cluster2", "synced");
+    remote_secret(
+        &c1,
+        "again",
+        "cluster2",
+        &remote_kubeconfig(&c2, "x", c2.ca_pem(), &token2),
+    );
+    wait_log(
+        &t,
+        "c1",
+        &pod,
+        None,
+        "warn\tcluster has already been registered\tcluster=cluster2 secret=istio-system/istio-remote-secret-again",
+    );
+    let view = c1.istiod_clusterz(NS, &pod).unwrap();
+    assert_eq!(view.as_array().unwrap().len(), 2, "{view}");
+    assert_eq!(
+        view[1]["secretName"],
+        "istio-system/istio-remote-secret-cluster2"
+    );
+    t.kubectl(
+        "c1",
+        &["delete", "secret", "istio-remote-secret-cluster2", "-n", NS],
+        None,
+    );
+    wait_log(
+        &t,
+        "c1",
+        &pod,
+        None,
+        "info\tDeleting cluster_id=cluster2 configured by secret=istio-system/istio-remote-secret-cluster2",
+    );
+    let view = c1.istiod_clusterz(NS, &pod).unwrap();
+    assert_eq!(view.as_array().unwrap().len(), 1, "{view}");
+    let tail = t.kubectl(
+        "c1",
+        &[
+            "logs",
+            "-n",
+            NS,
+            &pod,
+            "-c",
+            "discovery",
+            "--tail=1",
+            "--timestamps",
+        ],
+        None,
+    );
+    let (stamp, line) = tail.trim_end().split_once(' ').unwrap();
+    assert!(stamp.ends_with('Z') && stamp.contains('T'), "{tail}");
+    assert!(
+        line.ends_with("\tinfo\tNumber of remote clusters: 0"),
+        "{tail}"
     );
 }

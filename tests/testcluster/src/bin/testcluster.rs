@@ -11,7 +11,9 @@
 //!   --outage-after-writes K:MS      after the K-th write, reset every connection for MS ms
 //!                                   (repeatable: outages queue)
 //!   --fault-clusters NAME,NAME      the clusters the faults above apply to
-//!   --sync-delay-ms MS              istiod reports a new peer `syncing` this long
+//!   --sync-delay-ms MS              istiod reports a new peer `syncing` at least this long
+//!   --informer-lag-ms MS            istiod sees a remote secret this long after its write
+//!   --remote-cluster-timeout-ms MS  istiod's PILOT_REMOTE_CLUSTER_TIMEOUT (default 2000)
 //!   --no-load-balancer              LoadBalancer Services stay pending
 //!   --no-pod-proxy                  the pod proxy is refused (a private control plane)
 
@@ -24,7 +26,8 @@ use tokio::io::AsyncReadExt;
 
 const USAGE: &str = "usage: testcluster --clusters N --kubeconfig PATH [--latency-ms MS] \
 [--unavailable FRACTION] [--throttled FRACTION] [--reset FRACTION] [--seed N] [--outage-after-writes K:MS]... \
-[--fault-clusters NAME,...] [--sync-delay-ms MS] [--no-load-balancer] [--no-pod-proxy]";
+[--fault-clusters NAME,...] [--sync-delay-ms MS] [--informer-lag-ms MS] \
+[--remote-cluster-timeout-ms MS] [--no-load-balancer] [--no-pod-proxy]";
 
 /// What the command line asks for.
 struct Args {
@@ -80,6 +83,12 @@ fn parse() -> Result<Option<Args>, String> {
             }
             "--sync-delay-ms" => {
                 options.sync_delay = Duration::from_millis(number(&arg, &value()?)?);
+            }
+            "--informer-lag-ms" => {
+                options.informer_lag = Duration::from_millis(number(&arg, &value()?)?);
+            }
+            "--remote-cluster-timeout-ms" => {
+                options.remote_cluster_timeout = Duration::from_millis(number(&arg, &value()?)?);
             }
             "--no-load-balancer" => options.load_balancer = false,
             "--no-pod-proxy" => options.pod_proxy = false,
