@@ -21,6 +21,7 @@ use crate::kubeconfig::Kubeconfig;
 use crate::leave;
 use crate::live::Live;
 use crate::lock;
+use crate::lock::LockError;
 use crate::mesh::{self, Mesh};
 use crate::plan;
 use crate::preflight;
@@ -412,7 +413,7 @@ fn install(
     let topology = Topology::of(&session.mesh, &choices);
     // The clusters are checked once their locks are held, from the snapshot the install then
     // works with; a failed check releases them with nothing changed.
-    let outcome = session.locked("install", |run| {
+    let locked = session.locked("install", |run| {
         let checks = preflight::cluster_checks(run, &topology, false);
         if checks.iter().any(Finding::is_failure) {
             return Err(checks);
@@ -420,7 +421,20 @@ fn install(
         warn_checks(run.reporter, &checks);
         let summary = exec::execute(run, &plan::install(&topology));
         Ok(after_link(run, &topology, summary, args.prune))
-    })?;
+    });
+    // A cluster whose lock cannot be taken fails the preflight: it does not answer, or
+    // refuses meshup.
+    let outcome = match locked {
+        Err(Error::Lock(LockError::Cluster { cluster, message })) => Err(vec![Finding::fail(
+            Some(&cluster),
+            "api server",
+            format!(
+                "meshup could not take its lock there: {}",
+                message.trim_start_matches(&format!("[{cluster}] "))
+            ),
+        )]),
+        other => other?,
+    };
     match outcome {
         Ok(summary) => finish(reporter, "install", &summary),
         Err(checks) => {

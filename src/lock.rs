@@ -148,6 +148,9 @@ pub enum LockError {
     Held(#[from] Held),
     #[error(transparent)]
     Step(#[from] StepError),
+    /// A cluster did not let meshup take its lock (it does not answer, or refuses).
+    #[error("{message}")]
+    Cluster { cluster: String, message: String },
 }
 
 /// The locks a run holds, one per cluster.
@@ -249,9 +252,10 @@ impl Refused {
         match self {
             Refused::Held(held) => LockError::Held(held),
             Refused::Interrupted => LockError::Step(StepError::Interrupted),
-            Refused::Step(cluster, message) => {
-                LockError::Step(StepError::other(&cluster, message, None))
+            Refused::Step(cluster, message) if !cluster.is_empty() => {
+                LockError::Cluster { cluster, message }
             }
+            Refused::Step(_, message) => LockError::Step(StepError::other("", message, None)),
         }
     }
 }

@@ -264,9 +264,15 @@ fn hint(step: &Step, stderr: &str) -> Option<String> {
         .find(|w| w[0] == "--namespace")
         .map(|w| w[1].clone())
         .unwrap_or_default();
-    if lower.contains(&format!("namespaces \"{namespace}\" not found")) {
+    // The namespace from the message: an apply names it only in its manifest.
+    let missing = stderr
+        .split("namespaces \"")
+        .nth(1)
+        .and_then(|rest| rest.split_once("\" not found"))
+        .map(|(name, _)| name.to_string());
+    if let Some(missing) = missing.filter(|m| namespace.is_empty() || *m == namespace) {
         return Some(format!(
-            "namespace `{namespace}` does not exist in context `{context}`; install Istio there first (`meshup install`)"
+            "namespace `{missing}` does not exist in context `{context}`; install Istio there first (`meshup install`)"
         ));
     }
     let known: &[(&[&str], String)] = &[

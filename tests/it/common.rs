@@ -251,6 +251,19 @@ pub fn writes(cluster: &TestCluster, since: usize) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Whether a request path is meshup's lock (the Lease, or its collection on create).
+pub fn is_lock(path: &str) -> bool {
+    path.starts_with("/apis/coordination.k8s.io/v1/namespaces/kube-system/leases")
+}
+
+/// The writes to `cluster` after the first `since` requests, but meshup's lock.
+pub fn mesh_writes(cluster: &TestCluster, since: usize) -> Vec<(String, String)> {
+    writes(cluster, since)
+        .into_iter()
+        .filter(|(_, path)| !is_lock(path))
+        .collect()
+}
+
 pub fn secrets(cluster: &TestCluster) -> Vec<Value> {
     cluster.list(&format!("/api/v1/namespaces/{NS}/secrets"))
 }

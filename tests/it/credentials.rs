@@ -1,7 +1,9 @@
 //! Credentials over time: rotating reader tokens, taking a cluster out of a live mesh, adding
 //! one. Tokens are real credentials on the test API servers: one is accepted only while the
-//! token secret holding it exists, and istiod's clusterz probes its peers with the token it
-//! loaded, so "synced" means the token works.
+//! token secret holding it exists. istiod follows its source: it acts on a changed remote
+//! secret an informer lag after the write, rebuilds that cluster (logging `Update cluster`),
+//! and keeps reporting a peer `synced` once it synced, whatever happens to its token later —
+//! so a rotation must be judged by when istiod acted, not by clusterz alone.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,8 +16,9 @@ use serde_json::Value;
 
 use crate::common::*;
 
-/// Istio 1.31 reloads a changed remote secret; the fixture istiod's image carries this tag.
-const ISTIO_1_31: &str = "values:\n  global:\n    tag: 1.31.0\n";
+/// Istio 1.30 and later swap a rebuilt remote cluster in once it synced (no gap); the fixture
+/// istiod's image carries this tag. The fixture's own tag (1.28) stops the old one first.
+const ISTIO_1_30: &str = "values:\n  global:\n    tag: 1.30.0\n";
 
 /// The reader token secrets meshup made in `cluster`, by name: their tokens.
 fn reader_tokens(cluster: &TestCluster) -> BTreeMap<String, String> {
@@ -36,6 +39,22 @@ fn reader_tokens(cluster: &TestCluster) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// The names of the reader token secrets meshup made in `cluster` (filled or not).
+fn reader_token_names(cluster: &TestCluster) -> BTreeSet<String> {
+    secrets(cluster)
+        .into_iter()
+        .filter(|s| {
+            s.pointer(&format!(
+                "/metadata/labels/{}",
+                READER_TOKEN_LABEL.replace('/', "~1")
+            ))
+            .and_then(Value::as_str)
+                == Some("true")
+        })
+        .map(|s| s["metadata"]["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
 /// The HTTP status `cluster` answers a reader's request with, carrying `token`.
 fn status_with(cluster: &TestCluster, token: &str) -> u16 {
     cluster
@@ -52,68 +71,121 @@ fn remote_kubeconfig(holder: &TestCluster, source: &str) -> Option<String> {
     Some(decode(&secret["data"][source]))
 }
 
-/// Every istiod pod's clusterz view in `cluster`: (pod, peer id, syncStatus).
-fn clusterz(cluster: &TestCluster) -> Vec<(String, String, String)> {
-    let pods: Vec<String> = cluster
+/// The names of `cluster`'s istiod pods.
+fn istiod_pod_names(cluster: &TestCluster) -> Vec<String> {
+    cluster
         .list(&format!("/api/v1/namespaces/{NS}/pods"))
         .into_iter()
         .filter(|p| p.pointer("/metadata/labels/app").and_then(Value::as_str) == Some("istiod"))
         .map(|p| p["metadata"]["name"].as_str().unwrap().to_string())
-        .collect();
-    let mut out = Vec::new();
-    for pod in pods {
-        let path = format!("/api/v1/namespaces/{NS}/pods/{pod}:15014/proxy/debug/clusterz");
-        let Ok(reply) = cluster.request("GET", &path, Some(cluster.admin_token()), None) else {
-            continue;
-        };
-        let Ok(entries) = serde_json::from_str::<Vec<Value>>(&reply.body) else {
-            continue;
-        };
-        for e in entries {
-            out.push((
-                pod.clone(),
-                e["id"].as_str().unwrap_or_default().to_string(),
-                e["syncStatus"].as_str().unwrap_or_default().to_string(),
-            ));
-        }
-    }
-    out
+        .collect()
 }
 
-/// Reads every cluster's clusterz over and over while `meshup args` runs: the run, what
-/// istiod reported that was not `synced`, and how many rounds were read.
-fn run_watching_clusterz(env: &Env, args: &[&str]) -> (Run, Vec<String>, usize) {
+/// What istiod in `pod` of `cluster` logged (its `discovery` container).
+fn istiod_log(cluster: &TestCluster, pod: &str) -> String {
+    cluster
+        .request(
+            "GET",
+            &format!("/api/v1/namespaces/{NS}/pods/{pod}/log?container=discovery"),
+            Some(cluster.admin_token()),
+            None,
+        )
+        .map(|r| r.body)
+        .unwrap_or_default()
+}
+
+/// How many times istiod in `pod` built cluster `source` (`Add cluster` or `Update cluster`).
+fn builds_of(cluster: &TestCluster, pod: &str, source: &str) -> usize {
+    istiod_log(cluster, pod)
+        .lines()
+        .filter(|l| {
+            (l.contains("\tUpdate cluster\t") || l.contains("\tAdd cluster\t"))
+                && l.contains(&format!("cluster={source} "))
+        })
+        .count()
+}
+
+/// Runs `meshup args` while a thread watches every source's old reader token: the moment it
+/// is gone (revoked), every istiod pod of every peer must already have built that source anew
+/// since the run started. Returns the run and each revocation seen too early.
+fn run_watching_revocations(env: &Env, args: &[&str]) -> (Run, Vec<String>) {
+    let builds_before: BTreeMap<(String, String, String), usize> = env
+        .clusters
+        .iter()
+        .flat_map(|peer| {
+            istiod_pod_names(peer).into_iter().flat_map(move |pod| {
+                env.clusters
+                    .iter()
+                    .filter(move |s| s.name() != peer.name())
+                    .map(move |source| {
+                        (
+                            (
+                                peer.name().to_string(),
+                                pod.clone(),
+                                source.name().to_string(),
+                            ),
+                            builds_of(peer, &pod, source.name()),
+                        )
+                    })
+            })
+        })
+        .collect();
+    let old: BTreeMap<&str, Vec<String>> = env
+        .clusters
+        .iter()
+        .map(|c| (c.name(), reader_token_names(c).into_iter().collect()))
+        .collect();
     let stop = AtomicBool::new(false);
     thread::scope(|scope| {
         let watcher = scope.spawn(|| {
-            let (mut seen, mut rounds) = (Vec::new(), 0);
+            let mut early = Vec::new();
+            let mut judged: BTreeSet<&str> = BTreeSet::new();
             while !stop.load(Ordering::SeqCst) {
-                for cluster in &env.clusters {
-                    for (pod, peer, state) in clusterz(cluster) {
-                        if state != "synced" {
-                            seen.push(format!("{}/{pod} saw {peer} {state}", cluster.name()));
+                for source in &env.clusters {
+                    let name = source.name();
+                    if judged.contains(name) {
+                        continue;
+                    }
+                    let now = reader_token_names(source);
+                    if old[name].iter().any(|t| now.contains(t)) {
+                        continue;
+                    }
+                    // Revoked: has every peer's istiod acted on the new secret?
+                    judged.insert(name);
+                    for ((peer, pod, s), before) in &builds_before {
+                        if s == name && builds_of(env.cluster(peer), pod, name) <= *before {
+                            early.push(format!("{name}'s old token revoked before istiod in {peer}/{pod} rebuilt it"));
                         }
                     }
                 }
-                rounds += 1;
-                thread::sleep(Duration::from_millis(50));
+                thread::sleep(Duration::from_millis(10));
             }
-            (seen, rounds)
+            early
         });
         let run = env.meshup(args);
         stop.store(true, Ordering::SeqCst);
-        let (seen, rounds) = watcher.join().unwrap();
-        (run, seen, rounds)
+        (run, watcher.join().unwrap())
     })
 }
 
-/// `link --rotate`: every peer ends up with the new token, every old token is refused, and
-/// no istiod reported a peer anything but synced while it ran.
-fn link_rotate_replaces_every_token_with_istiod_synced_throughout(tools: &str) {
-    let env = Env::new(tools, 3);
-    let mesh = env.mesh_file(&[], &[], ISTIO_1_31);
+/// `link --rotate`: every peer ends up with the new token, every old token is refused, no
+/// istiod restarts, and no old token is revoked before every peer's istiod acted on the new
+/// secret — which, with istiod's informer lag made long here, a rotation that revoked right
+/// after applying would fail.
+fn link_rotate_replaces_every_token_after_istiod_acted(tools: &str, istio: &str) {
+    let env = Env::with(
+        tools,
+        3,
+        meshup_testcluster::Options {
+            informer_lag: Duration::from_millis(600),
+            ..Default::default()
+        },
+    );
+    let mesh = env.mesh_file(&[], &[], istio);
     let mesh = mesh.to_str().unwrap();
     env.meshup(&["install", "-f", mesh]).expect(0);
+    env.meshup(&["verify", "--wait", "60s", "-f", mesh])
+        .expect(0);
     let old: BTreeMap<&str, BTreeMap<String, String>> = env
         .clusters
         .iter()
@@ -123,14 +195,25 @@ fn link_rotate_replaces_every_token_with_istiod_synced_throughout(tools: &str) {
         assert_eq!(tokens.len(), 1, "{name}: {tokens:?}");
         assert_eq!(status_with(env.cluster(name), first(tokens)), 200);
     }
+    let pods: Vec<BTreeSet<String>> = env.clusters.iter().map(istiod_pods).collect();
 
-    let (run, not_synced, rounds) = run_watching_clusterz(&env, &["link", "--rotate", "-f", mesh]);
+    let (run, early) = run_watching_revocations(&env, &["link", "--rotate", "-f", mesh]);
     let run = run.expect(0);
-    assert!(rounds >= 3, "clusterz was read only {rounds} times");
-    assert!(
-        not_synced.is_empty(),
-        "istiod lost a peer during the rotation: {not_synced:?}"
-    );
+    assert!(early.is_empty(), "{early:?}\n{}", run.stderr);
+    assert!(run.stderr.contains("waiting: istiod in"), "{}", run.stderr);
+    let after: Vec<BTreeSet<String>> = env.clusters.iter().map(istiod_pods).collect();
+    assert_eq!(pods, after, "istiod restarted");
+    // The remote secrets were changed in place, never deleted.
+    for cluster in &env.clusters {
+        assert!(
+            !cluster
+                .requests_log()
+                .iter()
+                .any(|r| r.method == "DELETE" && r.path.contains("/secrets/istio-remote-secret-")),
+            "{}",
+            cluster.name()
+        );
+    }
 
     for cluster in &env.clusters {
         let name = cluster.name();
@@ -161,7 +244,8 @@ fn link_rotate_replaces_every_token_with_istiod_synced_throughout(tools: &str) {
         );
         assert!(!run.all().contains(new_token.as_str()) && !run.all().contains(old_token.as_str()));
     }
-    env.meshup(&["verify", "-f", mesh]).expect(0);
+    env.meshup(&["verify", "--wait", "60s", "-f", mesh])
+        .expect(0);
     // Converged: another link changes no remote secret.
     let again = env.meshup(&["link", "-f", mesh]).expect(0);
     assert!(again.stderr.contains("unchanged"), "{}", again.stderr);
@@ -171,57 +255,24 @@ fn first(tokens: &BTreeMap<String, String>) -> &str {
     tokens.values().next().unwrap()
 }
 
-/// Before Istio 1.31 istiod keeps the token it loaded: without --restart the old token stays
-/// valid and meshup says how to finish; with it, istiod restarts and the old token goes.
+fn link_rotate_replaces_every_token_after_istiod_acted_1_28(tools: &str) {
+    link_rotate_replaces_every_token_after_istiod_acted(tools, "");
+}
+
 #[test]
-fn before_1_31_the_old_token_stays_until_istiod_restarts() {
-    let env = Env::new("helm4", 2);
-    let mesh = env.mesh_file(&[], &[], "");
-    let mesh = mesh.to_str().unwrap();
-    env.meshup(&["install", "-f", mesh]).expect(0);
-    let c1 = env.cluster("cluster1");
-    let first_token = first(&reader_tokens(c1)).to_string();
-
-    let run = env
-        .meshup(&["link", "--rotate", "cluster1", "-f", mesh])
-        .expect(1);
-    assert!(
-        run.stderr.contains("before 1.31") && run.stderr.contains("--restart"),
-        "{}",
-        run.stderr
-    );
-    assert_eq!(reader_tokens(c1).len(), 2, "the old token secret is kept");
-    assert_eq!(status_with(c1, &first_token), 200, "and its token works");
-    env.meshup(&["verify", "-f", mesh]).expect(0);
-
-    let pods_before = istiod_pods(env.cluster("cluster2"));
-    env.meshup(&["link", "--rotate", "cluster1", "--restart", "-f", mesh])
-        .expect(0);
-    assert_ne!(
-        istiod_pods(env.cluster("cluster2")),
-        pods_before,
-        "istiod restarted"
-    );
-    let now = reader_tokens(c1);
-    assert_eq!(now.len(), 1, "{now:?}");
-    assert_eq!(status_with(c1, &first_token), 401);
-    assert_eq!(status_with(c1, first(&now)), 200);
-    // cluster2 was not rotated: istiod in cluster1 was not restarted for it.
-    env.meshup(&["verify", "-f", mesh]).expect(0);
+fn link_rotate_replaces_every_token_after_istiod_acted_1_30() {
+    link_rotate_replaces_every_token_after_istiod_acted("helm4", ISTIO_1_30);
 }
 
 fn istiod_pods(cluster: &TestCluster) -> BTreeSet<String> {
-    clusterz(cluster)
-        .into_iter()
-        .map(|(pod, _, _)| pod)
-        .collect()
+    istiod_pod_names(cluster).into_iter().collect()
 }
 
 /// `uninstall cluster3`: cluster3 holds nothing of Istio's, the others hold no secret for it,
 /// the tokens it held are refused, and cluster1 ↔ cluster2 are still linked and synced.
 fn uninstall_one_cluster_takes_it_out_of_the_live_mesh(tools: &str) {
     let env = Env::new(tools, 3);
-    let mesh = env.mesh_file(&[], &[], ISTIO_1_31);
+    let mesh = env.mesh_file(&[], &[], ISTIO_1_30);
     env.meshup(&["install", "-f", mesh.to_str().unwrap()])
         .expect(0);
     let held: BTreeMap<&str, String> = ["cluster1", "cluster2"]
@@ -238,8 +289,8 @@ fn uninstall_one_cluster_takes_it_out_of_the_live_mesh(tools: &str) {
         run.stderr
     );
     for needle in [
-        "[cluster1] removed 1 remote secret(s) of cluster3",
-        "[cluster2] removed 1 remote secret(s) of cluster3",
+        "[cluster1] remote secrets of leaving clusters: 1 removed",
+        "[cluster2] remote secrets of leaving clusters: 1 removed",
         "remote secrets 2 removed",
     ] {
         assert!(run.stderr.contains(needle), "{needle}: {}", run.stderr);
@@ -260,8 +311,8 @@ fn uninstall_one_cluster_takes_it_out_of_the_live_mesh(tools: &str) {
             "{name}'s token cluster3 held"
         );
     }
-    let smaller = env.mesh_file(&["cluster1", "cluster2"], &[], ISTIO_1_31);
-    env.meshup(&["verify", "-f", smaller.to_str().unwrap()])
+    let smaller = env.mesh_file(&["cluster1", "cluster2"], &[], ISTIO_1_30);
+    env.meshup(&["verify", "--wait", "60s", "-f", smaller.to_str().unwrap()])
         .expect(0);
     env.meshup(&["status", "-f", smaller.to_str().unwrap()])
         .expect(0);
@@ -287,7 +338,7 @@ fn adding_a_cluster_changes_only_the_new_remote_secret_in_the_others(tools: &str
     for (i, cluster) in env.clusters[..3].iter().enumerate() {
         let changed: Vec<(String, String)> = writes(cluster, before[i])
             .into_iter()
-            .filter(|(_, path)| !path.contains("/leases/"))
+            .filter(|(_, path)| !is_lock(path))
             .collect();
         assert_eq!(
             changed,
@@ -305,7 +356,7 @@ fn adding_a_cluster_changes_only_the_new_remote_secret_in_the_others(tools: &str
             cluster.name()
         );
     }
-    env.meshup(&["verify", "-f", four.to_str().unwrap()])
+    env.meshup(&["verify", "--wait", "60s", "-f", four.to_str().unwrap()])
         .expect(0);
 }
 
@@ -314,14 +365,14 @@ fn adding_a_cluster_changes_only_the_new_remote_secret_in_the_others(tools: &str
 #[test]
 fn prune_revokes_the_tokens_a_dropped_cluster_held() {
     let env = Env::new("helm4", 3);
-    let mesh = env.mesh_file(&[], &[], ISTIO_1_31);
+    let mesh = env.mesh_file(&[], &[], ISTIO_1_30);
     env.meshup(&["install", "-f", mesh.to_str().unwrap()])
         .expect(0);
     let held: BTreeMap<&str, String> = ["cluster1", "cluster2"]
         .into_iter()
         .map(|c| (c, first(&reader_tokens(env.cluster(c))).to_string()))
         .collect();
-    let smaller = env.mesh_file(&["cluster1", "cluster2"], &[], ISTIO_1_31);
+    let smaller = env.mesh_file(&["cluster1", "cluster2"], &[], ISTIO_1_30);
     let run = env
         .meshup(&["link", "--prune", "-f", smaller.to_str().unwrap()])
         .expect(0);
@@ -333,12 +384,12 @@ fn prune_revokes_the_tokens_a_dropped_cluster_held() {
     for (name, token) in &held {
         assert_eq!(status_with(env.cluster(name), token), 401, "{name}");
     }
-    env.meshup(&["verify", "-f", smaller.to_str().unwrap()])
+    env.meshup(&["verify", "--wait", "60s", "-f", smaller.to_str().unwrap()])
         .expect(0);
 }
 
 with_both_helms!(
-    link_rotate_replaces_every_token_with_istiod_synced_throughout,
+    link_rotate_replaces_every_token_after_istiod_acted_1_28,
     uninstall_one_cluster_takes_it_out_of_the_live_mesh,
     adding_a_cluster_changes_only_the_new_remote_secret_in_the_others,
 );

@@ -174,12 +174,11 @@ fn topology(tools: &str, clusters: &[Spec]) {
     // Again: nothing but meshup's lock is written.
     let before: Vec<usize> = env.clusters.iter().map(|c| writes(c, 0).len()).collect();
     env.meshup(&["install", "-f", mesh]).expect(0);
-    let lock = format!("/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/meshup-{NS}");
     for (cluster, before) in env.clusters.iter().zip(before) {
         let new: Vec<(String, String)> = writes(cluster, 0)
             .into_iter()
             .skip(before)
-            .filter(|(_, p)| *p != lock)
+            .filter(|(_, p)| !is_lock(p))
             .collect();
         assert!(
             new.is_empty(),
@@ -199,7 +198,7 @@ fn topology(tools: &str, clusters: &[Spec]) {
         }
     }
     let verify = env
-        .meshup(&["verify", "-f", mesh, "--output", "json"])
+        .meshup(&["verify", "--wait", "60s", "-f", mesh, "--output", "json"])
         .expect(0);
     let report: Value = serde_json::from_str(&verify.stdout).unwrap();
     let rows: BTreeSet<&str> = report["sync"]

@@ -1,6 +1,10 @@
 //! `meshup verify` and the sync column of `status`, end to end: istiod's own view of its peers
-//! (read from the test clusters' istiod pods through the pod proxy), each way a mesh breaks
-//! while every object still exists, and `meshup install` repairing it; then traffic.
+//! (read inside the test clusters' istiod pods with `kubectl exec`, as on a real cluster, whose
+//! istiod answers the pod proxy 401), the credentials checked where they were issued, each way
+//! a mesh breaks while every object still exists, and `meshup install` repairing it; then
+//! traffic.
+
+use std::time::{Duration, Instant};
 
 use super::common::*;
 use meshup_testcluster::Options;
@@ -21,6 +25,37 @@ fn both_fail_naming(env: &Env, mesh: &str, pairs: &[&str]) {
     }
     let status = env.meshup(&["status", "-f", mesh]).expect(1);
     assert!(status.stdout.contains("problems:"), "{}", status.stdout);
+}
+
+/// Waits (on state, bounded) until every istiod pod of `cluster` reports `peer` as `state`.
+#[track_caller]
+fn wait_until_istiod_says(env: &Env, cluster: &str, peer: &str, state: &str) {
+    let c = env.cluster(cluster);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let pods: Vec<String> = c
+            .list(&format!("/api/v1/namespaces/{NS}/pods"))
+            .into_iter()
+            .filter(|p| p.pointer("/metadata/labels/app").and_then(Value::as_str) == Some("istiod"))
+            .map(|p| p["metadata"]["name"].as_str().unwrap().to_string())
+            .collect();
+        let says = |pod: &String| {
+            c.istiod_clusterz(NS, pod).is_some_and(|view| {
+                view.as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|e| e["id"] == peer && e["syncStatus"] == state)
+            })
+        };
+        if !pods.is_empty() && pods.iter().all(says) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "istiod in {cluster} never reported {peer} {state}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[track_caller]
@@ -51,6 +86,9 @@ fn an_api_server_the_peers_cannot_reach_shows_as_timeout_until_install_repairs_i
     );
     let bad = bad.to_str().unwrap();
     env.meshup(&["install", "-f", bad]).expect(0);
+    // istiod says `timeout` once PILOT_REMOTE_CLUSTER_TIMEOUT passed without a first sync.
+    wait_until_istiod_says(&env, "cluster1", "cluster2", "timeout");
+    wait_until_istiod_says(&env, "cluster3", "cluster2", "timeout");
     both_fail_naming(
         &env,
         bad,
@@ -74,23 +112,62 @@ fn an_api_server_the_peers_cannot_reach_shows_as_timeout_until_install_repairs_i
 }
 
 #[test]
-fn a_revoked_token_and_a_missing_secret_are_named_and_repaired() {
+fn a_token_revoked_after_sync_a_wrong_ca_and_a_missing_secret_are_named_and_repaired() {
     let env = Env::new(TOOLS, 3);
     let mesh = env.mesh_file(&[], &[], "");
     let mesh = mesh.to_str().unwrap();
     env.meshup(&["install", "-f", mesh]).expect(0);
     both_pass(&env, mesh);
 
-    // cluster1's reader token goes: every peer holding it is refused.
+    // cluster1's reader token goes. istiod keeps reporting cluster1 `synced` (it synced once),
+    // but cluster1 refuses the token its peers hold.
     env.cluster("cluster1")
         .delete(&format!("/api/v1/namespaces/{NS}/secrets/{TOKEN_SECRET}"))
         .expect("the token secret was there");
+    let verify = env.meshup(&["verify", "-f", mesh]).expect(1);
+    assert!(
+        verify
+            .stdout
+            .contains("cluster2    synced      -           synced"),
+        "istiod still says synced:\n{}",
+        verify.stdout
+    );
     both_fail_naming(
         &env,
         mesh,
         &[
-            "cluster2 → cluster1: timeout",
-            "cluster3 → cluster1: timeout",
+            "cluster2: the remote secret `istio-remote-secret-cluster1` in `cluster2` for `cluster1` holds a token that `cluster1`'s API server refuses",
+            "cluster3: the remote secret `istio-remote-secret-cluster1` in `cluster3` for `cluster1` holds a token",
+            "run `meshup install`",
+        ],
+    );
+    let status = env.meshup(&["status", "-f", mesh]).expect(1);
+    assert!(
+        status
+            .stdout
+            .contains("holds a token that `cluster1`'s API server refuses"),
+        "{}",
+        status.stdout
+    );
+    env.meshup(&["install", "-f", mesh]).expect(0);
+    both_pass(&env, mesh);
+
+    // cluster3's secret for cluster2 carries another cluster's CA.
+    let c3 = env.cluster("cluster3");
+    let path = format!("/api/v1/namespaces/{NS}/secrets/istio-remote-secret-cluster2");
+    let mut secret = c3.get(&path).unwrap();
+    let kubeconfig = decode(&secret["data"]["cluster2"]).replace(
+        &encode(env.cluster("cluster2").ca_pem()),
+        &encode(env.cluster("cluster1").ca_pem()),
+    );
+    secret["data"]["cluster2"] = encode(&kubeconfig).into();
+    c3.put(&format!("/api/v1/namespaces/{NS}/secrets"), secret)
+        .unwrap();
+    both_fail_naming(
+        &env,
+        mesh,
+        &[
+            "cluster3: the remote secret `istio-remote-secret-cluster2` in `cluster3` for `cluster2` holds a CA that is not `cluster2`'s cluster CA",
         ],
     );
     env.meshup(&["install", "-f", mesh]).expect(0);
@@ -200,11 +277,14 @@ fn verify_waits_while_istiod_is_syncing() {
     assert!(later.stderr.contains("reading again"), "{}", later.stderr);
 }
 
+/// Through the pod proxy a real istiod answers 401 (the test servers do too): verify reads
+/// every istiod inside its pod, also where the control plane reaches no pod at all, and says
+/// nothing about it.
 #[test]
-fn a_refused_pod_proxy_falls_back_to_port_forward_and_says_so() {
+fn verify_reads_every_istiod_inside_its_pod_without_a_warning() {
     let env = Env::with(
         TOOLS,
-        2,
+        3,
         Options {
             pod_proxy: false,
             ..Options::default()
@@ -213,29 +293,42 @@ fn a_refused_pod_proxy_falls_back_to_port_forward_and_says_so() {
     let mesh = env.mesh_file(&[], &[], "");
     let mesh = mesh.to_str().unwrap();
     env.meshup(&["install", "-f", mesh]).expect(0);
-    let run = env.meshup(&["verify", "-v", "-f", mesh]).expect(1);
-    assert!(
-        run.stderr
-            .contains("reading its view through `kubectl port-forward` instead"),
-        "{}",
-        run.stderr
-    );
-    let forward = run
-        .commands_in("cluster1")
-        .into_iter()
-        .find(|c| c.starts_with("kubectl port-forward"))
-        .expect("a port-forward was tried");
-    assert!(
-        forward.contains(":15014 --address 127.0.0.1 --namespace istio-system --context cluster1"),
-        "{forward}"
-    );
-    // The test API server serves no port-forward (a stream upgrade), so the row says both ways
-    // failed.
-    assert!(
-        run.stdout.contains("istiod's view could not be read"),
-        "{}",
-        run.stdout
-    );
+    let run = env
+        .meshup(&["verify", "--wait", "30s", "-v", "-f", mesh])
+        .expect(0);
+    assert!(!run.stderr.contains("warning"), "{}", run.stderr);
+    for cluster in &env.clusters {
+        let name = cluster.name();
+        let pods: Vec<String> = cluster
+            .list(&format!("/api/v1/namespaces/{NS}/pods"))
+            .into_iter()
+            .filter(|p| p.pointer("/metadata/labels/app").and_then(Value::as_str) == Some("istiod"))
+            .map(|p| p["metadata"]["name"].as_str().unwrap().to_string())
+            .collect();
+        assert!(!pods.is_empty());
+        let commands = run.commands_in(name);
+        for pod in &pods {
+            assert!(
+                commands
+                    .iter()
+                    .any(|c| c.starts_with(&format!(
+                        "kubectl exec {pod} --container discovery --namespace {NS}"
+                    )) && c.ends_with("-- pilot-discovery request GET /debug/clusterz")),
+                "{name}: {commands:?}"
+            );
+        }
+        assert!(
+            !commands.iter().any(|c| c.contains("/proxy/")),
+            "{name}: {commands:?}"
+        );
+        // The API server saw the exec as a WebSocket upgrade of the pod's exec subresource.
+        assert!(
+            cluster.requests_log().iter().any(|r| r.method == "GET"
+                && r.path.contains("/exec?")
+                && r.path.contains("clusterz")),
+            "{name}"
+        );
+    }
 }
 
 #[test]
@@ -247,6 +340,8 @@ fn traffic_crosses_every_pair_of_a_working_mesh() {
     let run = env
         .meshup(&[
             "verify",
+            "--wait",
+            "60s",
             "--traffic",
             "--requests",
             "10",
@@ -280,7 +375,8 @@ fn without_a_shared_root_the_control_plane_syncs_but_no_request_crosses_clusters
     env.set_trust_mode(&mesh, "none");
     let mesh = mesh.to_str().unwrap();
     env.meshup(&["install", "-f", mesh]).expect(0);
-    env.meshup(&["verify", "-f", mesh]).expect(0);
+    env.meshup(&["verify", "--wait", "60s", "-f", mesh])
+        .expect(0);
     let run = env
         .meshup(&[
             "verify",
