@@ -19,7 +19,7 @@
 //! These are three waves and a gate of a plan per rotated cluster, run by the engine like any
 //! other plan (retries, locks, Ctrl-C, progress, `meshup plan --rotate`).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -118,6 +118,7 @@ pub fn plan<'t>(mesh: &Mesh, topology: &Topology, clusters: &[&Cluster]) -> Plan
                 server_overridden: source.server_overridden,
             },
             namespace: mesh.namespace.clone(),
+            revision: mesh.revision.clone().unwrap_or_else(|| "default".into()),
         });
         let mut wave = Wave::new(
             format!("{name}'s new remote secret to {}", watchers.join(", ")),
@@ -185,6 +186,7 @@ impl Work for NewToken {
                     new,
                     peers: self.watchers.clone(),
                     handed: None,
+                    baselines: BTreeMap::new(),
                     acted: false,
                     revoked: false,
                 };
@@ -221,6 +223,8 @@ impl Work for NewToken {
 struct Hand {
     source: Source,
     namespace: String,
+    /// `istio.io/rev` of the watchers' istiod pods.
+    revision: String,
 }
 
 impl Work for Hand {
@@ -244,6 +248,37 @@ impl Work for Hand {
                     None,
                 )
             })?;
+        // What istiod logged of this cluster so far: only a later build line counts.
+        let known: BTreeSet<(String, String)> = cx
+            .board
+            .rotations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .map(|r| r.baselines.keys().cloned().collect())
+            .unwrap_or_default();
+        let watcher = cx.cluster.name.clone();
+        let pods: Vec<crate::live::Pod> = cx.live.list(
+            "pods",
+            Some(&self.namespace),
+            Some(&format!("app=istiod,istio.io/rev={}", self.revision)),
+        )?;
+        let mut baselines = Vec::new();
+        for pod in pods {
+            let key = (watcher.clone(), pod.metadata.name.clone());
+            if known.contains(&key) {
+                continue;
+            }
+            let log = cx.live.run(&kubectl::logs(
+                cx.target(),
+                &format!("pod/{}", pod.metadata.name),
+                ISTIOD_CONTAINER,
+                &self.namespace,
+                None,
+                cx.timeout(),
+            ))?;
+            baselines.push((key, sync::last_build(&log.stdout, name)));
+        }
         let before = Instant::now();
         cx.live.run(&kubectl::apply(
             cx.target(),
@@ -264,6 +299,7 @@ impl Work for Hand {
             .get_mut(name)
         {
             rotation.handed = Some(rotation.handed.map_or(before, |h| h.min(before)));
+            rotation.baselines.extend(baselines);
         }
         Ok(format!("{name}'s applied"))
     }
@@ -295,13 +331,13 @@ impl Gate for Acted {
     }
 
     fn check(&self, run: &Run, board: &Board) -> Result<Option<String>, StepError> {
-        let handed = board
+        let (handed, baselines) = board
             .rotations
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&self.source)
-            .and_then(|r| r.handed)
-            .unwrap_or_else(Instant::now);
+            .map(|r| (r.handed.unwrap_or_else(Instant::now), r.baselines.clone()))
+            .unwrap_or_else(|| (Instant::now(), BTreeMap::new()));
         let watcher = sync::Watcher {
             namespace: self.namespace.clone(),
             revision: self.revision.clone(),
@@ -339,7 +375,14 @@ impl Gate for Acted {
                                 Some(format!("reading it needs `get` on `pods/log` in namespace `{ns}`")),
                             ),
                         })?;
-                        if !sync::logged_build(&log.stdout, source) {
+                        // A pod there before the hand-over must log a build later than its
+                        // last one before; a pod that came since loaded the secret anew.
+                        let rebuilt = match (sync::last_build(&log.stdout, source), baselines.get(&key)) {
+                            (None, _) => false,
+                            (Some(now), Some(Some(before))) => now > *before,
+                            (Some(_), _) => true,
+                        };
+                        if !rebuilt {
                             waiting.push(format!("{name}/{pod}: `{source}` not rebuilt yet"));
                             continue;
                         }
@@ -540,14 +583,28 @@ mod tests {
         }
     }
 
-    /// Rotates cluster1 of a three-cluster mesh; istiod logs `logged` (after `delay` reads of
-    /// its log, nothing).
+    /// Answers like `answer`, but istiod's log shows `logged` only once something was applied
+    /// in its cluster (before: an older build of cluster1, from the install).
+    fn after_apply(logged: &'static str) -> impl Fn(&Step) -> Output + Send + Sync {
+        let applied = Mutex::new(BTreeSet::new());
+        move |step: &Step| {
+            if step.args[0] == "apply" {
+                applied.lock().unwrap().insert(step.cluster.clone());
+            }
+            if step.args[0] == "logs" && !applied.lock().unwrap().contains(&step.cluster) {
+                return ok(INSTALLED);
+            }
+            answer(step, logged)
+        }
+    }
+
+    /// Rotates cluster1 of a three-cluster mesh; after the new secret, istiod logs `logged`.
     fn rotate_cluster1(logged: &'static str, timeout: Duration) -> (Summary, Vec<Step>) {
         let m = mesh(3, TrustMode::None);
         let topology = Topology::of(&m, &Choices::default());
         let sources = sources(&m, &topology, Some(&["cluster1".to_string()]));
         let plan = plan(&m, &topology, &sources);
-        let runner = RecordingRunner::new(move |step: &Step| answer(step, logged));
+        let runner = RecordingRunner::new(after_apply(logged));
         let reporter = Reporter::new(Mode::Json, true, false);
         let run = Run {
             mesh: &m,
@@ -565,7 +622,8 @@ mod tests {
         (summary, calls)
     }
 
-    const REBUILT: &str = "2026-11-30T04:00:00.000000Z\tinfo\tmulticluster\tUpdate cluster\tcluster=cluster1 secret=istio-system/istio-remote-secret-cluster1\n";
+    const INSTALLED: &str = "2026-11-30T03:00:00.000000Z\tinfo\tAdd cluster\tcluster=cluster1 secret=istio-system/istio-remote-secret-cluster1\n";
+    const REBUILT: &str = "2026-11-30T03:00:00.000000Z\tinfo\tAdd cluster\tcluster=cluster1 secret=istio-system/istio-remote-secret-cluster1\n2026-11-30T04:00:00.000000Z\tinfo\tUpdate cluster\tcluster=cluster1 secret=istio-system/istio-remote-secret-cluster1\n";
 
     fn position(calls: &[Step], cluster: &str, start: &str) -> Option<usize> {
         calls
@@ -616,9 +674,15 @@ mod tests {
             position(&calls, "cluster1", &format!("delete secrets {OLD}")).expect("revoked");
         for watcher in ["cluster2", "cluster3"] {
             let applied = position(&calls, watcher, "apply").unwrap();
-            let logs =
+            // istiod's log is read before (what it built so far) and after the apply.
+            let baseline =
                 position(&calls, watcher, "logs pod/istiod-a --container discovery").unwrap();
+            let logs = calls
+                .iter()
+                .rposition(|s| s.cluster == watcher && s.args[0] == "logs")
+                .unwrap();
             let exec = position(&calls, watcher, "exec istiod-a").unwrap();
+            assert!(baseline < applied, "{watcher}");
             assert!(applied < logs && logs < exec && exec < revoked, "{watcher}");
         }
         assert_eq!(summary.rotated.len(), 1);
@@ -627,9 +691,10 @@ mod tests {
     }
 
     #[test]
-    fn without_the_rebuild_in_istiods_log_the_old_token_is_kept() {
-        // clusterz says synced all along: that alone proves nothing.
-        let (summary, calls) = rotate_cluster1("", Duration::from_secs(1));
+    fn without_a_rebuild_after_the_hand_over_the_old_token_is_kept() {
+        // clusterz says synced all along, and the log holds only the install's build: that
+        // proves nothing.
+        let (summary, calls) = rotate_cluster1(INSTALLED, Duration::from_secs(1));
         assert!(!summary.ok);
         assert!(
             position(&calls, "cluster1", "delete").is_none(),
@@ -651,6 +716,7 @@ mod tests {
         let topology = Topology::of(&m, &Choices::default());
         let sources = sources(&m, &topology, Some(&["cluster1".to_string()]));
         let plan = plan(&m, &topology, &sources);
+        let answer = after_apply(REBUILT);
         let runner = RecordingRunner::new(|step: &Step| {
             if step.args[0] == "get"
                 && step.args[1] == "secret"
@@ -662,7 +728,7 @@ mod tests {
                     stderr: "read: connection reset by peer".into(),
                 };
             }
-            answer(step, REBUILT)
+            answer(step)
         });
         let reporter = Reporter::new(Mode::Json, true, false);
         let run = Run {

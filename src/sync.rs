@@ -204,20 +204,25 @@ pub fn ready_pods(cx: &Cx, watcher: &Watcher) -> Result<Vec<String>, String> {
     Ok(ready)
 }
 
-/// Whether istiod's log holds the line its secret controller writes when it builds a remote
-/// cluster from a new or changed kubeconfig: message `Add cluster` or `Update cluster`, then
-/// a tab and the labels `cluster=ID secret=NS/NAME` (`config=` from 1.30)
+/// The time stamp of the last line in istiod's log that says its secret controller built
+/// remote cluster `cluster` from a new or changed kubeconfig: message `Add cluster` or `Update
+/// cluster`, then a tab and the labels `cluster=ID secret=NS/NAME` (`config=` from 1.30)
 /// (pkg/kube/multicluster/secretcontroller.go, `logger.Infof("%s cluster", action)`; the
-/// label layout is pkg/log/scope.go `emitWithTime`).
-pub fn logged_build(log: &str, cluster: &str) -> bool {
+/// line layout is pkg/log `emitWithTime`: time, level, message, tab, labels). Istio writes
+/// its times as RFC 3339 in UTC with microseconds, so later lines compare greater.
+pub fn last_build(log: &str, cluster: &str) -> Option<String> {
     let label = format!("cluster={cluster}");
-    log.lines().any(|line| {
-        let mut fields = line.split('\t');
-        let built = fields
-            .clone()
-            .any(|f| f == "Add cluster" || f == "Update cluster");
-        built && fields.any(|f| f.split(' ').any(|l| l == label))
-    })
+    log.lines()
+        .filter(|line| {
+            let mut fields = line.split('\t');
+            let built = fields
+                .clone()
+                .any(|f| f == "Add cluster" || f == "Update cluster");
+            built && fields.any(|f| f.split(' ').any(|l| l == label))
+        })
+        .filter_map(|line| line.split('\t').next())
+        .map(str::to_string)
+        .next_back()
 }
 
 /// The worst state of each peer across the pods that answered.
@@ -505,13 +510,24 @@ mod tests {
         // Istio 1.28 labels the secret, 1.30 on the config; both name the cluster.
         let before_1_30 = "2026-11-30T04:00:00.123456Z\tinfo\tmulticluster\tUpdate cluster\tcluster=cluster2 secret=istio-system/istio-remote-secret-cluster2";
         let from_1_30 = "2026-11-30T04:00:00.123456Z\tinfo\tmulticluster\tAdd cluster\tcluster=cluster2 config=istio-system/istio-remote-secret-cluster2";
-        assert!(logged_build(before_1_30, "cluster2"));
-        assert!(logged_build(from_1_30, "cluster2"));
-        assert!(!logged_build(before_1_30, "cluster20"));
-        assert!(!logged_build(before_1_30, "cluster"));
+        assert_eq!(
+            last_build(before_1_30, "cluster2").as_deref(),
+            Some("2026-11-30T04:00:00.123456Z")
+        );
+        assert!(last_build(from_1_30, "cluster2").is_some());
+        assert!(last_build(before_1_30, "cluster20").is_none());
+        assert!(last_build(before_1_30, "cluster").is_none());
+        let both = format!(
+            "{before_1_30}\n{}",
+            from_1_30.replace("04:00:00", "04:00:07")
+        );
+        assert_eq!(
+            last_build(&both, "cluster2").as_deref(),
+            Some("2026-11-30T04:00:07.123456Z")
+        );
         let skipped = "2026-11-30T04:00:00.123456Z\tinfo\tmulticluster\tskipping update (kubeconfig are identical)\tcluster=cluster2 secret=istio-system/istio-remote-secret-cluster2";
-        assert!(!logged_build(skipped, "cluster2"));
-        assert!(!logged_build("", "cluster2"));
+        assert!(last_build(skipped, "cluster2").is_none());
+        assert!(last_build("", "cluster2").is_none());
     }
 
     #[test]

@@ -146,6 +146,10 @@ pub struct Rotation {
     /// When the first peer was given it (istiod's log is read from then on).
     #[serde(skip)]
     pub handed: Option<std::time::Instant>,
+    /// For each (peer, istiod pod) there before the hand-over: the time stamp of its last log
+    /// line building this cluster, if any. Only a later one shows it acted on the new secret.
+    #[serde(skip)]
+    pub baselines: BTreeMap<(String, String), Option<String>>,
     /// Every watcher's istiod was seen using the new token.
     #[serde(skip)]
     pub acted: bool,
