@@ -67,6 +67,7 @@
 
 #![warn(missing_docs)]
 
+mod admission;
 mod auth;
 mod controllers;
 mod mesh;
@@ -78,6 +79,7 @@ mod registry;
 mod selector;
 mod server;
 mod store;
+mod timers;
 mod tls;
 mod util;
 
@@ -112,6 +114,17 @@ pub struct Options {
     /// Whether LoadBalancer Services get `status.loadBalancer.ingress[0].ip` (default true);
     /// false leaves them pending, as on a cluster without a load-balancer controller.
     pub load_balancer: bool,
+    /// How long a new pod runs before its readiness probe passes (default 200 ms): until then
+    /// it is Running but not Ready, and Deployments roll out at that pace. Zero: Ready at once.
+    pub pod_ready_delay: Duration,
+    /// How long a deleted namespace stays `Terminating` once its contents are gone (default
+    /// 300 ms). Zero: deleted at once, contents and all.
+    pub namespace_finalize_delay: Duration,
+    /// How long a LoadBalancer Service waits for its address (default 200 ms).
+    pub load_balancer_delay: Duration,
+    /// Whether load balancers get only a host name (`ingress[0].hostname`, AWS ELB style:
+    /// `a<32 hex>-<16 hex>.elb.us-east-1.amazonaws.com`) instead of an IP (default false).
+    pub load_balancer_hostname: bool,
 }
 
 impl Default for Options {
@@ -121,6 +134,10 @@ impl Default for Options {
             pod_proxy: true,
             sync_delay: Duration::ZERO,
             load_balancer: true,
+            pod_ready_delay: Duration::from_millis(200),
+            namespace_finalize_delay: Duration::from_millis(300),
+            load_balancer_delay: Duration::from_millis(200),
+            load_balancer_hostname: false,
         }
     }
 }
@@ -225,6 +242,12 @@ impl TestCluster {
         let pki = tls::Pki::new(name);
         let mut state = State::new(name, pki.ca_pem.clone());
         state.load_balancer = options.load_balancer;
+        state.timing = timers::Timing {
+            pod_ready: options.pod_ready_delay,
+            namespace_finalize: options.namespace_finalize_delay,
+            load_balancer: options.load_balancer_delay,
+            load_balancer_hostname: options.load_balancer_hostname,
+        };
         state.index = STARTED.fetch_add(1, Ordering::Relaxed);
         state.add_node();
         let shared = Arc::new(Shared {
@@ -277,6 +300,9 @@ impl TestCluster {
             serving: Mutex::new(None),
         };
         cluster.serve(listener);
+        cluster
+            .runtime
+            .spawn(timers::run(Arc::downgrade(&cluster.shared)));
         cluster
     }
 
@@ -456,6 +482,31 @@ impl TestCluster {
         }
     }
 
+    /// Changes [`Options::pod_ready_delay`] for pods created from now on.
+    pub fn set_pod_ready_delay(&self, delay: Duration) {
+        self.shared.state.lock().unwrap().timing.pod_ready = delay;
+    }
+
+    /// Changes [`Options::namespace_finalize_delay`] for namespaces deleted from now on.
+    pub fn set_namespace_finalize_delay(&self, delay: Duration) {
+        self.shared.state.lock().unwrap().timing.namespace_finalize = delay;
+    }
+
+    /// Changes [`Options::load_balancer_delay`] for Services written from now on.
+    pub fn set_load_balancer_delay(&self, delay: Duration) {
+        self.shared.state.lock().unwrap().timing.load_balancer = delay;
+    }
+
+    /// Changes [`Options::load_balancer_hostname`] for addresses handed out from now on.
+    pub fn set_load_balancer_hostname(&self, hostname: bool) {
+        self.shared
+            .state
+            .lock()
+            .unwrap()
+            .timing
+            .load_balancer_hostname = hostname;
+    }
+
     /// Creates or replaces the object at `path` (an object path, or a collection path and the
     /// name in `object`), through the same defaults and controllers as an API request; a
     /// `status` in `object` is written too. The resourceVersion in `object` is ignored.
@@ -463,7 +514,7 @@ impl TestCluster {
         let failure = |e: store::ApiError| ApiFailure {
             code: e.code,
             reason: e.reason.to_string(),
-            message: e.message,
+            message: e.message.into(),
         };
         let mut st = self.shared.state.lock().unwrap();
         let (t, _) = target(&st, path).ok_or_else(|| ApiFailure {

@@ -679,6 +679,13 @@ fn resource_inner(
                     None => {}
                 }
             }
+            if let (Some(obj), Some(key)) = (&last, keys.first())
+                && name.is_some()
+                && st.objects.contains_key(key)
+            {
+                // Still there (a terminating namespace): the API server answers the object.
+                return Ok(json_response(200, obj));
+            }
             let (n, uid) = last
                 .as_ref()
                 .map(|o| (meta_str(o, "name"), meta_str(o, "uid")))

@@ -59,10 +59,12 @@ pub struct Event {
 pub struct ApiError {
     pub code: u16,
     pub reason: &'static str,
-    pub message: String,
+    pub message: Box<str>,
     pub name: String,
     pub group: String,
     pub plural: String,
+    /// `details.causes` of the Status, when the API server names them.
+    pub causes: Option<Box<Value>>,
 }
 
 impl ApiError {
@@ -70,10 +72,11 @@ impl ApiError {
         ApiError {
             code,
             reason,
-            message: message.into(),
+            message: message.into().into_boxed_str(),
             name: String::new(),
             group: String::new(),
             plural: String::new(),
+            causes: None,
         }
     }
 
@@ -86,15 +89,16 @@ impl ApiError {
         ApiError {
             code: 404,
             reason: "NotFound",
-            message: format!("{what} \"{name}\" not found"),
+            message: format!("{what} \"{name}\" not found").into_boxed_str(),
             name: name.into(),
             group: group.into(),
             plural: plural.into(),
+            causes: None,
         }
     }
 
     pub fn status(&self) -> Value {
-        json!({
+        let mut status = json!({
             "kind": "Status",
             "apiVersion": "v1",
             "metadata": {},
@@ -103,7 +107,11 @@ impl ApiError {
             "reason": self.reason,
             "details": {"name": self.name, "group": self.group, "kind": self.plural},
             "code": self.code,
-        })
+        });
+        if let Some(causes) = &self.causes {
+            status["details"]["causes"] = (**causes).clone();
+        }
+        status
     }
 }
 
@@ -161,6 +169,10 @@ pub struct State {
     pub sidecar_roots: HashMap<Key, Option<String>>,
     /// Client pods of Jobs that the job controller runs shortly.
     pub pending_jobs: Vec<Key>,
+    /// The delays of the controllers that act over time.
+    pub timing: crate::timers::Timing,
+    /// What those controllers do next, and when.
+    pub timers: Vec<(std::time::Instant, crate::timers::Timer)>,
 }
 
 /// Work the controllers do shortly after a write, outside the request.
@@ -259,6 +271,8 @@ impl State {
             depth: 0,
             flushing: false,
             pending_jobs: Vec::new(),
+            timing: crate::timers::Timing::default(),
+            timers: Vec::new(),
         };
         let ns = s.registry.find("", "v1", "namespaces").unwrap().clone();
         for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
@@ -309,13 +323,61 @@ impl State {
         obj
     }
 
-    pub fn namespace_exists(&self, ns: &str) -> bool {
-        self.objects.contains_key(&Key::namespace_key(ns))
+    /// Stores a changed object as is (a controller's own write, no admission) and tells the
+    /// watchers.
+    pub(crate) fn commit_modified(&mut self, key: Key, obj: Value) -> Value {
+        self.commit(key, obj, "MODIFIED")
     }
 
-    fn check_namespace(&self, res: &Resource, ns: &str) -> Result<(), ApiError> {
-        if res.namespaced && !self.namespace_exists(ns) {
+    /// Removes an object from the store at once (its finalizers are done) and tells the
+    /// watchers.
+    pub(crate) fn remove_now(&mut self, key: &Key) -> Option<Value> {
+        let mut obj = self.objects.remove(key)?;
+        self.born.remove(key);
+        self.rv += 1;
+        meta_mut(&mut obj).insert("resourceVersion".into(), json!(self.rv.to_string()));
+        self.applied.retain(|(k, _), _| k != key);
+        self.emit("DELETED", key.clone(), obj.clone());
+        Some(obj)
+    }
+
+    /// The NamespaceLifecycle admission plugin on a create (apiserver
+    /// pkg/admission/plugin/namespace/lifecycle `Lifecycle.Admit`): the namespace must exist
+    /// (404) and not be terminating (403 with a `NamespaceTerminating` cause).
+    fn check_namespace(&self, res: &Resource, ns: &str, name: &str) -> Result<(), ApiError> {
+        if !res.namespaced {
+            return Ok(());
+        }
+        let Some(namespace) = self.objects.get(&Key::namespace_key(ns)) else {
             return Err(ApiError::not_found("", "namespaces", ns));
+        };
+        if namespace.pointer("/status/phase").and_then(Value::as_str) == Some("Terminating") {
+            let resource = if res.group.is_empty() {
+                res.plural.clone()
+            } else {
+                format!("{}.{}", res.plural, res.group)
+            };
+            let subject = if name.is_empty() {
+                resource
+            } else {
+                format!("{resource} \"{name}\"")
+            };
+            let mut e = ApiError::new(
+                403,
+                "Forbidden",
+                format!(
+                    "{subject} is forbidden: unable to create new content in namespace {ns} because it is being terminated"
+                ),
+            );
+            e.name = name.to_string();
+            e.group = res.group.clone();
+            e.plural = res.plural.clone();
+            e.causes = Some(Box::new(json!([json!({
+                "reason": "NamespaceTerminating",
+                "message": format!("namespace {ns} is being terminated"),
+                "field": "metadata.namespace",
+            })])));
+            return Err(e);
         }
         Ok(())
     }
@@ -385,7 +447,7 @@ impl State {
                 "the body is not an object",
             ));
         }
-        self.check_namespace(res, ns)?;
+        self.check_namespace(res, ns, meta_str(&obj, "name"))?;
         let meta = meta_mut(&mut obj);
         let mut name = meta
             .get("name")
@@ -435,6 +497,7 @@ impl State {
         }
         validate(res, &name, &obj)?;
         self.prepare(res, &key, None, &mut obj, WriteMode::Main);
+        self.call_validating_webhooks(res, "CREATE", None, &obj)?;
         if dry_run {
             return Ok(obj);
         }
@@ -477,6 +540,9 @@ impl State {
             validate(res, &key.name, &obj)?;
         }
         self.prepare(res, key, Some(&old), &mut obj, mode);
+        if mode == WriteMode::Main {
+            self.call_validating_webhooks(res, "UPDATE", Some(&old), &obj)?;
+        }
         if dry_run {
             return Ok(obj);
         }
@@ -565,6 +631,12 @@ impl State {
     }
 
     fn delete_inner(&mut self, key: &Key) -> Option<Value> {
+        if key.group.is_empty()
+            && key.plural == "namespaces"
+            && !self.timing.namespace_finalize.is_zero()
+        {
+            return self.terminate_namespace(key);
+        }
         let mut obj = self.objects.remove(key)?;
         self.born.remove(key);
         self.rv += 1;

@@ -785,6 +785,30 @@ fn reader(c: &TestCluster) -> String {
     wait_token(c, NS, "reader-token")
 }
 
+/// Waits until the Deployment's pods all run the current template and are Ready, as
+/// `kubectl rollout status` would (pods become Ready after `Options::pod_ready_delay`).
+fn wait_rolled_out(c: &TestCluster, ns: &str, name: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let d = c
+            .get(&format!("/apis/apps/v1/namespaces/{ns}/deployments/{name}"))
+            .unwrap_or_else(|| panic!("deployment {ns}/{name}"));
+        let want = &d["spec"]["replicas"];
+        if d["status"]["updatedReplicas"] == *want
+            && d["status"]["availableReplicas"] == *want
+            && d["status"]["replicas"] == *want
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "deployment {ns}/{name} not rolled out: {}",
+            d["status"]
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A control plane as the charts leave it: istio-system (on `network`), `cacerts` with `root`
 /// (none when `None`), the reader's token secret, and a ready istiod reporting `id`.
 fn control_plane(c: &TestCluster, id: &str, network: &str, root: Option<&str>) -> String {
@@ -814,6 +838,7 @@ fn control_plane(c: &TestCluster, id: &str, network: &str, root: Option<&str>) -
                     "ports": [{"name": "http-monitoring", "containerPort": 15014}],
                     "env": [{"name": "CLUSTER_ID", "value": id}]}]}}}}),
     );
+    istiod_pod(c);
     token
 }
 
@@ -843,14 +868,29 @@ fn pods(c: &TestCluster, ns: &str) -> Vec<Value> {
     c.list(&format!("/api/v1/namespaces/{ns}/pods"))
 }
 
+/// The istiod pod, once it has started: Ready (after `Options::pod_ready_delay`) or crashing.
 fn istiod_pod(c: &TestCluster) -> String {
-    pods(c, NS)
-        .iter()
-        .find(|p| p["metadata"]["labels"]["app"] == "istiod")
-        .expect("an istiod pod")["metadata"]["name"]
-        .as_str()
-        .unwrap()
-        .to_string()
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let started = pods(c, NS).into_iter().find(|p| {
+            let status = |t: &str| {
+                p["status"]["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|c| c["type"] == t && c["status"] == "True")
+            };
+            p["metadata"]["labels"]["app"] == "istiod"
+                && (status("Ready")
+                    || p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"]
+                        == "CrashLoopBackOff")
+        });
+        if let Some(p) = started {
+            return p["metadata"]["name"].as_str().unwrap().to_string();
+        }
+        assert!(Instant::now() < deadline, "no istiod pod started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[test]
@@ -895,6 +935,12 @@ fn kubectl_scales_restarts_and_deletes_a_deployment_with_its_pods() {
     let mut args = APPLY.to_vec();
     args.push("-");
     t.kubectl("c1", &args, Some(manifest));
+    let status = t.kubectl(
+        "c1",
+        &["rollout", "status", "deployment/web", "--timeout=30s"],
+        None,
+    );
+    assert!(status.contains("successfully rolled out"), "{status}");
     let web = |c: &TestCluster| -> Vec<Value> {
         pods(c, "default")
             .into_iter()
@@ -919,10 +965,8 @@ fn kubectl_scales_restarts_and_deletes_a_deployment_with_its_pods() {
         assert_eq!(p["metadata"]["ownerReferences"][0]["controller"], true);
         assert_eq!(p["status"]["phase"], "Running");
         assert!(
-            p["status"]["podIP"]
-                .as_str()
-                .unwrap()
-                .starts_with("10.244.")
+            p["status"]["podIP"].as_str().unwrap().starts_with("10.2"),
+            "an address of the cluster's pod range (10.244 for the first cluster of the process)"
         );
         assert_eq!(p["status"]["containerStatuses"][0]["ready"], true);
     }
@@ -1180,6 +1224,7 @@ fn helloworld(c: &TestCluster, version: &str) {
                 "spec": {"containers": [{"name": "helloworld", "image": "helloworld",
                     "env": [{"name": "SERVICE_VERSION", "value": version}]}]}}}}),
     );
+    wait_rolled_out(c, "meshup-verify", &format!("helloworld-{version}"));
 }
 
 /// Runs the curl client Job `name` in `ctx` and returns its log lines.
@@ -1278,6 +1323,7 @@ fn a_curl_job_reaches_both_clusters_only_with_a_shared_root() {
     );
     let istiod2 = istiod_pod(&c2);
     t.kubectl("c2", &["delete", "pod", &istiod2, "-n", NS], None);
+    istiod_pod(&c2);
     assert!(
         reaches_v2("curl-3"),
         "running workloads keep their certificates"
@@ -1293,6 +1339,7 @@ fn a_curl_job_reaches_both_clusters_only_with_a_shared_root() {
         ],
         None,
     );
+    wait_rolled_out(&c2, "meshup-verify", "helloworld-v2");
     assert!(
         !reaches_v2("curl-4"),
         "a restarted v2 trusts only the new root"
