@@ -289,7 +289,10 @@ impl State {
         match (res.group.as_str(), res.plural.as_str()) {
             ("", "namespaces") => {
                 set_default(obj, "/spec/finalizers", json!(["kubernetes"]));
-                obj["status"] = json!({"phase": "Active"});
+                // Only the namespace controller changes the phase.
+                obj["status"] = old
+                    .and_then(|o| o.get("status").cloned())
+                    .unwrap_or_else(|| json!({"phase": "Active"}));
             }
             ("", "secrets") => {
                 if let Some(Value::Object(sd)) = obj.as_object_mut().unwrap().remove("stringData") {

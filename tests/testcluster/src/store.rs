@@ -618,6 +618,18 @@ impl State {
         };
         meta.insert("uid".into(), json!(uid));
         meta.insert("creationTimestamp".into(), json!(created));
+        // Clients cannot set or clear a deletion in progress.
+        for field in ["deletionTimestamp", "deletionGracePeriodSeconds"] {
+            match old.and_then(|o| o.pointer(&format!("/metadata/{field}"))) {
+                Some(v) if mode != WriteMode::Internal => {
+                    meta.insert(field.into(), v.clone());
+                }
+                None if old.is_some() || mode != WriteMode::Internal => {
+                    meta.remove(field);
+                }
+                _ => {}
+            }
+        }
         meta.insert("generation".into(), json!(generation));
         meta.remove("resourceVersion");
         meta.remove("managedFields");

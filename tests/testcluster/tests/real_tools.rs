@@ -1623,3 +1623,153 @@ fn helm_cut_off_mid_install_leaves_the_release_pending() {
         again.stderr
     );
 }
+
+// ---- cluster timing with the real clients ----
+
+/// helm `--wait` and `kubectl rollout status` wait for late-ready pods; `kubectl delete ns`
+/// waits for the namespace to finish terminating; `helm install --create-namespace` into a
+/// terminating namespace fails as on a real cluster; `kubectl wait --for=delete` sees it go.
+fn timing_with(set: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let t = tools(set, &kubeconfig, &home);
+    let c = TestCluster::start(
+        "slow",
+        Options {
+            pod_ready_delay: Duration::from_millis(1500),
+            namespace_finalize_delay: Duration::from_millis(1500),
+            ..Options::default()
+        },
+    );
+    write_kubeconfig(&kubeconfig, &[&c]).unwrap();
+    let helm_install = |release: &str, chart: &str, ns: &str| {
+        let kc = kubeconfig.to_str().unwrap();
+        t.run(
+            &t.helm,
+            &[
+                "upgrade",
+                "--install",
+                release,
+                chart,
+                "--namespace",
+                ns,
+                "--create-namespace",
+                "--wait",
+                "--timeout",
+                "1m0s",
+                "--kubeconfig",
+                kc,
+                "--kube-context",
+                "slow",
+            ],
+            None,
+        )
+    };
+
+    let started = Instant::now();
+    let out = helm_install("istiod", "tests/fixtures/charts/istiod", NS);
+    assert!(out.ok, "{}{}", out.stdout, out.stderr);
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "helm --wait returned before istiod was Ready ({:?})",
+        started.elapsed()
+    );
+    let dep = c
+        .get(&format!("/apis/apps/v1/namespaces/{NS}/deployments/istiod"))
+        .unwrap();
+    assert_eq!(dep["status"]["readyReplicas"], 1, "{}", dep["status"]);
+
+    // A new template: rollout status waits for the new pod, then reports success.
+    t.kubectl(
+        "slow",
+        &["rollout", "restart", "deployment/istiod", "-n", NS],
+        None,
+    );
+    let started = Instant::now();
+    let status = t.kubectl(
+        "slow",
+        &[
+            "rollout",
+            "status",
+            "deployment/istiod",
+            "-n",
+            NS,
+            "--timeout=30s",
+        ],
+        None,
+    );
+    assert!(status.contains("successfully rolled out"), "{status}");
+    assert!(started.elapsed() >= Duration::from_millis(1000), "{status}");
+    assert_eq!(pods(&c, NS).len(), 1, "the old pod went with the rollout");
+
+    // kubectl delete waits for the namespace to go.
+    t.kubectl("slow", &["create", "namespace", "doomed"], None);
+    t.kubectl(
+        "slow",
+        &[
+            "create",
+            "configmap",
+            "cm",
+            "-n",
+            "doomed",
+            "--from-literal=a=b",
+        ],
+        None,
+    );
+    let started = Instant::now();
+    let deleted = t.kubectl("slow", &["delete", "namespace", "doomed", "--wait"], None);
+    assert!(deleted.contains("deleted"), "{deleted}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "kubectl returned while the namespace was terminating ({:?})",
+        started.elapsed()
+    );
+    assert!(c.get("/api/v1/namespaces/doomed").is_none());
+
+    // helm into a terminating namespace: the namespace "exists", its content is refused.
+    t.kubectl("slow", &["create", "namespace", "doomed2"], None);
+    t.kubectl(
+        "slow",
+        &["delete", "namespace", "doomed2", "--wait=false"],
+        None,
+    );
+    let phase = t.kubectl(
+        "slow",
+        &[
+            "get",
+            "namespace",
+            "doomed2",
+            "-o",
+            "jsonpath={.status.phase}",
+        ],
+        None,
+    );
+    assert_eq!(phase, "Terminating");
+    let out = helm_install("late", "tests/fixtures/charts/gateway", "doomed2");
+    assert!(!out.ok, "helm installed into a terminating namespace");
+    assert!(
+        out.stderr.contains(
+            "unable to create new content in namespace doomed2 because it is being terminated"
+        ),
+        "{}",
+        out.stderr
+    );
+    t.kubectl(
+        "slow",
+        &["wait", "--for=delete", "namespace/doomed2", "--timeout=20s"],
+        None,
+    );
+    assert!(c.get("/api/v1/namespaces/doomed2").is_none());
+}
+
+#[test]
+fn helm4_and_kubectl_1_35_wait_for_pods_rollouts_and_namespaces() {
+    timing_with("helm4");
+}
+
+#[test]
+fn helm3_and_kubectl_1_34_wait_for_pods_rollouts_and_namespaces() {
+    timing_with("helm3");
+}

@@ -120,6 +120,15 @@ fn a_deleted_namespace_terminates_refuses_new_content_then_goes() {
         .unwrap();
     assert_eq!(again.status, 409, "{}", again.body);
     assert_eq!(json_of(&again.body)["reason"], "AlreadyExists");
+    // An update (helm 4 applies the namespace it would create) leaves it terminating.
+    let updated = c
+        .put(
+            "/api/v1/namespaces/app",
+            json!({"metadata": {"labels": {"a": "b"}}, "status": {"phase": "Active"}}),
+        )
+        .unwrap();
+    assert_eq!(updated["status"]["phase"], "Terminating");
+    assert!(updated["metadata"]["deletionTimestamp"].is_string());
 
     eventually(5, "the namespace goes", || {
         c.get("/api/v1/namespaces/app").is_none()
@@ -140,7 +149,12 @@ fn a_deleted_namespace_terminates_refuses_new_content_then_goes() {
         .lines()
         .map(|l| json_of(l)["type"].as_str().unwrap().to_string())
         .collect();
-    assert_eq!(kinds, ["MODIFIED", "DELETED"], "{}", events.body);
+    assert_eq!(
+        kinds,
+        ["MODIFIED", "MODIFIED", "DELETED"],
+        "{}",
+        events.body
+    );
     c.put("/api/v1/namespaces/app", json!({}))
         .expect("the name is free again");
 }
