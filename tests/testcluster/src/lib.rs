@@ -70,6 +70,7 @@
 mod admission;
 mod auth;
 mod controllers;
+mod fields;
 mod mesh;
 mod net;
 mod patch;

@@ -381,12 +381,28 @@ fn resource(
     headers: &HeaderMap,
     body: Bytes,
 ) -> (Response, Pending) {
+    if matches!(method, &Method::POST | &Method::PUT | &Method::PATCH) {
+        let manager = q.get("fieldManager").map(String::from).unwrap_or_else(|| {
+            crate::fields::manager_from_user_agent(
+                headers
+                    .get(header::USER_AGENT)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or(""),
+            )
+        });
+        st.writer = Some(crate::fields::Writer {
+            manager,
+            applied: None,
+            force: q.flag("force"),
+        });
+    }
     let resp = match resource_inner(
         shared, st, who, method, group, version, segs, q, headers, body,
     ) {
         Ok(r) => r,
         Err(e) => error_response(&e),
     };
+    st.writer = None;
     (resp, st.take_pending())
 }
 
@@ -611,6 +627,9 @@ fn resource_inner(
             let existing = st.objects.get(&key).cloned();
             if ct.starts_with("application/apply-patch") {
                 let manager = q.get("fieldManager").unwrap_or("unknown").to_string();
+                if let Some(w) = st.writer.as_mut() {
+                    w.applied = Some(p.clone());
+                }
                 let applied_key = (key.clone(), manager);
                 let (code, obj) = match existing {
                     None => {
@@ -625,7 +644,9 @@ fn resource_inner(
                     }
                     Some(mut cur) => {
                         let prev = st.applied.get(&applied_key).cloned();
+                        let before = cur.clone();
                         patch::apply(&mut cur, &p, prev.as_ref());
+                        crate::fields::restore_others(&applied_key.1, &before, &mut cur);
                         (200, st.update(res, &key, cur, mode, dry_run)?)
                     }
                 };

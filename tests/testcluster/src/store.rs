@@ -173,6 +173,8 @@ pub struct State {
     pub timing: crate::timers::Timing,
     /// What those controllers do next, and when.
     pub timers: Vec<(std::time::Instant, crate::timers::Timer)>,
+    /// The field manager of the request being served, if it writes.
+    pub writer: Option<crate::fields::Writer>,
 }
 
 /// Work the controllers do shortly after a write, outside the request.
@@ -182,6 +184,10 @@ pub struct Pending {
     pub tokens: Vec<Key>,
     /// Job pods to run.
     pub jobs: Vec<Key>,
+}
+
+fn key_name(obj: &Value) -> String {
+    meta_str(obj, "name").to_string()
 }
 
 /// A string field of `metadata`, empty when absent.
@@ -273,6 +279,7 @@ impl State {
             pending_jobs: Vec::new(),
             timing: crate::timers::Timing::default(),
             timers: Vec::new(),
+            writer: None,
         };
         let ns = s.registry.find("", "v1", "namespaces").unwrap().clone();
         for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
@@ -498,6 +505,7 @@ impl State {
         validate(res, &name, &obj)?;
         self.prepare(res, &key, None, &mut obj, WriteMode::Main);
         self.call_validating_webhooks(res, "CREATE", None, &obj)?;
+        self.record_managers(res, None, &mut obj)?;
         if dry_run {
             return Ok(obj);
         }
@@ -542,6 +550,7 @@ impl State {
         self.prepare(res, key, Some(&old), &mut obj, mode);
         if mode == WriteMode::Main {
             self.call_validating_webhooks(res, "UPDATE", Some(&old), &obj)?;
+            self.record_managers(res, Some(&old), &mut obj)?;
         }
         if dry_run {
             return Ok(obj);
@@ -555,6 +564,38 @@ impl State {
         let stored = self.commit(key.clone(), obj, "MODIFIED");
         self.after_write(res, key, &stored);
         Ok(stored)
+    }
+
+    /// Records the request's field manager in `metadata.managedFields` (the outermost write
+    /// of a request only: what controllers write in its wake is theirs), or refuses an apply
+    /// that conflicts.
+    fn record_managers(
+        &mut self,
+        res: &Resource,
+        old: Option<&Value>,
+        obj: &mut Value,
+    ) -> Result<(), ApiError> {
+        if self.depth != 1 {
+            return Ok(());
+        }
+        let Some(writer) = &self.writer else {
+            return Ok(());
+        };
+        let mut managed = crate::fields::managed_fields(writer, &res.api_version(), old, obj)
+            .map_err(|mut e| {
+                e.name = key_name(obj);
+                e
+            })?;
+        if managed.as_array().is_some_and(Vec::is_empty) {
+            managed = Value::Null;
+        }
+        let meta = meta_mut(obj);
+        if managed.is_null() {
+            meta.remove("managedFields");
+        } else {
+            meta.insert("managedFields".into(), managed);
+        }
+        Ok(())
     }
 
     /// Server-managed metadata, generation, status handling and the per-kind defaults.
@@ -632,7 +673,11 @@ impl State {
         }
         meta.insert("generation".into(), json!(generation));
         meta.remove("resourceVersion");
-        meta.remove("managedFields");
+        // Field managers are the server's to keep (see `record_managers`).
+        match old.and_then(|o| o.pointer("/metadata/managedFields")) {
+            Some(m) => meta.insert("managedFields".into(), m.clone()),
+            None => meta.remove("managedFields"),
+        };
         if meta.get("labels").is_some_and(Value::is_null) {
             meta.remove("labels");
         }

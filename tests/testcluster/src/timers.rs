@@ -286,7 +286,15 @@ impl State {
             for h in hook["webhooks"].as_array_mut().unwrap() {
                 h["failurePolicy"] = json!("Fail");
             }
-            let _ = self.update(&res, &key, hook, WriteMode::Internal, false);
+            // An update by istiod (its user agent names `pilot-discovery`): it owns the field
+            // from now on, and a later server-side apply of `Ignore` conflicts with it.
+            self.writer = Some(crate::fields::Writer {
+                manager: "pilot-discovery".into(),
+                applied: None,
+                force: false,
+            });
+            let _ = self.update(&res, &key, hook, WriteMode::Main, false);
+            self.writer = None;
         }
     }
 }

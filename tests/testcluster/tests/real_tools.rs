@@ -1668,6 +1668,8 @@ fn timing_with(set: &str) {
         )
     };
 
+    let out = helm_install("istio-base", "tests/fixtures/charts/base", NS);
+    assert!(out.ok, "{}{}", out.stdout, out.stderr);
     let started = Instant::now();
     let out = helm_install("istiod", "tests/fixtures/charts/istiod", NS);
     assert!(out.ok, "{}{}", out.stdout, out.stderr);
@@ -1703,6 +1705,62 @@ fn timing_with(set: &str) {
     assert!(status.contains("successfully rolled out"), "{status}");
     assert!(started.elapsed() >= Duration::from_millis(1000), "{status}");
     assert_eq!(pods(&c, NS).len(), 1, "the old pod went with the rollout");
+
+    // istiod switched its webhooks to Fail; an upgrade keeps that (the charts leave
+    // failurePolicy out on upgrade), while applying `Ignore` conflicts with istiod.
+    let vwc = "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations";
+    let policy = |name: &str| {
+        c.get(&format!("{vwc}/{name}")).unwrap()["webhooks"][0]["failurePolicy"].clone()
+    };
+    for name in ["istiod-default-validator", "istio-validator-istio-system"] {
+        assert_eq!(policy(name), "Fail", "{name}");
+    }
+    let out = helm_install("istiod", "tests/fixtures/charts/istiod", NS);
+    assert!(out.ok, "{}{}", out.stdout, out.stderr);
+    assert_ne!(policy("istio-validator-istio-system"), "Ignore");
+    let ignore = "apiVersion: admissionregistration.k8s.io/v1\nkind: ValidatingWebhookConfiguration\nmetadata: {name: istiod-default-validator}\nwebhooks:\n- name: validation.istio.io\n  clientConfig: {service: {name: istiod, namespace: istio-system, path: /validate}}\n  failurePolicy: Ignore\n  sideEffects: None\n  admissionReviewVersions: [v1]\n";
+    let conflict = t.kubectl_out(
+        "slow",
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager",
+            "helm",
+            "-f",
+            "-",
+        ],
+        Some(ignore),
+    );
+    assert!(!conflict.ok);
+    assert!(
+        conflict.stderr.contains(
+            "conflict with \"pilot-discovery\" using admissionregistration.k8s.io/v1 at "
+        ) && conflict
+            .stderr
+            .contains(".webhooks[name=\"validation.istio.io\"].failurePolicy"),
+        "{}",
+        conflict.stderr
+    );
+
+    // No istiod left: Istio resources are refused with the API server's words.
+    t.kubectl(
+        "slow",
+        &["scale", "deployment/istiod", "-n", NS, "--replicas=0"],
+        None,
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !pods(&c, NS).is_empty() {
+        assert!(Instant::now() < deadline, "istiod pods stay");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let gateway = "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: gw, namespace: default}\nspec: {}\n";
+    let refused = t.kubectl_out("slow", &["create", "-f", "-"], Some(gateway));
+    assert!(!refused.ok);
+    assert!(
+        refused.stderr.contains("Error from server (InternalError): error when creating \"STDIN\": Internal error occurred: failed calling webhook \"validation.istio.io\": failed to call webhook: Post \"https://istiod.istio-system.svc:443/validate?timeout=10s\": no endpoints available for service \"istiod\""),
+        "{}",
+        refused.stderr
+    );
 
     // kubectl delete waits for the namespace to go.
     t.kubectl("slow", &["create", "namespace", "doomed"], None);
@@ -1772,4 +1830,89 @@ fn helm4_and_kubectl_1_35_wait_for_pods_rollouts_and_namespaces() {
 #[test]
 fn helm3_and_kubectl_1_34_wait_for_pods_rollouts_and_namespaces() {
     timing_with("helm3");
+}
+
+#[test]
+fn server_side_apply_keeps_field_managers_with_both_kubectls() {
+    for set in ["helm4", "helm3"] {
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig = dir.path().join("kubeconfig");
+        let c = TestCluster::start("ssa", Options::default());
+        write_kubeconfig(&kubeconfig, &[&c]).unwrap();
+        let t = tools(set, &kubeconfig, dir.path());
+        let cm = |x: &str| {
+            format!(
+                "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: cm, namespace: default, labels: {{app: a}}}}\ndata: {{x: \"{x}\", z: \"1\"}}\n"
+            )
+        };
+        let apply = |manager: &str, x: &str, force: bool| {
+            let mut args = vec!["apply", "--server-side", "--field-manager", manager];
+            if force {
+                args.push("--force-conflicts");
+            }
+            args.extend(["-f", "-"]);
+            t.kubectl_out("ssa", &args, Some(&cm(x)))
+        };
+        assert!(apply("a", "1", false).ok);
+        assert!(apply("b", "1", false).ok, "the same values are shared");
+        let refused = apply("b", "2", false);
+        assert!(!refused.ok);
+        assert!(
+            refused
+                .stderr
+                .contains("Apply failed with 1 conflict: conflict with \"a\": .data.x"),
+            "{set}: {}",
+            refused.stderr
+        );
+        assert!(apply("b", "2", true).ok, "forced");
+        t.kubectl(
+            "ssa",
+            &["patch", "configmap", "cm", "-p", "{\"data\":{\"z\":\"2\"}}"],
+            None,
+        );
+        let got = t.kubectl_json(
+            "ssa",
+            &[
+                "get",
+                "configmap",
+                "cm",
+                "-o",
+                "json",
+                "--show-managed-fields",
+            ],
+        );
+        let managers: Vec<(String, String, Value)> = got["metadata"]["managedFields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                (
+                    m["manager"].as_str().unwrap().to_string(),
+                    m["operation"].as_str().unwrap().to_string(),
+                    m["fieldsV1"].clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            managers,
+            [
+                (
+                    "a".to_string(),
+                    "Apply".to_string(),
+                    json!({"f:metadata": {"f:labels": {"f:app": {}}}})
+                ),
+                (
+                    "b".to_string(),
+                    "Apply".to_string(),
+                    json!({"f:data": {"f:x": {}}, "f:metadata": {"f:labels": {"f:app": {}}}})
+                ),
+                (
+                    "kubectl-patch".to_string(),
+                    "Update".to_string(),
+                    json!({"f:data": {"f:z": {}}})
+                ),
+            ],
+            "{set}"
+        );
+    }
 }
