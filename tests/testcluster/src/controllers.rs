@@ -1165,7 +1165,28 @@ impl State {
         set_default(&mut body, "/metadata/name", json!(sa));
         body["metadata"]["namespace"] = json!(ns);
         body["metadata"]["creationTimestamp"] = Value::Null;
+        let audiences: Vec<String> = body
+            .pointer("/spec/audiences")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a.as_str().map(String::from))
+            .collect();
+        let audiences = if audiences.is_empty() {
+            vec![crate::auth::API_AUDIENCE.to_string()]
+        } else {
+            audiences
+        };
+        body["spec"]["audiences"] = json!(audiences);
+        body["spec"]["expirationSeconds"] = json!(seconds);
         let t = token(&self.cluster, ns, sa, Some(exp));
+        let jti = t
+            .split('.')
+            .nth(1)
+            .and_then(|c| URL_SAFE_NO_PAD.decode(c).ok())
+            .and_then(|c| serde_json::from_slice::<Value>(&c).ok())
+            .and_then(|c| c["jti"].as_str().map(String::from))
+            .unwrap_or_default();
         let sa_uid = self
             .objects
             .get(&Key {
@@ -1183,6 +1204,8 @@ impl State {
                 name: sa.into(),
                 sa_uid,
                 expires: exp,
+                audiences,
+                jti,
             },
         );
         body["status"] = json!({

@@ -576,6 +576,19 @@ fn resource_inner(
             if !body.is_object() {
                 body = json!({});
             }
+            if res.plural == "tokenreviews"
+                && body
+                    .pointer("/spec/token")
+                    .and_then(Value::as_str)
+                    .is_none_or(str::is_empty)
+            {
+                // pkg/registry/authentication/tokenreview `REST.Create`.
+                return Err(ApiError::new(
+                    400,
+                    "BadRequest",
+                    "token is required for TokenReview in authentication",
+                ));
+            }
             body["apiVersion"] = json!(res.api_version());
             body["kind"] = json!(res.kind);
             body["status"] = review_status(st, &shared.admin_token, who, res, &body);
@@ -753,12 +766,14 @@ fn review_status(st: &State, admin_token: &str, who: &Who, res: &Resource, body:
                 .pointer("/spec/token")
                 .and_then(Value::as_str)
                 .unwrap_or("");
-            match auth::token_owner(st, admin_token, token) {
-                Some(owner) => {
-                    json!({"authenticated": true, "user": {"username": owner.user(), "groups": ["system:authenticated"]}})
-                }
-                None => json!({"authenticated": false, "error": "invalid bearer token"}),
-            }
+            let audiences: Vec<String> = body
+                .pointer("/spec/audiences")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|a| a.as_str().map(String::from))
+                .collect();
+            auth::token_review_status(st, admin_token, token, &audiences)
         }
         "selfsubjectaccessreviews" => {
             let attr = body.pointer("/spec/resourceAttributes");

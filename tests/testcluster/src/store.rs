@@ -144,6 +144,8 @@ pub struct State {
     pub pending_tokens: Vec<Key>,
     /// Tokens issued by TokenRequests.
     pub issued: HashMap<String, crate::auth::Issued>,
+    /// Tokens the token controller wrote into token secrets, and the secret of each.
+    pub secret_tokens: HashMap<String, Key>,
     /// The cluster's number among those this process started (0 for the first).
     pub index: u32,
     /// Whether LoadBalancer Services get an address (a load-balancer controller runs).
@@ -266,6 +268,7 @@ impl State {
             next_node_port: 30000,
             pending_tokens: Vec::new(),
             issued: HashMap::new(),
+            secret_tokens: HashMap::new(),
             load_balancer: true,
             index: 0,
             born: HashMap::new(),
@@ -812,9 +815,13 @@ impl State {
         }
     }
 
+    /// Whether the token controller still has to fill a token secret: its `token`, `ca.crt` or
+    /// `namespace` is missing (pkg/controller/serviceaccount `generateTokenIfNeeded`).
     pub fn is_token_secret_unfilled(obj: &Value) -> bool {
         obj.get("type").and_then(Value::as_str) == Some("kubernetes.io/service-account-token")
-            && obj.pointer("/data/token").is_none()
+            && ["token", "ca.crt", "namespace"]
+                .iter()
+                .any(|k| obj.pointer(&format!("/data/{k}")).is_none_or(|v| v == ""))
     }
 
     /// The token controller: fills `token`, `ca.crt` and `namespace` of a token secret.
@@ -843,7 +850,6 @@ impl State {
             self.delete(key);
             return;
         }
-        let token = crate::controllers::token(&self.cluster, &key.namespace, &sa, None);
         let data = obj
             .as_object_mut()
             .unwrap()
@@ -852,9 +858,19 @@ impl State {
         if !data.is_object() {
             *data = json!({});
         }
-        data["token"] = json!(b64(&token));
-        data["ca.crt"] = json!(b64(&self.ca_pem));
-        data["namespace"] = json!(b64(&key.namespace));
+        // A token the client wrote is kept, as the real controller does, but it is no
+        // credential: only tokens this controller issued authenticate.
+        if data.get("token").is_none_or(|v| v == "") {
+            let token = crate::controllers::token(&self.cluster, &key.namespace, &sa, None);
+            data["token"] = json!(b64(&token));
+            self.secret_tokens.insert(token, key.clone());
+        }
+        if data.get("ca.crt").is_none_or(|v| v == "") {
+            data["ca.crt"] = json!(b64(&self.ca_pem));
+        }
+        if data.get("namespace").is_none_or(|v| v == "") {
+            data["namespace"] = json!(b64(&key.namespace));
+        }
         if let Some(sa_uid) = self
             .objects
             .get(&sa_key)

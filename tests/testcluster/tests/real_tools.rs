@@ -132,6 +132,11 @@ impl Tools {
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("kubectl {args:?}: {e}: {out}"))
     }
 
+    fn kubectl_json_stdin(&self, ctx: &str, args: &[&str], stdin: &str) -> Value {
+        let out = self.kubectl(ctx, args, Some(stdin));
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("kubectl {args:?}: {e}: {out}"))
+    }
+
     fn helm(&self, ctx: &str, args: &[&str]) -> String {
         let kc = self.kubeconfig.to_str().unwrap();
         let mut full = args.to_vec();
@@ -1913,6 +1918,42 @@ fn server_side_apply_keeps_field_managers_with_both_kubectls() {
                 ),
             ],
             "{set}"
+        );
+    }
+}
+
+#[test]
+fn kubectl_creates_token_reviews_with_both_versions() {
+    for set in ["helm4", "helm3"] {
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig = dir.path().join("kubeconfig");
+        let c = TestCluster::start("tr", Options::default());
+        write_kubeconfig(&kubeconfig, &[&c]).unwrap();
+        let t = tools(set, &kubeconfig, dir.path());
+        let token = reader(&c);
+        let review = |token: &str| {
+            let manifest = format!(
+                "apiVersion: authentication.k8s.io/v1\nkind: TokenReview\nspec:\n  token: {token}\n"
+            );
+            t.kubectl_json_stdin("tr", &["create", "-f", "-", "-o", "json"], &manifest)
+        };
+        let got = review(&token);
+        assert_eq!(got["status"]["authenticated"], true, "{set}: {got}");
+        assert_eq!(
+            got["status"]["user"]["username"],
+            format!("system:serviceaccount:{NS}:istio-reader-service-account")
+        );
+        assert_eq!(
+            got["status"]["user"]["groups"][1],
+            format!("system:serviceaccounts:{NS}")
+        );
+        c.delete(&format!("/api/v1/namespaces/{NS}/secrets/reader-token"))
+            .unwrap();
+        let got = review(&token);
+        assert_eq!(got["status"]["authenticated"], false, "{set}: {got}");
+        assert_eq!(
+            got["status"]["error"],
+            "service account token has been invalidated"
         );
     }
 }
