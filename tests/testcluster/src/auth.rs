@@ -193,10 +193,20 @@ pub fn token_review_status(
     } else {
         audiences.to_vec()
     };
+    // The review authenticates a request carrying the token; the API server's union of
+    // bearer-token authenticators reports its authenticators' errors together, one of them
+    // always `invalid bearer token` (bearertoken `Authenticator`, deduplicated by
+    // apimachinery's error aggregate): `[invalid bearer token, <why>]`.
+    let refused = |why: Option<String>| {
+        let error = match why {
+            Some(why) => format!("[invalid bearer token, {why}]"),
+            None => "invalid bearer token".into(),
+        };
+        json!({"authenticated": false, "user": {}, "error": error})
+    };
     let a = match authenticate_token(st, admin_token, token) {
         Ok(a) => a,
-        Err(Some(error)) => return json!({"authenticated": false, "user": {}, "error": error}),
-        Err(None) => return json!({"authenticated": false, "user": {}}),
+        Err(why) => return refused(why),
     };
     let granted: Vec<String> = match &a.audiences {
         None => wanted.clone(),
@@ -207,12 +217,11 @@ pub fn token_review_status(
             .collect(),
     };
     if granted.is_empty() {
-        let error = format!(
+        return refused(Some(format!(
             "token audiences {} is invalid for the target audiences {}",
             quoted(a.audiences.as_deref().unwrap_or_default()),
             quoted(&wanted)
-        );
-        return json!({"authenticated": false, "user": {}, "error": error});
+        )));
     }
     let user = match &a.who {
         Who::ServiceAccount { namespace, .. } => {

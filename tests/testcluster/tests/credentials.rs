@@ -340,7 +340,7 @@ fn token_reviews_name_the_owner_or_say_why_not() {
     assert_eq!(
         got["status"],
         json!({"authenticated": false, "user": {},
-               "error": "token audiences [\"istio-ca\"] is invalid for the target audiences [\"https://kubernetes.default.svc.cluster.local\"]"})
+               "error": "[invalid bearer token, token audiences [\"istio-ca\"] is invalid for the target audiences [\"https://kubernetes.default.svc.cluster.local\"]]"})
     );
     let (_, got) = review(&c, &admin, &ca_token, &["istio-ca"]);
     assert_eq!(got["status"]["authenticated"], true);
@@ -358,10 +358,13 @@ fn token_reviews_name_the_owner_or_say_why_not() {
     let (_, got) = review(&c, &admin, &token, &[]);
     assert_eq!(
         got["status"],
-        json!({"authenticated": false, "user": {}, "error": "service account token has been invalidated"})
+        json!({"authenticated": false, "user": {}, "error": "[invalid bearer token, service account token has been invalidated]"})
     );
     let (_, got) = review(&c, &admin, "not-a-jwt", &[]);
-    assert_eq!(got["status"], json!({"authenticated": false, "user": {}}));
+    assert_eq!(
+        got["status"],
+        json!({"authenticated": false, "user": {}, "error": "invalid bearer token"})
+    );
     let (code, got) = review(&c, &admin, "", &[]);
     assert_eq!(code, 400);
     assert_eq!(

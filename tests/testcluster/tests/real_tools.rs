@@ -1953,7 +1953,7 @@ fn kubectl_creates_token_reviews_with_both_versions() {
         assert_eq!(got["status"]["authenticated"], false, "{set}: {got}");
         assert_eq!(
             got["status"]["error"],
-            "service account token has been invalidated"
+            "[invalid bearer token, service account token has been invalidated]"
         );
     }
 }
