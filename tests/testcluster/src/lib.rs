@@ -18,9 +18,11 @@
 //! for IP 127.0.0.1 and DNS `localhost` ([`TestCluster::url`] is `https://127.0.0.1:PORT`),
 //! from a listener with a backlog of 1024. Every request needs `Authorization: Bearer T`
 //! where T is the admin token ([`TestCluster::admin_token`], written by [`write_kubeconfig`]
-//! with the CA), the `data.token` of a live `kubernetes.io/service-account-token` Secret, or a
-//! TokenRequest token that has not expired; the service account must still exist. Anything
-//! else gets 401 Unauthorized; `/version` and the health endpoints may be read without a
+//! with the CA), a token the token controller wrote into a live
+//! `kubernetes.io/service-account-token` Secret (one a client wrote there is no credential), or
+//! a TokenRequest token for the API server's audience that has not expired; the service
+//! account must still exist. TokenReviews answer who holds a token, or why nobody does.
+//! Anything else gets 401 Unauthorized; `/version` and the health endpoints may be read without a
 //! token. A service account may do what the ClusterRoles and Roles bound to it allow (RBAC
 //! rules: verbs, API groups, resources and subresources, resource names; no aggregation),
 //! use discovery and ask `selfsubjectaccessreviews`; anything else gets RBAC's 403 message.
@@ -29,13 +31,29 @@
 //! namespace, and deletes those of missing or deleted service accounts.
 //!
 //! # Controllers
-//! One Ready node (`<cluster>-control-plane`). Done at once on each write: namespace, service
-//! (cluster IPs; node ports for NodePort and LoadBalancer Services; LoadBalancer addresses,
-//! from the cluster's own range, unless [`Options::load_balancer`] is off) and CRD status; Deployments get a ReplicaSet per pod
-//! template and ReplicaSets a Running, Ready pod per replica (`<rs>-<5 chars>`, owned by the
-//! ReplicaSet, IP from the cluster's own /16: 10.244 for the first cluster of the process,
-//! 10.245 for the next); scaling, new templates and deletions act on pods as the
-//! ReplicaSet controller and garbage collector would. Jobs get the `controller-uid` selector
+//! One Ready node (`<cluster>-control-plane`). Done at once on each write: service (cluster
+//! IPs; node ports for NodePort and LoadBalancer Services) and CRD status; Deployments get a
+//! ReplicaSet per pod template and ReplicaSets a Running pod per replica (`<rs>-<5 chars>`,
+//! owned by the ReplicaSet, IP from the cluster's own /16: 10.244 for the first cluster of the
+//! process, 10.245 for the next); scaling, new templates and deletions act on pods as the
+//! ReplicaSet controller and garbage collector would.
+//!
+//! Some things take time, as on a real cluster (a ticker in the server; each delay is an
+//! [`Options`] field, zero for at once): pods become Ready after
+//! [`Options::pod_ready_delay`], and a new template rolls out like the Deployment controller's
+//! RollingUpdate (old and new pods side by side within maxSurge / maxUnavailable); a deleted
+//! namespace is `Terminating` (its contents deleted, new content refused with 403) until
+//! [`Options::namespace_finalize_delay`] after it is empty; LoadBalancer Services get an
+//! address (an IP from the cluster's own range, or an AWS-style host name with
+//! [`Options::load_balancer_hostname`]) after [`Options::load_balancer_delay`], unless
+//! [`Options::load_balancer`] is off. istiod's validating webhooks switch to
+//! `failurePolicy: Fail` once a Ready istiod of their revision runs; from then on Istio
+//! resources are refused while no istiod pod is Ready. Every write records its field manager
+//! (`metadata.managedFields`); a server-side apply that changes another manager's field
+//! answers 409 unless forced.
+//!
+//! `REALISM.md` (next to this crate's `Cargo.toml`) lists the source each behaviour follows
+//! and where the emulation is more lenient than a real cluster. Jobs get the `controller-uid` selector
 //! and labels and one pod that runs at once and completes the Job. A pod created in a
 //! namespace that selects a running istiod revision (`istio-injection=enabled` for
 //! `default`, or `istio.io/rev`) is marked injected (`sidecar.istio.io/status`).
