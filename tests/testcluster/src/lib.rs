@@ -574,6 +574,8 @@ impl TestCluster {
 
     /// Deletes the object at `path` and what depends on it (owned objects, a namespace's
     /// contents), as the API server and its garbage collector would; returns the deleted object.
+    /// A namespace is only marked `Terminating` (and returned so) while
+    /// [`Options::namespace_finalize_delay`] runs; it goes once that has passed.
     pub fn delete(&self, path: &str) -> Option<Value> {
         let mut st = self.shared.state.lock().unwrap();
         let (t, _) = target(&st, path)?;

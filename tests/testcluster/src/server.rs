@@ -715,6 +715,7 @@ fn resource_inner(
             }
             if let (Some(obj), Some(key)) = (&last, keys.first())
                 && name.is_some()
+                && !dry_run
                 && st.objects.contains_key(key)
             {
                 // Still there (a terminating namespace): the API server answers the object.

@@ -1747,6 +1747,46 @@ fn timing_with(set: &str) {
         conflict.stderr
     );
 
+    // helm --wait waits for a LoadBalancer address, here an AWS-style host name.
+    c.set_pod_ready_delay(Duration::ZERO);
+    c.set_load_balancer_delay(Duration::from_millis(1500));
+    c.set_load_balancer_hostname(true);
+    let started = Instant::now();
+    let out = helm_install("eastwest", "tests/fixtures/charts/gateway", NS);
+    assert!(out.ok, "{}{}", out.stdout, out.stderr);
+    let lb = || {
+        c.list(&format!("/api/v1/namespaces/{NS}/services"))
+            .into_iter()
+            .find(|s| s["spec"]["type"] == "LoadBalancer")
+            .expect("the gateway's LoadBalancer Service")
+    };
+    if set == "helm3" {
+        // helm 3's ready checker waits for a LoadBalancer's ingress.
+        assert!(
+            started.elapsed() >= Duration::from_millis(1500),
+            "helm 3 --wait returned before the load balancer had an address ({:?})",
+            started.elapsed()
+        );
+    } else {
+        // helm 4's kstatus takes a Service with a cluster IP as ready: no address yet.
+        assert_eq!(lb()["status"], json!({"loadBalancer": {}}));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while lb()["status"]["loadBalancer"]["ingress"].is_null() {
+            assert!(Instant::now() < deadline, "no address arrived");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let lb = lb();
+    let ingress = &lb["status"]["loadBalancer"]["ingress"][0];
+    assert!(
+        ingress["hostname"]
+            .as_str()
+            .is_some_and(|h| h.ends_with(".elb.us-east-1.amazonaws.com"))
+            && ingress.get("ip").is_none(),
+        "{ingress}"
+    );
+    c.set_pod_ready_delay(Duration::from_millis(1500));
+
     // No istiod left: Istio resources are refused with the API server's words.
     t.kubectl(
         "slow",
@@ -1754,7 +1794,10 @@ fn timing_with(set: &str) {
         None,
     );
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !pods(&c, NS).is_empty() {
+    while pods(&c, NS)
+        .iter()
+        .any(|p| p["metadata"]["labels"]["app"] == "istiod")
+    {
         assert!(Instant::now() < deadline, "istiod pods stay");
         std::thread::sleep(Duration::from_millis(20));
     }
