@@ -698,6 +698,24 @@ fn resource_inner(
                     .map(|(k, _)| k.clone())
                     .collect(),
             };
+            if let (Some(name), Some(ns)) = (name, keys.first().and_then(|k| st.objects.get(k)))
+                && res.group.is_empty()
+                && res.plural == "namespaces"
+                && !meta_str(ns, "deletionTimestamp").is_empty()
+            {
+                // Already terminating, its `kubernetes` finalizer still there
+                // (pkg/registry/core/namespace/storage `REST.Delete`).
+                let mut e = ApiError::new(
+                    409,
+                    "Conflict",
+                    format!(
+                        "Operation cannot be fulfilled on namespaces \"{name}\": The system is ensuring all content is removed from this namespace.  Upon completion, this namespace will automatically be purged by the system."
+                    ),
+                );
+                e.name = name.clone();
+                e.plural = "namespaces".into();
+                return Err(e);
+            }
             let mut last = None;
             for key in &keys {
                 let gone = if dry_run {

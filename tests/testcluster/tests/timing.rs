@@ -73,6 +73,15 @@ fn a_deleted_namespace_terminates_refuses_new_content_then_goes() {
         "its contents are deleted"
     );
 
+    let again = c
+        .request("DELETE", "/api/v1/namespaces/app", admin, None)
+        .unwrap();
+    assert_eq!(again.status, 409, "{}", again.body);
+    assert_eq!(
+        json_of(&again.body)["message"],
+        "Operation cannot be fulfilled on namespaces \"app\": The system is ensuring all content is removed from this namespace.  Upon completion, this namespace will automatically be purged by the system."
+    );
+
     let create = c
         .request(
             "POST",
