@@ -685,7 +685,13 @@ impl State {
         let mut total = 0;
         let mut ready = 0;
         for (k, p) in self.objects.iter() {
-            if k.group.is_empty() && k.plural == "pods" && k.namespace == ns && owned_by(p, uid) {
+            // Terminating pods are no replicas any more (controller `FilterActivePods`).
+            if k.group.is_empty()
+                && k.plural == "pods"
+                && k.namespace == ns
+                && owned_by(p, uid)
+                && meta_str(p, "deletionTimestamp").is_empty()
+            {
                 total += 1;
                 if crate::proxy::pod_ready(p) {
                     ready += 1;
@@ -818,6 +824,7 @@ impl State {
                     && k.plural == "pods"
                     && k.namespace == rs_key.namespace
                     && owned_by(p, &uid)
+                    && meta_str(p, "deletionTimestamp").is_empty()
             })
             .map(|(k, _)| k.clone())
             .collect();

@@ -42,7 +42,8 @@
 //! [`Options`] field, zero for at once): pods become Ready after
 //! [`Options::pod_ready_delay`], and a new template rolls out like the Deployment controller's
 //! RollingUpdate (old and new pods side by side within maxSurge / maxUnavailable); a deleted
-//! namespace is `Terminating` (its contents deleted, new content refused with 403) until
+//! pod is `Terminating` (not Ready, no longer a replica) for [`Options::pod_termination_delay`];
+//! a deleted namespace is `Terminating` (its contents deleted, new content refused with 403) until
 //! [`Options::namespace_finalize_delay`] after it is empty; LoadBalancer Services get an
 //! address (an IP from the cluster's own range, or an AWS-style host name with
 //! [`Options::load_balancer_hostname`]) after [`Options::load_balancer_delay`], unless
@@ -144,6 +145,10 @@ pub struct Options {
     /// Whether load balancers get only a host name (`ingress[0].hostname`, AWS ELB style:
     /// `a<32 hex>-<16 hex>.elb.us-east-1.amazonaws.com`) instead of an IP (default false).
     pub load_balancer_hostname: bool,
+    /// How long a deleted pod stays, `Terminating` (a `deletionTimestamp`, not Ready, no longer
+    /// counted by its ReplicaSet), before it goes (default 200 ms): a container that exits
+    /// promptly on SIGTERM. Zero: deleted at once.
+    pub pod_termination_delay: Duration,
 }
 
 impl Default for Options {
@@ -157,6 +162,7 @@ impl Default for Options {
             namespace_finalize_delay: Duration::from_millis(300),
             load_balancer_delay: Duration::from_millis(200),
             load_balancer_hostname: false,
+            pod_termination_delay: Duration::from_millis(200),
         }
     }
 }
@@ -266,6 +272,7 @@ impl TestCluster {
             namespace_finalize: options.namespace_finalize_delay,
             load_balancer: options.load_balancer_delay,
             load_balancer_hostname: options.load_balancer_hostname,
+            pod_termination: options.pod_termination_delay,
         };
         state.index = STARTED.fetch_add(1, Ordering::Relaxed);
         state.add_node();
@@ -504,6 +511,11 @@ impl TestCluster {
     /// Changes [`Options::pod_ready_delay`] for pods created from now on.
     pub fn set_pod_ready_delay(&self, delay: Duration) {
         self.shared.state.lock().unwrap().timing.pod_ready = delay;
+    }
+
+    /// Changes [`Options::pod_termination_delay`] for pods deleted from now on.
+    pub fn set_pod_termination_delay(&self, delay: Duration) {
+        self.shared.state.lock().unwrap().timing.pod_termination = delay;
     }
 
     /// Changes [`Options::namespace_finalize_delay`] for namespaces deleted from now on.

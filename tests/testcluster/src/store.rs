@@ -177,6 +177,8 @@ pub struct State {
     pub timers: Vec<(std::time::Instant, crate::timers::Timer)>,
     /// The field manager of the request being served, if it writes.
     pub writer: Option<crate::fields::Writer>,
+    /// Set while a terminated pod is removed for good.
+    pub(crate) removing: bool,
 }
 
 /// Work the controllers do shortly after a write, outside the request.
@@ -283,6 +285,7 @@ impl State {
             timing: crate::timers::Timing::default(),
             timers: Vec::new(),
             writer: None,
+            removing: false,
         };
         let ns = s.registry.find("", "v1", "namespaces").unwrap().clone();
         for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
@@ -696,6 +699,13 @@ impl State {
             && !self.timing.namespace_finalize.is_zero()
         {
             return self.terminate_namespace(key);
+        }
+        if key.group.is_empty()
+            && key.plural == "pods"
+            && !self.timing.pod_termination.is_zero()
+            && !self.removing
+        {
+            return self.terminate_pod(key);
         }
         let mut obj = self.objects.remove(key)?;
         self.born.remove(key);

@@ -23,6 +23,7 @@ pub struct Timing {
     pub namespace_finalize: Duration,
     pub load_balancer: Duration,
     pub load_balancer_hostname: bool,
+    pub pod_termination: Duration,
 }
 
 /// Work a controller does at a given instant.
@@ -34,6 +35,8 @@ pub enum Timer {
     FinalizeNamespace(Key),
     /// The cloud controller gives the LoadBalancer Service its address.
     LoadBalancer(Key),
+    /// A terminating pod's containers have stopped: the kubelet removes it.
+    PodGone(Key),
 }
 
 /// Runs the timers of a cluster until it is dropped.
@@ -174,6 +177,11 @@ impl State {
                 Timer::PodReady(key) => self.pod_probe_passes(&key),
                 Timer::LoadBalancer(key) => self.load_balancer_arrives(&key),
                 Timer::FinalizeNamespace(key) => self.finalize_namespace(&key),
+                Timer::PodGone(key) => {
+                    self.removing = true;
+                    self.delete(&key);
+                    self.removing = false;
+                }
             }
         }
         self.istiod_validation_fail_closed();
@@ -234,6 +242,30 @@ impl State {
             self.delete(&k);
         }
         Some(ns)
+    }
+
+    /// Graceful deletion of a pod (pkg/registry/core/pod `podStrategy.CheckGracefulDelete`,
+    /// the kubelet's `killPod`): it gets a `deletionTimestamp` (now + its
+    /// `terminationGracePeriodSeconds`, default 30) and stops being Ready, its ReplicaSet no
+    /// longer counts it (and replaces it at once); it is removed after
+    /// [`Timing::pod_termination`], as a container that exits on SIGTERM.
+    pub(crate) fn terminate_pod(&mut self, key: &Key) -> Option<Value> {
+        let mut pod = self.objects.get(key).cloned()?;
+        if !meta_str(&pod, "deletionTimestamp").is_empty() {
+            return Some(pod);
+        }
+        let grace = pod
+            .pointer("/spec/terminationGracePeriodSeconds")
+            .and_then(Value::as_i64)
+            .unwrap_or(30);
+        pod["metadata"]["deletionTimestamp"] =
+            json!(crate::util::rfc3339(crate::util::now_secs() + grace));
+        pod["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
+        unready(&mut pod);
+        let pod = self.commit_modified(key.clone(), pod);
+        self.owner_status_stale(&pod);
+        self.schedule(self.timing.pod_termination, Timer::PodGone(key.clone()));
+        Some(pod)
     }
 
     fn finalize_namespace(&mut self, key: &Key) {

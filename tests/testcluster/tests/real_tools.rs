@@ -946,11 +946,25 @@ fn kubectl_scales_restarts_and_deletes_a_deployment_with_its_pods() {
         None,
     );
     assert!(status.contains("successfully rolled out"), "{status}");
-    let web = |c: &TestCluster| -> Vec<Value> {
+    // The pods that are not terminating (deleted pods linger for `pod_termination_delay`).
+    let all_web = |c: &TestCluster| -> Vec<Value> {
         pods(c, "default")
             .into_iter()
             .filter(|p| p["metadata"]["labels"]["app"] == "web")
             .collect()
+    };
+    let web = |c: &TestCluster| -> Vec<Value> {
+        all_web(c)
+            .into_iter()
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+            .collect()
+    };
+    let eventually_none_terminating = |c: &TestCluster| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while all_web(c).len() != web(c).len() {
+            assert!(Instant::now() < deadline, "pods stay Terminating");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     };
     let first = web(&c);
     assert_eq!(first.len(), 2);
@@ -993,6 +1007,20 @@ fn kubectl_scales_restarts_and_deletes_a_deployment_with_its_pods() {
     assert_eq!(web(&c).len(), 3);
     t.kubectl("c1", &["scale", "deployment/web", "--replicas=1"], None);
     assert_eq!(web(&c).len(), 1);
+    let terminating = all_web(&c);
+    assert_eq!(terminating.len(), 3, "scaled-away pods terminate first");
+    assert!(
+        terminating
+            .iter()
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_string())
+            .all(|p| p["metadata"]["deletionGracePeriodSeconds"] == 30
+                && p["status"]["conditions"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "False"))
+    );
+    eventually_none_terminating(&c);
 
     let gone = web(&c)[0]["metadata"]["name"].as_str().unwrap().to_string();
     t.kubectl("c1", &["delete", "pod", &gone], None);
@@ -1025,6 +1053,8 @@ fn kubectl_scales_restarts_and_deletes_a_deployment_with_its_pods() {
             .is_empty()
     );
     assert!(web(&c).is_empty(), "garbage collection removes the pods");
+    eventually_none_terminating(&c);
+    assert!(all_web(&c).is_empty());
 }
 
 #[test]
@@ -1709,7 +1739,13 @@ fn timing_with(set: &str) {
     );
     assert!(status.contains("successfully rolled out"), "{status}");
     assert!(started.elapsed() >= Duration::from_millis(1000), "{status}");
-    assert_eq!(pods(&c, NS).len(), 1, "the old pod went with the rollout");
+    let active = |c: &TestCluster| {
+        pods(c, NS)
+            .into_iter()
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+            .count()
+    };
+    assert_eq!(active(&c), 1, "the old pod went with the rollout");
 
     // istiod switched its webhooks to Fail; an upgrade keeps that (the charts leave
     // failurePolicy out on upgrade), while applying `Ignore` conflicts with istiod.
