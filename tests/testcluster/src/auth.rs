@@ -1,9 +1,10 @@
 //! Who a request comes from, and what they may do: the cluster's admin token may do
-//! everything; a service account's token (from a live token secret, or a TokenRequest that has
-//! not expired) may read, as the Istio reader role allows, and is refused every write.
+//! everything; a service account's token (one the token controller wrote into a live token
+//! secret, or a TokenRequest's that has not expired) may do what RBAC grants it. TokenReview
+//! answers come from here too.
 
 use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use serde_json::{Value, json};
 
 use crate::store::{Key, State, meta_str};
@@ -41,7 +42,15 @@ pub struct Issued {
     pub name: String,
     pub sa_uid: String,
     pub expires: i64,
+    /// The audiences it was issued for (the API server's when the request named none).
+    pub audiences: Vec<String>,
+    /// Its `jti` claim, reported as the credential id.
+    pub jti: String,
 }
+
+/// The API server's own audience (`--api-audiences`, kind's default): tokens for other
+/// audiences do not authenticate requests to it.
+pub const API_AUDIENCE: &str = "https://kubernetes.default.svc.cluster.local";
 
 fn sa_key(ns: &str, name: &str) -> Key {
     Key {
@@ -52,48 +61,186 @@ fn sa_key(ns: &str, name: &str) -> Key {
     }
 }
 
-/// The uid of a live service account.
-fn sa_uid(st: &State, ns: &str, name: &str) -> Option<String> {
-    st.objects
+/// The uid of a live service account, or the error the token validators give
+/// (pkg/serviceaccount `validator.Validate`, legacy.go `legacyValidator.Validate`).
+fn live_sa(st: &State, ns: &str, name: &str, claimed_uid: &str) -> Result<String, String> {
+    let uid = st
+        .objects
         .get(&sa_key(ns, name))
         .map(|sa| meta_str(sa, "uid").to_string())
+        .ok_or_else(|| format!("serviceaccounts \"{name}\" not found"))?;
+    if !claimed_uid.is_empty() && claimed_uid != uid {
+        return Err(format!(
+            "service account UID ({uid}) does not match claim ({claimed_uid})"
+        ));
+    }
+    Ok(uid)
 }
 
-/// Who holds the bearer token `token`, or `None` when nobody does (any more).
-pub fn token_owner(st: &State, admin_token: &str, token: &str) -> Option<Who> {
+/// A token that authenticated: who, the service account's uid, the audiences it is good for
+/// (`None`: any, as legacy secret tokens) and its credential id.
+pub struct Authenticated {
+    pub who: Who,
+    pub uid: String,
+    pub audiences: Option<Vec<String>>,
+    pub credential_id: Option<String>,
+}
+
+/// Authenticates a bearer token: the admin token; a TokenRequest token that has not expired
+/// and whose service account still exists; or a token the token controller wrote into a
+/// `kubernetes.io/service-account-token` Secret that still holds it, of a live service
+/// account. A token a client wrote into a Secret itself is nobody's. The error is what the
+/// API server's token authenticators say (`None`: not a token they recognise).
+pub fn authenticate_token(
+    st: &State,
+    admin_token: &str,
+    token: &str,
+) -> Result<Authenticated, Option<String>> {
     if token == admin_token {
-        return Some(Who::Admin);
-    }
-    if let Some(i) = st.issued.get(token) {
-        let live =
-            i.expires > now_secs() && sa_uid(st, &i.namespace, &i.name) == Some(i.sa_uid.clone());
-        return live.then(|| Who::ServiceAccount {
-            namespace: i.namespace.clone(),
-            name: i.name.clone(),
+        return Ok(Authenticated {
+            who: Who::Admin,
+            uid: String::new(),
+            audiences: None,
+            credential_id: None,
         });
     }
-    let encoded = STANDARD.encode(token);
-    st.objects
-        .iter()
-        .filter(|(k, _)| k.group.is_empty() && k.plural == "secrets")
-        .find(|(_, s)| {
-            s.get("type").and_then(Value::as_str) == Some("kubernetes.io/service-account-token")
-                && s.pointer("/data/token").and_then(Value::as_str) == Some(&encoded)
-        })
-        .and_then(|(k, s)| {
-            let ann = |a: &str| {
-                s.pointer(&format!("/metadata/annotations/{}", a.replace('/', "~1")))
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-            };
-            let name = ann("kubernetes.io/service-account.name");
-            let uid = sa_uid(st, &k.namespace, name)?;
-            let want = ann("kubernetes.io/service-account.uid");
-            (want.is_empty() || want == uid).then(|| Who::ServiceAccount {
-                namespace: k.namespace.clone(),
+    if let Some(i) = st.issued.get(token) {
+        if i.expires <= now_secs() {
+            return Err(Some("service account token has expired".into()));
+        }
+        let uid = live_sa(st, &i.namespace, &i.name, &i.sa_uid).map_err(Some)?;
+        return Ok(Authenticated {
+            who: Who::ServiceAccount {
+                namespace: i.namespace.clone(),
+                name: i.name.clone(),
+            },
+            uid,
+            audiences: Some(i.audiences.clone()),
+            credential_id: Some(format!("JTI={}", i.jti)),
+        });
+    }
+    if let Some(key) = st.secret_tokens.get(token) {
+        let encoded = STANDARD.encode(token);
+        let Some(secret) = st
+            .objects
+            .get(key)
+            .filter(|s| s.pointer("/data/token").and_then(Value::as_str) == Some(&encoded))
+        else {
+            return Err(Some("service account token has been invalidated".into()));
+        };
+        let ann = |a: &str| {
+            secret
+                .pointer(&format!("/metadata/annotations/{}", a.replace('/', "~1")))
+                .and_then(Value::as_str)
+                .unwrap_or("")
+        };
+        let name = ann("kubernetes.io/service-account.name");
+        let uid = live_sa(
+            st,
+            &key.namespace,
+            name,
+            ann("kubernetes.io/service-account.uid"),
+        )
+        .map_err(Some)?;
+        return Ok(Authenticated {
+            who: Who::ServiceAccount {
+                namespace: key.namespace.clone(),
                 name: name.to_string(),
-            })
-        })
+            },
+            uid,
+            audiences: None,
+            credential_id: None,
+        });
+    }
+    // A JWT the cluster did not sign fails its signature check; anything else is not a
+    // service account token at all.
+    let jwt = token.split('.').count() == 3
+        && token
+            .split('.')
+            .next()
+            .and_then(|h| URL_SAFE_NO_PAD.decode(h).ok())
+            .is_some_and(|h| serde_json::from_slice::<Value>(&h).is_ok());
+    Err(jwt.then(|| "go-jose/go-jose: error in cryptographic primitive".to_string()))
+}
+
+/// Who holds the bearer token `token` for requests to the API server (its own audience), or
+/// `None` when nobody does (any more).
+pub fn token_owner(st: &State, admin_token: &str, token: &str) -> Option<Who> {
+    let a = authenticate_token(st, admin_token, token).ok()?;
+    a.audiences
+        .is_none_or(|auds| auds.iter().any(|a| a == API_AUDIENCE))
+        .then_some(a.who)
+}
+
+/// Go's `%q` of a string list: `["a" "b"]`.
+fn quoted(list: &[String]) -> String {
+    let items: Vec<String> = list.iter().map(|a| format!("{a:?}")).collect();
+    format!("[{}]", items.join(" "))
+}
+
+/// The status of a TokenReview of `token` for `audiences` (the API server's when empty), as
+/// pkg/registry/authentication/tokenreview `REST.Create` fills it: the user of a token that
+/// authenticates for one of the audiences, else `authenticated: false` and the
+/// authenticators' error.
+pub fn token_review_status(
+    st: &State,
+    admin_token: &str,
+    token: &str,
+    audiences: &[String],
+) -> Value {
+    let wanted: Vec<String> = if audiences.is_empty() {
+        vec![API_AUDIENCE.to_string()]
+    } else {
+        audiences.to_vec()
+    };
+    // The review authenticates a request carrying the token; the API server's union of
+    // bearer-token authenticators reports its authenticators' errors together, one of them
+    // always `invalid bearer token` (bearertoken `Authenticator`, deduplicated by
+    // apimachinery's error aggregate): `[invalid bearer token, <why>]`.
+    let refused = |why: Option<String>| {
+        let error = match why {
+            Some(why) => format!("[invalid bearer token, {why}]"),
+            None => "invalid bearer token".into(),
+        };
+        json!({"authenticated": false, "user": {}, "error": error})
+    };
+    let a = match authenticate_token(st, admin_token, token) {
+        Ok(a) => a,
+        Err(why) => return refused(why),
+    };
+    let granted: Vec<String> = match &a.audiences {
+        None => wanted.clone(),
+        Some(auds) => wanted
+            .iter()
+            .filter(|w| auds.contains(w))
+            .cloned()
+            .collect(),
+    };
+    if granted.is_empty() {
+        return refused(Some(format!(
+            "token audiences {} is invalid for the target audiences {}",
+            quoted(a.audiences.as_deref().unwrap_or_default()),
+            quoted(&wanted)
+        )));
+    }
+    let user = match &a.who {
+        Who::ServiceAccount { namespace, .. } => {
+            let mut user = json!({
+                "username": a.who.user(),
+                "uid": a.uid,
+                "groups": ["system:serviceaccounts", format!("system:serviceaccounts:{namespace}"),
+                           "system:authenticated"],
+            });
+            if let Some(id) = &a.credential_id {
+                user["extra"] = json!({"authentication.kubernetes.io/credential-id": [id]});
+            }
+            user
+        }
+        _ => {
+            json!({"username": a.who.user(), "groups": ["system:masters", "system:authenticated"]})
+        }
+    };
+    json!({"authenticated": true, "user": user, "audiences": granted})
 }
 
 /// Authenticates a request from its `Authorization` header.
@@ -120,9 +267,17 @@ pub fn forbidden_message(
     namespace: Option<&str>,
     name: Option<&str>,
 ) -> String {
+    // The group-qualified resource, without subresource (apiserver responsewriters
+    // `ForbiddenStatusError` → `NewForbidden(GroupResource, name, ...)`).
+    let base = resource.split('/').next().unwrap_or(resource);
+    let qualified = if group.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}.{group}")
+    };
     let subject = match name {
-        Some(n) => format!("{resource} \"{n}\""),
-        None => resource.to_string(),
+        Some(n) => format!("{qualified} \"{n}\""),
+        None => qualified,
     };
     let scope = match namespace {
         Some(ns) if !ns.is_empty() => format!("in the namespace \"{ns}\""),
@@ -265,7 +420,11 @@ mod tests {
                 None,
                 Some("x")
             )
-            .ends_with("at the cluster scope")
+            .starts_with("customresourcedefinitions.apiextensions.k8s.io \"x\" is forbidden: ")
+        );
+        assert!(
+            forbidden_message(&sa, "create", "", "pods/exec", Some("ns"), Some("p"))
+                .starts_with("pods \"p\" is forbidden: User \"system:serviceaccount:istio-system:istio-reader-service-account\" cannot create resource \"pods/exec\"")
         );
     }
 
@@ -281,6 +440,8 @@ mod tests {
             name: "r".into(),
             sa_uid: meta_str(&obj, "uid").into(),
             expires,
+            audiences: vec![API_AUDIENCE.into()],
+            jti: "j".into(),
         };
         st.issued.insert("old".into(), issued(now_secs() - 1));
         st.issued.insert("new".into(), issued(now_secs() + 60));

@@ -197,6 +197,36 @@ fn template_hash(template: &Value) -> String {
     out
 }
 
+/// `maxSurge` and `maxUnavailable` of a RollingUpdate Deployment as the controller resolves
+/// them (deployment util `ResolveFenceposts`): percentages of `replicas`, surge rounded up,
+/// unavailable rounded down; both zero makes unavailable 1.
+fn rolling_bounds(dep: &Value, desired: i64) -> (i64, i64) {
+    let resolve = |field: &str, up: bool| match dep
+        .pointer(&format!("/spec/strategy/rollingUpdate/{field}"))
+    {
+        Some(Value::String(p)) => p
+            .trim_end_matches('%')
+            .parse::<i64>()
+            .map(|pct| {
+                if up {
+                    (desired * pct + 99) / 100
+                } else {
+                    desired * pct / 100
+                }
+            })
+            .unwrap_or(0),
+        Some(v) => v.as_i64().unwrap_or(0),
+        None if up => (desired * 25 + 99) / 100,
+        None => desired * 25 / 100,
+    };
+    let (surge, unavailable) = (resolve("maxSurge", true), resolve("maxUnavailable", false));
+    if surge == 0 && unavailable == 0 {
+        (0, 1)
+    } else {
+        (surge, unavailable)
+    }
+}
+
 fn set_default(obj: &mut Value, pointer: &str, value: Value) {
     if obj.pointer(pointer).is_some_and(|v| !v.is_null()) {
         return;
@@ -239,7 +269,10 @@ impl State {
         match (res.group.as_str(), res.plural.as_str()) {
             ("", "namespaces") => {
                 set_default(obj, "/spec/finalizers", json!(["kubernetes"]));
-                obj["status"] = json!({"phase": "Active"});
+                // Only the namespace controller changes the phase.
+                obj["status"] = old
+                    .and_then(|o| o.get("status").cloned())
+                    .unwrap_or_else(|| json!({"phase": "Active"}));
             }
             ("", "secrets") => {
                 if let Some(Value::Object(sd)) = obj.as_object_mut().unwrap().remove("stringData") {
@@ -306,15 +339,7 @@ impl State {
                     set_default(obj, "/spec/ipFamilyPolicy", json!("SingleStack"));
                 }
                 if ty == "LoadBalancer" {
-                    if !self.load_balancer {
-                        if obj.pointer("/status/loadBalancer/ingress/0").is_none() {
-                            obj["status"] = json!({"loadBalancer": {}});
-                        }
-                    } else if obj.pointer("/status/loadBalancer/ingress/0/ip").is_none() {
-                        let ip = self.allocate_ip(&self.load_balancer_prefix());
-                        obj["status"] =
-                            json!({"loadBalancer": {"ingress": [{"ip": ip, "ipMode": "VIP"}]}});
-                    }
+                    self.load_balancer_status(key, obj);
                 } else {
                     obj["status"] = json!({"loadBalancer": {}});
                 }
@@ -457,7 +482,12 @@ impl State {
         }
     }
 
-    /// One ReplicaSet per pod template, owned by the Deployment; older ones scaled to zero.
+    /// The Deployment controller (pkg/controller/deployment): one ReplicaSet per pod template,
+    /// owned by the Deployment. A new template rolls out as `rolloutRolling` does: the new
+    /// ReplicaSet grows while all pods stay within `replicas + maxSurge`
+    /// (`NewRSNewReplicas`), old ones shrink only as far as `replicas - maxUnavailable`
+    /// available pods allow (`reconcileOldReplicaSets`: unhealthy pods first, then by
+    /// availability). `Recreate` scales the old ones to zero before the new one grows.
     fn reconcile_replicasets(&mut self, key: &Key, dep: &Value) {
         let Some(rs_res) = self.resource("apps", "v1", "replicasets") else {
             return;
@@ -466,35 +496,97 @@ impl State {
         let template = dep.pointer("/spec/template").cloned().unwrap_or(json!({}));
         let hash = template_hash(&template);
         let rs_name = format!("{}-{hash}", key.name);
-        let replicas = dep.pointer("/spec/replicas").cloned().unwrap_or(json!(1));
+        let desired = dep
+            .pointer("/spec/replicas")
+            .and_then(Value::as_i64)
+            .unwrap_or(1);
         let revision = dep
             .pointer("/metadata/annotations/deployment.kubernetes.io~1revision")
             .cloned()
             .unwrap_or(json!("1"));
-        let owned: Vec<(Key, Value)> = self
+        let mut old: Vec<(Key, Value)> = self
             .objects
             .iter()
             .filter(|(k, rs)| {
                 k.group == "apps"
                     && k.plural == "replicasets"
                     && k.namespace == key.namespace
+                    && k.name != rs_name
                     && owned_by(rs, &uid)
             })
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        for (k, mut rs) in owned {
-            let want = if k.name == rs_name {
-                replicas.clone()
+        // Oldest first, as the controller scales them down.
+        old.sort_by_key(|(k, _)| self.born.get(k).map(|b| b.0).unwrap_or(0));
+        let replicas_of = |rs: &Value| {
+            rs.pointer("/spec/replicas")
+                .and_then(Value::as_i64)
+                .unwrap_or(0)
+        };
+        let rs_key = Key::new(&rs_res, &key.namespace, &rs_name);
+        let current = self.objects.get(&rs_key).map(replicas_of).unwrap_or(0);
+        let old_total: i64 = old.iter().map(|(_, rs)| replicas_of(rs)).sum();
+        let recreate =
+            dep.pointer("/spec/strategy/type").and_then(Value::as_str) == Some("Recreate");
+        let (max_surge, max_unavailable) = rolling_bounds(dep, desired);
+        let available =
+            |st: &State, rs: &Value| st.pod_counts(&key.namespace, meta_str(rs, "uid")).1 as i64;
+        let mut old_want: Vec<i64> = old.iter().map(|(_, rs)| replicas_of(rs)).collect();
+        let new_want = if recreate {
+            old_want.iter_mut().for_each(|w| *w = 0);
+            let old_pods: u64 = old
+                .iter()
+                .map(|(_, rs)| self.pod_counts(&key.namespace, meta_str(rs, "uid")).0)
+                .sum();
+            if old_pods > 0 { current } else { desired }
+        } else if old_total == 0 {
+            desired
+        } else {
+            let max_total = desired + max_surge;
+            let total = old_total + current;
+            let new_want = if total >= max_total {
+                current
             } else {
-                json!(0)
+                current + (max_total - total).min(desired - current)
             };
-            if rs.pointer("/spec/replicas") != Some(&want) {
-                rs["spec"]["replicas"] = want;
+            let new_available = self
+                .objects
+                .get(&rs_key)
+                .map(|rs| available(self, rs))
+                .unwrap_or(0);
+            let min_available = desired - max_unavailable;
+            let max_scaled_down = old_total + new_want - min_available - (new_want - new_available);
+            if max_scaled_down > 0 {
+                let mut cleaned = 0;
+                for (i, (_, rs)) in old.iter().enumerate() {
+                    let unhealthy = (old_want[i] - available(self, rs)).max(0);
+                    let n = unhealthy.min(max_scaled_down - cleaned);
+                    old_want[i] -= n;
+                    cleaned += n;
+                }
+                let all_available: i64 =
+                    old.iter().map(|(_, rs)| available(self, rs)).sum::<i64>() + new_available;
+                let mut to_scale = (all_available - min_available).max(0);
+                for w in old_want.iter_mut() {
+                    let n = (*w).min(to_scale);
+                    *w -= n;
+                    to_scale -= n;
+                }
+            }
+            new_want
+        };
+        for ((k, mut rs), want) in old.into_iter().zip(old_want) {
+            if replicas_of(&rs) != want {
+                rs["spec"]["replicas"] = json!(want);
                 let _ = self.update(&rs_res, &k, rs, WriteMode::Internal, false);
             }
         }
-        let rs_key = Key::new(&rs_res, &key.namespace, &rs_name);
-        if self.objects.contains_key(&rs_key) {
+        let replicas = json!(new_want);
+        if let Some(mut rs) = self.objects.get(&rs_key).cloned() {
+            if replicas_of(&rs) != new_want {
+                rs["spec"]["replicas"] = replicas;
+                let _ = self.update(&rs_res, &rs_key, rs, WriteMode::Internal, false);
+            }
             return;
         }
         let mut tmpl = template;
@@ -565,7 +657,13 @@ impl State {
         let mut total = 0;
         let mut ready = 0;
         for (k, p) in self.objects.iter() {
-            if k.group.is_empty() && k.plural == "pods" && k.namespace == ns && owned_by(p, uid) {
+            // Terminating pods are no replicas any more (controller `FilterActivePods`).
+            if k.group.is_empty()
+                && k.plural == "pods"
+                && k.namespace == ns
+                && owned_by(p, uid)
+                && meta_str(p, "deletionTimestamp").is_empty()
+            {
                 total += 1;
                 if crate::proxy::pod_ready(p) {
                     ready += 1;
@@ -698,9 +796,19 @@ impl State {
                     && k.plural == "pods"
                     && k.namespace == rs_key.namespace
                     && owned_by(p, &uid)
+                    && meta_str(p, "deletionTimestamp").is_empty()
             })
             .map(|(k, _)| k.clone())
             .collect();
+        // Surplus pods go not-ready ones first (controller `ActivePodsWithRanks`).
+        let mut owned = owned;
+        owned.sort_by_key(|k| {
+            if self.objects.get(k).is_some_and(crate::proxy::pod_ready) {
+                0
+            } else {
+                1
+            }
+        });
         for k in owned.iter().skip(want) {
             self.delete(k);
         }
@@ -752,6 +860,8 @@ impl State {
             crash(obj);
             self.pod_logs
                 .insert(key.clone(), ISTIOD_CACERTS_ERROR.to_string());
+        } else {
+            self.delay_readiness(key, obj);
         }
     }
 
@@ -782,6 +892,7 @@ impl State {
             pod["status"] = running_status(&pod, &ip, &started);
             pod["status"]["hostIP"] = host.clone();
             pod["status"]["hostIPs"] = json!([{"ip": host}]);
+            self.delay_readiness(&k, &mut pod);
             let _ = self.update(&res, &k, pod, WriteMode::Internal, false);
         }
     }
@@ -957,8 +1068,8 @@ impl State {
             .map(|(k, o)| (k.clone(), o.clone()))
             .collect();
         for (k, mut o) in pending {
-            let ip = self.allocate_ip(&self.load_balancer_prefix());
-            o["status"] = json!({"loadBalancer": {"ingress": [{"ip": ip, "ipMode": "VIP"}]}});
+            let ingress = self.load_balancer_ingress(&o);
+            o["status"] = json!({"loadBalancer": {"ingress": [ingress]}});
             let _ = self.update(&svc, &k, o, WriteMode::Internal, false);
         }
     }
@@ -975,7 +1086,28 @@ impl State {
         set_default(&mut body, "/metadata/name", json!(sa));
         body["metadata"]["namespace"] = json!(ns);
         body["metadata"]["creationTimestamp"] = Value::Null;
+        let audiences: Vec<String> = body
+            .pointer("/spec/audiences")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a.as_str().map(String::from))
+            .collect();
+        let audiences = if audiences.is_empty() {
+            vec![crate::auth::API_AUDIENCE.to_string()]
+        } else {
+            audiences
+        };
+        body["spec"]["audiences"] = json!(audiences);
+        body["spec"]["expirationSeconds"] = json!(seconds);
         let t = token(&self.cluster, ns, sa, Some(exp));
+        let jti = t
+            .split('.')
+            .nth(1)
+            .and_then(|c| URL_SAFE_NO_PAD.decode(c).ok())
+            .and_then(|c| serde_json::from_slice::<Value>(&c).ok())
+            .and_then(|c| c["jti"].as_str().map(String::from))
+            .unwrap_or_default();
         let sa_uid = self
             .objects
             .get(&Key {
@@ -993,6 +1125,8 @@ impl State {
                 name: sa.into(),
                 sa_uid,
                 expires: exp,
+                audiences,
+                jti,
             },
         );
         body["status"] = json!({

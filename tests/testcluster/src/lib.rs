@@ -18,9 +18,11 @@
 //! for IP 127.0.0.1 and DNS `localhost` ([`TestCluster::url`] is `https://127.0.0.1:PORT`),
 //! from a listener with a backlog of 1024. Every request needs `Authorization: Bearer T`
 //! where T is the admin token ([`TestCluster::admin_token`], written by [`write_kubeconfig`]
-//! with the CA), the `data.token` of a live `kubernetes.io/service-account-token` Secret, or a
-//! TokenRequest token that has not expired; the service account must still exist. Anything
-//! else gets 401 Unauthorized; `/version` and the health endpoints may be read without a
+//! with the CA), a token the token controller wrote into a live
+//! `kubernetes.io/service-account-token` Secret (one a client wrote there is no credential), or
+//! a TokenRequest token for the API server's audience that has not expired; the service
+//! account must still exist. TokenReviews answer who holds a token, or why nobody does.
+//! Anything else gets 401 Unauthorized; `/version` and the health endpoints may be read without a
 //! token. A service account may do what the ClusterRoles and Roles bound to it allow (RBAC
 //! rules: verbs, API groups, resources and subresources, resource names; no aggregation),
 //! use discovery and ask `selfsubjectaccessreviews`; anything else gets RBAC's 403 message.
@@ -29,13 +31,30 @@
 //! namespace, and deletes those of missing or deleted service accounts.
 //!
 //! # Controllers
-//! One Ready node (`<cluster>-control-plane`). Done at once on each write: namespace, service
-//! (cluster IPs; node ports for NodePort and LoadBalancer Services; LoadBalancer addresses,
-//! from the cluster's own range, unless [`Options::load_balancer`] is off) and CRD status; Deployments get a ReplicaSet per pod
-//! template and ReplicaSets a Running, Ready pod per replica (`<rs>-<5 chars>`, owned by the
-//! ReplicaSet, IP from the cluster's own /16: 10.244 for the first cluster of the process,
-//! 10.245 for the next); scaling, new templates and deletions act on pods as the
-//! ReplicaSet controller and garbage collector would. Jobs get the `controller-uid` selector
+//! One Ready node (`<cluster>-control-plane`). Done at once on each write: service (cluster
+//! IPs; node ports for NodePort and LoadBalancer Services) and CRD status; Deployments get a
+//! ReplicaSet per pod template and ReplicaSets a Running pod per replica (`<rs>-<5 chars>`,
+//! owned by the ReplicaSet, IP from the cluster's own /16: 10.244 for the first cluster of the
+//! process, 10.245 for the next); scaling, new templates and deletions act on pods as the
+//! ReplicaSet controller and garbage collector would.
+//!
+//! Some things take time, as on a real cluster (a ticker in the server; each delay is an
+//! [`Options`] field, zero for at once): pods become Ready after
+//! [`Options::pod_ready_delay`], and a new template rolls out like the Deployment controller's
+//! RollingUpdate (old and new pods side by side within maxSurge / maxUnavailable); a deleted
+//! pod is `Terminating` (not Ready, no longer a replica) for [`Options::pod_termination_delay`];
+//! a deleted namespace is `Terminating` (its contents deleted, new content refused with 403) until
+//! [`Options::namespace_finalize_delay`] after it is empty; LoadBalancer Services get an
+//! address (an IP from the cluster's own range, or an AWS-style host name with
+//! [`Options::load_balancer_hostname`]) after [`Options::load_balancer_delay`], unless
+//! [`Options::load_balancer`] is off. istiod's validating webhooks switch to
+//! `failurePolicy: Fail` once a Ready istiod of their revision runs; from then on Istio
+//! resources are refused while no istiod pod is Ready. Every write records its field manager
+//! (`metadata.managedFields`); a server-side apply that changes another manager's field
+//! answers 409 unless forced.
+//!
+//! `REALISM.md` (next to this crate's `Cargo.toml`) lists the source each behaviour follows
+//! and where the emulation is more lenient than a real cluster. Jobs get the `controller-uid` selector
 //! and labels and one pod that runs at once and completes the Job. A pod created in a
 //! namespace that selects a running istiod revision (`istio-injection=enabled` for
 //! `default`, or `istio.io/rev`) is marked injected (`sidecar.istio.io/status`).
@@ -74,9 +93,11 @@
 
 #![warn(missing_docs)]
 
+mod admission;
 mod auth;
 mod controllers;
 mod exec;
+mod fields;
 mod istiod;
 mod mesh;
 mod net;
@@ -87,6 +108,7 @@ mod registry;
 mod selector;
 mod server;
 mod store;
+mod timers;
 mod tls;
 mod util;
 
@@ -127,6 +149,21 @@ pub struct Options {
     /// Whether LoadBalancer Services get `status.loadBalancer.ingress[0].ip` (default true);
     /// false leaves them pending, as on a cluster without a load-balancer controller.
     pub load_balancer: bool,
+    /// How long a new pod runs before its readiness probe passes (default 200 ms): until then
+    /// it is Running but not Ready, and Deployments roll out at that pace. Zero: Ready at once.
+    pub pod_ready_delay: Duration,
+    /// How long a deleted namespace stays `Terminating` once its contents are gone (default
+    /// 300 ms). Zero: deleted at once, contents and all.
+    pub namespace_finalize_delay: Duration,
+    /// How long a LoadBalancer Service waits for its address (default 200 ms).
+    pub load_balancer_delay: Duration,
+    /// Whether load balancers get only a host name (`ingress[0].hostname`, AWS ELB style:
+    /// `a<32 hex>-<16 hex>.elb.us-east-1.amazonaws.com`) instead of an IP (default false).
+    pub load_balancer_hostname: bool,
+    /// How long a deleted pod stays, `Terminating` (a `deletionTimestamp`, not Ready, no longer
+    /// counted by its ReplicaSet), before it goes (default 200 ms): a container that exits
+    /// promptly on SIGTERM. Zero: deleted at once.
+    pub pod_termination_delay: Duration,
 }
 
 impl Default for Options {
@@ -138,6 +175,11 @@ impl Default for Options {
             informer_lag: Duration::from_millis(100),
             remote_cluster_timeout: Duration::from_secs(2),
             load_balancer: true,
+            pod_ready_delay: Duration::from_millis(200),
+            namespace_finalize_delay: Duration::from_millis(300),
+            load_balancer_delay: Duration::from_millis(200),
+            load_balancer_hostname: false,
+            pod_termination_delay: Duration::from_millis(200),
         }
     }
 }
@@ -242,6 +284,13 @@ impl TestCluster {
         let pki = tls::Pki::new(name);
         let mut state = State::new(name, pki.ca_pem.clone());
         state.load_balancer = options.load_balancer;
+        state.timing = timers::Timing {
+            pod_ready: options.pod_ready_delay,
+            namespace_finalize: options.namespace_finalize_delay,
+            load_balancer: options.load_balancer_delay,
+            load_balancer_hostname: options.load_balancer_hostname,
+            pod_termination: options.pod_termination_delay,
+        };
         state.index = STARTED.fetch_add(1, Ordering::Relaxed);
         state.add_node();
         let shared = Arc::new(Shared {
@@ -299,6 +348,9 @@ impl TestCluster {
             serving: Mutex::new(None),
         };
         cluster.serve(listener);
+        cluster
+            .runtime
+            .spawn(timers::run(Arc::downgrade(&cluster.shared)));
         cluster
     }
 
@@ -503,6 +555,36 @@ impl TestCluster {
         }
     }
 
+    /// Changes [`Options::pod_ready_delay`] for pods created from now on.
+    pub fn set_pod_ready_delay(&self, delay: Duration) {
+        self.shared.state.lock().unwrap().timing.pod_ready = delay;
+    }
+
+    /// Changes [`Options::pod_termination_delay`] for pods deleted from now on.
+    pub fn set_pod_termination_delay(&self, delay: Duration) {
+        self.shared.state.lock().unwrap().timing.pod_termination = delay;
+    }
+
+    /// Changes [`Options::namespace_finalize_delay`] for namespaces deleted from now on.
+    pub fn set_namespace_finalize_delay(&self, delay: Duration) {
+        self.shared.state.lock().unwrap().timing.namespace_finalize = delay;
+    }
+
+    /// Changes [`Options::load_balancer_delay`] for Services written from now on.
+    pub fn set_load_balancer_delay(&self, delay: Duration) {
+        self.shared.state.lock().unwrap().timing.load_balancer = delay;
+    }
+
+    /// Changes [`Options::load_balancer_hostname`] for addresses handed out from now on.
+    pub fn set_load_balancer_hostname(&self, hostname: bool) {
+        self.shared
+            .state
+            .lock()
+            .unwrap()
+            .timing
+            .load_balancer_hostname = hostname;
+    }
+
     /// Creates or replaces the object at `path` (an object path, or a collection path and the
     /// name in `object`), through the same defaults and controllers as an API request; a
     /// `status` in `object` is written too. The resourceVersion in `object` is ignored.
@@ -510,7 +592,7 @@ impl TestCluster {
         let failure = |e: store::ApiError| ApiFailure {
             code: e.code,
             reason: e.reason.to_string(),
-            message: e.message,
+            message: e.message.into(),
         };
         let mut st = self.shared.state.lock().unwrap();
         let (t, _) = target(&st, path).ok_or_else(|| ApiFailure {
@@ -551,6 +633,8 @@ impl TestCluster {
 
     /// Deletes the object at `path` and what depends on it (owned objects, a namespace's
     /// contents), as the API server and its garbage collector would; returns the deleted object.
+    /// A namespace is only marked `Terminating` (and returned so) while
+    /// [`Options::namespace_finalize_delay`] runs; it goes once that has passed.
     pub fn delete(&self, path: &str) -> Option<Value> {
         let mut st = self.shared.state.lock().unwrap();
         let (t, _) = target(&st, path)?;

@@ -32,6 +32,7 @@ fn merge_key(field: &str, items: &[Value]) -> Option<&'static str> {
         "volumeDevices" => "devicePath",
         "hostAliases" => "ip",
         "ownerReferences" => "uid",
+        "webhooks" => "name",
         "conditions" => "type",
         "topologySpreadConstraints" => "topologyKey",
         "ports" => {
@@ -44,6 +45,11 @@ fn merge_key(field: &str, items: &[Value]) -> Option<&'static str> {
         .iter()
         .all(|i| i.get(key).is_some() || i.get("$patch").is_some());
     keyed.then_some(key)
+}
+
+/// The key of a keyed list (field managers track its items one by one), if it has one.
+pub(crate) fn list_key(field: &str, items: &[Value]) -> Option<&'static str> {
+    merge_key(field, items)
 }
 
 /// Removes `$`-directives from a value that is inserted as a whole.

@@ -84,6 +84,11 @@ fn schema(message: &str) -> &'static [(u64, &'static str, F)] {
             (7, "fieldPath", Str),
         ],
         "LocalObjectReference" => &[(1, "name", Str)],
+        "TokenReview" => &[
+            (1, "metadata", Msg("ObjectMeta")),
+            (2, "spec", Msg("TokenReviewSpec")),
+        ],
+        "TokenReviewSpec" => &[(1, "token", Str), (2, "audiences", RepStr)],
         "TokenRequest" => &[
             (1, "metadata", Msg("ObjectMeta")),
             (2, "spec", Msg("TokenRequestSpec")),

@@ -393,12 +393,28 @@ fn resource(
     headers: &HeaderMap,
     body: Bytes,
 ) -> (Response, Pending) {
+    if matches!(method, &Method::POST | &Method::PUT | &Method::PATCH) {
+        let manager = q.get("fieldManager").map(String::from).unwrap_or_else(|| {
+            crate::fields::manager_from_user_agent(
+                headers
+                    .get(header::USER_AGENT)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or(""),
+            )
+        });
+        st.writer = Some(crate::fields::Writer {
+            manager,
+            applied: None,
+            force: q.flag("force"),
+        });
+    }
     let resp = match resource_inner(
         shared, st, who, method, group, version, segs, q, headers, body,
     ) {
         Ok(r) => r,
         Err(e) => error_response(&e),
     };
+    st.writer = None;
     (resp, st.take_pending())
 }
 
@@ -575,6 +591,19 @@ fn resource_inner(
             if !body.is_object() {
                 body = json!({});
             }
+            if res.plural == "tokenreviews"
+                && body
+                    .pointer("/spec/token")
+                    .and_then(Value::as_str)
+                    .is_none_or(str::is_empty)
+            {
+                // pkg/registry/authentication/tokenreview `REST.Create`.
+                return Err(ApiError::new(
+                    400,
+                    "BadRequest",
+                    "token is required for TokenReview in authentication",
+                ));
+            }
             body["apiVersion"] = json!(res.api_version());
             body["kind"] = json!(res.kind);
             body["status"] = review_status(st, &shared.admin_token, who, res, &body);
@@ -626,6 +655,9 @@ fn resource_inner(
             let existing = st.objects.get(&key).cloned();
             if ct.starts_with("application/apply-patch") {
                 let manager = q.get("fieldManager").unwrap_or("unknown").to_string();
+                if let Some(w) = st.writer.as_mut() {
+                    w.applied = Some(p.clone());
+                }
                 let applied_key = (key.clone(), manager);
                 let (code, obj) = match existing {
                     None => {
@@ -640,7 +672,9 @@ fn resource_inner(
                     }
                     Some(mut cur) => {
                         let prev = st.applied.get(&applied_key).cloned();
+                        let before = cur.clone();
                         patch::apply(&mut cur, &p, prev.as_ref());
+                        crate::fields::restore_others(&applied_key.1, &before, &mut cur);
                         (200, st.update(res, &key, cur, mode, dry_run)?)
                     }
                 };
@@ -679,6 +713,24 @@ fn resource_inner(
                     .map(|(k, _)| k.clone())
                     .collect(),
             };
+            if let (Some(name), Some(ns)) = (name, keys.first().and_then(|k| st.objects.get(k)))
+                && res.group.is_empty()
+                && res.plural == "namespaces"
+                && !meta_str(ns, "deletionTimestamp").is_empty()
+            {
+                // Already terminating, its `kubernetes` finalizer still there
+                // (pkg/registry/core/namespace/storage `REST.Delete`).
+                let mut e = ApiError::new(
+                    409,
+                    "Conflict",
+                    format!(
+                        "Operation cannot be fulfilled on namespaces \"{name}\": The system is ensuring all content is removed from this namespace.  Upon completion, this namespace will automatically be purged by the system."
+                    ),
+                );
+                e.name = name.clone();
+                e.plural = "namespaces".into();
+                return Err(e);
+            }
             let mut last = None;
             for key in &keys {
                 let gone = if dry_run {
@@ -693,6 +745,14 @@ fn resource_inner(
                     }
                     None => {}
                 }
+            }
+            if let (Some(obj), Some(key)) = (&last, keys.first())
+                && name.is_some()
+                && !dry_run
+                && st.objects.contains_key(key)
+            {
+                // Still there (a terminating namespace): the API server answers the object.
+                return Ok(json_response(200, obj));
             }
             let (n, uid) = last
                 .as_ref()
@@ -773,12 +833,14 @@ fn review_status(st: &State, admin_token: &str, who: &Who, res: &Resource, body:
                 .pointer("/spec/token")
                 .and_then(Value::as_str)
                 .unwrap_or("");
-            match auth::token_owner(st, admin_token, token) {
-                Some(owner) => {
-                    json!({"authenticated": true, "user": {"username": owner.user(), "groups": ["system:authenticated"]}})
-                }
-                None => json!({"authenticated": false, "error": "invalid bearer token"}),
-            }
+            let audiences: Vec<String> = body
+                .pointer("/spec/audiences")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|a| a.as_str().map(String::from))
+                .collect();
+            auth::token_review_status(st, admin_token, token, &audiences)
         }
         "selfsubjectaccessreviews" => {
             let attr = body.pointer("/spec/resourceAttributes");

@@ -59,10 +59,12 @@ pub struct Event {
 pub struct ApiError {
     pub code: u16,
     pub reason: &'static str,
-    pub message: String,
+    pub message: Box<str>,
     pub name: String,
     pub group: String,
     pub plural: String,
+    /// `details.causes` of the Status, when the API server names them.
+    pub causes: Option<Box<Value>>,
 }
 
 impl ApiError {
@@ -70,10 +72,11 @@ impl ApiError {
         ApiError {
             code,
             reason,
-            message: message.into(),
+            message: message.into().into_boxed_str(),
             name: String::new(),
             group: String::new(),
             plural: String::new(),
+            causes: None,
         }
     }
 
@@ -86,15 +89,16 @@ impl ApiError {
         ApiError {
             code: 404,
             reason: "NotFound",
-            message: format!("{what} \"{name}\" not found"),
+            message: format!("{what} \"{name}\" not found").into_boxed_str(),
             name: name.into(),
             group: group.into(),
             plural: plural.into(),
+            causes: None,
         }
     }
 
     pub fn status(&self) -> Value {
-        json!({
+        let mut status = json!({
             "kind": "Status",
             "apiVersion": "v1",
             "metadata": {},
@@ -103,7 +107,11 @@ impl ApiError {
             "reason": self.reason,
             "details": {"name": self.name, "group": self.group, "kind": self.plural},
             "code": self.code,
-        })
+        });
+        if let Some(causes) = &self.causes {
+            status["details"]["causes"] = (**causes).clone();
+        }
+        status
     }
 }
 
@@ -136,6 +144,8 @@ pub struct State {
     pub pending_tokens: Vec<Key>,
     /// Tokens issued by TokenRequests.
     pub issued: HashMap<String, crate::auth::Issued>,
+    /// Tokens the token controller wrote into token secrets, and the secret of each.
+    pub secret_tokens: HashMap<String, Key>,
     /// The cluster's number among those this process started (0 for the first).
     pub index: u32,
     /// Whether LoadBalancer Services get an address (a load-balancer controller runs).
@@ -159,6 +169,14 @@ pub struct State {
     pub sidecar_roots: HashMap<Key, Option<String>>,
     /// Client pods of Jobs that the job controller runs shortly.
     pub pending_jobs: Vec<Key>,
+    /// The delays of the controllers that act over time.
+    pub timing: crate::timers::Timing,
+    /// What those controllers do next, and when.
+    pub timers: Vec<(std::time::Instant, crate::timers::Timer)>,
+    /// The field manager of the request being served, if it writes.
+    pub writer: Option<crate::fields::Writer>,
+    /// Set while a terminated pod is removed for good.
+    pub(crate) removing: bool,
 }
 
 /// Work the controllers do shortly after a write, outside the request.
@@ -168,6 +186,10 @@ pub struct Pending {
     pub tokens: Vec<Key>,
     /// Job pods to run.
     pub jobs: Vec<Key>,
+}
+
+fn key_name(obj: &Value) -> String {
+    meta_str(obj, "name").to_string()
 }
 
 /// A string field of `metadata`, empty when absent.
@@ -246,6 +268,7 @@ impl State {
             next_node_port: 30000,
             pending_tokens: Vec::new(),
             issued: HashMap::new(),
+            secret_tokens: HashMap::new(),
             load_balancer: true,
             index: 0,
             born: HashMap::new(),
@@ -257,6 +280,10 @@ impl State {
             depth: 0,
             flushing: false,
             pending_jobs: Vec::new(),
+            timing: crate::timers::Timing::default(),
+            timers: Vec::new(),
+            writer: None,
+            removing: false,
         };
         let ns = s.registry.find("", "v1", "namespaces").unwrap().clone();
         for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
@@ -307,13 +334,61 @@ impl State {
         obj
     }
 
-    pub fn namespace_exists(&self, ns: &str) -> bool {
-        self.objects.contains_key(&Key::namespace_key(ns))
+    /// Stores a changed object as is (a controller's own write, no admission) and tells the
+    /// watchers.
+    pub(crate) fn commit_modified(&mut self, key: Key, obj: Value) -> Value {
+        self.commit(key, obj, "MODIFIED")
     }
 
-    fn check_namespace(&self, res: &Resource, ns: &str) -> Result<(), ApiError> {
-        if res.namespaced && !self.namespace_exists(ns) {
+    /// Removes an object from the store at once (its finalizers are done) and tells the
+    /// watchers.
+    pub(crate) fn remove_now(&mut self, key: &Key) -> Option<Value> {
+        let mut obj = self.objects.remove(key)?;
+        self.born.remove(key);
+        self.rv += 1;
+        meta_mut(&mut obj).insert("resourceVersion".into(), json!(self.rv.to_string()));
+        self.applied.retain(|(k, _), _| k != key);
+        self.emit("DELETED", key.clone(), obj.clone());
+        Some(obj)
+    }
+
+    /// The NamespaceLifecycle admission plugin on a create (apiserver
+    /// pkg/admission/plugin/namespace/lifecycle `Lifecycle.Admit`): the namespace must exist
+    /// (404) and not be terminating (403 with a `NamespaceTerminating` cause).
+    fn check_namespace(&self, res: &Resource, ns: &str, name: &str) -> Result<(), ApiError> {
+        if !res.namespaced {
+            return Ok(());
+        }
+        let Some(namespace) = self.objects.get(&Key::namespace_key(ns)) else {
             return Err(ApiError::not_found("", "namespaces", ns));
+        };
+        if namespace.pointer("/status/phase").and_then(Value::as_str) == Some("Terminating") {
+            let resource = if res.group.is_empty() {
+                res.plural.clone()
+            } else {
+                format!("{}.{}", res.plural, res.group)
+            };
+            let subject = if name.is_empty() {
+                resource
+            } else {
+                format!("{resource} \"{name}\"")
+            };
+            let mut e = ApiError::new(
+                403,
+                "Forbidden",
+                format!(
+                    "{subject} is forbidden: unable to create new content in namespace {ns} because it is being terminated"
+                ),
+            );
+            e.name = name.to_string();
+            e.group = res.group.clone();
+            e.plural = res.plural.clone();
+            e.causes = Some(Box::new(json!([json!({
+                "reason": "NamespaceTerminating",
+                "message": format!("namespace {ns} is being terminated"),
+                "field": "metadata.namespace",
+            })])));
+            return Err(e);
         }
         Ok(())
     }
@@ -383,7 +458,7 @@ impl State {
                 "the body is not an object",
             ));
         }
-        self.check_namespace(res, ns)?;
+        self.check_namespace(res, ns, meta_str(&obj, "name"))?;
         let meta = meta_mut(&mut obj);
         let mut name = meta
             .get("name")
@@ -433,6 +508,8 @@ impl State {
         }
         validate(res, &name, &obj)?;
         self.prepare(res, &key, None, &mut obj, WriteMode::Main);
+        self.call_validating_webhooks(res, "CREATE", None, &obj)?;
+        self.record_managers(res, None, &mut obj)?;
         if dry_run {
             return Ok(obj);
         }
@@ -475,6 +552,10 @@ impl State {
             validate(res, &key.name, &obj)?;
         }
         self.prepare(res, key, Some(&old), &mut obj, mode);
+        if mode == WriteMode::Main {
+            self.call_validating_webhooks(res, "UPDATE", Some(&old), &obj)?;
+            self.record_managers(res, Some(&old), &mut obj)?;
+        }
         if dry_run {
             return Ok(obj);
         }
@@ -487,6 +568,38 @@ impl State {
         let stored = self.commit(key.clone(), obj, "MODIFIED");
         self.after_write(res, key, &stored);
         Ok(stored)
+    }
+
+    /// Records the request's field manager in `metadata.managedFields` (the outermost write
+    /// of a request only: what controllers write in its wake is theirs), or refuses an apply
+    /// that conflicts.
+    fn record_managers(
+        &mut self,
+        res: &Resource,
+        old: Option<&Value>,
+        obj: &mut Value,
+    ) -> Result<(), ApiError> {
+        if self.depth != 1 {
+            return Ok(());
+        }
+        let Some(writer) = &self.writer else {
+            return Ok(());
+        };
+        let mut managed = crate::fields::managed_fields(writer, &res.api_version(), old, obj)
+            .map_err(|mut e| {
+                e.name = key_name(obj);
+                e
+            })?;
+        if managed.as_array().is_some_and(Vec::is_empty) {
+            managed = Value::Null;
+        }
+        let meta = meta_mut(obj);
+        if managed.is_null() {
+            meta.remove("managedFields");
+        } else {
+            meta.insert("managedFields".into(), managed);
+        }
+        Ok(())
     }
 
     /// Server-managed metadata, generation, status handling and the per-kind defaults.
@@ -550,9 +663,25 @@ impl State {
         };
         meta.insert("uid".into(), json!(uid));
         meta.insert("creationTimestamp".into(), json!(created));
+        // Clients cannot set or clear a deletion in progress.
+        for field in ["deletionTimestamp", "deletionGracePeriodSeconds"] {
+            match old.and_then(|o| o.pointer(&format!("/metadata/{field}"))) {
+                Some(v) if mode != WriteMode::Internal => {
+                    meta.insert(field.into(), v.clone());
+                }
+                None if old.is_some() || mode != WriteMode::Internal => {
+                    meta.remove(field);
+                }
+                _ => {}
+            }
+        }
         meta.insert("generation".into(), json!(generation));
         meta.remove("resourceVersion");
-        meta.remove("managedFields");
+        // Field managers are the server's to keep (see `record_managers`).
+        match old.and_then(|o| o.pointer("/metadata/managedFields")) {
+            Some(m) => meta.insert("managedFields".into(), m.clone()),
+            None => meta.remove("managedFields"),
+        };
         if meta.get("labels").is_some_and(Value::is_null) {
             meta.remove("labels");
         }
@@ -563,6 +692,19 @@ impl State {
     }
 
     fn delete_inner(&mut self, key: &Key) -> Option<Value> {
+        if key.group.is_empty()
+            && key.plural == "namespaces"
+            && !self.timing.namespace_finalize.is_zero()
+        {
+            return self.terminate_namespace(key);
+        }
+        if key.group.is_empty()
+            && key.plural == "pods"
+            && !self.timing.pod_termination.is_zero()
+            && !self.removing
+        {
+            return self.terminate_pod(key);
+        }
         let mut obj = self.objects.remove(key)?;
         self.born.remove(key);
         self.rv += 1;
@@ -681,9 +823,13 @@ impl State {
         }
     }
 
+    /// Whether the token controller still has to fill a token secret: its `token`, `ca.crt` or
+    /// `namespace` is missing (pkg/controller/serviceaccount `generateTokenIfNeeded`).
     pub fn is_token_secret_unfilled(obj: &Value) -> bool {
         obj.get("type").and_then(Value::as_str) == Some("kubernetes.io/service-account-token")
-            && obj.pointer("/data/token").is_none()
+            && ["token", "ca.crt", "namespace"]
+                .iter()
+                .any(|k| obj.pointer(&format!("/data/{k}")).is_none_or(|v| v == ""))
     }
 
     /// The token controller: fills `token`, `ca.crt` and `namespace` of a token secret.
@@ -712,7 +858,6 @@ impl State {
             self.delete(key);
             return;
         }
-        let token = crate::controllers::token(&self.cluster, &key.namespace, &sa, None);
         let data = obj
             .as_object_mut()
             .unwrap()
@@ -721,9 +866,19 @@ impl State {
         if !data.is_object() {
             *data = json!({});
         }
-        data["token"] = json!(b64(&token));
-        data["ca.crt"] = json!(b64(&self.ca_pem));
-        data["namespace"] = json!(b64(&key.namespace));
+        // A token the client wrote is kept, as the real controller does, but it is no
+        // credential: only tokens this controller issued authenticate.
+        if data.get("token").is_none_or(|v| v == "") {
+            let token = crate::controllers::token(&self.cluster, &key.namespace, &sa, None);
+            data["token"] = json!(b64(&token));
+            self.secret_tokens.insert(token, key.clone());
+        }
+        if data.get("ca.crt").is_none_or(|v| v == "") {
+            data["ca.crt"] = json!(b64(&self.ca_pem));
+        }
+        if data.get("namespace").is_none_or(|v| v == "") {
+            data["namespace"] = json!(b64(&key.namespace));
+        }
         if let Some(sa_uid) = self
             .objects
             .get(&sa_key)

@@ -216,3 +216,185 @@ fn a_service_account_reads_only_what_its_role_allows() {
         "discovery stays open to every authenticated user"
     );
 }
+
+/// Waits for the token controller to fill `ca.crt` of a token secret.
+fn wait_filled(c: &TestCluster, name: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let s = c
+            .get(&format!("/api/v1/namespaces/{NS}/secrets/{name}"))
+            .unwrap();
+        if s["data"]["ca.crt"].is_string() {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "{name} never filled: {s}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_token_a_client_writes_into_a_token_secret_is_no_credential() {
+    let (c, token) = cluster_with_reader();
+    let ns_list = format!("/api/v1/namespaces/{NS}/pods");
+    // A forged token: kept in the secret (the token controller fills only what is missing),
+    // but the API server never issued it.
+    let forged = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6aXN0aW8tc3lzdGVtOmlzdGlvLXJlYWRlci1zZXJ2aWNlLWFjY291bnQifQ.c2lnbmF0dXJl";
+    c.put(
+        &format!("/api/v1/namespaces/{NS}/secrets/forged"),
+        json!({"type": "kubernetes.io/service-account-token",
+               "metadata": {"annotations": {"kubernetes.io/service-account.name": READER}},
+               "data": {"token": STANDARD.encode(forged)}}),
+    )
+    .unwrap();
+    let s = wait_filled(&c, "forged");
+    assert_eq!(
+        s["data"]["token"],
+        STANDARD.encode(forged),
+        "kept as written"
+    );
+    let r = c.request("GET", &ns_list, Some(forged), None).unwrap();
+    assert_eq!(r.status, 401, "{}", r.body);
+
+    // A copy of a real token in another secret: the token still belongs to the secret the
+    // controller wrote it into, and goes with it.
+    c.put(
+        &format!("/api/v1/namespaces/{NS}/secrets/copy"),
+        json!({"type": "kubernetes.io/service-account-token",
+               "metadata": {"annotations": {"kubernetes.io/service-account.name": READER}},
+               "data": {"token": STANDARD.encode(&token)}}),
+    )
+    .unwrap();
+    assert_eq!(
+        c.request("GET", &ns_list, Some(&token), None)
+            .unwrap()
+            .status,
+        200
+    );
+    c.delete(&format!("/api/v1/namespaces/{NS}/secrets/reader-token"))
+        .unwrap();
+    assert_eq!(
+        c.request("GET", &ns_list, Some(&token), None)
+            .unwrap()
+            .status,
+        401,
+        "the copy does not keep a revoked token alive"
+    );
+}
+
+fn review(c: &TestCluster, caller: &str, token: &str, audiences: &[&str]) -> (u16, Value) {
+    let r = c
+        .request(
+            "POST",
+            "/apis/authentication.k8s.io/v1/tokenreviews",
+            Some(caller),
+            Some(
+                &json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+                         "spec": {"token": token, "audiences": audiences}}),
+            ),
+        )
+        .unwrap();
+    (r.status, json_of(&r.body))
+}
+
+#[test]
+fn token_reviews_name_the_owner_or_say_why_not() {
+    let (c, token) = cluster_with_reader();
+    let admin = c.admin_token().to_string();
+    let sa_uid = c
+        .get(&format!("/api/v1/namespaces/{NS}/serviceaccounts/{READER}"))
+        .unwrap()["metadata"]["uid"]
+        .clone();
+    let (code, got) = review(&c, &admin, &token, &[]);
+    assert_eq!(code, 201);
+    assert_eq!(got["kind"], "TokenReview");
+    assert_eq!(
+        got["status"],
+        json!({"authenticated": true,
+               "user": {"username": format!("system:serviceaccount:{NS}:{READER}"), "uid": sa_uid,
+                        "groups": ["system:serviceaccounts", format!("system:serviceaccounts:{NS}"), "system:authenticated"]},
+               "audiences": ["https://kubernetes.default.svc.cluster.local"]})
+    );
+    // The reader role may create token reviews (istiod reviews tokens with it).
+    assert_eq!(review(&c, &token, &token, &[]).0, 201);
+
+    // A TokenRequest token for another audience: not the API server's.
+    let r = c
+        .request(
+            "POST",
+            &format!("/api/v1/namespaces/{NS}/serviceaccounts/{READER}/token"),
+            Some(&admin),
+            Some(&json!({"spec": {"audiences": ["istio-ca"]}})),
+        )
+        .unwrap();
+    let ca_token = json_of(&r.body)["status"]["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        c.request("GET", "/api/v1/namespaces", Some(&ca_token), None)
+            .unwrap()
+            .status,
+        401
+    );
+    let (_, got) = review(&c, &admin, &ca_token, &[]);
+    assert_eq!(
+        got["status"],
+        json!({"authenticated": false, "user": {},
+               "error": "[invalid bearer token, token audiences [\"istio-ca\"] is invalid for the target audiences [\"https://kubernetes.default.svc.cluster.local\"]]"})
+    );
+    let (_, got) = review(&c, &admin, &ca_token, &["istio-ca"]);
+    assert_eq!(got["status"]["authenticated"], true);
+    assert_eq!(got["status"]["audiences"], json!(["istio-ca"]));
+    assert!(
+        got["status"]["user"]["extra"]["authentication.kubernetes.io/credential-id"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("JTI=")
+    );
+
+    // Refused tokens, in the authenticators' words.
+    c.delete(&format!("/api/v1/namespaces/{NS}/secrets/reader-token"))
+        .unwrap();
+    let (_, got) = review(&c, &admin, &token, &[]);
+    assert_eq!(
+        got["status"],
+        json!({"authenticated": false, "user": {}, "error": "[invalid bearer token, service account token has been invalidated]"})
+    );
+    let (_, got) = review(&c, &admin, "not-a-jwt", &[]);
+    assert_eq!(
+        got["status"],
+        json!({"authenticated": false, "user": {}, "error": "invalid bearer token"})
+    );
+    let (code, got) = review(&c, &admin, "", &[]);
+    assert_eq!(code, 400);
+    assert_eq!(
+        got["message"],
+        "token is required for TokenReview in authentication"
+    );
+    // A service account without the role may not ask.
+    c.put(
+        &format!("/api/v1/namespaces/{NS}/serviceaccounts/nobody"),
+        json!({}),
+    )
+    .unwrap();
+    let r = c
+        .request(
+            "POST",
+            &format!("/api/v1/namespaces/{NS}/serviceaccounts/nobody/token"),
+            Some(&admin),
+            Some(&json!({})),
+        )
+        .unwrap();
+    let nobody = json_of(&r.body)["status"]["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (code, got) = review(&c, &nobody, &ca_token, &[]);
+    assert_eq!(code, 403, "{got}");
+    assert_eq!(
+        got["message"],
+        format!(
+            "tokenreviews.authentication.k8s.io is forbidden: User \"system:serviceaccount:{NS}:nobody\" cannot create resource \"tokenreviews\" in API group \"authentication.k8s.io\" at the cluster scope"
+        )
+    );
+}

@@ -165,10 +165,7 @@ fn load_balancer_services_stay_pending_without_a_controller() {
     assert_eq!(c.get(path).unwrap()["status"], json!({"loadBalancer": {}}));
     c.set_load_balancer(true);
     let ip = c.get(path).unwrap()["status"]["loadBalancer"]["ingress"][0]["ip"].clone();
-    assert!(
-        ip.as_str().is_some_and(|ip| ip.starts_with("172.18.")),
-        "{ip}"
-    );
+    assert!(ip.as_str().is_some_and(|ip| ip.starts_with("172.")), "{ip}");
 }
 
 #[test]

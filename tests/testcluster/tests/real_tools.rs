@@ -132,6 +132,11 @@ impl Tools {
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("kubectl {args:?}: {e}: {out}"))
     }
 
+    fn kubectl_json_stdin(&self, ctx: &str, args: &[&str], stdin: &str) -> Value {
+        let out = self.kubectl(ctx, args, Some(stdin));
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("kubectl {args:?}: {e}: {out}"))
+    }
+
     fn helm(&self, ctx: &str, args: &[&str]) -> String {
         let kc = self.kubeconfig.to_str().unwrap();
         let mut full = args.to_vec();
@@ -785,6 +790,30 @@ fn reader(c: &TestCluster) -> String {
     wait_token(c, NS, "reader-token")
 }
 
+/// Waits until the Deployment's pods all run the current template and are Ready, as
+/// `kubectl rollout status` would (pods become Ready after `Options::pod_ready_delay`).
+fn wait_rolled_out(c: &TestCluster, ns: &str, name: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let d = c
+            .get(&format!("/apis/apps/v1/namespaces/{ns}/deployments/{name}"))
+            .unwrap_or_else(|| panic!("deployment {ns}/{name}"));
+        let want = &d["spec"]["replicas"];
+        if d["status"]["updatedReplicas"] == *want
+            && d["status"]["availableReplicas"] == *want
+            && d["status"]["replicas"] == *want
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "deployment {ns}/{name} not rolled out: {}",
+            d["status"]
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A control plane as the charts leave it: istio-system (on `network`), `cacerts` with `root`
 /// (none when `None`), the reader's token secret, and a ready istiod reporting `id`.
 fn control_plane(c: &TestCluster, id: &str, network: &str, root: Option<&str>) -> String {
@@ -825,6 +854,7 @@ fn control_plane_image(
                     "ports": [{"name": "http-monitoring", "containerPort": 15014}],
                     "env": [{"name": "CLUSTER_ID", "value": id}]}]}}}}),
     );
+    istiod_pod(c);
     token
 }
 
@@ -854,14 +884,29 @@ fn pods(c: &TestCluster, ns: &str) -> Vec<Value> {
     c.list(&format!("/api/v1/namespaces/{ns}/pods"))
 }
 
+/// The istiod pod, once it has started: Ready (after `Options::pod_ready_delay`) or crashing.
 fn istiod_pod(c: &TestCluster) -> String {
-    pods(c, NS)
-        .iter()
-        .find(|p| p["metadata"]["labels"]["app"] == "istiod")
-        .expect("an istiod pod")["metadata"]["name"]
-        .as_str()
-        .unwrap()
-        .to_string()
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let started = pods(c, NS).into_iter().find(|p| {
+            let status = |t: &str| {
+                p["status"]["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|c| c["type"] == t && c["status"] == "True")
+            };
+            p["metadata"]["labels"]["app"] == "istiod"
+                && (status("Ready")
+                    || p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"]
+                        == "CrashLoopBackOff")
+        });
+        if let Some(p) = started {
+            return p["metadata"]["name"].as_str().unwrap().to_string();
+        }
+        assert!(Instant::now() < deadline, "no istiod pod started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[test]
@@ -906,11 +951,31 @@ fn kubectl_scales_restarts_and_deletes_a_deployment_with_its_pods() {
     let mut args = APPLY.to_vec();
     args.push("-");
     t.kubectl("c1", &args, Some(manifest));
-    let web = |c: &TestCluster| -> Vec<Value> {
+    let status = t.kubectl(
+        "c1",
+        &["rollout", "status", "deployment/web", "--timeout=30s"],
+        None,
+    );
+    assert!(status.contains("successfully rolled out"), "{status}");
+    // The pods that are not terminating (deleted pods linger for `pod_termination_delay`).
+    let all_web = |c: &TestCluster| -> Vec<Value> {
         pods(c, "default")
             .into_iter()
             .filter(|p| p["metadata"]["labels"]["app"] == "web")
             .collect()
+    };
+    let web = |c: &TestCluster| -> Vec<Value> {
+        all_web(c)
+            .into_iter()
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+            .collect()
+    };
+    let eventually_none_terminating = |c: &TestCluster| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while all_web(c).len() != web(c).len() {
+            assert!(Instant::now() < deadline, "pods stay Terminating");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     };
     let first = web(&c);
     assert_eq!(first.len(), 2);
@@ -929,7 +994,10 @@ fn kubectl_scales_restarts_and_deletes_a_deployment_with_its_pods() {
         );
         assert_eq!(p["metadata"]["ownerReferences"][0]["controller"], true);
         assert_eq!(p["status"]["phase"], "Running");
-        assert!(p["status"]["podIP"].as_str().unwrap().starts_with("10.2"));
+        assert!(
+            p["status"]["podIP"].as_str().unwrap().starts_with("10.2"),
+            "an address of the cluster's pod range (10.244 for the first cluster of the process)"
+        );
         assert_eq!(p["status"]["containerStatuses"][0]["ready"], true);
     }
     let ready = t.kubectl(
@@ -950,6 +1018,20 @@ fn kubectl_scales_restarts_and_deletes_a_deployment_with_its_pods() {
     assert_eq!(web(&c).len(), 3);
     t.kubectl("c1", &["scale", "deployment/web", "--replicas=1"], None);
     assert_eq!(web(&c).len(), 1);
+    let terminating = all_web(&c);
+    assert_eq!(terminating.len(), 3, "scaled-away pods terminate first");
+    assert!(
+        terminating
+            .iter()
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_string())
+            .all(|p| p["metadata"]["deletionGracePeriodSeconds"] == 30
+                && p["status"]["conditions"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "False"))
+    );
+    eventually_none_terminating(&c);
 
     let gone = web(&c)[0]["metadata"]["name"].as_str().unwrap().to_string();
     t.kubectl("c1", &["delete", "pod", &gone], None);
@@ -982,6 +1064,8 @@ fn kubectl_scales_restarts_and_deletes_a_deployment_with_its_pods() {
             .is_empty()
     );
     assert!(web(&c).is_empty(), "garbage collection removes the pods");
+    eventually_none_terminating(&c);
+    assert!(all_web(&c).is_empty());
 }
 
 #[test]
@@ -1088,6 +1172,7 @@ fn helloworld(c: &TestCluster, version: &str) {
                 "spec": {"containers": [{"name": "helloworld", "image": "helloworld",
                     "env": [{"name": "SERVICE_VERSION", "value": version}]}]}}}}),
     );
+    wait_rolled_out(c, "meshup-verify", &format!("helloworld-{version}"));
 }
 
 /// Runs the curl client Job `name` in `ctx` and returns its log lines.
@@ -1198,6 +1283,7 @@ fn a_curl_job_reaches_both_clusters_only_with_a_shared_root() {
     );
     let istiod2 = istiod_pod(&c2);
     t.kubectl("c2", &["delete", "pod", &istiod2, "-n", NS], None);
+    istiod_pod(&c2);
     assert!(
         reaches_v2("curl-3"),
         "running workloads keep their certificates"
@@ -1213,6 +1299,7 @@ fn a_curl_job_reaches_both_clusters_only_with_a_shared_root() {
         ],
         None,
     );
+    wait_rolled_out(&c2, "meshup-verify", "helloworld-v2");
     assert!(
         !reaches_v2("curl-4"),
         "a restarted v2 trusts only the new root"
@@ -1961,4 +2048,382 @@ fn a_second_secret_for_a_registered_id_is_ignored_and_deleting_a_secret_removes_
         line.ends_with("\tinfo\tNumber of remote clusters: 0"),
         "{tail}"
     );
+}
+
+// ---- cluster timing with the real clients ----
+
+/// helm `--wait` and `kubectl rollout status` wait for late-ready pods; `kubectl delete ns`
+/// waits for the namespace to finish terminating; `helm install --create-namespace` into a
+/// terminating namespace fails as on a real cluster; `kubectl wait --for=delete` sees it go.
+fn timing_with(set: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let t = tools(set, &kubeconfig, &home);
+    let c = TestCluster::start(
+        "slow",
+        Options {
+            pod_ready_delay: Duration::from_millis(1500),
+            namespace_finalize_delay: Duration::from_millis(1500),
+            ..Options::default()
+        },
+    );
+    write_kubeconfig(&kubeconfig, &[&c]).unwrap();
+    let helm_install = |release: &str, chart: &str, ns: &str| {
+        let kc = kubeconfig.to_str().unwrap();
+        t.run(
+            &t.helm,
+            &[
+                "upgrade",
+                "--install",
+                release,
+                chart,
+                "--namespace",
+                ns,
+                "--create-namespace",
+                "--wait",
+                "--timeout",
+                "1m0s",
+                "--kubeconfig",
+                kc,
+                "--kube-context",
+                "slow",
+            ],
+            None,
+        )
+    };
+
+    let out = helm_install("istio-base", "tests/fixtures/charts/base", NS);
+    assert!(out.ok, "{}{}", out.stdout, out.stderr);
+    let started = Instant::now();
+    let out = helm_install("istiod", "tests/fixtures/charts/istiod", NS);
+    assert!(out.ok, "{}{}", out.stdout, out.stderr);
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "helm --wait returned before istiod was Ready ({:?})",
+        started.elapsed()
+    );
+    let dep = c
+        .get(&format!("/apis/apps/v1/namespaces/{NS}/deployments/istiod"))
+        .unwrap();
+    assert_eq!(dep["status"]["readyReplicas"], 1, "{}", dep["status"]);
+
+    // A new template: rollout status waits for the new pod, then reports success.
+    t.kubectl(
+        "slow",
+        &["rollout", "restart", "deployment/istiod", "-n", NS],
+        None,
+    );
+    let started = Instant::now();
+    let status = t.kubectl(
+        "slow",
+        &[
+            "rollout",
+            "status",
+            "deployment/istiod",
+            "-n",
+            NS,
+            "--timeout=30s",
+        ],
+        None,
+    );
+    assert!(status.contains("successfully rolled out"), "{status}");
+    assert!(started.elapsed() >= Duration::from_millis(1000), "{status}");
+    let active = |c: &TestCluster| {
+        pods(c, NS)
+            .into_iter()
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+            .count()
+    };
+    assert_eq!(active(&c), 1, "the old pod went with the rollout");
+
+    // istiod switched its webhooks to Fail; an upgrade keeps that (the charts leave
+    // failurePolicy out on upgrade), while applying `Ignore` conflicts with istiod.
+    let vwc = "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations";
+    let policy = |name: &str| {
+        c.get(&format!("{vwc}/{name}")).unwrap()["webhooks"][0]["failurePolicy"].clone()
+    };
+    for name in ["istiod-default-validator", "istio-validator-istio-system"] {
+        assert_eq!(policy(name), "Fail", "{name}");
+    }
+    let out = helm_install("istiod", "tests/fixtures/charts/istiod", NS);
+    assert!(out.ok, "{}{}", out.stdout, out.stderr);
+    assert_ne!(policy("istio-validator-istio-system"), "Ignore");
+    let ignore = "apiVersion: admissionregistration.k8s.io/v1\nkind: ValidatingWebhookConfiguration\nmetadata: {name: istiod-default-validator}\nwebhooks:\n- name: validation.istio.io\n  clientConfig: {service: {name: istiod, namespace: istio-system, path: /validate}}\n  failurePolicy: Ignore\n  sideEffects: None\n  admissionReviewVersions: [v1]\n";
+    let conflict = t.kubectl_out(
+        "slow",
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager",
+            "helm",
+            "-f",
+            "-",
+        ],
+        Some(ignore),
+    );
+    assert!(!conflict.ok);
+    assert!(
+        conflict.stderr.contains(
+            "conflict with \"pilot-discovery\" using admissionregistration.k8s.io/v1 at "
+        ) && conflict
+            .stderr
+            .contains(".webhooks[name=\"validation.istio.io\"].failurePolicy"),
+        "{}",
+        conflict.stderr
+    );
+
+    // helm --wait waits for a LoadBalancer address, here an AWS-style host name.
+    c.set_pod_ready_delay(Duration::ZERO);
+    c.set_load_balancer_delay(Duration::from_millis(1500));
+    c.set_load_balancer_hostname(true);
+    let started = Instant::now();
+    let out = helm_install("eastwest", "tests/fixtures/charts/gateway", NS);
+    assert!(out.ok, "{}{}", out.stdout, out.stderr);
+    let lb = || {
+        c.list(&format!("/api/v1/namespaces/{NS}/services"))
+            .into_iter()
+            .find(|s| s["spec"]["type"] == "LoadBalancer")
+            .expect("the gateway's LoadBalancer Service")
+    };
+    if set == "helm3" {
+        // helm 3's ready checker waits for a LoadBalancer's ingress.
+        assert!(
+            started.elapsed() >= Duration::from_millis(1500),
+            "helm 3 --wait returned before the load balancer had an address ({:?})",
+            started.elapsed()
+        );
+    } else {
+        // helm 4's kstatus takes a Service with a cluster IP as ready: no address yet.
+        assert_eq!(lb()["status"], json!({"loadBalancer": {}}));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while lb()["status"]["loadBalancer"]["ingress"].is_null() {
+            assert!(Instant::now() < deadline, "no address arrived");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let lb = lb();
+    let ingress = &lb["status"]["loadBalancer"]["ingress"][0];
+    assert!(
+        ingress["hostname"]
+            .as_str()
+            .is_some_and(|h| h.ends_with(".elb.us-east-1.amazonaws.com"))
+            && ingress.get("ip").is_none(),
+        "{ingress}"
+    );
+    c.set_pod_ready_delay(Duration::from_millis(1500));
+
+    // No istiod left: Istio resources are refused with the API server's words.
+    t.kubectl(
+        "slow",
+        &["scale", "deployment/istiod", "-n", NS, "--replicas=0"],
+        None,
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pods(&c, NS)
+        .iter()
+        .any(|p| p["metadata"]["labels"]["app"] == "istiod")
+    {
+        assert!(Instant::now() < deadline, "istiod pods stay");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let gateway = "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: gw, namespace: default}\nspec: {}\n";
+    let refused = t.kubectl_out("slow", &["create", "-f", "-"], Some(gateway));
+    assert!(!refused.ok);
+    assert!(
+        refused.stderr.contains("Error from server (InternalError): error when creating \"STDIN\": Internal error occurred: failed calling webhook \"validation.istio.io\": failed to call webhook: Post \"https://istiod.istio-system.svc:443/validate?timeout=10s\": no endpoints available for service \"istiod\""),
+        "{}",
+        refused.stderr
+    );
+
+    // kubectl delete waits for the namespace to go.
+    t.kubectl("slow", &["create", "namespace", "doomed"], None);
+    t.kubectl(
+        "slow",
+        &[
+            "create",
+            "configmap",
+            "cm",
+            "-n",
+            "doomed",
+            "--from-literal=a=b",
+        ],
+        None,
+    );
+    let started = Instant::now();
+    let deleted = t.kubectl("slow", &["delete", "namespace", "doomed", "--wait"], None);
+    assert!(deleted.contains("deleted"), "{deleted}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "kubectl returned while the namespace was terminating ({:?})",
+        started.elapsed()
+    );
+    assert!(c.get("/api/v1/namespaces/doomed").is_none());
+
+    // helm into a terminating namespace: the namespace "exists", its content is refused.
+    t.kubectl("slow", &["create", "namespace", "doomed2"], None);
+    t.kubectl(
+        "slow",
+        &["delete", "namespace", "doomed2", "--wait=false"],
+        None,
+    );
+    let phase = t.kubectl(
+        "slow",
+        &[
+            "get",
+            "namespace",
+            "doomed2",
+            "-o",
+            "jsonpath={.status.phase}",
+        ],
+        None,
+    );
+    assert_eq!(phase, "Terminating");
+    let out = helm_install("late", "tests/fixtures/charts/gateway", "doomed2");
+    assert!(!out.ok, "helm installed into a terminating namespace");
+    assert!(
+        out.stderr.contains(
+            "unable to create new content in namespace doomed2 because it is being terminated"
+        ),
+        "{}",
+        out.stderr
+    );
+    t.kubectl(
+        "slow",
+        &["wait", "--for=delete", "namespace/doomed2", "--timeout=20s"],
+        None,
+    );
+    assert!(c.get("/api/v1/namespaces/doomed2").is_none());
+}
+
+#[test]
+fn helm4_and_kubectl_1_35_wait_for_pods_rollouts_and_namespaces() {
+    timing_with("helm4");
+}
+
+#[test]
+fn helm3_and_kubectl_1_34_wait_for_pods_rollouts_and_namespaces() {
+    timing_with("helm3");
+}
+
+#[test]
+fn server_side_apply_keeps_field_managers_with_both_kubectls() {
+    for set in ["helm4", "helm3"] {
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig = dir.path().join("kubeconfig");
+        let c = TestCluster::start("ssa", Options::default());
+        write_kubeconfig(&kubeconfig, &[&c]).unwrap();
+        let t = tools(set, &kubeconfig, dir.path());
+        let cm = |x: &str| {
+            format!(
+                "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: cm, namespace: default, labels: {{app: a}}}}\ndata: {{x: \"{x}\", z: \"1\"}}\n"
+            )
+        };
+        let apply = |manager: &str, x: &str, force: bool| {
+            let mut args = vec!["apply", "--server-side", "--field-manager", manager];
+            if force {
+                args.push("--force-conflicts");
+            }
+            args.extend(["-f", "-"]);
+            t.kubectl_out("ssa", &args, Some(&cm(x)))
+        };
+        assert!(apply("a", "1", false).ok);
+        assert!(apply("b", "1", false).ok, "the same values are shared");
+        let refused = apply("b", "2", false);
+        assert!(!refused.ok);
+        assert!(
+            refused
+                .stderr
+                .contains("Apply failed with 1 conflict: conflict with \"a\": .data.x"),
+            "{set}: {}",
+            refused.stderr
+        );
+        assert!(apply("b", "2", true).ok, "forced");
+        t.kubectl(
+            "ssa",
+            &["patch", "configmap", "cm", "-p", "{\"data\":{\"z\":\"2\"}}"],
+            None,
+        );
+        let got = t.kubectl_json(
+            "ssa",
+            &[
+                "get",
+                "configmap",
+                "cm",
+                "-o",
+                "json",
+                "--show-managed-fields",
+            ],
+        );
+        let managers: Vec<(String, String, Value)> = got["metadata"]["managedFields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                (
+                    m["manager"].as_str().unwrap().to_string(),
+                    m["operation"].as_str().unwrap().to_string(),
+                    m["fieldsV1"].clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            managers,
+            [
+                (
+                    "a".to_string(),
+                    "Apply".to_string(),
+                    json!({"f:metadata": {"f:labels": {"f:app": {}}}})
+                ),
+                (
+                    "b".to_string(),
+                    "Apply".to_string(),
+                    json!({"f:data": {"f:x": {}}, "f:metadata": {"f:labels": {"f:app": {}}}})
+                ),
+                (
+                    "kubectl-patch".to_string(),
+                    "Update".to_string(),
+                    json!({"f:data": {"f:z": {}}})
+                ),
+            ],
+            "{set}"
+        );
+    }
+}
+
+#[test]
+fn kubectl_creates_token_reviews_with_both_versions() {
+    for set in ["helm4", "helm3"] {
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig = dir.path().join("kubeconfig");
+        let c = TestCluster::start("tr", Options::default());
+        write_kubeconfig(&kubeconfig, &[&c]).unwrap();
+        let t = tools(set, &kubeconfig, dir.path());
+        let token = reader(&c);
+        let review = |token: &str| {
+            let manifest = format!(
+                "apiVersion: authentication.k8s.io/v1\nkind: TokenReview\nspec:\n  token: {token}\n"
+            );
+            t.kubectl_json_stdin("tr", &["create", "-f", "-", "-o", "json"], &manifest)
+        };
+        let got = review(&token);
+        assert_eq!(got["status"]["authenticated"], true, "{set}: {got}");
+        assert_eq!(
+            got["status"]["user"]["username"],
+            format!("system:serviceaccount:{NS}:istio-reader-service-account")
+        );
+        assert_eq!(
+            got["status"]["user"]["groups"][1],
+            format!("system:serviceaccounts:{NS}")
+        );
+        c.delete(&format!("/api/v1/namespaces/{NS}/secrets/reader-token"))
+            .unwrap();
+        let got = review(&token);
+        assert_eq!(got["status"]["authenticated"], false, "{set}: {got}");
+        assert_eq!(
+            got["status"]["error"],
+            "[invalid bearer token, service account token has been invalidated]"
+        );
+    }
 }
