@@ -703,8 +703,42 @@ fn resource_inner(
             Ok(json_response(200, &obj))
         }
         (&Method::DELETE, name) => {
-            // DeleteOptions (JSON or protobuf): read, not needed.
-            let _ = decode_body(headers, &body);
+            // DeleteOptions (JSON or protobuf): its preconditions are checked against the
+            // object, as the storage layer does (k8s.io/apiserver pkg/storage `Preconditions.Check`,
+            // a mismatch becoming 409 Conflict in `interpretStorageError`).
+            let options = decode_body(headers, &body).unwrap_or(Value::Null);
+            if let Some(name) = name.as_deref()
+                && let Some(current) = st.objects.get(&Key::new(res, &ns, name))
+            {
+                let qualified = if res.group.is_empty() {
+                    res.plural.clone()
+                } else {
+                    format!("{}.{}", res.plural, res.group)
+                };
+                for (field, meta) in [("uid", "uid"), ("resourceVersion", "resourceVersion")] {
+                    let Some(want) = options["preconditions"][field].as_str() else {
+                        continue;
+                    };
+                    let have = meta_str(current, meta);
+                    if want != have {
+                        let label = if field == "uid" {
+                            "UID"
+                        } else {
+                            "ResourceVersion"
+                        };
+                        let mut e = ApiError::new(
+                            409,
+                            "Conflict",
+                            format!(
+                                "Operation cannot be fulfilled on {qualified} \"{name}\": Precondition failed: {label} in precondition: {want}, {label} in object meta: {have}"
+                            ),
+                        );
+                        e.name = name.to_string();
+                        e.plural = res.plural.clone();
+                        return Err(e);
+                    }
+                }
+            }
             let keys: Vec<Key> = match name {
                 Some(name) => vec![Key::new(res, &ns, name)],
                 None => st

@@ -1323,6 +1323,63 @@ fn a_curl_job_reaches_both_clusters_only_with_a_shared_root() {
     );
 }
 
+/// `kubectl delete --raw PATH -f -` with preconditions (how meshup gives its lock back): a
+/// stale resourceVersion is refused with the storage layer's 409, the current one deletes.
+#[test]
+fn a_delete_with_preconditions_needs_the_current_resource_version() {
+    let c = TestCluster::start("c1", Options::default());
+    let (dir, t) = kubectl_env(&[&c]);
+    let lease = "apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata: {name: meshup-lock, namespace: default}\nspec: {holderIdentity: run-1}\n";
+    t.kubectl("c1", &["create", "-f", "-"], Some(lease));
+    let path = "/apis/coordination.k8s.io/v1/namespaces/default/leases/meshup-lock";
+    let version = c.get(path).unwrap()["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let options = |rv: &str| {
+        let p = dir.path().join(format!("delete-{rv}.json"));
+        std::fs::write(
+            &p,
+            json!({"apiVersion": "v1", "kind": "DeleteOptions", "preconditions": {"resourceVersion": rv}})
+                .to_string(),
+        )
+        .unwrap();
+        p
+    };
+    let stale = t.kubectl_out(
+        "c1",
+        &[
+            "delete",
+            "--raw",
+            path,
+            "-f",
+            options("1").to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(!stale.ok);
+    assert!(
+        stale.stderr.contains(&format!(
+            "Precondition failed: ResourceVersion in precondition: 1, ResourceVersion in object meta: {version}"
+        )),
+        "{}",
+        stale.stderr
+    );
+    assert!(c.get(path).is_some());
+    t.kubectl(
+        "c1",
+        &[
+            "delete",
+            "--raw",
+            path,
+            "-f",
+            options(&version).to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(c.get(path).is_none());
+}
+
 #[test]
 fn leases_refuse_a_second_create_and_a_stale_update() {
     let c = TestCluster::start("c1", Options::default());
@@ -1739,7 +1796,7 @@ fn exec_over_websocket_needs_get_on_pods_exec_as_kube_apiserver_1_34_authorizes_
     // verb `create`) and reports that refusal.
     assert!(
         refused.stderr.contains(&format!(
-            "pods/exec \"{pod}\" is forbidden: User \"system:serviceaccount:istio-system:istio-reader-service-account\" cannot create resource \"pods/exec\" in API group \"\" in the namespace \"istio-system\""
+            "pods \"{pod}\" is forbidden: User \"system:serviceaccount:istio-system:istio-reader-service-account\" cannot create resource \"pods/exec\" in API group \"\" in the namespace \"istio-system\""
         )),
         "{}",
         refused.stderr
