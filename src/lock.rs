@@ -198,7 +198,29 @@ pub fn hold<R>(
     let acquired = parallel(run.jobs, clusters, |cluster| {
         let target = run.target(cluster);
         let live = Live::new(run.runner, &target, run.timeout);
-        acquire(&live, &name, &holder, wait)
+        // A blinking API server is waited out as any step's would be.
+        let mut tries = 0;
+        loop {
+            match acquire(&live, &name, &holder, wait) {
+                Err(Refused::Transient(cause, _)) if tries < run.retry.times => {
+                    tries += 1;
+                    let delay = run.retry.delay(tries);
+                    run.reporter.line(&format!(
+                        "[{}] lock: retry {tries}/{} in {}s: {cause}",
+                        cluster.name,
+                        run.retry.times,
+                        delay.as_secs_f64()
+                    ));
+                    if runner::sleep(delay).is_err() {
+                        break Err(Refused::Interrupted);
+                    }
+                }
+                Err(Refused::Transient(_, message)) => {
+                    break Err(Refused::Step(cluster.name.clone(), message));
+                }
+                other => break other,
+            }
+        }
     });
     let mut locks = Locks::default();
     let mut failure = None;
@@ -244,6 +266,8 @@ pub fn hold<R>(
 enum Refused {
     Held(Held),
     Step(String, String),
+    /// A failure a blinking API server causes (its cause, the message): tried again.
+    Transient(&'static str, String),
     Interrupted,
 }
 
@@ -255,7 +279,9 @@ impl Refused {
             Refused::Step(cluster, message) if !cluster.is_empty() => {
                 LockError::Cluster { cluster, message }
             }
-            Refused::Step(_, message) => LockError::Step(StepError::other("", message, None)),
+            Refused::Step(_, message) | Refused::Transient(_, message) => {
+                LockError::Step(StepError::other("", message, None))
+            }
         }
     }
 }
@@ -264,7 +290,10 @@ impl From<StepError> for Refused {
     fn from(e: StepError) -> Self {
         match e {
             StepError::Interrupted => Refused::Interrupted,
-            other => Refused::Step(String::new(), other.to_string()),
+            other => match other.transient_cause() {
+                Some(cause) => Refused::Transient(cause, other.to_string()),
+                None => Refused::Step(String::new(), other.to_string()),
+            },
         }
     }
 }
@@ -404,10 +433,11 @@ fn write(
     {
         return Ok(Written::Raced);
     }
-    Err(Refused::Step(
-        live.target.cluster.clone(),
-        StepError::failed(&step, &output).to_string(),
-    ))
+    let failed = StepError::failed(&step, &output);
+    Err(match failed.transient_cause() {
+        Some(cause) => Refused::Transient(cause, failed.to_string()),
+        None => Refused::Step(live.target.cluster.clone(), failed.to_string()),
+    })
 }
 
 /// Renews every held lock until `stop`, one write each (conditional on this run's last

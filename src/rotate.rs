@@ -390,11 +390,17 @@ impl Gate for Acted {
                     }
                     let view = sync::read_pod(cx, ns, pod);
                     if let Some(error) = view.error {
-                        return Err(StepError::other(
-                            name,
-                            format!("istiod's view in pod `{pod}` could not be read{kept}: {error}"),
-                            None,
-                        ));
+                        // Refused by RBAC: no later read will do. Anything else (a blinking API
+                        // server) is read again until the gate's time is up.
+                        if error.contains("pods/exec") {
+                            return Err(StepError::other(
+                                name,
+                                format!("istiod's view in pod `{pod}` could not be read{kept}: {error}"),
+                                None,
+                            ));
+                        }
+                        waiting.push(format!("{name}/{pod}: view not read ({})", first_line(&error)));
+                        continue;
                     }
                     let state = view
                         .entries

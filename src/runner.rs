@@ -236,6 +236,10 @@ const TRANSIENT: &[(&[&str], &str)] = &[
         "a validating webhook did not answer (istiod not ready)",
     ),
     (
+        &["failed to download openapi"],
+        "kubectl could not read the API server's schema",
+    ),
+    (
         &["internalerror", "internal error occurred", "(500)"],
         "HTTP 500",
     ),
@@ -276,6 +280,10 @@ fn hint(step: &Step, stderr: &str) -> Option<String> {
         ));
     }
     let known: &[(&[&str], String)] = &[
+        (
+            &["failed to download openapi"],
+            format!("kubectl validates what it sends against the API server's OpenAPI schema, which context `{context}` did not serve; check the API server (`kubectl --context {context} get --raw /openapi/v3`)"),
+        ),
         (
             &["failed calling webhook"],
             format!("a webhook that fails closed did not answer: istiod's validation webhook refuses Istio resources while no istiod pod is ready (restarting or upgrading); wait for `kubectl --context {context} rollout status deployment/istiod -n {namespace}`, then run meshup again"),

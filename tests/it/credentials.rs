@@ -11,7 +11,7 @@ use std::thread;
 use std::time::Duration;
 
 use meshup::remote_secret::READER_TOKEN_LABEL;
-use meshup_testcluster::TestCluster;
+use meshup_testcluster::{RandomFaults, TestCluster};
 use serde_json::Value;
 
 use crate::common::*;
@@ -393,3 +393,70 @@ with_both_helms!(
     uninstall_one_cluster_takes_it_out_of_the_live_mesh,
     adding_a_cluster_changes_only_the_new_remote_secret_in_the_others,
 );
+
+/// A rotation and a cluster's removal run on the one engine, so transient faults are waited
+/// out in them as in an install: here a fifth of the requests to one cluster are answered
+/// 503 or have their connection reset, while the rotation (and then the removal) runs.
+#[test]
+fn a_rotation_and_a_cluster_removal_ride_out_a_blinking_api_server() {
+    let env = Env::new("helm4", 3);
+    let mesh = env.mesh_file(&[], &[], "");
+    let mesh = mesh.to_str().unwrap();
+    env.meshup(&["install", "-f", mesh]).expect(0);
+    env.meshup(&["verify", "--wait", "60s", "-f", mesh])
+        .expect(0);
+    let first_token = first(&reader_tokens(env.cluster("cluster1"))).to_string();
+    let blink = |cluster: &TestCluster, seed: u64| {
+        cluster.set_random_faults(RandomFaults {
+            seed,
+            unavailable: 0.1,
+            throttled: 0.0,
+            reset: 0.1,
+        })
+    };
+    let faulted = |cluster: &TestCluster, since: usize| {
+        cluster
+            .requests_log()
+            .iter()
+            .skip(since)
+            .filter(|r| r.status == 503 || r.status == 0)
+            .count()
+    };
+
+    let c2 = env.cluster("cluster2");
+    let since = c2.requests_log().len();
+    blink(c2, 7);
+    let run = env
+        .meshup(&["link", "--rotate", "cluster1", "-f", mesh])
+        .expect(0);
+    c2.set_random_faults(RandomFaults::default());
+    assert!(faulted(c2, since) > 0, "no fault was injected");
+    let c1 = env.cluster("cluster1");
+    assert_eq!(status_with(c1, &first_token), 401, "{}", run.stderr);
+    assert_eq!(status_with(c1, first(&reader_tokens(c1))), 200);
+
+    let held: BTreeMap<&str, String> = ["cluster1", "cluster2"]
+        .into_iter()
+        .map(|c| (c, first(&reader_tokens(env.cluster(c))).to_string()))
+        .collect();
+    let since = c1.requests_log().len();
+    blink(c1, 11);
+    env.meshup(&["uninstall", "cluster3", "-y", "-f", mesh])
+        .expect(0);
+    c1.set_random_faults(RandomFaults::default());
+    assert!(faulted(c1, since) > 0, "no fault was injected");
+    let c3 = env.cluster("cluster3");
+    assert!(helm_records(c3).is_empty());
+    for (name, token) in &held {
+        let cluster = env.cluster(name);
+        assert!(remote_kubeconfig(cluster, "cluster3").is_none(), "{name}");
+        assert_eq!(
+            status_with(cluster, token),
+            401,
+            "{name}'s token cluster3 held"
+        );
+    }
+    let smaller = env.mesh_file(&["cluster1", "cluster2"], &[], "");
+    env.meshup(&["verify", "--wait", "60s", "-f", smaller.to_str().unwrap()])
+        .expect(0);
+}

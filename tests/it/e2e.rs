@@ -652,3 +652,50 @@ fn install_processes_per_cluster_stay_few() {
         );
     }
 }
+
+/// Uninstall, then install at once: the namespace takes a while to terminate on a real
+/// cluster (here 2 s), and the install neither fails with "namespace is being terminated" nor
+/// leaves anything half done. Also when the namespace is still terminating as install starts
+/// (an uninstall that gave up waiting for it): install says so and waits.
+#[test]
+fn install_right_after_uninstall_waits_for_the_namespace() {
+    let env = Env::with(
+        "helm4",
+        2,
+        meshup_testcluster::Options {
+            namespace_finalize_delay: std::time::Duration::from_secs(2),
+            ..Default::default()
+        },
+    );
+    let mesh = env.mesh_file(&[], &[], "");
+    let mesh = mesh.to_str().unwrap();
+    env.meshup(&["install", "-f", mesh]).expect(0);
+    env.meshup(&["uninstall", "--yes", "-f", mesh]).expect(0);
+    env.meshup(&["install", "-f", mesh]).expect(0);
+    env.meshup(&["verify", "--wait", "60s", "-f", mesh])
+        .expect(0);
+
+    // An uninstall whose wait for the namespace ran out (--timeout 2s against 8 s here): the
+    // releases are gone, the namespace still terminating.
+    for cluster in &env.clusters {
+        cluster.set_namespace_finalize_delay(std::time::Duration::from_secs(8));
+    }
+    let gave_up = env.meshup(&["uninstall", "--yes", "--timeout", "2s", "-f", mesh]);
+    assert_eq!(gave_up.code, Some(1), "{}", gave_up.stderr);
+    for cluster in &env.clusters {
+        let ns = cluster.get(&format!("/api/v1/namespaces/{NS}")).unwrap();
+        assert_eq!(ns["status"]["phase"], "Terminating");
+        assert!(helm_records(cluster).is_empty());
+    }
+    let run = env.meshup(&["install", "-f", mesh]).expect(0);
+    assert!(
+        run.stderr.contains(
+            "namespace `istio-system` is still terminating (a recent uninstall); waiting for it to go"
+        ),
+        "{}",
+        run.stderr
+    );
+    env.meshup(&["verify", "--wait", "60s", "-f", mesh])
+        .expect(0);
+    env.meshup(&["status", "-f", mesh]).expect(0);
+}

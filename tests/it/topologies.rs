@@ -6,6 +6,7 @@
 use std::collections::BTreeSet;
 
 use super::common::*;
+use meshup_testcluster::Options;
 use meshup_testcluster::TestCluster;
 use serde_json::Value;
 
@@ -55,7 +56,14 @@ fn env_var(deployment: &Value, name: &str) -> Option<String> {
 
 /// Installs, checks what each cluster holds, installs again, status, verify, uninstall.
 fn topology(tools: &str, clusters: &[Spec]) {
-    let env = Env::new(tools, clusters.len());
+    topology_with(tools, clusters, Options::default());
+}
+
+/// The same on clusters whose load balancers behave as `options` say (late, or with a
+/// `hostname` as on AWS instead of an `ip`).
+fn topology_with(tools: &str, clusters: &[Spec], options: Options) {
+    let hostname = options.load_balancer_hostname;
+    let env = Env::with(tools, clusters.len(), options);
     let mesh = mesh_for(&env, clusters);
     let mesh = mesh.as_str();
     let run = env.meshup(&["install", "-f", mesh]).expect(0);
@@ -102,22 +110,33 @@ fn topology(tools: &str, clusters: &[Spec]) {
                     namespace["metadata"]["annotations"]["topology.istio.io/controlPlaneClusters"],
                     *primary
                 );
-                // istiod here is the primary's, reached through its east-west gateway.
-                let gateway_ip = env
+                // istiod here is the primary's, reached through its east-west gateway: at an
+                // IP through an EndpointSlice, at a host name through an ExternalName Service.
+                let ingress = env
                     .cluster(primary)
                     .get(&format!(
                         "/api/v1/namespaces/{NS}/services/istio-eastwestgateway"
                     ))
-                    .unwrap()["status"]["loadBalancer"]["ingress"][0]["ip"]
-                    .as_str()
-                    .unwrap()
-                    .to_string();
-                let slice = cluster
-                    .get(&format!(
-                        "/apis/discovery.k8s.io/v1/namespaces/{NS}/endpointslices/istiod-remote"
-                    ))
-                    .expect("the remote's istiod EndpointSlice");
-                assert_eq!(slice["endpoints"][0]["addresses"][0], gateway_ip, "{name}");
+                    .unwrap()["status"]["loadBalancer"]["ingress"][0]
+                    .clone();
+                if hostname {
+                    assert!(ingress.get("ip").is_none(), "{ingress}");
+                    let host = ingress["hostname"].as_str().unwrap();
+                    assert!(host.ends_with(".elb.us-east-1.amazonaws.com"), "{host}");
+                    let service = get(cluster, "services/istiod").expect("istiod Service");
+                    assert_eq!(service["spec"]["type"], "ExternalName", "{name}");
+                    assert_eq!(service["spec"]["externalName"], host, "{name}");
+                } else {
+                    let slice = cluster
+                        .get(&format!(
+                            "/apis/discovery.k8s.io/v1/namespaces/{NS}/endpointslices/istiod-remote"
+                        ))
+                        .expect("the remote's istiod EndpointSlice");
+                    assert_eq!(
+                        slice["endpoints"][0]["addresses"][0], ingress["ip"],
+                        "{name}"
+                    );
+                }
                 assert!(
                     get(cluster, "secrets/cacerts").is_none(),
                     "a remote needs no cacerts"
@@ -297,6 +316,61 @@ fn two_primaries_and_a_remote(tools: &str) {
     );
 }
 
+/// AWS-style load balancers: a host name and no IP, arriving late.
+fn hostnames() -> Options {
+    Options {
+        load_balancer_hostname: true,
+        load_balancer_delay: std::time::Duration::from_millis(800),
+        ..Options::default()
+    }
+}
+
+#[test]
+fn multi_primary_on_two_networks_behind_host_name_load_balancers() {
+    let clusters = [
+        ("cluster1", "network1", None),
+        ("cluster2", "network2", None),
+    ];
+    topology_with("helm4", &clusters, hostnames());
+    // And requests cross the networks through the gateways' host names.
+    let env = Env::with("helm4", 2, hostnames());
+    let mesh = mesh_for(&env, &clusters);
+    env.meshup(&["install", "-f", &mesh]).expect(0);
+    let run = env
+        .meshup(&[
+            "verify",
+            "--wait",
+            "60s",
+            "--traffic",
+            "--requests",
+            "10",
+            "-f",
+            &mesh,
+            "--output",
+            "json",
+        ])
+        .expect(0);
+    let report: Value = serde_json::from_str(&run.stdout).unwrap();
+    for from in ["cluster1", "cluster2"] {
+        for to in ["cluster1", "cluster2"] {
+            let answers = report["traffic"]["answers"][from][to].as_u64().unwrap_or(0);
+            assert!(answers > 0, "{from} → {to}: {}", run.stdout);
+        }
+    }
+}
+
+#[test]
+fn primary_remote_behind_host_name_load_balancers() {
+    topology_with(
+        "helm4",
+        &[
+            ("cluster1", "network1", None),
+            ("cluster2", "network2", Some("cluster1")),
+        ],
+        hostnames(),
+    );
+}
+
 with_both_helms!(
     multi_primary_on_two_networks,
     primary_remote_on_one_network,
@@ -353,4 +427,48 @@ fn a_cluster_without_a_load_balancer_is_waited_for_then_named() {
     assert_eq!(service["spec"]["externalIPs"][0], "10.0.0.11");
     let status = env.meshup(&["status", "-f", &mesh]).expect(0);
     assert!(status.stdout.contains("10.0.0.11"), "{}", status.stdout);
+}
+
+/// istiod's validating webhook fails closed once istiod ran (as istiod switches it): while no
+/// istiod pod is ready — here, the one pod just replaced and not ready for 3 s — creating the
+/// east-west `Gateway` is refused, and install waits that out with retries, as on a real
+/// cluster during a restart.
+#[test]
+fn a_gateway_refused_while_istiod_restarts_is_retried() {
+    let env = Env::new("helm4", 2);
+    let clusters = [
+        ("cluster1", "network1", None),
+        ("cluster2", "network2", None),
+    ];
+    let mesh = mesh_for(&env, &clusters);
+    env.meshup(&["install", "-f", &mesh]).expect(0);
+    let c1 = env.cluster("cluster1");
+    let webhook = c1
+        .get("/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations/istio-validator-istio-system")
+        .expect("istiod's validating webhook");
+    assert_eq!(webhook["webhooks"][0]["failurePolicy"], "Fail", "{webhook}");
+    // The gateway object goes, and istiod's only pod is replaced by one that is not ready yet.
+    c1.set_pod_ready_delay(std::time::Duration::from_secs(3));
+    assert!(
+        c1.delete(&format!(
+            "/apis/networking.istio.io/v1/namespaces/{NS}/gateways/cross-network-gateway"
+        ))
+        .is_some()
+    );
+    let pods = c1.list(&format!("/api/v1/namespaces/{NS}/pods"));
+    for pod in pods
+        .iter()
+        .filter(|p| p["metadata"]["labels"]["app"] == "istiod")
+    {
+        let name = pod["metadata"]["name"].as_str().unwrap();
+        c1.delete(&format!("/api/v1/namespaces/{NS}/pods/{name}"));
+    }
+    let run = env.meshup(&["install", "-f", &mesh]).expect(0);
+    assert!(
+        run.stderr
+            .contains("retry 1/5 in 1s: a validating webhook did not answer (istiod not ready)"),
+        "{}",
+        run.stderr
+    );
+    assert!(istio(c1, "gateways", "cross-network-gateway").is_some());
 }
