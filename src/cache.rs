@@ -305,7 +305,7 @@ impl Cache {
     }
 }
 
-/// The parts of [`crate::live::Live`] that go through the cache.
+/// The parts of `Live` (live.rs) that go through the cache.
 pub(crate) mod access {
     use super::*;
 

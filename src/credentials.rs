@@ -19,11 +19,11 @@ use serde_json::json;
 
 use crate::components::reader::token_secrets;
 use crate::components::{Board, Memo};
-use crate::exec::{Run, parallel};
 use crate::finding::Finding;
 use crate::kubectl;
 use crate::live::Secret;
 use crate::remote_secret::{self, credentials_of, read_token};
+use crate::run::{Run, parallel};
 use crate::sensitive::Sensitive;
 use crate::topology::Topology;
 
@@ -310,7 +310,7 @@ mod tests {
             jobs: 1,
             timeout: Duration::from_secs(5),
             kubeconfig: None,
-            retry: crate::exec::Retry::DEFAULT,
+            retry: crate::run::Retry::DEFAULT,
             locks: None,
             caches: Default::default(),
         };

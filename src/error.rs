@@ -7,7 +7,6 @@
 use std::fmt;
 
 use crate::files::FileError;
-use crate::lock::LockError;
 use crate::pull::PullError;
 use crate::runner::StepError;
 use crate::trust::TrustError;
@@ -103,6 +102,29 @@ impl fmt::Display for InputError {
 }
 
 impl std::error::Error for InputError {}
+
+/// A lock held by a live run of someone else.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(
+    "[{cluster}] `{identity}` has been changing this cluster since {since}; meshup stops before changing anything (pass --wait-for-lock DURATION to wait for it)"
+)]
+pub struct Held {
+    pub cluster: String,
+    pub identity: String,
+    pub since: String,
+}
+
+/// Why the locks could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error(transparent)]
+    Held(#[from] Held),
+    #[error(transparent)]
+    Step(#[from] StepError),
+    /// A cluster did not let meshup take its lock (it does not answer, or refuses).
+    #[error("{message}")]
+    Cluster { cluster: String, message: String },
+}
 
 #[cfg(test)]
 mod tests {

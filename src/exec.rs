@@ -5,149 +5,16 @@
 //! reports.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::cache::Cache;
-use crate::components::{Board, Cx, Memo, Rotation};
-use crate::live::Live;
-use crate::lock::Locks;
-use crate::mesh::{Cluster, Mesh};
+use crate::components::{Board, Memo, Rotation};
 use crate::plan::{Gate, Plan};
 use crate::reporter::Reporter;
-use crate::runner::{self, Runner, StepError};
-use crate::step::Target;
-
-/// How a command reaches its clusters.
-#[derive(Clone)]
-pub struct Run<'a> {
-    pub mesh: &'a Mesh,
-    pub runner: &'a dyn Runner,
-    pub reporter: &'a Reporter,
-    /// Clusters worked on at once.
-    pub jobs: usize,
-    /// The limit of each helm or kubectl call.
-    pub timeout: Duration,
-    pub kubeconfig: Option<PathBuf>,
-    /// How a task that failed for a transient reason is tried again.
-    pub retry: Retry,
-    /// The per-cluster locks a changing run holds.
-    pub locks: Option<&'a Locks>,
-    /// Each cluster's snapshot for this command (`cache.rs`), shared by its plans and checks;
-    /// without, every read asks the cluster.
-    pub caches: Option<Arc<Caches>>,
-}
-
-/// The snapshots of a command, by cluster.
-#[derive(Debug, Default)]
-pub struct Caches(Mutex<BTreeMap<String, Arc<Cache>>>);
-
-impl Caches {
-    /// `cluster`'s snapshot.
-    pub fn of(&self, cluster: &str) -> Arc<Cache> {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(cluster.to_string())
-            .or_default()
-            .clone()
-    }
-}
-
-/// Retries of a task that failed for a transient reason (`StepError::transient_cause`):
-/// capped exponential backoff.
-#[derive(Debug, Clone, Copy)]
-pub struct Retry {
-    /// How many times a task is tried again (`--retries`).
-    pub times: u32,
-    /// The first pause; each next one doubles, up to `most`.
-    pub first: Duration,
-    pub most: Duration,
-}
-
-impl Retry {
-    /// meshup's default: 5 retries after 1 s, 2 s, 4 s, 8 s, 16 s.
-    pub const DEFAULT: Retry = Retry {
-        times: 5,
-        first: Duration::from_secs(1),
-        most: Duration::from_secs(30),
-    };
-
-    /// The pause before retry `attempt` (1-based).
-    pub fn delay(&self, attempt: u32) -> Duration {
-        self.first
-            .saturating_mul(1 << attempt.saturating_sub(1).min(16))
-            .min(self.most)
-    }
-}
-
-impl Run<'_> {
-    pub fn target(&self, cluster: &Cluster) -> Target {
-        Target {
-            cluster: cluster.name.clone(),
-            context: cluster.context.clone(),
-            kubeconfig: self.kubeconfig.clone(),
-        }
-    }
-
-    /// Calls `f` with a component context for `cluster`.
-    pub fn in_cluster<R>(
-        &self,
-        cluster: &Cluster,
-        memo: &mut Memo,
-        board: &Board,
-        f: impl FnOnce(&mut Cx) -> R,
-    ) -> R {
-        let target = self.target(cluster);
-        let cache = self.caches.as_ref().map(|c| c.of(&cluster.name));
-        let mut live = Live::new(self.runner, &target, self.timeout);
-        if let Some(cache) = &cache {
-            live = live.cached(cache, &self.mesh.namespace);
-        }
-        let mut cx = Cx {
-            mesh: self.mesh,
-            cluster,
-            live,
-            reporter: self.reporter,
-            memo,
-            board,
-            took_over: self
-                .locks
-                .is_some_and(|l| l.taken_over.contains_key(&cluster.name)),
-        };
-        f(&mut cx)
-    }
-}
-
-/// Runs `f` on every item, at most `jobs` at a time, and returns the results in item order.
-pub fn parallel<T: Sync, R: Send>(jobs: usize, items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
-    let next = AtomicUsize::new(0);
-    let results: Vec<Mutex<Option<R>>> = items.iter().map(|_| Mutex::new(None)).collect();
-    std::thread::scope(|scope| {
-        for _ in 0..jobs.clamp(1, items.len().max(1)) {
-            scope.spawn(|| {
-                loop {
-                    let i = next.fetch_add(1, Ordering::SeqCst);
-                    let Some(item) = items.get(i) else { break };
-                    let result = f(item);
-                    *results[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(result);
-                }
-            });
-        }
-    });
-    results
-        .into_iter()
-        .map(|slot| {
-            slot.into_inner()
-                .unwrap_or_else(|e| e.into_inner())
-                .expect("every item ran")
-        })
-        .collect()
-}
+pub use crate::run::{Caches, Retry, Run, parallel};
+use crate::runner::{self, StepError};
 
 /// How one task ended.
 #[derive(Debug, Clone, Serialize)]
@@ -501,7 +368,10 @@ pub fn print_summary(reporter: &Reporter, command: &str, summary: &Summary) {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
     use super::*;
+    use crate::mesh::Mesh;
     use crate::plan;
     use crate::reporter::Mode;
     use crate::runner::{Output, RecordingRunner};

@@ -11,7 +11,6 @@
 //! run's last write (a lock someone took over is left alone); a renewal is written only when a
 //! run outlives the renewal period.
 
-use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -20,10 +19,11 @@ use serde_json::json;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::exec::{Run, parallel};
+pub use crate::error::{Held, LockError};
 use crate::kubectl;
 use crate::live::{Lease, Live};
 use crate::mesh::Cluster;
+use crate::run::{Locks, Run, parallel};
 use crate::runner::{self, StepError};
 use crate::sensitive::Sensitive;
 use crate::step::Target;
@@ -128,59 +128,6 @@ pub fn dead(lease: &Lease, now: OffsetDateTime, here: &str) -> Option<String> {
         return Some(format!("its process {} on this host is gone", holder.pid));
     }
     None
-}
-
-/// A lock held by a live run of someone else.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error(
-    "[{cluster}] `{identity}` has been changing this cluster since {since}; meshup stops before changing anything (pass --wait-for-lock DURATION to wait for it)"
-)]
-pub struct Held {
-    pub cluster: String,
-    pub identity: String,
-    pub since: String,
-}
-
-/// Why the locks could not be had.
-#[derive(Debug, thiserror::Error)]
-pub enum LockError {
-    #[error(transparent)]
-    Held(#[from] Held),
-    #[error(transparent)]
-    Step(#[from] StepError),
-    /// A cluster did not let meshup take its lock (it does not answer, or refuses).
-    #[error("{message}")]
-    Cluster { cluster: String, message: String },
-}
-
-/// The locks a run holds, one per cluster.
-#[derive(Debug, Default)]
-pub struct Locks {
-    /// For each cluster whose lock was taken over from a dead run: who that was and why it
-    /// counts as dead. Only there may meshup recover what a run left pending.
-    pub taken_over: BTreeMap<String, String>,
-    /// Clusters whose lock another run took while this one held it.
-    lost: Mutex<Vec<String>>,
-}
-
-impl Locks {
-    /// Whether this run may go on changing `cluster`.
-    pub fn check(&self, cluster: &str) -> Result<(), StepError> {
-        if self
-            .lost
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .any(|c| c == cluster)
-        {
-            return Err(StepError::other(
-                cluster,
-                "another run took over meshup's lock on this cluster while this one held it",
-                Some("stop the other run or wait for it, then re-run".into()),
-            ));
-        }
-        Ok(())
-    }
 }
 
 /// Runs `f` holding the lock of every cluster of the run: takes them all first (in parallel;

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::components::{Action, Board, Component, Cx, ScriptCx, Stage};
-use crate::exec::Run;
 use crate::mesh::Mesh;
+use crate::run::Run;
 use crate::runner::StepError;
 use crate::step::{Target, shell_quote};
 use crate::topology::Topology;

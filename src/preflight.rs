@@ -4,12 +4,12 @@
 use std::path::{Path, PathBuf};
 
 use crate::components::{Board, Memo};
-use crate::exec::{Run, parallel};
 use crate::finding::Finding;
 use crate::live;
 use crate::mesh::Mesh;
 use crate::remote_secret;
 use crate::reporter::Reporter;
+use crate::run::{Run, parallel};
 use crate::runner::Runner;
 use crate::step::Tool;
 use crate::topology::{Node, Topology};

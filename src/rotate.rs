@@ -28,11 +28,11 @@ use time::OffsetDateTime;
 use crate::components::peers::{self, Source};
 use crate::components::reader::{self, token_secrets};
 use crate::components::{Board, Cx, Memo, Rotation, ScriptCx};
-use crate::exec::Run;
 use crate::kubectl;
 use crate::mesh::{Cluster, Mesh};
 use crate::plan::{Chain, Gate, Plan, ScriptOptions, Task, Wave, Work};
 use crate::remote_secret::{READER_TOKEN_LABEL, RemoteSecret, TOKEN_SECRET, token_secret_manifest};
+use crate::run::Run;
 use crate::runner::StepError;
 use crate::sensitive::Sensitive;
 use crate::step::shell_quote;
@@ -353,7 +353,7 @@ impl Gate for Acted {
             };
             let (mut memo, scratch) = (Memo::default(), Board::default());
             run.in_cluster(cluster, &mut memo, &scratch, |cx| {
-                let pods = sync::ready_pods(cx, &watcher)
+                let pods = sync::ready_pods(&cx.live, &watcher)
                     .map_err(|e| StepError::other(name, format!("{e}{kept}"), None))?;
                 for pod in &pods {
                     let key = (name.clone(), pod.clone());
@@ -388,7 +388,7 @@ impl Gate for Acted {
                         }
                         self.acted.lock().unwrap_or_else(|e| e.into_inner()).insert(key);
                     }
-                    let view = sync::read_pod(cx, ns, pod);
+                    let view = sync::read_pod(&cx.live, cx.reporter, ns, pod);
                     if let Some(error) = view.error {
                         // Refused by RBAC: no later read will do. Anything else (a blinking API
                         // server) is read again until the gate's time is up.
@@ -556,8 +556,9 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::exec::{Retry, Summary, execute};
+    use crate::exec::{Summary, execute};
     use crate::reporter::{Mode, Reporter};
+    use crate::run::Retry;
     use crate::runner::{Output, RecordingRunner};
     use crate::step::Step;
     use crate::testing::{mesh, ok};

@@ -5,8 +5,9 @@
 use serde::Serialize;
 
 use crate::components::{Board, Memo, cacerts};
-use crate::exec::{Run, parallel};
+pub use crate::facts::{Cacerts, ClusterStatus, Readiness, ReleaseStatus, RemoteSecrets, Sync};
 use crate::finding::Finding;
+use crate::run::{Run, parallel};
 use crate::sync::{self, Row, State};
 use crate::topology::Topology;
 use crate::trust::TrustMode;
@@ -24,84 +25,6 @@ pub struct Status {
     /// Mesh-wide problems (e.g. roots that differ).
     #[serde(serialize_with = "crate::finding::sentences")]
     pub problems: Vec<Finding>,
-}
-
-#[derive(Debug, Clone, Serialize, Default)]
-#[serde(rename_all = "camelCase")]
-pub struct ClusterStatus {
-    pub cluster: String,
-    pub context: String,
-    pub reachable: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub kubernetes: Option<String>,
-    /// The primary whose istiod controls this cluster, for a remote.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub primary: Option<String>,
-    /// The east-west gateway's address, for a cluster that has one.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub gateway: Option<String>,
-    pub releases: Vec<ReleaseStatus>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub istiod: Option<Readiness>,
-    pub remote_secrets: RemoteSecrets,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cacerts: Option<Cacerts>,
-    /// What this cluster's istiod reports of the peers it must watch.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub sync: Option<Sync>,
-    #[serde(serialize_with = "crate::finding::sentences")]
-    pub problems: Vec<Finding>,
-}
-
-/// istiod's view of its peers, as counted by `status`.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Sync {
-    pub synced: usize,
-    pub expected: usize,
-    /// Each peer's state (`synced`, `syncing`, `timeout`, `missing`, ...).
-    pub peers: std::collections::BTreeMap<String, State>,
-}
-
-impl ClusterStatus {
-    /// Records something that differs from the mesh file.
-    pub fn problem(&mut self, finding: Finding) {
-        self.problems.push(finding);
-    }
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ReleaseStatus {
-    pub name: String,
-    /// helm's status (`deployed`, `failed`, ...), or None when absent.
-    pub status: Option<String>,
-    pub chart: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Readiness {
-    pub ready: u64,
-    pub desired: u64,
-}
-
-#[derive(Debug, Clone, Serialize, Default)]
-pub struct RemoteSecrets {
-    /// Peers whose secret is present and right.
-    pub present: Vec<String>,
-    pub missing: Vec<String>,
-    /// Peers whose secret points elsewhere than the mesh file says.
-    pub stale: Vec<String>,
-    /// Remote secrets for clusters not in the mesh (or for this cluster itself).
-    pub unexpected: Vec<String>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Cacerts {
-    pub present: bool,
-    /// SHA-256 of the root certificate; never key material.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub root_fingerprint: Option<String>,
 }
 
 /// Reads every cluster and compares.
@@ -445,7 +368,7 @@ mod tests {
             jobs: 2,
             timeout: std::time::Duration::from_secs(5),
             kubeconfig: None,
-            retry: crate::exec::Retry::DEFAULT,
+            retry: crate::run::Retry::DEFAULT,
             locks: None,
             caches: Default::default(),
         };

@@ -16,9 +16,10 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::components::Cx;
 use crate::kubectl;
+use crate::live::Live;
 use crate::live::Pod;
+use crate::reporter::Reporter;
 use crate::runner::StepError;
 
 /// istiod's container in its pods.
@@ -146,9 +147,9 @@ pub struct Watcher {
 }
 
 /// Reads the view of every ready istiod pod of `watcher` in `cx`'s cluster.
-pub fn read(cx: &Cx, watcher: &Watcher) -> Row {
+pub fn read(live: &Live, reporter: &Reporter, watcher: &Watcher) -> Row {
     let mut row = Row {
-        cluster: cx.cluster.name.clone(),
+        cluster: live.target.cluster.clone(),
         peers: BTreeMap::new(),
         unexpected: BTreeMap::new(),
         pods: Vec::new(),
@@ -168,7 +169,7 @@ pub fn read(cx: &Cx, watcher: &Watcher) -> Row {
             })
             .collect()
     };
-    let ready = match ready_pods(cx, watcher) {
+    let ready = match ready_pods(live, watcher) {
         Ok(ready) => ready,
         Err(error) => {
             row.error = Some(error);
@@ -177,17 +178,17 @@ pub fn read(cx: &Cx, watcher: &Watcher) -> Row {
         }
     };
     for pod in ready {
-        row.pods.push(read_pod(cx, &watcher.namespace, &pod));
+        row.pods
+            .push(read_pod(live, reporter, &watcher.namespace, &pod));
     }
     merge(&mut row, watcher);
     row
 }
 
 /// The names of `watcher`'s ready istiod pods; an error says why there are none to read.
-pub fn ready_pods(cx: &Cx, watcher: &Watcher) -> Result<Vec<String>, String> {
+pub fn ready_pods(live: &Live, watcher: &Watcher) -> Result<Vec<String>, String> {
     let selector = format!("app=istiod,istio.io/rev={}", watcher.revision);
-    let pods: Vec<Pod> = cx
-        .live
+    let pods: Vec<Pod> = live
         .list("pods", Some(&watcher.namespace), Some(&selector))
         .map_err(|e| e.to_string())?;
     let ready: Vec<String> = pods
@@ -285,16 +286,16 @@ fn merge(row: &mut Row, watcher: &Watcher) {
 }
 
 /// One pod's `/debug/clusterz`, read inside the pod.
-pub fn read_pod(cx: &Cx, namespace: &str, pod: &str) -> PodView {
+pub fn read_pod(live: &Live, reporter: &Reporter, namespace: &str, pod: &str) -> PodView {
     let step = kubectl::exec(
-        cx.target(),
+        live.target,
         pod,
         ISTIOD_CONTAINER,
         namespace,
         &CLUSTERZ,
-        cx.timeout(),
+        live.timeout,
     );
-    let read = cx.live.run(&step).and_then(|output| {
+    let read = live.run(&step).and_then(|output| {
         serde_json::from_str::<Vec<Entry>>(output.stdout.trim())
             .map_err(|e| StepError::malformed(&step, format!("not clusterz JSON: {e}")))
     });
@@ -310,7 +311,7 @@ pub fn read_pod(cx: &Cx, namespace: &str, pod: &str) -> PodView {
                 error = format!(
                     "{error}; reading istiod's view needs `create` on `pods/exec` in namespace `{namespace}` (`kubectl auth can-i create pods/exec -n {namespace}`)"
                 );
-                cx.reporter.warn(&format!("[{}] {error}", cx.cluster.name));
+                reporter.warn(&format!("[{}] {error}", live.target.cluster));
             }
             PodView {
                 pod: pod.to_string(),
@@ -366,8 +367,8 @@ mod tests {
 
     use super::*;
     use crate::components::{Board, Memo};
-    use crate::exec::Run;
     use crate::reporter::{Mode, Reporter};
+    use crate::run::Run;
     use crate::runner::{Output, RecordingRunner};
     use crate::step::Step;
     use crate::testing::{mesh, ok};
@@ -405,7 +406,7 @@ mod tests {
             jobs: 1,
             timeout: Duration::from_secs(5),
             kubeconfig: None,
-            retry: crate::exec::Retry::DEFAULT,
+            retry: crate::run::Retry::DEFAULT,
             locks: None,
             caches: Default::default(),
         };
@@ -415,7 +416,9 @@ mod tests {
             peers: vec!["cluster2".into(), "cluster3".into()],
         };
         let (mut memo, board) = (Memo::default(), Board::default());
-        let row = run.in_cluster(&m.clusters[0], &mut memo, &board, |cx| read(cx, &watcher));
+        let row = run.in_cluster(&m.clusters[0], &mut memo, &board, |cx| {
+            read(&cx.live, cx.reporter, &watcher)
+        });
         (row, runner.command_lines())
     }
 

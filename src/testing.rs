@@ -6,9 +6,9 @@ use serde_yaml::Mapping;
 
 use crate::chart::Charts;
 use crate::components::{Action, Board, Component, Memo};
-use crate::exec::Run;
 use crate::mesh::{Cluster, Mesh, Trust};
 use crate::reporter::{Mode, Reporter};
+use crate::run::Run;
 use crate::runner::{Output, RecordingRunner, StepError};
 use crate::step::Step;
 use crate::trust::TrustMode;
@@ -73,7 +73,7 @@ pub fn run_component(
         jobs: 1,
         timeout: Duration::from_secs(5),
         kubeconfig: None,
-        retry: crate::exec::Retry::DEFAULT,
+        retry: crate::run::Retry::DEFAULT,
         locks: None,
         caches: Default::default(),
     };

@@ -14,9 +14,9 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::exec::{Run, parallel};
 use crate::kubectl;
 use crate::mesh::Cluster;
+use crate::run::{Run, parallel};
 use crate::runner::{self, StepError, run_ok};
 use crate::sensitive::Sensitive;
 

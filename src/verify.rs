@@ -10,8 +10,8 @@ use serde::Serialize;
 
 use crate::components::{Board, Memo};
 use crate::credentials;
-use crate::exec::{Run, parallel};
 use crate::finding::{Finding, Level};
+use crate::run::{Run, parallel};
 use crate::runner::{self, StepError};
 use crate::sync::{self, Row, State};
 use crate::topology::Topology;

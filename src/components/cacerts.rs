@@ -9,12 +9,12 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
 use super::{Action, Component, Cx, ScriptCx};
+use crate::facts::{Cacerts as CacertsStatus, ClusterStatus};
 use crate::finding::Finding;
 use crate::kubectl;
 use crate::live::{self, Secret};
 use crate::runner::StepError;
 use crate::sensitive::Sensitive;
-use crate::status::{Cacerts as CacertsStatus, ClusterStatus};
 use crate::step::shell_quote;
 use crate::trust::{self, CLUSTER_FILES, ClusterCa, ROOT_CERT_KEY};
 

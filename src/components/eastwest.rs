@@ -11,11 +11,11 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{Action, Component, Cx, ScriptCx, Stage};
+use crate::facts::ClusterStatus;
 use crate::finding::Finding;
 use crate::kubectl;
 use crate::runner::{self, StepError};
 use crate::sensitive::Sensitive;
-use crate::status::ClusterStatus;
 use crate::values::EAST_WEST_GATEWAY;
 
 const ISTIO_API: &str = "networking.istio.io/v1";

@@ -18,6 +18,7 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::facts::ClusterStatus;
 use crate::finding::Finding;
 use crate::helm::go_duration;
 use crate::live::{HelmRelease, Live};
@@ -25,7 +26,6 @@ use crate::mesh::{Cluster, Mesh};
 use crate::remote_secret::RemoteSecret;
 use crate::reporter::Reporter;
 use crate::runner::StepError;
-use crate::status::ClusterStatus;
 use crate::step::{Target, shell_quote};
 
 /// What a plan asks of a component.

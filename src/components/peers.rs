@@ -4,13 +4,13 @@
 //! stale, unexpected and duplicate ones.
 
 use super::{Action, Component, Cx, ScriptCx, Stage};
+use crate::facts::ClusterStatus;
 use crate::finding::Finding;
 use crate::kubectl;
 use crate::live::Secret;
 use crate::remote_secret::{self, Found, RemoteSecret};
 use crate::runner::StepError;
 use crate::sensitive::Sensitive;
-use crate::status::ClusterStatus;
 use crate::step::shell_quote;
 
 /// A cluster whose remote secret this cluster holds.

@@ -5,11 +5,11 @@ use serde_yaml::Mapping;
 
 use super::{Action, Component, Cx, ScriptCx, Stage};
 use crate::chart::Chart;
+use crate::facts::{ClusterStatus, Readiness, ReleaseStatus};
 use crate::finding::Finding;
 use crate::helm::{self, Install, Values};
 use crate::live::{ConfigMap, Deployment, HelmRelease};
 use crate::runner::StepError;
-use crate::status::{ClusterStatus, Readiness, ReleaseStatus};
 use crate::sync;
 use crate::values;
 
@@ -372,7 +372,7 @@ impl Component for Release {
             revision: istiod.revision.clone(),
             peers: istiod.watches.clone(),
         };
-        Some(sync::read(cx, &watcher))
+        Some(sync::read(&cx.live, cx.reporter, &watcher))
     }
 
     fn values_file(&self) -> Option<(String, &Mapping)> {

@@ -10,5 +10,6 @@ mod crash;
 mod credentials;
 mod e2e;
 mod interrupt;
+mod layout;
 mod topologies;
 mod verify;
