@@ -40,7 +40,11 @@ pub fn plan<'t>(
             })
             .collect(),
     );
-    let removal = plan::uninstall(full).only(leaving);
+    let mut removal = plan::uninstall(full).only(leaving);
+    for wave in &mut removal.waves {
+        let names: Vec<&str> = wave.chains.iter().map(|c| c.cluster.as_str()).collect();
+        wave.title = format!("remove the mesh from {}", names.join(", "));
+    }
     // What the leaving clusters held: the tokens of the clusters they watched.
     let held: Vec<&String> = leaving
         .iter()

@@ -783,3 +783,63 @@ fn plan_of_a_primary_and_a_remote_on_two_networks_shows_the_gateways() {
     let gateway = std::fs::read_to_string(env.path("values/cluster2/gateway-values.yaml")).unwrap();
     assert!(gateway.contains("networkGateway: network2"), "{gateway}");
 }
+
+/// Every operation prints as a script from the plan it runs: a cluster leaving (its secrets
+/// out of the others, its removal, then the rotation of each token it held, each with its
+/// wait) and a rotation; no cluster is contacted and no token printed.
+#[test]
+fn plan_prints_a_cluster_leaving_and_a_rotation() {
+    let env = Env::new(TOOLS, 3);
+    let mesh = env.mesh_file(&[], &[], "");
+    let mesh = mesh.to_str().unwrap();
+    let leaving = without_tools(&env, &["plan", "uninstall", "cluster3", "-f", mesh]).expect(0);
+    let text = &leaving.stdout;
+    let phases: Vec<&str> = text.lines().filter(|l| l.starts_with("# Phase ")).collect();
+    assert_eq!(
+        phases,
+        [
+            "# Phase 1: take cluster3's remote secrets out of the other clusters.",
+            "# Phase 2: remove the mesh from cluster3.",
+            "# Phase 3: a new reader token in cluster1.",
+            "# Phase 4: cluster1's new remote secret to cluster2.",
+            "# Phase 5: revoke cluster1's old reader tokens.",
+            "# Phase 6: a new reader token in cluster2.",
+            "# Phase 7: cluster2's new remote secret to cluster1.",
+            "# Phase 8: revoke cluster2's old reader tokens.",
+        ],
+        "{text}"
+    );
+    assert!(
+        text.contains("kubectl delete secrets istio-remote-secret-cluster3"),
+        "{text}"
+    );
+    assert!(text.contains("helm uninstall istiod"), "{text}");
+    assert_eq!(text.matches("## Wait: istiod in").count(), 2, "{text}");
+    assert!(
+        text.contains("pilot-discovery request GET /debug/clusterz"),
+        "{text}"
+    );
+
+    let rotation =
+        without_tools(&env, &["plan", "link", "--rotate", "cluster2", "-f", mesh]).expect(0);
+    let text = &rotation.stdout;
+    assert!(
+        text.contains("# Phase 3: a new reader token in cluster2."),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "## Wait: istiod in cluster1, cluster3 acted on cluster2's new remote secret."
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("a new reader token in cluster1"), "{text}");
+    assert_eq!(env.requests(), [0, 0, 0]);
+    for cluster in &env.clusters {
+        assert!(!leaving.all().contains(cluster.admin_token()));
+        assert!(!rotation.all().contains(cluster.admin_token()));
+    }
+    // A cluster that is not in the mesh file is bad input.
+    let bad = without_tools(&env, &["plan", "uninstall", "cluster9", "-f", mesh]).expect(2);
+    assert!(bad.stderr.contains("cluster9"), "{}", bad.stderr);
+}
