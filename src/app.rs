@@ -32,7 +32,6 @@ use crate::rotate;
 use crate::runner::ProcessRunner;
 use crate::status;
 use crate::step::{Target, Tool};
-use crate::sync;
 use crate::topology::{Choices, Topology};
 use crate::traffic;
 use crate::trust::{self, KeyType, Trust, TrustMode};
@@ -643,25 +642,21 @@ fn verify(
     if crate::runner::interrupted() {
         return Err(Error::Interrupted);
     }
-    let ok = sync.iter().all(sync::Row::ok)
-        && credentials.is_empty()
-        && traffic.as_ref().is_none_or(|t| t.ok);
+    let mut problems = verify::problems(&run, &sync);
+    problems.extend(credentials);
+    let ok = problems.is_empty() && traffic.as_ref().is_none_or(|t| t.ok);
     let report = verify::Report {
         ok,
         sync,
-        credentials,
+        problems,
         traffic,
     };
     if reporter.mode() == Mode::Json {
         print_json(&report)?;
     } else {
         let mut text = verify::render_sync(&run, &report.sync);
-        for finding in &report.credentials {
-            text.push_str(&format!(
-                "  {}: {}\n",
-                finding.cluster.as_deref().unwrap_or_default(),
-                finding.sentence()
-            ));
+        for finding in &report.problems {
+            text.push_str(&format!("  {}\n", verify::line(finding)));
         }
         if let Some(traffic) = &report.traffic {
             let names: Vec<String> = mesh.clusters.iter().map(|c| c.name.clone()).collect();

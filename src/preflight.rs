@@ -3,13 +3,13 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::components::{Board, Memo};
+use crate::components::Cx;
 use crate::finding::Finding;
 use crate::live;
 use crate::mesh::Mesh;
 use crate::remote_secret;
 use crate::reporter::Reporter;
-use crate::run::{Run, parallel};
+use crate::run::{Run, walk};
 use crate::runner::Runner;
 use crate::step::Tool;
 use crate::topology::{Node, Topology};
@@ -81,12 +81,11 @@ pub fn tool_checks(runner: &dyn Runner, helm_path: &Path, kubectl_path: &Path) -
 /// mesh as a whole. With `versions`, each API server is asked its version; without, reading
 /// the cluster's snapshot proves that it answers (one call fewer for `install`).
 pub fn cluster_checks(run: &Run, topology: &Topology, versions: bool) -> Vec<Finding> {
-    let mut checks: Vec<Finding> = parallel(run.jobs, &topology.nodes, |node| {
-        check_cluster(run, node, versions)
-    })
-    .into_iter()
-    .flatten()
-    .collect();
+    let mut checks: Vec<Finding> =
+        walk(run, topology, |node, cx| check_cluster(cx, node, versions))
+            .into_iter()
+            .flatten()
+            .collect();
     checks.extend(loopback_warnings(run.mesh));
     checks
 }
@@ -113,64 +112,58 @@ pub fn loopback_warnings(mesh: &Mesh) -> Vec<Finding> {
         .collect()
 }
 
-fn check_cluster(run: &Run, node: &Node, versions: bool) -> Vec<Finding> {
-    let cluster = run
-        .mesh
-        .cluster(&node.cluster)
-        .expect("the topology's clusters are the mesh's");
+fn check_cluster(cx: &mut Cx, node: &Node, versions: bool) -> Vec<Finding> {
+    let cluster = cx.cluster;
     let name = Some(cluster.name.as_str());
-    let (mut memo, board) = (Memo::default(), Board::default());
-    run.in_cluster(cluster, &mut memo, &board, |cx| {
-        let mut checks = Vec::new();
-        let answer = if versions {
-            cx.live
-                .server_version()
-                .map(|version| format!("Kubernetes {version}"))
-        } else {
-            cx.live
-                .get::<live::Namespace>("namespace", &run.mesh.namespace, None)
-                .map(|_| "its API server is reachable".to_string())
-        };
-        match answer {
-            Ok(what) => checks.push(Finding::ok(
+    let mut checks = Vec::new();
+    let answer = if versions {
+        cx.live
+            .server_version()
+            .map(|version| format!("Kubernetes {version}"))
+    } else {
+        cx.live
+            .get::<live::Namespace>("namespace", &cx.mesh.namespace, None)
+            .map(|_| "its API server is reachable".to_string())
+    };
+    match answer {
+        Ok(what) => checks.push(Finding::ok(
+            name,
+            "api server",
+            format!("context `{}` answers: {what}", cluster.context),
+        )),
+        Err(e) => {
+            let server = if cluster.server.is_empty() {
+                "no server"
+            } else {
+                &cluster.server
+            };
+            checks.push(Finding::fail(
                 name,
                 "api server",
-                format!("context `{}` answers: {what}", cluster.context),
-            )),
-            Err(e) => {
-                let server = if cluster.server.is_empty() {
-                    "no server"
-                } else {
-                    &cluster.server
-                };
-                checks.push(Finding::fail(
-                    name,
-                    "api server",
-                    format!(
-                        "context `{}` ({server}) does not answer: {e}",
-                        cluster.context
-                    ),
-                ));
-                return checks;
-            }
-        }
-        let mut conflicts = Vec::new();
-        for component in &node.components {
-            match component.preflight(cx) {
-                Ok(found) => conflicts.extend(found),
-                Err(e) => conflicts.push(Finding::fail(name, "existing istio", e.to_string())),
-            }
-        }
-        if conflicts.is_empty() {
-            checks.push(Finding::ok(
-                name,
-                "existing istio",
-                "no conflicting install",
+                format!(
+                    "context `{}` ({server}) does not answer: {e}",
+                    cluster.context
+                ),
             ));
+            return checks;
         }
-        checks.extend(conflicts);
-        checks
-    })
+    }
+    let mut conflicts = Vec::new();
+    for component in &node.components {
+        match component.preflight(cx) {
+            Ok(found) => conflicts.extend(found),
+            Err(e) => conflicts.push(Finding::fail(name, "existing istio", e.to_string())),
+        }
+    }
+    if conflicts.is_empty() {
+        checks.push(Finding::ok(
+            name,
+            "existing istio",
+            "no conflicting install",
+        ));
+    }
+    checks.extend(conflicts);
+    checks
 }
 
 /// Prints findings, one line each.

@@ -16,6 +16,7 @@ use crate::mesh::{Cluster, Mesh};
 use crate::reporter::Reporter;
 use crate::runner::{Runner, StepError};
 use crate::step::Target;
+use crate::topology::{Node, Topology};
 
 /// How a command reaches its clusters.
 #[derive(Clone)]
@@ -116,6 +117,24 @@ impl Run<'_> {
         };
         f(&mut cx)
     }
+}
+
+/// The read-only walk `status`, `verify` and `preflight` share: `f` with each cluster's node
+/// of the topology and a context for that cluster, clusters in parallel (up to `--jobs`),
+/// results in topology order. What one cluster's reads learn stays with that cluster.
+pub fn walk<R: Send>(
+    run: &Run,
+    topology: &Topology,
+    f: impl Fn(&Node, &mut Cx) -> R + Sync,
+) -> Vec<R> {
+    parallel(run.jobs, &topology.nodes, |node| {
+        let cluster = run
+            .mesh
+            .cluster(&node.cluster)
+            .expect("the topology's clusters are the mesh's");
+        let (mut memo, board) = (Memo::default(), Board::default());
+        run.in_cluster(cluster, &mut memo, &board, |cx| f(node, cx))
+    })
 }
 
 /// Runs `f` on every item, at most `jobs` at a time, and returns the results in item order.

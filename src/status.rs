@@ -4,11 +4,11 @@
 
 use serde::Serialize;
 
-use crate::components::{Board, Memo, cacerts};
+use crate::components::cacerts;
 pub use crate::facts::{Cacerts, ClusterStatus, Readiness, ReleaseStatus, RemoteSecrets, Sync};
 use crate::finding::Finding;
-use crate::run::{Run, parallel};
-use crate::sync::{self, Row, State};
+use crate::run::{Run, walk};
+use crate::sync;
 use crate::topology::Topology;
 use crate::trust::TrustMode;
 
@@ -30,10 +30,8 @@ pub struct Status {
 /// Reads every cluster and compares.
 pub fn collect(run: &Run, topology: &Topology) -> Status {
     let mesh = run.mesh;
-    let clusters = parallel(run.jobs, &topology.nodes, |node| {
-        let cluster = mesh
-            .cluster(&node.cluster)
-            .expect("the topology's clusters are the mesh's");
+    let mut clusters = walk(run, topology, |node, cx| {
+        let cluster = cx.cluster;
         let mut status = ClusterStatus {
             cluster: cluster.name.clone(),
             context: cluster.context.clone(),
@@ -43,8 +41,7 @@ pub fn collect(run: &Run, topology: &Topology) -> Status {
             },
             ..ClusterStatus::default()
         };
-        let (mut memo, board) = (Memo::default(), Board::default());
-        run.in_cluster(cluster, &mut memo, &board, |cx| {
+        (|| {
             match cx.live.server_version() {
                 Ok(version) => {
                     status.reachable = true;
@@ -63,7 +60,10 @@ pub fn collect(run: &Run, topology: &Topology) -> Status {
                 component.inspect(cx, &mut status);
             }
             for row in node.components.iter().filter_map(|c| c.sync(cx)) {
-                sync_findings(run, &row, &mut status);
+                let said = status.remote_secrets.missing.clone();
+                for finding in sync::findings(run.mesh, &row, &said) {
+                    status.problem(finding);
+                }
                 let (synced, expected) = row.synced();
                 status.sync = Some(Sync {
                     synced,
@@ -75,10 +75,9 @@ pub fn collect(run: &Run, topology: &Topology) -> Status {
                         .collect(),
                 });
             }
-        });
+        })();
         status
     });
-    let mut clusters = clusters;
     for finding in crate::verify::credentials(run, topology) {
         if let Some(status) = clusters
             .iter_mut()
@@ -99,52 +98,6 @@ pub fn collect(run: &Run, topology: &Topology) -> Status {
         shared_root,
         clusters,
         problems,
-    }
-}
-
-/// Problems of istiod's view that status does not show already (a missing secret is).
-fn sync_findings(run: &Run, row: &Row, status: &mut ClusterStatus) {
-    let cluster = Some(row.cluster.as_str());
-    if let Some(error) = &row.error {
-        status.problem(Finding::fail(
-            cluster,
-            "istiod sync",
-            format!(
-                "istiod's view of its peers could not be read: {}",
-                error.lines().next().unwrap_or_default()
-            ),
-        ));
-        return;
-    }
-    for (peer, cell) in &row.peers {
-        let already_said =
-            cell.state == State::Missing && status.remote_secrets.missing.contains(peer);
-        if cell.state == State::Synced || already_said {
-            continue;
-        }
-        let server = run
-            .mesh
-            .cluster(peer)
-            .map(|c| c.server.as_str())
-            .unwrap_or_default();
-        status.problem(
-            Finding::fail(
-                cluster,
-                "istiod sync",
-                format!("istiod reports peer `{peer}` as {}", cell.state.word()),
-            )
-            .fix(sync::hint(&row.cluster, peer, cell.state, server)),
-        );
-    }
-    for (id, cell) in &row.unexpected {
-        status.problem(Finding::fail(
-            cluster,
-            "istiod sync",
-            format!(
-                "istiod watches `{id}` from secret {}, which the mesh file does not give it",
-                cell.secret.as_deref().unwrap_or("(unknown)")
-            ),
-        ));
     }
 }
 

@@ -16,9 +16,11 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::finding::Finding;
 use crate::kubectl;
 use crate::live::Live;
 use crate::live::Pod;
+use crate::mesh::Mesh;
 use crate::reporter::Reporter;
 use crate::runner::StepError;
 
@@ -334,6 +336,65 @@ fn refused(e: &StepError) -> bool {
 
 fn first_line(text: &str) -> &str {
     text.lines().next().unwrap_or_default()
+}
+
+/// What is wrong in `row` as findings of its cluster (the same for `status` and `verify`):
+/// a view that could not be read, each peer not `synced` (but those in `said`, a missing
+/// secret already reported), each cluster watched that the mesh file does not give it.
+pub fn findings(mesh: &Mesh, row: &Row, said: &[String]) -> Vec<Finding> {
+    let cluster = Some(row.cluster.as_str());
+    let what = "istiod sync";
+    if let Some(error) = &row.error {
+        return vec![Finding::fail(
+            cluster,
+            what,
+            format!(
+                "{}: istiod's view could not be read: {}",
+                row.cluster,
+                error.lines().next().unwrap_or_default()
+            ),
+        )];
+    }
+    let secret = |cell: &Cell| {
+        cell.secret
+            .as_ref()
+            .map(|s| format!(" (secret {s})"))
+            .unwrap_or_default()
+    };
+    let mut out = Vec::new();
+    for (peer, cell) in &row.peers {
+        if cell.state == State::Synced || (cell.state == State::Missing && said.contains(peer)) {
+            continue;
+        }
+        let server = mesh
+            .cluster(peer)
+            .map(|c| c.server.as_str())
+            .unwrap_or_default();
+        out.push(
+            Finding::fail(
+                cluster,
+                what,
+                format!(
+                    "{} → {peer}: {}{}",
+                    row.cluster,
+                    cell.state.word(),
+                    secret(cell)
+                ),
+            )
+            .fix(hint(&row.cluster, peer, cell.state, server)),
+        );
+    }
+    for (id, cell) in &row.unexpected {
+        out.push(
+            Finding::fail(
+                cluster,
+                what,
+                format!("{} → {id}: unexpected{}", row.cluster, secret(cell)),
+            )
+            .fix(hint(&row.cluster, id, State::Unexpected, "")),
+        );
+    }
+    out
 }
 
 /// What to do about a peer in `state` as seen from `cluster` (`server`: the peer's address).

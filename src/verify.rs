@@ -8,12 +8,11 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::components::{Board, Memo};
 use crate::credentials;
 use crate::finding::{Finding, Level};
-use crate::run::{Run, parallel};
+use crate::run::{Run, walk};
 use crate::runner::{self, StepError};
-use crate::sync::{self, Row, State};
+use crate::sync::{self, Row};
 use crate::topology::Topology;
 use crate::traffic;
 
@@ -26,27 +25,21 @@ pub struct Report {
     pub ok: bool,
     /// One row per cluster that runs istiod.
     pub sync: Vec<Row>,
-    /// Remote secrets whose token the source refuses or whose CA is not the source's.
+    /// What is wrong: each pair istiod does not sync, each remote secret whose token the
+    /// source refuses or whose CA is not the source's.
     #[serde(serialize_with = "crate::finding::sentences")]
-    pub credentials: Vec<Finding>,
+    pub problems: Vec<Finding>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub traffic: Option<traffic::Report>,
 }
 
 /// Every istiod's view of its peers, read once.
 pub fn read_sync(run: &Run, topology: &Topology) -> Vec<Row> {
-    parallel(run.jobs, &topology.nodes, |node| {
-        let cluster = run
-            .mesh
-            .cluster(&node.cluster)
-            .expect("the topology's clusters are the mesh's");
-        let (mut memo, board) = (Memo::default(), Board::default());
-        run.in_cluster(cluster, &mut memo, &board, |cx| {
-            node.components
-                .iter()
-                .filter_map(|c| c.sync(cx))
-                .collect::<Vec<_>>()
-        })
+    walk(run, topology, |node, cx| {
+        node.components
+            .iter()
+            .filter_map(|c| c.sync(cx))
+            .collect::<Vec<_>>()
     })
     .into_iter()
     .flatten()
@@ -115,55 +108,23 @@ pub fn render_sync(run: &Run, rows: &[Row]) -> String {
         }
         out.push('\n');
     }
-    for line in problems(run, rows) {
-        out.push_str(&format!("  {line}\n"));
-    }
+
     out
 }
 
-/// One line per failing pair or unreadable row, each with what to do.
-pub fn problems(run: &Run, rows: &[Row]) -> Vec<String> {
-    let mut lines = Vec::new();
-    for row in rows {
-        if let Some(error) = &row.error {
-            lines.push(format!(
-                "{}: istiod's view could not be read: {}",
-                row.cluster,
-                error.lines().next().unwrap_or_default()
-            ));
-            continue;
+/// A problem as a line under the matrix: a pair names itself, anything else its cluster.
+pub fn line(finding: &Finding) -> String {
+    match &finding.cluster {
+        Some(cluster) if !finding.why.starts_with(cluster.as_str()) => {
+            format!("{cluster}: {}", finding.sentence())
         }
-        for (peer, cell) in &row.peers {
-            if cell.state == State::Synced {
-                continue;
-            }
-            let server = run
-                .mesh
-                .cluster(peer)
-                .map(|c| c.server.as_str())
-                .unwrap_or_default();
-            lines.push(format!(
-                "{} → {peer}: {}{}; {}",
-                row.cluster,
-                cell.state.word(),
-                cell.secret
-                    .as_ref()
-                    .map(|s| format!(" (secret {s})"))
-                    .unwrap_or_default(),
-                sync::hint(&row.cluster, peer, cell.state, server)
-            ));
-        }
-        for (id, cell) in &row.unexpected {
-            lines.push(format!(
-                "{} → {id}: unexpected{}; {}",
-                row.cluster,
-                cell.secret
-                    .as_ref()
-                    .map(|s| format!(" (secret {s})"))
-                    .unwrap_or_default(),
-                sync::hint(&row.cluster, id, State::Unexpected, "")
-            ));
-        }
+        _ => finding.sentence(),
     }
-    lines
+}
+
+/// Each failing pair or unreadable row, with what to do (as `status` says it).
+pub fn problems(run: &Run, rows: &[Row]) -> Vec<Finding> {
+    rows.iter()
+        .flat_map(|row| sync::findings(run.mesh, row, &[]))
+        .collect()
 }
