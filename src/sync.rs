@@ -132,11 +132,6 @@ impl Row {
             && self.unexpected.is_empty()
             && self.peers.values().all(|c| c.state == State::Synced)
     }
-
-    /// Whether a later read may turn this row green without anyone acting.
-    pub fn settling(&self) -> bool {
-        self.peers.values().any(|c| c.state == State::Syncing)
-    }
 }
 
 /// Where istiod runs and which peers it must watch.

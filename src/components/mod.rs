@@ -20,7 +20,6 @@ use std::time::Duration;
 
 use crate::facts::ClusterStatus;
 use crate::finding::Finding;
-use crate::helm::go_duration;
 use crate::live::{HelmRelease, Live};
 use crate::mesh::{Cluster, Mesh};
 use crate::remote_secret::RemoteSecret;
@@ -213,10 +212,5 @@ impl ScriptCx<'_> {
         self.kubeconfig
             .map(|k| format!(" --kubeconfig {}", shell_quote(&k.display().to_string())))
             .unwrap_or_default()
-    }
-
-    /// `--timeout` as the tools read it.
-    pub fn go_timeout(&self) -> String {
-        go_duration(self.timeout)
     }
 }

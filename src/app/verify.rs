@@ -1,0 +1,78 @@
+//! `meshup verify`: istiod's view of its peers, the credentials, and with `--traffic` requests.
+
+use super::prelude::*;
+
+pub(super) fn verify(
+    global: &GlobalArgs,
+    mesh_args: &MeshArgs,
+    reporter: &Arc<Reporter>,
+    args: &VerifyArgs,
+) -> Result<(), Error> {
+    let session = Session::open(global, mesh_args, reporter)?;
+    session.require_tools()?;
+    let mesh = &session.mesh;
+    let topology = Topology::of(mesh, &Choices::default());
+    let run = session.read();
+    let sync = verify::sync_until(&run, &topology, args.wait)?;
+    let credentials = verify::credentials(&run, &topology);
+    let traffic = args.traffic.then(|| {
+        let (helloworld, curl) = traffic::Options::images(args.registry.as_deref());
+        let options = traffic::Options {
+            namespace: args.namespace.clone(),
+            requests: args.requests,
+            keep: args.keep,
+            helloworld_image: args.helloworld_image.clone().unwrap_or(helloworld),
+            curl_image: args.curl_image.clone().unwrap_or(curl),
+            injection: match &mesh.revision {
+                Some(rev) => ("istio.io/rev".to_string(), rev.clone()),
+                None => ("istio-injection".to_string(), "enabled".to_string()),
+            },
+        };
+        reporter.info(&format!(
+            "traffic: {} requests from every cluster to `helloworld.{}`",
+            options.requests, options.namespace
+        ));
+        traffic::check(&run, &options)
+    });
+    if crate::runner::interrupted() {
+        return Err(Error::Interrupted);
+    }
+    let mut problems = verify::problems(&run, &sync);
+    problems.extend(credentials);
+    let ok = problems.is_empty() && traffic.as_ref().is_none_or(|t| t.ok);
+    let report = verify::Report {
+        ok,
+        sync,
+        problems,
+        traffic,
+    };
+    if reporter.mode() == Mode::Json {
+        print_json(&report)?;
+    } else {
+        let mut text = verify::render_sync(&run, &report.sync);
+        for finding in &report.problems {
+            text.push_str(&format!("  {}\n", verify::line(finding)));
+        }
+        if let Some(traffic) = &report.traffic {
+            let names: Vec<String> = mesh.clusters.iter().map(|c| c.name.clone()).collect();
+            text.push('\n');
+            text.push_str(&traffic::render(traffic, &names));
+            for (from, to) in traffic.unreached(&names) {
+                if !traffic.errors.contains_key(&from) {
+                    text.push_str(&format!("  {from} → {to}: no answer\n"));
+                }
+            }
+        }
+        text.push_str(if report.ok {
+            "the mesh works: every istiod is synced with every peer\n"
+        } else {
+            "the mesh does not work as the mesh file says\n"
+        });
+        print_stdout(&text)?;
+    }
+    if report.ok {
+        Ok(())
+    } else {
+        Err(Error::Reported)
+    }
+}
