@@ -18,7 +18,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::components::reader::token_secrets;
-use crate::components::{Board, Memo};
+use crate::components::{ClusterNotes, RunBoard};
 use crate::finding::Finding;
 use crate::kubectl;
 use crate::live::Secret;
@@ -80,7 +80,7 @@ fn held_in(run: &Run, watcher: &str, sources: &[String]) -> Vec<Held> {
     let Some(cluster) = run.mesh.cluster(watcher) else {
         return Vec::new();
     };
-    let (mut memo, board) = (Memo::default(), Board::default());
+    let (mut memo, board) = (ClusterNotes::default(), RunBoard::default());
     let secrets: Vec<Secret> = run
         .in_cluster(cluster, &mut memo, &board, |cx| {
             cx.live.list(
@@ -111,7 +111,7 @@ fn check_source(run: &Run, source: &str, held: &[&Held]) -> Vec<Finding> {
     let Some(cluster) = run.mesh.cluster(source) else {
         return Vec::new();
     };
-    let (mut memo, board) = (Memo::default(), Board::default());
+    let (mut memo, board) = (ClusterNotes::default(), RunBoard::default());
     let (cluster_ca, reviews) = run.in_cluster(cluster, &mut memo, &board, |cx| {
         let ca = token_secrets(&cx.live, &run.mesh.namespace)
             .ok()
@@ -184,7 +184,7 @@ fn check_source(run: &Run, source: &str, held: &[&Held]) -> Vec<Finding> {
 }
 
 /// A TokenReview of `token` in the cluster of `cx`, the token on stdin.
-fn review(cx: &crate::components::Cx, token: &Sensitive<String>) -> Review {
+fn review(cx: &crate::components::ClusterCtx, token: &Sensitive<String>) -> Review {
     #[derive(Deserialize, Default)]
     struct Status {
         #[serde(default)]

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::components::{Board, Memo, Rotation};
+use crate::components::{ClusterNotes, Rotation, RunBoard};
 use crate::plan::{Gate, Plan};
 use crate::reporter::Reporter;
 pub use crate::run::{Caches, Retry, Run, parallel};
@@ -105,8 +105,8 @@ pub fn execute(run: &Run, plan: &Plan) -> Summary {
             )
         })
         .collect();
-    let board = Board::default();
-    let memos: Mutex<BTreeMap<String, Memo>> = Mutex::new(BTreeMap::new());
+    let board = RunBoard::default();
+    let memos: Mutex<BTreeMap<String, ClusterNotes>> = Mutex::new(BTreeMap::new());
     let mut failed = false;
     let mut interrupted = false;
 
@@ -253,8 +253,8 @@ fn with_retries(
     run: &Run,
     cluster: &str,
     label: &str,
-    memo: &mut Memo,
-    mut attempt: impl FnMut(&mut Memo) -> Result<String, StepError>,
+    memo: &mut ClusterNotes,
+    mut attempt: impl FnMut(&mut ClusterNotes) -> Result<String, StepError>,
 ) -> Result<String, StepError> {
     let mut tries = 0;
     loop {
@@ -285,7 +285,7 @@ const GATE_POLL: Duration = Duration::from_millis(500);
 
 /// Waits until `gate` passes, bounded by `--timeout`; transient read failures are waited
 /// through (each cause printed once), others end the wait.
-fn wait_for(run: &Run, board: &Board, gate: &dyn Gate) -> Result<(), StepError> {
+fn wait_for(run: &Run, board: &RunBoard, gate: &dyn Gate) -> Result<(), StepError> {
     let title = gate.title();
     run.reporter.info(&format!("waiting: {title}"));
     let start = Instant::now();

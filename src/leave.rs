@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use crate::components::{Cx, ScriptCx};
+use crate::components::{ClusterCtx, ScriptCx};
 use crate::kubectl;
 use crate::mesh::Mesh;
 use crate::plan::{self, Chain, Plan, Task, Wave, Work};
@@ -99,7 +99,7 @@ impl Work for Unlink {
         "remote secrets of leaving clusters"
     }
 
-    fn run(&self, cx: &mut Cx) -> Result<String, StepError> {
+    fn run(&self, cx: &mut ClusterCtx) -> Result<String, StepError> {
         let output = cx.live.run(&kubectl::delete(
             cx.target(),
             "secrets",

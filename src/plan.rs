@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::components::{Action, Board, Component, Cx, ScriptCx, Stage};
+use crate::components::{Action, ClusterCtx, Component, RunBoard, ScriptCx, Stage};
 use crate::mesh::Mesh;
 use crate::run::Run;
 use crate::runner::StepError;
@@ -23,7 +23,7 @@ pub trait Work: Send + Sync {
     /// The short name progress lines use.
     fn label(&self) -> &'static str;
     /// Does it; returns the outcome. Run again after a transient failure, so it must converge.
-    fn run(&self, cx: &mut Cx) -> Result<String, StepError>;
+    fn run(&self, cx: &mut ClusterCtx) -> Result<String, StepError>;
     /// Its lines in the `plan` script.
     fn script(&self, cx: &ScriptCx) -> String;
 }
@@ -34,7 +34,7 @@ pub trait Gate: Send + Sync {
     fn title(&self) -> String;
     /// Reads once: `None` when passed, else what it still waits for. An error that is not
     /// transient ends the wait.
-    fn check(&self, run: &Run, board: &Board) -> Result<Option<String>, StepError>;
+    fn check(&self, run: &Run, board: &RunBoard) -> Result<Option<String>, StepError>;
     /// The wait as a commented loop for the `plan` script.
     fn script(&self, mesh: &Mesh, options: &ScriptOptions) -> String;
 }
@@ -60,7 +60,7 @@ impl Task<'_> {
         }
     }
 
-    pub fn run(&self, cx: &mut Cx) -> Result<String, StepError> {
+    pub fn run(&self, cx: &mut ClusterCtx) -> Result<String, StepError> {
         match self {
             Task::Part {
                 component,
@@ -157,7 +157,7 @@ fn batch<'t>(
                 .components
                 .iter()
                 .map(|c| c.as_ref())
-                .filter(|c| c.does(action) && pick(*c))
+                .filter(|c| c.acts_on(action) && pick(*c))
                 .map(|component| Task::Part { component, action })
                 .collect();
             if order == Order::Backwards {
@@ -221,14 +221,14 @@ pub fn link(topology: &Topology) -> Plan<'_> {
             "build each cluster's remote secret from its own context",
             Action::Install,
             Order::Forwards,
-            |c| c.in_link() && c.stage() == Stage::Cluster,
+            |c| c.part_of_link() && c.stage() == Stage::Cluster,
         ),
         batch(
             topology,
             LINK_TITLE,
             Action::Install,
             Order::Forwards,
-            |c| c.in_link() && c.stage() == Stage::Mesh,
+            |c| c.part_of_link() && c.stage() == Stage::Mesh,
         ),
     ];
     Plan {
@@ -243,7 +243,7 @@ pub fn uninstall(topology: &Topology) -> Plan<'_> {
     let remotes: Vec<&str> = topology
         .nodes
         .iter()
-        .filter(|n| n.remote)
+        .filter(|n| n.remote())
         .map(|n| n.cluster.as_str())
         .collect();
     if remotes.is_empty() {

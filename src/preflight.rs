@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::components::Cx;
+use crate::components::ClusterCtx;
 use crate::finding::Finding;
 use crate::live;
 use crate::mesh::Mesh;
@@ -12,7 +12,7 @@ use crate::reporter::Reporter;
 use crate::run::{Run, walk};
 use crate::runner::Runner;
 use crate::step::Tool;
-use crate::topology::{Node, Topology};
+use crate::topology::{ClusterParts, Topology};
 
 /// Finds a tool: the flag (or its environment variable) when given, else `PATH`.
 pub fn locate(tool: Tool, flag: Option<&Path>) -> Result<PathBuf, String> {
@@ -112,7 +112,7 @@ pub fn loopback_warnings(mesh: &Mesh) -> Vec<Finding> {
         .collect()
 }
 
-fn check_cluster(cx: &mut Cx, node: &Node, versions: bool) -> Vec<Finding> {
+fn check_cluster(cx: &mut ClusterCtx, node: &ClusterParts, versions: bool) -> Vec<Finding> {
     let cluster = cx.cluster;
     let name = Some(cluster.name.as_str());
     let mut checks = Vec::new();

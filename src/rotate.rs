@@ -27,7 +27,7 @@ use time::OffsetDateTime;
 
 use crate::components::peers::{self, Source};
 use crate::components::reader::{self, token_secrets};
-use crate::components::{Board, Cx, Memo, Rotation, ScriptCx};
+use crate::components::{ClusterCtx, ClusterNotes, Rotation, RunBoard, ScriptCx};
 use crate::kubectl;
 use crate::mesh::{Cluster, Mesh};
 use crate::plan::{Chain, Gate, Plan, ScriptOptions, Task, Wave, Work};
@@ -118,7 +118,7 @@ pub fn plan<'t>(mesh: &Mesh, topology: &Topology, clusters: &[&Cluster]) -> Plan
                 server_overridden: source.server_overridden,
             },
             namespace: mesh.namespace.clone(),
-            revision: mesh.revision.clone().unwrap_or_else(|| "default".into()),
+            revision: topology.revision.clone(),
         });
         let mut wave = Wave::new(
             format!("{name}'s new remote secret to {}", watchers.join(", ")),
@@ -128,7 +128,7 @@ pub fn plan<'t>(mesh: &Mesh, topology: &Topology, clusters: &[&Cluster]) -> Plan
             source: name.clone(),
             watchers: watchers.clone(),
             namespace: mesh.namespace.clone(),
-            revision: mesh.revision.clone().unwrap_or_else(|| "default".into()),
+            revision: topology.revision.clone(),
             acted: Mutex::new(BTreeSet::new()),
         }));
         waves.push(wave);
@@ -159,7 +159,7 @@ impl Work for NewToken {
         "new reader token"
     }
 
-    fn run(&self, cx: &mut Cx) -> Result<String, StepError> {
+    fn run(&self, cx: &mut ClusterCtx) -> Result<String, StepError> {
         let ns = &self.namespace;
         let name = &self.source.name;
         let known = cx
@@ -232,7 +232,7 @@ impl Work for Hand {
         "new remote secret"
     }
 
-    fn run(&self, cx: &mut Cx) -> Result<String, StepError> {
+    fn run(&self, cx: &mut ClusterCtx) -> Result<String, StepError> {
         let name = &self.source.name;
         let secret = cx
             .board
@@ -330,7 +330,7 @@ impl Gate for Acted {
         )
     }
 
-    fn check(&self, run: &Run, board: &Board) -> Result<Option<String>, StepError> {
+    fn check(&self, run: &Run, board: &RunBoard) -> Result<Option<String>, StepError> {
         let (handed, baselines) = board
             .rotations
             .lock()
@@ -351,7 +351,7 @@ impl Gate for Acted {
             let Some(cluster) = run.mesh.cluster(name) else {
                 continue;
             };
-            let (mut memo, scratch) = (Memo::default(), Board::default());
+            let (mut memo, scratch) = (ClusterNotes::default(), RunBoard::default());
             run.in_cluster(cluster, &mut memo, &scratch, |cx| {
                 let pods = sync::ready_pods(&cx.live, &watcher)
                     .map_err(|e| StepError::other(name, format!("{e}{kept}"), None))?;
@@ -473,7 +473,7 @@ impl Work for Revoke {
         "old reader tokens"
     }
 
-    fn run(&self, cx: &mut Cx) -> Result<String, StepError> {
+    fn run(&self, cx: &mut ClusterCtx) -> Result<String, StepError> {
         let name = cx.cluster.name.clone();
         let rotation = cx
             .board

@@ -10,13 +10,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::cache::Cache;
-use crate::components::{Board, Cx, Memo};
+use crate::components::{ClusterCtx, ClusterNotes, RunBoard};
 use crate::live::Live;
 use crate::mesh::{Cluster, Mesh};
 use crate::reporter::Reporter;
 use crate::runner::{Runner, StepError};
 use crate::step::Target;
-use crate::topology::{Node, Topology};
+use crate::topology::{ClusterParts, Topology};
 
 /// How a command reaches its clusters.
 #[derive(Clone)]
@@ -94,9 +94,9 @@ impl Run<'_> {
     pub fn in_cluster<R>(
         &self,
         cluster: &Cluster,
-        memo: &mut Memo,
-        board: &Board,
-        f: impl FnOnce(&mut Cx) -> R,
+        memo: &mut ClusterNotes,
+        board: &RunBoard,
+        f: impl FnOnce(&mut ClusterCtx) -> R,
     ) -> R {
         let target = self.target(cluster);
         let cache = self.caches.as_ref().map(|c| c.of(&cluster.name));
@@ -104,7 +104,7 @@ impl Run<'_> {
         if let Some(cache) = &cache {
             live = live.cached(cache, &self.mesh.namespace);
         }
-        let mut cx = Cx {
+        let mut cx = ClusterCtx {
             mesh: self.mesh,
             cluster,
             live,
@@ -125,14 +125,14 @@ impl Run<'_> {
 pub fn walk<R: Send>(
     run: &Run,
     topology: &Topology,
-    f: impl Fn(&Node, &mut Cx) -> R + Sync,
+    f: impl Fn(&ClusterParts, &mut ClusterCtx) -> R + Sync,
 ) -> Vec<R> {
     parallel(run.jobs, &topology.nodes, |node| {
         let cluster = run
             .mesh
             .cluster(&node.cluster)
             .expect("the topology's clusters are the mesh's");
-        let (mut memo, board) = (Memo::default(), Board::default());
+        let (mut memo, board) = (ClusterNotes::default(), RunBoard::default());
         run.in_cluster(cluster, &mut memo, &board, |cx| f(node, cx))
     })
 }

@@ -35,10 +35,7 @@ pub fn collect(run: &Run, topology: &Topology) -> Status {
         let mut status = ClusterStatus {
             cluster: cluster.name.clone(),
             context: cluster.context.clone(),
-            primary: match &cluster.role {
-                crate::mesh::Role::Remote { primary } => Some(primary.clone()),
-                crate::mesh::Role::Primary => None,
-            },
+            primary: node.primary.clone(),
             ..ClusterStatus::default()
         };
         (|| {

@@ -422,7 +422,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::components::{Board, Memo};
+    use crate::components::{ClusterNotes, RunBoard};
     use crate::reporter::{Mode, Reporter};
     use crate::run::Run;
     use crate::runner::{Output, RecordingRunner};
@@ -471,7 +471,7 @@ mod tests {
             revision: "default".into(),
             peers: vec!["cluster2".into(), "cluster3".into()],
         };
-        let (mut memo, board) = (Memo::default(), Board::default());
+        let (mut memo, board) = (ClusterNotes::default(), RunBoard::default());
         let row = run.in_cluster(&m.clusters[0], &mut memo, &board, |cx| {
             read(&cx.live, cx.reporter, &watcher)
         });

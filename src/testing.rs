@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde_yaml::Mapping;
 
 use crate::chart::Charts;
-use crate::components::{Action, Board, Component, Memo};
+use crate::components::{Action, ClusterNotes, Component, RunBoard};
 use crate::mesh::{Cluster, Mesh, Trust};
 use crate::reporter::{Mode, Reporter};
 use crate::run::Run;
@@ -77,8 +77,8 @@ pub fn run_component(
         locks: None,
         caches: Default::default(),
     };
-    let board = Board::default();
-    let mut memo = Memo::default();
+    let board = RunBoard::default();
+    let mut memo = ClusterNotes::default();
     let outcome = run.in_cluster(&m.clusters[0], &mut memo, &board, |cx| match action {
         Action::Install => component.converge(cx),
         Action::Remove => component.remove(cx),

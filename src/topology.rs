@@ -41,20 +41,29 @@ pub struct Choices<'a> {
 }
 
 /// One cluster's part of the mesh.
-pub struct Node {
+pub struct ClusterParts {
     pub cluster: String,
-    /// A remote cluster (no istiod of its own).
-    pub remote: bool,
+    /// For a remote cluster (no istiod of its own), the primary whose istiod controls it.
+    pub primary: Option<String>,
     /// Its components in install order (removal runs them backwards).
     pub components: Vec<Box<dyn Component>>,
 }
 
 /// Every cluster's components, and who watches whom.
 pub struct Topology {
-    pub nodes: Vec<Node>,
+    pub nodes: Vec<ClusterParts>,
     /// For each cluster, the clusters whose remote secrets it holds (whose API servers its
     /// istiod watches).
     pub watches: BTreeMap<String, Vec<String>>,
+    /// The `istio.io/rev` label of every istiod pod: the mesh's revision, or `default`.
+    pub revision: String,
+}
+
+impl ClusterParts {
+    /// A remote cluster: no istiod of its own.
+    pub fn remote(&self) -> bool {
+        self.primary.is_some()
+    }
 }
 
 impl Topology {
@@ -79,18 +88,30 @@ impl Topology {
         let nodes = mesh
             .clusters
             .iter()
-            .map(|cluster| Node {
+            .map(|cluster| ClusterParts {
                 cluster: cluster.name.clone(),
-                remote: matches!(cluster.role, Role::Remote { .. }),
+                primary: match &cluster.role {
+                    Role::Remote { primary } => Some(primary.clone()),
+                    Role::Primary => None,
+                },
                 components: components(mesh, cluster, &watches, choices),
             })
             .collect();
-        Topology { nodes, watches }
+        Topology {
+            nodes,
+            watches,
+            revision: revision(mesh),
+        }
     }
 
-    pub fn node(&self, cluster: &str) -> Option<&Node> {
+    pub fn node(&self, cluster: &str) -> Option<&ClusterParts> {
         self.nodes.iter().find(|n| n.cluster == cluster)
     }
+}
+
+/// The `istio.io/rev` label istiod's pods carry (the chart's `istiod.rev`).
+fn revision(mesh: &Mesh) -> String {
+    mesh.revision.clone().unwrap_or_else(|| "default".into())
 }
 
 fn components(
@@ -165,7 +186,7 @@ fn components(
             mesh_configmap: mesh.mesh_configmap(),
             mesh_id: mesh.mesh_id.clone(),
             cluster_id: cluster.name.clone(),
-            revision: mesh.revision.clone().unwrap_or_else(|| "default".into()),
+            revision: revision(mesh),
             watches: watches.get(&cluster.name).cloned().unwrap_or_default(),
         }),
         stage: own_stage,
@@ -231,10 +252,10 @@ mod tests {
     use crate::mesh::Role;
     use crate::testing::mesh;
 
-    fn labels(node: &Node) -> Vec<&'static str> {
+    fn labels(node: &ClusterParts) -> Vec<&'static str> {
         node.components
             .iter()
-            .filter(|c| c.does(Action::Install))
+            .filter(|c| c.acts_on(Action::Install))
             .map(|c| c.label(Action::Install))
             .collect()
     }
@@ -275,10 +296,10 @@ mod tests {
         m
     }
 
-    fn stage_labels(node: &Node, stage: Stage) -> Vec<&'static str> {
+    fn stage_labels(node: &ClusterParts, stage: Stage) -> Vec<&'static str> {
         node.components
             .iter()
-            .filter(|c| c.does(Action::Install) && c.stage() == stage)
+            .filter(|c| c.acts_on(Action::Install) && c.stage() == stage)
             .map(|c| c.label(Action::Install))
             .collect()
     }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
-use super::{Action, Component, Cx, ScriptCx};
+use super::{Action, ClusterCtx, Component, ScriptCx};
 use crate::facts::{Cacerts as CacertsStatus, ClusterStatus};
 use crate::finding::Finding;
 use crate::kubectl;
@@ -39,12 +39,12 @@ impl Component for CacertsSecret {
         "cacerts"
     }
 
-    fn does(&self, action: Action) -> bool {
+    fn acts_on(&self, action: Action) -> bool {
         // Deleting the namespace takes it away.
         action == Action::Install
     }
 
-    fn converge(&self, cx: &mut Cx) -> Result<String, StepError> {
+    fn converge(&self, cx: &mut ClusterCtx) -> Result<String, StepError> {
         let cluster = &cx.cluster.name;
         let ns = &self.namespace;
         let Some(ca) = &self.ca else {
@@ -139,7 +139,7 @@ impl Component for CacertsSecret {
         )
     }
 
-    fn inspect(&self, cx: &mut Cx, status: &mut ClusterStatus) {
+    fn inspect(&self, cx: &mut ClusterCtx, status: &mut ClusterStatus) {
         let what = "cacerts";
         let name = Some(cx.cluster.name.as_str());
         match cx.live.get::<Secret>("secret", NAME, Some(&self.namespace)) {

@@ -2,7 +2,7 @@
 //! `helm uninstall` keeps them on purpose (`helm.sh/resource-policy: keep`): deleting them
 //! deletes all Istio configuration. `uninstall --purge-crds` removes them.
 
-use super::{Action, Component, Cx, ScriptCx};
+use super::{Action, ClusterCtx, Component, ScriptCx};
 use crate::kubectl;
 use crate::live::Object;
 use crate::runner::StepError;
@@ -24,16 +24,16 @@ impl Component for Crds {
         "CRDs"
     }
 
-    fn does(&self, action: Action) -> bool {
+    fn acts_on(&self, action: Action) -> bool {
         action == Action::Remove && self.purge
     }
 
-    fn converge(&self, _: &mut Cx) -> Result<String, StepError> {
+    fn converge(&self, _: &mut ClusterCtx) -> Result<String, StepError> {
         // istio-base installs them.
         Ok("nothing to do".into())
     }
 
-    fn remove(&self, cx: &mut Cx) -> Result<String, StepError> {
+    fn remove(&self, cx: &mut ClusterCtx) -> Result<String, StepError> {
         let crds: Vec<Object> = cx.live.list("customresourcedefinitions", None, None)?;
         let names: Vec<String> = crds
             .into_iter()
@@ -90,6 +90,6 @@ mod tests {
     #[test]
     fn without_purge_nothing_is_planned() {
         let crds = Crds { purge: false };
-        assert!(!crds.does(Action::Remove) && !crds.does(Action::Install));
+        assert!(!crds.acts_on(Action::Remove) && !crds.acts_on(Action::Install));
     }
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{Action, Component, Cx, ScriptCx, Stage};
+use super::{Action, ClusterCtx, Component, ScriptCx, Stage};
 use crate::facts::ClusterStatus;
 use crate::finding::Finding;
 use crate::kubectl;
@@ -153,7 +153,7 @@ impl EastWest {
     }
 
     /// The gateway's address: given, or its Service's, waited for.
-    fn address(&self, cx: &Cx) -> Result<String, StepError> {
+    fn address(&self, cx: &ClusterCtx) -> Result<String, StepError> {
         if let Some(address) = &self.address {
             return Ok(address.clone());
         }
@@ -200,7 +200,7 @@ impl Component for EastWest {
         self.stage
     }
 
-    fn converge(&self, cx: &mut Cx) -> Result<String, StepError> {
+    fn converge(&self, cx: &mut ClusterCtx) -> Result<String, StepError> {
         let address = self.address(cx)?;
         cx.board
             .addresses
@@ -243,7 +243,7 @@ impl Component for EastWest {
         Ok(format!("at {address}, {} object(s) applied", wanted.len()))
     }
 
-    fn remove(&self, cx: &mut Cx) -> Result<String, StepError> {
+    fn remove(&self, cx: &mut ClusterCtx) -> Result<String, StepError> {
         let objects = self.objects();
         for (kind, name, _) in &objects {
             let resource = if *kind == "Gateway" {
@@ -314,7 +314,7 @@ impl Component for EastWest {
         }
     }
 
-    fn inspect(&self, cx: &mut Cx, status: &mut ClusterStatus) {
+    fn inspect(&self, cx: &mut ClusterCtx, status: &mut ClusterStatus) {
         let cluster = Some(cx.cluster.name.as_str());
         let service =
             match cx

@@ -58,22 +58,22 @@ pub trait Component: Send + Sync {
     }
 
     /// Whether `action` does anything for this part (a plan leaves it out otherwise).
-    fn does(&self, action: Action) -> bool {
+    fn acts_on(&self, action: Action) -> bool {
         let _ = action;
         true
     }
 
     /// Whether `meshup link` runs it (the remote-secret exchange).
-    fn in_link(&self) -> bool {
+    fn part_of_link(&self) -> bool {
         false
     }
 
     /// Brings this part to what the mesh file says; returns the outcome (`created`,
     /// `unchanged`, ...).
-    fn converge(&self, cx: &mut Cx) -> Result<String, StepError>;
+    fn converge(&self, cx: &mut ClusterCtx) -> Result<String, StepError>;
 
     /// Takes this part away; returns the outcome (`removed`, `absent`, ...).
-    fn remove(&self, cx: &mut Cx) -> Result<String, StepError> {
+    fn remove(&self, cx: &mut ClusterCtx) -> Result<String, StepError> {
         let _ = cx;
         Ok("nothing to do".into())
     }
@@ -82,18 +82,18 @@ pub trait Component: Send + Sync {
     fn script(&self, cx: &ScriptCx, action: Action) -> String;
 
     /// What `status` shows about it: facts into `status`, problems as findings.
-    fn inspect(&self, cx: &mut Cx, status: &mut ClusterStatus) {
+    fn inspect(&self, cx: &mut ClusterCtx, status: &mut ClusterStatus) {
         let _ = (cx, status);
     }
 
     /// What would stop an install before it changes anything (an Istio of another mesh).
-    fn preflight(&self, cx: &mut Cx) -> Result<Vec<Finding>, StepError> {
+    fn preflight(&self, cx: &mut ClusterCtx) -> Result<Vec<Finding>, StepError> {
         let _ = cx;
         Ok(Vec::new())
     }
 
     /// The istiod this part runs, if any: what it reports of the peers it must watch.
-    fn sync(&self, cx: &mut Cx) -> Option<crate::sync::Row> {
+    fn sync(&self, cx: &mut ClusterCtx) -> Option<crate::sync::Row> {
         let _ = cx;
         None
     }
@@ -106,7 +106,7 @@ pub trait Component: Send + Sync {
 
 /// What one cluster's components learn during a run and pass on to each other.
 #[derive(Debug, Default)]
-pub struct Memo {
+pub struct ClusterNotes {
     /// `helm list` of the mesh namespace, read once per run.
     pub releases: Option<Vec<HelmRelease>>,
     /// istiod ran before its `cacerts` appeared or changed, so it still signs with the old
@@ -120,7 +120,7 @@ pub struct Memo {
 /// What one cluster's components make during a run for other clusters' components. Lives in
 /// memory only.
 #[derive(Debug, Default)]
-pub struct Board {
+pub struct RunBoard {
     /// Remote secrets, by the cluster they give access to.
     pub secrets: Mutex<BTreeMap<String, RemoteSecret>>,
     /// East-west gateway addresses, by cluster.
@@ -158,19 +158,19 @@ pub struct Rotation {
 }
 
 /// What a component works with in one cluster.
-pub struct Cx<'a> {
+pub struct ClusterCtx<'a> {
     pub mesh: &'a Mesh,
     pub cluster: &'a Cluster,
     pub live: Live<'a>,
     pub reporter: &'a Reporter,
-    pub memo: &'a mut Memo,
-    pub board: &'a Board,
+    pub memo: &'a mut ClusterNotes,
+    pub board: &'a RunBoard,
     /// This run took the cluster's lock over from a dead run: what that run left pending may
     /// be recovered.
     pub took_over: bool,
 }
 
-impl Cx<'_> {
+impl ClusterCtx<'_> {
     pub fn target(&self) -> &Target {
         self.live.target
     }

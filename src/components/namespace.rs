@@ -4,7 +4,7 @@
 
 use serde_json::json;
 
-use super::{Action, Component, Cx, ScriptCx};
+use super::{Action, ClusterCtx, Component, ScriptCx};
 use crate::kubectl;
 use crate::live;
 use crate::runner::StepError;
@@ -59,7 +59,7 @@ impl Component for Namespace {
         "namespace"
     }
 
-    fn converge(&self, cx: &mut Cx) -> Result<String, StepError> {
+    fn converge(&self, cx: &mut ClusterCtx) -> Result<String, StepError> {
         let mut found: Option<live::Namespace> = cx.live.get("namespace", &self.name, None)?;
         if found
             .as_ref()
@@ -93,7 +93,7 @@ impl Component for Namespace {
         .into())
     }
 
-    fn remove(&self, cx: &mut Cx) -> Result<String, StepError> {
+    fn remove(&self, cx: &mut ClusterCtx) -> Result<String, StepError> {
         let step = kubectl::delete(
             cx.target(),
             "namespace",

@@ -3,7 +3,7 @@
 //! for clusters no longer in the mesh file are deleted. Status reports present, missing,
 //! stale, unexpected and duplicate ones.
 
-use super::{Action, Component, Cx, ScriptCx, Stage};
+use super::{Action, ClusterCtx, Component, ScriptCx, Stage};
 use crate::facts::ClusterStatus;
 use crate::finding::Finding;
 use crate::kubectl;
@@ -49,7 +49,7 @@ pub fn pipe(cx: &ScriptCx, ns: &str, source: &Source) -> String {
 
 impl Peers {
     /// The remote secrets here (whoever made them).
-    fn observe(&self, cx: &Cx) -> Result<Vec<Found>, StepError> {
+    fn observe(&self, cx: &ClusterCtx) -> Result<Vec<Found>, StepError> {
         let secrets: Vec<Secret> = cx.live.list(
             "secrets",
             Some(&self.namespace),
@@ -71,11 +71,11 @@ impl Component for Peers {
         Stage::Mesh
     }
 
-    fn in_link(&self) -> bool {
+    fn part_of_link(&self) -> bool {
         true
     }
 
-    fn converge(&self, cx: &mut Cx) -> Result<String, StepError> {
+    fn converge(&self, cx: &mut ClusterCtx) -> Result<String, StepError> {
         let ns = &self.namespace;
         let found = self.observe(cx)?;
         let wanted: Vec<RemoteSecret> = {
@@ -151,7 +151,7 @@ impl Component for Peers {
         Ok(outcome)
     }
 
-    fn remove(&self, cx: &mut Cx) -> Result<String, StepError> {
+    fn remove(&self, cx: &mut ClusterCtx) -> Result<String, StepError> {
         let step = kubectl::delete_selected(
             cx.target(),
             "secrets",
@@ -194,7 +194,7 @@ impl Component for Peers {
         text
     }
 
-    fn inspect(&self, cx: &mut Cx, status: &mut ClusterStatus) {
+    fn inspect(&self, cx: &mut ClusterCtx, status: &mut ClusterStatus) {
         let here = cx.cluster.name.clone();
         let cluster = Some(here.as_str());
         let what = "remote secrets";

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::{Action, Component, Cx, ScriptCx};
+use super::{Action, ClusterCtx, Component, ScriptCx};
 use crate::kubectl;
 use crate::live::{Live, Object, Secret};
 use crate::remote_secret::{
@@ -26,16 +26,16 @@ impl Component for Reader {
         "remote secret"
     }
 
-    fn does(&self, action: Action) -> bool {
+    fn acts_on(&self, action: Action) -> bool {
         // The token secret goes with the namespace.
         action == Action::Install
     }
 
-    fn in_link(&self) -> bool {
+    fn part_of_link(&self) -> bool {
         true
     }
 
-    fn converge(&self, cx: &mut Cx) -> Result<String, StepError> {
+    fn converge(&self, cx: &mut ClusterCtx) -> Result<String, StepError> {
         let name = cx.cluster.name.clone();
         let secret = build(&cx.live, &name, &self.namespace, &self.server)?;
         cx.board

@@ -3,7 +3,7 @@
 
 use serde_yaml::Mapping;
 
-use super::{Action, Component, Cx, ScriptCx, Stage};
+use super::{Action, ClusterCtx, Component, ScriptCx, Stage};
 use crate::chart::Chart;
 use crate::facts::{ClusterStatus, Readiness, ReleaseStatus};
 use crate::finding::Finding;
@@ -49,7 +49,7 @@ pub struct Istiod {
 impl Release {
     /// The values to install: the layered ones, with the primary's gateway address this run
     /// found for a remote's istiod.
-    fn values(&self, cx: &Cx) -> Result<Mapping, StepError> {
+    fn values(&self, cx: &ClusterCtx) -> Result<Mapping, StepError> {
         let mut values = self.values.clone();
         if let Some(primary) = &self.pilot_from {
             let known = cx
@@ -78,7 +78,7 @@ impl Release {
     /// Whether this run may touch a pending release: it left it so itself (a failed attempt),
     /// or took the lock over from the dead run that did, or the release has been pending for
     /// longer than any helm call may take (`--timeout`) while nobody held the lock.
-    fn may_recover(&self, cx: &Cx, pending: &HelmRelease) -> Result<(), StepError> {
+    fn may_recover(&self, cx: &ClusterCtx, pending: &HelmRelease) -> Result<(), StepError> {
         let ours = cx.memo.attempted.contains(&self.name);
         let stale = pending
             .updated_at()
@@ -103,7 +103,11 @@ impl Release {
     /// `pending-install` (or `uninstalling`) is removed to be installed anew; a
     /// `pending-upgrade` or `pending-rollback` is rolled back to its last deployed revision.
     /// Returns what was interrupted.
-    fn recover(&self, cx: &mut Cx, pending: &HelmRelease) -> Result<&'static str, StepError> {
+    fn recover(
+        &self,
+        cx: &mut ClusterCtx,
+        pending: &HelmRelease,
+    ) -> Result<&'static str, StepError> {
         self.may_recover(cx, pending)?;
         let (target, ns, timeout) = (cx.target().clone(), &self.namespace, cx.timeout());
         match pending.status.as_str() {
@@ -128,7 +132,11 @@ impl Release {
         }
     }
 
-    fn install_step(&self, cx: &Cx, values: &Mapping) -> Result<crate::step::Step, StepError> {
+    fn install_step(
+        &self,
+        cx: &ClusterCtx,
+        values: &Mapping,
+    ) -> Result<crate::step::Step, StepError> {
         let yaml = serde_yaml::to_string(values).map_err(|e| {
             StepError::other(&cx.cluster.name, format!("cannot write values: {e}"), None)
         })?;
@@ -154,7 +162,7 @@ impl Component for Release {
         self.stage
     }
 
-    fn converge(&self, cx: &mut Cx) -> Result<String, StepError> {
+    fn converge(&self, cx: &mut ClusterCtx) -> Result<String, StepError> {
         let mut existing = cx.release(&self.name)?;
         let mut recovered = None;
         if let Some(pending) = existing.clone().filter(HelmRelease::is_pending) {
@@ -191,7 +199,7 @@ impl Component for Release {
         })
     }
 
-    fn remove(&self, cx: &mut Cx) -> Result<String, StepError> {
+    fn remove(&self, cx: &mut ClusterCtx) -> Result<String, StepError> {
         let Some(existing) = cx.release(&self.name)? else {
             return Ok("absent".into());
         };
@@ -247,7 +255,7 @@ impl Component for Release {
         format!("{}\n", step.command_line())
     }
 
-    fn inspect(&self, cx: &mut Cx, status: &mut ClusterStatus) {
+    fn inspect(&self, cx: &mut ClusterCtx, status: &mut ClusterStatus) {
         let cluster = Some(cx.cluster.name.as_str());
         let what = self.label;
         match cx.release(&self.name) {
@@ -314,7 +322,7 @@ impl Component for Release {
         }
     }
 
-    fn preflight(&self, cx: &mut Cx) -> Result<Vec<Finding>, StepError> {
+    fn preflight(&self, cx: &mut ClusterCtx) -> Result<Vec<Finding>, StepError> {
         let Some(istiod) = &self.istiod else {
             return Ok(Vec::new());
         };
@@ -365,7 +373,7 @@ impl Component for Release {
         Ok(findings)
     }
 
-    fn sync(&self, cx: &mut Cx) -> Option<sync::Row> {
+    fn sync(&self, cx: &mut ClusterCtx) -> Option<sync::Row> {
         let istiod = self.istiod.as_ref()?;
         let watcher = sync::Watcher {
             namespace: self.namespace.clone(),

@@ -2,7 +2,7 @@
 //! start, so one that ran before keeps signing with its old root. Only with `--restart`;
 //! otherwise meshup says what to do.
 
-use super::{Action, Component, Cx, ScriptCx};
+use super::{Action, ClusterCtx, Component, ScriptCx};
 use crate::kubectl;
 use crate::runner::StepError;
 
@@ -19,11 +19,11 @@ impl Component for IstiodRestart {
         "istiod restart"
     }
 
-    fn does(&self, action: Action) -> bool {
+    fn acts_on(&self, action: Action) -> bool {
         action == Action::Install
     }
 
-    fn converge(&self, cx: &mut Cx) -> Result<String, StepError> {
+    fn converge(&self, cx: &mut ClusterCtx) -> Result<String, StepError> {
         if !cx.memo.istiod_needs_restart {
             return Ok("not needed".into());
         }
