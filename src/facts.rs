@@ -7,6 +7,32 @@ use serde::Serialize;
 use crate::finding::Finding;
 use crate::sync::State;
 
+/// Where a column stands in the status table, and its header.
+pub type Column = (u8, &'static str);
+
+/// The columns of the status table, in order. A part that has something to show adds its
+/// own here and writes its cells with [`ClusterStatus::cell`]; the table shows every column
+/// some cluster has a cell in.
+pub mod column {
+    use super::Column;
+    pub const CLUSTER: Column = (0, "CLUSTER");
+    pub const CONTEXT: Column = (10, "CONTEXT");
+    pub const KUBERNETES: Column = (20, "KUBERNETES");
+    pub const ROLE: Column = (30, "ROLE");
+    pub const RELEASES: Column = (40, "RELEASES");
+    pub const ISTIOD: Column = (50, "ISTIOD");
+    pub const PEERS_SYNCED: Column = (60, "PEERS SYNCED");
+    pub const GATEWAY: Column = (70, "GATEWAY");
+    pub const CACERTS_ROOT: Column = (80, "CACERTS ROOT");
+}
+
+/// One cell of a cluster's row in the status table.
+#[derive(Debug, Clone)]
+pub struct Cell {
+    pub column: Column,
+    pub text: String,
+}
+
 #[derive(Debug, Clone, Serialize, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct ClusterStatus {
@@ -32,6 +58,9 @@ pub struct ClusterStatus {
     pub sync: Option<Sync>,
     #[serde(serialize_with = "crate::finding::sentences")]
     pub problems: Vec<Finding>,
+    /// The row of the status table, as this cluster's parts wrote it (JSON has the facts).
+    #[serde(skip)]
+    pub cells: Vec<Cell>,
 }
 
 /// istiod's view of its peers, as counted by `status`.
@@ -45,9 +74,33 @@ pub struct Sync {
 }
 
 impl ClusterStatus {
+    /// Writes `text` into `column` of this cluster's row; several parts writing one column
+    /// (every release adds itself) are shown side by side.
+    pub fn cell(&mut self, column: Column, text: impl Into<String>) {
+        let text = text.into();
+        match self.cells.iter_mut().find(|c| c.column == column) {
+            Some(cell) => {
+                cell.text.push(' ');
+                cell.text.push_str(&text);
+            }
+            None => self.cells.push(Cell { column, text }),
+        }
+    }
+
     /// Records something that differs from the mesh file.
     pub fn problem(&mut self, finding: Finding) {
         self.problems.push(finding);
+    }
+}
+
+impl ReleaseStatus {
+    /// As the table shows it: the chart when deployed, else the release and its state.
+    pub fn text(&self) -> String {
+        match (&self.status, &self.chart) {
+            (Some(s), Some(chart)) if s == "deployed" => chart.clone(),
+            (Some(s), _) => format!("{} {s}", self.name),
+            (None, _) => format!("{} absent", self.name),
+        }
     }
 }
 
@@ -74,6 +127,23 @@ pub struct RemoteSecrets {
     pub stale: Vec<String>,
     /// Remote secrets for clusters not in the mesh (or for this cluster itself).
     pub unexpected: Vec<String>,
+}
+
+impl Cacerts {
+    /// As the table shows it: the root's short fingerprint, or what is wrong.
+    pub fn text(&self) -> String {
+        match self {
+            Cacerts {
+                root_fingerprint: Some(fp),
+                ..
+            } => match fp.get(..11) {
+                Some(start) if fp.len() > 11 => format!("{start}…"),
+                _ => fp.clone(),
+            },
+            Cacerts { present: true, .. } => "unreadable".into(),
+            Cacerts { .. } => "missing".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]

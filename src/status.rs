@@ -5,7 +5,9 @@
 use serde::Serialize;
 
 use crate::components::cacerts;
-pub use crate::facts::{Cacerts, ClusterStatus, Readiness, ReleaseStatus, RemoteSecrets, Sync};
+pub use crate::facts::{
+    Cacerts, ClusterStatus, Column, Readiness, ReleaseStatus, RemoteSecrets, Sync, column,
+};
 use crate::finding::Finding;
 use crate::run::{Run, walk};
 use crate::sync;
@@ -38,13 +40,24 @@ pub fn collect(run: &Run, topology: &Topology) -> Status {
             primary: node.primary.clone(),
             ..ClusterStatus::default()
         };
+        status.cell(column::CLUSTER, &cluster.name);
+        status.cell(column::CONTEXT, &cluster.context);
+        status.cell(
+            column::ROLE,
+            match &node.primary {
+                Some(primary) => format!("remote of {primary}"),
+                None => "primary".into(),
+            },
+        );
         (|| {
             match cx.live.server_version() {
                 Ok(version) => {
                     status.reachable = true;
+                    status.cell(column::KUBERNETES, &version);
                     status.kubernetes = Some(version);
                 }
                 Err(e) => {
+                    status.cell(column::KUBERNETES, "UNREACHABLE");
                     status.problem(Finding::fail(
                         Some(&cluster.name),
                         "api server",
@@ -62,6 +75,7 @@ pub fn collect(run: &Run, topology: &Topology) -> Status {
                     status.problem(finding);
                 }
                 let (synced, expected) = row.synced();
+                status.cell(column::PEERS_SYNCED, format!("{synced}/{expected}"));
                 status.sync = Some(Sync {
                     synced,
                     expected,
@@ -100,69 +114,31 @@ pub fn collect(run: &Run, topology: &Topology) -> Status {
 
 /// The status as text for people: one row per cluster, then what is wrong.
 pub fn render_text(status: &Status) -> String {
-    let header = [
-        "CLUSTER",
-        "CONTEXT",
-        "KUBERNETES",
-        "ROLE",
-        "RELEASES",
-        "ISTIOD",
-        "PEERS SYNCED",
-        "GATEWAY",
-        "CACERTS ROOT",
-    ];
-    let rows: Vec<[String; 9]> = status
+    // Every column some cluster has a cell in, in order.
+    let mut columns: Vec<Column> = status
+        .clusters
+        .iter()
+        .flat_map(|c| c.cells.iter().map(|cell| cell.column))
+        .collect();
+    columns.sort();
+    columns.dedup();
+    let rows: Vec<Vec<String>> = status
         .clusters
         .iter()
         .map(|c| {
-            let releases = if c.releases.is_empty() {
-                "-".to_string()
-            } else {
-                c.releases
-                    .iter()
-                    .map(|r| match (&r.status, &r.chart) {
-                        (Some(s), Some(chart)) if s == "deployed" => chart.clone(),
-                        (Some(s), _) => format!("{} {s}", r.name),
-                        (None, _) => format!("{} absent", r.name),
-                    })
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            };
-            [
-                c.cluster.clone(),
-                c.context.clone(),
-                match (&c.reachable, &c.kubernetes) {
-                    (true, Some(v)) => v.clone(),
-                    (true, None) => "reachable".to_string(),
-                    (false, _) => "UNREACHABLE".to_string(),
-                },
-                match &c.primary {
-                    Some(primary) => format!("remote of {primary}"),
-                    None => "primary".into(),
-                },
-                releases,
-                c.istiod
-                    .as_ref()
-                    .map(|i| format!("{}/{}", i.ready, i.desired))
-                    .unwrap_or_else(|| "-".into()),
-                c.sync
-                    .as_ref()
-                    .map(|s| format!("{}/{}", s.synced, s.expected))
-                    .unwrap_or_else(|| "-".into()),
-                c.gateway.clone().unwrap_or_else(|| "-".into()),
-                match &c.cacerts {
-                    Some(Cacerts {
-                        root_fingerprint: Some(fp),
-                        ..
-                    }) => short_fingerprint(fp),
-                    Some(Cacerts { present: true, .. }) => "unreadable".into(),
-                    Some(_) => "missing".into(),
-                    None => "-".into(),
-                },
-            ]
+            columns
+                .iter()
+                .map(|column| {
+                    c.cells
+                        .iter()
+                        .find(|cell| cell.column == *column)
+                        .map_or_else(|| "-".to_string(), |cell| cell.text.clone())
+                })
+                .collect()
         })
         .collect();
-    let mut widths = header.map(str::len);
+    let header: Vec<String> = columns.iter().map(|(_, h)| h.to_string()).collect();
+    let mut widths: Vec<usize> = header.iter().map(String::len).collect();
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
@@ -171,7 +147,7 @@ pub fn render_text(status: &Status) -> String {
     let line = |cells: &[String]| {
         let mut text = cells
             .iter()
-            .zip(widths)
+            .zip(&widths)
             .map(|(cell, w)| format!("{cell:<w$}"))
             .collect::<Vec<_>>()
             .join("  ");
@@ -179,7 +155,7 @@ pub fn render_text(status: &Status) -> String {
         text.push('\n');
         text
     };
-    let mut out = line(&header.map(String::from));
+    let mut out = line(&header);
     for row in &rows {
         out.push_str(&line(row));
     }
@@ -214,13 +190,6 @@ pub fn render_text(status: &Status) -> String {
 }
 
 /// `4D:34:09:7D…`: enough of a fingerprint to tell roots apart at a glance.
-fn short_fingerprint(fp: &str) -> String {
-    match fp.get(..11) {
-        Some(start) if fp.len() > 11 => format!("{start}…"),
-        _ => fp.to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -395,6 +364,21 @@ mod tests {
     }
 
     #[test]
+    fn a_part_adds_its_column_by_writing_cells() {
+        let m = mesh(2, TrustMode::None);
+        let mut status = status_of(&m, vec![]);
+        status.clusters[1].cell((65, "NEW PART"), "here");
+        let text = render_text(&status);
+        let header = text.lines().next().unwrap();
+        assert!(header.ends_with("PEERS SYNCED  NEW PART"), "{header}");
+        assert!(text.lines().nth(1).unwrap().ends_with("0/1           -"), "{text}");
+        assert!(
+            text.lines().nth(2).unwrap().ends_with("1/1           here"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn text_output_names_the_verdict() {
         let m = mesh(2, TrustMode::None);
         let status = status_of(&m, vec![]);
@@ -403,10 +387,15 @@ mod tests {
             text.starts_with("CLUSTER   CONTEXT        KUBERNETES"),
             "{text}"
         );
+        // No part wrote a gateway or a cacerts root: those columns are not shown.
         assert!(
             text.contains(
-                "cluster1  kind-cluster1  v1.33.0     primary  base-1.28.1 istiod-1.28.1  1/1     0/1           -        -\n"
+                "cluster1  kind-cluster1  v1.33.0     primary  base-1.28.1 istiod-1.28.1  1/1     0/1\n"
             ),
+            "{text}"
+        );
+        assert!(
+            !text.contains("GATEWAY") && !text.contains("CACERTS"),
             "{text}"
         );
         assert!(

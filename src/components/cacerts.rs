@@ -9,7 +9,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
 use super::{Action, ClusterCtx, Component, ScriptCx};
-use crate::facts::{Cacerts as CacertsStatus, ClusterStatus};
+use crate::facts::{Cacerts as CacertsStatus, ClusterStatus, column};
 use crate::finding::Finding;
 use crate::kubectl;
 use crate::live::{self, Secret};
@@ -144,10 +144,12 @@ impl Component for CacertsSecret {
         let name = Some(cx.cluster.name.as_str());
         match cx.live.get::<Secret>("secret", NAME, Some(&self.namespace)) {
             Ok(None) => {
-                status.cacerts = Some(CacertsStatus {
+                let found = CacertsStatus {
                     present: false,
                     root_fingerprint: None,
-                });
+                };
+                status.cell(column::CACERTS_ROOT, found.text());
+                status.cacerts = Some(found);
                 status.problem(Finding::fail(
                     name,
                     what,
@@ -174,10 +176,12 @@ impl Component for CacertsSecret {
                         None
                     }
                 };
-                status.cacerts = Some(CacertsStatus {
+                let found = CacertsStatus {
                     present: true,
                     root_fingerprint: root,
-                });
+                };
+                status.cell(column::CACERTS_ROOT, found.text());
+                status.cacerts = Some(found);
             }
             Err(e) => status.problem(Finding::fail(name, what, e.to_string())),
         }

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{Action, ClusterCtx, Component, ScriptCx, Stage};
-use crate::facts::ClusterStatus;
+use crate::facts::{ClusterStatus, column};
 use crate::finding::Finding;
 use crate::kubectl;
 use crate::runner::{self, StepError};
@@ -349,6 +349,9 @@ impl Component for EastWest {
                 .fix("give the cluster a load balancer, or set `eastWestGateway.address`"),
             ),
             _ => {}
+        }
+        if let Some(address) = &address {
+            status.cell(column::GATEWAY, address);
         }
         status.gateway = address;
     }

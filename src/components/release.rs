@@ -5,7 +5,7 @@ use serde_yaml::Mapping;
 
 use super::{Action, ClusterCtx, Component, ScriptCx, Stage};
 use crate::chart::Chart;
-use crate::facts::{ClusterStatus, Readiness, ReleaseStatus};
+use crate::facts::{ClusterStatus, Readiness, ReleaseStatus, column};
 use crate::finding::Finding;
 use crate::helm::{self, Install, Values};
 use crate::live::{ConfigMap, Deployment, HelmRelease};
@@ -283,11 +283,13 @@ impl Component for Release {
                     )),
                     Some(_) => {}
                 }
-                status.releases.push(ReleaseStatus {
+                let release = ReleaseStatus {
                     name: name.clone(),
                     status: found.as_ref().map(|r| r.status.clone()),
                     chart: found.map(|r| r.chart),
-                });
+                };
+                status.cell(column::RELEASES, release.text());
+                status.releases.push(release);
             }
             Err(e) => {
                 // One failed `helm list` is reported once, not per release.
@@ -316,6 +318,7 @@ impl Component for Release {
                         format!("istiod has {ready}/{desired} ready replicas"),
                     ));
                 }
+                status.cell(column::ISTIOD, format!("{ready}/{desired}"));
                 status.istiod = Some(Readiness { ready, desired });
             }
             Err(e) => status.problem(Finding::fail(cluster, "istiod", e.to_string())),
