@@ -304,15 +304,10 @@ mod tests {
         });
         let reporter = Reporter::new(Mode::Json, true, false);
         let run = Run {
-            mesh: &m,
-            runner: &runner,
-            reporter: &reporter,
             jobs: 1,
             timeout: Duration::from_secs(5),
-            kubeconfig: None,
             retry: crate::run::Retry::DEFAULT,
-            locks: None,
-            caches: Default::default(),
+            ..crate::testing::run(&m, &runner, &reporter)
         };
         let topology = Topology::of(&m, &Choices::default());
         let findings = check(&run, &topology);

@@ -408,19 +408,14 @@ mod tests {
         let runner = RecordingRunner::new(move |step: &Step| cluster(step, fail_in));
         let reporter = Reporter::new(Mode::Json, true, false);
         let run = Run {
-            mesh: m,
-            runner: &runner,
-            reporter: &reporter,
             jobs: 3,
             timeout: Duration::from_secs(5),
-            kubeconfig: None,
             retry: Retry {
                 times: 2,
                 first: Duration::from_millis(1),
                 most: Duration::from_millis(1),
             },
-            locks: None,
-            caches: Default::default(),
+            ..crate::testing::run(m, &runner, &reporter)
         };
         let topology = Topology::of(m, &Choices::default());
         let summary = execute(&run, &plan::install(&topology));
@@ -523,19 +518,14 @@ mod tests {
         let runner = RecordingRunner::new(reset);
         let reporter = Reporter::new(Mode::Json, true, false);
         let run = Run {
-            mesh: &m,
-            runner: &runner,
-            reporter: &reporter,
             jobs: 1,
             timeout: Duration::from_secs(5),
-            kubeconfig: None,
             retry: Retry {
                 times: 2,
                 first: Duration::from_millis(1),
                 most: Duration::from_millis(1),
             },
-            locks: None,
-            caches: Default::default(),
+            ..crate::testing::run(&m, &runner, &reporter)
         };
         let topology = Topology::of(&m, &Choices::default());
         let summary = execute(&run, &plan::install(&topology));
@@ -583,19 +573,14 @@ mod tests {
         });
         let reporter = Reporter::new(Mode::Json, true, false);
         let run = Run {
-            mesh: m,
-            runner: &runner,
-            reporter: &reporter,
             jobs: 1,
             timeout: Duration::from_secs(5),
-            kubeconfig: None,
             retry: Retry {
                 times: 2,
                 first: Duration::from_millis(1),
                 most: Duration::from_millis(1),
             },
-            locks: None,
-            caches: Default::default(),
+            ..crate::testing::run(m, &runner, &reporter)
         };
         let topology = Topology::of(m, &Choices::default());
         let summary = execute(&run, &plan::install(&topology));

@@ -162,13 +162,7 @@ impl Work for NewToken {
     fn run(&self, cx: &mut ClusterCtx) -> Result<String, StepError> {
         let ns = &self.namespace;
         let name = &self.source.name;
-        let known = cx
-            .board
-            .rotations
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(name)
-            .cloned();
+        let known = cx.board.rotations().get(name).cloned();
         let rotation = match known {
             Some(rotation) => rotation,
             None => {
@@ -190,11 +184,7 @@ impl Work for NewToken {
                     acted: false,
                     revoked: false,
                 };
-                cx.board
-                    .rotations
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(name.clone(), rotation.clone());
+                cx.board.rotations().insert(name.clone(), rotation.clone());
                 rotation
             }
         };
@@ -251,9 +241,7 @@ impl Work for Hand {
         // What istiod logged of this cluster so far: only a later build line counts.
         let known: BTreeSet<(String, String)> = cx
             .board
-            .rotations
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .rotations()
             .get(name)
             .map(|r| r.baselines.keys().cloned().collect())
             .unwrap_or_default();
@@ -291,13 +279,7 @@ impl Work for Hand {
             ),
             cx.timeout(),
         ))?;
-        if let Some(rotation) = cx
-            .board
-            .rotations
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get_mut(name)
-        {
+        if let Some(rotation) = cx.board.rotations().get_mut(name) {
             rotation.handed = Some(rotation.handed.map_or(before, |h| h.min(before)));
             rotation.baselines.extend(baselines);
         }
@@ -332,9 +314,7 @@ impl Gate for Acted {
 
     fn check(&self, run: &Run, board: &RunBoard) -> Result<Option<String>, StepError> {
         let (handed, baselines) = board
-            .rotations
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .rotations()
             .get(&self.source)
             .map(|r| (r.handed.unwrap_or_else(Instant::now), r.baselines.clone()))
             .unwrap_or_else(|| (Instant::now(), BTreeMap::new()));
@@ -418,12 +398,7 @@ impl Gate for Acted {
         if !waiting.is_empty() {
             return Ok(Some(waiting.join(", ")));
         }
-        if let Some(rotation) = board
-            .rotations
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get_mut(source)
-        {
+        if let Some(rotation) = board.rotations().get_mut(source) {
             rotation.acted = true;
         }
         Ok(None)
@@ -475,13 +450,7 @@ impl Work for Revoke {
 
     fn run(&self, cx: &mut ClusterCtx) -> Result<String, StepError> {
         let name = cx.cluster.name.clone();
-        let rotation = cx
-            .board
-            .rotations
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&name)
-            .cloned();
+        let rotation = cx.board.rotations().get(&name).cloned();
         let Some(Rotation {
             old, acted: true, ..
         }) = rotation
@@ -502,13 +471,7 @@ impl Work for Revoke {
                 cx.timeout(),
             ))?;
         }
-        if let Some(rotation) = cx
-            .board
-            .rotations
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get_mut(&name)
-        {
+        if let Some(rotation) = cx.board.rotations().get_mut(&name) {
             rotation.revoked = true;
         }
         Ok(format!("{} revoked", old.len()))
@@ -739,19 +702,14 @@ mod tests {
         });
         let reporter = Reporter::new(Mode::Json, true, false);
         let run = Run {
-            mesh: &m,
-            runner: &runner,
-            reporter: &reporter,
             jobs: 2,
             timeout: Duration::from_secs(5),
-            kubeconfig: None,
             retry: Retry {
                 times: 2,
                 first: Duration::from_millis(1),
                 most: Duration::from_millis(1),
             },
-            locks: None,
-            caches: Default::default(),
+            ..crate::testing::run(&m, &runner, &reporter)
         };
         let summary = execute(&run, &plan);
         assert!(summary.ok, "{summary:?}");

@@ -371,7 +371,10 @@ mod tests {
         let text = render_text(&status);
         let header = text.lines().next().unwrap();
         assert!(header.ends_with("PEERS SYNCED  NEW PART"), "{header}");
-        assert!(text.lines().nth(1).unwrap().ends_with("0/1           -"), "{text}");
+        assert!(
+            text.lines().nth(1).unwrap().ends_with("0/1           -"),
+            "{text}"
+        );
         assert!(
             text.lines().nth(2).unwrap().ends_with("1/1           here"),
             "{text}"

@@ -42,6 +42,26 @@ pub fn mesh(n: usize, trust: TrustMode) -> Mesh {
     }
 }
 
+/// How a unit test reaches its clusters: `runner` answers, `reporter` prints, two at a time,
+/// 5 s per call, the default retries, no locks and no snapshots (override with `..`).
+pub fn run<'a>(
+    mesh: &'a Mesh,
+    runner: &'a dyn crate::runner::Runner,
+    reporter: &'a Reporter,
+) -> Run<'a> {
+    Run {
+        mesh,
+        runner,
+        reporter,
+        jobs: 2,
+        timeout: Duration::from_secs(5),
+        kubeconfig: None,
+        retry: crate::run::Retry::DEFAULT,
+        locks: None,
+        caches: None,
+    }
+}
+
 /// A successful call that printed `stdout`.
 pub fn ok(stdout: &str) -> Output {
     Output {

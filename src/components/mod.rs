@@ -132,6 +132,13 @@ pub struct RunBoard {
     pub rotations: Mutex<BTreeMap<String, Rotation>>,
 }
 
+impl RunBoard {
+    /// The rotations under way (a poisoned lock is taken over: what it holds stays valid).
+    pub fn rotations(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Rotation>> {
+        self.rotations.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 /// One cluster's reader-token rotation, as its waves pass it on.
 #[derive(Debug, Clone, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
