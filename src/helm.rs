@@ -34,6 +34,9 @@ pub struct Install<'a> {
     pub chart: &'a Chart,
     pub namespace: &'a str,
     pub values: Values<'a>,
+    /// Helm 4's server-side apply takes over fields another manager owns (istiod owns its
+    /// webhooks' `failurePolicy` once it runs; istio/istio#59367) instead of failing.
+    pub force_conflicts: bool,
 }
 
 /// `helm upgrade --install`, waiting until the release's resources are ready.
@@ -43,6 +46,7 @@ pub fn upgrade_install(target: &Target, install: Install, timeout: Duration) -> 
         chart,
         namespace,
         values,
+        force_conflicts,
     } = install;
     let mut args = words(&["upgrade", "--install", release]);
     match &chart.location {
@@ -78,6 +82,9 @@ pub fn upgrade_install(target: &Target, install: Install, timeout: Duration) -> 
         "--timeout".to_string(),
         go_duration(timeout),
     ]);
+    if force_conflicts {
+        args.push("--force-conflicts".to_string());
+    }
     let mut step = connect(target, args);
     step.stdin = stdin;
     step
@@ -252,6 +259,7 @@ mod tests {
             chart,
             namespace: "istio-system",
             values,
+            force_conflicts: false,
         }
     }
 

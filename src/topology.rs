@@ -38,6 +38,8 @@ pub struct Choices<'a> {
     pub restart: bool,
     /// `uninstall --purge-crds`.
     pub purge_crds: bool,
+    /// Helm 4 runs the releases: pass `--force-conflicts` (see `helm::Install`).
+    pub force_conflicts: bool,
 }
 
 /// One cluster's part of the mesh.
@@ -170,6 +172,7 @@ fn components(
         istiod: None,
         stage: Stage::Cluster,
         pilot_from: None,
+        force_conflicts: choices.force_conflicts,
     }));
     let primary_has_address = remote
         .as_ref()
@@ -191,6 +194,7 @@ fn components(
         }),
         stage: own_stage,
         pilot_from: remote.clone().filter(|_| !primary_has_address),
+        force_conflicts: choices.force_conflicts,
     }));
     if trust {
         parts.push(Box::new(IstiodRestart {
@@ -209,6 +213,7 @@ fn components(
             istiod: None,
             stage: own_stage,
             pilot_from: None,
+            force_conflicts: choices.force_conflicts,
         }));
         parts.push(Box::new(EastWest {
             namespace: ns.clone(),

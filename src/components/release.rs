@@ -30,6 +30,8 @@ pub struct Release {
     /// A remote's istiod: the primary whose east-west gateway address becomes
     /// `global.remotePilotAddress`, when the mesh file does not give it.
     pub pilot_from: Option<String>,
+    /// Helm 4: take over fields another manager owns (see `helm::Install`).
+    pub force_conflicts: bool,
 }
 
 /// What an istiod release must show: its Deployment ready, and (before an install) no istiod
@@ -147,6 +149,7 @@ impl Release {
                 chart: &self.chart,
                 namespace: &self.namespace,
                 values: Values::Stdin(yaml.into_bytes()),
+                force_conflicts: self.force_conflicts,
             },
             cx.timeout(),
         ))
@@ -230,6 +233,7 @@ impl Component for Release {
                         chart: &self.chart,
                         namespace: &self.namespace,
                         values: Values::File(&file),
+                        force_conflicts: self.force_conflicts,
                     },
                     cx.timeout,
                 );
@@ -419,6 +423,7 @@ mod tests {
             istiod: None,
             stage: Stage::Cluster,
             pilot_from: None,
+            force_conflicts: false,
         }
     }
 

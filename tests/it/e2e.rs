@@ -699,3 +699,37 @@ fn install_right_after_uninstall_waits_for_the_namespace() {
         .expect(0);
     env.meshup(&["status", "-f", mesh]).expect(0);
 }
+
+/// The mesh namespace deleted behind meshup's back (`kubectl delete ns istio-system`): the
+/// cluster-wide objects of the releases stay, among them istiod's validating webhooks, whose
+/// `failurePolicy` istiod took over. Helm 4 applies server-side, and without
+/// `--force-conflicts` its reinstall fails on that field (istio/istio#59367); install takes it
+/// over and converges.
+#[test]
+fn install_after_the_namespace_was_deleted_by_hand_converges_with_helm_4() {
+    let env = Env::new("helm4", 2);
+    let mesh = env.mesh_file(&[], &[], "");
+    let mesh = mesh.to_str().unwrap();
+    env.meshup(&["install", "-f", mesh]).expect(0);
+    env.meshup(&["verify", "--wait", "60s", "-f", mesh])
+        .expect(0);
+    for cluster in &env.clusters {
+        let webhook = cluster
+            .get("/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations/istiod-default-validator")
+            .expect("istio-base's validating webhook");
+        assert_eq!(webhook["webhooks"][0]["failurePolicy"], "Fail", "{webhook}");
+        cluster.delete(&format!("/api/v1/namespaces/{NS}"));
+    }
+    let run = env.meshup(&["install", "-v", "-f", mesh]).expect(0);
+    assert!(
+        run.commands()
+            .iter()
+            .any(|(_, c)| c.starts_with("helm upgrade --install istio-base")
+                && c.contains("--force-conflicts")),
+        "{}",
+        run.stderr
+    );
+    env.meshup(&["verify", "--wait", "60s", "-f", mesh])
+        .expect(0);
+    env.meshup(&["status", "-f", mesh]).expect(0);
+}
