@@ -250,7 +250,7 @@ fn link_removes_a_dropped_cluster(tools: &str) {
         )
         .unwrap();
     let smaller = env.mesh_file(&["cluster1", "cluster2"], &[], "");
-    let cluster3_requests = env.cluster("cluster3").requests();
+    let cluster3_requests = operator_requests(env.cluster("cluster3"));
     let run = env
         .meshup(&["link", "-f", smaller.to_str().unwrap()])
         .expect(0);
@@ -280,8 +280,10 @@ fn link_removes_a_dropped_cluster(tools: &str) {
         names(&remote_secrets(env.cluster("cluster2"))),
         BTreeSet::from(["istio-remote-secret-cluster1".to_string()])
     );
+    // (The peers' istiod may still list cluster3 with its reader token until it drops the
+    // secret; what counts is whether meshup, with the operator's credentials, called it.)
     assert_eq!(
-        env.cluster("cluster3").requests(),
+        operator_requests(env.cluster("cluster3")),
         cluster3_requests,
         "a cluster no longer in the mesh file is not contacted"
     );
@@ -675,12 +677,12 @@ fn install_right_after_uninstall_waits_for_the_namespace() {
     env.meshup(&["verify", "--wait", "60s", "-f", mesh])
         .expect(0);
 
-    // An uninstall whose wait for the namespace ran out (--timeout 2s against 8 s here): the
-    // releases are gone, the namespace still terminating.
+    // An uninstall whose wait for the namespace ran out (--timeout 5s against 15 s here):
+    // the releases are gone, the namespace still terminating.
     for cluster in &env.clusters {
-        cluster.set_namespace_finalize_delay(std::time::Duration::from_secs(8));
+        cluster.set_namespace_finalize_delay(std::time::Duration::from_secs(15));
     }
-    let gave_up = env.meshup(&["uninstall", "--yes", "--timeout", "2s", "-f", mesh]);
+    let gave_up = env.meshup(&["uninstall", "--yes", "--timeout", "5s", "-f", mesh]);
     assert_eq!(gave_up.code, Some(1), "{}", gave_up.stderr);
     for cluster in &env.clusters {
         let ns = cluster.get(&format!("/api/v1/namespaces/{NS}")).unwrap();
@@ -732,4 +734,14 @@ fn install_after_the_namespace_was_deleted_by_hand_converges_with_helm_4() {
     env.meshup(&["verify", "--wait", "60s", "-f", mesh])
         .expect(0);
     env.meshup(&["status", "-f", mesh]).expect(0);
+}
+
+/// The requests `cluster` answered for the operator (meshup's kubeconfig), not for the
+/// peers' istiod.
+fn operator_requests(cluster: &TestCluster) -> usize {
+    cluster
+        .requests_log()
+        .iter()
+        .filter(|r| r.who == "admin")
+        .count()
 }

@@ -430,7 +430,7 @@ fn a_cluster_without_a_load_balancer_is_waited_for_then_named() {
 }
 
 /// istiod's validating webhook fails closed once istiod ran (as istiod switches it): while no
-/// istiod pod is ready — here, the one pod just replaced and not ready for 3 s — creating the
+/// istiod pod is ready — here, the one pod just replaced and not ready for 6 s — creating the
 /// east-west `Gateway` is refused, and install waits that out with retries, as on a real
 /// cluster during a restart.
 #[test]
@@ -448,7 +448,7 @@ fn a_gateway_refused_while_istiod_restarts_is_retried() {
         .expect("istiod's validating webhook");
     assert_eq!(webhook["webhooks"][0]["failurePolicy"], "Fail", "{webhook}");
     // The gateway object goes, and istiod's only pod is replaced by one that is not ready yet.
-    c1.set_pod_ready_delay(std::time::Duration::from_secs(3));
+    c1.set_pod_ready_delay(std::time::Duration::from_secs(6));
     assert!(
         c1.delete(&format!(
             "/apis/networking.istio.io/v1/namespaces/{NS}/gateways/cross-network-gateway"
