@@ -20,8 +20,8 @@ use crate::common::*;
 /// istiod's image carries this tag. The fixture's own tag (1.28) stops the old one first.
 const ISTIO_1_30: &str = "values:\n  global:\n    tag: 1.30.0\n";
 
-/// The reader token secrets meshup made in `cluster`, by name: their tokens.
-fn reader_tokens(cluster: &TestCluster) -> BTreeMap<String, String> {
+/// The reader token secrets meshup made in `cluster` (filled or not).
+fn reader_token_secrets(cluster: &TestCluster) -> Vec<Value> {
     secrets(cluster)
         .into_iter()
         .filter(|s| {
@@ -32,6 +32,13 @@ fn reader_tokens(cluster: &TestCluster) -> BTreeMap<String, String> {
             .and_then(Value::as_str)
                 == Some("true")
         })
+        .collect()
+}
+
+/// The reader token secrets meshup made in `cluster`, by name: their tokens.
+fn reader_tokens(cluster: &TestCluster) -> BTreeMap<String, String> {
+    reader_token_secrets(cluster)
+        .into_iter()
         .map(|s| {
             let name = s["metadata"]["name"].as_str().unwrap().to_string();
             (name, decode(&s["data"]["token"]))
@@ -39,20 +46,9 @@ fn reader_tokens(cluster: &TestCluster) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// The names of the reader token secrets meshup made in `cluster` (filled or not).
+/// The names of the reader token secrets meshup made in `cluster`.
 fn reader_token_names(cluster: &TestCluster) -> BTreeSet<String> {
-    secrets(cluster)
-        .into_iter()
-        .filter(|s| {
-            s.pointer(&format!(
-                "/metadata/labels/{}",
-                READER_TOKEN_LABEL.replace('/', "~1")
-            ))
-            .and_then(Value::as_str)
-                == Some("true")
-        })
-        .map(|s| s["metadata"]["name"].as_str().unwrap().to_string())
-        .collect()
+    names(&reader_token_secrets(cluster))
 }
 
 /// The HTTP status `cluster` answers a reader's request with, carrying `token`.
