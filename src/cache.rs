@@ -112,7 +112,9 @@ fn writes_of(step: &Step) -> Writes {
                 let text = String::from_utf8_lossy(stdin.expose());
                 let mut objects = Vec::new();
                 for document in serde_yaml::Deserializer::from_str(&text) {
-                    let Ok(value) = serde_yaml::Value::deserialize_from(document) else {
+                    let Ok(value) =
+                        <serde_yaml::Value as serde::Deserialize>::deserialize(document)
+                    else {
                         return Writes::Unknown;
                     };
                     let value: Value = match serde_json::to_value(value) {
@@ -150,17 +152,6 @@ fn writes_of(step: &Step) -> Writes {
     }
 }
 
-/// Small helper so serde_yaml documents become values.
-trait FromDocument: Sized {
-    fn deserialize_from(document: serde_yaml::Deserializer) -> Result<Self, serde_yaml::Error>;
-}
-
-impl FromDocument for serde_yaml::Value {
-    fn deserialize_from(document: serde_yaml::Deserializer) -> Result<Self, serde_yaml::Error> {
-        serde::Deserialize::deserialize(document)
-    }
-}
-
 impl Cache {
     /// The `kubectl get` that reads the snapshot of `namespace`.
     pub fn kinds() -> String {
@@ -168,15 +159,21 @@ impl Cache {
     }
 
     /// Whether a read of `kind` (named `name`, or those `selector` picks) in `namespace` can
-    /// be answered from the snapshot (once loaded), given what this run wrote.
-    fn answers(
+    /// be answered from the snapshot (once loaded), given what this run wrote: the kind as the
+    /// snapshot names it when it can. Only equality selectors (`a=b,c=d`) are answered.
+    pub(crate) fn answers(
         &self,
         kind: &str,
         name: Option<&str>,
-        selector: Option<&[(&str, &str)]>,
+        selector: Option<&str>,
         namespace: Option<&str>,
         mesh_ns: &str,
     ) -> Option<String> {
+        let selector = match selector {
+            Some(s) => Some(equalities(s)?),
+            None => None,
+        };
+        let selector = selector.as_deref();
         let kind = covered(kind)?;
         let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let in_scope = kind == "namespace" || namespace == Some(mesh_ns);
@@ -196,7 +193,7 @@ impl Cache {
 
     /// Whether the snapshot, read before this run changed anything with helm, holds no
     /// object of `kind` named `name`.
-    fn absent_at_start(&self, kind: &str, name: &str) -> bool {
+    pub(crate) fn absent_at_start(&self, kind: &str, name: &str) -> bool {
         let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         state.changed.is_empty()
             && state.objects.as_ref().is_some_and(|objects| {
@@ -206,13 +203,14 @@ impl Cache {
             })
     }
 
-    /// Whether the snapshot was read.
-    fn loaded(&self, namespace: &str) -> Option<bool> {
+    /// Whether the snapshot of `namespace` was read.
+    pub(crate) fn loaded(&self, namespace: &str) -> bool {
         let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        Some(state.objects.is_some() && state.namespace == namespace)
+        state.objects.is_some() && state.namespace == namespace
     }
 
-    fn store(&self, namespace: &str, objects: Vec<Value>) {
+    /// Keeps what the one `kubectl get` of `namespace` read.
+    pub(crate) fn store(&self, namespace: &str, objects: Vec<Value>) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         state.objects = Some(objects);
         state.namespace = namespace.to_string();
@@ -222,7 +220,7 @@ impl Cache {
     }
 
     /// The object of `kind` named `name`, from the snapshot.
-    fn find(&self, kind: &str, name: &str) -> Option<Value> {
+    pub(crate) fn find(&self, kind: &str, name: &str) -> Option<Value> {
         let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         state
             .objects
@@ -232,10 +230,15 @@ impl Cache {
             .cloned()
     }
 
-    /// The objects of `kind` matching the equality `selector`, from the snapshot.
-    fn select(&self, kind: &str, selector: &[(&str, &str)]) -> Vec<Value> {
+    /// The objects of `kind` that `selector` (equalities only; `None` for any other) picks,
+    /// from the snapshot.
+    pub(crate) fn select(&self, kind: &str, selector: Option<&str>) -> Option<Vec<Value>> {
+        let selector = match selector {
+            Some(s) => equalities(s)?,
+            None => Vec::new(),
+        };
         let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        state
+        let picked = state
             .objects
             .iter()
             .flatten()
@@ -246,11 +249,12 @@ impl Cache {
                     .all(|(k, v)| o["metadata"]["labels"][*k].as_str() == Some(*v))
             })
             .cloned()
-            .collect()
+            .collect();
+        Some(picked)
     }
 
     /// Notes what `step` wrote (or may have written, also when it failed).
-    fn wrote(&self, step: &Step) {
+    pub(crate) fn wrote(&self, step: &Step) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         match writes_of(step) {
             Writes::Nothing => {}
@@ -286,82 +290,22 @@ impl Cache {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).objects = None;
     }
 
-    fn take_pending(&self) -> Vec<Sensitive<String>> {
+    pub(crate) fn take_pending(&self) -> Vec<Sensitive<String>> {
         std::mem::take(&mut self.state.lock().unwrap_or_else(|e| e.into_inner()).pending)
     }
 
-    fn put_back(&self, mut pending: Vec<Sensitive<String>>) {
+    pub(crate) fn put_back(&self, mut pending: Vec<Sensitive<String>>) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         pending.append(&mut state.pending);
         state.pending = pending;
     }
 
-    fn defer(&self, manifest: Sensitive<String>) {
+    pub(crate) fn defer(&self, manifest: Sensitive<String>) {
         self.state
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .pending
             .push(manifest);
-    }
-}
-
-/// The parts of `Live` (live.rs) that go through the cache.
-pub(crate) mod access {
-    use super::*;
-
-    pub fn answers(
-        cache: &Cache,
-        kind: &str,
-        name: Option<&str>,
-        selector: Option<&str>,
-        namespace: Option<&str>,
-        mesh_ns: &str,
-    ) -> Option<String> {
-        let selector = match selector {
-            Some(s) => Some(equalities(s)?),
-            None => None,
-        };
-        cache.answers(kind, name, selector.as_deref(), namespace, mesh_ns)
-    }
-
-    pub fn absent_at_start(cache: &Cache, kind: &str, name: &str) -> bool {
-        cache.absent_at_start(kind, name)
-    }
-
-    pub fn loaded(cache: &Cache, namespace: &str) -> bool {
-        cache.loaded(namespace).unwrap_or(false)
-    }
-
-    pub fn store(cache: &Cache, namespace: &str, objects: Vec<Value>) {
-        cache.store(namespace, objects);
-    }
-
-    pub fn find(cache: &Cache, kind: &str, name: &str) -> Option<Value> {
-        cache.find(kind, name)
-    }
-
-    pub fn select(cache: &Cache, kind: &str, selector: Option<&str>) -> Option<Vec<Value>> {
-        let requirements = match selector {
-            Some(s) => equalities(s)?,
-            None => Vec::new(),
-        };
-        Some(cache.select(kind, &requirements))
-    }
-
-    pub fn wrote(cache: &Cache, step: &Step) {
-        cache.wrote(step);
-    }
-
-    pub fn take_pending(cache: &Cache) -> Vec<Sensitive<String>> {
-        cache.take_pending()
-    }
-
-    pub fn put_back(cache: &Cache, pending: Vec<Sensitive<String>>) {
-        cache.put_back(pending);
-    }
-
-    pub fn defer(cache: &Cache, manifest: Sensitive<String>) {
-        cache.defer(manifest);
     }
 }
 
@@ -418,7 +362,8 @@ mod tests {
             ),
             None
         );
-        assert_eq!(cache.select("secret", &[("a", "1")]).len(), 1);
+        assert_eq!(cache.select("secret", Some("a=1")).unwrap().len(), 1);
+        assert!(cache.select("secret", Some("owner!=helm")).is_none());
         assert!(equalities("owner!=helm").is_none());
         assert_eq!(equalities("a=b,c=d"), Some(vec![("a", "b"), ("c", "d")]));
     }
@@ -462,7 +407,7 @@ mod tests {
                 .answers(
                     "secrets",
                     None,
-                    Some(&[("b", "2")]),
+                    Some("b=2"),
                     Some("istio-system"),
                     "istio-system"
                 )
@@ -473,7 +418,7 @@ mod tests {
                 .answers(
                     "secrets",
                     None,
-                    Some(&[("a", "1")]),
+                    Some("a=1"),
                     Some("istio-system"),
                     "istio-system"
                 )
@@ -520,7 +465,7 @@ mod tests {
             &["rollout", "restart", "deployment/istiod"],
             None,
         ));
-        assert!(!cache.loaded("istio-system").unwrap());
+        assert!(!cache.loaded("istio-system"));
     }
 
     #[test]

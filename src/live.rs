@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-use crate::cache::{Cache, access};
+use crate::cache::Cache;
 use crate::helm;
 use crate::kubectl;
 use crate::runner::{Output, Runner, StepError, run_ok};
@@ -48,7 +48,7 @@ impl<'a> Live<'a> {
         self.flush()?;
         let result = run_ok(self.runner, step);
         if let Some((cache, _)) = self.cache {
-            access::wrote(cache, step);
+            cache.wrote(step);
         }
         result
     }
@@ -58,7 +58,7 @@ impl<'a> Live<'a> {
     pub fn apply_later(&self, manifest: Sensitive<String>) -> Result<(), StepError> {
         match self.cache {
             Some((cache, _)) => {
-                access::defer(cache, manifest);
+                cache.defer(manifest);
                 Ok(())
             }
             None => self
@@ -76,7 +76,7 @@ impl<'a> Live<'a> {
         let Some((cache, _)) = self.cache else {
             return Ok(());
         };
-        let pending = access::take_pending(cache);
+        let pending = cache.take_pending();
         if pending.is_empty() {
             return Ok(());
         }
@@ -91,9 +91,9 @@ impl<'a> Live<'a> {
             self.timeout,
         );
         let result = run_ok(self.runner, &step);
-        access::wrote(cache, &step);
+        cache.wrote(&step);
         if result.is_err() {
-            access::put_back(cache, pending);
+            cache.put_back(pending);
         }
         result.map(drop)
     }
@@ -110,7 +110,7 @@ impl<'a> Live<'a> {
         let Some((cache, mesh_ns)) = self.cache else {
             return Ok(None);
         };
-        let Some(kind) = access::answers(cache, kind, name, selector, namespace, mesh_ns) else {
+        let Some(kind) = cache.answers(kind, name, selector, namespace, mesh_ns) else {
             return Ok(None);
         };
         self.load(cache, mesh_ns)?;
@@ -119,7 +119,7 @@ impl<'a> Live<'a> {
 
     /// Reads the snapshot of `namespace` into `cache`, unless it was read.
     fn load(&self, cache: &Cache, namespace: &str) -> Result<(), StepError> {
-        if access::loaded(cache, namespace) {
+        if cache.loaded(namespace) {
             return Ok(());
         }
         self.flush()?;
@@ -131,7 +131,7 @@ impl<'a> Live<'a> {
             self.timeout,
         );
         let list: List<serde_json::Value> = parse_json(&step, &run_ok(self.runner, &step)?.stdout)?;
-        access::store(cache, namespace, list.items);
+        cache.store(namespace, list.items);
         Ok(())
     }
 
@@ -157,7 +157,7 @@ impl<'a> Live<'a> {
             && namespace == mesh_ns
         {
             self.load(cache, namespace)?;
-            if access::absent_at_start(cache, "namespace", namespace) {
+            if cache.absent_at_start("namespace", namespace) {
                 return Ok(Vec::new());
             }
         }
@@ -189,7 +189,8 @@ impl<'a> Live<'a> {
     ) -> Result<Option<T>, StepError> {
         let step = kubectl::get(self.target, kind, name, namespace, self.timeout);
         if let Some((cache, kind)) = self.snapshot(kind, Some(name), None, namespace)? {
-            return access::find(cache, &kind, name)
+            return cache
+                .find(&kind, name)
                 .map(|o| parse_value(&step, o))
                 .transpose();
         }
@@ -217,7 +218,7 @@ impl<'a> Live<'a> {
             let mut items = Vec::new();
             for (kind, name) in objects {
                 if let Some((cache, kind)) = self.snapshot(kind, Some(name), None, namespace)? {
-                    items.extend(access::find(cache, &kind, name));
+                    items.extend(cache.find(&kind, name));
                 }
             }
             return Ok(Fetched { step, items });
@@ -251,7 +252,7 @@ impl<'a> Live<'a> {
     ) -> Result<Vec<T>, StepError> {
         let step = kubectl::list(self.target, kind, namespace, selector, self.timeout);
         if let Some((cache, kind)) = self.snapshot(kind, None, selector, namespace)?
-            && let Some(objects) = access::select(cache, &kind, selector)
+            && let Some(objects) = cache.select(&kind, selector)
         {
             return objects.into_iter().map(|o| parse_value(&step, o)).collect();
         }
