@@ -42,13 +42,24 @@ fn major_minor(version: &str) -> Option<(u32, u32)> {
     Some((major, minor))
 }
 
+/// What the local tools' checks found.
+#[derive(Debug, Default)]
+pub struct Tools {
+    pub checks: Vec<Finding>,
+    /// helm's major version, when it could be read (4 applies server-side).
+    pub helm_major: Option<u32>,
+}
+
 /// Checks the local tools: helm 3.12+ or 4, and kubectl.
-pub fn tool_checks(runner: &dyn Runner, helm_path: &Path, kubectl_path: &Path) -> Vec<Finding> {
+pub fn tool_checks(runner: &dyn Runner, helm_path: &Path, kubectl_path: &Path) -> Tools {
     let mut checks = Vec::new();
+    let mut helm_major = None;
     match live::tools::helm_version(runner) {
         Ok(version) => {
             let at = helm_path.display();
-            checks.push(match major_minor(&version) {
+            let parsed = major_minor(&version);
+            helm_major = parsed.map(|(major, _)| major);
+            checks.push(match parsed {
                 Some((4, _)) => {
                     Finding::ok(None, "helm", format!("helm {version} (Helm 4) at {at}"))
                 }
@@ -74,7 +85,7 @@ pub fn tool_checks(runner: &dyn Runner, helm_path: &Path, kubectl_path: &Path) -
         )),
         Err(e) => checks.push(Finding::fail(None, "kubectl", e.to_string())),
     }
-    checks
+    Tools { checks, helm_major }
 }
 
 /// Checks every cluster in parallel (reachable, and no conflicting Istio install), then the

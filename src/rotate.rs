@@ -351,7 +351,7 @@ impl Gate for Acted {
                             Some(_) => e,
                             None => StepError::other(
                                 name,
-                                format!("istiod's log in pod `{pod}` could not be read, so meshup cannot tell it uses `{source}`'s new token{kept}: {}", first_line(&e.to_string())),
+                                format!("istiod's log in pod `{pod}` could not be read, so meshup cannot tell it uses `{source}`'s new token{kept}: {}", sync::first_line(&e.to_string())),
                                 Some(format!("reading it needs `get` on `pods/log` in namespace `{ns}`")),
                             ),
                         })?;
@@ -379,7 +379,7 @@ impl Gate for Acted {
                                 None,
                             ));
                         }
-                        waiting.push(format!("{name}/{pod}: view not read ({})", first_line(&error)));
+                        waiting.push(format!("{name}/{pod}: view not read ({})", sync::first_line(&error)));
                         continue;
                     }
                     let state = view
@@ -493,10 +493,6 @@ impl Work for Revoke {
 /// Added to the time since the hand-over when reading istiod's log, for clocks that differ
 /// between this machine and the node by a little.
 const LOG_SLACK: Duration = Duration::from_secs(5);
-
-fn first_line(text: &str) -> &str {
-    text.lines().next().unwrap_or_default()
-}
 
 /// `YYYYMMDDHHMMSS` in UTC: sorts as it ages.
 fn stamp(t: OffsetDateTime) -> String {

@@ -329,7 +329,8 @@ fn refused(e: &StepError) -> bool {
     }
 }
 
-fn first_line(text: &str) -> &str {
+/// The first line of `text` (an error's headline).
+pub(crate) fn first_line(text: &str) -> &str {
     text.lines().next().unwrap_or_default()
 }
 

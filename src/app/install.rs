@@ -11,12 +11,12 @@ pub(super) fn install(
 ) -> Result<(), Error> {
     let mut session = Session::open(global, mesh_args, reporter)?;
     let tools = session.tool_checks();
-    if tools.iter().any(Finding::is_failure) {
-        report_checks(reporter, &tools)?;
+    if tools.checks.iter().any(Finding::is_failure) {
+        report_checks(reporter, &tools.checks)?;
         reporter.line("error: preflight failed; nothing was changed");
         return Err(Error::Reported);
     }
-    warn_checks(reporter, &tools);
+    warn_checks(reporter, &tools.checks);
     session.require_tools()?;
     let fetched = pull::fetch(
         &session.runner,
@@ -31,16 +31,14 @@ pub(super) fn install(
         session.mesh.version = Some(version);
     }
     let trust = prepare_trust(reporter, &session.mesh, args.key_type.into())?;
-    // Helm 4 applies server-side, and istiod owns its webhooks' `failurePolicy` once it runs
-    // (istio/istio#59367): take such fields over rather than fail.
-    let helm4 = live::tools::helm_version(&session.runner)
-        .is_ok_and(|v| v.trim_start_matches('v').starts_with("4."));
     let choices = Choices {
         trust: trust.as_ref(),
         rotate_ca: args.rotate_ca,
         restart: args.restart,
         purge_crds: false,
-        force_conflicts: helm4,
+        // Helm 4 applies server-side, and istiod owns its webhooks' `failurePolicy` once it
+        // runs (istio/istio#59367): take such fields over rather than fail.
+        force_conflicts: tools.helm_major == Some(4),
     };
     let topology = Topology::of(&session.mesh, &choices);
     // The clusters are checked once their locks are held, from the snapshot the install then

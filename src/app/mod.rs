@@ -31,7 +31,7 @@ mod prelude {
     pub(super) use crate::finding::{Finding, Level};
     pub(super) use crate::kubeconfig::Kubeconfig;
     pub(super) use crate::leave;
-    pub(super) use crate::live::{self, Live};
+    pub(super) use crate::live::Live;
     pub(super) use crate::lock;
     pub(super) use crate::lock::LockError;
     pub(super) use crate::mesh::{self, Mesh};

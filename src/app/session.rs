@@ -106,7 +106,7 @@ impl Session {
 
     /// Tools, then (if kubectl is there) every cluster, with its Kubernetes version.
     pub(super) fn preflight(&self, topology: &Topology) -> Vec<Finding> {
-        let mut checks = self.tool_checks();
+        let mut checks = self.tool_checks().checks;
         if self.kubectl.is_err() {
             return checks;
         }
@@ -115,17 +115,21 @@ impl Session {
     }
 
     /// The local helm and kubectl: found, and of a version meshup works with.
-    pub(super) fn tool_checks(&self) -> Vec<Finding> {
-        let mut checks = Vec::new();
-        for (name, found) in [("helm", &self.helm), ("kubectl", &self.kubectl)] {
-            if let Err(message) = found {
-                checks.push(Finding::fail(None, name, message.clone()));
-            }
-        }
-        if let (Ok(helm), Ok(kubectl)) = (&self.helm, &self.kubectl) {
-            checks.extend(preflight::tool_checks(&self.runner, helm, kubectl));
-        }
-        checks
+    pub(super) fn tool_checks(&self) -> preflight::Tools {
+        let mut tools = match (&self.helm, &self.kubectl) {
+            (Ok(helm), Ok(kubectl)) => preflight::tool_checks(&self.runner, helm, kubectl),
+            _ => preflight::Tools::default(),
+        };
+        let missing = [("helm", &self.helm), ("kubectl", &self.kubectl)]
+            .into_iter()
+            .filter_map(|(name, found)| {
+                found
+                    .as_ref()
+                    .err()
+                    .map(|message| Finding::fail(None, name, message.clone()))
+            });
+        tools.checks.splice(0..0, missing);
+        tools
     }
 }
 
