@@ -251,6 +251,33 @@ pub fn writes(cluster: &TestCluster, since: usize) -> Vec<(String, String)> {
         .collect()
 }
 
+/// `meshup verify --traffic` passes, and every cluster's requests got answers from every
+/// cluster (waiting for istiod to sync first).
+pub fn traffic_reaches_every_cluster(env: &Env, mesh: &str) {
+    let run = env
+        .meshup(&[
+            "verify",
+            "--wait",
+            "60s",
+            "--traffic",
+            "--requests",
+            "10",
+            "-f",
+            mesh,
+            "--output",
+            "json",
+        ])
+        .expect(0);
+    let report: Value = serde_json::from_str(&run.stdout).unwrap();
+    for from in &env.clusters {
+        for to in &env.clusters {
+            let (from, to) = (from.name(), to.name());
+            let answers = report["traffic"]["answers"][from][to].as_u64().unwrap_or(0);
+            assert!(answers > 0, "{from} → {to}: {}", run.stdout);
+        }
+    }
+}
+
 /// Whether a request path is meshup's lock (the Lease, or its collection on create).
 pub fn is_lock(path: &str) -> bool {
     path.starts_with("/apis/coordination.k8s.io/v1/namespaces/kube-system/leases")

@@ -264,6 +264,20 @@ fn istiod_pods(cluster: &TestCluster) -> BTreeSet<String> {
     istiod_pod_names(cluster).into_iter().collect()
 }
 
+/// cluster1 and cluster2 hold no remote secret of cluster3, and the tokens of theirs it held
+/// (`held`, by cluster) are refused.
+fn no_trace_of_cluster3(env: &Env, held: &BTreeMap<&str, String>) {
+    for (name, token) in held {
+        let cluster = env.cluster(name);
+        assert!(remote_kubeconfig(cluster, "cluster3").is_none(), "{name}");
+        assert_eq!(
+            status_with(cluster, token),
+            401,
+            "{name}'s token cluster3 held"
+        );
+    }
+}
+
 /// `uninstall cluster3`: cluster3 holds nothing of Istio's, the others hold no secret for it,
 /// the tokens it held are refused, and cluster1 ↔ cluster2 are still linked and synced.
 fn uninstall_one_cluster_takes_it_out_of_the_live_mesh(tools: &str) {
@@ -298,15 +312,7 @@ fn uninstall_one_cluster_takes_it_out_of_the_live_mesh(tools: &str) {
         "cluster3 still has {NS}"
     );
     assert!(helm_records(c3).is_empty(), "{:?}", helm_records(c3));
-    for (name, token) in &held {
-        let cluster = env.cluster(name);
-        assert!(remote_kubeconfig(cluster, "cluster3").is_none(), "{name}");
-        assert_eq!(
-            status_with(cluster, token),
-            401,
-            "{name}'s token cluster3 held"
-        );
-    }
+    no_trace_of_cluster3(&env, &held);
     let smaller = env.mesh_file(&["cluster1", "cluster2"], &[], ISTIO_1_30);
     env.meshup(&["verify", "--wait", "60s", "-f", smaller.to_str().unwrap()])
         .expect(0);
@@ -443,15 +449,7 @@ fn a_rotation_and_a_cluster_removal_ride_out_a_blinking_api_server() {
     assert!(faulted(c1, since) > 0, "no fault was injected");
     let c3 = env.cluster("cluster3");
     assert!(helm_records(c3).is_empty());
-    for (name, token) in &held {
-        let cluster = env.cluster(name);
-        assert!(remote_kubeconfig(cluster, "cluster3").is_none(), "{name}");
-        assert_eq!(
-            status_with(cluster, token),
-            401,
-            "{name}'s token cluster3 held"
-        );
-    }
+    no_trace_of_cluster3(&env, &held);
     let smaller = env.mesh_file(&["cluster1", "cluster2"], &[], "");
     env.meshup(&["verify", "--wait", "60s", "-f", smaller.to_str().unwrap()])
         .expect(0);
