@@ -161,6 +161,9 @@ pub enum Command {
     Link(LinkArgs),
     /// Report each cluster's releases, istiod, remote secrets and cacerts; exit 1 on drift
     Status,
+    /// Upgrade a live mesh to the next Istio minor version: a canary revision beside the
+    /// running one, cluster wave by cluster wave (start, promote, finish; or rollback)
+    Upgrade(UpgradeArgs),
     /// Prove the mesh works: every istiod synced with every peer (and traffic, with --traffic)
     Verify(VerifyArgs),
     /// Remove the mesh (or the named clusters from a live mesh): remote secrets, istiod,
@@ -200,9 +203,25 @@ pub struct PlanArgs {
     /// The operation to print
     #[arg(value_enum, default_value = "install")]
     pub operation: Operation,
-    /// With `uninstall`: the clusters to take out of the live mesh [default: the whole mesh]
+    /// With `uninstall`: the clusters to take out of the live mesh [default: the whole
+    /// mesh]. With `upgrade`: the phase (`start`, `promote`, `finish`, `rollback`), then
+    /// the clusters [default: every cluster]
     #[arg(value_name = "CLUSTER")]
     pub leaving: Vec<String>,
+    /// With `upgrade`: the revision the clusters run [default: the mesh file's
+    /// `istio.revision`, else `default`]
+    #[arg(long, value_name = "REVISION")]
+    pub from: Option<String>,
+    /// With `upgrade`: the Istio version to upgrade to [default: `istio.version`]
+    #[arg(long, value_name = "VERSION")]
+    pub to: Option<String>,
+    /// With `upgrade`: clusters per wave
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub wave_size: u32,
+    /// With `upgrade promote` or `rollback`: restart the workloads too
+    #[arg(long)]
+    pub restart_workloads: bool,
     /// With `install` or `link`: then rotate the reader tokens of the named clusters (all when
     /// none is named)
     #[arg(long, value_name = "CLUSTER", num_args = 0..)]
@@ -221,6 +240,88 @@ pub enum Operation {
     Install,
     Link,
     Uninstall,
+    Upgrade,
+}
+
+#[derive(Debug, Args)]
+pub struct UpgradeArgs {
+    #[command(subcommand)]
+    pub phase: UpgradePhase,
+}
+
+/// The phases of an upgrade, in order (`rollback` instead of `finish`).
+#[derive(Debug, Subcommand)]
+pub enum UpgradePhase {
+    /// istio-base to the new chart in every cluster, then the new revision's istiod beside
+    /// the running one, wave by wave, each wave waiting until it synced with every peer
+    Start {
+        /// The Istio version to upgrade to [default: the mesh file's `istio.version`]
+        #[arg(long, value_name = "VERSION")]
+        to: Option<String>,
+        #[command(flatten)]
+        waves: WaveArgs,
+    },
+    /// Move the default revision, every revision tag and the east-west gateway to the new
+    /// revision, wave by wave
+    Promote {
+        /// Also restart the Deployments whose pods run proxies of the old revision
+        #[arg(long)]
+        restart_workloads: bool,
+        #[command(flatten)]
+        waves: WaveArgs,
+    },
+    /// Remove the old revision's istiod; refused while pods still run its proxies
+    Finish {
+        /// Remove it even while proxies of it run (they lose their control plane)
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        waves: WaveArgs,
+    },
+    /// Before `finish`: tags, istio-base's default revision and the gateway back to the old
+    /// revision, then the new revision's istiod removed
+    Rollback {
+        /// Also restart the Deployments whose pods run proxies of the new revision
+        #[arg(long)]
+        restart_workloads: bool,
+        /// Remove the new istiod even while proxies of it run
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        waves: WaveArgs,
+    },
+}
+
+impl UpgradePhase {
+    pub fn name(&self) -> &'static str {
+        match self {
+            UpgradePhase::Start { .. } => "start",
+            UpgradePhase::Promote { .. } => "promote",
+            UpgradePhase::Finish { .. } => "finish",
+            UpgradePhase::Rollback { .. } => "rollback",
+        }
+    }
+
+    pub fn waves(&self) -> &WaveArgs {
+        match self {
+            UpgradePhase::Start { waves, .. }
+            | UpgradePhase::Promote { waves, .. }
+            | UpgradePhase::Finish { waves, .. }
+            | UpgradePhase::Rollback { waves, .. } => waves,
+        }
+    }
+}
+
+/// Which clusters an upgrade phase changes, and how many at a time.
+#[derive(Debug, Clone, Args)]
+pub struct WaveArgs {
+    /// Clusters changed per wave; the next wave starts once this one passed its gate
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub wave_size: u32,
+    /// Only these clusters, in this order [default: every cluster, in mesh-file order]
+    #[arg(long, value_name = "CLUSTER", value_delimiter = ',')]
+    pub clusters: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -239,6 +340,10 @@ pub struct InstallArgs {
     /// every reader token those clusters may still hold
     #[arg(long)]
     pub prune: bool,
+    /// Allow an in-place upgrade of istiod to another minor version (one cluster at a time);
+    /// without it such an install is refused in favour of `meshup upgrade`
+    #[arg(long)]
+    pub in_place: bool,
 }
 
 #[derive(Debug, Args)]

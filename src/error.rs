@@ -26,6 +26,10 @@ pub enum Error {
     Lock(#[from] LockError),
     #[error(transparent)]
     Pull(#[from] PullError),
+    /// The clusters are not in a state the command may change (an upgrade under way, versions
+    /// too far apart); nothing was changed.
+    #[error("{0}")]
+    Refused(String),
     /// helm or kubectl is not where meshup was told to look.
     #[error("{0}")]
     MissingTool(String),
@@ -45,7 +49,7 @@ impl Error {
     /// The process exit code for this error.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Input(_) => 2,
+            Error::Input(_) | Error::Refused(_) => 2,
             Error::Trust(e) => e.exit_code(),
             Error::Step(StepError::Interrupted)
             | Error::Lock(LockError::Step(StepError::Interrupted))

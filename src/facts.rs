@@ -21,6 +21,10 @@ pub mod column {
     pub const ROLE: Column = (30, "ROLE");
     pub const RELEASES: Column = (40, "RELEASES");
     pub const ISTIOD: Column = (50, "ISTIOD");
+    pub const REVISIONS: Column = (52, "REVISIONS");
+    pub const TAGS: Column = (54, "TAGS");
+    pub const PROXIES: Column = (56, "PROXIES");
+    pub const UPGRADE: Column = (58, "UPGRADE");
     pub const PEERS_SYNCED: Column = (60, "PEERS SYNCED");
     pub const GATEWAY: Column = (70, "GATEWAY");
     pub const CACERTS_ROOT: Column = (80, "CACERTS ROOT");
@@ -53,6 +57,9 @@ pub struct ClusterStatus {
     pub remote_secrets: RemoteSecrets,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cacerts: Option<Cacerts>,
+    /// The istiod revisions it runs and where its revision tags point.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revisions: Option<crate::revisions::Installed>,
     /// What this cluster's istiod reports of the peers it must watch.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sync: Option<Sync>,

@@ -49,18 +49,7 @@ pub fn upgrade_install(target: &Target, install: Install, timeout: Duration) -> 
         force_conflicts,
     } = install;
     let mut args = words(&["upgrade", "--install", release]);
-    match &chart.location {
-        Location::Repo(url) => {
-            args.push(chart.name.clone());
-            args.extend(["--repo".to_string(), url.clone()]);
-        }
-        Location::Oci(reference) => args.push(reference.clone()),
-        Location::Local(path) => args.push(path.display().to_string()),
-    }
-    // A local chart is the version it is; --version only selects from a repository.
-    if let (Some(version), false) = (&chart.version, matches!(chart.location, Location::Local(_))) {
-        args.extend(["--version".to_string(), version.clone()]);
-    }
+    push_chart(&mut args, chart);
     args.extend(words(&[
         "--namespace",
         namespace,
@@ -88,6 +77,42 @@ pub fn upgrade_install(target: &Target, install: Install, timeout: Duration) -> 
     let mut step = connect(target, args);
     step.stdin = stdin;
     step
+}
+
+/// `helm template RELEASE CHART --namespace NS --values -`: what a chart renders with these
+/// values, printed (revision tags are applied from it, as Istio's Helm upgrade guide does).
+pub fn template(
+    target: &Target,
+    release: &str,
+    chart: &Chart,
+    namespace: &str,
+    values: Vec<u8>,
+) -> Step {
+    let mut args = words(&["template", release]);
+    push_chart(&mut args, chart);
+    args.extend(words(&["--namespace", namespace, "--values", "-"]));
+    Step {
+        cluster: target.cluster.clone(),
+        tool: Tool::Helm,
+        args,
+        stdin: Some(Sensitive::new(values)),
+    }
+}
+
+/// The chart's address and, from a repository, its version.
+fn push_chart(args: &mut Vec<String>, chart: &Chart) {
+    match &chart.location {
+        Location::Repo(url) => {
+            args.push(chart.name.clone());
+            args.extend(["--repo".to_string(), url.clone()]);
+        }
+        Location::Oci(reference) => args.push(reference.clone()),
+        Location::Local(path) => args.push(path.display().to_string()),
+    }
+    // A local chart is the version it is; --version only selects from a repository.
+    if let (Some(version), false) = (&chart.version, matches!(chart.location, Location::Local(_))) {
+        args.extend(["--version".to_string(), version.clone()]);
+    }
 }
 
 /// `helm list -o json` in one namespace: every live release with its status and chart.

@@ -71,6 +71,21 @@ pub fn list(
     connect(target, args, timeout)
 }
 
+/// Every object of `kind` in every namespace (`--all-namespaces`).
+pub fn list_everywhere(target: &Target, kind: &str, timeout: Duration) -> Step {
+    connect(
+        target,
+        words(&["get", kind, "--all-namespaces", "--output", "json"]),
+        timeout,
+    )
+}
+
+/// `kubectl patch KIND NAME --type json --patch P`: RFC 6902 operations on one object.
+pub fn patch_json(target: &Target, kind: &str, name: &str, patch: &str, timeout: Duration) -> Step {
+    let args = words(&["patch", kind, name, "--type", "json", "--patch", patch]);
+    connect(target, args, timeout)
+}
+
 /// `kubectl apply --server-side -f -`: the manifest travels on stdin, so secrets never reach
 /// argv or disk, and no last-applied annotation copies them.
 pub fn apply(target: &Target, manifest: Sensitive<Vec<u8>>, timeout: Duration) -> Step {

@@ -158,7 +158,7 @@ mod tests {
         );
         assert_eq!(
             chains(1),
-            ["cluster3 remote secrets,istiod,istio-base,namespace"]
+            ["cluster3 remote secrets,revision tags,istiod,istio-base,namespace"]
         );
         // cluster3 held cluster1's and cluster2's tokens: two rotations of three waves.
         assert_eq!(plan.waves.len(), 2 + 6);

@@ -260,6 +260,13 @@ impl<'a> Live<'a> {
         Ok(list.items)
     }
 
+    /// Every object of `kind` in every namespace.
+    pub fn list_everywhere<T: DeserializeOwned>(&self, kind: &str) -> Result<Vec<T>, StepError> {
+        let step = kubectl::list_everywhere(self.target, kind, self.timeout);
+        let list: List<T> = parse_json(&step, &self.run(&step)?.stdout)?;
+        Ok(list.items)
+    }
+
     /// Whether every one of `objects` is answered by the snapshot (present or not).
     fn all_cached(
         &self,

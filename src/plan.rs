@@ -131,6 +131,28 @@ impl<'t> Plan<'t> {
         self
     }
 
+    /// Every wave split into one wave per cluster, the wave's gate after the last
+    /// (`install --in-place`: a minor version upgraded one cluster at a time).
+    pub fn one_cluster_at_a_time(self) -> Plan<'t> {
+        let mut waves = Vec::new();
+        for wave in self.waves {
+            let count = wave.chains.len();
+            for (i, chain) in wave.chains.into_iter().enumerate() {
+                waves.push(Wave {
+                    title: format!("{} ({})", wave.title, chain.cluster),
+                    chains: vec![chain],
+                    gate: if i + 1 == count {
+                        wave.gate.clone()
+                    } else {
+                        None
+                    },
+                    after_failure: wave.after_failure,
+                });
+            }
+        }
+        Plan { waves }
+    }
+
     /// Keeps only the chains of `clusters` (and the waves left with any).
     pub fn only(mut self, clusters: &[String]) -> Plan<'t> {
         for wave in &mut self.waves {
@@ -424,6 +446,7 @@ mod tests {
             plan.waves[0].chains[0].labels(),
             [
                 "remote secrets",
+                "revision tags",
                 "istiod",
                 "istio-base",
                 "namespace",

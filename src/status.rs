@@ -217,8 +217,14 @@ mod tests {
                 {"name": "istiod", "status": "deployed", "chart": "istiod-1.28.1"}
             ])
             .to_string())
+        } else if args.starts_with("get deployments") && args.contains("app=istiod") {
+            ok(json!({"kind": "DeploymentList", "items": [{"metadata": {"name": "istiod", "labels": {"app": "istiod", "istio.io/rev": "default"}},
+                "spec": {"template": {"spec": {"containers": [{"name": "discovery", "image": "docker.io/istio/pilot:1.28.1"}]}}}}]})
+            .to_string())
         } else if args.starts_with("get deployment") {
             ok(json!({"kind": "Deployment", "spec": {"replicas": 1}, "status": {"readyReplicas": 1}}).to_string())
+        } else if args.starts_with("get mutatingwebhookconfigurations") {
+            ok(json!({"kind": "MutatingWebhookConfigurationList", "items": []}).to_string())
         } else if args.starts_with("get secrets") && args.contains("meshup.io/reader-token") {
             // The reader token, whose CA the remote secrets carry.
             ok(json!({"kind": "SecretList", "items": [{
@@ -393,7 +399,7 @@ mod tests {
         // No part wrote a gateway or a cacerts root: those columns are not shown.
         assert!(
             text.contains(
-                "cluster1  kind-cluster1  v1.33.0     primary  base-1.28.1 istiod-1.28.1  1/1     0/1\n"
+                "cluster1  kind-cluster1  v1.33.0     primary  base-1.28.1 istiod-1.28.1  1/1     default 1.28.1  0/1\n"
             ),
             "{text}"
         );

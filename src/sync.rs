@@ -105,6 +105,9 @@ pub struct Cell {
 #[serde(rename_all = "camelCase")]
 pub struct Row {
     pub cluster: String,
+    /// The istiod revision read, when the cluster runs more than one (during an upgrade).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
     /// Every peer the topology says this istiod watches.
     pub peers: BTreeMap<String, Cell>,
     /// Clusters it watches that the mesh file does not give it.
@@ -147,6 +150,7 @@ pub struct Watcher {
 pub fn read(live: &Live, reporter: &Reporter, watcher: &Watcher) -> Row {
     let mut row = Row {
         cluster: live.target.cluster.clone(),
+        revision: None,
         peers: BTreeMap::new(),
         unexpected: BTreeMap::new(),
         pods: Vec::new(),
@@ -330,7 +334,7 @@ fn refused(e: &StepError) -> bool {
 }
 
 /// The first line of `text` (an error's headline).
-pub(crate) fn first_line(text: &str) -> &str {
+pub fn first_line(text: &str) -> &str {
     text.lines().next().unwrap_or_default()
 }
 

@@ -21,6 +21,7 @@ use crate::components::peers::{Peers, Source};
 use crate::components::reader::Reader;
 use crate::components::release::{Istiod, Release};
 use crate::components::restart::IstiodRestart;
+use crate::components::tags::RevisionTags;
 use crate::components::{Component, Stage};
 use crate::mesh::{Cluster, Mesh, Role};
 use crate::trust::{Trust, TrustMode};
@@ -196,6 +197,12 @@ fn components(
         pilot_from: remote.clone().filter(|_| !primary_has_address),
         force_conflicts: choices.force_conflicts,
     }));
+    if remote.is_none() {
+        // After istiod in install order, so that removal takes the tags away first.
+        parts.push(Box::new(RevisionTags {
+            namespace: ns.clone(),
+        }));
+    }
     if trust {
         parts.push(Box::new(IstiodRestart {
             deployment: istiod_deployment,
@@ -376,6 +383,7 @@ mod tests {
                 "remote secrets",
                 "east-west gateway",
                 "east-west gateway release",
+                "revision tags",
                 "istiod",
                 "istio-base",
                 "namespace"

@@ -18,6 +18,11 @@ pub fn base(mesh: &Mesh, cluster: &Cluster) -> Mapping {
     if matches!(cluster.role, Role::Remote { .. }) {
         set(&mut base, &["profile"], "remote");
     }
+    // The default validator (and, in Istio's upgrade guide, "the default revision") points
+    // at the mesh's revision.
+    if let Some(revision) = &mesh.revision {
+        set(&mut base, &["defaultRevision"], revision);
+    }
     sort(&mut base);
     base
 }

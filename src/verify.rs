@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::credentials;
 use crate::finding::{Finding, Level};
+use crate::revisions;
 use crate::run::{Run, walk};
 use crate::runner::{self, StepError};
 use crate::sync::{self, Row};
@@ -33,13 +34,35 @@ pub struct Report {
     pub traffic: Option<traffic::Report>,
 }
 
-/// Every istiod's view of its peers, read once.
+/// Every istiod's view of its peers, read once: the mesh's revision, and during an upgrade
+/// every other revision that runs beside it, which must sync with every peer too.
 pub fn read_sync(run: &Run, topology: &Topology) -> Vec<Row> {
     walk(run, topology, |node, cx| {
-        node.components
-            .iter()
-            .filter_map(|c| c.sync(cx))
-            .collect::<Vec<_>>()
+        let rows: Vec<Row> = node.components.iter().filter_map(|c| c.sync(cx)).collect();
+        let Some(first) = rows.first().cloned() else {
+            return rows;
+        };
+        let others: Vec<String> = revisions::running(&cx.live, &run.mesh.namespace)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|r| r.name)
+            .filter(|r| *r != topology.revision)
+            .collect();
+        let mut all = rows;
+        if !others.is_empty() {
+            all[0].revision = Some(topology.revision.clone());
+        }
+        for revision in others {
+            let watcher = sync::Watcher {
+                namespace: run.mesh.namespace.clone(),
+                revision: revision.clone(),
+                peers: first.peers.keys().cloned().collect(),
+            };
+            let mut row = sync::read(&cx.live, cx.reporter, &watcher);
+            row.revision = Some(revision);
+            all.push(row);
+        }
+        all
     })
     .into_iter()
     .flatten()
@@ -88,7 +111,18 @@ pub fn sync_until(
 /// The matrix as text, then one line per failing pair with its hint.
 pub fn render_sync(run: &Run, rows: &[Row]) -> String {
     let clusters: Vec<&str> = run.mesh.clusters.iter().map(|c| c.name.as_str()).collect();
-    let width = clusters.iter().map(|c| c.len()).max().unwrap_or(0).max(10) + 2;
+    let label = |row: &Row| match &row.revision {
+        Some(rev) => format!("{} ({rev})", row.cluster),
+        None => row.cluster.clone(),
+    };
+    let width = clusters
+        .iter()
+        .map(|c| c.len())
+        .chain(rows.iter().map(|r| label(r).len()))
+        .max()
+        .unwrap_or(0)
+        .max(10)
+        + 2;
     let mut out =
         String::from("istiod's view of its peers (rows: the cluster whose istiod looks)\n");
     out.push_str(&format!("{:<width$}", ""));
@@ -97,7 +131,7 @@ pub fn render_sync(run: &Run, rows: &[Row]) -> String {
     }
     out.push('\n');
     for row in rows {
-        out.push_str(&format!("{:<width$}", row.cluster));
+        out.push_str(&format!("{:<width$}", label(row)));
         for peer in &clusters {
             let word = match (row.peers.get(*peer), row.unexpected.get(*peer)) {
                 (Some(cell), _) => cell.state.word(),

@@ -2,6 +2,8 @@
 //! install plan, then (with `--prune`) the rotations.
 
 use super::prelude::*;
+use crate::revisions;
+use crate::upgrade;
 
 pub(super) fn install(
     global: &GlobalArgs,
@@ -40,17 +42,31 @@ pub(super) fn install(
         // runs (istio/istio#59367): take such fields over rather than fail.
         force_conflicts: tools.helm_major == Some(4),
     };
-    let topology = Topology::of(&session.mesh, &choices);
     // The clusters are checked once their locks are held, from the snapshot the install then
     // works with; a failed check releases them with nothing changed.
-    let locked = session.locked("install", |run| {
+    let locked = session.locked("install", |run| -> Result<_, Error> {
+        let found = upgrade::running_everywhere(run);
+        let (in_place, settled) = guard(run.mesh, &found, args.in_place)?;
+        let mut mesh = run.mesh.clone();
+        if mesh.revision.is_none() {
+            mesh.revision = settled;
+        }
+        let run = &Run {
+            mesh: &mesh,
+            ..run.clone()
+        };
+        let topology = Topology::of(&mesh, &choices);
         let checks = preflight::cluster_checks(run, &topology, false);
         if checks.iter().any(Finding::is_failure) {
-            return Err(checks);
+            return Ok(Err(checks));
         }
         warn_checks(run.reporter, &checks);
-        let summary = exec::execute(run, &plan::install(&topology));
-        Ok(after_link(run, &topology, summary, args.prune))
+        let mut plan = plan::install(&topology);
+        if in_place {
+            plan = plan.one_cluster_at_a_time();
+        }
+        let summary = exec::execute(run, &plan);
+        Ok(Ok(after_link(run, &topology, summary, args.prune)))
     });
     // A cluster whose lock cannot be taken fails the preflight: it does not answer, or
     // refuses meshup.
@@ -63,7 +79,7 @@ pub(super) fn install(
                 message.trim_start_matches(&format!("[{cluster}] "))
             ),
         )]),
-        other => other?,
+        other => other??,
     };
     match outcome {
         Ok(summary) => finish(reporter, "install", &summary),
@@ -73,4 +89,66 @@ pub(super) fn install(
             Err(Error::Reported)
         }
     }
+}
+
+/// What install may do to the istiod it finds. A second revision means an upgrade is under
+/// way: refused, naming the next command. Another revision than the mesh file's, or another
+/// minor version, is an upgrade: refused in favour of `meshup upgrade`, unless `--in-place`
+/// (one minor version, one cluster at a time). Returns whether istiod changes its minor
+/// version in place, and the revision the clusters run when the mesh file names none.
+fn guard(
+    mesh: &Mesh,
+    found: &[(String, Vec<revisions::Revision>)],
+    in_place: bool,
+) -> Result<(bool, Option<String>), Error> {
+    let target = mesh.chart("istiod").version;
+    let mut changes_minor = false;
+    for (cluster, running) in found {
+        match running.as_slice() {
+            [] => {}
+            [old, new] => {
+                return Err(Error::Refused(format!(
+                    "an upgrade is under way in `{cluster}`: istiod {} ({}) runs beside {} ({}); continue it with `meshup upgrade promote` and `meshup upgrade finish`, or undo it with `meshup upgrade rollback`, before `meshup install`",
+                    new.name,
+                    new.version.as_deref().unwrap_or("?"),
+                    old.name,
+                    old.version.as_deref().unwrap_or("?"),
+                )));
+            }
+            [one] => {
+                if let Some(wanted) = &mesh.revision
+                    && *wanted != one.name
+                {
+                    return Err(Error::Refused(format!(
+                        "`{cluster}` runs istiod revision `{}`, the mesh file asks for `{wanted}`: `meshup upgrade start` installs a new revision beside the running one; or set `istio.revision: {}`",
+                        one.name, one.name
+                    )));
+                }
+                let (Some(from), Some(to)) = (&one.version, &target) else {
+                    continue;
+                };
+                match revisions::minors_between(from, to) {
+                    Some(0) | None => {}
+                    Some(n) if n.abs() == 1 && in_place => changes_minor = true,
+                    Some(n) if n.abs() == 1 => {
+                        return Err(Error::Refused(format!(
+                            "`{cluster}` runs Istio {from}; installing {to} would change istiod's minor version in place, in every cluster at once. Upgrade with a canary revision (`meshup upgrade start`), or pass --in-place to upgrade in place one cluster at a time"
+                        )));
+                    }
+                    Some(_) => {
+                        return Err(Error::Refused(format!(
+                            "`{cluster}` runs Istio {from} and the mesh file asks for {to}: Istio changes one minor version at a time"
+                        )));
+                    }
+                }
+            }
+            many => {
+                return Err(Error::Refused(format!(
+                    "`{cluster}` runs {} istiod revisions; meshup expects one (two during `meshup upgrade`)",
+                    many.len()
+                )));
+            }
+        }
+    }
+    Ok((changes_minor, upgrade::settled(found)))
 }

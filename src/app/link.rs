@@ -8,11 +8,12 @@ pub(super) fn link(
     reporter: &Arc<Reporter>,
     args: &LinkArgs,
 ) -> Result<(), Error> {
-    let session = Session::open(global, mesh_args, reporter)?;
+    let mut session = Session::open(global, mesh_args, reporter)?;
     if let Some(names) = &args.rotate {
         check_cluster_names(&session.mesh, "--rotate", names)?;
     }
     session.require_tools()?;
+    session.settle_revision();
     let topology = Topology::of(&session.mesh, &Choices::default());
     let plan = plan::link(&topology).then(rotation_plan(
         &session.mesh,

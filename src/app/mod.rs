@@ -12,6 +12,7 @@ mod plan;
 mod remote_secret;
 mod session;
 mod uninstall;
+mod upgrade;
 mod verify;
 
 /// What every command file uses.
@@ -120,8 +121,9 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         Command::Install(args) => install::install(&global, &mesh_args, &reporter, &args),
         Command::Link(args) => link::link(&global, &mesh_args, &reporter, &args),
         Command::Status => {
-            let session = Session::open(&global, &mesh_args, &reporter)?;
+            let mut session = Session::open(&global, &mesh_args, &reporter)?;
             session.require_tools()?;
+            session.settle_revision();
             let topology = Topology::of(&session.mesh, &Choices::default());
             let status = status::collect(&session.read(), &topology);
             if reporter.mode() == Mode::Json {
@@ -136,6 +138,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             }
         }
         Command::Verify(args) => verify::verify(&global, &mesh_args, &reporter, &args),
+        Command::Upgrade(args) => upgrade::upgrade(&global, &mesh_args, &reporter, &args),
         Command::Uninstall(args) => uninstall::uninstall(&global, &mesh_args, &reporter, &args),
     }
 }

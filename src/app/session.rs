@@ -18,6 +18,8 @@ pub(super) struct Session {
     pub(super) kubectl: Result<PathBuf, String>,
     pub(super) runner: ProcessRunner,
     pub(super) reporter: Arc<Reporter>,
+    /// The snapshots read-only walks share within this command.
+    read_caches: Arc<crate::run::Caches>,
 }
 
 impl Session {
@@ -53,6 +55,7 @@ impl Session {
             kubectl,
             runner,
             reporter: reporter.clone(),
+            read_caches: Default::default(),
         })
     }
 
@@ -96,12 +99,24 @@ impl Session {
         })?)
     }
 
-    /// For commands that only read: they may fan out wider.
+    /// For commands that only read: they may fan out wider, and share one snapshot per
+    /// cluster.
     pub(super) fn read(&self) -> Run<'_> {
         Run {
             jobs: self.read_jobs,
+            caches: Some(self.read_caches.clone()),
             ..self.run()
         }
+    }
+
+    /// When the mesh file names no revision, the one the clusters run (after `meshup
+    /// upgrade`, `istiod-1-29-0`), so that the command finds istiod where it runs.
+    pub(super) fn settle_revision(&mut self) {
+        if self.mesh.revision.is_some() {
+            return;
+        }
+        let found = crate::upgrade::running_everywhere(&self.read());
+        self.mesh.revision = crate::upgrade::settled(&found);
     }
 
     /// Tools, then (if kubectl is there) every cluster, with its Kubernetes version.

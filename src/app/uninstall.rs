@@ -8,7 +8,7 @@ pub(super) fn uninstall(
     reporter: &Arc<Reporter>,
     args: &UninstallArgs,
 ) -> Result<(), Error> {
-    let session = Session::open(global, mesh_args, reporter)?;
+    let mut session = Session::open(global, mesh_args, reporter)?;
     let mesh = &session.mesh;
     check_cluster_names(mesh, "CLUSTER", &args.leaving)?;
     let everyone = mesh.clusters.iter().all(|c| args.leaving.contains(&c.name));
@@ -23,6 +23,8 @@ pub(super) fn uninstall(
         return Ok(());
     }
     session.require_tools()?;
+    session.settle_revision();
+    let mesh = &session.mesh;
     let choices = Choices {
         purge_crds: args.purge_crds,
         ..Choices::default()

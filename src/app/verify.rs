@@ -8,8 +8,15 @@ pub(super) fn verify(
     reporter: &Arc<Reporter>,
     args: &VerifyArgs,
 ) -> Result<(), Error> {
-    let session = Session::open(global, mesh_args, reporter)?;
+    let mut session = Session::open(global, mesh_args, reporter)?;
     session.require_tools()?;
+    // The traffic check's namespace follows the mesh file: `istio-injection=enabled` (the
+    // `default` tag, wherever an upgrade moved it) unless the file names a revision.
+    let injection = match &session.mesh.revision {
+        Some(rev) => ("istio.io/rev".to_string(), rev.clone()),
+        None => ("istio-injection".to_string(), "enabled".to_string()),
+    };
+    session.settle_revision();
     let mesh = &session.mesh;
     let topology = Topology::of(mesh, &Choices::default());
     let run = session.read();
@@ -23,10 +30,7 @@ pub(super) fn verify(
             keep: args.keep,
             helloworld_image: args.helloworld_image.clone().unwrap_or(helloworld),
             curl_image: args.curl_image.clone().unwrap_or(curl),
-            injection: match &mesh.revision {
-                Some(rev) => ("istio.io/rev".to_string(), rev.clone()),
-                None => ("istio-injection".to_string(), "enabled".to_string()),
-            },
+            injection: injection.clone(),
         };
         reporter.info(&format!(
             "traffic: {} requests from every cluster to `helloworld.{}`",

@@ -12,6 +12,7 @@ pub mod peers;
 pub mod reader;
 pub mod release;
 pub mod restart;
+pub mod tags;
 
 use std::collections::BTreeMap;
 use std::path::Path;

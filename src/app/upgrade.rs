@@ -1,0 +1,434 @@
+//! `meshup upgrade start|promote|finish|rollback`: a canary upgrade across clusters
+//! (`upgrade.rs` builds the plans). Every guard is checked, under the locks, before anything
+//! changes; a refused phase exits 2.
+
+use std::collections::BTreeMap;
+
+use super::prelude::*;
+use crate::cli::{UpgradeArgs, UpgradePhase};
+use crate::revisions::{self, Installed, Phase, Revision};
+use crate::upgrade::{self, Canary};
+
+pub(super) fn upgrade(
+    global: &GlobalArgs,
+    mesh_args: &MeshArgs,
+    reporter: &Arc<Reporter>,
+    args: &UpgradeArgs,
+) -> Result<(), Error> {
+    let phase = &args.phase;
+    let mut session = Session::open(global, mesh_args, reporter)?;
+    refuse_remotes(&session.mesh)?;
+    check_cluster_names(&session.mesh, "--clusters", &phase.waves().clusters)?;
+    if let UpgradePhase::Start { to: Some(to), .. } = phase {
+        if let Some(local) = session
+            .mesh
+            .chart("istiod")
+            .version
+            .filter(|_| session.mesh.charts.is_local())
+            && local != *to
+        {
+            return Err(Error::Refused(format!(
+                "--to {to}: the local istiod chart in `istio.charts` is {local}"
+            )));
+        }
+        session.mesh.version = Some(to.clone());
+    }
+    let tools = session.tool_checks();
+    if tools.checks.iter().any(Finding::is_failure) {
+        report_checks(reporter, &tools.checks)?;
+        return Err(Error::Reported);
+    }
+    session.require_tools()?;
+    let fetched = pull::fetch(
+        &session.runner,
+        reporter,
+        &session.mesh.charts,
+        session.mesh.version.as_deref(),
+        &session.mesh.charts_needed(),
+        &pull::cache_dir(),
+    )?;
+    session.mesh.charts = fetched.charts;
+    if let Some(version) = fetched.pinned {
+        session.mesh.version = Some(version);
+    }
+    let force_conflicts = tools.helm_major == Some(4);
+    let command = format!("upgrade {}", phase.name());
+    let outcome = session.locked(&command, |run| -> Result<(Summary, String), Error> {
+        let mut installed = BTreeMap::new();
+        for (cluster, found) in upgrade::observe(run) {
+            installed.insert(cluster, found?);
+        }
+        let mut canary = decide(run.mesh, &installed, phase)?;
+        canary.force_conflicts = force_conflicts;
+        if canary.waves.is_empty() {
+            return Ok((
+                Summary {
+                    ok: true,
+                    interrupted: false,
+                    clusters: Vec::new(),
+                    departed: Vec::new(),
+                    gates: Vec::new(),
+                    rotated: Vec::new(),
+                },
+                nothing_left(phase, &canary),
+            ));
+        }
+        let plan = match phase {
+            UpgradePhase::Start { .. } => canary.start(),
+            UpgradePhase::Promote { .. } => canary.promote(),
+            UpgradePhase::Finish { force, .. } => {
+                if !force {
+                    refuse_while_proxies(run, &canary, &canary.old)?;
+                }
+                canary.finish()
+            }
+            UpgradePhase::Rollback { .. } => canary.rollback(),
+        };
+        Ok((exec::execute(run, &plan), next_step(phase, &canary)))
+    })?;
+    let (summary, next) = outcome?;
+    finish(reporter, &command, &summary)?;
+    reporter.line(&next);
+    Ok(())
+}
+
+/// A remote cluster's injector and `istiod-remote` are not per revision in Istio's charts
+/// (istio/istio#34867, #47552): refused.
+fn refuse_remotes(mesh: &Mesh) -> Result<(), Error> {
+    let remotes: Vec<&str> = mesh
+        .clusters
+        .iter()
+        .filter(|c| matches!(c.role, mesh::Role::Remote { .. }))
+        .map(|c| c.name.as_str())
+        .collect();
+    if remotes.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Refused(format!(
+        "{} {} remote: a remote cluster's injector and its `istiod` Service lead to one istiod of its primary, not to a revision (istio/istio#34867, #47552), so meshup does not canary-upgrade primary-remote meshes; upgrade them in place with `meshup install --in-place`, one minor version at a time",
+        remotes.join(", "),
+        if remotes.len() == 1 { "is" } else { "are" }
+    )))
+}
+
+/// The clusters a phase changes, in waves, from what they run; every guard of the phase.
+pub(super) fn decide(
+    mesh: &Mesh,
+    installed: &BTreeMap<String, Installed>,
+    phase: &UpgradePhase,
+) -> Result<Canary, Error> {
+    let waves = phase.waves();
+    let chosen: Vec<String> = if waves.clusters.is_empty() {
+        mesh.clusters.iter().map(|c| c.name.clone()).collect()
+    } else {
+        mesh.clusters
+            .iter()
+            .filter(|c| waves.clusters.contains(&c.name))
+            .map(|c| c.name.clone())
+            .collect()
+    };
+    let phases: BTreeMap<&str, Phase> = installed
+        .iter()
+        .map(|(c, i)| (c.as_str(), i.phase()))
+        .collect();
+    for (cluster, p) in &phases {
+        match p {
+            Phase::Empty => {
+                return Err(Error::Refused(format!(
+                    "`{cluster}` runs no istiod in namespace `{}`: install the mesh first (`meshup install`)",
+                    mesh.namespace
+                )));
+            }
+            Phase::Tangled(revisions) => {
+                return Err(Error::Refused(format!(
+                    "`{cluster}` runs {} istiod revisions ({}); meshup upgrades from one to the next: remove the ones not in use first",
+                    revisions.len(),
+                    list(revisions)
+                )));
+            }
+            _ => {}
+        }
+    }
+    check_skew(mesh, installed)?;
+    // The two revisions of the upgrade, from the clusters that have both, else from the start.
+    let pair = phases.values().find_map(|p| match p {
+        Phase::Started { old, new } | Phase::Promoted { old, new } => {
+            Some((old.clone(), new.clone()))
+        }
+        _ => None,
+    });
+    let (old, new, version) = match (phase, pair) {
+        (_, Some((old, new))) => {
+            let version = new.version.clone().unwrap_or_default();
+            (old, new, version)
+        }
+        (UpgradePhase::Start { .. }, None) => {
+            let Some(version) = mesh.chart("istiod").version else {
+                return Err(Error::Refused(
+                    "the version to upgrade to is not known: set `istio.version` in the mesh file, or pass --to".into(),
+                ));
+            };
+            let Some(Phase::Steady(old)) = chosen.first().and_then(|c| phases.get(c.as_str()))
+            else {
+                return Err(Error::Refused("no cluster to upgrade".into()));
+            };
+            let new = Revision {
+                name: revisions::revision_of(&version),
+                version: Some(version.clone()),
+            };
+            (old.clone(), new, version)
+        }
+        (_, None) => {
+            return Err(Error::Refused(format!(
+                "no upgrade is under way: every cluster runs one istiod revision ({}); start one with `meshup upgrade start`",
+                running_list(&phases)
+            )));
+        }
+    };
+    let from_version = old.version.clone().unwrap_or_default();
+    match revisions::minors_between(&from_version, &version) {
+        Some(1) => {}
+        Some(0) => {
+            return Err(Error::Refused(format!(
+                "{version} is a patch release of the running {from_version}: patch upgrades are in place, with `meshup install`"
+            )));
+        }
+        Some(n) if n > 1 => {
+            return Err(Error::Refused(format!(
+                "{from_version} → {version} skips {} minor version{}: Istio upgrades one minor version at a time; upgrade to the next minor version first",
+                n - 1,
+                if n == 2 { "" } else { "s" }
+            )));
+        }
+        _ => {
+            return Err(Error::Refused(format!(
+                "cannot upgrade from {from_version} to {version}: not a newer minor version"
+            )));
+        }
+    }
+    if old.name == new.name {
+        return Err(Error::Refused(format!(
+            "the running revision is already named `{}`",
+            new.name
+        )));
+    }
+    if !matches!(phase, UpgradePhase::Start { .. })
+        && let Some(file) = mesh.chart("istiod").version
+        && file != version
+    {
+        return Err(Error::Refused(format!(
+            "the upgrade under way is to {version}, but the mesh file's istiod chart is {file}: set `istio.version: {version}` (or put the {version} charts in `istio.charts`)"
+        )));
+    }
+    let mut todo = Vec::new();
+    for cluster in &chosen {
+        let here = &phases[cluster.as_str()];
+        let steady = |r: &Revision| matches!(here, Phase::Steady(s) if s.name == r.name);
+        let pair_here = matches!(here, Phase::Started { old: o, new: n } | Phase::Promoted { old: o, new: n } if o.name == old.name && n.name == new.name);
+        let started = matches!(here, Phase::Started { .. }) && pair_here;
+        let (wanted, done) = match phase {
+            UpgradePhase::Start { .. } => (steady(&old) || started, false),
+            UpgradePhase::Promote { .. } => (pair_here, false),
+            UpgradePhase::Finish { .. } => (
+                matches!(here, Phase::Promoted { .. }) && pair_here,
+                steady(&new),
+            ),
+            UpgradePhase::Rollback { .. } => (pair_here, steady(&old)),
+        };
+        if done {
+            continue;
+        }
+        if !wanted {
+            return Err(Error::Refused(format!(
+                "`{cluster}` cannot {}: {}",
+                phase.name(),
+                where_it_stands(here, &old, &new, phase)
+            )));
+        }
+        todo.push(cluster.clone());
+    }
+    let size = waves.wave_size.max(1) as usize;
+    let mut canary = Canary::new(
+        mesh,
+        &old.name,
+        &version,
+        todo.chunks(size).map(<[String]>::to_vec).collect(),
+    );
+    canary.new = new.name.clone();
+    canary.to.revision = Some(new.name.clone());
+    let moving = match phase {
+        UpgradePhase::Rollback { .. } => &new.name,
+        _ => &old.name,
+    };
+    for (cluster, found) in installed {
+        let mut tags = found.tags_of(moving);
+        if !tags.iter().any(|t| t == revisions::DEFAULT_TAG) {
+            tags.insert(0, revisions::DEFAULT_TAG.to_string());
+        }
+        canary.tags.insert(cluster.clone(), tags);
+    }
+    match phase {
+        UpgradePhase::Promote {
+            restart_workloads, ..
+        } => canary.restart_workloads = *restart_workloads,
+        UpgradePhase::Rollback {
+            restart_workloads,
+            force,
+            ..
+        } => {
+            canary.restart_workloads = *restart_workloads;
+            canary.force = *force;
+        }
+        UpgradePhase::Finish { force, .. } => canary.force = *force,
+        UpgradePhase::Start { .. } => {}
+    }
+    Ok(canary)
+}
+
+/// Clusters never more than one minor version apart, counting the version being installed.
+fn check_skew(mesh: &Mesh, installed: &BTreeMap<String, Installed>) -> Result<(), Error> {
+    let mut versions: Vec<(String, String)> = installed
+        .iter()
+        .flat_map(|(c, i)| {
+            i.revisions
+                .iter()
+                .filter_map(move |r| Some((c.clone(), r.version.clone()?)))
+        })
+        .collect();
+    if let Some(v) = mesh.chart("istiod").version {
+        versions.push((format!("the mesh file ({})", mesh.source), v));
+    }
+    let minor = |v: &str| revisions::triple(v).map(|t| (t.0, t.1));
+    let lowest = versions.iter().min_by_key(|(_, v)| minor(v));
+    let highest = versions.iter().max_by_key(|(_, v)| minor(v));
+    if let (Some((lc, lv)), Some((hc, hv))) = (lowest, highest)
+        && revisions::minors_between(lv, hv).is_some_and(|n| n > 1)
+    {
+        return Err(Error::Refused(format!(
+            "{lc} runs Istio {lv} and {hc} {hv}: more than one minor version apart, which Istio does not support between the clusters of a mesh; bring every cluster to within one minor version first"
+        )));
+    }
+    Ok(())
+}
+
+fn list(revisions: &[Revision]) -> String {
+    revisions
+        .iter()
+        .map(|r| format!("{} ({})", r.name, r.version.as_deref().unwrap_or("?")))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn running_list(phases: &BTreeMap<&str, Phase>) -> String {
+    phases
+        .iter()
+        .map(|(c, p)| match p {
+            Phase::Steady(r) => format!("{c}: {}", list(std::slice::from_ref(r))),
+            _ => format!("{c}: ?"),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn where_it_stands(here: &Phase, old: &Revision, new: &Revision, phase: &UpgradePhase) -> String {
+    match (here, phase) {
+        (Phase::Started { .. }, UpgradePhase::Finish { .. }) => format!(
+            "the default revision is still {}; run `meshup upgrade promote` first",
+            old.name
+        ),
+        (Phase::Promoted { .. }, UpgradePhase::Start { .. }) => format!(
+            "it is already promoted to {}; run `meshup upgrade finish` (or `rollback`)",
+            new.name
+        ),
+        (Phase::Steady(r), _) if r.name == new.name => {
+            format!("it already runs only {}", new.name)
+        }
+        (Phase::Steady(r), UpgradePhase::Promote { .. } | UpgradePhase::Rollback { .. })
+            if r.name == old.name =>
+        {
+            format!(
+                "it runs only {}; run `meshup upgrade start` first",
+                old.name
+            )
+        }
+        (p, _) => format!("it runs {}", describe_phase(p)),
+    }
+}
+
+fn describe_phase(p: &Phase) -> String {
+    match p {
+        Phase::Empty => "no istiod".into(),
+        Phase::Steady(r) => list(std::slice::from_ref(r)),
+        Phase::Started { old, new } | Phase::Promoted { old, new } => {
+            list(&[old.clone(), new.clone()])
+        }
+        Phase::Tangled(r) => list(r),
+    }
+}
+
+/// `finish` is refused while pods still run proxies of the revision it removes.
+fn refuse_while_proxies(run: &Run, canary: &Canary, revision: &str) -> Result<(), Error> {
+    let clusters: Vec<&mesh::Cluster> = canary
+        .waves
+        .iter()
+        .flatten()
+        .filter_map(|c| run.mesh.cluster(c))
+        .collect();
+    let found = crate::run::parallel(run.jobs, &clusters, |cluster| {
+        let (mut memo, board) = (
+            crate::components::ClusterNotes::default(),
+            crate::components::RunBoard::default(),
+        );
+        run.in_cluster(cluster, &mut memo, &board, |cx| {
+            revisions::proxies(&cx.live)
+        })
+    });
+    let mut left = Vec::new();
+    for (cluster, proxies) in clusters.iter().zip(found) {
+        if let Some(namespaces) = proxies?.remove(revision) {
+            left.push(format!(
+                "{}: {}",
+                cluster.name,
+                revisions::describe(&namespaces)
+            ));
+        }
+    }
+    if left.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Refused(format!(
+        "pods still run proxies of istiod {revision}, which finish would remove: {}. Restart them (`meshup upgrade promote --restart-workloads`, or `kubectl rollout restart deployment -n NAMESPACE`), or pass --force",
+        left.join("; ")
+    )))
+}
+
+fn nothing_left(phase: &UpgradePhase, canary: &Canary) -> String {
+    format!(
+        "nothing to {}: every chosen cluster is already there",
+        phase.name()
+    ) + &match phase {
+        UpgradePhase::Finish { .. } => format!(" (the mesh runs {})", canary.new),
+        _ => String::new(),
+    }
+}
+
+fn next_step(phase: &UpgradePhase, canary: &Canary) -> String {
+    match phase {
+        UpgradePhase::Start { .. } => format!(
+            "next: check it (`meshup verify`, `meshup status`), then `meshup upgrade promote` moves workloads to {} (or `meshup upgrade rollback`)",
+            canary.new
+        ),
+        UpgradePhase::Promote { .. } => format!(
+            "next: once every injected workload was restarted onto {}, `meshup upgrade finish` removes {} (or `meshup upgrade rollback`)",
+            canary.new, canary.old
+        ),
+        UpgradePhase::Finish { .. } => format!(
+            "the mesh runs {} ({}) where it was finished",
+            canary.new, canary.version
+        ),
+        UpgradePhase::Rollback { .. } => format!(
+            "the mesh runs {} again where it was rolled back; set `istio.version` back in the mesh file",
+            canary.old
+        ),
+    }
+}

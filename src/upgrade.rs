@@ -1,0 +1,805 @@
+//! Canary upgrades of a live mesh, across clusters, in waves (`meshup upgrade`), the way
+//! Istio's Helm canary upgrade does it in one cluster, ordered for many:
+//!
+//! 1. `start`: istio-base to the new chart in every cluster first (CRDs and the reader RBAC a
+//!    newer istiod needs from its peers), then, wave by wave, `istiod-REV` beside the running
+//!    revision with the same mesh values; gate: the new istiod reports every peer synced.
+//! 2. `promote`: wave by wave, the revision tags (`default` and every tag on the old revision)
+//!    rendered by the new istiod chart (`revisionTags`) and applied, the revision-less
+//!    injector switched off as `istioctl tag set default` does, istio-base's
+//!    `defaultRevision`, the east-west gateway's `revision`, and on request the injected
+//!    Deployments restarted; gate: those proxies run the new revision.
+//! 3. `finish`: the old istiod removed, refused while proxies of it still run.
+//! 4. `rollback` (before `finish`): tags, base and gateway back, then the new istiod removed.
+//!
+//! Every step is a plan run by the engine (`exec.rs`); the state lives in the clusters (which
+//! istiod revisions run, where the tags point), so any machine can continue an upgrade.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+use serde_yaml::Mapping;
+
+use crate::chart::Chart;
+use crate::components::{Action, ClusterCtx, ClusterNotes, Component, RunBoard, ScriptCx};
+use crate::helm;
+use crate::kubectl;
+use crate::live::Deployment;
+use crate::mesh::Mesh;
+use crate::plan::{Chain, Gate, Plan, ScriptOptions, Task, Wave, Work};
+use crate::remote_secret::{MANAGED_BY, MANAGED_BY_LABEL};
+use crate::revisions::{
+    DEFAULT_TAG, Installed, Revision, TAG_LABEL, describe, installed, proxies, revision_of, tags,
+};
+use crate::run::Run;
+use crate::runner::StepError;
+use crate::sensitive::Sensitive;
+use crate::step::shell_quote;
+use crate::sync;
+use crate::topology::{Choices, Topology};
+use crate::values;
+
+/// What `istioctl tag set default` puts into the revision-less injector's selectors so that
+/// it never matches (istioctl/pkg/util/common.go `NeverMatch`).
+const NEVER_MATCH: (&str, &str) = ("istio.io/deactivated", "never-match");
+/// Every cluster's revisions and tags, read in parallel (the clusters of `run.mesh`).
+pub fn observe(run: &Run) -> Vec<(String, Result<Installed, StepError>)> {
+    crate::run::parallel(run.jobs, &run.mesh.clusters, |cluster| {
+        let (mut memo, board) = (ClusterNotes::default(), RunBoard::default());
+        let result = run.in_cluster(cluster, &mut memo, &board, |cx| {
+            installed(&cx.live, &run.mesh.namespace)
+        });
+        (cluster.name.clone(), result)
+    })
+}
+
+/// Each cluster's istiod revisions (from the snapshot of its mesh namespace); a cluster that
+/// could not be read is left out (the command reports it).
+pub fn running_everywhere(run: &Run) -> Vec<(String, Vec<Revision>)> {
+    crate::run::parallel(run.jobs, &run.mesh.clusters, |cluster| {
+        let (mut memo, board) = (ClusterNotes::default(), RunBoard::default());
+        let found = run.in_cluster(cluster, &mut memo, &board, |cx| {
+            crate::revisions::running(&cx.live, &run.mesh.namespace)
+        });
+        found
+            .ok()
+            .map(|revisions| (cluster.name.clone(), revisions))
+    })
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+/// The revision the mesh runs when the mesh file names none: the oldest one every cluster
+/// with an istiod runs, when that is not the revision-less `default` (after an upgrade,
+/// `1-29-0`), so that every command finds istiod where it runs.
+pub fn settled(found: &[(String, Vec<Revision>)]) -> Option<String> {
+    let running: Vec<&Vec<Revision>> = found
+        .iter()
+        .map(|(_, r)| r)
+        .filter(|r| !r.is_empty())
+        .collect();
+    let first = running.first()?;
+    let common: Vec<&Revision> = first
+        .iter()
+        .filter(|r| running.iter().all(|rs| rs.iter().any(|x| x.name == r.name)))
+        .collect();
+    if common.iter().any(|r| r.name == DEFAULT_TAG) {
+        return None;
+    }
+    common.first().map(|r| r.name.clone())
+}
+
+/// The name of the revision-less istiod's injector configuration.
+fn default_injector(namespace: &str) -> String {
+    if namespace == "istio-system" {
+        "istio-sidecar-injector".to_string()
+    } else {
+        format!("istio-sidecar-injector-{namespace}")
+    }
+}
+
+/// A canary upgrade from one revision to another: the mesh as it runs (`from`) and as it
+/// will (`to`), both with the new charts, and the clusters in waves.
+pub struct Canary {
+    pub from: Mesh,
+    pub to: Mesh,
+    /// The old and the new revision (`default` for istiod without one).
+    pub old: String,
+    pub new: String,
+    pub version: String,
+    pub waves: Vec<Vec<String>>,
+    /// Per cluster, the tags that move (`default` and the others on the moving revision).
+    pub tags: BTreeMap<String, Vec<String>>,
+    pub restart_workloads: bool,
+    pub force: bool,
+    pub force_conflicts: bool,
+}
+
+impl Canary {
+    /// `mesh` is the mesh file's, with the new charts; `old` the running revision.
+    pub fn new(mesh: &Mesh, old: &str, version: &str, waves: Vec<Vec<String>>) -> Canary {
+        let mut from = mesh.clone();
+        from.revision = (old != DEFAULT_TAG).then(|| old.to_string());
+        let mut to = mesh.clone();
+        let new = revision_of(version);
+        to.revision = Some(new.clone());
+        Canary {
+            from,
+            to,
+            old: old.to_string(),
+            new,
+            version: version.to_string(),
+            waves,
+            tags: BTreeMap::new(),
+            restart_workloads: false,
+            force: false,
+            force_conflicts: false,
+        }
+    }
+
+    fn choices(&self) -> Choices<'static> {
+        Choices {
+            force_conflicts: self.force_conflicts,
+            ..Choices::default()
+        }
+    }
+
+    /// `mesh`'s component labelled `label` in `cluster`, owned.
+    fn part(&self, mesh: &Mesh, cluster: &str, label: &str) -> Option<Box<dyn Component>> {
+        let topology = Topology::of(mesh, &self.choices());
+        topology
+            .nodes
+            .into_iter()
+            .find(|n| n.cluster == cluster)?
+            .components
+            .into_iter()
+            .find(|c| c.label(Action::Install) == label)
+    }
+
+    fn converge(&self, mesh: &Mesh, cluster: &str, label: &str) -> Option<Task<'static>> {
+        // What the values of `mesh` add to the mesh file's, for the script.
+        let sets = match (&mesh.revision, label) {
+            (Some(rev), "istio-base") => vec![("defaultRevision", rev.clone())],
+            (Some(rev), "istiod" | "east-west gateway release") => vec![("revision", rev.clone())],
+            _ => Vec::new(),
+        };
+        self.part(mesh, cluster, label)
+            .map(|component| Task::Work(Arc::new(Converge { component, sets })))
+    }
+
+    fn istiod_watches(&self, cluster: &str) -> Vec<String> {
+        Topology::of(&self.to, &self.choices())
+            .watches
+            .get(cluster)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn synced(&self, clusters: &[String], revision: &str) -> Arc<dyn Gate> {
+        Arc::new(Synced {
+            namespace: self.to.namespace.clone(),
+            revision: revision.to_string(),
+            clusters: clusters
+                .iter()
+                .map(|c| (c.clone(), self.istiod_watches(c)))
+                .collect(),
+        })
+    }
+
+    fn tags_for(&self, cluster: &str) -> Vec<String> {
+        self.tags
+            .get(cluster)
+            .cloned()
+            .unwrap_or_else(|| vec![DEFAULT_TAG.to_string()])
+    }
+
+    fn move_tags(&self, mesh: &Mesh, cluster: &str, revision: &str) -> Task<'static> {
+        let values = mesh
+            .cluster(cluster)
+            .map(|c| values::istiod(mesh, c))
+            .unwrap_or_default();
+        Task::Work(Arc::new(MoveTags {
+            namespace: mesh.namespace.clone(),
+            chart: self.to.chart("istiod"),
+            values,
+            revision: revision.to_string(),
+            tags: self.tags_for(cluster),
+        }))
+    }
+
+    /// istio-base to the new chart everywhere, then the new istiod beside the old, wave by
+    /// wave, each wave waiting for it to sync with every peer.
+    pub fn start(&self) -> Plan<'static> {
+        let everyone: Vec<String> = self.to.clusters.iter().map(|c| c.name.clone()).collect();
+        let mut waves = vec![Wave::new(
+            format!(
+                "istio-base {} in every cluster (CRDs and reader RBAC before any new istiod)",
+                self.version
+            ),
+            everyone
+                .iter()
+                .filter_map(|c| chain(c, vec![self.converge(&self.from, c, "istio-base")?]))
+                .collect(),
+        )];
+        for group in &self.waves {
+            let mut wave = Wave::new(
+                format!(
+                    "istiod {} beside {} in {}",
+                    self.new,
+                    self.old,
+                    group.join(", ")
+                ),
+                group
+                    .iter()
+                    .filter_map(|c| chain(c, vec![self.converge(&self.to, c, "istiod")?]))
+                    .collect(),
+            );
+            wave.gate = Some(self.synced(group, &self.new));
+            waves.push(wave);
+        }
+        Plan { waves }
+    }
+
+    /// The tags, istio-base's default revision and the gateway to the new revision, wave by
+    /// wave; each wave waits for their proxies to run it.
+    pub fn promote(&self) -> Plan<'static> {
+        self.switch(&self.to, &self.new, &self.old, "to")
+    }
+
+    /// Back to the old revision, then the new istiod removed, wave by wave.
+    pub fn rollback(&self) -> Plan<'static> {
+        let mut plan = Plan::default();
+        for (group, switched) in self.waves.iter().zip(
+            self.switch(&self.from, &self.old, &self.new, "back to")
+                .waves,
+        ) {
+            plan.waves.push(switched);
+            plan.waves.push(self.retire(group, &self.to, &self.new));
+        }
+        plan
+    }
+
+    /// The old istiod removed, wave by wave.
+    pub fn finish(&self) -> Plan<'static> {
+        Plan {
+            waves: self
+                .waves
+                .iter()
+                .map(|group| self.retire(group, &self.from, &self.old))
+                .collect(),
+        }
+    }
+
+    fn switch(&self, mesh: &Mesh, to: &str, from: &str, how: &str) -> Plan<'static> {
+        let waves = self
+            .waves
+            .iter()
+            .map(|group| {
+                let chains = group
+                    .iter()
+                    .filter_map(|c| {
+                        let mut tasks = vec![self.move_tags(mesh, c, to)];
+                        tasks.extend(self.converge(mesh, c, "istio-base"));
+                        tasks.extend(self.converge(mesh, c, "east-west gateway release"));
+                        if self.restart_workloads {
+                            tasks.push(Task::Work(Arc::new(RestartWorkloads {
+                                from: from.to_string(),
+                                namespace: mesh.namespace.clone(),
+                            })));
+                        }
+                        chain(c, tasks)
+                    })
+                    .collect();
+                let mut wave = Wave::new(
+                    format!(
+                        "default revision and tags {how} {to} in {}",
+                        group.join(", ")
+                    ),
+                    chains,
+                );
+                wave.gate = Some(Arc::new(OnRevision {
+                    clusters: group.clone(),
+                    namespace: mesh.namespace.clone(),
+                    revision: to.to_string(),
+                    from: from.to_string(),
+                    workloads: self.restart_workloads,
+                }));
+                wave
+            })
+            .collect();
+        Plan { waves }
+    }
+
+    fn retire(&self, group: &[String], mesh: &Mesh, revision: &str) -> Wave<'static> {
+        Wave::new(
+            format!("remove istiod {revision} from {}", group.join(", ")),
+            group
+                .iter()
+                .filter_map(|c| {
+                    let component = self.part(mesh, c, "istiod")?;
+                    chain(
+                        c,
+                        vec![Task::Work(Arc::new(Retire {
+                            component,
+                            revision: revision.to_string(),
+                            force: self.force,
+                        }))],
+                    )
+                })
+                .collect(),
+        )
+    }
+}
+
+fn chain(cluster: &str, tasks: Vec<Task<'static>>) -> Option<Chain<'static>> {
+    (!tasks.is_empty()).then(|| Chain {
+        cluster: cluster.to_string(),
+        tasks,
+    })
+}
+
+/// A component of another shape of the mesh (the new revision's istiod, istio-base with the
+/// new chart), converged as a step of the upgrade. In the script its values are the rendered
+/// file's with `sets` on top (what differs from the mesh file: the revision).
+struct Converge {
+    component: Box<dyn Component>,
+    sets: Vec<(&'static str, String)>,
+}
+
+impl Work for Converge {
+    fn label(&self) -> &'static str {
+        self.component.label(Action::Install)
+    }
+
+    fn run(&self, cx: &mut ClusterCtx) -> Result<String, StepError> {
+        self.component.converge(cx)
+    }
+
+    fn script(&self, cx: &ScriptCx) -> String {
+        let script = self.component.script(cx, Action::Install);
+        let sets: String = self
+            .sets
+            .iter()
+            .map(|(key, value)| format!(" \\\n  --set {}", shell_quote(&format!("{key}={value}"))))
+            .collect();
+        match script.strip_suffix('\n') {
+            Some(line) if !sets.is_empty() => format!("{line}{sets}\n"),
+            _ => script,
+        }
+    }
+}
+
+/// An istiod revision removed, refused while pods still run its proxies (unless forced).
+struct Retire {
+    component: Box<dyn Component>,
+    revision: String,
+    force: bool,
+}
+
+impl Work for Retire {
+    fn label(&self) -> &'static str {
+        "istiod"
+    }
+
+    fn run(&self, cx: &mut ClusterCtx) -> Result<String, StepError> {
+        if !self.force {
+            let left = proxies(&cx.live)?
+                .remove(&self.revision)
+                .unwrap_or_default();
+            if !left.is_empty() {
+                return Err(StepError::other(
+                    &cx.cluster.name,
+                    format!(
+                        "istiod {} is kept: its proxies still run in {}",
+                        self.revision,
+                        describe(&left)
+                    ),
+                    Some(
+                        "restart them (`meshup upgrade promote --restart-workloads`, or `kubectl rollout restart deployment -n NAMESPACE`), or pass --force to remove it anyway".to_string(),
+                    ),
+                ));
+            }
+        }
+        self.component.remove(cx)
+    }
+
+    fn script(&self, cx: &ScriptCx) -> String {
+        self.component.script(cx, Action::Remove)
+    }
+}
+
+/// The revision tags pointed at `revision`: rendered by the new istiod chart (`revisionTags`,
+/// as Istio's Helm upgrade guide renders them with `helm template`) and applied; away from the
+/// revision-less istiod, its injector is switched off as `istioctl tag set default` does, so
+/// that it does not inject the same pods again.
+struct MoveTags {
+    namespace: String,
+    chart: Chart,
+    /// The istiod values of the mesh whose revision the tags move to.
+    values: Mapping,
+    revision: String,
+    tags: Vec<String>,
+}
+
+impl MoveTags {
+    fn values(&self) -> Mapping {
+        let mut values = self.values.clone();
+        let revision = if self.revision == DEFAULT_TAG {
+            ""
+        } else {
+            self.revision.as_str()
+        };
+        values::set(&mut values, &["revision"], revision);
+        values.insert(
+            "revisionTags".into(),
+            serde_yaml::Value::Sequence(self.tags.iter().map(|t| t.as_str().into()).collect()),
+        );
+        values
+    }
+}
+
+impl Work for MoveTags {
+    fn label(&self) -> &'static str {
+        "revision tags"
+    }
+
+    fn run(&self, cx: &mut ClusterCtx) -> Result<String, StepError> {
+        let now = tags(&cx.live)?;
+        let tags_done = self.tags.iter().all(|t| {
+            now.get(t) == Some(&self.revision)
+                || (t == DEFAULT_TAG && !now.contains_key(t) && self.revision == DEFAULT_TAG)
+        });
+        let mut done = Vec::new();
+        if !tags_done {
+            let yaml = serde_yaml::to_string(&self.values()).map_err(|e| {
+                StepError::other(&cx.cluster.name, format!("cannot write values: {e}"), None)
+            })?;
+            let step = helm::template(
+                cx.target(),
+                "istiod",
+                &self.chart,
+                &self.namespace,
+                yaml.into_bytes(),
+            );
+            let rendered = cx.live.run(&step)?;
+            let manifest = tag_objects(&rendered.stdout).map_err(|e| {
+                StepError::other(
+                    &cx.cluster.name,
+                    format!("`helm template` of the istiod chart printed {e}"),
+                    None,
+                )
+            })?;
+            if manifest.is_empty() {
+                return Err(StepError::other(
+                    &cx.cluster.name,
+                    format!(
+                        "the istiod chart {} rendered no revision tag objects",
+                        self.chart.version.as_deref().unwrap_or("")
+                    ),
+                    Some(
+                        "meshup needs an istiod chart with `revisionTags` (Istio 1.17 or later)"
+                            .to_string(),
+                    ),
+                ));
+            }
+            cx.live.run(&kubectl::apply(
+                cx.target(),
+                Sensitive::new(manifest.into_bytes()),
+                cx.timeout(),
+            ))?;
+            done.push(format!("{} → {}", self.tags.join(", "), self.revision));
+        }
+        if self.revision != DEFAULT_TAG
+            && self.tags.iter().any(|t| t == DEFAULT_TAG)
+            && deactivate_default_injector(cx, &self.namespace)?
+        {
+            done.push("revision-less injector switched off".to_string());
+        }
+        Ok(if done.is_empty() {
+            "unchanged".into()
+        } else {
+            done.join("; ")
+        })
+    }
+
+    fn script(&self, cx: &ScriptCx) -> String {
+        let values = serde_yaml::to_string(&self.values()).unwrap_or_default();
+        let step = helm::template(
+            &cx.target,
+            "istiod",
+            &self.chart,
+            &self.namespace,
+            Vec::new(),
+        );
+        let mut out = format!(
+            "# revision tags {} → {}: the istiod chart renders them (objects labelled {TAG_LABEL}), kubectl applies them\n{} <<'VALUES' \\\n  | yq 'select(.metadata.labels[\"{TAG_LABEL}\"] != null)' \\\n  | kubectl apply --server-side --force-conflicts --field-manager meshup -f - --context {}{}\n{values}VALUES\n",
+            self.tags.join(", "),
+            self.revision,
+            step.command_line(),
+            shell_quote(&cx.cluster.context),
+            cx.kubeconfig_flag(),
+        );
+        if self.revision != DEFAULT_TAG {
+            out.push_str(&format!(
+                "# then the revision-less injector ({}) never matches: every webhook's selectors become {}={}\n",
+                default_injector(&self.namespace),
+                NEVER_MATCH.0,
+                NEVER_MATCH.1
+            ));
+        }
+        out
+    }
+}
+
+/// The objects labelled `istio.io/tag` among the documents `helm template` printed, as one
+/// YAML stream meshup applies (labelled as meshup's).
+fn tag_objects(rendered: &str) -> Result<String, String> {
+    let mut out = String::new();
+    for doc in serde_yaml::Deserializer::from_str(rendered) {
+        let value =
+            serde_yaml::Value::deserialize(doc).map_err(|e| format!("unreadable YAML: {e}"))?;
+        let Some(labels) = value
+            .get("metadata")
+            .and_then(|m| m.get("labels"))
+            .and_then(serde_yaml::Value::as_mapping)
+        else {
+            continue;
+        };
+        if !labels.contains_key(TAG_LABEL) {
+            continue;
+        }
+        let mut value = value.clone();
+        if let Some(labels) = value
+            .get_mut("metadata")
+            .and_then(|m| m.get_mut("labels"))
+            .and_then(serde_yaml::Value::as_mapping_mut)
+        {
+            labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY.into());
+        }
+        out.push_str("---\n");
+        out.push_str(&serde_yaml::to_string(&value).map_err(|e| e.to_string())?);
+    }
+    Ok(out)
+}
+
+/// Makes the revision-less istiod's injector match nothing (what `istioctl tag set default`
+/// does, istioctl/pkg/tag/util.go `DeactivateIstioInjectionWebhook`); true when it changed.
+fn deactivate_default_injector(cx: &ClusterCtx, namespace: &str) -> Result<bool, StepError> {
+    let name = default_injector(namespace);
+    let Some(config) = cx
+        .live
+        .get::<Value>("mutatingwebhookconfiguration", &name, None)?
+    else {
+        return Ok(false);
+    };
+    let never = json!({"matchLabels": {NEVER_MATCH.0: NEVER_MATCH.1}});
+    let hooks = config
+        .get("webhooks")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let mut ops = Vec::new();
+    for (i, hook) in hooks.iter().enumerate() {
+        for selector in ["namespaceSelector", "objectSelector"] {
+            if hook.get(selector) != Some(&never) {
+                ops.push(json!({"op": "add", "path": format!("/webhooks/{i}/{selector}"), "value": never}));
+            }
+        }
+    }
+    if ops.is_empty() {
+        return Ok(false);
+    }
+    cx.live.run(&kubectl::patch_json(
+        cx.target(),
+        "mutatingwebhookconfiguration",
+        &name,
+        &Value::Array(ops).to_string(),
+        cx.timeout(),
+    ))?;
+    Ok(true)
+}
+
+/// The Deployments whose pods run proxies of revision `from` restarted, namespace by
+/// namespace (outside the mesh's own namespace), each rollout waited for.
+struct RestartWorkloads {
+    from: String,
+    namespace: String,
+}
+
+impl Work for RestartWorkloads {
+    fn label(&self) -> &'static str {
+        "workloads"
+    }
+
+    fn run(&self, cx: &mut ClusterCtx) -> Result<String, StepError> {
+        let namespaces: Vec<String> = proxies(&cx.live)?
+            .remove(&self.from)
+            .unwrap_or_default()
+            .into_keys()
+            .filter(|ns| *ns != self.namespace)
+            .collect();
+        let mut restarted = 0;
+        for ns in &namespaces {
+            let deployments: Vec<Deployment> = cx.live.list("deployments", Some(ns), None)?;
+            for d in &deployments {
+                cx.live.run(&kubectl::rollout_restart(
+                    cx.target(),
+                    &d.metadata.name,
+                    ns,
+                    cx.timeout(),
+                ))?;
+                restarted += 1;
+            }
+            for d in &deployments {
+                cx.live.run(&kubectl::rollout_status(
+                    cx.target(),
+                    &d.metadata.name,
+                    ns,
+                    cx.timeout(),
+                ))?;
+            }
+        }
+        Ok(if restarted == 0 {
+            "none to restart".into()
+        } else {
+            format!(
+                "{restarted} Deployments restarted in {}",
+                namespaces.join(", ")
+            )
+        })
+    }
+
+    fn script(&self, cx: &ScriptCx) -> String {
+        format!(
+            "# restart every Deployment in each namespace whose pods run proxies of {} (sidecar.istio.io/status), e.g.\nkubectl rollout restart deployment --namespace NAMESPACE --context {}{}\n",
+            self.from,
+            shell_quote(&cx.cluster.context),
+            cx.kubeconfig_flag()
+        )
+    }
+}
+
+/// Waits until istiod of `revision` reports every peer synced in each of `clusters`.
+struct Synced {
+    namespace: String,
+    revision: String,
+    /// Each cluster and the peers its istiod must watch.
+    clusters: BTreeMap<String, Vec<String>>,
+}
+
+impl Gate for Synced {
+    fn title(&self) -> String {
+        format!(
+            "istiod {} in {} reports every peer synced",
+            self.revision,
+            self.clusters.keys().cloned().collect::<Vec<_>>().join(", ")
+        )
+    }
+
+    fn check(&self, run: &Run, _: &RunBoard) -> Result<Option<String>, StepError> {
+        let mut waiting = Vec::new();
+        for (name, peers) in &self.clusters {
+            let Some(cluster) = run.mesh.cluster(name) else {
+                continue;
+            };
+            let watcher = sync::Watcher {
+                namespace: self.namespace.clone(),
+                revision: self.revision.clone(),
+                peers: peers.clone(),
+            };
+            let (mut memo, board) = (ClusterNotes::default(), RunBoard::default());
+            let row = run.in_cluster(cluster, &mut memo, &board, |cx| {
+                sync::read(&cx.live, cx.reporter, &watcher)
+            });
+            if !row.ok() {
+                let (synced, expected) = row.synced();
+                waiting.push(match &row.error {
+                    Some(error) => format!("{name}: {}", sync::first_line(error)),
+                    None => format!("{name}: {synced}/{expected} peers synced"),
+                });
+            }
+        }
+        Ok((!waiting.is_empty()).then(|| waiting.join(", ")))
+    }
+
+    fn script(&self, mesh: &Mesh, options: &ScriptOptions) -> String {
+        let kubeconfig = options
+            .kubeconfig
+            .map(|k| format!(" --kubeconfig {}", shell_quote(&k.display().to_string())))
+            .unwrap_or_default();
+        let mut out = String::new();
+        for (name, peers) in &self.clusters {
+            let Some(cluster) = mesh.cluster(name) else {
+                continue;
+            };
+            for peer in peers {
+                out.push_str(&format!(
+                    "until kubectl exec deploy/istiod-{rev} --container discovery --namespace {ns} --context {ctx}{kubeconfig} -- pilot-discovery request GET /debug/clusterz \\\n    | grep -q '\"id\":\"{peer}\"[^}}]*\"syncStatus\":\"synced\"'; do sleep 2; done\n",
+                    rev = self.revision,
+                    ns = self.namespace,
+                    ctx = shell_quote(&cluster.context),
+                ));
+            }
+        }
+        out
+    }
+}
+
+/// Waits until the east-west gateway (and, when workloads were restarted, every restarted
+/// Deployment) runs proxies of `revision` and none of `from` in each of `clusters`.
+struct OnRevision {
+    clusters: Vec<String>,
+    namespace: String,
+    revision: String,
+    from: String,
+    workloads: bool,
+}
+
+impl Gate for OnRevision {
+    fn title(&self) -> String {
+        let what = if self.workloads {
+            "the gateway and restarted workloads"
+        } else {
+            "the gateway"
+        };
+        format!(
+            "{what} in {} run proxies of {}",
+            self.clusters.join(", "),
+            self.revision
+        )
+    }
+
+    fn check(&self, run: &Run, _: &RunBoard) -> Result<Option<String>, StepError> {
+        let mut waiting = Vec::new();
+        for name in &self.clusters {
+            let Some(cluster) = run.mesh.cluster(name) else {
+                continue;
+            };
+            let (mut memo, board) = (ClusterNotes::default(), RunBoard::default());
+            let left = run.in_cluster(cluster, &mut memo, &board, |cx| {
+                proxies(&cx.live).map(|mut p| p.remove(&self.from).unwrap_or_default())
+            })?;
+            let left: BTreeMap<String, usize> = left
+                .into_iter()
+                .filter(|(ns, _)| self.workloads || *ns == self.namespace)
+                .collect();
+            if !left.is_empty() {
+                waiting.push(format!(
+                    "{name}: proxies of {} in {}",
+                    self.from,
+                    describe(&left)
+                ));
+            }
+        }
+        Ok((!waiting.is_empty()).then(|| waiting.join(", ")))
+    }
+
+    fn script(&self, _: &Mesh, _: &ScriptOptions) -> String {
+        format!(
+            "# wait until no running pod{} carries sidecar.istio.io/status with \"revision\":\"{}\"\n",
+            if self.workloads {
+                ""
+            } else {
+                " of the east-west gateway"
+            },
+            self.from
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_tag_objects_are_applied_and_labelled_as_meshups() {
+        let rendered = "---\nkind: MutatingWebhookConfiguration\nmetadata:\n  name: istio-sidecar-injector-1-29-0\n  labels:\n    istio.io/rev: 1-29-0\n---\nkind: MutatingWebhookConfiguration\nmetadata:\n  name: istio-revision-tag-default\n  labels:\n    istio.io/tag: default\n    istio.io/rev: 1-29-0\n";
+        let out = tag_objects(rendered).unwrap();
+        assert!(out.contains("istio-revision-tag-default"));
+        assert!(!out.contains("istio-sidecar-injector"));
+        assert!(out.contains("app.kubernetes.io/managed-by: meshup"));
+    }
+}
