@@ -1,9 +1,11 @@
 //! Canary upgrades of a live mesh, across clusters, in waves (`meshup upgrade`), the way
 //! Istio's Helm canary upgrade does it in one cluster, ordered for many:
 //!
-//! 1. `start`: istio-base to the new chart in every cluster first (CRDs and the reader RBAC a
-//!    newer istiod needs from its peers), then, wave by wave, `istiod-REV` beside the running
-//!    revision with the same mesh values; gate: the new istiod reports every peer synced.
+//! 1. `start`: in every cluster first, istio-base to the new chart (CRDs) and the new
+//!    revision's reader RBAC (rendered from the new istiod chart, which holds it per revision:
+//!    a newer istiod reads more of its peers than an older reader role grants), then, wave by
+//!    wave, `istiod-REV` beside the running revision with the same mesh values; gate: the new
+//!    istiod reports every peer synced.
 //! 2. `promote`: wave by wave, the revision tags (`default` and every tag on the old revision)
 //!    rendered by the new istiod chart (`revisionTags`) and applied, the revision-less
 //!    injector switched off as `istioctl tag set default` does, istio-base's
@@ -210,18 +212,36 @@ impl Canary {
         }))
     }
 
+    fn reader_rbac(&self, cluster: &str) -> Task<'static> {
+        let values = self
+            .to
+            .cluster(cluster)
+            .map(|c| values::istiod(&self.to, c))
+            .unwrap_or_default();
+        Task::Work(Arc::new(ReaderRbac {
+            release: self.to.istiod_release(),
+            namespace: self.to.namespace.clone(),
+            chart: self.to.chart("istiod"),
+            values,
+        }))
+    }
+
     /// istio-base to the new chart everywhere, then the new istiod beside the old, wave by
     /// wave, each wave waiting for it to sync with every peer.
     pub fn start(&self) -> Plan<'static> {
         let everyone: Vec<String> = self.to.clusters.iter().map(|c| c.name.clone()).collect();
         let mut waves = vec![Wave::new(
             format!(
-                "istio-base {} in every cluster (CRDs and reader RBAC before any new istiod)",
+                "istio-base {} and the new reader RBAC in every cluster, before any new istiod",
                 self.version
             ),
             everyone
                 .iter()
-                .filter_map(|c| chain(c, vec![self.converge(&self.from, c, "istio-base")?]))
+                .filter_map(|c| {
+                    let mut tasks = vec![self.converge(&self.from, c, "istio-base")?];
+                    tasks.push(self.reader_rbac(c));
+                    chain(c, tasks)
+                })
                 .collect(),
         )];
         for group in &self.waves {
@@ -454,18 +474,8 @@ impl Work for MoveTags {
         });
         let mut done = Vec::new();
         if !tags_done {
-            let yaml = serde_yaml::to_string(&self.values()).map_err(|e| {
-                StepError::other(&cx.cluster.name, format!("cannot write values: {e}"), None)
-            })?;
-            let step = helm::template(
-                cx.target(),
-                "istiod",
-                &self.chart,
-                &self.namespace,
-                yaml.into_bytes(),
-            );
-            let rendered = cx.live.run(&step)?;
-            let manifest = tag_objects(&rendered.stdout).map_err(|e| {
+            let rendered = render(cx, "istiod", &self.chart, &self.namespace, &self.values())?;
+            let manifest = tag_objects(&rendered).map_err(|e| {
                 StepError::other(
                     &cx.cluster.name,
                     format!("`helm template` of the istiod chart printed {e}"),
@@ -537,32 +547,143 @@ impl Work for MoveTags {
 /// The objects labelled `istio.io/tag` among the documents `helm template` printed, as one
 /// YAML stream meshup applies (labelled as meshup's).
 fn tag_objects(rendered: &str) -> Result<String, String> {
+    pick(
+        rendered,
+        |labels| labels.contains_key(TAG_LABEL),
+        &[(MANAGED_BY_LABEL, MANAGED_BY)],
+        &[],
+    )
+}
+
+/// The documents `helm template` printed whose labels satisfy `keep`, with `labels` and
+/// `annotations` added, as one YAML stream.
+fn pick(
+    rendered: &str,
+    keep: impl Fn(&serde_yaml::Mapping) -> bool,
+    labels: &[(&str, &str)],
+    annotations: &[(&str, &str)],
+) -> Result<String, String> {
     let mut out = String::new();
     for doc in serde_yaml::Deserializer::from_str(rendered) {
-        let value =
+        let mut value =
             serde_yaml::Value::deserialize(doc).map_err(|e| format!("unreadable YAML: {e}"))?;
-        let Some(labels) = value
+        let kept = value
             .get("metadata")
             .and_then(|m| m.get("labels"))
             .and_then(serde_yaml::Value::as_mapping)
-        else {
-            continue;
-        };
-        if !labels.contains_key(TAG_LABEL) {
+            .is_some_and(&keep);
+        if !kept {
             continue;
         }
-        let mut value = value.clone();
-        if let Some(labels) = value
+        let metadata = value
             .get_mut("metadata")
-            .and_then(|m| m.get_mut("labels"))
             .and_then(serde_yaml::Value::as_mapping_mut)
-        {
-            labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY.into());
+            .expect("a labelled object has metadata");
+        for (field, pairs) in [("labels", labels), ("annotations", annotations)] {
+            if pairs.is_empty() {
+                continue;
+            }
+            let map = metadata
+                .entry(field.into())
+                .or_insert_with(|| serde_yaml::Value::Mapping(Mapping::new()));
+            if let Some(map) = map.as_mapping_mut() {
+                for (k, v) in pairs {
+                    map.insert((*k).into(), (*v).into());
+                }
+            }
         }
         out.push_str("---\n");
         out.push_str(&serde_yaml::to_string(&value).map_err(|e| e.to_string())?);
     }
     Ok(out)
+}
+
+/// `helm template` of `chart` as release `release` with `values`: what it would install.
+fn render(
+    cx: &ClusterCtx,
+    release: &str,
+    chart: &Chart,
+    namespace: &str,
+    values: &Mapping,
+) -> Result<String, StepError> {
+    let yaml = serde_yaml::to_string(values).map_err(|e| {
+        StepError::other(&cx.cluster.name, format!("cannot write values: {e}"), None)
+    })?;
+    let step = helm::template(cx.target(), release, chart, namespace, yaml.into_bytes());
+    Ok(cx.live.run(&step)?.stdout)
+}
+
+/// The new revision's reader RBAC (`istio-reader-clusterrole-REV-NS` and its binding, which the
+/// istiod chart renders per revision, labelled `app: istio-reader`) in a cluster before any
+/// new istiod anywhere reads it: a newer istiod reads more of its peers than the older role
+/// grants (the mesh ConfigMap since 1.29, istio/istio#58455, #59474). Applied with the
+/// release's Helm ownership, so that the release's install adopts them.
+struct ReaderRbac {
+    release: String,
+    namespace: String,
+    chart: Chart,
+    values: Mapping,
+}
+
+impl Work for ReaderRbac {
+    fn label(&self) -> &'static str {
+        "reader RBAC"
+    }
+
+    fn run(&self, cx: &mut ClusterCtx) -> Result<String, StepError> {
+        let rendered = render(
+            cx,
+            &self.release,
+            &self.chart,
+            &self.namespace,
+            &self.values,
+        )?;
+        let manifest = pick(
+            &rendered,
+            |labels| labels.get("app").and_then(serde_yaml::Value::as_str) == Some("istio-reader"),
+            &[("app.kubernetes.io/managed-by", "Helm")],
+            &[
+                ("meta.helm.sh/release-name", &self.release),
+                ("meta.helm.sh/release-namespace", &self.namespace),
+            ],
+        )
+        .map_err(|e| {
+            StepError::other(
+                &cx.cluster.name,
+                format!("`helm template` of the istiod chart printed {e}"),
+                None,
+            )
+        })?;
+        if manifest.is_empty() {
+            return Ok("none in this chart".into());
+        }
+        cx.live.run(&kubectl::apply(
+            cx.target(),
+            Sensitive::new(manifest.into_bytes()),
+            cx.timeout(),
+        ))?;
+        Ok("applied".into())
+    }
+
+    fn script(&self, cx: &ScriptCx) -> String {
+        let step = helm::template(
+            &cx.target,
+            &self.release,
+            &self.chart,
+            &self.namespace,
+            Vec::new(),
+        );
+        format!(
+            "# the {} reader ClusterRole and binding (labelled app=istio-reader), owned by release {} so that its install adopts them\n{} --values meshup-values/{}/istiod-values.yaml --set revision={} \\\n  | yq 'select(.metadata.labels.app == \"istio-reader\")' | kubectl apply --server-side -f - --context {}{}\n",
+            self.release,
+            self.release,
+            step.command_line().trim_end_matches(" --values -"),
+            cx.cluster.name,
+            self.release.trim_start_matches("istiod-"),
+            shell_quote(&cx.cluster.context),
+            cx.kubeconfig_flag(),
+        )
+    }
 }
 
 /// Makes the revision-less istiod's injector match nothing (what `istioctl tag set default`
