@@ -25,7 +25,7 @@ fn listed(list: Option<&Value>, v: &str) -> bool {
 }
 
 /// Whether a webhook's rules cover `operation` on `res` (main resource; no subresources).
-fn rules_match(hook: &Value, res: &Resource, operation: &str) -> bool {
+pub(crate) fn rules_match(hook: &Value, res: &Resource, operation: &str) -> bool {
     hook.get("rules")
         .and_then(Value::as_array)
         .into_iter()
@@ -132,39 +132,24 @@ impl State {
                 {
                     continue;
                 }
-                let Err(reason) = self.webhook_reachable(hook) else {
+                let Err(reason) = self.webhook_endpoint(hook) else {
                     continue;
                 };
-                let fail = hook
-                    .get("failurePolicy")
-                    .and_then(Value::as_str)
-                    .unwrap_or("Fail")
-                    == "Fail";
-                if !fail {
-                    continue;
+                if fails_closed(hook) {
+                    return Err(call_failed(hook, &reason));
                 }
-                let name = hook.get("name").and_then(Value::as_str).unwrap_or("");
-                let cause =
-                    format!("failed calling webhook \"{name}\": failed to call webhook: {reason}");
-                let mut e = ApiError::new(
-                    500,
-                    "InternalError",
-                    format!("Internal error occurred: {cause}"),
-                );
-                e.causes = Some(Box::new(json!([json!({"message": cause})])));
-                return Err(e);
             }
         }
         Ok(())
     }
 
-    /// Whether the API server could reach a webhook: a `url` is taken as reachable; a Service
-    /// needs a ready endpoint (a Ready pod its selector picks). The error names the call as
-    /// the API server's webhook client does (`Post "https://SVC.NS.svc:PORT/PATH?timeout=Ns":
-    /// ...`).
-    fn webhook_reachable(&self, hook: &Value) -> Result<(), String> {
+    /// Where the API server's call to a webhook goes: a `url` (taken as reachable), or a
+    /// Service, which needs a ready endpoint (a Ready pod its selector picks). The error names
+    /// the call as the API server's webhook client does (`Post
+    /// "https://SVC.NS.svc:PORT/PATH?timeout=Ns": ...`).
+    pub(crate) fn webhook_endpoint(&self, hook: &Value) -> Result<Endpoint, String> {
         let Some(svc_ref) = hook.pointer("/clientConfig/service") else {
-            return Ok(());
+            return Ok(Endpoint::Elsewhere);
         };
         let s = |k: &str| svc_ref.get(k).and_then(Value::as_str).unwrap_or("");
         let (name, ns) = (s("name"), s("namespace"));
@@ -185,41 +170,73 @@ impl State {
         }) else {
             return Err(format!("{url}: service \"{name}\" not found"));
         };
-        if self.service_has_ready_endpoint(ns, svc) {
-            Ok(())
-        } else {
-            Err(format!(
-                "{url}: no endpoints available for service \"{name}\""
-            ))
-        }
+        self.service_endpoint(ns, svc)
+            .ok_or_else(|| format!("{url}: no endpoints available for service \"{name}\""))
     }
 
-    /// Whether a Service has a ready endpoint: a Ready pod of its namespace matched by its
-    /// selector (a Service without a selector counts as reachable when an EndpointSlice names
-    /// it, as meshup's remote profile does).
-    pub(crate) fn service_has_ready_endpoint(&self, ns: &str, svc: &Value) -> bool {
+    /// A ready endpoint of a Service: the first (by name) Ready pod of its namespace matched
+    /// by its selector; a Service without a selector has one elsewhere when an EndpointSlice
+    /// names it (as meshup's remote profile does) or it is an ExternalName.
+    pub(crate) fn service_endpoint(&self, ns: &str, svc: &Value) -> Option<Endpoint> {
         let name = crate::store::meta_str(svc, "name");
         match svc.pointer("/spec/selector").and_then(Value::as_object) {
-            Some(sel) if !sel.is_empty() => self.objects.iter().any(|(k, p)| {
-                k.group.is_empty()
-                    && k.plural == "pods"
-                    && k.namespace == ns
-                    && crate::proxy::pod_ready(p)
-                    && sel.iter().all(|(l, v)| {
-                        p.pointer(&format!("/metadata/labels/{}", l.replace('/', "~1"))) == Some(v)
-                    })
-            }),
-            _ => {
-                svc.pointer("/spec/type").and_then(Value::as_str) == Some("ExternalName")
-                    || self.objects.iter().any(|(k, e)| {
-                        k.group == "discovery.k8s.io"
-                            && k.plural == "endpointslices"
-                            && k.namespace == ns
-                            && e.pointer("/metadata/labels/kubernetes.io~1service-name")
-                                .and_then(Value::as_str)
-                                == Some(name)
-                    })
-            }
+            Some(sel) if !sel.is_empty() => self
+                .objects
+                .iter()
+                .find(|(k, p)| {
+                    k.group.is_empty()
+                        && k.plural == "pods"
+                        && k.namespace == ns
+                        && crate::proxy::pod_ready(p)
+                        && sel.iter().all(|(l, v)| {
+                            p.pointer(&format!("/metadata/labels/{}", l.replace('/', "~1")))
+                                == Some(v)
+                        })
+                })
+                .map(|(k, _)| Endpoint::Pod(k.clone())),
+            _ => (svc.pointer("/spec/type").and_then(Value::as_str) == Some("ExternalName")
+                || self.objects.iter().any(|(k, e)| {
+                    k.group == "discovery.k8s.io"
+                        && k.plural == "endpointslices"
+                        && k.namespace == ns
+                        && e.pointer("/metadata/labels/kubernetes.io~1service-name")
+                            .and_then(Value::as_str)
+                            == Some(name)
+                }))
+            .then_some(Endpoint::Elsewhere),
         }
     }
+}
+
+/// Where a webhook call lands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Endpoint {
+    /// A Ready pod of this cluster behind the webhook's Service.
+    Pod(Key),
+    /// Outside this cluster's pods: a `url`, an ExternalName Service, or a Service whose
+    /// EndpointSlice names an address elsewhere.
+    Elsewhere,
+}
+
+/// The API server's answer when a webhook with `failurePolicy: Fail` cannot be called
+/// (apiserver pkg/admission/plugin/webhook/errors `ErrCallingWebhook`, turned into a 500 by
+/// `apierrors.NewInternalError` in the validating and mutating dispatchers).
+pub(crate) fn call_failed(hook: &Value, reason: &str) -> ApiError {
+    let name = hook.get("name").and_then(Value::as_str).unwrap_or("");
+    let cause = format!("failed calling webhook \"{name}\": failed to call webhook: {reason}");
+    let mut e = ApiError::new(
+        500,
+        "InternalError",
+        format!("Internal error occurred: {cause}"),
+    );
+    e.causes = Some(Box::new(json!([json!({"message": cause})])));
+    e
+}
+
+/// Whether a webhook's `failurePolicy` is `Fail` (the v1 default when unset).
+pub(crate) fn fails_closed(hook: &Value) -> bool {
+    hook.get("failurePolicy")
+        .and_then(Value::as_str)
+        .unwrap_or("Fail")
+        == "Fail"
 }

@@ -43,6 +43,11 @@ pub fn istiod_revision(pod: &Value) -> String {
         .to_string()
 }
 
+/// How long the ReplicaSet and Job controllers wait before they try again to create a pod the
+/// API server refused (their work queues' rate limiter backs off from 5 ms; one fixed delay
+/// here).
+const CREATE_RETRY: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// What a crashing istiod prints.
 const ISTIOD_CACERTS_ERROR: &str =
     "error\tfailed to create discovery service: incomplete signing CA bundle in cacerts\n";
@@ -817,15 +822,21 @@ impl State {
                            "uid": uid, "controller": true, "blockOwnerDeletion": true});
         for _ in owned.len()..want {
             let pod = pod_from_template(&rs_key.name, &template, owner.clone());
-            let _ = self.create(&pod_res, &rs_key.namespace, pod, false);
+            if self
+                .create(&pod_res, &rs_key.namespace, pod, false)
+                .is_err()
+            {
+                // Refused (a mutating webhook that cannot be called): the controller's work
+                // queue tries again later.
+                self.schedule(CREATE_RETRY, crate::timers::Timer::Resync(rs_key.clone()));
+                break;
+            }
         }
     }
 
     /// The scheduler and kubelet, done at once: a new pod is bound to the node, gets an IP from
-    /// the pod CIDR and runs Ready (unless it was created with a phase). Istio's injector
-    /// marks it `sidecar.istio.io/status` when its namespace selects a revision whose istiod
-    /// runs at that moment (pods created before that stay out of the mesh, as on a real
-    /// cluster).
+    /// the pod CIDR and runs Ready (unless it was created with a phase). Injection happened
+    /// before, in the mutating webhooks (see the `injection` module).
     fn admit_pod(&mut self, key: &Key, obj: &mut Value) {
         set_default(obj, "/spec/nodeName", json!(self.node_name()));
         set_default(obj, "/spec/serviceAccountName", json!("default"));
@@ -838,16 +849,6 @@ impl State {
             let root = crate::mesh::cacerts_root(self, &key.namespace);
             self.istiod_roots.insert(key.clone(), root);
             crashing = crate::mesh::cacerts(self, &key.namespace) == crate::mesh::Cacerts::Partial;
-        }
-        if let Some(rev) = self.injected_revision(&key.namespace, obj) {
-            let root = self
-                .istiod_pods()
-                .find(|(_, p)| crate::proxy::pod_ready(p) && istiod_revision(p) == rev)
-                .and_then(|(k, _)| self.istiod_roots.get(k).cloned().flatten());
-            self.sidecar_roots.insert(key.clone(), root);
-            set_default(obj, "/metadata/annotations", json!({}));
-            obj["metadata"]["annotations"]["sidecar.istio.io/status"] =
-                json!(json!({"containers": ["istio-proxy"], "revision": rev}).to_string());
         }
         if obj.pointer("/status/phase").is_some() {
             return;
@@ -897,40 +898,6 @@ impl State {
         }
     }
 
-    /// The istiod revision whose injector would inject a pod created now in `ns`: the
-    /// namespace's `istio-injection=enabled` (revision `default`) or `istio.io/rev` label,
-    /// when a Ready istiod of that revision runs, and the pod does not opt out.
-    pub(crate) fn injected_revision(&self, ns: &str, pod: &Value) -> Option<String> {
-        if pod
-            .pointer("/metadata/labels/sidecar.istio.io~1inject")
-            .and_then(Value::as_str)
-            == Some("false")
-        {
-            return None;
-        }
-        let rev = self.namespace_revision(ns)?;
-        self.revision_runs(&rev).then_some(rev)
-    }
-
-    /// The revision a namespace's labels select for injection.
-    pub(crate) fn namespace_revision(&self, ns: &str) -> Option<String> {
-        let labels = self
-            .objects
-            .get(&Key {
-                group: String::new(),
-                plural: "namespaces".into(),
-                namespace: String::new(),
-                name: ns.into(),
-            })?
-            .pointer("/metadata/labels")?;
-        let label = |k: &str| labels.get(k).and_then(Value::as_str);
-        match label("istio-injection") {
-            Some("enabled") => Some("default".into()),
-            Some(_) => None,
-            None => label("istio.io/rev").map(String::from),
-        }
-    }
-
     /// Whether a Ready istiod pod of revision `rev` runs in this cluster.
     pub(crate) fn revision_runs(&self, rev: &str) -> bool {
         self.istiod_pods()
@@ -946,7 +913,7 @@ impl State {
 
     /// The job controller: one pod for a Job that has none and has not finished; the pod runs
     /// shortly after (see `finish_job`).
-    fn start_job(&mut self, key: &Key, job: &Value) {
+    pub(crate) fn start_job(&mut self, key: &Key, job: &Value) {
         let uid = meta_str(job, "uid").to_string();
         let finished = job
             .pointer("/status/conditions")
@@ -972,6 +939,7 @@ impl State {
                            "uid": uid, "controller": true, "blockOwnerDeletion": true});
         let pod = pod_from_template(&key.name, &template, owner);
         let Ok(pod) = self.create(&pod_res, &key.namespace, pod, false) else {
+            self.schedule(CREATE_RETRY, crate::timers::Timer::Resync(key.clone()));
             return;
         };
         let pod_key = Key::new(&pod_res, &key.namespace, meta_str(&pod, "name"));

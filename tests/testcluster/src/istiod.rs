@@ -179,6 +179,8 @@ pub struct Start {
     pub id: String,
     pub peer: Peer,
     pub timeout: Duration,
+    /// What its informers list besides namespaces (see [`Istiod::remote_lists`]).
+    pub lists: Vec<String>,
 }
 
 /// One entry of `/debug/clusterz` (`cluster.DebugInfo`) and, for the traffic emulation, where
@@ -207,6 +209,8 @@ pub struct Istiod {
     pub own: String,
     /// Its namespace, where it reads remote secrets.
     pub namespace: String,
+    /// Its revision (`istio.io/rev` of its pod, `default` when unset).
+    pub revision: String,
     /// `PILOT_REMOTE_CLUSTER_TIMEOUT` (zero: none).
     pub timeout: Duration,
     /// The cluster store, in the order clusters were stored.
@@ -311,6 +315,7 @@ impl Istiod {
             version: version_of(pod),
             own: crate::proxy::own_cluster_id(pod),
             namespace: meta_str(pod, "namespace").to_string(),
+            revision: crate::controllers::istiod_revision(pod),
             timeout: remote_cluster_timeout(pod, timeout),
             clusters: Vec::new(),
             previous: Vec::new(),
@@ -324,6 +329,28 @@ impl Istiod {
             "Starting multicluster remote secrets controller",
         );
         i
+    }
+
+    /// The API paths a remote cluster's informers must list, besides namespaces, before it
+    /// counts as synced. From Istio 1.29 that includes the mesh ConfigMap of this istiod's
+    /// revision (`istio`, or `istio-<rev>`) in its own namespace of the remote cluster, read
+    /// by a filtered informer that the cluster's `RunAndWait` waits for
+    /// (pilot/pkg/serviceregistry/kube/controller/multicluster.go `NewMulticluster`,
+    /// `getMeshConfigMapName`; pkg/config/mesh/kubemesh `NewConfigMapSource`; added in
+    /// istio/istio#58455). So a 1.29 istiod stays `syncing` with a peer whose reader role
+    /// (1.28's `istio-reader-clusterrole`) does not grant `list` on configmaps.
+    pub fn remote_lists(&self) -> Vec<String> {
+        if self.version.is_some_and(|v| v < (1, 29)) {
+            return Vec::new();
+        }
+        let name = match self.revision.as_str() {
+            "" | "default" => "istio".to_string(),
+            rev => format!("istio-{rev}"),
+        };
+        vec![format!(
+            "/api/v1/namespaces/{}/configmaps?fieldSelector=metadata.name%3D{name}&limit=500",
+            self.namespace
+        )]
     }
 
     /// From Istio 1.30 a changed kubeconfig swaps the new cluster in and stops the old one once
@@ -497,6 +524,7 @@ impl Istiod {
                 id: id.clone(),
                 peer,
                 timeout: self.timeout,
+                lists: self.remote_lists(),
             });
         }
         self.count_line();
@@ -844,7 +872,7 @@ pub async fn run_cluster(shared: Arc<Shared>, pod: Key, start: Start) {
         if !running {
             return;
         }
-        if probe(&start.peer).await && begun.elapsed() >= sync_delay(&shared) {
+        if probe(&start.peer, &start.lists).await && begun.elapsed() >= sync_delay(&shared) {
             if let Some(i) = shared.state.lock().unwrap().istiods.get_mut(&pod) {
                 i.synced(start.serial);
             }

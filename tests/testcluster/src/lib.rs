@@ -55,9 +55,14 @@
 //!
 //! `REALISM.md` (next to this crate's `Cargo.toml`) lists the source each behaviour follows
 //! and where the emulation is more lenient than a real cluster. Jobs get the `controller-uid` selector
-//! and labels and one pod that runs at once and completes the Job. A pod created in a
-//! namespace that selects a running istiod revision (`istio-injection=enabled` for
-//! `default`, or `istio.io/rev`) is marked injected (`sidecar.istio.io/status`).
+//! and labels and one pod that runs at once and completes the Job. A pod is injected the way a
+//! real cluster decides it: the API server calls the MutatingWebhookConfigurations' webhooks
+//! (configurations by name, webhooks in order; rules, namespace and object selectors), and a
+//! call that reaches a Ready istiod pod behind the webhook's Service injects with that
+//! istiod's revision (`sidecar.istio.io/status`, annotation `istio.io/rev`); a later webhook
+//! that also matches injects again, and its revision wins. A webhook with no ready endpoint
+//! refuses the pod with `failurePolicy: Fail` (the ReplicaSet and Job controllers retry), and is
+//! skipped with `Ignore`. [`charts_at`] copies the fixture charts for another Istio version.
 //!
 //! # Pods as istiod and as a curl client
 //! Every ready `app=istiod` pod runs an emulation of istiod's multicluster secret controller
@@ -98,6 +103,8 @@ mod auth;
 mod controllers;
 mod exec;
 mod fields;
+mod fixtures;
+mod injection;
 mod istiod;
 mod mesh;
 mod net;
@@ -124,6 +131,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde_json::Value;
 
+pub use fixtures::charts_at;
 pub use server::GIT_VERSION;
 
 use server::Shared;

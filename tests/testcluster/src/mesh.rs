@@ -4,8 +4,9 @@
 //!
 //! Endpoints in the client's own cluster are always reachable. An endpoint in another cluster
 //! B is reachable only when all of these hold:
-//! - the client pod got a sidecar (its namespace selected a running istiod revision when the
-//!   pod was created), and B's namespace selects a revision whose istiod runs in B;
+//! - the client pod got a sidecar (the mutating webhooks called an istiod when the pod was
+//!   created), and in B a new pod of the Service's namespace would get one from an istiod
+//!   running in B;
 //! - the client's istiod serves B's endpoints: B's remote cluster synced once (it stays synced
 //!   when its token is revoked later: the informers keep what they listed), or, from Istio
 //!   1.30, the cluster it is replacing had synced and still runs;
@@ -94,9 +95,9 @@ pub struct Side {
     pub endpoints: Vec<Endpoint>,
     /// Whether the Service exists with the requested port.
     pub service: bool,
-    /// Whether the namespace selects an istiod revision that runs here.
+    /// Whether a new pod of the namespace would get a sidecar from an istiod running here.
     pub injected: bool,
-    /// The Ready istiod pod of that revision.
+    /// The istiod pod that would inject it.
     pub istiod: Option<Key>,
     /// The network of istiod's namespace (empty when unlabelled).
     pub network: String,
@@ -314,32 +315,15 @@ pub fn side(st: &State, client: &Client) -> Side {
             out.endpoints = eps;
         }
     }
-    if let Some(rev) = st.namespace_revision(&client.namespace) {
-        out.injected = st.revision_runs(&rev);
-        out.istiod = st
-            .istiod_pods()
-            .find(|(_, p)| pod_ready(p) && istiod_revision(p) == rev)
-            .map(|(k, _)| k.clone());
-    }
+    // The istiod a new pod of the namespace would get its sidecar from (the mutating
+    // webhooks decide, see the `injection` module).
+    out.istiod = st.injector_for(&client.namespace);
+    out.injected = out.istiod.is_some();
     if let Some(istiod) = &out.istiod {
         out.network = namespace_label(st, &istiod.namespace, "topology.istio.io/network");
         out.gateway = east_west_gateway(st, &istiod.namespace, &out.network);
     }
     out
-}
-
-/// The revision that injected a pod's sidecar, if it has one.
-fn sidecar_revision(pod: &Value) -> Option<String> {
-    let status = pod
-        .pointer("/metadata/annotations/sidecar.istio.io~1status")
-        .and_then(Value::as_str)?;
-    let v: Value = serde_json::from_str(status).ok()?;
-    Some(
-        v.get("revision")
-            .and_then(Value::as_str)
-            .unwrap_or("default")
-            .to_string(),
-    )
 }
 
 /// Runs the client in pod `pod` of `shared`: REQUESTS lines, each what one `curl -s URL`
@@ -352,7 +336,7 @@ pub async fn run(shared: &Arc<Shared>, pod: &Key) -> Option<String> {
         let local = side(&st, &client);
         let sidecar = st.sidecar_roots.get(pod);
         // The client's own proxy is configured by the istiod of its revision.
-        let istiod = sidecar_revision(p).and_then(|rev| {
+        let istiod = crate::injection::injected_revision(p).and_then(|rev| {
             st.istiod_pods()
                 .find(|(_, p)| pod_ready(p) && istiod_revision(p) == rev)
                 .map(|(k, _)| k.clone())

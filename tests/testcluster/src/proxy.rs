@@ -323,27 +323,36 @@ pub fn loopback_port(server: &str) -> Option<(String, u16)> {
 }
 
 /// Whether istiod could sync with this peer: the server is a loopback test cluster, its
-/// certificate verifies against the kubeconfig's CA, and the token may read.
-pub async fn probe(peer: &Peer) -> bool {
+/// certificate verifies against the kubeconfig's CA, and the token may list namespaces and
+/// each of `lists` (API paths).
+pub async fn probe(peer: &Peer, lists: &[String]) -> bool {
     let Some((host, port)) = loopback_port(&peer.server) else {
         return false;
     };
-    matches!(
-        crate::tls::request(
-            port,
-            &host,
-            &peer.ca,
-            crate::tls::Call {
-                method: "GET",
-                path: "/api/v1/namespaces?limit=1",
-                token: peer.token.as_deref(),
-                body: None,
-            },
-            PROBE_TIMEOUT,
-        )
-        .await,
-        Ok(r) if r.status == 200
-    )
+    for path in
+        std::iter::once("/api/v1/namespaces?limit=1").chain(lists.iter().map(String::as_str))
+    {
+        let ok = matches!(
+            crate::tls::request(
+                port,
+                &host,
+                &peer.ca,
+                crate::tls::Call {
+                    method: "GET",
+                    path,
+                    token: peer.token.as_deref(),
+                    body: None,
+                },
+                PROBE_TIMEOUT,
+            )
+            .await,
+            Ok(r) if r.status == 200
+        );
+        if !ok {
+            return false;
+        }
+    }
+    true
 }
 
 /// istiod's own cluster id: the `CLUSTER_ID` env of its container, `Kubernetes` when unset.

@@ -507,11 +507,21 @@ impl State {
             return Err(e);
         }
         validate(res, &name, &obj)?;
+        let injector = if res.group.is_empty() && res.plural == "pods" {
+            self.call_mutating_webhooks(ns, &mut obj)?
+        } else {
+            None
+        };
         self.prepare(res, &key, None, &mut obj, WriteMode::Main);
         self.call_validating_webhooks(res, "CREATE", None, &obj)?;
         self.record_managers(res, None, &mut obj)?;
         if dry_run {
             return Ok(obj);
+        }
+        if let Some(istiod) = injector {
+            // The sidecar trusts the root its istiod loaded when it started.
+            let root = self.istiod_roots.get(&istiod).cloned().flatten();
+            self.sidecar_roots.insert(key.clone(), root);
         }
         let stored = self.commit(key.clone(), obj, "ADDED");
         self.born

@@ -37,6 +37,8 @@ pub enum Timer {
     LoadBalancer(Key),
     /// A terminating pod's containers have stopped: the kubelet removes it.
     PodGone(Key),
+    /// The ReplicaSet or Job controller syncs its object again (a pod create was refused).
+    Resync(Key),
 }
 
 /// Runs the timers of a cluster until it is dropped.
@@ -177,6 +179,7 @@ impl State {
                 Timer::PodReady(key) => self.pod_probe_passes(&key),
                 Timer::LoadBalancer(key) => self.load_balancer_arrives(&key),
                 Timer::FinalizeNamespace(key) => self.finalize_namespace(&key),
+                Timer::Resync(key) => self.resync(&key),
                 Timer::PodGone(key) => {
                     self.removing = true;
                     self.delete(&key);
@@ -185,6 +188,17 @@ impl State {
             }
         }
         self.istiod_validation_fail_closed();
+    }
+
+    fn resync(&mut self, key: &Key) {
+        let Some(obj) = self.objects.get(key).cloned() else {
+            return;
+        };
+        match (key.group.as_str(), key.plural.as_str()) {
+            ("apps", "replicasets") => self.reconcile_pods(key, &obj),
+            ("batch", "jobs") => self.start_job(key, &obj),
+            _ => {}
+        }
     }
 
     fn pod_probe_passes(&mut self, key: &Key) {

@@ -749,14 +749,14 @@ fn wait_token(c: &TestCluster, ns: &str, secret: &str) -> String {
 }
 
 /// The reader's ClusterRole and binding, as the istiod chart renders them with
-/// `global.enableReaderRBAC` (the default).
+/// `global.enableReaderRBAC` (the default); `configmaps` as from Istio 1.29.
 fn bind_reader(c: &TestCluster) {
     let rbac = "/apis/rbac.authorization.k8s.io/v1";
     c.put(
         &format!("{rbac}/clusterroles/istio-reader-clusterrole-istio-system"),
         json!({"rules": [
             {"apiGroups": ["config.istio.io", "security.istio.io", "networking.istio.io"], "resources": ["*"], "verbs": ["get", "list", "watch"]},
-            {"apiGroups": [""], "resources": ["endpoints", "pods", "services", "nodes", "namespaces", "secrets"], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": [""], "resources": ["endpoints", "pods", "services", "nodes", "namespaces", "secrets", "configmaps"], "verbs": ["get", "list", "watch"]},
             {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
         ]}),
     )
@@ -854,8 +854,31 @@ fn control_plane_image(
                     "ports": [{"name": "http-monitoring", "containerPort": 15014}],
                     "env": [{"name": "CLUSTER_ID", "value": id}]}]}}}}),
     );
+    injector(c);
     istiod_pod(c);
     token
+}
+
+/// istiod's Service and the default revision's injector webhook for namespaces labelled
+/// `istio-injection=enabled` (the chart's `namespace.sidecar-injector.istio.io`).
+fn injector(c: &TestCluster) {
+    put(
+        c,
+        &format!("/api/v1/namespaces/{NS}/services/istiod"),
+        json!({"spec": {"selector": {"app": "istiod", "istio.io/rev": "default"},
+               "ports": [{"name": "https-webhook", "port": 443, "targetPort": 15017}]}}),
+    );
+    put(
+        c,
+        "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/istio-sidecar-injector",
+        json!({"metadata": {"labels": {"istio.io/rev": "default"}}, "webhooks": [{
+            "name": "namespace.sidecar-injector.istio.io",
+            "clientConfig": {"service": {"name": "istiod", "namespace": NS, "path": "/inject", "port": 443}},
+            "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]}],
+            "namespaceSelector": {"matchExpressions": [{"key": "istio-injection", "operator": "In", "values": ["enabled"]}]},
+            "objectSelector": {"matchExpressions": [{"key": "sidecar.istio.io/inject", "operator": "NotIn", "values": ["false"]}]},
+            "failurePolicy": "Fail", "sideEffects": "None", "admissionReviewVersions": ["v1"]}]}),
+    );
 }
 
 /// A remote secret in `from` for the peer `to`, named `istio-remote-secret-NAME`.
@@ -2483,4 +2506,209 @@ fn kubectl_creates_token_reviews_with_both_versions() {
             "[invalid bearer token, service account token has been invalidated]"
         );
     }
+}
+
+/// The reader role of `c` with or without `configmaps` (Istio 1.29 added them).
+fn reader_reads_configmaps(c: &TestCluster, grant: bool) {
+    let rbac =
+        "/apis/rbac.authorization.k8s.io/v1/clusterroles/istio-reader-clusterrole-istio-system";
+    let mut role = c.get(rbac).unwrap();
+    let resources = role["rules"][1]["resources"].as_array_mut().unwrap();
+    resources.retain(|r| r != "configmaps");
+    if grant {
+        resources.push(json!("configmaps"));
+    }
+    put(c, rbac, role);
+}
+
+#[test]
+fn a_1_29_istiod_syncs_a_peer_only_once_the_peers_reader_role_grants_configmaps() {
+    for (image, syncs_at_once) in [
+        ("docker.io/istio/pilot:1.29.0", false),
+        ("docker.io/istio/pilot:1.28.1", true),
+    ] {
+        let options = Options {
+            remote_cluster_timeout: Duration::from_secs(1),
+            ..Options::default()
+        };
+        let c1 = TestCluster::start("c1", options.clone());
+        let c2 = TestCluster::start("c2", options);
+        control_plane_image(&c1, "cluster1", "n1", None, image);
+        let token2 = control_plane_image(&c2, "cluster2", "n1", None, image);
+        // The peer's reader role as the 1.28 charts render it.
+        reader_reads_configmaps(&c2, false);
+        remote_secret(
+            &c1,
+            "cluster2",
+            "cluster2",
+            &remote_kubeconfig(&c2, "cluster2", c2.ca_pem(), &token2),
+        );
+        if syncs_at_once {
+            wait_sync(&c1, "cluster2", "synced");
+            continue;
+        }
+        wait_sync(&c1, "cluster2", "timeout");
+        // The peer's istiod chart upgraded to 1.29: its reader role grants configmaps.
+        reader_reads_configmaps(&c2, true);
+        wait_sync(&c1, "cluster2", "synced");
+    }
+}
+
+/// The pods of Deployment `name` in namespace `ns`: the revision that injected each.
+fn injected_revisions(c: &TestCluster, ns: &str, name: &str) -> Vec<String> {
+    pods(c, ns)
+        .iter()
+        .filter(|p| {
+            p["metadata"]["labels"]["app"] == name && p["metadata"]["deletionTimestamp"].is_null()
+        })
+        .map(|p| {
+            let status = p["metadata"]["annotations"]["sidecar.istio.io/status"]
+                .as_str()
+                .unwrap_or("{}");
+            let v: Value = serde_json::from_str(status).unwrap();
+            v["revision"].as_str().unwrap_or("none").to_string()
+        })
+        .collect()
+}
+
+/// Installs the fixture charts of two Istio versions as a canary upgrade does (the second as
+/// revision `1-29`), and moves the tag `stable` from the first to the second.
+fn a_revision_tag_moves_injection_to_the_canary(set: &str) {
+    let c = TestCluster::start("c1", Options::default());
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    write_kubeconfig(&kubeconfig, &[&c]).unwrap();
+    let t = tools(set, &kubeconfig, dir.path());
+    let (old, new) = (
+        meshup_testcluster::charts_at("1.28.1"),
+        meshup_testcluster::charts_at("1.29.0"),
+    );
+    let chart =
+        |d: &tempfile::TempDir, name: &str| d.path().join(name).to_str().unwrap().to_string();
+    let install = |release: &str, chart: &str, extra: &[&str]| {
+        let mut args = vec![
+            "upgrade",
+            "--install",
+            release,
+            chart,
+            "-n",
+            NS,
+            "--create-namespace",
+            "--wait",
+            "--timeout",
+            "60s",
+        ];
+        args.extend_from_slice(extra);
+        t.helm("c1", &args);
+    };
+    install("istio-base", &chart(&old, "base"), &[]);
+    install(
+        "istiod",
+        &chart(&old, "istiod"),
+        &["--set", "revisionTags={stable}"],
+    );
+    install(
+        "istiod-1-29",
+        &chart(&new, "istiod"),
+        &["--set", "revision=1-29"],
+    );
+    let image = |rev: &str| {
+        let d = c
+            .get(&format!("/apis/apps/v1/namespaces/{NS}/deployments/{rev}"))
+            .unwrap();
+        d["spec"]["template"]["spec"]["containers"][0]["image"].clone()
+    };
+    assert_eq!(image("istiod"), "docker.io/istio/pilot:1.28.1");
+    assert_eq!(image("istiod-1-29"), "docker.io/istio/pilot:1.29.0");
+
+    put(
+        &c,
+        "/api/v1/namespaces/app",
+        json!({"metadata": {"labels": {"istio.io/rev": "stable"}}}),
+    );
+    let web = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, namespace: app}\nspec:\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec:\n      containers: [{name: web, image: web}]\n";
+    t.kubectl("c1", &["apply", "-f", "-"], Some(web));
+    wait_rolled_out(&c, "app", "web");
+    assert_eq!(injected_revisions(&c, "app", "web"), ["default"], "{set}");
+
+    // Move the tag: off the old revision, onto the canary; new pods go to 1-29.
+    install(
+        "istiod",
+        &chart(&old, "istiod"),
+        &["--set", "revisionTags=null"],
+    );
+    install(
+        "istiod-1-29",
+        &chart(&new, "istiod"),
+        &["--set", "revision=1-29", "--set", "revisionTags={stable}"],
+    );
+    let tag = c
+        .get("/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/istio-revision-tag-stable")
+        .expect("the tag's webhooks");
+    assert_eq!(tag["metadata"]["labels"]["istio.io/rev"], "1-29");
+    assert_eq!(
+        tag["webhooks"][0]["clientConfig"]["service"]["name"],
+        "istiod-1-29"
+    );
+    t.kubectl(
+        "c1",
+        &["rollout", "restart", "deployment/web", "-n", "app"],
+        None,
+    );
+    t.kubectl(
+        "c1",
+        &[
+            "rollout",
+            "status",
+            "deployment/web",
+            "-n",
+            "app",
+            "--timeout=30s",
+        ],
+        None,
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while injected_revisions(&c, "app", "web") != ["1-29"] {
+        assert!(
+            Instant::now() < deadline,
+            "{set}: {:?}",
+            injected_revisions(&c, "app", "web")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // Without a ready istiod behind the tag, a new pod is refused (failurePolicy Fail).
+    t.kubectl(
+        "c1",
+        &["scale", "deployment/istiod-1-29", "-n", NS, "--replicas=0"],
+        None,
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pods(&c, NS)
+        .iter()
+        .any(|p| p["metadata"]["labels"]["istio.io/rev"] == "1-29")
+    {
+        assert!(Instant::now() < deadline, "{set}: istiod-1-29 still runs");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: one, namespace: app}\nspec:\n  containers: [{name: web, image: web}]\n";
+    let out = t.kubectl_out("c1", &["create", "-f", "-"], Some(pod));
+    assert!(!out.ok, "{set}: {}", out.stdout);
+    assert!(
+        out.stderr.contains(
+            "Internal error occurred: failed calling webhook \"rev.namespace.sidecar-injector.istio.io\": failed to call webhook: Post \"https://istiod-1-29.istio-system.svc:443/inject?timeout=10s\": no endpoints available for service \"istiod-1-29\""
+        ),
+        "{set}: {}",
+        out.stderr
+    );
+}
+
+#[test]
+fn helm4_a_revision_tag_moves_injection_to_the_canary() {
+    a_revision_tag_moves_injection_to_the_canary("helm4");
+}
+
+#[test]
+fn helm3_a_revision_tag_moves_injection_to_the_canary() {
+    a_revision_tag_moves_injection_to_the_canary("helm3");
 }

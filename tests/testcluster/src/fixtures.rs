@@ -1,0 +1,112 @@
+//! The fixture charts at another Istio version, for tests that install one version and
+//! upgrade to another.
+
+use std::path::{Path, PathBuf};
+
+/// Where the fixture charts live in this repository (`tests/fixtures/charts`).
+pub fn charts_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/charts")
+}
+
+/// A copy of the fixture charts (`base`, `istiod`, `gateway`, each its own directory) in a new
+/// temporary directory, standing in for Istio `version` (e.g. `1.29.0`): each `Chart.yaml`'s
+/// `version` and `appVersion`, and the `global.tag` of each `values.yaml` that has one (the
+/// tag of istiod's image, from which the emulated istiod takes its behaviour), are `version`.
+/// The directory goes when the returned value is dropped.
+pub fn charts_at(version: &str) -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("charts-{version}-"))
+        .tempdir()
+        .expect("a temporary directory");
+    copy_tree(&charts_dir(), dir.path()).expect("copy the fixture charts");
+    for chart in std::fs::read_dir(dir.path()).expect("the copied charts") {
+        let chart = chart.expect("a chart directory").path();
+        let meta = chart.join("Chart.yaml");
+        if let Ok(text) = std::fs::read_to_string(&meta) {
+            std::fs::write(&meta, with_chart_version(&text, version)).expect("write Chart.yaml");
+        }
+        let values = chart.join("values.yaml");
+        if let Ok(text) = std::fs::read_to_string(&values) {
+            std::fs::write(&values, with_global_tag(&text, version)).expect("write values.yaml");
+        }
+    }
+    dir
+}
+
+fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_tree(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), target)?;
+        }
+    }
+    Ok(())
+}
+
+/// `Chart.yaml` with its top-level `version` and `appVersion` set.
+fn with_chart_version(text: &str, version: &str) -> String {
+    text.lines()
+        .map(|l| {
+            if l.starts_with("version:") {
+                format!("version: {version}")
+            } else if l.starts_with("appVersion:") {
+                format!("appVersion: {version}")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n"
+}
+
+/// `values.yaml` with the `tag` directly under the top-level `global:` set; other files as
+/// they are.
+fn with_global_tag(text: &str, version: &str) -> String {
+    let mut in_global = false;
+    let mut out: Vec<String> = Vec::new();
+    for l in text.lines() {
+        if !l.starts_with(' ') && !l.starts_with('#') && !l.is_empty() {
+            in_global = l.trim_end() == "global:";
+        }
+        if in_global && l.starts_with("  tag:") {
+            out.push(format!("  tag: {version}"));
+        } else {
+            out.push(l.to_string());
+        }
+    }
+    out.join("\n") + "\n"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_copy_names_the_version_in_charts_and_the_istiod_tag() {
+        let dir = charts_at("1.29.0");
+        for chart in ["base", "istiod", "gateway"] {
+            let meta = std::fs::read_to_string(dir.path().join(chart).join("Chart.yaml")).unwrap();
+            assert!(meta.contains("\nversion: 1.29.0\n"), "{chart}: {meta}");
+            assert!(meta.contains("\nappVersion: 1.29.0\n"), "{chart}: {meta}");
+            assert!(dir.path().join(chart).join("templates").is_dir());
+        }
+        let values =
+            std::fs::read_to_string(dir.path().join("istiod").join("values.yaml")).unwrap();
+        assert!(values.contains("\n  tag: 1.29.0\n"), "{values}");
+        assert!(!values.contains("1.28.1"), "{values}");
+    }
+
+    #[test]
+    fn only_the_global_tag_changes() {
+        let text = "global:\n  hub: h\n  tag: 1.28.1\nother:\n  tag: keep\n";
+        assert_eq!(
+            with_global_tag(text, "1.29.0"),
+            "global:\n  hub: h\n  tag: 1.29.0\nother:\n  tag: keep\n"
+        );
+    }
+}
