@@ -320,8 +320,13 @@ pub struct WaveArgs {
           value_parser = clap::value_parser!(u32).range(1..))]
     pub wave_size: u32,
     /// Only these clusters, in this order [default: every cluster, in mesh-file order]
-    #[arg(long, value_name = "CLUSTER", value_delimiter = ',')]
-    pub clusters: Vec<String>,
+    #[arg(
+        long = "clusters",
+        id = "wave_clusters",
+        value_name = "CLUSTER",
+        value_delimiter = ','
+    )]
+    pub only: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -1,6 +1,6 @@
 //! One run at a time per cluster: a `coordination.k8s.io/v1` Lease that `install`, `link` and
 //! `uninstall` hold for as long as they change a cluster, renewed while they run and released
-//! at the end. A second run that finds a live holder stops before changing anything (or waits,
+//! at the end (after Ctrl-C it stays, as after a crash, for the next run to take over). A second run that finds a live holder stops before changing anything (or waits,
 //! with `--wait-for-lock`); a dead holder (same host and its process is gone, or its renewals
 //! stopped for longer than the lease duration) is taken over, and that is reported — and only
 //! then may meshup recover what the dead run left pending.
@@ -204,6 +204,15 @@ pub fn hold<R>(
         stop.store(true, Ordering::SeqCst);
         result
     });
+    if runner::interrupted() {
+        // Ctrl-C may have stopped a helm call half-way (a release left pending): the lock
+        // stays, as after a crash, so that the next run takes it over (at once on this
+        // host, after the lease expires elsewhere) and may recover what was left.
+        run.reporter.warn(&format!(
+            "interrupted: meshup's lock stays until the next run takes it over and finishes what this run left half-done (at once from this machine, after {LEASE_SECONDS}s from another)"
+        ));
+        return Ok(result);
+    }
     release(run, &held, &name);
     Ok(result)
 }
@@ -437,7 +446,7 @@ fn renew(
     }
 }
 
-/// Releases the locks this run still holds (also after Ctrl-C): one delete each, conditional
+/// Releases the locks this run still holds (not after Ctrl-C): one delete each, conditional
 /// on this run's last write, so a lock someone took over is left alone.
 fn release(run: &Run, held: &[(&Cluster, Mutex<LastWrite>)], name: &str) {
     runner::cleanup(|| {

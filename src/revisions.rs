@@ -139,9 +139,14 @@ pub fn running(live: &Live, namespace: &str) -> Result<Vec<Revision>, StepError>
                 .or_else(|| d.metadata.labels.get("app.kubernetes.io/version").cloned()),
         })
         .collect();
+    oldest_first(&mut revisions);
+    Ok(revisions)
+}
+
+/// Sorts revisions by version, oldest first, one entry per name.
+pub fn oldest_first(revisions: &mut Vec<Revision>) {
     revisions.sort_by_key(|r| (r.version.as_deref().and_then(triple), r.name.clone()));
     revisions.dedup_by(|a, b| a.name == b.name);
-    Ok(revisions)
 }
 
 /// Where each revision tag points (the `istio.io/rev` label of its webhook configuration).

@@ -51,7 +51,28 @@ pub fn observe(run: &Run) -> Vec<(String, Result<Installed, StepError>)> {
     crate::run::parallel(run.jobs, &run.mesh.clusters, |cluster| {
         let (mut memo, board) = (ClusterNotes::default(), RunBoard::default());
         let result = run.in_cluster(cluster, &mut memo, &board, |cx| {
-            installed(&cx.live, &run.mesh.namespace)
+            let ns = &run.mesh.namespace;
+            let mut found = installed(&cx.live, ns)?;
+            // A release whose Deployment is gone (an uninstall stopped half-way) or not yet
+            // there (an install stopped half-way) is a revision too, to be finished.
+            for release in cx.live.helm_releases(ns)? {
+                let Some(version) = release.chart.strip_prefix("istiod-") else {
+                    continue;
+                };
+                let name = match release.name.strip_prefix("istiod-") {
+                    _ if release.name == "istiod" => DEFAULT_TAG,
+                    Some(rev) => rev,
+                    None => continue,
+                };
+                if !found.revisions.iter().any(|r| r.name == name) {
+                    found.revisions.push(Revision {
+                        name: name.to_string(),
+                        version: Some(version.to_string()),
+                    });
+                }
+            }
+            crate::revisions::oldest_first(&mut found.revisions);
+            Ok(found)
         });
         (cluster.name.clone(), result)
     })

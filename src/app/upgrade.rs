@@ -18,7 +18,7 @@ pub(super) fn upgrade(
     let phase = &args.phase;
     let mut session = Session::open(global, mesh_args, reporter)?;
     refuse_remotes(&session.mesh)?;
-    check_cluster_names(&session.mesh, "--clusters", &phase.waves().clusters)?;
+    check_cluster_names(&session.mesh, "--clusters", &phase.waves().only)?;
     if let UpgradePhase::Start { to: Some(to), .. } = phase {
         if let Some(local) = session
             .mesh
@@ -118,12 +118,12 @@ pub(super) fn decide(
     phase: &UpgradePhase,
 ) -> Result<Canary, Error> {
     let waves = phase.waves();
-    let chosen: Vec<String> = if waves.clusters.is_empty() {
+    let chosen: Vec<String> = if waves.only.is_empty() {
         mesh.clusters.iter().map(|c| c.name.clone()).collect()
     } else {
         mesh.clusters
             .iter()
-            .filter(|c| waves.clusters.contains(&c.name))
+            .filter(|c| waves.only.contains(&c.name))
             .map(|c| c.name.clone())
             .collect()
     };
@@ -172,6 +172,13 @@ pub(super) fn decide(
             else {
                 return Err(Error::Refused("no cluster to upgrade".into()));
             };
+            let target = revisions::revision_of(&version);
+            let finished = chosen.iter().all(
+                |c| matches!(phases.get(c.as_str()), Some(Phase::Steady(r)) if r.name == target),
+            );
+            if finished {
+                return Ok(Canary::new(mesh, &target, &version, Vec::new()));
+            }
             let new = Revision {
                 name: revisions::revision_of(&version),
                 version: Some(version.clone()),
@@ -179,6 +186,24 @@ pub(super) fn decide(
             (old.clone(), new, version)
         }
         (_, None) => {
+            // Every cluster runs one revision: done already (finish, or a rollback), or not
+            // started (promote, finish).
+            let target = mesh.chart("istiod").version;
+            let on_target = |p: &Phase| matches!(p, Phase::Steady(r) if target.as_deref().is_some_and(|t| r.name == revisions::revision_of(t)));
+            let all = chosen.iter().filter_map(|c| phases.get(c.as_str()));
+            let done = match phase {
+                UpgradePhase::Rollback { .. } => all.clone().all(|p| !on_target(p)),
+                _ => all.clone().all(on_target),
+            };
+            if done {
+                let version = target.unwrap_or_default();
+                return Ok(Canary::new(
+                    mesh,
+                    &revisions::revision_of(&version),
+                    &version,
+                    Vec::new(),
+                ));
+            }
             return Err(Error::Refused(format!(
                 "no upgrade is under way: every cluster runs one istiod revision ({}); start one with `meshup upgrade start`",
                 running_list(&phases)
@@ -403,12 +428,13 @@ fn refuse_while_proxies(run: &Run, canary: &Canary, revision: &str) -> Result<()
 }
 
 fn nothing_left(phase: &UpgradePhase, canary: &Canary) -> String {
-    format!(
-        "nothing to {}: every chosen cluster is already there",
-        phase.name()
-    ) + &match phase {
-        UpgradePhase::Finish { .. } => format!(" (the mesh runs {})", canary.new),
-        _ => String::new(),
+    match phase {
+        UpgradePhase::Rollback { .. } => "nothing to roll back: no upgrade is under way".into(),
+        _ => format!(
+            "nothing to {}: every chosen cluster runs {} only",
+            phase.name(),
+            canary.new
+        ),
     }
 }
 

@@ -12,4 +12,5 @@ mod e2e;
 mod interrupt;
 mod layout;
 mod topologies;
+mod upgrade;
 mod verify;
