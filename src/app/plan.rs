@@ -92,7 +92,7 @@ fn upgrade_plan(mesh: &Mesh, args: &PlanArgs) -> Result<plan::Plan<'static>, Err
         .into());
     };
     check_cluster_names(mesh, "CLUSTER", clusters)?;
-    let Some(version) = mesh.chart("istiod").version else {
+    let Some(version) = args.to.clone().or(mesh.chart("istiod").version) else {
         return Err(InputError::new(
             source,
             "the version to upgrade to is not known: set `istio.version` or pass --to",

@@ -407,6 +407,8 @@ fn uninstall_removes_secrets_istiod_base_and_namespace_in_that_order() {
             removals,
             [
                 "kubectl delete secrets",
+                // meshup's revision tags (from `upgrade promote`), before istiod
+                "kubectl delete mutatingwebhookconfigurations,services",
                 "helm uninstall istiod",
                 "helm uninstall istio-base",
                 "kubectl delete namespace istio-system"
@@ -842,4 +844,63 @@ fn plan_prints_a_cluster_leaving_and_a_rotation() {
     // A cluster that is not in the mesh file is bad input.
     let bad = without_tools(&env, &["plan", "uninstall", "cluster9", "-f", mesh]).expect(2);
     assert!(bad.stderr.contains("cluster9"), "{}", bad.stderr);
+}
+
+#[test]
+fn plan_upgrade_prints_each_phase_in_waves_with_its_gates_and_contacts_no_cluster() {
+    let env = Env::new(TOOLS, 3);
+    let mesh = env.mesh_file(&[], &[], "");
+    let mesh = mesh.to_str().unwrap();
+    let plan = |args: &[&str]| {
+        let mut all = vec!["plan", "upgrade"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--to", "1.29.0", "-f", mesh]);
+        without_tools(&env, &all).expect(0).stdout
+    };
+    let start = plan(&["start", "--wave-size", "2"]);
+    for needle in [
+        "# Phase 1: istio-base 1.29.0 and the new reader RBAC in every cluster",
+        "| yq 'select(.metadata.labels.app == \"istio-reader\")'",
+        "# Phase 2: istiod 1-29-0 beside default in cluster1, cluster2.",
+        "helm upgrade --install istiod-1-29-0",
+        "--set revision=1-29-0",
+        "## Wait: istiod 1-29-0 in cluster1, cluster2 reports every peer synced.",
+        "# Phase 3: istiod 1-29-0 beside default in cluster3.",
+    ] {
+        assert!(start.contains(needle), "`{needle}` not in:\n{start}");
+    }
+    // istio-base keeps pointing at the running revision until promote.
+    assert!(!start.contains("--set defaultRevision=1-29-0"), "{start}");
+    let promote = plan(&["promote", "cluster2", "--restart-workloads"]);
+    for needle in [
+        "revisionTags:\n- default",
+        "kubectl apply --server-side --force-conflicts --field-manager meshup -f - --context cluster2",
+        "istio.io/deactivated=never-match",
+        "--set defaultRevision=1-29-0",
+        "kubectl rollout restart deployment --namespace NAMESPACE --context cluster2",
+        "## Wait: the gateway and restarted workloads in cluster2 run proxies of 1-29-0.",
+    ] {
+        assert!(promote.contains(needle), "`{needle}` not in:\n{promote}");
+    }
+    assert!(!promote.contains("--context cluster1"), "{promote}");
+    let finish = plan(&["finish"]);
+    assert_eq!(
+        finish
+            .matches("helm uninstall istiod --namespace istio-system")
+            .count(),
+        3,
+        "{finish}"
+    );
+    let rollback = plan(&["rollback", "--from", "default"]);
+    assert!(
+        rollback.contains("helm uninstall istiod-1-29-0"),
+        "{rollback}"
+    );
+    let bad = without_tools(&env, &["plan", "upgrade", "sideways", "-f", mesh]).expect(2);
+    assert!(
+        bad.stderr.contains("`sideways` is not an upgrade phase"),
+        "{}",
+        bad.all()
+    );
+    assert_eq!(env.requests(), [0, 0, 0]);
 }
