@@ -39,6 +39,31 @@ pub trait Gate: Send + Sync {
     fn script(&self, mesh: &Mesh, options: &ScriptOptions) -> String;
 }
 
+/// Several gates waited on together: passed once every one passed.
+pub struct AllOf<'t>(pub Vec<Arc<dyn Gate + 't>>);
+
+impl Gate for AllOf<'_> {
+    fn title(&self) -> String {
+        self.0
+            .iter()
+            .map(|g| g.title())
+            .collect::<Vec<_>>()
+            .join(", and ")
+    }
+
+    fn check(&self, run: &Run, board: &RunBoard) -> Result<Option<String>, StepError> {
+        let mut waiting = Vec::new();
+        for gate in &self.0 {
+            waiting.extend(gate.check(run, board)?);
+        }
+        Ok((!waiting.is_empty()).then(|| waiting.join("; ")))
+    }
+
+    fn script(&self, mesh: &Mesh, options: &ScriptOptions) -> String {
+        self.0.iter().map(|g| g.script(mesh, options)).collect()
+    }
+}
+
 /// One task in one cluster.
 #[derive(Clone)]
 pub enum Task<'t> {

@@ -30,7 +30,7 @@ use crate::helm;
 use crate::kubectl;
 use crate::live::Deployment;
 use crate::mesh::Mesh;
-use crate::plan::{Chain, Gate, Plan, ScriptOptions, Task, Wave, Work};
+use crate::plan::{AllOf, Chain, Gate, Plan, ScriptOptions, Task, Wave, Work};
 use crate::remote_secret::{MANAGED_BY, MANAGED_BY_LABEL};
 use crate::revisions::{
     DEFAULT_TAG, Installed, Revision, TAG_LABEL, describe, installed, proxies, revision_of, tags,
@@ -341,13 +341,16 @@ impl Canary {
                     ),
                     chains,
                 );
-                wave.gate = Some(Arc::new(OnRevision {
-                    clusters: group.clone(),
-                    namespace: mesh.namespace.clone(),
-                    revision: to.to_string(),
-                    from: from.to_string(),
-                    workloads: self.restart_workloads,
-                }));
+                wave.gate = Some(Arc::new(AllOf(vec![
+                    Arc::new(OnRevision {
+                        clusters: group.clone(),
+                        namespace: mesh.namespace.clone(),
+                        revision: to.to_string(),
+                        from: from.to_string(),
+                        workloads: self.restart_workloads,
+                    }),
+                    self.synced(group, to),
+                ])));
                 wave
             })
             .collect();
@@ -858,9 +861,13 @@ impl Gate for Synced {
                 continue;
             };
             for peer in peers {
+                let deployment = if self.revision == DEFAULT_TAG {
+                    "istiod".to_string()
+                } else {
+                    format!("istiod-{}", self.revision)
+                };
                 out.push_str(&format!(
-                    "until kubectl exec deploy/istiod-{rev} --container discovery --namespace {ns} --context {ctx}{kubeconfig} -- pilot-discovery request GET /debug/clusterz \\\n    | grep -q '\"id\":\"{peer}\"[^}}]*\"syncStatus\":\"synced\"'; do sleep 2; done\n",
-                    rev = self.revision,
+                    "until kubectl exec deploy/{deployment} --container discovery --namespace {ns} --context {ctx}{kubeconfig} -- pilot-discovery request GET /debug/clusterz \\\n    | grep -q '\"id\":\"{peer}\"[^}}]*\"syncStatus\":\"synced\"'; do sleep 2; done\n",
                     ns = self.namespace,
                     ctx = shell_quote(&cluster.context),
                 ));

@@ -264,8 +264,18 @@ fn rollback_after_promote_restores_the_old_revision() {
             ["1-29-0"]
         );
     }
+    // Ctrl-C half-way through the rollback; the next run finishes it.
+    ctrl_c_when(
+        &env,
+        &["upgrade", "rollback", "--restart-workloads", "-f", &new],
+        "a tag moved back",
+        |path| path.contains("mutatingwebhookconfigurations/istio-revision-tag-default"),
+    );
     env.meshup(&["upgrade", "rollback", "--restart-workloads", "-f", &new])
         .expect(0);
+    // And once more: nothing left to roll back.
+    let run = env.meshup(&["upgrade", "rollback", "-f", &new]).expect(0);
+    assert!(run.stderr.contains("nothing to roll back"), "{}", run.all());
     for cluster in &env.clusters {
         assert_eq!(
             istiod_revisions(cluster),
