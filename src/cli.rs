@@ -161,6 +161,9 @@ pub enum Command {
     Link(LinkArgs),
     /// Report each cluster's releases, istiod, remote secrets and cacerts; exit 1 on drift
     Status,
+    /// Find what breaks the mesh across all its clusters, also meshes meshup did not install;
+    /// exit 1 when something is found
+    Doctor(DoctorArgs),
     /// Upgrade a live mesh to the next Istio minor version: a canary revision beside the
     /// running one, cluster wave by cluster wave (start, promote, finish; or rollback)
     Upgrade(UpgradeArgs),
@@ -241,6 +244,14 @@ pub enum Operation {
     Link,
     Uninstall,
     Upgrade,
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Check the clusters behind these contexts (repeat) instead of a mesh file: the mesh is
+    /// discovered from what they hold (istiod's CLUSTER_ID, network, mesh ID)
+    #[arg(long = "context", id = "doctor_contexts", value_name = "CONTEXT")]
+    pub contexts: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -71,13 +71,19 @@ pub fn list(
     connect(target, args, timeout)
 }
 
-/// Every object of `kind` in every namespace (`--all-namespaces`).
-pub fn list_everywhere(target: &Target, kind: &str, timeout: Duration) -> Step {
-    connect(
-        target,
-        words(&["get", kind, "--all-namespaces", "--output", "json"]),
-        timeout,
-    )
+/// Every object of `kind` in every namespace (`--all-namespaces`), matching `selector`.
+pub fn list_everywhere(
+    target: &Target,
+    kind: &str,
+    selector: Option<&str>,
+    timeout: Duration,
+) -> Step {
+    let mut args = words(&["get", kind, "--all-namespaces"]);
+    if let Some(selector) = selector {
+        args.extend(["--selector".to_string(), selector.to_string()]);
+    }
+    args.extend(words(&["--output", "json"]));
+    connect(target, args, timeout)
 }
 
 /// `kubectl patch KIND NAME --type json --patch P`: RFC 6902 operations on one object.

@@ -11,6 +11,7 @@ pub mod chart;
 pub mod cli;
 pub mod components;
 pub mod credentials;
+pub mod doctor;
 pub mod error;
 pub mod exec;
 pub mod facts;

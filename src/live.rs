@@ -260,9 +260,13 @@ impl<'a> Live<'a> {
         Ok(list.items)
     }
 
-    /// Every object of `kind` in every namespace.
-    pub fn list_everywhere<T: DeserializeOwned>(&self, kind: &str) -> Result<Vec<T>, StepError> {
-        let step = kubectl::list_everywhere(self.target, kind, self.timeout);
+    /// Every object of `kind` in every namespace (matching `selector`).
+    pub fn list_everywhere<T: DeserializeOwned>(
+        &self,
+        kind: &str,
+        selector: Option<&str>,
+    ) -> Result<Vec<T>, StepError> {
+        let step = kubectl::list_everywhere(self.target, kind, selector, self.timeout);
         let list: List<T> = parse_json(&step, &self.run(&step)?.stdout)?;
         Ok(list.items)
     }

@@ -198,7 +198,7 @@ fn live_pod(pod: &Pod) -> bool {
 
 /// The running proxies of every revision, per namespace.
 pub fn proxies(live: &Live) -> Result<Proxies, StepError> {
-    let pods: Vec<Pod> = live.list_everywhere("pods")?;
+    let pods: Vec<Pod> = live.list_everywhere("pods", None)?;
     let mut out = Proxies::new();
     for pod in pods.iter().filter(|p| live_pod(p)) {
         if let Some(rev) = proxy_revision(pod) {

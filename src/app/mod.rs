@@ -6,6 +6,7 @@
 //! `remote_secret.rs`); `session.rs` holds what they share: the session, checks, confirmation
 //! and the summary.
 
+mod doctor;
 mod install;
 mod link;
 mod plan;
@@ -138,6 +139,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             }
         }
         Command::Verify(args) => verify::verify(&global, &mesh_args, &reporter, &args),
+        Command::Doctor(args) => doctor::doctor(&global, &mesh_args, &reporter, &args),
         Command::Upgrade(args) => upgrade::upgrade(&global, &mesh_args, &reporter, &args),
         Command::Uninstall(args) => uninstall::uninstall(&global, &mesh_args, &reporter, &args),
     }

@@ -31,6 +31,11 @@ impl Session {
     ) -> Result<Self, Error> {
         let kubeconfig = Kubeconfig::load(global.kubeconfig.as_deref())?;
         let mesh = mesh::load(mesh_args, Some(&kubeconfig))?;
+        Ok(Self::with_mesh(global, mesh, reporter))
+    }
+
+    /// A session for `mesh`, however it was made (a file, flags, or discovered).
+    pub(super) fn with_mesh(global: &GlobalArgs, mesh: Mesh, reporter: &Arc<Reporter>) -> Self {
         let helm = preflight::locate(Tool::Helm, global.helm.as_deref());
         let kubectl = preflight::locate(Tool::Kubectl, global.kubectl.as_deref());
         let runner = ProcessRunner {
@@ -43,7 +48,7 @@ impl Session {
         let clusters = mesh.clusters.len();
         let jobs = Jobs::resolve(global.jobs, clusters, DEFAULT_JOBS);
         let read_jobs = Jobs::resolve(global.jobs, clusters, DEFAULT_READ_JOBS);
-        Ok(Self {
+        Self {
             mesh,
             global_kubeconfig: global.kubeconfig.clone(),
             jobs,
@@ -56,7 +61,7 @@ impl Session {
             runner,
             reporter: reporter.clone(),
             read_caches: Default::default(),
-        })
+        }
     }
 
     pub(super) fn require_tools(&self) -> Result<(), Error> {

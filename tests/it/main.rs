@@ -8,6 +8,7 @@ mod charts;
 mod cli;
 mod crash;
 mod credentials;
+mod doctor;
 mod e2e;
 mod interrupt;
 mod layout;
