@@ -113,6 +113,14 @@ pub struct MeshArgs {
     /// (overrides `istio.charts`)
     #[arg(long, global = true, value_name = "SOURCE")]
     pub charts: Option<String>,
+
+    /// `sidecar` or `ambient` (overrides `dataplane`)
+    #[arg(long, global = true, value_name = "DATAPLANE")]
+    pub dataplane: Option<String>,
+
+    /// Allow shapes upstream Istio does not test (ambient on one network, ambient before 1.29)
+    #[arg(long, global = true)]
+    pub allow_untested: bool,
 }
 
 impl MeshArgs {
@@ -138,6 +146,12 @@ impl MeshArgs {
         if let Some(v) = &self.charts {
             push("--charts", v);
         }
+        if let Some(v) = &self.dataplane {
+            push("--dataplane", v);
+        }
+        if self.allow_untested {
+            flags.push("--allow-untested".to_string());
+        }
         flags
     }
 }
@@ -161,6 +175,11 @@ pub enum Command {
     Link(LinkArgs),
     /// Report each cluster's releases, istiod, remote secrets and cacerts; exit 1 on drift
     Status,
+    /// Ambient: make a service reachable from every cluster (label it `istio.io/global=true`
+    /// in each cluster that has it)
+    Expose(ExposeArgs),
+    /// Ambient: make a service local to each cluster again (remove `istio.io/global`)
+    Unexpose(ExposeArgs),
     /// Find what breaks the mesh across all its clusters, also meshes meshup did not install;
     /// exit 1 when something is found
     Doctor(DoctorArgs),
@@ -244,6 +263,16 @@ pub enum Operation {
     Link,
     Uninstall,
     Upgrade,
+}
+
+#[derive(Debug, Args)]
+pub struct ExposeArgs {
+    /// The Service's name
+    #[arg(value_name = "SERVICE")]
+    pub service: String,
+    /// Its namespace
+    #[arg(long, short = 'n', value_name = "NS", default_value = "default")]
+    pub namespace: String,
 }
 
 #[derive(Debug, Args)]

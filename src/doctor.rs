@@ -250,6 +250,8 @@ pub fn placeholder(kubeconfig: &Kubeconfig, contexts: &[String]) -> Mesh {
             mode: TrustMode::None,
             dir: ".".into(),
         },
+        dataplane: Default::default(),
+        gateway_api_crds: None,
     }
 }
 
@@ -317,6 +319,7 @@ pub fn examine(run: &Run) -> Report {
         .flat_map(|row| {
             row.peers
                 .iter()
+                .chain(&row.unexpected)
                 .filter(|(_, cell)| cell.state == State::Synced)
                 .map(|(peer, _)| (row.cluster.clone(), peer.clone()))
         })
@@ -333,22 +336,54 @@ pub fn examine(run: &Run) -> Report {
     findings.extend(credentials::check(run, &topology));
     let said: Vec<Finding> = findings.clone();
     for row in &rows {
-        for mut finding in sync::findings(mesh, row, &[]) {
-            // istiod's view, with the cause among the above where one explains it.
-            let causes: Vec<&Finding> = said
-                .iter()
-                .filter(|f| {
-                    f.cluster.as_deref() == Some(&row.cluster)
-                        && row.peers.iter().any(|(peer, cell)| {
-                            cell.state != State::Synced && f.why.contains(&format!("`{peer}`"))
+        // istiod's view, one peer at a time, with the cause among the above where one explains
+        // it: a finding of this cluster that names the peer, or the peer's reader role that
+        // names this cluster.
+        let mut one_by_one: Vec<(Option<&str>, sync::Row)> = Vec::new();
+        if row.error.is_some() {
+            one_by_one.push((None, row.clone()));
+        }
+        for (peer, cell) in &row.peers {
+            one_by_one.push((
+                Some(peer),
+                sync::Row {
+                    peers: BTreeMap::from([(peer.clone(), cell.clone())]),
+                    unexpected: BTreeMap::new(),
+                    error: None,
+                    ..row.clone()
+                },
+            ));
+        }
+        for (id, cell) in &row.unexpected {
+            one_by_one.push((
+                Some(id),
+                sync::Row {
+                    peers: BTreeMap::new(),
+                    unexpected: BTreeMap::from([(id.clone(), cell.clone())]),
+                    error: None,
+                    ..row.clone()
+                },
+            ));
+        }
+        for (peer, single) in one_by_one {
+            for mut finding in sync::findings(mesh, &single, &[]) {
+                let cause = peer.and_then(|peer| {
+                    let names = |f: &Finding, who: &str, whom: &str| {
+                        f.cluster.as_deref() == Some(who) && f.why.contains(&format!("`{whom}`"))
+                    };
+                    said.iter()
+                        .find(|f| names(f, &row.cluster, peer))
+                        .or_else(|| {
+                            said.iter()
+                                .find(|f| f.what == "reader RBAC" && names(f, peer, &row.cluster))
                         })
-                })
-                .collect();
-            if let Some(cause) = causes.first() {
-                finding.why = format!("{} (cause: {})", finding.why, cause.why);
+                });
+                if let Some(cause) = cause {
+                    finding.why = format!("{} (cause: {})", finding.why, cause.why);
+                }
+                finding.what = "istiod's view".into();
+                findings.push(finding);
             }
-            finding.what = "istiod's view".into();
-            findings.push(finding);
         }
     }
     findings.sort_by(|a, b| (b.level, &a.cluster).cmp(&(a.level, &b.cluster)));
@@ -617,10 +652,19 @@ fn remote_secrets(
         let mut by_key: BTreeMap<&str, Vec<&Held>> = BTreeMap::new();
         for held in &view.secrets {
             let name = format!("{}/{}", held.namespace, held.name);
-            if !istiod_ns.is_empty() && !istiod_ns.contains(held.namespace.as_str()) {
+            let for_keys = held
+                .keys
+                .iter()
+                .map(|(k, _)| format!("`{k}`"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let outside = !istiod_ns.is_empty() && !istiod_ns.contains(held.namespace.as_str());
+            // What istiod does not read is reported as such; its content is not the problem.
+            let read = !outside && held.label.as_deref() == Some("true");
+            if outside {
                 out.push(
                     Finding::fail(here, "remote secrets", format!(
-                        "remote secret `{name}` is outside istiod's namespace ({}): istiod only reads remote secrets of its own namespace, so it never watches that cluster and its endpoints are missing (istio/istio#49780)",
+                        "remote secret `{name}` (for {for_keys}) is outside istiod's namespace ({}): istiod only reads remote secrets of its own namespace, so it never watches that cluster and its endpoints are missing (istio/istio#49780)",
                         istiod_ns.iter().copied().collect::<Vec<_>>().join(", ")
                     ))
                     .fix(format!("move it: `kubectl get secret {} -n {} --context {} -o yaml | sed 's/namespace: .*/namespace: {}/' | kubectl apply --context {} -f -`, then delete the old one", held.name, held.namespace, fix.context(&view.cluster), mesh.namespace, fix.context(&view.cluster))),
@@ -629,8 +673,7 @@ fn remote_secrets(
             if held.label.as_deref() != Some("true") {
                 out.push(
                     Finding::fail(here, "remote secrets", format!(
-                        "secret `{name}` holds a kubeconfig for {} but its `{MULTICLUSTER_LABEL}` label is {}: istiod selects remote secrets by `{MULTICLUSTER_LABEL}=true` and ignores this one (istio/istio#47433)",
-                        held.keys.iter().map(|(k, _)| format!("`{k}`")).collect::<Vec<_>>().join(", "),
+                        "secret `{name}` holds a kubeconfig for {for_keys} but its `{MULTICLUSTER_LABEL}` label is {}: istiod selects remote secrets by `{MULTICLUSTER_LABEL}=true` and ignores this one (istio/istio#47433)",
                         held.label.as_deref().map(|l| format!("`{l}`")).unwrap_or_else(|| "missing".into())
                     ))
                     .fix(format!("`kubectl label secret {} -n {} --context {} {MULTICLUSTER_LABEL}=true --overwrite`", held.name, held.namespace, fix.context(&view.cluster))),
@@ -654,6 +697,9 @@ fn remote_secrets(
                         ))
                         .fix("recreate it with `--name` equal to the peer's clusterName (`istioctl create-remote-secret --name CLUSTER_ID`, or `meshup link`)"),
                     );
+                }
+                if !read {
+                    continue;
                 }
                 by_key.entry(key.as_str()).or_default().push(held);
                 if let Some(server) = server {
@@ -904,7 +950,7 @@ fn reader_rbac(mesh: &Mesh, views: &[&View]) -> Vec<Finding> {
         let watchers: Vec<String> = newest
             .iter()
             .filter(|(c, _)| *c != peer.cluster)
-            .map(|(c, v)| format!("{c} ({v})"))
+            .map(|(c, v)| format!("`{c}` ({v})"))
             .collect();
         if watchers.is_empty() {
             continue;

@@ -27,6 +27,9 @@ pub mod column {
     pub const UPGRADE: Column = (58, "UPGRADE");
     pub const PEERS_SYNCED: Column = (60, "PEERS SYNCED");
     pub const GATEWAY: Column = (70, "GATEWAY");
+    pub const ZTUNNEL: Column = (72, "ZTUNNEL");
+    pub const CNI: Column = (74, "CNI");
+    pub const GLOBAL_SERVICES: Column = (76, "GLOBAL SERVICES");
     pub const CACERTS_ROOT: Column = (80, "CACERTS ROOT");
 }
 

@@ -86,6 +86,43 @@ pub fn list_everywhere(
     connect(target, args, timeout)
 }
 
+/// `kubectl apply --server-side -f URL`: objects kubectl downloads itself (the Gateway API
+/// CRDs from their release page).
+pub fn apply_url(target: &Target, url: &str, timeout: Duration) -> Step {
+    let args = words(&[
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "--field-manager",
+        FIELD_MANAGER,
+        "--filename",
+        url,
+    ]);
+    connect(target, args, timeout)
+}
+
+/// `kubectl label KIND NAME --namespace NS LABEL --overwrite` (`key=value` sets, `key-`
+/// removes).
+pub fn label(
+    target: &Target,
+    kind: &str,
+    name: &str,
+    namespace: &str,
+    label: &str,
+    timeout: Duration,
+) -> Step {
+    let args = words(&[
+        "label",
+        kind,
+        name,
+        "--namespace",
+        namespace,
+        label,
+        "--overwrite",
+    ]);
+    connect(target, args, timeout)
+}
+
 /// `kubectl patch KIND NAME --type json --patch P`: RFC 6902 operations on one object.
 pub fn patch_json(target: &Target, kind: &str, name: &str, patch: &str, timeout: Duration) -> Step {
     let args = words(&["patch", kind, name, "--type", "json", "--patch", patch]);

@@ -22,16 +22,38 @@ pub const CHARTS: &[&str] = &["base", "istiod"];
 
 /// The charts a mesh of `clusters` installs: `base` and `istiod`, and `gateway` when a cluster
 /// gets an east-west gateway (several networks, or a primary with remote clusters).
-pub fn charts_needed(clusters: &[Cluster]) -> Vec<&'static str> {
+pub fn charts_needed(clusters: &[Cluster], dataplane: Dataplane) -> Vec<&'static str> {
     let networks: BTreeSet<Option<&str>> = clusters.iter().map(|c| c.network.as_deref()).collect();
     let remotes = clusters
         .iter()
         .any(|c| matches!(c.role, Role::Remote { .. }));
     let mut names = CHARTS.to_vec();
-    if networks.len() > 1 || remotes {
-        names.push("gateway");
+    match dataplane {
+        // The ambient east-west gateway is a Gateway API object istiod deploys itself.
+        Dataplane::Ambient => names.extend(["cni", "ztunnel"]),
+        Dataplane::Sidecar if networks.len() > 1 || remotes => names.push("gateway"),
+        Dataplane::Sidecar => {}
     }
     names
+}
+
+/// How workloads join the mesh (`dataplane`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Dataplane {
+    /// A sidecar proxy injected into each pod (the default).
+    #[default]
+    Sidecar,
+    /// Ambient: ztunnel on every node (with istio-cni), no sidecars.
+    Ambient,
+}
+
+impl Dataplane {
+    pub fn name(self) -> &'static str {
+        match self {
+            Dataplane::Sidecar => "sidecar",
+            Dataplane::Ambient => "ambient",
+        }
+    }
 }
 
 /// A validated mesh.
@@ -50,6 +72,11 @@ pub struct Mesh {
     pub values: Mapping,
     pub clusters: Vec<Cluster>,
     pub trust: Trust,
+    /// `dataplane`: sidecars, or ambient (ztunnel and istio-cni).
+    pub dataplane: Dataplane,
+    /// `gatewayApiCrds`: a file or https:// URL of the Gateway API CRDs to apply where they
+    /// are missing (ambient); without it meshup only checks them.
+    pub gateway_api_crds: Option<String>,
 }
 
 /// One cluster of the mesh.
@@ -123,6 +150,8 @@ pub struct Trust {
 struct RawMesh {
     #[serde(rename = "meshID")]
     mesh_id: Option<String>,
+    dataplane: Option<String>,
+    gateway_api_crds: Option<String>,
     network: Option<String>,
     namespace: Option<String>,
     istio: Option<RawIstio>,
@@ -143,6 +172,7 @@ struct RawIstio {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RawCluster {
     name: Option<String>,
+    dataplane: Option<String>,
     context: Option<String>,
     api_server: Option<String>,
     network: Option<String>,
@@ -288,6 +318,37 @@ fn validate(
     let values = mapping_or_problem(&mut problems, "values", raw.values);
     check_reserved_values(&mut problems, "values", &values);
 
+    let dataplane_field = if args.dataplane.is_some() {
+        "--dataplane"
+    } else {
+        "dataplane"
+    };
+    let dataplane = match args.dataplane.clone().or(raw.dataplane).as_deref() {
+        None | Some("sidecar") => Dataplane::Sidecar,
+        Some("ambient") => Dataplane::Ambient,
+        Some(other) => {
+            problems.add(format!(
+                "`{dataplane_field}`: `{other}` is not one of sidecar, ambient"
+            ));
+            Dataplane::Sidecar
+        }
+    };
+    let gateway_api_crds = raw.gateway_api_crds.filter(|c| !c.is_empty()).map(|c| {
+        if c.starts_with("https://") || c.starts_with("http://") {
+            c
+        } else {
+            base_dir.join(c).display().to_string()
+        }
+    });
+    if let Some(crds) = &gateway_api_crds
+        && !crds.contains("://")
+        && !Path::new(crds).is_file()
+    {
+        problems.add(format!(
+            "`gatewayApiCrds`: `{crds}` is not a file; give the path of the Gateway API CRDs (standard-install.yaml) or an https:// URL"
+        ));
+    }
+
     let raw_clusters: Vec<(String, RawCluster)> = if args.clusters.is_empty() {
         raw.clusters
             .unwrap_or_default()
@@ -321,6 +382,14 @@ fn validate(
     let mut names = BTreeSet::new();
     let mut contexts = BTreeSet::new();
     for (field, raw) in raw_clusters {
+        if let Some(own) = &raw.dataplane
+            && own != dataplane.name()
+        {
+            problems.add(format!(
+                "`{field}.dataplane`: `{own}` differs from the mesh's `{}`: Istio's ambient multicluster pages (1.29) cover meshes whose clusters all run ambient, not a mix of sidecar and ambient clusters; set `dataplane` once, for the whole mesh",
+                dataplane.name()
+            ));
+        }
         let name = raw.name.unwrap_or_default();
         if name.is_empty() {
             problems.add(format!("`{field}.name` is required"));
@@ -403,6 +472,14 @@ fn validate(
         });
     }
     check_topology(&mut problems, &fields, &clusters);
+    if dataplane == Dataplane::Ambient {
+        check_ambient(
+            &mut problems,
+            &clusters,
+            version.as_deref(),
+            args.allow_untested,
+        );
+    }
     let (charts_text, charts_dir) = match (&args.charts, istio.charts) {
         (Some(flag), _) => (flag.clone(), PathBuf::new()),
         (None, Some(file)) => (file, base_dir.to_path_buf()),
@@ -412,7 +489,7 @@ fn validate(
         &charts_text,
         &charts_dir,
         version.as_deref(),
-        &charts_needed(&clusters),
+        &charts_needed(&clusters, dataplane),
     ) {
         Ok(charts) => Some(charts),
         Err(problem) => {
@@ -458,7 +535,44 @@ fn validate(
             mode,
             dir: trust_dir,
         },
+        dataplane,
+        gateway_api_crds,
     })
+}
+
+/// What upstream supports of ambient across clusters: multi-network multi-primary, Beta from
+/// Istio 1.29 (istio.io "Install ambient multicluster"; blog "ambient multi-network
+/// multicluster beta"). One network is untested upstream; primary-remote is not supported.
+fn check_ambient(
+    problems: &mut Problems,
+    clusters: &[Cluster],
+    version: Option<&str>,
+    allow_untested: bool,
+) {
+    if let Some(remote) = clusters
+        .iter()
+        .find(|c| matches!(c.role, Role::Remote { .. }))
+    {
+        problems.add(format!(
+            "`dataplane: ambient` with remote cluster `{}`: Istio does not support ambient primary-remote (istio.io ambient multicluster install page; istio/istio#60343); make every cluster a primary",
+            remote.name
+        ));
+    }
+    let networks: BTreeSet<Option<&str>> = clusters.iter().map(|c| c.network.as_deref()).collect();
+    if networks.len() < 2 && clusters.len() > 1 && !allow_untested {
+        problems.add(
+            "`dataplane: ambient` on one network: Istio supports ambient multicluster across networks (multi-network multi-primary, Beta from 1.29); one network is untested upstream. Give each cluster its own `network`, or pass --allow-untested",
+        );
+    }
+    if let Some(v) = version
+        && let Some((1, minor)) = crate::revisions::triple(v).map(|t| (t.0, t.1))
+        && minor < 29
+        && !allow_untested
+    {
+        problems.add(format!(
+            "`dataplane: ambient` with Istio {v}: ambient multi-network multicluster is Beta from 1.29 (alpha before, without `AMBIENT_ENABLE_MULTI_NETWORK` in earlier charts); use 1.29 or later, or pass --allow-untested"
+        ));
+    }
 }
 
 impl Mesh {
@@ -490,7 +604,11 @@ impl Mesh {
 
     /// The charts this mesh installs.
     pub fn charts_needed(&self) -> Vec<&'static str> {
-        charts_needed(&self.clusters)
+        charts_needed(&self.clusters, self.dataplane)
+    }
+
+    pub fn ambient(&self) -> bool {
+        self.dataplane == Dataplane::Ambient
     }
 
     /// Whether the clusters sit on more than one network (east-west gateways needed).

@@ -39,6 +39,8 @@ pub fn mesh(n: usize, trust: TrustMode) -> Mesh {
             mode: trust,
             dir: "meshup-certs".into(),
         },
+        dataplane: Default::default(),
+        gateway_api_crds: None,
     }
 }
 

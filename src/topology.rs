@@ -12,6 +12,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::components::ambient::{GatewayApiCrds, HboneGateway, NodeAgents};
 use crate::components::cacerts::CacertsSecret;
 use crate::components::crds::Crds;
 use crate::components::eastwest::EastWest;
@@ -175,6 +176,12 @@ fn components(
         pilot_from: None,
         force_conflicts: choices.force_conflicts,
     }));
+    if mesh.ambient() {
+        parts.push(Box::new(GatewayApiCrds {
+            source: mesh.gateway_api_crds.clone(),
+            istio_version: mesh.chart("istiod").version,
+        }));
+    }
     let primary_has_address = remote
         .as_ref()
         .and_then(|p| mesh.cluster(p))
@@ -203,6 +210,38 @@ fn components(
             namespace: ns.clone(),
         }));
     }
+    if mesh.ambient() {
+        // The node agents after the control plane (and removed before it); then the HBONE
+        // east-west gateway, which istiod deploys (removed first).
+        for (name, chart, values) in [
+            ("istio-cni", "cni", values::cni(mesh)),
+            ("ztunnel", "ztunnel", values::ztunnel(mesh, cluster)),
+        ] {
+            parts.push(Box::new(Release {
+                name: name.into(),
+                label: if chart == "cni" {
+                    "istio-cni"
+                } else {
+                    "ztunnel"
+                },
+                chart: mesh.chart(chart),
+                namespace: ns.clone(),
+                values,
+                istiod: None,
+                stage: own_stage,
+                pilot_from: None,
+                force_conflicts: choices.force_conflicts,
+            }));
+        }
+        parts.push(Box::new(NodeAgents {
+            namespace: ns.clone(),
+        }));
+        parts.push(Box::new(HboneGateway {
+            namespace: ns.clone(),
+            network: cluster.network.clone(),
+            stage: own_stage,
+        }));
+    }
     if trust {
         parts.push(Box::new(IstiodRestart {
             deployment: istiod_deployment,
@@ -210,7 +249,7 @@ fn components(
             enabled: choices.restart,
         }));
     }
-    if gateway {
+    if gateway && !mesh.ambient() {
         parts.push(Box::new(Release {
             name: values::EAST_WEST_GATEWAY.into(),
             label: "east-west gateway release",

@@ -24,6 +24,8 @@ use crate::sensitive::Sensitive;
 pub const HELLOWORLD_IMAGE: &str = "docker.io/istio/examples-helloworld-v1:1.0";
 pub const CURL_IMAGE: &str = "docker.io/curlimages/curl:8.16.0";
 const SERVICE: &str = "helloworld";
+/// The label that makes a service reachable from other clusters in ambient mode.
+pub const GLOBAL_LABEL: &str = "istio.io/global";
 const CLIENT: &str = "meshup-verify-client";
 
 /// How to run the check.
@@ -36,8 +38,12 @@ pub struct Options {
     pub keep: bool,
     pub helloworld_image: String,
     pub curl_image: String,
-    /// The injection label: `istio-injection=enabled`, or `istio.io/rev=R` with a revision.
+    /// The namespace's mesh label: `istio-injection=enabled`, `istio.io/rev=R` with a
+    /// revision, or `istio.io/dataplane-mode=ambient`.
     pub injection: (String, String),
+    /// Ambient: the `helloworld` Service is marked global (`istio.io/global=true`), which
+    /// the ambient profile's `serviceScopeConfigs` make reachable from other clusters.
+    pub global_service: bool,
 }
 
 impl Options {
@@ -139,7 +145,7 @@ fn deploy(run: &Run, cluster: &Cluster, options: &Options) -> Result<(), StepErr
     let target = run.target(cluster);
     let manifests = [
         namespace(options),
-        service(&options.namespace),
+        service(&options.namespace, options.global_service),
         helloworld(cluster, options),
     ]
     .iter()
@@ -243,11 +249,15 @@ fn namespace(options: &Options) -> serde_json::Value {
     })
 }
 
-fn service(namespace: &str) -> serde_json::Value {
+fn service(namespace: &str, global: bool) -> serde_json::Value {
+    let mut labels = json!({"app": SERVICE});
+    if global {
+        labels[GLOBAL_LABEL] = json!("true");
+    }
     json!({
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {"name": SERVICE, "namespace": namespace, "labels": {"app": SERVICE}},
+        "metadata": {"name": SERVICE, "namespace": namespace, "labels": labels},
         "spec": {
             "ports": [{"port": 5000, "name": "http"}],
             "selector": {"app": SERVICE},
@@ -402,6 +412,7 @@ mod tests {
             helloworld_image: HELLOWORLD_IMAGE.into(),
             curl_image: CURL_IMAGE.into(),
             injection: ("istio-injection".into(), "enabled".into()),
+            global_service: false,
         };
         let job = job(&options, 300);
         let container = &job["spec"]["template"]["spec"]["containers"][0];

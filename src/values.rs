@@ -83,6 +83,16 @@ pub fn istiod(mesh: &Mesh, cluster: &Cluster) -> Mapping {
     if let Some(revision) = &mesh.revision {
         set(&mut istiod, &["revision"], revision);
     }
+    if mesh.ambient() {
+        // Istio's ambient profile, and east-west routing across networks, which istiod keeps
+        // off by default (pilot/pkg/features/ambient.go, 1.29–1.31).
+        set(&mut istiod, &["profile"], "ambient");
+        set(
+            &mut istiod,
+            &["pilot", "env", "AMBIENT_ENABLE_MULTI_NETWORK"],
+            "true",
+        );
+    }
     match &cluster.role {
         Role::Remote { primary } => {
             set(&mut istiod, &["profile"], "remote");
@@ -110,6 +120,38 @@ pub fn istiod(mesh: &Mesh, cluster: &Cluster) -> Mapping {
     deep_merge(&mut istiod, &cluster.values);
     sort(&mut istiod);
     istiod
+}
+
+/// The istio/cni values of one cluster (ambient).
+pub fn cni(mesh: &Mesh) -> Mapping {
+    let mut values = Mapping::new();
+    set(&mut values, &["profile"], "ambient");
+    set(&mut values, &["global", "istioNamespace"], &mesh.namespace);
+    if let Some(revision) = &mesh.revision {
+        set(&mut values, &["revision"], revision);
+    }
+    sort(&mut values);
+    values
+}
+
+/// The istio/ztunnel values of one cluster (ambient). ztunnel's chart takes its own
+/// `multiCluster.clusterName` (default `Kubernetes`) and `network`
+/// (manifests/charts/ztunnel/templates/daemonset.yaml): they must be istiod's, or the
+/// east-west routing that picks gateways by (network, cluster) breaks.
+pub fn ztunnel(mesh: &Mesh, cluster: &Cluster) -> Mapping {
+    let mut values = Mapping::new();
+    set(&mut values, &["profile"], "ambient");
+    set(&mut values, &["multiCluster", "clusterName"], &cluster.name);
+    if let Some(network) = &cluster.network {
+        set(&mut values, &["network"], network);
+    }
+    set(&mut values, &["istioNamespace"], &mesh.namespace);
+    set(&mut values, &["global", "istioNamespace"], &mesh.namespace);
+    if let Some(revision) = &mesh.revision {
+        set(&mut values, &["revision"], revision);
+    }
+    sort(&mut values);
+    values
 }
 
 /// The file a chart's values are rendered to, below the cluster's directory.

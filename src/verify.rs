@@ -69,6 +69,29 @@ pub fn read_sync(run: &Run, topology: &Topology) -> Vec<Row> {
     .collect()
 }
 
+/// Ambient: ztunnel and istio-cni ready on every node, the east-west Gateway programmed with
+/// an address — what status says of them, as verify's problems.
+pub fn dataplane(run: &Run, topology: &Topology) -> Vec<Finding> {
+    if !run.mesh.ambient() {
+        return Vec::new();
+    }
+    walk(run, topology, |node, cx| {
+        let mut status = crate::facts::ClusterStatus::default();
+        for part in node.components.iter().filter(|c| {
+            matches!(
+                c.label(crate::components::Action::Install),
+                "node agents" | "east-west gateway"
+            )
+        }) {
+            part.inspect(cx, &mut status);
+        }
+        status.problems
+    })
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
 /// The credentials that do not work; a check that could not be made is warned about.
 pub fn credentials(run: &Run, topology: &Topology) -> Vec<Finding> {
     let (failed, unknown): (Vec<Finding>, Vec<Finding>) = credentials::check(run, topology)

@@ -7,6 +7,7 @@
 //! and the summary.
 
 mod doctor;
+mod expose;
 mod install;
 mod link;
 mod plan;
@@ -139,6 +140,8 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             }
         }
         Command::Verify(args) => verify::verify(&global, &mesh_args, &reporter, &args),
+        Command::Expose(args) => expose::expose(&global, &mesh_args, &reporter, &args, true),
+        Command::Unexpose(args) => expose::expose(&global, &mesh_args, &reporter, &args, false),
         Command::Doctor(args) => doctor::doctor(&global, &mesh_args, &reporter, &args),
         Command::Upgrade(args) => upgrade::upgrade(&global, &mesh_args, &reporter, &args),
         Command::Uninstall(args) => uninstall::uninstall(&global, &mesh_args, &reporter, &args),

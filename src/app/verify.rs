@@ -13,6 +13,9 @@ pub(super) fn verify(
     // The traffic check's namespace follows the mesh file: `istio-injection=enabled` (the
     // `default` tag, wherever an upgrade moved it) unless the file names a revision.
     let injection = match &session.mesh.revision {
+        _ if session.mesh.ambient() => {
+            ("istio.io/dataplane-mode".to_string(), "ambient".to_string())
+        }
         Some(rev) => ("istio.io/rev".to_string(), rev.clone()),
         None => ("istio-injection".to_string(), "enabled".to_string()),
     };
@@ -31,6 +34,7 @@ pub(super) fn verify(
             helloworld_image: args.helloworld_image.clone().unwrap_or(helloworld),
             curl_image: args.curl_image.clone().unwrap_or(curl),
             injection: injection.clone(),
+            global_service: mesh.ambient(),
         };
         reporter.info(&format!(
             "traffic: {} requests from every cluster to `helloworld.{}`",
@@ -43,6 +47,7 @@ pub(super) fn verify(
     }
     let mut problems = verify::problems(&run, &sync);
     problems.extend(credentials);
+    problems.extend(verify::dataplane(&run, &topology));
     let ok = problems.is_empty() && traffic.as_ref().is_none_or(|t| t.ok);
     let report = verify::Report {
         ok,

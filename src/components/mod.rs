@@ -4,6 +4,7 @@
 //! `install`, `link`, `uninstall`, `plan` and `status` walk components (see `plan.rs`,
 //! `exec.rs`, `status.rs`); which components a cluster gets is decided by `topology.rs`.
 
+pub mod ambient;
 pub mod cacerts;
 pub mod crds;
 pub mod eastwest;
