@@ -868,6 +868,44 @@ clusters:
     }
 
     #[test]
+    fn ambient_shapes_upstream_does_not_support_are_refused_with_the_reason() {
+        let two_networks = "meshID: m\ndataplane: ambient\nistio: {version: 1.29.0}\nclusters:\n  - {name: a, context: kind-cluster1, network: n1}\n  - {name: b, context: kind-cluster2, network: n2}\n";
+        let mesh = check(two_networks, &MeshArgs::default()).unwrap();
+        assert_eq!(mesh.dataplane, Dataplane::Ambient);
+        let one_network = two_networks.replace("network: n2", "network: n1");
+        let err = problems(&one_network);
+        assert!(
+            err.contains("ambient` on one network") && err.contains("--allow-untested"),
+            "{err}"
+        );
+        let allowed = MeshArgs {
+            allow_untested: true,
+            ..MeshArgs::default()
+        };
+        assert!(check(&one_network, &allowed).is_ok());
+        let remote = two_networks.replace("network: n2}", "network: n2, role: remote, primary: a}");
+        assert!(
+            problems(&remote).contains("ambient primary-remote"),
+            "{}",
+            problems(&remote)
+        );
+        let mixed = two_networks.replace("network: n2}", "network: n2, dataplane: sidecar}");
+        let err = problems(&mixed);
+        assert!(
+            err.contains("`clusters[1].dataplane`: `sidecar` differs"),
+            "{err}"
+        );
+        let old = two_networks.replace("1.29.0", "1.28.1");
+        assert!(
+            problems(&old).contains("Beta from 1.29"),
+            "{}",
+            problems(&old)
+        );
+        let typo = two_networks.replace("dataplane: ambient", "dataplane: ambiant");
+        assert!(problems(&typo).contains("`dataplane`: `ambiant` is not one of sidecar, ambient"));
+    }
+
+    #[test]
     fn unknown_keys_are_rejected_with_their_place() {
         let err = problems("meshID: m\nclusters:\n  - name: a\n    contxt: kind-cluster1\n");
         assert!(err.contains("unknown field `contxt`"), "{err}");

@@ -210,6 +210,13 @@ fn components(
             namespace: ns.clone(),
         }));
     }
+    if trust {
+        parts.push(Box::new(IstiodRestart {
+            deployment: istiod_deployment,
+            namespace: ns.clone(),
+            enabled: choices.restart,
+        }));
+    }
     if mesh.ambient() {
         // The node agents after the control plane (and removed before it); then the HBONE
         // east-west gateway, which istiod deploys (removed first).
@@ -240,13 +247,6 @@ fn components(
             namespace: ns.clone(),
             network: cluster.network.clone(),
             stage: own_stage,
-        }));
-    }
-    if trust {
-        parts.push(Box::new(IstiodRestart {
-            deployment: istiod_deployment,
-            namespace: ns.clone(),
-            enabled: choices.restart,
         }));
     }
     if gateway && !mesh.ambient() {
@@ -309,6 +309,75 @@ mod tests {
             .filter(|c| c.acts_on(Action::Install))
             .map(|c| c.label(Action::Install))
             .collect()
+    }
+
+    /// Two ambient clusters on two networks.
+    fn ambient() -> Mesh {
+        let mut m = mesh(2, TrustMode::Generate);
+        m.dataplane = crate::mesh::Dataplane::Ambient;
+        m.clusters[1].network = Some("network2".into());
+        m
+    }
+
+    #[test]
+    fn an_ambient_cluster_installs_node_agents_after_istiod_and_its_gateway_last() {
+        let t = Topology::of(&ambient(), &Choices::default());
+        assert_eq!(
+            labels(&t.nodes[0]),
+            [
+                "namespace",
+                "cacerts",
+                "istio-base",
+                "Gateway API CRDs",
+                "istiod",
+                "istiod restart",
+                "istio-cni",
+                "ztunnel",
+                "east-west gateway",
+                "remote secret",
+                "link"
+            ]
+        );
+        let removal: Vec<&str> = t.nodes[0]
+            .components
+            .iter()
+            .rev()
+            .filter(|c| c.acts_on(Action::Remove))
+            .map(|c| c.label(Action::Remove))
+            .collect();
+        // The Gateway first; ztunnel and istio-cni before istiod; the CRDs stay.
+        assert_eq!(
+            removal,
+            [
+                "remote secrets",
+                "east-west gateway",
+                "ztunnel",
+                "istio-cni",
+                "revision tags",
+                "istiod",
+                "istio-base",
+                "namespace"
+            ]
+        );
+    }
+
+    #[test]
+    fn ztunnel_gets_istiods_cluster_name_and_network() {
+        let m = ambient();
+        let istiod = values::istiod(&m, &m.clusters[1]);
+        let ztunnel = values::ztunnel(&m, &m.clusters[1]);
+        assert_eq!(
+            ztunnel["multiCluster"]["clusterName"],
+            istiod["global"]["multiCluster"]["clusterName"]
+        );
+        assert_eq!(ztunnel["network"], istiod["global"]["network"]);
+        assert_eq!(ztunnel["network"], "network2");
+        assert_eq!(istiod["profile"], "ambient");
+        assert_eq!(
+            istiod["pilot"]["env"]["AMBIENT_ENABLE_MULTI_NETWORK"],
+            "true"
+        );
+        assert_eq!(m.charts_needed(), ["base", "istiod", "cni", "ztunnel"]);
     }
 
     #[test]
