@@ -314,13 +314,15 @@ pub fn examine(run: &Run) -> Report {
     let views: Vec<&View> = views.iter().filter(|v| v.unreachable.is_none()).collect();
     let rows = verify::read_sync(run, &topology);
     // The pairs istiod itself reports synced: whatever a secret looks like, it works there.
+    // A cluster istiod watches that the mesh does not give it keeps no sync state in the
+    // view (`unexpected`); it is counted here, so that a guess does not blame its address.
     let synced: BTreeSet<(String, String)> = rows
         .iter()
         .flat_map(|row| {
             row.peers
                 .iter()
-                .chain(&row.unexpected)
                 .filter(|(_, cell)| cell.state == State::Synced)
+                .chain(&row.unexpected)
                 .map(|(peer, _)| (row.cluster.clone(), peer.clone()))
         })
         .collect();

@@ -133,6 +133,8 @@ pub struct Canary {
     pub old: String,
     pub new: String,
     pub version: String,
+    /// The old revision's Istio version, when known.
+    pub old_version: Option<String>,
     pub waves: Vec<Vec<String>>,
     /// Per cluster, the tags that move (`default` and the others on the moving revision).
     pub tags: BTreeMap<String, Vec<String>>,
@@ -155,6 +157,7 @@ impl Canary {
             old: old.to_string(),
             new,
             version: version.to_string(),
+            old_version: None,
             waves,
             tags: BTreeMap::new(),
             restart_workloads: false,
@@ -322,9 +325,27 @@ impl Canary {
                 let chains = group
                     .iter()
                     .filter_map(|c| {
-                        let mut tasks = vec![self.move_tags(mesh, c, to)];
+                        let back = how == "back to";
+                        let mut tasks = Vec::new();
+                        // Ambient: ztunnel and istio-cni never run ahead of the control plane
+                        // (Istio's ambient Helm upgrade page): upgraded in place after it moved,
+                        // rolled back to their previous release before it moves back.
+                        if back && mesh.ambient() {
+                            for release in ["ztunnel", "istio-cni"] {
+                                tasks.push(Task::Work(Arc::new(HelmBack {
+                                    release: release.to_string(),
+                                    namespace: mesh.namespace.clone(),
+                                    chart_version: self.old_version.clone(),
+                                })));
+                            }
+                        }
+                        tasks.push(self.move_tags(mesh, c, to));
                         tasks.extend(self.converge(mesh, c, "istio-base"));
                         tasks.extend(self.converge(mesh, c, "east-west gateway release"));
+                        if !back {
+                            tasks.extend(self.converge(mesh, c, "istio-cni"));
+                            tasks.extend(self.converge(mesh, c, "ztunnel"));
+                        }
                         if self.restart_workloads {
                             tasks.push(Task::Work(Arc::new(RestartWorkloads {
                                 from: from.to_string(),
@@ -413,6 +434,52 @@ impl Work for Converge {
             Some(line) if !sets.is_empty() => format!("{line}{sets}\n"),
             _ => script,
         }
+    }
+}
+
+/// A release back to its previous Helm revision (`helm rollback`), unless it already runs the
+/// old chart: the ambient node agents, before the control plane moves back.
+struct HelmBack {
+    release: String,
+    namespace: String,
+    chart_version: Option<String>,
+}
+
+impl Work for HelmBack {
+    fn label(&self) -> &'static str {
+        if self.release == "ztunnel" {
+            "ztunnel"
+        } else {
+            "istio-cni"
+        }
+    }
+
+    fn run(&self, cx: &mut ClusterCtx) -> Result<String, StepError> {
+        let Some(release) = cx.release(&self.release)? else {
+            return Ok("absent".into());
+        };
+        let chart = release.chart.rsplit_once('-').map(|(_, v)| v.to_string());
+        if self.chart_version.is_some() && chart == self.chart_version {
+            return Ok("unchanged".into());
+        }
+        if release.revision == "1" {
+            return Ok("no earlier revision".into());
+        }
+        cx.live.run(&helm::rollback(
+            cx.target(),
+            &self.release,
+            &self.namespace,
+            cx.timeout(),
+        ))?;
+        cx.memo.releases = None;
+        Ok(format!("rolled back from {}", release.chart))
+    }
+
+    fn script(&self, cx: &ScriptCx) -> String {
+        format!(
+            "{}\n",
+            helm::rollback(&cx.target, &self.release, &self.namespace, cx.timeout).command_line()
+        )
     }
 }
 

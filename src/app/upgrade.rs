@@ -280,6 +280,7 @@ pub(super) fn decide(
         todo.chunks(size).map(<[String]>::to_vec).collect(),
     );
     canary.new = new.name.clone();
+    canary.old_version = old.version.clone();
     canary.to.revision = Some(new.name.clone());
     let moving = match phase {
         UpgradePhase::Rollback { .. } => &new.name,
