@@ -740,7 +740,7 @@ fn remote_secrets(
             if names.len() > 1 {
                 out.push(
                     Finding::fail(here, "remote secrets", format!(
-                        "{} secrets hold a kubeconfig for `{key}` ({}): istiod takes one of them, whichever it reads last, and the other is stale or points elsewhere",
+                        "{} secrets hold a kubeconfig for `{key}` ({}): istiod keeps the one it read first and ignores the others (`cluster has already been registered`), so which one works depends on the order istiod happened to read them in, and may change when it restarts",
                         names.len(),
                         names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
                     ))

@@ -7,7 +7,7 @@ use serde_json::Value;
 use super::common::*;
 
 /// `doctor` as JSON: (exit code, report).
-pub fn doctor(env: &Env, args: &[&str]) -> (Option<i32>, Value) {
+pub(crate) fn doctor(env: &Env, args: &[&str]) -> (Option<i32>, Value) {
     let mut all = vec!["doctor", "--output", "json"];
     all.extend_from_slice(args);
     let output = env.command(&all).output().unwrap();

@@ -9,6 +9,7 @@ mod cli;
 mod crash;
 mod credentials;
 mod doctor;
+mod doctor_cases;
 mod e2e;
 mod interrupt;
 mod layout;

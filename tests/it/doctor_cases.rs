@@ -1,0 +1,449 @@
+//! `meshup doctor` names every case of issue #17 (its cluster, the cause, a fix), from the mesh
+//! file and from contexts alone. The meshes are made by plain helm and kubectl, as Istio's
+//! "Install Multi-Primary" pages make them (multi-network ones by `meshup install`); each test
+//! installs once, checks it is healthy where that is the point, then seeds several cases in
+//! different clusters and runs doctor once per mode.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::common::*;
+use super::doctor::doctor;
+
+const CONTEXTS: [&str; 6] = [
+    "--context",
+    "cluster1",
+    "--context",
+    "cluster2",
+    "--context",
+    "cluster3",
+];
+
+/// Runs one of the env's real tools (`helm`, `kubectl`) with its kubeconfig; `stdin` is fed.
+fn tool(env: &Env, name: &str, args: &[&str], stdin: Option<&str>) -> Run {
+    use std::io::Write;
+    let mut command = Command::new(env.tools.join(name));
+    command
+        .args(args)
+        .arg("--kubeconfig")
+        .arg(&env.kubeconfig)
+        .env("HOME", env.path("home"))
+        .env_remove("KUBECONFIG")
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().unwrap();
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+    }
+    Run::from(child.wait_with_output().unwrap())
+}
+
+#[track_caller]
+fn kubectl(env: &Env, args: &[&str]) -> Run {
+    let run = tool(env, "kubectl", args, None);
+    assert_eq!(run.code, Some(0), "kubectl {args:?}: {}", run.all());
+    run
+}
+
+#[track_caller]
+fn kubectl_in(env: &Env, args: &[&str], stdin: &str) -> Run {
+    let run = tool(env, "kubectl", args, Some(stdin));
+    assert_eq!(run.code, Some(0), "kubectl {args:?}: {}", run.all());
+    run
+}
+
+#[track_caller]
+fn helm(env: &Env, args: &[&str]) -> Run {
+    let run = tool(env, "helm", args, None);
+    assert_eq!(run.code, Some(0), "helm {args:?}: {}", run.all());
+    run
+}
+
+/// `meshup remote-secret --context SOURCE --name NAME` (our `istioctl create-remote-secret`).
+fn remote_secret(env: &Env, source: &str, name: &str) -> String {
+    env.meshup(&["remote-secret", "--context", source, "--name", name])
+        .expect(0)
+        .stdout
+}
+
+/// `meshup remote-secret --context SOURCE --name NAME | kubectl apply --context WATCHER -f -`.
+fn link(env: &Env, source: &str, name: &str, watcher: &str) {
+    let secret = remote_secret(env, source, name);
+    kubectl_in(env, &["apply", "--context", watcher, "-f", "-"], &secret);
+}
+
+/// How one cluster of a hand-made mesh is installed: its istiod chart dir and `--set`s.
+struct HandMade<'a> {
+    charts: &'a Path,
+    sets: Vec<String>,
+}
+
+/// One cluster as Istio's "Install Multi-Primary" page does it: the namespace with its network
+/// label, `cacerts` from the certs `meshup certs` wrote, istio-base, istiod.
+fn install_by_hand(env: &Env, cluster: &str, how: &HandMade) {
+    let certs = env.path("certs").join(cluster);
+    let file = |f: &str| format!("--from-file={}", certs.join(f).display());
+    kubectl(env, &["create", "namespace", NS, "--context", cluster]);
+    kubectl(
+        env,
+        &[
+            "label",
+            "namespace",
+            NS,
+            "topology.istio.io/network=network1",
+            "--context",
+            cluster,
+        ],
+    );
+    kubectl(
+        env,
+        &[
+            "create",
+            "secret",
+            "generic",
+            "cacerts",
+            "-n",
+            NS,
+            "--context",
+            cluster,
+            &file("ca-cert.pem"),
+            &file("ca-key.pem"),
+            &file("root-cert.pem"),
+            &file("cert-chain.pem"),
+        ],
+    );
+    let base = how.charts.join("base");
+    helm(
+        env,
+        &[
+            "install",
+            "istio-base",
+            base.to_str().unwrap(),
+            "-n",
+            NS,
+            "--kube-context",
+            cluster,
+        ],
+    );
+    let istiod = how.charts.join("istiod");
+    let mut args = vec![
+        "install".to_string(),
+        "istiod".into(),
+        istiod.to_str().unwrap().into(),
+        "-n".into(),
+        NS.into(),
+        "--kube-context".into(),
+        cluster.into(),
+        "--set".into(),
+        "global.meshID=mesh1".into(),
+        "--set".into(),
+        format!("global.multiCluster.clusterName={cluster}"),
+        "--set".into(),
+        "global.network=network1".into(),
+    ];
+    for set in &how.sets {
+        args.push("--set".into());
+        args.push(set.clone());
+    }
+    helm(env, &args.iter().map(String::as_str).collect::<Vec<_>>());
+}
+
+/// A three-cluster multi-primary mesh made by hand; `how(cluster)` says how to install each.
+/// Returns the mesh file that describes it (for `doctor -f`).
+fn hand_made_mesh<'a>(env: &Env, how: impl Fn(&str) -> HandMade<'a> + Sync) -> String {
+    let mesh = env.mesh_file(&[], &[], "");
+    let mesh = mesh.to_str().unwrap().to_string();
+    env.meshup(&["certs", "-f", &mesh]).expect(0);
+    std::thread::scope(|s| {
+        for c in &env.clusters {
+            let (name, how) = (c.name(), &how);
+            s.spawn(move || install_by_hand(env, name, &how(name)));
+        }
+    });
+    let names: Vec<&str> = env.clusters.iter().map(|c| c.name()).collect();
+    let names = &names;
+    std::thread::scope(|s| {
+        for watcher in names {
+            s.spawn(move || {
+                for source in names.iter().filter(|s| *s != watcher) {
+                    link(env, source, source, watcher);
+                }
+            });
+        }
+    });
+    mesh
+}
+
+fn fixture_charts() -> std::path::PathBuf {
+    repo().join("tests/fixtures/charts")
+}
+
+fn plain(_: &str) -> HandMade<'static> {
+    HandMade {
+        charts: Box::leak(fixture_charts().into_boxed_path()),
+        sets: Vec::new(),
+    }
+}
+
+/// Waits until `meshup verify` sees every istiod synced with every peer.
+fn synced(env: &Env, mesh: &str) {
+    env.meshup(&["verify", "--wait", "60s", "-f", mesh])
+        .expect(0);
+}
+
+/// Both reports: from the mesh file and from the contexts.
+fn both(env: &Env, mesh: &str) -> [(String, Option<i32>, Value); 2] {
+    let (code, file) = doctor(env, &["-f", mesh]);
+    let (code2, contexts) = doctor(env, &CONTEXTS);
+    [
+        ("-f".to_string(), code, file),
+        ("--context".to_string(), code2, contexts),
+    ]
+}
+
+fn why(finding: &Value) -> &str {
+    finding["why"].as_str().unwrap_or_default()
+}
+
+fn findings(report: &Value) -> &Vec<Value> {
+    report["findings"].as_array().unwrap()
+}
+
+/// The finding in `cluster` (`None`: the mesh as a whole) whose `why` holds every one of
+/// `parts`; it has a fix.
+#[track_caller]
+fn named<'a>(mode: &str, report: &'a Value, cluster: Option<&str>, parts: &[&str]) -> &'a Value {
+    let found = findings(report).iter().find(|f| {
+        f["cluster"].as_str() == cluster
+            && parts
+                .iter()
+                .all(|p| f["why"].as_str().unwrap_or_default().contains(p))
+    });
+    let Some(found) = found else {
+        panic!("{mode}: no finding in {cluster:?} with {parts:?}: {report:#}");
+    };
+    assert!(
+        found["fix"].as_str().is_some_and(|f| !f.is_empty()),
+        "{mode}: no fix: {found:#}"
+    );
+    found
+}
+
+#[test]
+fn a_healthy_hand_made_mesh_gives_no_finding() {
+    let env = Env::new("helm4", 3);
+    let mesh = hand_made_mesh(&env, plain);
+    synced(&env, &mesh);
+    for (mode, code, report) in both(&env, &mesh) {
+        assert_eq!(findings(&report).len(), 0, "{mode}: {report:#}");
+        assert_eq!(code, Some(0), "{mode}: {report:#}");
+    }
+}
+
+/// A remote secret's manifest with its name changed and its kubeconfig's CA replaced by `ca`
+/// (PEM), as a secret left from an earlier install of the cluster would hold.
+fn with_name_and_ca(manifest: &str, name: &str, ca: Option<&str>) -> String {
+    let mut secret: serde_yaml::Value = serde_yaml::from_str(manifest).unwrap();
+    secret["metadata"]["name"] = name.into();
+    if let Some(ca) = ca {
+        let data = secret["data"].as_mapping_mut().unwrap();
+        for (_, value) in data.iter_mut() {
+            let mut config: serde_yaml::Value =
+                serde_yaml::from_str(&decode(&serde_json::json!(value.as_str().unwrap()))).unwrap();
+            config["clusters"][0]["cluster"]["certificate-authority-data"] = encode(ca).into();
+            *value = encode(&serde_yaml::to_string(&config).unwrap()).into();
+        }
+    }
+    serde_yaml::to_string(&secret).unwrap()
+}
+
+/// Cases 1–4 and 12 on a hand-made mesh, one watcher each:
+/// - cluster1: its secret for cluster3 sits in `default` (1); the one for cluster2 points at
+///   a loopback address nothing listens on (2);
+/// - cluster2: its secret for cluster1 lost `istio/multiCluster` (1); a second, stale secret
+///   for cluster3 holds cluster1's CA (4: two secrets for one id; 3: a CA not the issuer's);
+/// - cluster3: its secret for cluster1 is keyed `cluster-one` (4), it holds its own remote
+///   secret (4), and the token of its secret for cluster2 was revoked there (3);
+/// - istiod's own view names the peers it lacks, with the cause (12).
+#[test]
+fn remote_secret_mistakes_are_named_with_their_watcher() {
+    let env = Env::new("helm4", 3);
+    let mesh = hand_made_mesh(&env, plain);
+    synced(&env, &mesh);
+
+    let delete = |cluster: &str, name: &str| {
+        kubectl(
+            &env,
+            &["delete", "secret", name, "-n", NS, "--context", cluster],
+        );
+    };
+    // cluster1: the secret for cluster3 applied to `default`; cluster2's through loopback.
+    let secret = remote_secret(&env, "cluster3", "cluster3").replace(NS, "default");
+    kubectl_in(
+        &env,
+        &["apply", "--context", "cluster1", "-f", "-"],
+        &secret,
+    );
+    delete("cluster1", "istio-remote-secret-cluster3");
+    let secret = env
+        .meshup(&[
+            "remote-secret",
+            "--context",
+            "cluster2",
+            "--name",
+            "cluster2",
+            "--server",
+            "https://127.0.0.1:1",
+        ])
+        .expect(0)
+        .stdout;
+    kubectl_in(
+        &env,
+        &["apply", "--context", "cluster1", "-f", "-"],
+        &secret,
+    );
+    // cluster2: unlabelled; a stale second secret for cluster3 with another CA.
+    kubectl(
+        &env,
+        &[
+            "label",
+            "secret",
+            "istio-remote-secret-cluster1",
+            "-n",
+            NS,
+            "istio/multiCluster-",
+            "--context",
+            "cluster2",
+        ],
+    );
+    let stale = with_name_and_ca(
+        &remote_secret(&env, "cluster3", "cluster3"),
+        "cluster3-old",
+        Some(env.cluster("cluster1").ca_pem()),
+    );
+    kubectl_in(&env, &["apply", "--context", "cluster2", "-f", "-"], &stale);
+    // cluster3: keyed by another name; its own secret; cluster2's reader token revoked.
+    delete("cluster3", "istio-remote-secret-cluster1");
+    link(&env, "cluster1", "cluster-one", "cluster3");
+    link(&env, "cluster3", "cluster3", "cluster3");
+    delete("cluster2", TOKEN_SECRET);
+    // istiod gives up on the loopback server after its remote cluster timeout (2 s here).
+    std::thread::sleep(Duration::from_secs(3));
+
+    for (mode, code, report) in both(&env, &mesh) {
+        let report = &report;
+        assert_eq!(code, Some(1), "{mode}: {report:#}");
+        let c1 = Some("cluster1");
+        let c2 = Some("cluster2");
+        let c3 = Some("cluster3");
+        named(
+            &mode,
+            report,
+            c1,
+            &[
+                "`default/istio-remote-secret-cluster3`",
+                "outside istiod's namespace",
+            ],
+        );
+        named(
+            &mode,
+            report,
+            c1,
+            &["points at https://127.0.0.1:1", "loopback"],
+        );
+        named(
+            &mode,
+            report,
+            c2,
+            &[
+                "`istio-system/istio-remote-secret-cluster1`",
+                "label is missing",
+            ],
+        );
+        named(
+            &mode,
+            report,
+            c2,
+            &["2 secrets hold a kubeconfig for `cluster3`", "cluster3-old"],
+        );
+        named(
+            &mode,
+            report,
+            c2,
+            &["`cluster3-old`", "CA that is not `cluster3`'s cluster CA"],
+        );
+        named(
+            &mode,
+            report,
+            c3,
+            &[
+                "names cluster `cluster-one`",
+                "no cluster's istiod has CLUSTER_ID",
+            ],
+        );
+        named(
+            &mode,
+            report,
+            c3,
+            &["names `cluster3`, this cluster's own CLUSTER_ID"],
+        );
+        named(
+            &mode,
+            report,
+            c3,
+            &[
+                "`istio-remote-secret-cluster2`",
+                "token that `cluster2`'s API server refuses",
+            ],
+        );
+        // istiod's own view, with the cause.
+        named(
+            &mode,
+            report,
+            c1,
+            &["cluster1 → cluster2: timeout", "cause:", "loopback"],
+        );
+        named(
+            &mode,
+            report,
+            c1,
+            &[
+                "cluster1 → cluster3: missing",
+                "cause:",
+                "outside istiod's namespace",
+            ],
+        );
+        named(
+            &mode,
+            report,
+            c2,
+            &["cluster2 → cluster1: missing", "cause:", "label is missing"],
+        );
+        // The loopback test servers work (istiod synced them): only the dead one is blamed,
+        // and secrets istiod does not read are not taken for duplicates.
+        let loopback: Vec<&Value> = findings(report)
+            .iter()
+            .filter(|f| f["what"] == "remote secrets" && why(f).contains("loopback"))
+            .collect();
+        assert_eq!(loopback.len(), 1, "{mode}: {loopback:#?}");
+        assert!(
+            !findings(report)
+                .iter()
+                .any(|f| why(f).contains("secrets hold a kubeconfig for `cluster1`")),
+            "{mode}: {report:#}"
+        );
+    }
+}
