@@ -46,7 +46,7 @@ pub fn istiod_revision(pod: &Value) -> String {
 /// How long the ReplicaSet and Job controllers wait before they try again to create a pod the
 /// API server refused (their work queues' rate limiter backs off from 5 ms; one fixed delay
 /// here).
-const CREATE_RETRY: std::time::Duration = std::time::Duration::from_millis(200);
+pub(crate) const CREATE_RETRY: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// What a crashing istiod prints.
 const ISTIOD_CACERTS_ERROR: &str =
@@ -186,7 +186,7 @@ fn admit_job(old: Option<&Value>, obj: &mut Value) {
 }
 
 /// The `pod-template-hash` of a pod template.
-fn template_hash(template: &Value) -> String {
+pub(crate) fn template_hash(template: &Value) -> String {
     let mut h = DefaultHasher::new();
     template.to_string().hash(&mut h);
     let mut n = h.finish() as u32;
@@ -232,7 +232,7 @@ fn rolling_bounds(dep: &Value, desired: i64) -> (i64, i64) {
     }
 }
 
-fn set_default(obj: &mut Value, pointer: &str, value: Value) {
+pub(crate) fn set_default(obj: &mut Value, pointer: &str, value: Value) {
     if obj.pointer(pointer).is_some_and(|v| !v.is_null()) {
         return;
     }
@@ -247,7 +247,7 @@ fn set_default(obj: &mut Value, pointer: &str, value: Value) {
     cur[field] = value;
 }
 
-fn owned_by(obj: &Value, uid: &str) -> bool {
+pub(crate) fn owned_by(obj: &Value, uid: &str) -> bool {
     obj.pointer("/metadata/ownerReferences")
         .and_then(Value::as_array)
         .is_some_and(|refs| {
@@ -421,12 +421,7 @@ impl State {
                         .remove("fullyLabeledReplicas");
                 }
             }
-            ("apps", "daemonsets") => {
-                obj["status"] = json!({
-                    "observedGeneration": generation, "currentNumberScheduled": 1, "desiredNumberScheduled": 1,
-                    "numberAvailable": 1, "numberMisscheduled": 0, "numberReady": 1, "updatedNumberScheduled": 1,
-                });
-            }
+            ("apps", "daemonsets") => self.admit_daemonset(old, obj, &generation),
             ("apiextensions.k8s.io", "customresourcedefinitions") => {
                 let names = obj.pointer("/spec/names").cloned().unwrap_or(json!({}));
                 let mut accepted = names.clone();
@@ -474,6 +469,7 @@ impl State {
                 self.stale_status.push(key.clone());
                 self.owner_status_stale(obj);
             }
+            ("apps", "daemonsets") => self.reconcile_daemon_pods(key, obj),
             ("", "pods") => self.owner_status_stale(obj),
             ("batch", "jobs") => self.start_job(key, obj),
             ("apiextensions.k8s.io", "customresourcedefinitions") => self.registry.add_crd(obj),
@@ -633,6 +629,7 @@ impl State {
         let plural = match owner["kind"].as_str() {
             Some("ReplicaSet") => "replicasets",
             Some("Deployment") => "deployments",
+            Some("DaemonSet") => "daemonsets",
             _ => return,
         };
         let key = Key {
@@ -646,8 +643,15 @@ impl State {
         }
     }
 
-    /// Recomputes the status of a ReplicaSet or Deployment (a no-op write when unchanged).
+    /// Recomputes the status of a ReplicaSet, Deployment or DaemonSet (a no-op write when
+    /// unchanged); a DaemonSet's controller also syncs its pods again (a pod that went or
+    /// became available may let its rollout go on).
     pub(crate) fn refresh_status(&mut self, key: &Key) {
+        if key.plural == "daemonsets"
+            && let Some(ds) = self.objects.get(key).cloned()
+        {
+            self.reconcile_daemon_pods(key, &ds);
+        }
         let (Some(obj), Some(res)) = (
             self.objects.get(key).cloned(),
             self.resource(&key.group, "v1", &key.plural),

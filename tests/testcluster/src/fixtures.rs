@@ -1,5 +1,5 @@
 //! The fixture charts at another Istio version, for tests that install one version and
-//! upgrade to another.
+//! upgrade to another, and the Gateway API CRDs Istio's ambient mode needs.
 
 use std::path::{Path, PathBuf};
 
@@ -8,11 +8,38 @@ pub fn charts_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/charts")
 }
 
-/// A copy of the fixture charts (`base`, `istiod`, `gateway`, each its own directory) in a new
-/// temporary directory, standing in for Istio `version` (e.g. `1.29.0`): each `Chart.yaml`'s
-/// `version` and `appVersion`, and the `global.tag` of each `values.yaml` that has one (the
-/// tag of istiod's image, from which the emulated istiod takes its behaviour), are `version`.
-/// The directory goes when the returned value is dropped.
+/// The Gateway API release whose CRDs `tests/fixtures/gateway-api-crds.yaml` holds (its
+/// `gateway.networking.k8s.io/bundle-version` annotation).
+pub const GATEWAY_API_FIXTURE_VERSION: &str = "v1.4.0";
+
+/// Where the fixture Gateway API CRDs live (`tests/fixtures/gateway-api-crds.yaml`): the
+/// standard-channel GatewayClass, Gateway, HTTPRoute, GRPCRoute and ReferenceGrant, for
+/// `kubectl apply --server-side -f`.
+pub fn gateway_api_crds() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/gateway-api-crds.yaml")
+}
+
+/// The Gateway API release an Istio minor version is built against (`sigs.k8s.io/gateway-api`
+/// in the `go.mod` of its release tags: 1.26 a v1.3.0 pre-release, 1.27 v1.3.0, 1.28 and 1.29
+/// v1.4.0, 1.30 v1.5.1, 1.31 v1.6.0); `None` for versions not checked. `version` is
+/// `MAJOR.MINOR[.PATCH...]`.
+pub fn gateway_api_for_istio(version: &str) -> Option<&'static str> {
+    let minor: Vec<&str> = version.trim_start_matches('v').split('.').take(2).collect();
+    match minor.as_slice() {
+        ["1", "27"] => Some("v1.3.0"),
+        ["1", "28"] | ["1", "29"] => Some("v1.4.0"),
+        ["1", "30"] => Some("v1.5.1"),
+        ["1", "31"] => Some("v1.6.0"),
+        _ => None,
+    }
+}
+
+/// A copy of the fixture charts (`base`, `istiod`, `gateway`, `cni`, `ztunnel`, each its own
+/// directory) in a new temporary directory, standing in for Istio `version` (e.g. `1.29.0`):
+/// each `Chart.yaml`'s `version` and `appVersion`, and the image tag of each `values.yaml`
+/// (`global.tag`, or a top-level `tag` as the ztunnel chart has; istiod's is the tag from which
+/// the emulated istiod takes its behaviour), are `version`. The directory goes when the
+/// returned value is dropped.
 pub fn charts_at(version: &str) -> tempfile::TempDir {
     let dir = tempfile::Builder::new()
         .prefix(&format!("charts-{version}-"))
@@ -64,8 +91,8 @@ fn with_chart_version(text: &str, version: &str) -> String {
         + "\n"
 }
 
-/// `values.yaml` with the `tag` directly under the top-level `global:` set; other files as
-/// they are.
+/// `values.yaml` with the `tag` directly under the top-level `global:`, and a top-level `tag`,
+/// set; other files as they are.
 fn with_global_tag(text: &str, version: &str) -> String {
     let mut in_global = false;
     let mut out: Vec<String> = Vec::new();
@@ -73,7 +100,9 @@ fn with_global_tag(text: &str, version: &str) -> String {
         if !l.starts_with(' ') && !l.starts_with('#') && !l.is_empty() {
             in_global = l.trim_end() == "global:";
         }
-        if in_global && l.starts_with("  tag:") {
+        if l.starts_with("tag:") {
+            out.push(format!("tag: {version}"));
+        } else if in_global && l.starts_with("  tag:") {
             out.push(format!("  tag: {version}"));
         } else {
             out.push(l.to_string());
@@ -89,7 +118,7 @@ mod tests {
     #[test]
     fn the_copy_names_the_version_in_charts_and_the_istiod_tag() {
         let dir = charts_at("1.29.0");
-        for chart in ["base", "istiod", "gateway"] {
+        for chart in ["base", "istiod", "gateway", "cni", "ztunnel"] {
             let meta = std::fs::read_to_string(dir.path().join(chart).join("Chart.yaml")).unwrap();
             assert!(meta.contains("\nversion: 1.29.0\n"), "{chart}: {meta}");
             assert!(meta.contains("\nappVersion: 1.29.0\n"), "{chart}: {meta}");
@@ -99,6 +128,42 @@ mod tests {
             std::fs::read_to_string(dir.path().join("istiod").join("values.yaml")).unwrap();
         assert!(values.contains("\n  tag: 1.29.0\n"), "{values}");
         assert!(!values.contains("1.28.1"), "{values}");
+        for (chart, tag) in [("cni", "\n  tag: 1.29.0\n"), ("ztunnel", "\ntag: 1.29.0\n")] {
+            let values =
+                std::fs::read_to_string(dir.path().join(chart).join("values.yaml")).unwrap();
+            assert!(values.contains(tag), "{chart}: {values}");
+            assert!(!values.contains("1.28.1"), "{chart}: {values}");
+        }
+    }
+
+    #[test]
+    fn the_gateway_api_fixture_carries_the_version_istio_1_28_and_1_29_use() {
+        let text = std::fs::read_to_string(gateway_api_crds()).unwrap();
+        let docs: Vec<serde_yaml::Value> = text
+            .split("\n---\n")
+            .map(|d| serde_yaml::from_str(d).unwrap())
+            .collect();
+        let names: Vec<&str> = docs
+            .iter()
+            .map(|d| d["metadata"]["name"].as_str().unwrap())
+            .collect();
+        assert!(names.contains(&"gateways.gateway.networking.k8s.io"));
+        assert!(names.contains(&"gatewayclasses.gateway.networking.k8s.io"));
+        for d in &docs {
+            assert_eq!(
+                d["metadata"]["annotations"]["gateway.networking.k8s.io/bundle-version"].as_str(),
+                Some(GATEWAY_API_FIXTURE_VERSION)
+            );
+        }
+        assert_eq!(
+            gateway_api_for_istio("1.28.1"),
+            Some(GATEWAY_API_FIXTURE_VERSION)
+        );
+        assert_eq!(
+            gateway_api_for_istio("1.29"),
+            Some(GATEWAY_API_FIXTURE_VERSION)
+        );
+        assert_eq!(gateway_api_for_istio("1.30.0"), Some("v1.5.1"));
     }
 
     #[test]

@@ -101,6 +101,7 @@
 mod admission;
 mod auth;
 mod controllers;
+mod daemonsets;
 mod exec;
 mod fields;
 mod fixtures;
@@ -131,7 +132,9 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde_json::Value;
 
-pub use fixtures::charts_at;
+pub use fixtures::{
+    GATEWAY_API_FIXTURE_VERSION, charts_at, gateway_api_crds, gateway_api_for_istio,
+};
 pub use server::GIT_VERSION;
 
 use server::Shared;

@@ -197,6 +197,7 @@ impl State {
         match (key.group.as_str(), key.plural.as_str()) {
             ("apps", "replicasets") => self.reconcile_pods(key, &obj),
             ("batch", "jobs") => self.start_job(key, &obj),
+            ("apps", "daemonsets") => self.reconcile_daemon_pods(key, &obj),
             _ => {}
         }
     }

@@ -2712,3 +2712,156 @@ fn helm4_a_revision_tag_moves_injection_to_the_canary() {
 fn helm3_a_revision_tag_moves_injection_to_the_canary() {
     a_revision_tag_moves_injection_to_the_canary("helm3");
 }
+
+/// The ambient profile's charts with one tool set: istiod, then the istio-cni and ztunnel
+/// DaemonSets, installed and upgraded with `--wait`; `kubectl rollout status` agrees.
+fn ambient_node_agents(set: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let t = tools(set, &kubeconfig, &home);
+    let c = TestCluster::start(
+        "ambient",
+        Options {
+            pod_ready_delay: Duration::from_millis(800),
+            ..Options::default()
+        },
+    );
+    write_kubeconfig(&kubeconfig, &[&c]).unwrap();
+    let charts = repo_root().join("tests/fixtures/charts");
+    let chart = |name: &str| charts.join(name).to_str().unwrap().to_string();
+    let ctx = "ambient";
+    let common = [
+        "--namespace",
+        NS,
+        "--create-namespace",
+        "--wait",
+        "--timeout",
+        "60s",
+    ];
+    let install = |release: &str, name: &str, sets: &[&str]| {
+        let chart = chart(name);
+        let mut args = vec!["upgrade", "--install", release, chart.as_str()];
+        args.extend_from_slice(&common);
+        for s in sets {
+            args.extend_from_slice(&["--set", s]);
+        }
+        t.helm(ctx, &args);
+    };
+    let ambient = [
+        "profile=ambient",
+        "global.multiCluster.clusterName=ambient",
+        "global.network=net1",
+    ];
+    install("istiod", "istiod", &ambient);
+    install("istio-cni", "cni", &["profile=ambient"]);
+    let started = Instant::now();
+    install(
+        "ztunnel",
+        "ztunnel",
+        &["multiCluster.clusterName=ambient", "global.network=net1"],
+    );
+    let ds = |name: &str| t.kubectl_json(ctx, &["get", "daemonset", name, "-n", NS, "-o", "json"]);
+    let ztunnel = ds("ztunnel");
+    // ztunnel's RollingUpdate (maxSurge 1, maxUnavailable 0) makes both helm 3 and helm 4
+    // wait for a ready pod.
+    assert_eq!(ztunnel["status"]["numberReady"], 1, "{ztunnel}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(700),
+        "helm waited for readiness"
+    );
+    let env = &ztunnel["spec"]["template"]["spec"]["containers"][0]["env"];
+    let var = |n: &str| {
+        env.as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == n)
+            .map(|e| e["value"].clone())
+    };
+    assert_eq!(var("ISTIO_META_CLUSTER_ID"), Some(json!("ambient")));
+    assert_eq!(var("NETWORK"), Some(json!("net1")));
+    assert_eq!(
+        var("XDS_ADDRESS"),
+        Some(json!("istiod.istio-system.svc:15012"))
+    );
+    // The cni chart keeps maxUnavailable 1: on one node helm 3 expects 0 ready pods, so
+    // `kubectl rollout status` is what waits for the node agent.
+    let rollout = t.kubectl(
+        ctx,
+        &[
+            "rollout",
+            "status",
+            "daemonset/istio-cni-node",
+            "-n",
+            NS,
+            "--timeout=30s",
+        ],
+        None,
+    );
+    assert!(rollout.contains("successfully rolled out"), "{rollout}");
+    let cni = ds("istio-cni-node");
+    assert_eq!(cni["status"]["numberAvailable"], 1, "{cni}");
+    let config = t.kubectl_json(
+        ctx,
+        &[
+            "get",
+            "configmap",
+            "istio-cni-config",
+            "-n",
+            NS,
+            "-o",
+            "json",
+        ],
+    );
+    assert_eq!(config["data"]["AMBIENT_ENABLED"], "true");
+
+    // A new template rolls out: the new ztunnel pod next to the old one, then alone.
+    install(
+        "ztunnel",
+        "ztunnel",
+        &[
+            "multiCluster.clusterName=ambient",
+            "global.network=net1",
+            "tag=1.28.2",
+        ],
+    );
+    let ztunnel = ds("ztunnel");
+    assert_eq!(ztunnel["status"]["updatedNumberScheduled"], 1, "{ztunnel}");
+    assert_eq!(ztunnel["status"]["numberReady"], 1, "{ztunnel}");
+    let rollout = t.kubectl(
+        ctx,
+        &[
+            "rollout",
+            "status",
+            "daemonset/ztunnel",
+            "-n",
+            NS,
+            "--timeout=30s",
+        ],
+        None,
+    );
+    assert!(rollout.contains("successfully rolled out"), "{rollout}");
+    let pods = t.kubectl_json(
+        ctx,
+        &["get", "pods", "-n", NS, "-l", "app=ztunnel", "-o", "json"],
+    );
+    let images: Vec<&str> = pods["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .map(|p| p["spec"]["containers"][0]["image"].as_str().unwrap())
+        .collect();
+    assert_eq!(images, ["docker.io/istio/ztunnel:1.28.2"]);
+}
+
+#[test]
+fn helm4_installs_and_upgrades_the_ambient_daemonsets_with_wait() {
+    ambient_node_agents("helm4");
+}
+
+#[test]
+fn helm3_installs_and_upgrades_the_ambient_daemonsets_with_wait() {
+    ambient_node_agents("helm3");
+}
