@@ -647,6 +647,25 @@ fn remote_secrets(
         .iter()
         .filter_map(|v| Some((v.istiods.first()?.cluster_id.clone()?, v.cluster.as_str())))
         .collect();
+    // The servers some istiod synced with through a secret it reads: reachable from inside
+    // istiod's pods, loopback or not (istiod on the host network, or the test servers).
+    let reached: BTreeSet<&str> = views
+        .iter()
+        .flat_map(|view| {
+            let ns: BTreeSet<&str> = view.istiods.iter().map(|i| i.namespace.as_str()).collect();
+            view.secrets
+                .iter()
+                .filter(move |h| {
+                    ns.contains(h.namespace.as_str()) && h.label.as_deref() == Some("true")
+                })
+                .flat_map(|h| h.keys.iter())
+                .filter(|(key, _)| {
+                    let source = ids.get(key).copied().unwrap_or(key.as_str());
+                    synced.contains(&(view.cluster.clone(), source.to_string()))
+                })
+                .filter_map(|(_, server)| server.as_deref())
+        })
+        .collect();
     for view in views {
         let here = Some(view.cluster.as_str());
         let own = view.istiods.first().and_then(|i| i.cluster_id.clone());
@@ -694,8 +713,9 @@ fn remote_secrets(
                 if !ids.is_empty() && !ids.contains_key(key) {
                     out.push(
                         Finding::fail(here, "remote secrets", format!(
-                            "remote secret `{name}` names cluster `{key}`, but no cluster's istiod has CLUSTER_ID `{key}` (they are {}): the data key must be the peer's `global.multiCluster.clusterName`, or its endpoints are attributed to a cluster that does not exist and cross-cluster load balancing breaks (istio/istio#42516)",
-                            ids.keys().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
+                            "remote secret `{name}` names cluster `{key}`, but no cluster's istiod has CLUSTER_ID `{key}` (theirs: {}): the data key must be the peer's `global.multiCluster.clusterName`, or its endpoints are attributed to a cluster that does not exist and cross-cluster load balancing breaks (istio/istio#42516)",
+                            // Unquoted: istiod's view takes a cluster quoted here for a cause.
+                            ids.keys().cloned().collect::<Vec<_>>().join(", ")
                         ))
                         .fix("recreate it with `--name` equal to the peer's clusterName (`istioctl create-remote-secret --name CLUSTER_ID`, or `meshup link`)"),
                     );
@@ -707,8 +727,10 @@ fn remote_secrets(
                 if let Some(server) = server {
                     let source = ids.get(key).copied().unwrap_or(key.as_str());
                     // A loopback server works only where istiod shares the API server's
-                    // network (host network, or test servers): istiod's own view decides.
-                    let works = synced.contains(&(view.cluster.clone(), source.to_string()));
+                    // network (host network, or test servers): istiod's own view decides,
+                    // here or in another cluster whose secret has the same server.
+                    let works = synced.contains(&(view.cluster.clone(), source.to_string()))
+                        || reached.contains(server.as_str());
                     if is_loopback(server) && !works {
                         out.push(
                             Finding::fail(here, "remote secrets", format!(
@@ -763,7 +785,11 @@ fn identity(mesh: &Mesh, views: &[&View], _: &Fixes) -> Vec<Finding> {
             .filter(|i| i.namespace == mesh.namespace)
         {
             let id = istiod.cluster_id.as_deref().unwrap_or("Kubernetes");
-            by_id.entry(id).or_default().push(&view.cluster);
+            let clusters = by_id.entry(id).or_default();
+            // Two istiods of one cluster (revisions) are one cluster here.
+            if !clusters.contains(&view.cluster.as_str()) {
+                clusters.push(&view.cluster);
+            }
             if id == "Kubernetes" {
                 out.push(
                     Finding::fail(Some(&view.cluster), "cluster name", "istiod's CLUSTER_ID is `Kubernetes`, the chart's default: every cluster left at the default has the same name, so their endpoints collide and remote secrets cannot tell them apart (istio/istio#42516)")

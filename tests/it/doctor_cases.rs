@@ -4,7 +4,7 @@
 //! installs once, checks it is healthy where that is the point, then seeds several cases in
 //! different clusters and runs doctor once per mode.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -85,17 +85,34 @@ fn link(env: &Env, source: &str, name: &str, watcher: &str) {
     kubectl_in(env, &["apply", "--context", watcher, "-f", "-"], &secret);
 }
 
-/// How one cluster of a hand-made mesh is installed: its istiod chart dir and `--set`s.
-struct HandMade<'a> {
-    charts: &'a Path,
+/// How one cluster of a hand-made mesh is installed.
+struct HandMade {
+    /// The directory of the `base` and `istiod` charts.
+    charts: PathBuf,
+    /// `global.multiCluster.clusterName`; `None` leaves it at the chart's default.
+    cluster_name: Option<String>,
+    /// Where its `ca-cert.pem` etc. are (`None`: no `cacerts`).
+    certs: Option<PathBuf>,
+    /// More `--set`s for istiod, after the others.
     sets: Vec<String>,
+}
+
+impl HandMade {
+    /// As the page has it: the fixture charts, the cluster's name, the certs `meshup certs`
+    /// wrote into the env's `certs`.
+    fn plain(env: &Env, cluster: &str) -> HandMade {
+        HandMade {
+            charts: fixture_charts(),
+            cluster_name: Some(cluster.to_string()),
+            certs: Some(env.path("certs").join(cluster)),
+            sets: Vec::new(),
+        }
+    }
 }
 
 /// One cluster as Istio's "Install Multi-Primary" page does it: the namespace with its network
 /// label, `cacerts` from the certs `meshup certs` wrote, istio-base, istiod.
 fn install_by_hand(env: &Env, cluster: &str, how: &HandMade) {
-    let certs = env.path("certs").join(cluster);
-    let file = |f: &str| format!("--from-file={}", certs.join(f).display());
     kubectl(env, &["create", "namespace", NS, "--context", cluster]);
     kubectl(
         env,
@@ -108,23 +125,9 @@ fn install_by_hand(env: &Env, cluster: &str, how: &HandMade) {
             cluster,
         ],
     );
-    kubectl(
-        env,
-        &[
-            "create",
-            "secret",
-            "generic",
-            "cacerts",
-            "-n",
-            NS,
-            "--context",
-            cluster,
-            &file("ca-cert.pem"),
-            &file("ca-key.pem"),
-            &file("root-cert.pem"),
-            &file("cert-chain.pem"),
-        ],
-    );
+    if let Some(certs) = &how.certs {
+        create_cacerts(env, cluster, certs, &CACERTS_FILES);
+    }
     let base = how.charts.join("base");
     helm(
         env,
@@ -150,10 +153,12 @@ fn install_by_hand(env: &Env, cluster: &str, how: &HandMade) {
         "--set".into(),
         "global.meshID=mesh1".into(),
         "--set".into(),
-        format!("global.multiCluster.clusterName={cluster}"),
-        "--set".into(),
         "global.network=network1".into(),
     ];
+    if let Some(name) = &how.cluster_name {
+        args.push("--set".into());
+        args.push(format!("global.multiCluster.clusterName={name}"));
+    }
     for set in &how.sets {
         args.push("--set".into());
         args.push(set.clone());
@@ -161,9 +166,36 @@ fn install_by_hand(env: &Env, cluster: &str, how: &HandMade) {
     helm(env, &args.iter().map(String::as_str).collect::<Vec<_>>());
 }
 
+const CACERTS_FILES: [&str; 4] = [
+    "ca-cert.pem",
+    "ca-key.pem",
+    "root-cert.pem",
+    "cert-chain.pem",
+];
+
+/// `kubectl create secret generic cacerts -n istio-system --from-file=...` of `files` in `dir`.
+fn create_cacerts(env: &Env, cluster: &str, dir: &Path, files: &[&str]) {
+    let mut args: Vec<String> = [
+        "create",
+        "secret",
+        "generic",
+        "cacerts",
+        "-n",
+        NS,
+        "--context",
+        cluster,
+    ]
+    .map(String::from)
+    .to_vec();
+    for f in files {
+        args.push(format!("--from-file={}", dir.join(f).display()));
+    }
+    kubectl(env, &args.iter().map(String::as_str).collect::<Vec<_>>());
+}
+
 /// A three-cluster multi-primary mesh made by hand; `how(cluster)` says how to install each.
 /// Returns the mesh file that describes it (for `doctor -f`).
-fn hand_made_mesh<'a>(env: &Env, how: impl Fn(&str) -> HandMade<'a> + Sync) -> String {
+fn hand_made_mesh(env: &Env, how: impl Fn(&str) -> HandMade + Sync) -> String {
     let mesh = env.mesh_file(&[], &[], "");
     let mesh = mesh.to_str().unwrap().to_string();
     env.meshup(&["certs", "-f", &mesh]).expect(0);
@@ -189,13 +221,6 @@ fn hand_made_mesh<'a>(env: &Env, how: impl Fn(&str) -> HandMade<'a> + Sync) -> S
 
 fn fixture_charts() -> std::path::PathBuf {
     repo().join("tests/fixtures/charts")
-}
-
-fn plain(_: &str) -> HandMade<'static> {
-    HandMade {
-        charts: Box::leak(fixture_charts().into_boxed_path()),
-        sets: Vec::new(),
-    }
 }
 
 /// Waits until `meshup verify` sees every istiod synced with every peer.
@@ -245,7 +270,7 @@ fn named<'a>(mode: &str, report: &'a Value, cluster: Option<&str>, parts: &[&str
 #[test]
 fn a_healthy_hand_made_mesh_gives_no_finding() {
     let env = Env::new("helm4", 3);
-    let mesh = hand_made_mesh(&env, plain);
+    let mesh = hand_made_mesh(&env, |c| HandMade::plain(&env, c));
     synced(&env, &mesh);
     for (mode, code, report) in both(&env, &mesh) {
         assert_eq!(findings(&report).len(), 0, "{mode}: {report:#}");
@@ -281,7 +306,7 @@ fn with_name_and_ca(manifest: &str, name: &str, ca: Option<&str>) -> String {
 #[test]
 fn remote_secret_mistakes_are_named_with_their_watcher() {
     let env = Env::new("helm4", 3);
-    let mesh = hand_made_mesh(&env, plain);
+    let mesh = hand_made_mesh(&env, |c| HandMade::plain(&env, c));
     synced(&env, &mesh);
 
     let delete = |cluster: &str, name: &str| {
@@ -444,6 +469,327 @@ fn remote_secret_mistakes_are_named_with_their_watcher() {
                 .iter()
                 .any(|f| why(f).contains("secrets hold a kubeconfig for `cluster1`")),
             "{mode}: {report:#}"
+        );
+    }
+}
+
+/// Cases 5 and 7 on a hand-made mesh (helm 3):
+/// - cluster1: `clusterName` left at the chart's default (`Kubernetes`); its `cacerts`
+///   replaced, without `ca-key.pem`, after istiod started;
+/// - cluster2 and cluster3 both named `cluster2`; cluster2's `cacerts` from another root;
+/// - cluster3: another mesh ID and trust domain, no `cacerts`.
+#[test]
+fn identity_and_trust_mistakes_are_named() {
+    let env = Env::new("helm3", 3);
+    // A second root, as a cluster set up from another certs directory would have.
+    let other = env.path("other.yaml");
+    let text = std::fs::read_to_string(env.mesh_file(&[], &[], ""))
+        .unwrap()
+        .replace(
+            &env.path("certs").display().to_string(),
+            &env.path("other-certs").display().to_string(),
+        );
+    std::fs::write(&other, text).unwrap();
+    env.meshup(&["certs", "-f", other.to_str().unwrap()])
+        .expect(0);
+    let mesh = hand_made_mesh(&env, |c| {
+        let mut how = HandMade::plain(&env, c);
+        match c {
+            "cluster1" => how.cluster_name = None,
+            "cluster2" => how.certs = Some(env.path("other-certs").join(c)),
+            _ => {
+                how.cluster_name = Some("cluster2".into());
+                how.certs = None;
+                how.sets = vec![
+                    "global.meshID=mesh3".into(),
+                    "meshConfig.trustDomain=cluster3.local".into(),
+                ];
+            }
+        }
+        how
+    });
+    // Replaced a while after istiod started (times have seconds).
+    std::thread::sleep(Duration::from_millis(1100));
+    kubectl(
+        &env,
+        &[
+            "delete",
+            "secret",
+            "cacerts",
+            "-n",
+            NS,
+            "--context",
+            "cluster1",
+        ],
+    );
+    create_cacerts(
+        &env,
+        "cluster1",
+        &env.path("certs").join("cluster1"),
+        &["ca-cert.pem", "root-cert.pem", "cert-chain.pem"],
+    );
+
+    for (mode, code, report) in both(&env, &mesh) {
+        let report = &report;
+        assert_eq!(code, Some(1), "{mode}: {report:#}");
+        let (c1, c2, c3) = (Some("cluster1"), Some("cluster2"), Some("cluster3"));
+        named(&mode, report, c1, &["CLUSTER_ID is `Kubernetes`"]);
+        named(
+            &mode,
+            report,
+            None,
+            &["cluster2, cluster3 run istiod with the same CLUSTER_ID `cluster2`"],
+        );
+        named(
+            &mode,
+            report,
+            None,
+            &["do not share one mesh ID", "cluster3: mesh3"],
+        );
+        named(&mode, report, c1, &["`cacerts` lacks ca-key.pem"]);
+        named(
+            &mode,
+            report,
+            c1,
+            &["`cacerts` was created at", "after istiod started"],
+        );
+        named(&mode, report, None, &["`cacerts` have different roots"]);
+        named(&mode, report, c3, &["no `cacerts` in `istio-system`"]);
+        // cluster3 runs as `cluster2`: its secret for cluster2 is its own, so istiod skips it.
+        named(
+            &mode,
+            report,
+            c3,
+            &[
+                "cluster3 → cluster2: missing",
+                "cause:",
+                "this cluster's own CLUSTER_ID",
+            ],
+        );
+        named(
+            &mode,
+            report,
+            None,
+            &["different trust domains", "cluster3: cluster3.local"],
+        );
+        for cluster in [c2, c3] {
+            assert!(
+                !findings(report)
+                    .iter()
+                    .any(|f| f["cluster"].as_str() == cluster
+                        && (why(f).contains("after istiod started") || why(f).contains("lacks"))),
+                "{mode}: {report:#}"
+            );
+        }
+    }
+}
+
+/// `kubectl apply` of a ClusterIP Service (the test servers take no protobuf bodies, which
+/// `kubectl create service` sends).
+fn service(env: &Env, cluster: &str, namespace: &str, name: &str, port: u16) {
+    let manifest = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec:\n  selector: {{app: {name}}}\n  ports: [{{name: http, port: {port}, targetPort: 5000}}]\n"
+    );
+    kubectl_in(env, &["apply", "--context", cluster, "-f", "-"], &manifest);
+}
+
+/// An istiod Deployment as `istioctl install --revision 1-27` leaves it: no helm annotations.
+const ISTIOCTL_ISTIOD: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: istiod-1-27
+  namespace: istio-system
+  labels: {app: istiod, istio.io/rev: 1-27, operator.istio.io/component: Pilot}
+spec:
+  replicas: 1
+  selector:
+    matchLabels: {app: istiod, istio.io/rev: 1-27}
+  template:
+    metadata:
+      labels: {app: istiod, istio.io/rev: 1-27, istio: istiod}
+    spec:
+      containers:
+      - name: discovery
+        image: docker.io/istio/pilot:1.27.3
+        env:
+        - {name: CLUSTER_ID, value: cluster2}
+        - {name: ISTIO_META_NETWORK, value: network1}
+"#;
+
+/// The validating webhook that revision's removal left behind.
+const STALE_VALIDATOR: &str = r#"
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingWebhookConfiguration
+metadata:
+  name: istio-validator-1-27-istio-system
+  labels: {app: istiod, istio.io/rev: 1-27}
+webhooks:
+- name: rev.validation.istio.io
+  admissionReviewVersions: [v1]
+  sideEffects: None
+  failurePolicy: Fail
+  clientConfig:
+    service: {name: istiod-1-27, namespace: istio-system, path: /validate}
+  rules:
+  - operations: [CREATE, UPDATE]
+    apiGroups: [networking.istio.io]
+    apiVersions: ["*"]
+    resources: ["*"]
+"#;
+
+/// Cases 8, 9, 11 and 12 on a hand-made mesh:
+/// - cluster1 runs istiod 1.29.0, whose peers' reader roles (1.28.1 charts) do not grant
+///   configmaps (8), so it does not sync them (12, with that cause);
+/// - services in namespaces labelled for injection differ in ports, or exist only in
+///   cluster1, while DNS proxying is off (9); a lone service in an unlabelled namespace is no
+///   finding;
+/// - cluster2: an istiod installed by istioctl beside the helm one; cluster3: a validating
+///   webhook calling a gone istiod Service, and istiod's release stuck `pending-upgrade` after
+///   helm was killed in its `--wait` (11).
+#[test]
+fn reader_rbac_services_and_leftovers_are_named() {
+    let env = Env::new("helm4", 3);
+    let newer = meshup_testcluster::charts_at("1.29.0");
+    let mesh = hand_made_mesh(&env, |c| {
+        let mut how = HandMade::plain(&env, c);
+        if c == "cluster1" {
+            how.charts = newer.path().to_path_buf();
+        }
+        how
+    });
+    for c in ["cluster1", "cluster2", "cluster3"] {
+        for ns in ["sample", "plain"] {
+            kubectl(&env, &["create", "namespace", ns, "--context", c]);
+        }
+        kubectl(
+            &env,
+            &[
+                "label",
+                "namespace",
+                "sample",
+                "istio-injection=enabled",
+                "--context",
+                c,
+            ],
+        );
+        let port = if c == "cluster2" { 5001 } else { 5000 };
+        service(&env, c, "sample", "helloworld", port);
+    }
+    service(&env, "cluster1", "sample", "only-here", 80);
+    service(&env, "cluster2", "plain", "lonely", 80);
+    kubectl_in(
+        &env,
+        &["apply", "--context", "cluster2", "-f", "-"],
+        ISTIOCTL_ISTIOD,
+    );
+    kubectl_in(
+        &env,
+        &["apply", "--context", "cluster3", "-f", "-"],
+        STALE_VALIDATOR,
+    );
+    // helm killed while it waits for istiod's new pods: the release stays pending-upgrade.
+    let cluster3 = env.cluster("cluster3");
+    cluster3.set_pod_ready_delay(Duration::from_secs(600));
+    let istiod = fixture_charts().join("istiod");
+    let mut upgrade = Command::new(env.tools.join("helm"));
+    upgrade
+        .args(["upgrade", "istiod", istiod.to_str().unwrap(), "-n", NS])
+        .args(["--kube-context", "cluster3", "--reuse-values", "--wait"])
+        .args(["--timeout", "5m", "--set", "pilot.env.PILOT_DEBUG=1"])
+        .arg("--kubeconfig")
+        .arg(&env.kubeconfig)
+        .env("HOME", env.path("home"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut helm = upgrade.spawn().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while release_status(cluster3, "istiod").as_deref() != Some("pending-upgrade") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "helm never got pending"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    helm.kill().unwrap();
+    helm.wait().unwrap();
+    assert_eq!(
+        release_status(cluster3, "istiod").as_deref(),
+        Some("pending-upgrade")
+    );
+    // 1.29's istiod gives up on its peers after the remote cluster timeout (2 s here).
+    std::thread::sleep(Duration::from_millis(2500));
+
+    for (mode, code, report) in both(&env, &mesh) {
+        let report = &report;
+        assert_eq!(code, Some(1), "{mode}: {report:#}");
+        let (c1, c2, c3) = (Some("cluster1"), Some("cluster2"), Some("cluster3"));
+        for peer in ["cluster2", "cluster3"] {
+            named(
+                &mode,
+                report,
+                Some(peer),
+                &["does not let istiod list ConfigMaps", "`cluster1` (1.29.0)"],
+            );
+            named(
+                &mode,
+                report,
+                c1,
+                &[&format!("cluster1 → {peer}: "), "cause:", "list ConfigMaps"],
+            );
+        }
+        // Not blamed: the reader role that has configmaps, the (working) loopback test
+        // servers, the istioctl istiod as a second cluster with cluster2's id.
+        assert!(
+            !findings(report).iter().any(|f| (f["cluster"] == "cluster1"
+                && f["what"] == "reader RBAC")
+                || why(f).contains("loopback")
+                || why(f).contains("same CLUSTER_ID")),
+            "{mode}: {report:#}"
+        );
+        named(
+            &mode,
+            report,
+            None,
+            &[
+                "`sample/helloworld` differs across clusters",
+                "cluster2: ClusterIP 5001/TCP",
+            ],
+        );
+        named(
+            &mode,
+            report,
+            None,
+            &[
+                "`sample/only-here` exists only in cluster1",
+                "cluster2, cluster3",
+            ],
+        );
+        assert!(
+            !findings(report).iter().any(|f| why(f).contains("lonely")),
+            "{mode}: {report:#}"
+        );
+        named(
+            &mode,
+            report,
+            c2,
+            &["istiod `istio-system/istiod-1-27` was not installed by helm"],
+        );
+        named(
+            &mode,
+            report,
+            c3,
+            &[
+                "validating webhook `istio-validator-1-27-istio-system`",
+                "`istio-system/istiod-1-27`, which does not exist",
+            ],
+        );
+        named(
+            &mode,
+            report,
+            c3,
+            &["helm release `istiod` is stuck `pending-upgrade`"],
         );
     }
 }
