@@ -643,9 +643,18 @@ fn remote_secrets(
     synced: &BTreeSet<(String, String)>,
 ) -> Vec<Finding> {
     let mut out = Vec::new();
+    // The cluster ids remote secrets may name: each istiod's CLUSTER_ID, and for a cluster
+    // without istiod (a remote) the id its injector sends (`/inject/cluster/ID/...`), else
+    // its name.
     let ids: BTreeMap<String, &str> = views
         .iter()
-        .filter_map(|v| Some((v.istiods.first()?.cluster_id.clone()?, v.cluster.as_str())))
+        .filter_map(|v| match v.istiods.first() {
+            Some(istiod) => Some((istiod.cluster_id.clone()?, v.cluster.as_str())),
+            None => Some((
+                injected_id(v).unwrap_or_else(|| v.cluster.clone()),
+                v.cluster.as_str(),
+            )),
+        })
         .collect();
     // The servers some istiod synced with through a secret it reads: reachable from inside
     // istiod's pods, loopback or not (istiod on the host network, or the test servers).
@@ -772,6 +781,22 @@ fn remote_secrets(
         }
     }
     out
+}
+
+/// The cluster id a remote's injector sends to its primary's istiod
+/// (`.../inject/cluster/ID/net/NETWORK`, as the remote profile renders it).
+fn injected_id(view: &View) -> Option<String> {
+    view.mutating
+        .iter()
+        .flat_map(|hook| hook["webhooks"].as_array().into_iter().flatten())
+        .filter_map(|wh| wh["clientConfig"]["url"].as_str())
+        .find_map(|url| {
+            let (_, rest) = url.split_once("/inject/cluster/")?;
+            rest.split('/')
+                .next()
+                .filter(|id| !id.is_empty())
+                .map(str::to_string)
+        })
 }
 
 /// 5: cluster names and mesh IDs.
