@@ -105,6 +105,7 @@ mod daemonsets;
 mod exec;
 mod fields;
 mod fixtures;
+mod gateways;
 mod injection;
 mod istiod;
 mod mesh;

@@ -205,7 +205,7 @@ pub fn cacerts_root(st: &State, ns: &str) -> Option<String> {
     }
 }
 
-fn namespace_label(st: &State, ns: &str, label: &str) -> String {
+pub(crate) fn namespace_label(st: &State, ns: &str, label: &str) -> String {
     st.objects
         .get(&Key {
             group: String::new(),
@@ -231,7 +231,11 @@ fn objects<'a>(
 }
 
 /// Ready pods in `ns` matched by a Service's selector.
-fn ready_pods<'a>(st: &'a State, ns: &'a str, service: &Value) -> Vec<(&'a Key, &'a Value)> {
+pub(crate) fn ready_pods<'a>(
+    st: &'a State,
+    ns: &'a str,
+    service: &Value,
+) -> Vec<(&'a Key, &'a Value)> {
     let Some(selector) = service.pointer("/spec/selector").and_then(Value::as_object) else {
         return Vec::new();
     };

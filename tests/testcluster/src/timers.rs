@@ -188,6 +188,7 @@ impl State {
             }
         }
         self.istiod_validation_fail_closed();
+        self.istiod_gateway_controllers();
     }
 
     fn resync(&mut self, key: &Key) {

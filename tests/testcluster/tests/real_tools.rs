@@ -2865,3 +2865,280 @@ fn helm4_installs_and_upgrades_the_ambient_daemonsets_with_wait() {
 fn helm3_installs_and_upgrades_the_ambient_daemonsets_with_wait() {
     ambient_node_agents("helm3");
 }
+
+/// The east-west Gateway that `samples/multicluster/gen-eastwest-gateway.sh --ambient` prints
+/// for `network`.
+fn east_west_gateway(network: &str) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata:
+  name: istio-eastwestgateway
+  namespace: istio-system
+  labels:
+    topology.istio.io/network: \"{network}\"
+spec:
+  gatewayClassName: istio-east-west
+  listeners:
+  - name: mesh
+    port: 15008
+    protocol: HBONE
+    tls:
+      mode: Terminate
+      options:
+        gateway.istio.io/tls-terminate-mode: ISTIO_MUTUAL
+"
+    )
+}
+
+/// istiod with the ambient profile (and `AMBIENT_ENABLE_MULTI_NETWORK` when `multi_network`),
+/// the Gateway API CRDs applied server-side, the east-west Gateway applied; then what
+/// `kubectl wait --for=condition=Programmed` sees.
+fn east_west(c: &TestCluster, multi_network: bool) -> (Tools, tempfile::TempDir) {
+    let (dir, t) = kubectl_env(&[c]);
+    let ctx = c.name();
+    let charts = repo_root().join("tests/fixtures/charts");
+    let istiod = charts.join("istiod");
+    let mut args = vec![
+        "install",
+        "istiod",
+        istiod.to_str().unwrap(),
+        "-n",
+        NS,
+        "--create-namespace",
+        "--wait",
+        "--set",
+        "profile=ambient",
+        "--set",
+        "global.network=net1",
+    ];
+    if multi_network {
+        args.extend_from_slice(&["--set", "pilot.env.AMBIENT_ENABLE_MULTI_NETWORK=true"]);
+    }
+    t.helm(ctx, &args);
+    let crds = meshup_testcluster::gateway_api_crds();
+    t.kubectl(
+        ctx,
+        &["apply", "--server-side", "-f", crds.to_str().unwrap()],
+        None,
+    );
+    let crd = t.kubectl_json(
+        ctx,
+        &[
+            "get",
+            "crd",
+            "gateways.gateway.networking.k8s.io",
+            "-o",
+            "json",
+        ],
+    );
+    assert_eq!(
+        crd["metadata"]["annotations"]["gateway.networking.k8s.io/bundle-version"],
+        meshup_testcluster::GATEWAY_API_FIXTURE_VERSION
+    );
+    t.kubectl(
+        ctx,
+        &["apply", "--server-side", "-f", "-"],
+        Some(&east_west_gateway("net1")),
+    );
+    (t, dir)
+}
+
+#[test]
+fn an_ambient_istiod_programs_the_east_west_gateway_once_its_load_balancer_has_an_address() {
+    let c = TestCluster::start(
+        "eastwest",
+        Options {
+            load_balancer: false,
+            ..Options::default()
+        },
+    );
+    let (t, _dir) = east_west(&c, true);
+    let ctx = c.name();
+    let classes = t.kubectl_json(ctx, &["get", "gatewayclasses", "-o", "json"]);
+    assert_eq!(
+        names(&classes),
+        ["istio", "istio-east-west", "istio-remote", "istio-waypoint"]
+    );
+    let gw = |t: &Tools| {
+        t.kubectl_json(
+            ctx,
+            &[
+                "get",
+                "gateway",
+                "istio-eastwestgateway",
+                "-n",
+                NS,
+                "-o",
+                "json",
+            ],
+        )
+    };
+    // istiod deploys it; without a load balancer it is not programmed.
+    t.kubectl(
+        ctx,
+        &[
+            "rollout",
+            "status",
+            "deployment/istio-eastwestgateway",
+            "-n",
+            NS,
+            "--timeout=30s",
+        ],
+        None,
+    );
+    let not_yet = t.kubectl_out(
+        ctx,
+        &[
+            "wait",
+            "--for=condition=Programmed",
+            "gateway/istio-eastwestgateway",
+            "-n",
+            NS,
+            "--timeout=1s",
+        ],
+        None,
+    );
+    assert!(!not_yet.ok, "{}", not_yet.stdout);
+    let pending = gw(&t);
+    assert_eq!(
+        pending["status"]["conditions"][1]["reason"], "AddressNotAssigned",
+        "{pending}"
+    );
+    let svc = t.kubectl_json(
+        ctx,
+        &[
+            "get",
+            "service",
+            "istio-eastwestgateway",
+            "-n",
+            NS,
+            "-o",
+            "json",
+        ],
+    );
+    assert_eq!(svc["spec"]["type"], "LoadBalancer");
+    assert_eq!(
+        pending["status"]["addresses"],
+        json!([{"type": "IPAddress", "value": svc["spec"]["clusterIP"]}]),
+        "the cluster IP while the load balancer is pending"
+    );
+    c.set_load_balancer(true);
+    t.kubectl(
+        ctx,
+        &[
+            "wait",
+            "--for=condition=Programmed",
+            "gateway/istio-eastwestgateway",
+            "-n",
+            NS,
+            "--timeout=30s",
+        ],
+        None,
+    );
+    let done = gw(&t);
+    let svc = t.kubectl_json(
+        ctx,
+        &[
+            "get",
+            "service",
+            "istio-eastwestgateway",
+            "-n",
+            NS,
+            "-o",
+            "json",
+        ],
+    );
+    assert_eq!(
+        done["status"]["addresses"],
+        json!([{"type": "IPAddress", "value": svc["status"]["loadBalancer"]["ingress"][0]["ip"]}])
+    );
+    assert_eq!(
+        done["metadata"]["annotations"]["gateway.istio.io/controller-version"],
+        "5"
+    );
+    // Deleting the Gateway takes what istiod made for it.
+    t.kubectl(
+        ctx,
+        &["delete", "gateway", "istio-eastwestgateway", "-n", NS],
+        None,
+    );
+    let left = t.kubectl_json(
+        ctx,
+        &["get", "deployments,services", "-n", NS, "-o", "json"],
+    );
+    assert!(
+        !names(&left).contains(&"istio-eastwestgateway".to_string()),
+        "{left}"
+    );
+}
+
+#[test]
+fn a_host_name_load_balancer_gives_the_gateway_a_hostname_address() {
+    let c = TestCluster::start(
+        "eastwest-elb",
+        Options {
+            load_balancer_hostname: true,
+            ..Options::default()
+        },
+    );
+    let (t, _dir) = east_west(&c, true);
+    let ctx = c.name();
+    t.kubectl(
+        ctx,
+        &[
+            "wait",
+            "--for=condition=Programmed",
+            "gateway/istio-eastwestgateway",
+            "-n",
+            NS,
+            "--timeout=30s",
+        ],
+        None,
+    );
+    let gw = t.kubectl_json(
+        ctx,
+        &[
+            "get",
+            "gateway",
+            "istio-eastwestgateway",
+            "-n",
+            NS,
+            "-o",
+            "json",
+        ],
+    );
+    let address = &gw["status"]["addresses"][0];
+    assert_eq!(address["type"], "Hostname", "{gw}");
+    assert!(
+        address["value"]
+            .as_str()
+            .unwrap()
+            .ends_with(".elb.us-east-1.amazonaws.com")
+    );
+}
+
+#[test]
+fn without_ambient_multi_network_istiod_ignores_the_east_west_gateway() {
+    let c = TestCluster::start("eastwest-off", Options::default());
+    let (t, _dir) = east_west(&c, false);
+    let ctx = c.name();
+    std::thread::sleep(Duration::from_millis(600));
+    let gw = t.kubectl_json(
+        ctx,
+        &[
+            "get",
+            "gateway",
+            "istio-eastwestgateway",
+            "-n",
+            NS,
+            "-o",
+            "json",
+        ],
+    );
+    assert!(gw["status"].get("conditions").is_none(), "{gw}");
+    let classes = t.kubectl_json(ctx, &["get", "gatewayclasses", "-o", "json"]);
+    assert_eq!(names(&classes), ["istio", "istio-remote", "istio-waypoint"]);
+    let deployments = t.kubectl_json(ctx, &["get", "deployments", "-n", NS, "-o", "json"]);
+    assert_eq!(names(&deployments), ["istiod"]);
+}
