@@ -904,3 +904,49 @@ fn plan_upgrade_prints_each_phase_in_waves_with_its_gates_and_contacts_no_cluste
     );
     assert_eq!(env.requests(), [0, 0, 0]);
 }
+
+#[test]
+fn every_example_mesh_file_plans_without_contacting_a_cluster() {
+    let env = Env::new(TOOLS, 1);
+    let dir = repo().join("examples");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "yaml") {
+            continue;
+        }
+        let run = without_tools(&env, &["plan", "-f", path.to_str().unwrap()]);
+        assert_eq!(run.code, Some(0), "{}: {}", path.display(), run.all());
+        seen += 1;
+    }
+    assert!(seen >= 5, "{seen} examples");
+    assert_eq!(env.requests(), [0]);
+}
+
+#[test]
+fn ambient_shapes_upstream_does_not_support_exit_2_and_touch_nothing() {
+    let env = Env::new(TOOLS, 2);
+    let mesh = env.mesh_file(&[], &[], "dataplane: ambient\n");
+    let mesh = mesh.to_str().unwrap();
+    let run = env.meshup(&["install", "-f", mesh]).expect(2);
+    assert!(
+        run.stderr.contains("ambient` on one network") && run.stderr.contains("--allow-untested"),
+        "{}",
+        run.all()
+    );
+    assert!(run.stderr.contains("Beta from 1.29"), "{}", run.all());
+    let run = env
+        .meshup(&[
+            "expose",
+            "helloworld",
+            "-n",
+            "sample",
+            "-f",
+            mesh,
+            "--dataplane",
+            "sidecar",
+        ])
+        .expect(2);
+    assert!(run.stderr.contains("for ambient meshes"), "{}", run.all());
+    assert_eq!(env.requests(), [0, 0]);
+}
