@@ -81,6 +81,18 @@
 //! server reaches no pod at all. `tests/testcluster/REALISM.md` lists what each behaviour
 //! follows and what is left out.
 //!
+//! # Ambient mode
+//! DaemonSets run a pod per node and roll out like the DaemonSet controller's RollingUpdate,
+//! with the status `helm --wait` and `kubectl rollout status` read. With the Gateway API CRDs
+//! installed ([`gateway_api_crds`], bundle [`GATEWAY_API_FIXTURE_VERSION`]), a Ready istiod
+//! creates its built-in GatewayClasses and, with `PILOT_ENABLE_AMBIENT` and
+//! `AMBIENT_ENABLE_MULTI_NETWORK`, deploys each `istio-east-west` Gateway (Deployment,
+//! LoadBalancer Service, ServiceAccount named after it) and writes its `Accepted` and
+//! `Programmed` conditions and addresses. A ztunnel pod turns Ready only when the istiod behind
+//! its `XDS_ADDRESS` has its `ISTIO_META_CLUSTER_ID`. Pods of ambient namespaces are captured
+//! by a Ready istio-cni and reach GLOBAL Services of other networks through the peers'
+//! east-west Gateways (the `ambient` module lists the rules).
+//!
 //! A Job whose container has env `URL` (`http://SVC.NS:PORT/...`) and `REQUESTS` prints, in its
 //! pod's log (`kubectl logs job/NAME`), one line per request: `Hello version: V, instance: POD`
 //! from the reachable endpoints in turn, or `request failed`. Reachability across the clusters
@@ -99,6 +111,7 @@
 #![warn(missing_docs)]
 
 mod admission;
+mod ambient;
 mod auth;
 mod controllers;
 mod daemonsets;

@@ -333,6 +333,16 @@ pub fn side(st: &State, client: &Client) -> Side {
 /// Runs the client in pod `pod` of `shared`: REQUESTS lines, each what one `curl -s URL`
 /// prints. `None` when the pod is gone or is not such a client.
 pub async fn run(shared: &Arc<Shared>, pod: &Key) -> Option<String> {
+    let ambient = {
+        let st = shared.state.lock().unwrap();
+        let p = st.objects.get(pod)?;
+        let client = client_of(p)?;
+        crate::ambient::captured(&st, pod, p)
+            .then(|| (crate::ambient::plan(&st, p, &client), client))
+    };
+    if let Some((plan, client)) = ambient {
+        return Some(run_ambient(shared, plan, &client));
+    }
     let (client, local, caller, istiod) = {
         let st = shared.state.lock().unwrap();
         let p = st.objects.get(pod)?;
@@ -399,6 +409,54 @@ pub async fn run(shared: &Arc<Shared>, pod: &Key) -> Option<String> {
         }
     }
     Some(out)
+}
+
+/// A captured client's requests (see the `ambient` module): its cluster's endpoints, and those
+/// of the peers its ztunnel's istiod synced that the ambient rules let through; an endpoint a
+/// misconfigured ztunnel cannot reach stays in the rotation and fails.
+fn run_ambient(
+    shared: &Arc<Shared>,
+    plan: Result<crate::ambient::Plan, ()>,
+    client: &Client,
+) -> String {
+    let Ok(plan) = plan else {
+        // No Ready ztunnel on the node: the redirected traffic goes nowhere.
+        return "request failed\n".repeat(client.requests);
+    };
+    let mut outcomes: Vec<Option<Endpoint>> = plan.local.iter().cloned().map(Some).collect();
+    let view = plan
+        .istiod
+        .as_ref()
+        .and_then(|k| crate::istiod::clusterz(&shared.state.lock().unwrap(), k))
+        .unwrap_or_default();
+    let mut seen = vec![Arc::as_ptr(shared)];
+    for entry in view.iter().skip(1) {
+        let Some(peer) = crate::proxy::loopback_port(&entry.server)
+            .and_then(|(_, port)| crate::cluster_by_port(port))
+        else {
+            continue;
+        };
+        if seen.contains(&Arc::as_ptr(&peer)) {
+            continue;
+        }
+        seen.push(Arc::as_ptr(&peer));
+        let (side, endpoints) = crate::ambient::peer(&peer.state.lock().unwrap(), &plan, client);
+        match crate::ambient::reachable(&plan.caller, &side, entry.serving) {
+            Ok(()) => outcomes.extend(endpoints.into_iter().map(Some)),
+            Err(crate::ambient::Blocked::ZtunnelNetworkMismatch) => {
+                outcomes.extend(endpoints.iter().map(|_| None))
+            }
+            Err(_) => {}
+        }
+    }
+    let mut out = String::new();
+    for i in 0..client.requests {
+        match outcomes.get(i % outcomes.len().max(1)).cloned().flatten() {
+            Some(e) => out += &format!("Hello version: {}, instance: {}\n", e.version, e.pod),
+            None => out += "request failed\n",
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -35,7 +35,7 @@ impl Key {
         }
     }
 
-    fn namespace_key(ns: &str) -> Key {
+    pub(crate) fn namespace_key(ns: &str) -> Key {
         Key {
             group: String::new(),
             plural: "namespaces".into(),

@@ -16,6 +16,10 @@ use crate::util::{now_rfc3339, random_string};
 /// How often the ticker looks for due work.
 const TICK: Duration = Duration::from_millis(20);
 
+/// How often a ztunnel that is not ready yet is probed again (its readiness probe's period,
+/// shortened like the other delays).
+const ZTUNNEL_PROBE_PERIOD: Duration = Duration::from_millis(100);
+
 /// The delays of the controllers that act over time (see `Options`).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Timing {
@@ -131,8 +135,10 @@ impl State {
     }
 
     /// A new pod waits for its readiness probe when [`Timing::pod_ready`] is set.
+    /// A ztunnel pod also waits for an istiod that accepts it (see `ambient::ztunnel_accepted`).
     pub(crate) fn delay_readiness(&mut self, key: &Key, pod: &mut Value) {
-        if self.timing.pod_ready.is_zero() || !waiting_for_probe_or_ready(pod) {
+        let gated = crate::ambient::waits_for_istiod(pod);
+        if (self.timing.pod_ready.is_zero() && !gated) || !waiting_for_probe_or_ready(pod) {
             return;
         }
         unready(pod);
@@ -208,6 +214,11 @@ impl State {
             return;
         };
         if !waiting_for_probe(&pod) || !meta_str(&pod, "deletionTimestamp").is_empty() {
+            return;
+        }
+        if crate::ambient::waits_for_istiod(&pod) && !crate::ambient::ztunnel_accepted(self, &pod) {
+            // The probe fails until istiod accepts ztunnel; the kubelet probes again.
+            self.schedule(ZTUNNEL_PROBE_PERIOD, Timer::PodReady(key.clone()));
             return;
         }
         make_ready(&mut pod);

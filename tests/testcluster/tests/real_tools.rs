@@ -3142,3 +3142,245 @@ fn without_ambient_multi_network_istiod_ignores_the_east_west_gateway() {
     let deployments = t.kubectl_json(ctx, &["get", "deployments", "-n", NS, "-o", "json"]);
     assert_eq!(names(&deployments), ["istiod"]);
 }
+
+/// One cluster of an ambient multi-network mesh, installed with the fixture charts (helm 4):
+/// network label, `cacerts` with `root`, istiod (`profile: ambient`,
+/// `AMBIENT_ENABLE_MULTI_NETWORK`), istio-cni, ztunnel with `ztunnel_sets`, the Gateway API
+/// CRDs and the east-west Gateway; returns the reader token.
+fn ambient_cluster(
+    t: &Tools,
+    c: &TestCluster,
+    id: &str,
+    network: &str,
+    ztunnel_sets: &[&str],
+) -> String {
+    let ns = format!("/api/v1/namespaces/{NS}");
+    put(
+        c,
+        &ns,
+        json!({"metadata": {"labels": {"topology.istio.io/network": network}}}),
+    );
+    let b64 = |s: &str| STANDARD.encode(s);
+    put(
+        c,
+        &format!("{ns}/secrets/cacerts"),
+        json!({"data": {"ca-cert.pem": b64(&format!("ca of {id}")), "ca-key.pem": b64("key"),
+                        "root-cert.pem": b64("root"), "cert-chain.pem": b64("chain")}}),
+    );
+    let charts = repo_root().join("tests/fixtures/charts");
+    let chart = |n: &str| charts.join(n).to_str().unwrap().to_string();
+    let cluster_name = format!("global.multiCluster.clusterName={id}");
+    let network_set = format!("global.network={network}");
+    let ctx = c.name();
+    let install = |release: &str, name: &str, sets: &[&str]| {
+        let chart = chart(name);
+        let mut args = vec![
+            "upgrade",
+            "--install",
+            release,
+            chart.as_str(),
+            "-n",
+            NS,
+            "--wait",
+            "--timeout",
+            "30s",
+        ];
+        for s in sets {
+            args.extend_from_slice(&["--set", s]);
+        }
+        t.helm(ctx, &args);
+    };
+    install("istio-base", "base", &[]);
+    install(
+        "istiod",
+        "istiod",
+        &[
+            "profile=ambient",
+            "pilot.env.AMBIENT_ENABLE_MULTI_NETWORK=true",
+            &cluster_name,
+            &network_set,
+        ],
+    );
+    put(
+        c,
+        &format!("{ns}/secrets/reader-token"),
+        json!({"type": "kubernetes.io/service-account-token", "metadata": {"annotations": {
+            "kubernetes.io/service-account.name": "istio-reader-service-account"}}}),
+    );
+    let token = wait_token(c, NS, "reader-token");
+    install("istio-cni", "cni", &["profile=ambient"]);
+    install("ztunnel", "ztunnel", ztunnel_sets);
+    let crds = meshup_testcluster::gateway_api_crds();
+    t.kubectl(
+        ctx,
+        &["apply", "--server-side", "-f", crds.to_str().unwrap()],
+        None,
+    );
+    t.kubectl(
+        ctx,
+        &["apply", "--server-side", "-f", "-"],
+        Some(&east_west_gateway(network)),
+    );
+    t.kubectl(
+        ctx,
+        &[
+            "wait",
+            "--for=condition=Programmed",
+            "gateways.gateway.networking.k8s.io/istio-eastwestgateway",
+            "-n",
+            NS,
+            "--timeout=30s",
+        ],
+        None,
+    );
+    token
+}
+
+/// helloworld `version` in the ambient namespace `meshup-verify`, its Service GLOBAL.
+fn ambient_helloworld(c: &TestCluster, version: &str) {
+    let ns = "/api/v1/namespaces/meshup-verify";
+    put(
+        c,
+        ns,
+        json!({"metadata": {"labels": {"istio.io/dataplane-mode": "ambient"}}}),
+    );
+    put(
+        c,
+        &format!("{ns}/services/helloworld"),
+        json!({"metadata": {"labels": {"app": "helloworld", "istio.io/global": "true"}},
+               "spec": {"selector": {"app": "helloworld"}, "ports": [{"name": "http", "port": 5000}]}}),
+    );
+    put(
+        c,
+        &format!("/apis/apps/v1/namespaces/meshup-verify/deployments/helloworld-{version}"),
+        json!({"spec": {"selector": {"matchLabels": {"app": "helloworld", "version": version}},
+            "template": {"metadata": {"labels": {"app": "helloworld", "version": version}},
+                "spec": {"containers": [{"name": "helloworld", "image": "helloworld",
+                    "env": [{"name": "SERVICE_VERSION", "value": version}]}]}}}}),
+    );
+    wait_rolled_out(c, "meshup-verify", &format!("helloworld-{version}"));
+}
+
+#[test]
+fn ambient_clients_reach_a_global_service_across_networks_through_the_east_west_gateways() {
+    let c1 = TestCluster::start("amb1", Options::default());
+    let c2 = TestCluster::start("amb2", Options::default());
+    let (_dir, t) = kubectl_env(&[&c1, &c2]);
+    let token1 = ambient_cluster(
+        &t,
+        &c1,
+        "cluster1",
+        "net1",
+        &["multiCluster.clusterName=cluster1", "network=net1"],
+    );
+    let token2 = ambient_cluster(
+        &t,
+        &c2,
+        "cluster2",
+        "net2",
+        &["multiCluster.clusterName=cluster2", "network=net2"],
+    );
+    remote_secret(
+        &c1,
+        "cluster2",
+        "cluster2",
+        &remote_kubeconfig(&c2, "cluster2", c2.ca_pem(), &token2),
+    );
+    remote_secret(
+        &c2,
+        "cluster1",
+        "cluster1",
+        &remote_kubeconfig(&c1, "cluster1", c1.ca_pem(), &token1),
+    );
+    ambient_helloworld(&c1, "v1");
+    ambient_helloworld(&c2, "v2");
+    wait_sync(&c1, "cluster2", "synced");
+    wait_sync(&c2, "cluster1", "synced");
+
+    let pod = |c: &TestCluster| {
+        c.list("/api/v1/namespaces/meshup-verify/pods")
+            .into_iter()
+            .find(|p| p["metadata"]["labels"]["app"] == "helloworld")
+            .unwrap()
+    };
+    assert!(
+        pod(&c1)["metadata"]["annotations"]["sidecar.istio.io/status"].is_null(),
+        "an ambient namespace gets no sidecar"
+    );
+    let lines = curl_job(&t, "amb1", "curl", 4);
+    for v in ["v1", "v2"] {
+        assert!(
+            lines.iter().any(|l| l.contains(&format!("version: {v}"))),
+            "{v}: {lines:?}"
+        );
+    }
+    assert!(!lines.iter().any(|l| l == "request failed"), "{lines:?}");
+    let back = curl_job(&t, "amb2", "curl", 4);
+    assert!(back.iter().any(|l| l.contains("version: v1")), "{back:?}");
+
+    // A Service that is not GLOBAL stays in its cluster.
+    put(
+        &c2,
+        "/api/v1/namespaces/meshup-verify/services/helloworld",
+        json!({"metadata": {"labels": {"app": "helloworld"}},
+               "spec": {"selector": {"app": "helloworld"}, "ports": [{"name": "http", "port": 5000}]}}),
+    );
+    let lines = curl_job(&t, "amb1", "curl-local", 4);
+    assert!(lines.iter().all(|l| l.contains("version: v1")), "{lines:?}");
+    ambient_helloworld(&c2, "v2");
+
+    // ztunnel on the wrong network: the remote endpoint fails, the local one answers.
+    let chart = repo_root().join("tests/fixtures/charts/ztunnel");
+    t.helm(
+        "amb1",
+        &[
+            "upgrade",
+            "ztunnel",
+            chart.to_str().unwrap(),
+            "-n",
+            NS,
+            "--wait",
+            "--timeout",
+            "30s",
+            "--set",
+            "multiCluster.clusterName=cluster1",
+        ],
+    );
+    let lines = curl_job(&t, "amb1", "curl-no-network", 4);
+    assert!(lines.iter().any(|l| l.contains("version: v1")), "{lines:?}");
+    assert!(lines.iter().any(|l| l == "request failed"), "{lines:?}");
+    assert!(
+        !lines.iter().any(|l| l.contains("version: v2")),
+        "{lines:?}"
+    );
+
+    // ztunnel claiming another cluster id: istiod refuses it, the new pod never turns Ready
+    // and the rollout (maxUnavailable 0) keeps the old one.
+    let upgrade = t.run(
+        &t.helm,
+        &[
+            "upgrade",
+            "ztunnel",
+            chart.to_str().unwrap(),
+            "-n",
+            NS,
+            "--wait",
+            "--timeout",
+            "3s",
+            "--set",
+            "network=net1",
+            "--kubeconfig",
+            t.kubeconfig.to_str().unwrap(),
+            "--kube-context",
+            "amb1",
+        ],
+        None,
+    );
+    assert!(!upgrade.ok, "{}", upgrade.stdout);
+    let ds = t.kubectl_json(
+        "amb1",
+        &["get", "daemonset", "ztunnel", "-n", NS, "-o", "json"],
+    );
+    assert_eq!(ds["status"]["updatedNumberScheduled"], json!(null), "{ds}");
+    assert_eq!(ds["status"]["numberReady"], 1, "{ds}");
+}
