@@ -4,6 +4,7 @@
 #[macro_use]
 mod common;
 
+mod ambient;
 mod charts;
 mod cli;
 mod crash;

@@ -1,0 +1,264 @@
+//! Ambient mode across clusters, end to end with the real helm 3 and 4: three clusters on two
+//! networks get istiod (ambient profile, multi-network on), istio-cni, ztunnel with istiod's
+//! cluster name and network, and an HBONE east-west Gateway that istiod programs; traffic
+//! flows only to services marked global; uninstall leaves nothing.
+
+use serde_json::Value;
+
+use super::common::*;
+use meshup_testcluster::TestCluster;
+
+/// An ambient mesh file for `env`'s clusters: cluster1 on network1, the others on network2,
+/// with the fixture charts at 1.29.0 and the fixture Gateway API CRDs.
+fn ambient_mesh(env: &Env, charts: &std::path::Path, extra: &str) -> String {
+    let mut text = format!(
+        "meshID: mesh1\ndataplane: ambient\ngatewayApiCrds: {}\nistio:\n  version: 1.29.0\n  charts: {}\ntrust:\n  dir: {}\n{extra}clusters:\n",
+        meshup_testcluster::gateway_api_crds().display(),
+        charts.display(),
+        env.path("certs").display()
+    );
+    for (i, cluster) in env.clusters.iter().enumerate() {
+        let network = if i == 0 { "network1" } else { "network2" };
+        text.push_str(&format!(
+            "  - name: {0}\n    context: {0}\n    network: {network}\n",
+            cluster.name()
+        ));
+    }
+    let path = env.path("ambient.yaml");
+    std::fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+fn env_of(object: &Value, name: &str) -> Option<String> {
+    object["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()?
+        .iter()
+        .find(|e| e["name"] == name)?["value"]
+        .as_str()
+        .map(str::to_string)
+}
+
+fn get(cluster: &TestCluster, path: &str) -> Value {
+    cluster
+        .get(path)
+        .unwrap_or_else(|| panic!("{}: {path} missing", cluster.name()))
+}
+
+/// ztunnel claims the cluster id and network istiod has, in every cluster.
+fn ztunnel_matches_istiod(env: &Env) {
+    for cluster in &env.clusters {
+        let istiod = get(
+            cluster,
+            &format!("/apis/apps/v1/namespaces/{NS}/deployments/istiod"),
+        );
+        let ztunnel = get(
+            cluster,
+            &format!("/apis/apps/v1/namespaces/{NS}/daemonsets/ztunnel"),
+        );
+        assert_eq!(
+            env_of(&ztunnel, "ISTIO_META_CLUSTER_ID"),
+            env_of(&istiod, "CLUSTER_ID"),
+            "{}",
+            cluster.name()
+        );
+        assert_eq!(
+            env_of(&ztunnel, "NETWORK"),
+            env_of(&istiod, "ISTIO_META_NETWORK"),
+            "{}",
+            cluster.name()
+        );
+        assert_eq!(
+            env_of(&istiod, "AMBIENT_ENABLE_MULTI_NETWORK").as_deref(),
+            Some("true")
+        );
+    }
+}
+
+fn install_status_verify_uninstall(tools: &str) {
+    let env = Env::new(tools, 3);
+    let charts = meshup_testcluster::charts_at("1.29.0");
+    let mesh = ambient_mesh(&env, charts.path(), "");
+    env.meshup(&["install", "-f", &mesh]).expect(0);
+    ztunnel_matches_istiod(&env);
+    for cluster in &env.clusters {
+        let gateway = get(
+            cluster,
+            &format!(
+                "/apis/gateway.networking.k8s.io/v1/namespaces/{NS}/gateways/istio-eastwestgateway"
+            ),
+        );
+        assert_eq!(gateway["spec"]["gatewayClassName"], "istio-east-west");
+        assert_eq!(gateway["spec"]["listeners"][0]["port"], 15008);
+        assert!(
+            gateway["status"]["addresses"][0]["value"].is_string(),
+            "{gateway:#}"
+        );
+    }
+    let status = env.meshup(&["status", "-f", &mesh]).expect(0);
+    for column in ["ZTUNNEL", "CNI", "GATEWAY"] {
+        assert!(status.stdout.contains(column), "{}", status.stdout);
+    }
+    // Sync and traffic across both networks (verify marks helloworld global).
+    traffic_reaches_every_cluster(&env, &mesh);
+    // A second install changes nothing.
+    let since: Vec<usize> = env
+        .clusters
+        .iter()
+        .map(|c| c.requests_log().len())
+        .collect();
+    env.meshup(&["install", "-f", &mesh]).expect(0);
+    for (cluster, &n) in env.clusters.iter().zip(&since) {
+        assert!(
+            mesh_writes(cluster, n).is_empty(),
+            "{}: {:?}",
+            cluster.name(),
+            mesh_writes(cluster, n)
+        );
+    }
+    env.meshup(&["uninstall", "--yes", "-f", &mesh]).expect(0);
+    for cluster in &env.clusters {
+        assert!(helm_records(cluster).is_empty(), "{}", cluster.name());
+        assert!(
+            cluster
+                .get(&format!("/apis/apps/v1/namespaces/{NS}/daemonsets/ztunnel"))
+                .is_none()
+        );
+        assert!(
+            cluster
+                .get(&format!("/apis/gateway.networking.k8s.io/v1/namespaces/{NS}/gateways/istio-eastwestgateway"))
+                .is_none()
+        );
+    }
+}
+
+#[test]
+fn ambient_on_two_networks_helm3() {
+    install_status_verify_uninstall("helm3");
+}
+
+#[test]
+fn ambient_on_two_networks_helm4() {
+    install_status_verify_uninstall("helm4");
+}
+
+/// ztunnel left without a network (what Istio's Helm steps do: they set `global.network`
+/// for istiod only) breaks traffic across networks; meshup's next install puts istiod's
+/// network back and traffic flows.
+/// Services not marked global stay local; `expose` marks one in every cluster that has it.
+#[test]
+fn a_ztunnel_without_istiods_network_breaks_east_west_until_install_repairs_it() {
+    let env = Env::new("helm4", 2);
+    let charts = meshup_testcluster::charts_at("1.29.0");
+    let mesh = ambient_mesh(&env, charts.path(), "");
+    env.meshup(&["install", "-f", &mesh]).expect(0);
+    // As Istio's Helm page installs it: no network for ztunnel.
+    let cluster2 = env.cluster("cluster2");
+    let helm = env.tools.join("helm");
+    let out = std::process::Command::new(&helm)
+        .args(["upgrade", "ztunnel"])
+        .arg(charts.path().join("ztunnel"))
+        .args([
+            "--namespace",
+            NS,
+            "--reuse-values",
+            "--set",
+            "network=",
+            "--wait",
+            "--kube-context",
+            "cluster2",
+            "--kubeconfig",
+        ])
+        .arg(&env.kubeconfig)
+        .env("HOME", env.path("home"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ztunnel = get(
+        cluster2,
+        &format!("/apis/apps/v1/namespaces/{NS}/daemonsets/ztunnel"),
+    );
+    assert_eq!(env_of(&ztunnel, "NETWORK"), None);
+    let run = env.meshup(&[
+        "verify",
+        "--traffic",
+        "--requests",
+        "6",
+        "-f",
+        &mesh,
+        "--output",
+        "json",
+    ]);
+    let report: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(run.code, Some(1), "{}", run.all());
+    assert_eq!(
+        report["traffic"]["answers"]["cluster2"]["cluster1"]
+            .as_u64()
+            .unwrap_or(0),
+        0,
+        "cluster2's ztunnel is on no network: {}",
+        run.stdout
+    );
+    env.meshup(&["install", "-f", &mesh]).expect(0);
+    ztunnel_matches_istiod(&env);
+    traffic_reaches_every_cluster(&env, &mesh);
+
+    // expose / unexpose: the label in every cluster that has the service.
+    for cluster in &env.clusters {
+        cluster
+            .put(
+                "/api/v1/namespaces",
+                serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}}),
+            )
+            .unwrap();
+    }
+    cluster2
+        .put(
+            "/api/v1/namespaces/shop/services",
+            serde_json::json!({"apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": "cart", "namespace": "shop"},
+                "spec": {"ports": [{"port": 80}], "selector": {"app": "cart"}}}),
+        )
+        .unwrap();
+    env.meshup(&["expose", "cart", "-n", "shop", "-f", &mesh])
+        .expect(0);
+    let cart = get(cluster2, "/api/v1/namespaces/shop/services/cart");
+    assert_eq!(cart["metadata"]["labels"]["istio.io/global"], "true");
+    let status = env.meshup(&["status", "-f", &mesh]).expect(0);
+    assert!(status.stdout.contains("shop/cart"), "{}", status.stdout);
+    env.meshup(&["unexpose", "cart", "-n", "shop", "-f", &mesh])
+        .expect(0);
+    let cart = get(cluster2, "/api/v1/namespaces/shop/services/cart");
+    assert!(
+        cart["metadata"]["labels"]["istio.io/global"].is_null(),
+        "{cart:#}"
+    );
+}
+
+/// Without the Gateway API CRDs and without `gatewayApiCrds`, install stops before it changes
+/// anything and says which release to install.
+#[test]
+fn missing_gateway_api_crds_stop_install_before_any_change() {
+    let env = Env::new("helm4", 2);
+    let charts = meshup_testcluster::charts_at("1.29.0");
+    let mesh = ambient_mesh(&env, charts.path(), "");
+    let text = std::fs::read_to_string(&mesh).unwrap();
+    let text: String = text
+        .lines()
+        .filter(|l| !l.starts_with("gatewayApiCrds"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&mesh, text).unwrap();
+    let run = env.meshup(&["install", "-f", &mesh]).expect(1);
+    assert!(
+        run.stderr.contains("Gateway API CRDs are missing") && run.stderr.contains("v1.4.0"),
+        "{}",
+        run.all()
+    );
+    for cluster in &env.clusters {
+        assert!(helm_records(cluster).is_empty(), "{}", cluster.name());
+    }
+}
