@@ -262,3 +262,65 @@ fn missing_gateway_api_crds_stop_install_before_any_change() {
         assert!(helm_records(cluster).is_empty(), "{}", cluster.name());
     }
 }
+
+/// `meshup upgrade` of an ambient mesh: istio-cni and ztunnel move to the new chart and
+/// revision only once the control plane did (promote), and back before it (rollback).
+#[test]
+fn an_ambient_upgrade_moves_the_node_agents_after_the_control_plane() {
+    let env = Env::new("helm4", 2);
+    let old_charts = meshup_testcluster::charts_at("1.29.0");
+    let old = ambient_mesh(&env, old_charts.path(), "");
+    env.meshup(&["install", "-f", &old]).expect(0);
+    let new_charts = meshup_testcluster::charts_at("1.30.0");
+    let new = env.path("ambient-1.30.yaml");
+    std::fs::write(
+        &new,
+        std::fs::read_to_string(&old)
+            .unwrap()
+            .replace("version: 1.29.0", "version: 1.30.0")
+            .replace(
+                &old_charts.path().display().to_string(),
+                &new_charts.path().display().to_string(),
+            ),
+    )
+    .unwrap();
+    let new = new.to_str().unwrap();
+    let ztunnel_image = |cluster: &TestCluster| {
+        let ds = get(
+            cluster,
+            &format!("/apis/apps/v1/namespaces/{NS}/daemonsets/ztunnel"),
+        );
+        (
+            ds["spec"]["template"]["spec"]["containers"][0]["image"]
+                .as_str()
+                .unwrap()
+                .rsplit(':')
+                .next()
+                .unwrap()
+                .to_string(),
+            env_of(&ds, "XDS_ADDRESS").unwrap_or_default(),
+        )
+    };
+    env.meshup(&["upgrade", "start", "-f", new]).expect(0);
+    for cluster in &env.clusters {
+        // The control plane is there, but not promoted: ztunnel stays as it was.
+        let (tag, xds) = ztunnel_image(cluster);
+        assert_eq!(tag, "1.29.0", "{}", cluster.name());
+        assert!(xds.starts_with("istiod.istio-system"), "{xds}");
+    }
+    env.meshup(&["upgrade", "promote", "-f", new]).expect(0);
+    for cluster in &env.clusters {
+        let (tag, xds) = ztunnel_image(cluster);
+        assert_eq!(tag, "1.30.0", "{}", cluster.name());
+        assert!(xds.starts_with("istiod-1-30-0.istio-system"), "{xds}");
+    }
+    env.meshup(&["verify", "-f", new, "--wait", "30s"])
+        .expect(0);
+    env.meshup(&["upgrade", "rollback", "-f", new]).expect(0);
+    for cluster in &env.clusters {
+        let (tag, xds) = ztunnel_image(cluster);
+        assert_eq!(tag, "1.29.0", "{}", cluster.name());
+        assert!(xds.starts_with("istiod.istio-system"), "{xds}");
+    }
+    traffic_reaches_every_cluster(&env, &old);
+}
