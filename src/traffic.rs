@@ -24,8 +24,7 @@ use crate::sensitive::Sensitive;
 pub const HELLOWORLD_IMAGE: &str = "docker.io/istio/examples-helloworld-v1:1.0";
 pub const CURL_IMAGE: &str = "docker.io/curlimages/curl:8.16.0";
 const SERVICE: &str = "helloworld";
-/// The label that makes a service reachable from other clusters in ambient mode.
-pub const GLOBAL_LABEL: &str = "istio.io/global";
+pub use crate::components::ambient::GLOBAL_LABEL;
 const CLIENT: &str = "meshup-verify-client";
 
 /// How to run the check.

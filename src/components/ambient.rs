@@ -17,8 +17,10 @@ use crate::revisions::triple;
 use crate::runner::{self, StepError};
 use crate::sensitive::Sensitive;
 use crate::step::shell_quote;
-use crate::traffic::GLOBAL_LABEL;
 
+/// The label that makes a service reachable from other clusters in ambient mode (the ambient
+/// profile's `serviceScopeConfigs` select it for GLOBAL scope).
+pub const GLOBAL_LABEL: &str = "istio.io/global";
 /// The CRD whose presence (and bundle version) stands for the Gateway API.
 pub const GATEWAY_CRD: &str = "gateways.gateway.networking.k8s.io";
 const BUNDLE_VERSION: &str = "gateway.networking.k8s.io/bundle-version";

@@ -878,7 +878,7 @@ fn plan_upgrade_prints_each_phase_in_waves_with_its_gates_and_contacts_no_cluste
         "istio.io/deactivated=never-match",
         "--set defaultRevision=1-29-0",
         "kubectl rollout restart deployment --namespace NAMESPACE --context cluster2",
-        "## Wait: the gateway and restarted workloads in cluster2 run proxies of 1-29-0.",
+        "## Wait: the gateway and restarted workloads in cluster2 run proxies of 1-29-0, and istiod 1-29-0 in cluster2 reports every peer synced.",
     ] {
         assert!(promote.contains(needle), "`{needle}` not in:\n{promote}");
     }
