@@ -108,6 +108,8 @@ struct View {
     reader_grants_configmaps: bool,
     has_reader_role: bool,
     releases: Vec<HelmRelease>,
+    /// Ambient: ztunnel's `ISTIO_META_CLUSTER_ID` and `NETWORK`, when it runs here.
+    ztunnel: Option<(String, Option<String>)>,
 }
 
 /// A Service's type and ports (`PORT/PROTOCOL`).
@@ -335,6 +337,7 @@ pub fn examine(run: &Run) -> Report {
     findings.extend(services(&views));
     findings.extend(remotes(mesh, &views));
     findings.extend(leftovers(mesh, &views));
+    findings.extend(ztunnels(mesh, &views));
     findings.extend(credentials::check(run, &topology));
     let said: Vec<Finding> = findings.clone();
     for row in &rows {
@@ -601,6 +604,19 @@ fn fill(live: &Live, ns: &str, view: &mut View) -> Result<(), StepError> {
         })
     });
     view.releases = live.helm_releases(ns).unwrap_or_default();
+    let ztunnel: Option<Deployment> = live
+        .get("daemonset", "ztunnel", Some(ns))
+        .unwrap_or_default();
+    view.ztunnel = ztunnel.map(|z| {
+        (
+            z.env("ISTIO_META_CLUSTER_ID")
+                .unwrap_or("Kubernetes")
+                .to_string(),
+            z.env("NETWORK")
+                .filter(|n| !n.is_empty())
+                .map(str::to_string),
+        )
+    });
     Ok(())
 }
 
@@ -1181,6 +1197,53 @@ fn leftovers(mesh: &Mesh, views: &[&View]) -> Vec<Finding> {
                 .fix(format!("`meshup install` recovers it once no helm run works on it; by hand: `helm rollback {} -n {} --kube-context {}` (or `helm uninstall` for a pending install)", release.name, mesh.namespace, context(mesh, &view.cluster))),
             );
         }
+    }
+    out
+}
+
+/// Ambient: ztunnel must claim istiod's cluster id and network. Its chart takes its own
+/// `multiCluster.clusterName` (default `Kubernetes`) and `network`
+/// (manifests/charts/ztunnel/templates/daemonset.yaml), which Istio's Helm steps leave unset.
+fn ztunnels(mesh: &Mesh, views: &[&View]) -> Vec<Finding> {
+    let mut out = Vec::new();
+    for view in views {
+        let (Some((id, network)), Some(istiod)) = (
+            &view.ztunnel,
+            view.istiods.iter().find(|i| i.namespace == mesh.namespace),
+        ) else {
+            continue;
+        };
+        let istiod_id = istiod.cluster_id.as_deref().unwrap_or("Kubernetes");
+        let mut wrong = Vec::new();
+        if id != istiod_id {
+            wrong.push(format!("cluster id `{id}` (istiod's is `{istiod_id}`)"));
+        }
+        if network != &istiod.network {
+            wrong.push(format!(
+                "network `{}` (istiod's is `{}`)",
+                network.as_deref().unwrap_or("none"),
+                istiod.network.as_deref().unwrap_or("none")
+            ));
+        }
+        if wrong.is_empty() {
+            continue;
+        }
+        out.push(
+            Finding::fail(Some(&view.cluster), "ztunnel", format!(
+                "ztunnel claims {}: istiod refuses a ztunnel of another cluster, and east-west routing picks gateways by (network, cluster), so requests to other networks fail (the ztunnel chart's own `multiCluster.clusterName` and `network`, which Istio's Helm steps leave unset)",
+                wrong.join(" and ")
+            ))
+            .fix(format!(
+                "`helm upgrade ztunnel istio/ztunnel -n {} --kube-context {} --reuse-values --set multiCluster.clusterName={istiod_id}{}` (`meshup install` sets both)",
+                mesh.namespace,
+                context(mesh, &view.cluster),
+                istiod
+                    .network
+                    .as_deref()
+                    .map(|n| format!(" --set network={n}"))
+                    .unwrap_or_default()
+            )),
+        );
     }
     out
 }

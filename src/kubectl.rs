@@ -281,10 +281,25 @@ pub fn rollout_status(
     namespace: &str,
     timeout: Duration,
 ) -> Step {
+    rollout_status_of(
+        target,
+        &format!("deployment/{deployment}"),
+        namespace,
+        timeout,
+    )
+}
+
+/// `kubectl rollout status KIND/NAME --timeout` (a Deployment or a DaemonSet).
+pub fn rollout_status_of(
+    target: &Target,
+    object: &str,
+    namespace: &str,
+    timeout: Duration,
+) -> Step {
     let mut args = words(&[
         "rollout",
         "status",
-        &format!("deployment/{deployment}"),
+        object,
         "--namespace",
         namespace,
         "--timeout",

@@ -333,6 +333,7 @@ mod tests {
                 "istiod restart",
                 "istio-cni",
                 "ztunnel",
+                "node agents",
                 "east-west gateway",
                 "remote secret",
                 "link"

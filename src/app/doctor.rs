@@ -29,6 +29,8 @@ pub(super) fn doctor(
         let mut session = Session::with_mesh(global, placeholder, reporter);
         session.require_tools()?;
         session.mesh = doctor::discover(&session.read(), &kubeconfig, &args.contexts)?;
+        // The revision istiod runs under (after an upgrade, `1-29-0`), as for a mesh file.
+        session.settle_revision();
         session
     };
     session.jobs = session.read_jobs;

@@ -404,16 +404,57 @@ impl Component for NodeAgents {
         "node agents"
     }
 
-    fn acts_on(&self, _: Action) -> bool {
-        false
+    fn acts_on(&self, action: Action) -> bool {
+        action == Action::Install
     }
 
-    fn converge(&self, _: &mut ClusterCtx) -> Result<String, StepError> {
-        Ok("nothing to do".into())
+    /// Waits until ztunnel and istio-cni run on every node: helm 3's `--wait` does not wait
+    /// for a DaemonSet whose `maxUnavailable` allows a node without a ready pod (istio-cni's
+    /// default), so the east-west gateway and traffic would otherwise start too early.
+    fn converge(&self, cx: &mut ClusterCtx) -> Result<String, StepError> {
+        let mut waited = Vec::new();
+        for (name, _, _) in AGENTS {
+            let found: Option<DaemonSet> = cx.live.get("daemonset", name, Some(&self.namespace))?;
+            let ready = found.is_some_and(|ds| {
+                ds.status.desired_number_scheduled > 0
+                    && ds.status.number_ready == ds.status.desired_number_scheduled
+            });
+            if !ready {
+                cx.live.run(&kubectl::rollout_status_of(
+                    cx.target(),
+                    &format!("daemonset/{name}"),
+                    &self.namespace,
+                    cx.timeout(),
+                ))?;
+                waited.push(name);
+            }
+        }
+        Ok(if waited.is_empty() {
+            "ready on every node".into()
+        } else {
+            format!("ready on every node (waited for {})", waited.join(", "))
+        })
     }
 
-    fn script(&self, _: &ScriptCx, _: Action) -> String {
-        String::new()
+    fn script(&self, cx: &ScriptCx, action: Action) -> String {
+        if action == Action::Remove {
+            return String::new();
+        }
+        AGENTS
+            .iter()
+            .map(|(name, _, _)| {
+                format!(
+                    "{}\n",
+                    kubectl::rollout_status_of(
+                        &cx.target,
+                        &format!("daemonset/{name}"),
+                        &self.namespace,
+                        cx.timeout
+                    )
+                    .command_line()
+                )
+            })
+            .collect()
     }
 
     fn inspect(&self, cx: &mut ClusterCtx, status: &mut ClusterStatus) {

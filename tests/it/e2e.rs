@@ -304,8 +304,9 @@ fn a_down_cluster_stops_install_before_any_change(tools: &str) {
         .iter()
         .map(|c| c.requests_log().len())
         .collect();
+    // One retry: the backoff of the default five (31 s) proves nothing more here.
     let run = env
-        .meshup(&["install", "-f", mesh.to_str().unwrap()])
+        .meshup(&["install", "--retries", "1", "-f", mesh.to_str().unwrap()])
         .expect(1);
     assert!(
         run.stderr.contains("FAIL [cluster2] api server"),
@@ -677,12 +678,12 @@ fn install_right_after_uninstall_waits_for_the_namespace() {
     env.meshup(&["verify", "--wait", "60s", "-f", mesh])
         .expect(0);
 
-    // An uninstall whose wait for the namespace ran out (--timeout 5s against 15 s here):
+    // An uninstall whose wait for the namespace ran out (--timeout 4s against 9 s here):
     // the releases are gone, the namespace still terminating.
     for cluster in &env.clusters {
-        cluster.set_namespace_finalize_delay(std::time::Duration::from_secs(15));
+        cluster.set_namespace_finalize_delay(std::time::Duration::from_secs(9));
     }
-    let gave_up = env.meshup(&["uninstall", "--yes", "--timeout", "5s", "-f", mesh]);
+    let gave_up = env.meshup(&["uninstall", "--yes", "--timeout", "4s", "-f", mesh]);
     assert_eq!(gave_up.code, Some(1), "{}", gave_up.stderr);
     for cluster in &env.clusters {
         let ns = cluster.get(&format!("/api/v1/namespaces/{NS}")).unwrap();
