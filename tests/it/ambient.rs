@@ -74,8 +74,16 @@ fn ztunnel_matches_istiod(env: &Env) {
     }
 }
 
-fn install_status_verify_uninstall(tools: &str) {
-    let env = Env::new(tools, 3);
+/// `hostnames`: load balancers that give host names (as AWS's do), not IPs.
+fn install_status_verify_uninstall(tools: &str, hostnames: bool) {
+    let env = Env::with(
+        tools,
+        3,
+        meshup_testcluster::Options {
+            load_balancer_hostname: hostnames,
+            ..Default::default()
+        },
+    );
     let charts = meshup_testcluster::charts_at("1.29.0");
     let mesh = ambient_mesh(&env, charts.path(), "");
     env.meshup(&["install", "-f", &mesh]).expect(0);
@@ -89,8 +97,11 @@ fn install_status_verify_uninstall(tools: &str) {
         );
         assert_eq!(gateway["spec"]["gatewayClassName"], "istio-east-west");
         assert_eq!(gateway["spec"]["listeners"][0]["port"], 15008);
-        assert!(
-            gateway["status"]["addresses"][0]["value"].is_string(),
+        let address = &gateway["status"]["addresses"][0];
+        assert!(address["value"].is_string(), "{gateway:#}");
+        assert_eq!(
+            address["type"],
+            if hostnames { "Hostname" } else { "IPAddress" },
             "{gateway:#}"
         );
     }
@@ -133,12 +144,12 @@ fn install_status_verify_uninstall(tools: &str) {
 
 #[test]
 fn ambient_on_two_networks_helm3() {
-    install_status_verify_uninstall("helm3");
+    install_status_verify_uninstall("helm3", false);
 }
 
 #[test]
-fn ambient_on_two_networks_helm4() {
-    install_status_verify_uninstall("helm4");
+fn ambient_on_two_networks_behind_host_name_load_balancers_helm4() {
+    install_status_verify_uninstall("helm4", true);
 }
 
 /// ztunnel left without a network (what Istio's Helm steps do: they set `global.network`
