@@ -12,26 +12,7 @@ pub(super) fn install(
     args: &InstallArgs,
 ) -> Result<(), Error> {
     let mut session = Session::open(global, mesh_args, reporter)?;
-    let tools = session.tool_checks();
-    if tools.checks.iter().any(Finding::is_failure) {
-        report_checks(reporter, &tools.checks)?;
-        reporter.line("error: preflight failed; nothing was changed");
-        return Err(Error::Reported);
-    }
-    warn_checks(reporter, &tools.checks);
-    session.require_tools()?;
-    let fetched = pull::fetch(
-        &session.runner,
-        reporter,
-        &session.mesh.charts,
-        session.mesh.version.as_deref(),
-        &session.mesh.charts_needed(),
-        &pull::cache_dir(),
-    )?;
-    session.mesh.charts = fetched.charts;
-    if let Some(version) = fetched.pinned {
-        session.mesh.version = Some(version);
-    }
+    let tools = session.tools_and_charts()?;
     let trust = prepare_trust(reporter, &session.mesh, args.key_type.into())?;
     let choices = Choices {
         trust: trust.as_ref(),

@@ -134,6 +134,34 @@ impl Session {
         checks
     }
 
+    /// What a changing command needs before it reaches a cluster: the local tools checked
+    /// (a failure reported, nothing changed) and every chart the mesh needs fetched once and
+    /// pinned. Returns the tools (`helm_major` decides `--force-conflicts`).
+    pub(super) fn tools_and_charts(&mut self) -> Result<preflight::Tools, Error> {
+        let tools = self.tool_checks();
+        if tools.checks.iter().any(Finding::is_failure) {
+            report_checks(&self.reporter, &tools.checks)?;
+            self.reporter
+                .line("error: preflight failed; nothing was changed");
+            return Err(Error::Reported);
+        }
+        warn_checks(&self.reporter, &tools.checks);
+        self.require_tools()?;
+        let fetched = pull::fetch(
+            &self.runner,
+            &self.reporter,
+            &self.mesh.charts,
+            self.mesh.version.as_deref(),
+            &self.mesh.charts_needed(),
+            &pull::cache_dir(),
+        )?;
+        self.mesh.charts = fetched.charts;
+        if let Some(version) = fetched.pinned {
+            self.mesh.version = Some(version);
+        }
+        Ok(tools)
+    }
+
     /// The local helm and kubectl: found, and of a version meshup works with.
     pub(super) fn tool_checks(&self) -> preflight::Tools {
         let mut tools = match (&self.helm, &self.kubectl) {

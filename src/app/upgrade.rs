@@ -33,24 +33,7 @@ pub(super) fn upgrade(
         }
         session.mesh.version = Some(to.clone());
     }
-    let tools = session.tool_checks();
-    if tools.checks.iter().any(Finding::is_failure) {
-        report_checks(reporter, &tools.checks)?;
-        return Err(Error::Reported);
-    }
-    session.require_tools()?;
-    let fetched = pull::fetch(
-        &session.runner,
-        reporter,
-        &session.mesh.charts,
-        session.mesh.version.as_deref(),
-        &session.mesh.charts_needed(),
-        &pull::cache_dir(),
-    )?;
-    session.mesh.charts = fetched.charts;
-    if let Some(version) = fetched.pinned {
-        session.mesh.version = Some(version);
-    }
+    let tools = session.tools_and_charts()?;
     let force_conflicts = tools.helm_major == Some(4);
     let command = format!("upgrade {}", phase.name());
     let outcome = session.locked(&command, |run| -> Result<(Summary, String), Error> {

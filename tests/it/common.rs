@@ -254,20 +254,26 @@ pub fn writes(cluster: &TestCluster, since: usize) -> Vec<(String, String)> {
 /// `meshup verify --traffic` passes, and every cluster's requests got answers from every
 /// cluster (waiting for istiod to sync first).
 pub fn traffic_reaches_every_cluster(env: &Env, mesh: &str) {
-    let run = env
-        .meshup(&[
-            "verify",
-            "--wait",
-            "60s",
-            "--traffic",
-            "--requests",
-            "10",
-            "-f",
-            mesh,
-            "--output",
-            "json",
-        ])
-        .expect(0);
+    traffic_with(env, mesh, &[]);
+}
+
+/// [`traffic_reaches_every_cluster`] with more `verify` flags (`--keep` leaves the helloworld
+/// Deployments, whose proxies an upgrade must then move).
+pub fn traffic_with(env: &Env, mesh: &str, flags: &[&str]) {
+    let mut args = vec![
+        "verify",
+        "--wait",
+        "60s",
+        "--traffic",
+        "--requests",
+        "10",
+        "-f",
+        mesh,
+        "--output",
+        "json",
+    ];
+    args.extend_from_slice(flags);
+    let run = env.meshup(&args).expect(0);
     let report: Value = serde_json::from_str(&run.stdout).unwrap();
     for from in &env.clusters {
         for to in &env.clusters {
@@ -276,6 +282,17 @@ pub fn traffic_reaches_every_cluster(env: &Env, mesh: &str) {
             assert!(answers > 0, "{from} → {to}: {}", run.stdout);
         }
     }
+}
+
+/// Starts meshup in a process group of its own, as a terminal or a CI job runs it.
+pub fn spawn(env: &Env, args: &[&str]) -> std::process::Child {
+    use std::os::unix::process::CommandExt;
+    let mut command = env.command(args);
+    command
+        .process_group(0)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command.spawn().unwrap()
 }
 
 /// Whether a request path is meshup's lock (the Lease, or its collection on create).

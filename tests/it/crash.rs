@@ -2,23 +2,12 @@
 //! together at several points of an install, API servers that drop every connection for a
 //! few seconds, and two runs at once. In every case the next plain run converges.
 
-use std::os::unix::process::CommandExt;
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use super::common::*;
 use meshup_testcluster::{Options, TestCluster};
 use serde_json::json;
-
-/// Starts meshup in a process group of its own, as a CI job runs it.
-fn spawn(env: &Env, args: &[&str]) -> Child {
-    let mut command = env.command(args);
-    command
-        .process_group(0)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    command.spawn().unwrap()
-}
 
 /// Waits until some cluster answered a write whose path `matches`, then kills meshup and
 /// every helm and kubectl it started (SIGKILL of the process group: a cancelled CI job).
