@@ -53,8 +53,24 @@ pub(super) fn expose(
     };
     let command = if on { "expose" } else { "unexpose" };
     let summary = session.locked(command, |run| exec::execute(run, &plan))?;
-    finish(reporter, command, &summary)
+    finish(reporter, command, &summary)?;
+    let nowhere = summary
+        .clusters
+        .iter()
+        .flat_map(|c| &c.tasks)
+        .all(|t| t.outcome == NOT_HERE);
+    if nowhere {
+        reporter.line(&format!(
+            "error: no cluster of the mesh has service `{}/{}`; check its name and namespace",
+            args.namespace, args.service
+        ));
+        return Err(Error::Reported);
+    }
+    Ok(())
 }
+
+/// The outcome in a cluster without the service.
+const NOT_HERE: &str = "not here";
 
 /// The global label on one Service, where it exists.
 struct Mark {
@@ -83,7 +99,7 @@ impl Work for Mark {
             cx.live
                 .get("service", &self.service, Some(&self.namespace))?;
         let Some(service) = found else {
-            return Ok("not here".into());
+            return Ok(NOT_HERE.into());
         };
         let now = service
             .metadata

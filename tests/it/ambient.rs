@@ -260,6 +260,16 @@ fn a_ztunnel_without_istiods_network_breaks_east_west_until_install_repairs_it()
     assert!(status.stdout.contains("shop/cart"), "{}", status.stdout);
     env.meshup(&["unexpose", "cart", "-n", "shop", "-f", &mesh])
         .expect(0);
+    // A name no cluster has is an error, not a silent no-op.
+    let run = env
+        .meshup(&["expose", "kart", "-n", "shop", "-f", &mesh])
+        .expect(1);
+    assert!(
+        run.stderr
+            .contains("no cluster of the mesh has service `shop/kart`"),
+        "{}",
+        run.all()
+    );
     let cart = get(cluster2, "/api/v1/namespaces/shop/services/cart");
     assert!(
         cart["metadata"]["labels"]["istio.io/global"].is_null(),
