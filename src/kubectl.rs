@@ -89,6 +89,11 @@ pub fn list_everywhere(
 /// `kubectl apply --server-side -f URL`: objects kubectl downloads itself (the Gateway API
 /// CRDs from their release page).
 pub fn apply_url(target: &Target, url: &str, timeout: Duration) -> Step {
+    apply_filename(target, url, timeout)
+}
+
+/// `kubectl apply --server-side --force-conflicts --field-manager meshup --filename F`.
+fn apply_filename(target: &Target, filename: &str, timeout: Duration) -> Step {
     let args = words(&[
         "apply",
         "--server-side",
@@ -96,7 +101,7 @@ pub fn apply_url(target: &Target, url: &str, timeout: Duration) -> Step {
         "--field-manager",
         FIELD_MANAGER,
         "--filename",
-        url,
+        filename,
     ]);
     connect(target, args, timeout)
 }
@@ -132,16 +137,7 @@ pub fn patch_json(target: &Target, kind: &str, name: &str, patch: &str, timeout:
 /// `kubectl apply --server-side -f -`: the manifest travels on stdin, so secrets never reach
 /// argv or disk, and no last-applied annotation copies them.
 pub fn apply(target: &Target, manifest: Sensitive<Vec<u8>>, timeout: Duration) -> Step {
-    let args = words(&[
-        "apply",
-        "--server-side",
-        "--force-conflicts",
-        "--field-manager",
-        FIELD_MANAGER,
-        "--filename",
-        "-",
-    ]);
-    let mut step = connect(target, args, timeout);
+    let mut step = apply_filename(target, "-", timeout);
     step.stdin = Some(manifest);
     step
 }

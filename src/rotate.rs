@@ -409,10 +409,7 @@ impl Gate for Acted {
         let mut out = format!(
             "# Each istiod pod must log that it built `{source}` anew since the new token (`Add cluster` or\n# `Update cluster`, then its labels), then report it synced, before the old token is revoked.\n"
         );
-        let kubeconfig = options
-            .kubeconfig
-            .map(|k| format!(" --kubeconfig {}", shell_quote(&k.display().to_string())))
-            .unwrap_or_default();
+        let kubeconfig = crate::step::kubeconfig_flag(options.kubeconfig);
         for name in &self.watchers {
             let Some(cluster) = mesh.cluster(name) else {
                 continue;

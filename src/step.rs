@@ -62,6 +62,13 @@ impl fmt::Display for Step {
     }
 }
 
+/// ` --kubeconfig PATH` for a script's commands when a kubeconfig was given, else nothing.
+pub fn kubeconfig_flag(kubeconfig: Option<&std::path::Path>) -> String {
+    kubeconfig
+        .map(|k| format!(" --kubeconfig {}", shell_quote(&k.display().to_string())))
+        .unwrap_or_default()
+}
+
 /// Quotes one word for bash when it needs it.
 pub fn shell_quote(word: &str) -> String {
     let safe = !word.is_empty()

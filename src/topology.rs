@@ -73,22 +73,7 @@ impl ClusterParts {
 impl Topology {
     /// The mesh as meshup builds it.
     pub fn of(mesh: &Mesh, choices: &Choices) -> Topology {
-        let watches: BTreeMap<String, Vec<String>> = mesh
-            .clusters
-            .iter()
-            .map(|c| {
-                let peers = match c.role {
-                    Role::Primary => mesh
-                        .clusters
-                        .iter()
-                        .filter(|p| p.name != c.name)
-                        .map(|p| p.name.clone())
-                        .collect(),
-                    Role::Remote { .. } => Vec::new(),
-                };
-                (c.name.clone(), peers)
-            })
-            .collect();
+        let watches = watches(mesh);
         let nodes = mesh
             .clusters
             .iter()
@@ -111,6 +96,33 @@ impl Topology {
     pub fn node(&self, cluster: &str) -> Option<&ClusterParts> {
         self.nodes.iter().find(|n| n.cluster == cluster)
     }
+}
+
+/// For each cluster, the clusters whose remote secrets it holds: a primary watches every
+/// other cluster, a remote none.
+pub fn watches(mesh: &Mesh) -> BTreeMap<String, Vec<String>> {
+    mesh.clusters
+        .iter()
+        .map(|c| {
+            let peers = match c.role {
+                Role::Primary => mesh
+                    .clusters
+                    .iter()
+                    .filter(|p| p.name != c.name)
+                    .map(|p| p.name.clone())
+                    .collect(),
+                Role::Remote { .. } => Vec::new(),
+            };
+            (c.name.clone(), peers)
+        })
+        .collect()
+}
+
+/// One cluster's components, as [`Topology::of`] gives them, without building the others'.
+pub fn parts_of(mesh: &Mesh, cluster: &str, choices: &Choices) -> Vec<Box<dyn Component>> {
+    mesh.cluster(cluster)
+        .map(|c| components(mesh, c, &watches(mesh), choices))
+        .unwrap_or_default()
 }
 
 /// The `istio.io/rev` label istiod's pods carry (the chart's `istiod.rev`).

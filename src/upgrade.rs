@@ -40,7 +40,7 @@ use crate::runner::StepError;
 use crate::sensitive::Sensitive;
 use crate::step::shell_quote;
 use crate::sync;
-use crate::topology::{Choices, Topology};
+use crate::topology::{self, Choices};
 use crate::values;
 
 /// What `istioctl tag set default` puts into the revision-less injector's selectors so that
@@ -175,12 +175,7 @@ impl Canary {
 
     /// `mesh`'s component labelled `label` in `cluster`, owned.
     fn part(&self, mesh: &Mesh, cluster: &str, label: &str) -> Option<Box<dyn Component>> {
-        let topology = Topology::of(mesh, &self.choices());
-        topology
-            .nodes
-            .into_iter()
-            .find(|n| n.cluster == cluster)?
-            .components
+        topology::parts_of(mesh, cluster, &self.choices())
             .into_iter()
             .find(|c| c.label(Action::Install) == label)
     }
@@ -197,10 +192,8 @@ impl Canary {
     }
 
     fn istiod_watches(&self, cluster: &str) -> Vec<String> {
-        Topology::of(&self.to, &self.choices())
-            .watches
-            .get(cluster)
-            .cloned()
+        topology::watches(&self.to)
+            .remove(cluster)
             .unwrap_or_default()
     }
 
@@ -918,10 +911,7 @@ impl Gate for Synced {
     }
 
     fn script(&self, mesh: &Mesh, options: &ScriptOptions) -> String {
-        let kubeconfig = options
-            .kubeconfig
-            .map(|k| format!(" --kubeconfig {}", shell_quote(&k.display().to_string())))
-            .unwrap_or_default();
+        let kubeconfig = crate::step::kubeconfig_flag(options.kubeconfig);
         let mut out = String::new();
         for (name, peers) in &self.clusters {
             let Some(cluster) = mesh.cluster(name) else {

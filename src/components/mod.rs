@@ -27,7 +27,7 @@ use crate::mesh::{Cluster, Mesh};
 use crate::remote_secret::RemoteSecret;
 use crate::reporter::Reporter;
 use crate::runner::StepError;
-use crate::step::{Target, shell_quote};
+use crate::step::Target;
 
 /// What a plan asks of a component.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -218,8 +218,6 @@ pub struct ScriptCx<'a> {
 impl ScriptCx<'_> {
     /// ` --kubeconfig PATH` when one was given.
     pub fn kubeconfig_flag(&self) -> String {
-        self.kubeconfig
-            .map(|k| format!(" --kubeconfig {}", shell_quote(&k.display().to_string())))
-            .unwrap_or_default()
+        crate::step::kubeconfig_flag(self.kubeconfig)
     }
 }
