@@ -678,10 +678,10 @@ fn install_right_after_uninstall_waits_for_the_namespace() {
     env.meshup(&["verify", "--wait", "60s", "-f", mesh])
         .expect(0);
 
-    // An uninstall whose wait for the namespace ran out (--timeout 4s against 9 s here):
+    // An uninstall whose wait for the namespace ran out (--timeout 4s against 12 s here: room for a loaded machine):
     // the releases are gone, the namespace still terminating.
     for cluster in &env.clusters {
-        cluster.set_namespace_finalize_delay(std::time::Duration::from_secs(9));
+        cluster.set_namespace_finalize_delay(std::time::Duration::from_secs(12));
     }
     let gave_up = env.meshup(&["uninstall", "--yes", "--timeout", "4s", "-f", mesh]);
     assert_eq!(gave_up.code, Some(1), "{}", gave_up.stderr);
