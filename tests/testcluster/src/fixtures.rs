@@ -8,6 +8,29 @@ pub fn charts_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/charts")
 }
 
+/// The Istio builds the suite installs: Istio's own charts from the `istio.io/istio` module,
+/// stamped as a release build stamps them (`scripts/pins.env`, `ISTIO_BUILDS`), one minor
+/// version apart. Tests install [`ISTIO_FROM`] and upgrade to [`ISTIO_TO`].
+pub const ISTIO_FROM: &str = "1.30.0";
+/// The newer of the two Istio builds (see [`ISTIO_FROM`]).
+pub const ISTIO_TO: &str = "1.31.0";
+
+/// The directory holding Istio's own charts (`base`, `istiod`, `gateway`, `cni`, `ztunnel`)
+/// of Istio `version`, as `scripts/istio-charts.sh` stamps them into `.tools/istio/VERSION`.
+/// Panics, saying how to get them, when they are missing.
+pub fn istio_charts(version: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../.tools/istio")
+        .join(version);
+    let dir = dir.canonicalize().unwrap_or(dir);
+    assert!(
+        dir.join("istiod/Chart.yaml").is_file(),
+        "Istio's charts of {version} are missing from {}; run scripts/istio-charts.sh (scripts/test.sh does)",
+        dir.display()
+    );
+    dir
+}
+
 /// The Gateway API release whose CRDs `tests/fixtures/gateway-api-crds.yaml` holds (its
 /// `gateway.networking.k8s.io/bundle-version` annotation).
 pub const GATEWAY_API_FIXTURE_VERSION: &str = "v1.4.0";
@@ -164,6 +187,29 @@ mod tests {
             Some(GATEWAY_API_FIXTURE_VERSION)
         );
         assert_eq!(gateway_api_for_istio("1.30.0"), Some("v1.5.1"));
+    }
+
+    #[test]
+    fn the_istio_builds_are_the_ones_the_pins_file_stamps() {
+        let pins = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/pins.env"),
+        )
+        .unwrap();
+        let builds = pins
+            .lines()
+            .find_map(|l| l.strip_prefix("ISTIO_BUILDS="))
+            .expect("ISTIO_BUILDS in scripts/pins.env");
+        let versions: Vec<&str> = builds
+            .trim_matches('"')
+            .split_whitespace()
+            .map(|b| b.split('=').next().unwrap())
+            .collect();
+        assert_eq!(versions, [ISTIO_FROM, ISTIO_TO]);
+        for version in versions {
+            let chart = std::fs::read_to_string(istio_charts(version).join("istiod/Chart.yaml"))
+                .unwrap();
+            assert!(chart.contains(&format!("\nversion: {version}\n")), "{chart}");
+        }
     }
 
     #[test]

@@ -147,7 +147,8 @@ use base64::engine::general_purpose::STANDARD;
 use serde_json::Value;
 
 pub use fixtures::{
-    GATEWAY_API_FIXTURE_VERSION, charts_at, gateway_api_crds, gateway_api_for_istio,
+    GATEWAY_API_FIXTURE_VERSION, ISTIO_FROM, ISTIO_TO, charts_at, gateway_api_crds,
+    gateway_api_for_istio, istio_charts,
 };
 pub use server::GIT_VERSION;
 
