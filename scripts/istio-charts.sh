@@ -2,6 +2,7 @@
 # Fetches Istio's own Helm charts, stamped as a release build stamps them, for the tests:
 #
 #   .tools/istio/VERSION/{base,istiod,gateway,cni,ztunnel}   for each build in scripts/pins.env
+#   .tools/gateway-api/VERSION/standard-crds.yaml             the Gateway API CRDs Istio pins
 #
 # The charts come from the `istio.io/istio` Go module (its zip holds `manifests/charts` of the
 # same commit) through the Go module proxy, which every developer machine and CI reaches; the
@@ -11,7 +12,11 @@
 # ${ISTIO_HUB} (what Istio's release builder does to the charts it publishes). Nothing here is
 # committed (.tools is ignored). A re-run with the stamped charts in place does nothing.
 #
-# Prints the chart directories it provides, one a line.
+# The Gateway API CRDs are the CustomResourceDefinitions of the `sigs.k8s.io/gateway-api`
+# module's config/crd/standard (what its release's standard-install.yaml holds, less the
+# ValidatingAdmissionPolicy that file also carries).
+#
+# Prints the chart directories and CRD files it provides, one a line.
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -32,6 +37,17 @@ charts=(
   "istio-cni cni"
   "ztunnel ztunnel"
 )
+
+# module_dir MODULE@VERSION: downloads a module into Go's module cache; prints its directory.
+module_dir() {
+  local scratch dir
+  # A throwaway directory so that `go mod download` runs outside any go.mod of ours.
+  scratch="$(mktemp -d)"
+  dir="$(cd "${scratch}" && GOFLAGS=-mod=mod timeout 900 go mod download -json "$1" |
+    python3 -c 'import json,sys; d=json.load(sys.stdin); print(d.get("Dir") or sys.exit("go mod download: " + d.get("Error","no Dir")))')"
+  rm -rf "${scratch}"
+  echo "${dir}"
+}
 
 # stamp DIR VERSION: Chart.yaml's version and appVersion, values.yaml's tag and hub.
 stamp() {
@@ -54,11 +70,7 @@ for build in ${ISTIO_BUILDS}; do
     echo "istio ${version}: up to date" >&2
   else
     echo "istio ${version}: fetching istio.io/istio@${module_version}" >&2
-    # A throwaway module so that `go mod download` runs outside any go.mod of ours.
-    scratch="$(mktemp -d)"
-    dir="$(cd "${scratch}" && GOFLAGS=-mod=mod timeout 900 go mod download -json "istio.io/istio@${module_version}" |
-      python3 -c 'import json,sys; d=json.load(sys.stdin); print(d.get("Dir") or sys.exit("go mod download: " + d.get("Error","no Dir")))')"
-    rm -rf "${scratch}"
+    dir="$(module_dir "istio.io/istio@${module_version}")"
     want="$(cut -d. -f1-2 <<<"${version}")"
     have="$(tr -d '[:space:]' <"${dir}/VERSION")"
     if [[ "${have}" != "${want}" ]]; then
@@ -83,4 +95,25 @@ for build in ${ISTIO_BUILDS}; do
   for chart in "${charts[@]}"; do
     echo "${dest}/${chart#* }"
   done
+done
+
+for version in ${GATEWAY_API_VERSIONS}; do
+  dest="${repo_root}/.tools/gateway-api/${version}/standard-crds.yaml"
+  if [[ -s "${dest}" ]]; then
+    echo "gateway-api ${version}: up to date" >&2
+  else
+    echo "gateway-api ${version}: fetching sigs.k8s.io/gateway-api@${version}" >&2
+    dir="$(module_dir "sigs.k8s.io/gateway-api@${version}")"
+    mkdir -p "$(dirname "${dest}")"
+    first=1
+    for file in "${dir}"/config/crd/standard/gateway.networking.k8s.io_*.yaml; do
+      grep -q '^kind: CustomResourceDefinition' "${file}" || continue
+      ((first)) || echo "---"
+      # Each file starts with its own `---`.
+      sed '/^---$/d' "${file}"
+      first=0
+    done >"${dest}.tmp"
+    mv "${dest}.tmp" "${dest}"
+  fi
+  echo "${dest}"
 done

@@ -9,11 +9,11 @@ use super::common::*;
 use meshup_testcluster::TestCluster;
 
 /// An ambient mesh file for `env`'s clusters: cluster1 on network1, the others on network2,
-/// with the fixture charts at 1.29.0 and the fixture Gateway API CRDs.
+/// with Istio's charts of [`ISTIO_FROM`] (`charts`) and the Gateway API CRDs that build pins.
 fn ambient_mesh(env: &Env, charts: &std::path::Path, extra: &str) -> String {
     let mut text = format!(
-        "meshID: mesh1\ndataplane: ambient\ngatewayApiCrds: {}\nistio:\n  version: 1.29.0\n  charts: {}\ntrust:\n  dir: {}\n{extra}clusters:\n",
-        meshup_testcluster::gateway_api_crds().display(),
+        "meshID: mesh1\ndataplane: ambient\ngatewayApiCrds: {}\nistio:\n  version: {ISTIO_FROM}\n  charts: {}\ntrust:\n  dir: {}\n{extra}clusters:\n",
+        meshup_testcluster::istio_gateway_api_crds(ISTIO_FROM).display(),
         charts.display(),
         env.path("certs").display()
     );
@@ -61,12 +61,13 @@ fn ztunnel_matches_istiod(env: &Env) {
             "{}",
             cluster.name()
         );
-        assert_eq!(
-            env_of(&ztunnel, "NETWORK"),
-            env_of(&istiod, "ISTIO_META_NETWORK"),
-            "{}",
-            cluster.name()
-        );
+        // istiod's network: its namespace's label (Istio's chart gives istiod no env for it).
+        let namespace = get(cluster, &format!("/api/v1/namespaces/{NS}"));
+        let network = namespace["metadata"]["labels"]["topology.istio.io/network"]
+            .as_str()
+            .map(str::to_string);
+        assert!(network.is_some(), "{}: no network label", cluster.name());
+        assert_eq!(env_of(&ztunnel, "NETWORK"), network, "{}", cluster.name());
         assert_eq!(
             env_of(&istiod, "AMBIENT_ENABLE_MULTI_NETWORK").as_deref(),
             Some("true")
@@ -84,8 +85,8 @@ fn install_status_verify_uninstall(tools: &str, hostnames: bool) {
             ..Default::default()
         },
     );
-    let charts = meshup_testcluster::charts_at("1.29.0");
-    let mesh = ambient_mesh(&env, charts.path(), "");
+    let charts = istio_charts(ISTIO_FROM);
+    let mesh = ambient_mesh(&env, &charts, "");
     env.meshup(&["install", "-f", &mesh]).expect(0);
     ztunnel_matches_istiod(&env);
     for cluster in &env.clusters {
@@ -159,15 +160,15 @@ fn ambient_on_two_networks_behind_host_name_load_balancers_helm4() {
 #[test]
 fn a_ztunnel_without_istiods_network_breaks_east_west_until_install_repairs_it() {
     let env = Env::new("helm4", 2);
-    let charts = meshup_testcluster::charts_at("1.29.0");
-    let mesh = ambient_mesh(&env, charts.path(), "");
+    let charts = istio_charts(ISTIO_FROM);
+    let mesh = ambient_mesh(&env, &charts, "");
     env.meshup(&["install", "-f", &mesh]).expect(0);
     // As Istio's Helm page installs it: no network for ztunnel.
     let cluster2 = env.cluster("cluster2");
     let helm = env.tools.join("helm");
     let out = std::process::Command::new(&helm)
         .args(["upgrade", "ztunnel"])
-        .arg(charts.path().join("ztunnel"))
+        .arg(charts.join("ztunnel"))
         .args([
             "--namespace",
             NS,
@@ -282,8 +283,8 @@ fn a_ztunnel_without_istiods_network_breaks_east_west_until_install_repairs_it()
 #[test]
 fn missing_gateway_api_crds_stop_install_before_any_change() {
     let env = Env::new("helm4", 2);
-    let charts = meshup_testcluster::charts_at("1.29.0");
-    let mesh = ambient_mesh(&env, charts.path(), "");
+    let charts = istio_charts(ISTIO_FROM);
+    let mesh = ambient_mesh(&env, &charts, "");
     let text = std::fs::read_to_string(&mesh).unwrap();
     let text: String = text
         .lines()
@@ -293,7 +294,10 @@ fn missing_gateway_api_crds_stop_install_before_any_change() {
     std::fs::write(&mesh, text).unwrap();
     let run = env.meshup(&["install", "-f", &mesh]).expect(1);
     assert!(
-        run.stderr.contains("Gateway API CRDs are missing") && run.stderr.contains("v1.4.0"),
+        run.stderr.contains("Gateway API CRDs are missing")
+            && run
+                .stderr
+                .contains(meshup_testcluster::gateway_api_for_istio(ISTIO_FROM).unwrap()),
         "{}",
         run.all()
     );
@@ -307,19 +311,22 @@ fn missing_gateway_api_crds_stop_install_before_any_change() {
 #[test]
 fn an_ambient_upgrade_moves_the_node_agents_after_the_control_plane() {
     let env = Env::new("helm4", 2);
-    let old_charts = meshup_testcluster::charts_at("1.29.0");
-    let old = ambient_mesh(&env, old_charts.path(), "");
+    let old_charts = istio_charts(ISTIO_FROM);
+    let old = ambient_mesh(&env, &old_charts, "");
     env.meshup(&["install", "-f", &old]).expect(0);
-    let new_charts = meshup_testcluster::charts_at("1.30.0");
-    let new = env.path("ambient-1.30.yaml");
+    let new_charts = istio_charts(ISTIO_TO);
+    let new = env.path("ambient-new.yaml");
     std::fs::write(
         &new,
         std::fs::read_to_string(&old)
             .unwrap()
-            .replace("version: 1.29.0", "version: 1.30.0")
             .replace(
-                &old_charts.path().display().to_string(),
-                &new_charts.path().display().to_string(),
+                &format!("version: {ISTIO_FROM}"),
+                &format!("version: {ISTIO_TO}"),
+            )
+            .replace(
+                &old_charts.display().to_string(),
+                &new_charts.display().to_string(),
             ),
     )
     .unwrap();
@@ -344,21 +351,35 @@ fn an_ambient_upgrade_moves_the_node_agents_after_the_control_plane() {
     for cluster in &env.clusters {
         // The control plane is there, but not promoted: ztunnel stays as it was.
         let (tag, xds) = ztunnel_image(cluster);
-        assert_eq!(tag, "1.29.0", "{}", cluster.name());
+        assert_eq!(
+            tag,
+            format!("{ISTIO_FROM}-distroless"),
+            "{}",
+            cluster.name()
+        );
         assert!(xds.starts_with("istiod.istio-system"), "{xds}");
     }
     env.meshup(&["upgrade", "promote", "-f", new]).expect(0);
     for cluster in &env.clusters {
         let (tag, xds) = ztunnel_image(cluster);
-        assert_eq!(tag, "1.30.0", "{}", cluster.name());
-        assert!(xds.starts_with("istiod-1-30-0.istio-system"), "{xds}");
+        assert_eq!(tag, format!("{ISTIO_TO}-distroless"), "{}", cluster.name());
+        let revision = ISTIO_TO.replace('.', "-");
+        assert!(
+            xds.starts_with(&format!("istiod-{revision}.istio-system")),
+            "{xds}"
+        );
     }
     env.meshup(&["verify", "-f", new, "--wait", "30s"])
         .expect(0);
     env.meshup(&["upgrade", "rollback", "-f", new]).expect(0);
     for cluster in &env.clusters {
         let (tag, xds) = ztunnel_image(cluster);
-        assert_eq!(tag, "1.29.0", "{}", cluster.name());
+        assert_eq!(
+            tag,
+            format!("{ISTIO_FROM}-distroless"),
+            "{}",
+            cluster.name()
+        );
         assert!(xds.starts_with("istiod.istio-system"), "{xds}");
     }
 }

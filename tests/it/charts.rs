@@ -15,13 +15,13 @@ fn downloads(log: &[String]) -> usize {
 /// The mesh of `env` with charts from `url`, pinned to `version` when given.
 fn mesh_from(env: &Env, url: &str, version: Option<&str>) -> std::path::PathBuf {
     let mesh = env.mesh_file(&[], &[], "");
-    let charts = repo().join("tests/fixtures/charts").display().to_string();
+    let charts = istio_charts(ISTIO_FROM).display().to_string();
     let pin = version
         .map(|v| format!("  version: {v}\n"))
         .unwrap_or_default();
     let text = std::fs::read_to_string(&mesh)
         .unwrap()
-        .replace("  version: 1.28.1\n", &pin)
+        .replace(&format!("  version: {ISTIO_FROM}\n"), &pin)
         .replace(&charts, url);
     std::fs::write(&mesh, text).unwrap();
     mesh
@@ -31,7 +31,7 @@ fn mesh_from(env: &Env, url: &str, version: Option<&str>) -> std::path::PathBuf 
 fn a_repository_is_read_once_per_install_and_not_at_all_on_a_warm_cache() {
     let env = Env::new("helm4", 3);
     let charts = ChartRepo::serve(&env.tools.join("helm"), &["base", "istiod"]);
-    let mesh = mesh_from(&env, &charts.url, Some("1.28.1"));
+    let mesh = mesh_from(&env, &charts.url, Some(ISTIO_FROM));
     let mesh = mesh.to_str().unwrap();
     env.meshup(&["install", "-f", mesh]).expect(0);
     let cold = charts.take();
@@ -66,8 +66,9 @@ fn an_unpinned_mesh_installs_the_newest_release_everywhere_and_says_so() {
         .meshup(&["install", "-f", mesh.to_str().unwrap()])
         .expect(0);
     assert!(
-        run.stderr
-            .contains("`istio.version` is not set: installing 1.28.1, the newest in"),
+        run.stderr.contains(&format!(
+            "`istio.version` is not set: installing {ISTIO_FROM}, the newest in"
+        )),
         "{}",
         run.stderr
     );
@@ -80,17 +81,18 @@ fn a_chart_that_does_not_match_the_repository_digest_is_refused_before_any_clust
     let env = Env::new("helm4", 2);
     let charts = ChartRepo::serve(&env.tools.join("helm"), &["base", "istiod"]);
     // The archive changes after the index was made: its digest no longer matches.
-    let archive = charts.dir.path().join("istiod-1.28.1.tgz");
+    let archive = charts.dir.path().join(format!("istiod-{ISTIO_FROM}.tgz"));
     let mut bytes = std::fs::read(&archive).unwrap();
     bytes.extend_from_slice(b"tampered");
     std::fs::write(&archive, bytes).unwrap();
-    let mesh = mesh_from(&env, &charts.url, Some("1.28.1"));
+    let mesh = mesh_from(&env, &charts.url, Some(ISTIO_FROM));
     let before = env.mutations();
     let run = env
         .meshup(&["install", "-f", mesh.to_str().unwrap()])
         .expect(1);
     assert!(
-        run.stderr.contains("chart `istiod` 1.28.1") && run.stderr.contains("do not install it"),
+        run.stderr.contains(&format!("chart `istiod` {ISTIO_FROM}"))
+            && run.stderr.contains("do not install it"),
         "{}",
         run.stderr
     );
@@ -100,7 +102,7 @@ fn a_chart_that_does_not_match_the_repository_digest_is_refused_before_any_clust
 #[test]
 fn plan_shows_the_pulls_and_installs_the_pulled_archives() {
     let env = Env::new("helm4", 2);
-    let mesh = mesh_from(&env, "https://charts.example.test/istio", Some("1.28.1"));
+    let mesh = mesh_from(&env, "https://charts.example.test/istio", Some(ISTIO_FROM));
     let run = env
         .meshup(&["plan", "-f", mesh.to_str().unwrap()])
         .expect(0);
@@ -120,7 +122,7 @@ fn plan_shows_the_pulls_and_installs_the_pulled_archives() {
         .unwrap();
     assert!(repo_add < install);
     assert!(
-        lines[install].contains("/istiod-1.28.1.tgz"),
+        lines[install].contains(&format!("/istiod-{ISTIO_FROM}.tgz")),
         "{}",
         lines[install]
     );

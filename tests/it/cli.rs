@@ -119,12 +119,12 @@ fn install_json_is_one_document_with_every_cluster_and_step() {
 // --- failures and resuming ----------------------------------------------------------------------
 
 /// A mesh file whose cluster2 has a typo in its values: a negative istiod replica count, which
-/// the API server refuses.
+/// the API server refuses (Istio's chart renders `replicas` only without autoscaling).
 fn mesh_with_a_typo_in_cluster2(env: &Env) -> PathBuf {
     let mesh = mesh_without_trust(env);
     let text = std::fs::read_to_string(&mesh).unwrap().replace(
         "  - name: cluster2\n    context: cluster2\n",
-        "  - name: cluster2\n    context: cluster2\n    values: {pilot: {replicaCount: -1}}\n",
+        "  - name: cluster2\n    context: cluster2\n    values: {pilot: {autoscaleEnabled: false, replicaCount: -1}}\n",
     );
     std::fs::write(&mesh, text).unwrap();
     mesh
@@ -854,31 +854,31 @@ fn plan_upgrade_prints_each_phase_in_waves_with_its_gates_and_contacts_no_cluste
     let plan = |args: &[&str]| {
         let mut all = vec!["plan", "upgrade"];
         all.extend_from_slice(args);
-        all.extend_from_slice(&["--to", "1.29.0", "-f", mesh]);
+        all.extend_from_slice(&["--to", "1.31.0", "-f", mesh]);
         without_tools(&env, &all).expect(0).stdout
     };
     let start = plan(&["start", "--wave-size", "2"]);
     for needle in [
-        "# Phase 1: istio-base 1.29.0 and the new reader RBAC in every cluster",
+        "# Phase 1: istio-base 1.31.0 and the new reader RBAC in every cluster",
         "| yq 'select(.metadata.labels.app == \"istio-reader\")'",
-        "# Phase 2: istiod 1-29-0 beside default in cluster1, cluster2.",
-        "helm upgrade --install istiod-1-29-0",
-        "--set revision=1-29-0",
-        "## Wait: istiod 1-29-0 in cluster1, cluster2 reports every peer synced.",
-        "# Phase 3: istiod 1-29-0 beside default in cluster3.",
+        "# Phase 2: istiod 1-31-0 beside default in cluster1, cluster2.",
+        "helm upgrade --install istiod-1-31-0",
+        "--set revision=1-31-0",
+        "## Wait: istiod 1-31-0 in cluster1, cluster2 reports every peer synced.",
+        "# Phase 3: istiod 1-31-0 beside default in cluster3.",
     ] {
         assert!(start.contains(needle), "`{needle}` not in:\n{start}");
     }
     // istio-base keeps pointing at the running revision until promote.
-    assert!(!start.contains("--set defaultRevision=1-29-0"), "{start}");
+    assert!(!start.contains("--set defaultRevision=1-31-0"), "{start}");
     let promote = plan(&["promote", "cluster2", "--restart-workloads"]);
     for needle in [
         "revisionTags:\n- default",
         "kubectl apply --server-side --force-conflicts --field-manager meshup -f - --context cluster2",
         "istio.io/deactivated=never-match",
-        "--set defaultRevision=1-29-0",
+        "--set defaultRevision=1-31-0",
         "kubectl rollout restart deployment --namespace NAMESPACE --context cluster2",
-        "## Wait: the gateway and restarted workloads in cluster2 run proxies of 1-29-0, and istiod 1-29-0 in cluster2 reports every peer synced.",
+        "## Wait: the gateway and restarted workloads in cluster2 run proxies of 1-31-0, and istiod 1-31-0 in cluster2 reports every peer synced.",
     ] {
         assert!(promote.contains(needle), "`{needle}` not in:\n{promote}");
     }
@@ -893,7 +893,7 @@ fn plan_upgrade_prints_each_phase_in_waves_with_its_gates_and_contacts_no_cluste
     );
     let rollback = plan(&["rollback", "--from", "default"]);
     assert!(
-        rollback.contains("helm uninstall istiod-1-29-0"),
+        rollback.contains("helm uninstall istiod-1-31-0"),
         "{rollback}"
     );
     let bad = without_tools(&env, &["plan", "upgrade", "sideways", "-f", mesh]).expect(2);

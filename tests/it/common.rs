@@ -8,6 +8,7 @@ use std::process::{Command, Output, Stdio};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
+pub use meshup_testcluster::{ISTIO_FROM, ISTIO_TO, istio_charts};
 use meshup_testcluster::{LoggedRequest, Options, TestCluster, write_kubeconfig};
 use serde_json::Value;
 
@@ -78,8 +79,8 @@ impl Env {
     /// `overrides` maps a cluster name to its `apiServer`; `extra` goes before `clusters:`.
     pub fn mesh_file(&self, names: &[&str], overrides: &[(&str, &str)], extra: &str) -> PathBuf {
         let mut text = format!(
-            "meshID: mesh1\nnetwork: network1\nistio:\n  version: 1.28.1\n  charts: {}\ntrust:\n  dir: {}\n{extra}clusters:\n",
-            repo().join("tests/fixtures/charts").display(),
+            "meshID: mesh1\nnetwork: network1\nistio:\n  version: {ISTIO_FROM}\n  charts: {}\ntrust:\n  dir: {}\n{extra}clusters:\n",
+            istio_charts(ISTIO_FROM).display(),
             self.path("certs").display()
         );
         for cluster in &self.clusters {
@@ -392,8 +393,8 @@ pub fn resource_versions(objects: &[Value]) -> BTreeSet<(String, String)> {
         .collect()
 }
 
-/// A Helm chart repository served over HTTP on 127.0.0.1 from a directory: the fixture charts
-/// packaged by the real helm, an `index.yaml` made by `helm repo index`, and a log of every
+/// A Helm chart repository served over HTTP on 127.0.0.1 from a directory: Istio's charts
+/// ([`ISTIO_FROM`]) packaged by the real helm, an `index.yaml` made by `helm repo index`, and a log of every
 /// path requested.
 pub struct ChartRepo {
     pub url: String,
@@ -402,14 +403,14 @@ pub struct ChartRepo {
 }
 
 impl ChartRepo {
-    /// Packages `tests/fixtures/charts/{names}` with `helm` and serves them.
+    /// Packages Istio's charts `{names}` of [`ISTIO_FROM`] with `helm` and serves them.
     pub fn serve(helm: &Path, names: &[&str]) -> ChartRepo {
         use std::io::{BufRead, BufReader, Write};
         let dir = tempfile::tempdir().unwrap();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         for name in names {
-            let chart = repo().join("tests/fixtures/charts").join(name);
+            let chart = istio_charts(ISTIO_FROM).join(name);
             let out = Command::new(helm)
                 .args(["package"])
                 .arg(&chart)

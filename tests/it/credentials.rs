@@ -16,9 +16,10 @@ use serde_json::Value;
 
 use crate::common::*;
 
-/// Istio 1.30 and later swap a rebuilt remote cluster in once it synced (no gap); the fixture
-/// istiod's image carries this tag. The fixture's own tag (1.28) stops the old one first.
-const ISTIO_1_30: &str = "values:\n  global:\n    tag: 1.30.0\n";
+/// Istio 1.30 and later swap a rebuilt remote cluster in once it synced (no gap): Istio's
+/// charts of [`ISTIO_FROM`] do. Up to 1.29 istiod stops the old one first: these values run
+/// Istio's chart with a 1.29 image (the emulated istiod takes its behaviour from the tag).
+const ISTIO_1_29: &str = "values:\n  global:\n    tag: 1.29.0\n";
 
 /// The reader token secrets meshup made in `cluster` (filled or not).
 fn reader_token_secrets(cluster: &TestCluster) -> Vec<Value> {
@@ -251,13 +252,13 @@ fn first(tokens: &BTreeMap<String, String>) -> &str {
     tokens.values().next().unwrap()
 }
 
-fn link_rotate_replaces_every_token_after_istiod_acted_1_28(tools: &str) {
-    link_rotate_replaces_every_token_after_istiod_acted(tools, "");
+fn link_rotate_replaces_every_token_after_istiod_acted_1_29(tools: &str) {
+    link_rotate_replaces_every_token_after_istiod_acted(tools, ISTIO_1_29);
 }
 
 #[test]
 fn link_rotate_replaces_every_token_after_istiod_acted_1_30() {
-    link_rotate_replaces_every_token_after_istiod_acted("helm4", ISTIO_1_30);
+    link_rotate_replaces_every_token_after_istiod_acted("helm4", "");
 }
 
 fn istiod_pods(cluster: &TestCluster) -> BTreeSet<String> {
@@ -282,7 +283,7 @@ fn no_trace_of_cluster3(env: &Env, held: &BTreeMap<&str, String>) {
 /// the tokens it held are refused, and cluster1 ↔ cluster2 are still linked and synced.
 fn uninstall_one_cluster_takes_it_out_of_the_live_mesh(tools: &str) {
     let env = Env::new(tools, 3);
-    let mesh = env.mesh_file(&[], &[], ISTIO_1_30);
+    let mesh = env.mesh_file(&[], &[], "");
     env.meshup(&["install", "-f", mesh.to_str().unwrap()])
         .expect(0);
     let held: BTreeMap<&str, String> = ["cluster1", "cluster2"]
@@ -313,7 +314,7 @@ fn uninstall_one_cluster_takes_it_out_of_the_live_mesh(tools: &str) {
     );
     assert!(helm_records(c3).is_empty(), "{:?}", helm_records(c3));
     no_trace_of_cluster3(&env, &held);
-    let smaller = env.mesh_file(&["cluster1", "cluster2"], &[], ISTIO_1_30);
+    let smaller = env.mesh_file(&["cluster1", "cluster2"], &[], "");
     env.meshup(&["verify", "--wait", "60s", "-f", smaller.to_str().unwrap()])
         .expect(0);
     env.meshup(&["status", "-f", smaller.to_str().unwrap()])
@@ -367,14 +368,14 @@ fn adding_a_cluster_changes_only_the_new_remote_secret_in_the_others(tools: &str
 #[test]
 fn prune_revokes_the_tokens_a_dropped_cluster_held() {
     let env = Env::new("helm4", 3);
-    let mesh = env.mesh_file(&[], &[], ISTIO_1_30);
+    let mesh = env.mesh_file(&[], &[], "");
     env.meshup(&["install", "-f", mesh.to_str().unwrap()])
         .expect(0);
     let held: BTreeMap<&str, String> = ["cluster1", "cluster2"]
         .into_iter()
         .map(|c| (c, first(&reader_tokens(env.cluster(c))).to_string()))
         .collect();
-    let smaller = env.mesh_file(&["cluster1", "cluster2"], &[], ISTIO_1_30);
+    let smaller = env.mesh_file(&["cluster1", "cluster2"], &[], "");
     let run = env
         .meshup(&["link", "--prune", "-f", smaller.to_str().unwrap()])
         .expect(0);
@@ -391,7 +392,7 @@ fn prune_revokes_the_tokens_a_dropped_cluster_held() {
 }
 
 with_both_helms!(
-    link_rotate_replaces_every_token_after_istiod_acted_1_28,
+    link_rotate_replaces_every_token_after_istiod_acted_1_29,
     uninstall_one_cluster_takes_it_out_of_the_live_mesh,
     adding_a_cluster_changes_only_the_new_remote_secret_in_the_others,
 );

@@ -213,8 +213,30 @@ fn istiod_carries_the_cluster_identity(tools: &str) {
                 .map(|(_, v)| v.as_str())
         };
         assert_eq!(get("CLUSTER_ID"), Some(cluster.name()));
-        assert_eq!(get("ISTIO_META_CLUSTER_ID"), Some(cluster.name()));
-        assert_eq!(get("ISTIO_META_NETWORK"), Some("network1"));
+        // Proxies get ISTIO_META_CLUSTER_ID from the injector (its values, below); Istio's
+        // chart does not set it on istiod.
+        assert_eq!(get("ISTIO_META_CLUSTER_ID"), None);
+        // Istio's istiod chart gives istiod no network of its own: istiod reads it from its
+        // namespace's `topology.istio.io/network` label, and injected proxies get
+        // `global.network` from the injector's values.
+        assert_eq!(get("ISTIO_META_NETWORK"), None);
+        let namespace = cluster.get(&format!("/api/v1/namespaces/{NS}")).unwrap();
+        assert_eq!(
+            namespace["metadata"]["labels"]["topology.istio.io/network"],
+            "network1"
+        );
+        let injector = cluster
+            .get(&format!(
+                "/api/v1/namespaces/{NS}/configmaps/istio-sidecar-injector"
+            ))
+            .expect("the injector ConfigMap");
+        let values: Value =
+            serde_json::from_str(injector["data"]["values"].as_str().unwrap()).unwrap();
+        assert_eq!(values["global"]["network"], "network1");
+        assert_eq!(
+            values["global"]["multiCluster"]["clusterName"],
+            cluster.name()
+        );
         let configmap = cluster
             .get(&format!("/api/v1/namespaces/{NS}/configmaps/istio"))
             .expect("istio configmap");
@@ -591,8 +613,8 @@ fn a_revision_names_the_istiod_release_and_deployment() {
     let env = Env::new("helm4", 2);
     let mesh = env.mesh_file(&[], &[], "");
     let text = std::fs::read_to_string(&mesh).unwrap().replace(
-        "  version: 1.28.1\n",
-        "  version: 1.28.1\n  revision: canary\n",
+        &format!("  version: {ISTIO_FROM}\n"),
+        &format!("  version: {ISTIO_FROM}\n  revision: canary\n"),
     );
     std::fs::write(&mesh, text).unwrap();
     let mesh = mesh.to_str().unwrap();

@@ -50,7 +50,7 @@ fn ctrl_c_stops_running_helm_and_exits_130() {
         &mesh,
         format!(
             "meshID: m\ntrust: {{mode: none}}\nistio: {{charts: {}}}\nclusters:\n  - {{name: cluster1, context: cluster1}}\n  - {{name: cluster2, context: cluster2}}\n",
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/charts").display()
+            meshup_testcluster::istio_charts(meshup_testcluster::ISTIO_FROM).display()
         ),
     )
     .unwrap();

@@ -15,8 +15,8 @@ type Spec = (&'static str, &'static str, Option<&'static str>);
 
 fn mesh_for(env: &Env, clusters: &[Spec]) -> String {
     let mut text = format!(
-        "meshID: mesh1\nistio:\n  version: 1.28.1\n  charts: {}\ntrust:\n  dir: {}\nclusters:\n",
-        repo().join("tests/fixtures/charts").display(),
+        "meshID: mesh1\nistio:\n  version: {ISTIO_FROM}\n  charts: {}\ntrust:\n  dir: {}\nclusters:\n",
+        istio_charts(ISTIO_FROM).display(),
         env.path("certs").display()
     );
     for (name, network, primary) in clusters {
@@ -127,11 +127,18 @@ fn topology_with(tools: &str, clusters: &[Spec], options: Options) {
                     assert_eq!(service["spec"]["type"], "ExternalName", "{name}");
                     assert_eq!(service["spec"]["externalName"], host, "{name}");
                 } else {
+                    // Istio's chart names it after the Service (`istiod[-REV]`,
+                    // templates/remote-istiod-endpointslices.yaml); `-remote` only with
+                    // `istiodRemote.enabledLocalInjectorIstiod`.
                     let slice = cluster
                         .get(&format!(
-                            "/apis/discovery.k8s.io/v1/namespaces/{NS}/endpointslices/istiod-remote"
+                            "/apis/discovery.k8s.io/v1/namespaces/{NS}/endpointslices/istiod"
                         ))
                         .expect("the remote's istiod EndpointSlice");
+                    assert_eq!(
+                        slice["metadata"]["labels"]["kubernetes.io/service-name"], "istiod",
+                        "{name}"
+                    );
                     assert_eq!(
                         slice["endpoints"][0]["addresses"][0], ingress["ip"],
                         "{name}"

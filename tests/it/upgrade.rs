@@ -1,5 +1,6 @@
 //! `meshup upgrade`: a canary upgrade of a live three-cluster mesh, end to end with the real
-//! helm 3 and 4, from the 1.28.1 fixture charts to a copy at 1.29.0. Injection is decided by
+//! helm 3 and 4, from Istio's charts of one build ([`ISTIO_FROM`]) to the next minor's
+//! ([`ISTIO_TO`]). Injection is decided by
 //! the test servers from the webhook configurations the charts and meshup leave behind, so a
 //! pod's revision (`sidecar.istio.io/status`) is what a real cluster would give it.
 
@@ -9,16 +10,16 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use super::common::*;
-use meshup_testcluster::TestCluster;
+use meshup_testcluster::{ISTIO_TO_REVISION as NEW_REV, TestCluster};
 
 const TRAFFIC_NS: &str = "meshup-verify";
 
-/// The mesh file of `env` moved to charts at `version` (a copy of the fixtures).
+/// The mesh file of `env` moved to the charts in `charts`, of `version`.
 fn mesh_at(env: &Env, mesh: &std::path::Path, charts: &std::path::Path, version: &str) -> String {
     let text = std::fs::read_to_string(mesh).unwrap().replace(
         &format!(
-            "  version: 1.28.1\n  charts: {}\n",
-            repo().join("tests/fixtures/charts").display()
+            "  version: {ISTIO_FROM}\n  charts: {}\n",
+            istio_charts(ISTIO_FROM).display()
         ),
         &format!("  version: {version}\n  charts: {}\n", charts.display()),
     );
@@ -74,7 +75,7 @@ fn traffic_kept(env: &Env, mesh: &str) {
     traffic_with(env, mesh, &["--keep"]);
 }
 
-/// install 1.28.1 → start 1.29.0 → promote cluster1 (with its workloads) → traffic across
+/// install ISTIO_FROM → start ISTIO_TO → promote cluster1 (with its workloads) → traffic across
 /// mixed revisions → finish refused twice (not promoted; old proxies left) → promote the
 /// rest → finish → only the new revision runs, install converges on it, traffic flows and
 /// doctor finds nothing wrong.
@@ -84,15 +85,15 @@ fn start_promote_finish(tools: &str) {
     let old = old.to_str().unwrap();
     env.meshup(&["install", "-f", old]).expect(0);
     traffic_kept(&env, old);
-    let charts = meshup_testcluster::charts_at("1.29.0");
-    let new = mesh_at(&env, std::path::Path::new(old), charts.path(), "1.29.0");
+    let charts = istio_charts(ISTIO_TO);
+    let new = mesh_at(&env, std::path::Path::new(old), &charts, ISTIO_TO);
 
     let run = env.meshup(&["upgrade", "start", "-f", &new]).expect(0);
     assert!(run.stderr.contains("upgrade promote"), "{}", run.all());
     for cluster in &env.clusters {
         assert_eq!(
             istiod_revisions(cluster),
-            BTreeSet::from(["default".into(), "1-29-0".into()]),
+            BTreeSet::from(["default".into(), NEW_REV.into()]),
             "{}",
             cluster.name()
         );
@@ -134,7 +135,7 @@ fn start_promote_finish(tools: &str) {
         proxies_in(env.cluster("cluster1"), TRAFFIC_NS)
             .keys()
             .collect::<Vec<_>>(),
-        ["1-29-0"]
+        [NEW_REV]
     );
     assert_eq!(
         proxies_in(env.cluster("cluster2"), TRAFFIC_NS)
@@ -167,7 +168,7 @@ fn start_promote_finish(tools: &str) {
     for cluster in &env.clusters {
         assert_eq!(
             istiod_revisions(cluster),
-            BTreeSet::from(["1-29-0".into()]),
+            BTreeSet::from([NEW_REV.into()]),
             "{}",
             cluster.name()
         );
@@ -179,7 +180,7 @@ fn start_promote_finish(tools: &str) {
         );
         assert_eq!(
             proxies_in(cluster, TRAFFIC_NS).keys().collect::<Vec<_>>(),
-            ["1-29-0"]
+            [NEW_REV]
         );
     }
     // The mesh file names no revision: every command finds the one the clusters run.
@@ -244,8 +245,8 @@ fn rollback_after_promote_restores_the_old_revision() {
     let old = old.to_str().unwrap();
     env.meshup(&["install", "-f", old]).expect(0);
     traffic_kept(&env, old);
-    let charts = meshup_testcluster::charts_at("1.29.0");
-    let new = mesh_at(&env, std::path::Path::new(old), charts.path(), "1.29.0");
+    let charts = istio_charts(ISTIO_TO);
+    let new = mesh_at(&env, std::path::Path::new(old), &charts, ISTIO_TO);
     env.meshup(&["upgrade", "start", "--wave-size", "2", "-f", &new])
         .expect(0);
     env.meshup(&["upgrade", "promote", "--restart-workloads", "-f", &new])
@@ -253,7 +254,7 @@ fn rollback_after_promote_restores_the_old_revision() {
     for cluster in &env.clusters {
         assert_eq!(
             proxies_in(cluster, TRAFFIC_NS).keys().collect::<Vec<_>>(),
-            ["1-29-0"]
+            [NEW_REV]
         );
     }
     // Ctrl-C half-way through the rollback; the next run finishes it.
@@ -275,7 +276,7 @@ fn rollback_after_promote_restores_the_old_revision() {
             "{}",
             cluster.name()
         );
-        assert!(!releases(cluster).contains("istiod-1-29-0"));
+        assert!(!releases(cluster).contains(&format!("istiod-{NEW_REV}")));
         assert_eq!(
             proxies_in(cluster, TRAFFIC_NS).keys().collect::<Vec<_>>(),
             ["default"],
@@ -335,14 +336,14 @@ fn ctrl_c_in_any_phase_and_a_rerun_resumes() {
     let old = old.to_str().unwrap();
     env.meshup(&["install", "-f", old]).expect(0);
     traffic_kept(&env, old);
-    let charts = meshup_testcluster::charts_at("1.29.0");
-    let new = mesh_at(&env, std::path::Path::new(old), charts.path(), "1.29.0");
+    let charts = istio_charts(ISTIO_TO);
+    let new = mesh_at(&env, std::path::Path::new(old), &charts, ISTIO_TO);
 
     ctrl_c_when(
         &env,
         &["upgrade", "start", "-f", &new],
         "the new istiod in a cluster",
-        |path| path.contains("/deployments") && path.contains("istiod-1-29-0"),
+        |path| path.contains("/deployments") && path.contains(&format!("istiod-{NEW_REV}")),
     );
     env.meshup(&["upgrade", "start", "-f", &new]).expect(0);
     for cluster in &env.clusters {
@@ -366,7 +367,7 @@ fn ctrl_c_in_any_phase_and_a_rerun_resumes() {
     for cluster in &env.clusters {
         assert_eq!(
             istiod_revisions(cluster),
-            BTreeSet::from(["1-29-0".into()]),
+            BTreeSet::from([NEW_REV.into()]),
             "{}",
             cluster.name()
         );
@@ -389,10 +390,12 @@ fn skew_and_jumps_are_refused_with_nothing_changed() {
     let old = env.mesh_file(&[], &[], "");
     let old = old.to_str().unwrap();
     env.meshup(&["install", "-f", old]).expect(0);
-    let charts_30 = meshup_testcluster::charts_at("1.30.0");
-    let to_30 = mesh_at(&env, std::path::Path::new(old), charts_30.path(), "1.30.0");
-    let charts_29 = meshup_testcluster::charts_at("1.29.0");
-    let to_29 = mesh_at(&env, std::path::Path::new(old), charts_29.path(), "1.29.0");
+    // Two minor versions past ISTIO_FROM: Istio's newer charts stamped one minor further.
+    let two_apart = "1.32.0";
+    let charts_30 = meshup_testcluster::istio_charts_as(ISTIO_TO, two_apart);
+    let to_30 = mesh_at(&env, std::path::Path::new(old), charts_30.path(), two_apart);
+    let charts_29 = istio_charts(ISTIO_TO);
+    let to_29 = mesh_at(&env, std::path::Path::new(old), &charts_29, ISTIO_TO);
     let since: Vec<usize> = env
         .clusters
         .iter()
@@ -422,14 +425,15 @@ fn skew_and_jumps_are_refused_with_nothing_changed() {
     assert!(run.stderr.contains("upgrade start"), "{}", run.all());
     unchanged(&since);
 
-    // cluster1 all the way to 1.29; cluster2 stays on 1.28: 1.30 would be two apart.
+    // cluster1 all the way to ISTIO_TO; cluster2 stays on ISTIO_FROM: two_apart would be
+    // two apart.
     for phase in ["start", "promote", "finish"] {
         env.meshup(&["upgrade", phase, "--clusters", "cluster1", "-f", &to_29])
             .expect(0);
     }
     assert_eq!(
         istiod_revisions(env.cluster("cluster1")),
-        BTreeSet::from(["1-29-0".into()])
+        BTreeSet::from([NEW_REV.into()])
     );
     let since: Vec<usize> = env
         .clusters
@@ -444,6 +448,7 @@ fn skew_and_jumps_are_refused_with_nothing_changed() {
         "{}",
         run.all()
     );
+    unchanged(&since);
     // An upgrade under way blocks install, naming the next command.
     env.meshup(&["upgrade", "start", "--clusters", "cluster2", "-f", &to_29])
         .expect(0);
@@ -460,7 +465,6 @@ fn skew_and_jumps_are_refused_with_nothing_changed() {
         run.all()
     );
     unchanged(&since2);
-    let _ = since;
     let status = env.meshup(&["status", "-f", &to_29]);
     assert!(status.stdout.contains("promote next"), "{}", status.all());
 }
@@ -472,8 +476,8 @@ fn install_in_place_goes_one_cluster_at_a_time() {
     let old = env.mesh_file(&[], &[], "");
     let old = old.to_str().unwrap();
     env.meshup(&["install", "-f", old]).expect(0);
-    let charts = meshup_testcluster::charts_at("1.29.0");
-    let new = mesh_at(&env, std::path::Path::new(old), charts.path(), "1.29.0");
+    let charts = istio_charts(ISTIO_TO);
+    let new = mesh_at(&env, std::path::Path::new(old), &charts, ISTIO_TO);
     let run = env.meshup(&["install", "--in-place", "-f", &new]).expect(0);
     assert!(
         run.stderr.contains("(cluster1)") && run.stderr.contains("(cluster2)"),
@@ -490,7 +494,7 @@ fn install_in_place_goes_one_cluster_at_a_time() {
                 .unwrap()
                 .rsplit(':')
                 .next(),
-            Some("1.29.0")
+            Some(ISTIO_TO)
         );
     }
     env.meshup(&["verify", "-f", &new, "--wait", "30s"])
@@ -505,8 +509,8 @@ fn primary_remote_meshes_are_refused() {
     std::fs::write(
         &mesh,
         format!(
-            "meshID: mesh1\nistio:\n  version: 1.28.1\n  charts: {}\nclusters:\n  - name: cluster1\n    context: cluster1\n    network: n1\n  - name: cluster2\n    context: cluster2\n    network: n1\n    role: remote\n    primary: cluster1\n",
-            repo().join("tests/fixtures/charts").display()
+            "meshID: mesh1\nistio:\n  version: {ISTIO_FROM}\n  charts: {}\nclusters:\n  - name: cluster1\n    context: cluster1\n    network: n1\n  - name: cluster2\n    context: cluster2\n    network: n1\n    role: remote\n    primary: cluster1\n",
+            istio_charts(ISTIO_FROM).display()
         ),
     )
     .unwrap();

@@ -15,6 +15,32 @@ pub const ISTIO_FROM: &str = "1.30.0";
 /// The newer of the two Istio builds (see [`ISTIO_FROM`]).
 pub const ISTIO_TO: &str = "1.31.0";
 
+/// The revision meshup gives [`ISTIO_TO`] in a canary upgrade.
+pub const ISTIO_TO_REVISION: &str = "1-31-0";
+
+/// A copy of Istio's charts of build `version` ([`istio_charts`]) stamped `stamp` instead:
+/// Chart.yaml's `version` and `appVersion`, and every values `tag: VERSION`, become `stamp`.
+/// It stands in for an Istio release the Go module proxy does not serve (a version guard
+/// reads only the stamp); the templates are Istio's. Gone when the value is dropped.
+pub fn istio_charts_as(version: &str, stamp: &str) -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("istio-{stamp}-"))
+        .tempdir()
+        .expect("a temporary directory");
+    copy_tree(&istio_charts(version), dir.path()).expect("copy Istio's charts");
+    for chart in ["base", "istiod", "gateway", "cni", "ztunnel"] {
+        let chart = dir.path().join(chart);
+        let meta = chart.join("Chart.yaml");
+        let text = std::fs::read_to_string(&meta).expect("Chart.yaml");
+        std::fs::write(&meta, with_chart_version(&text, stamp)).expect("write Chart.yaml");
+        let values = chart.join("values.yaml");
+        let text = std::fs::read_to_string(&values).expect("values.yaml");
+        let text = text.replace(&format!("tag: {version}\n"), &format!("tag: {stamp}\n"));
+        std::fs::write(&values, text).expect("write values.yaml");
+    }
+    dir
+}
+
 /// The directory holding Istio's own charts (`base`, `istiod`, `gateway`, `cni`, `ztunnel`)
 /// of Istio `version`, as `scripts/istio-charts.sh` stamps them into `.tools/istio/VERSION`.
 /// Panics, saying how to get them, when they are missing.
@@ -29,6 +55,26 @@ pub fn istio_charts(version: &str) -> PathBuf {
         dir.display()
     );
     dir
+}
+
+/// The Gateway API CRDs (standard channel, from the `sigs.k8s.io/gateway-api` module) of the
+/// release Istio `version` is built against ([`gateway_api_for_istio`]), as
+/// `scripts/istio-charts.sh` writes them into `.tools/gateway-api/RELEASE/standard-crds.yaml`.
+/// Panics, saying how to get them, when they are missing.
+pub fn istio_gateway_api_crds(version: &str) -> PathBuf {
+    let release = gateway_api_for_istio(version)
+        .unwrap_or_else(|| panic!("no Gateway API release is known for Istio {version}"));
+    let file = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../.tools/gateway-api")
+        .join(release)
+        .join("standard-crds.yaml");
+    let file = file.canonicalize().unwrap_or(file);
+    assert!(
+        file.is_file(),
+        "the Gateway API {release} CRDs are missing from {}; run scripts/istio-charts.sh (scripts/test.sh does)",
+        file.display()
+    );
+    file
 }
 
 /// The Gateway API release whose CRDs `tests/fixtures/gateway-api-crds.yaml` holds (its
@@ -206,10 +252,25 @@ mod tests {
             .collect();
         assert_eq!(versions, [ISTIO_FROM, ISTIO_TO]);
         for version in versions {
-            let chart = std::fs::read_to_string(istio_charts(version).join("istiod/Chart.yaml"))
-                .unwrap();
-            assert!(chart.contains(&format!("\nversion: {version}\n")), "{chart}");
+            let chart =
+                std::fs::read_to_string(istio_charts(version).join("istiod/Chart.yaml")).unwrap();
+            assert!(
+                chart.contains(&format!("\nversion: {version}\n")),
+                "{chart}"
+            );
         }
+    }
+
+    #[test]
+    fn a_restamped_copy_names_only_the_new_version() {
+        assert_eq!(ISTIO_TO_REVISION, ISTIO_TO.replace('.', "-"));
+        let dir = istio_charts_as(ISTIO_TO, "1.32.0");
+        let meta = std::fs::read_to_string(dir.path().join("istiod/Chart.yaml")).unwrap();
+        assert!(meta.contains("\nversion: 1.32.0\n"), "{meta}");
+        assert!(meta.contains("\nappVersion: 1.32.0\n"), "{meta}");
+        let values = std::fs::read_to_string(dir.path().join("istiod/values.yaml")).unwrap();
+        assert!(values.contains("tag: 1.32.0\n"), "{values}");
+        assert!(!values.contains(ISTIO_TO), "{values}");
     }
 
     #[test]

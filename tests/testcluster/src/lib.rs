@@ -147,8 +147,8 @@ use base64::engine::general_purpose::STANDARD;
 use serde_json::Value;
 
 pub use fixtures::{
-    GATEWAY_API_FIXTURE_VERSION, ISTIO_FROM, ISTIO_TO, charts_at, gateway_api_crds,
-    gateway_api_for_istio, istio_charts,
+    GATEWAY_API_FIXTURE_VERSION, ISTIO_FROM, ISTIO_TO, ISTIO_TO_REVISION, charts_at,
+    gateway_api_crds, gateway_api_for_istio, istio_charts, istio_charts_as, istio_gateway_api_crds,
 };
 pub use server::GIT_VERSION;
 
