@@ -27,12 +27,33 @@ const APPLY: [&str; 6] = [
     "meshup",
     "--filename",
 ];
-const CRDS: [&str; 4] = [
-    "virtualservices.networking.istio.io",
+/// The CRDs Istio's base chart (1.30) installs, each annotated `helm.sh/resource-policy: keep`.
+const CRDS: [&str; 15] = [
+    "authorizationpolicies.security.istio.io",
     "destinationrules.networking.istio.io",
+    "envoyfilters.networking.istio.io",
     "gateways.networking.istio.io",
     "peerauthentications.security.istio.io",
+    "proxyconfigs.networking.istio.io",
+    "requestauthentications.security.istio.io",
+    "serviceentries.networking.istio.io",
+    "sidecars.networking.istio.io",
+    "telemetries.telemetry.istio.io",
+    "trafficextensions.extensions.istio.io",
+    "virtualservices.networking.istio.io",
+    "wasmplugins.extensions.istio.io",
+    "workloadentries.networking.istio.io",
+    "workloadgroups.networking.istio.io",
 ];
+
+/// Istio's chart `name` of [`meshup_testcluster::ISTIO_FROM`], as a path argument.
+fn istio_chart(name: &str) -> String {
+    meshup_testcluster::istio_charts(meshup_testcluster::ISTIO_FROM)
+        .join(name)
+        .to_str()
+        .unwrap()
+        .to_string()
+}
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -281,7 +302,7 @@ fn drive(t: &Tools, c: &TestCluster, helm_major: &str, dir: &Path) -> Seen {
             ],
         )
     };
-    install("istio-base", "tests/fixtures/charts/base");
+    install("istio-base", &istio_chart("base"));
     for crd in CRDS {
         let stored = c
             .get(&format!(
@@ -304,8 +325,8 @@ fn drive(t: &Tools, c: &TestCluster, helm_major: &str, dir: &Path) -> Seen {
         c.get("/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations/istiod-default-validator")
             .is_some()
     );
-    install("istiod", "tests/fixtures/charts/istiod");
-    install("istiod", "tests/fixtures/charts/istiod");
+    install("istiod", &istio_chart("istiod"));
+    install("istiod", &istio_chart("istiod"));
     let dep = c
         .get(&format!("/apis/apps/v1/namespaces/{NS}/deployments/istiod"))
         .expect("istiod deployment");
@@ -318,11 +339,16 @@ fn drive(t: &Tools, c: &TestCluster, helm_major: &str, dir: &Path) -> Seen {
             .map(|e| e["value"].clone())
     };
     assert_eq!(env_value("CLUSTER_ID"), Some(json!(ctx)));
-    assert_eq!(env_value("ISTIO_META_MESH_ID"), Some(json!("mesh1")));
-    assert_eq!(
-        env_value("ISTIO_META_NETWORK"),
-        Some(json!(format!("net-{ctx}")))
-    );
+    // Istio's chart gives istiod no mesh id or network env: proxies get them from the
+    // injector's values (and istiod its network from its namespace's label).
+    assert_eq!(env_value("ISTIO_META_NETWORK"), None);
+    let injector = c
+        .get(&format!("{ns_path}/configmaps/istio-sidecar-injector"))
+        .expect("injector configmap");
+    let values: Value =
+        serde_json::from_str(injector["data"]["values"].as_str().unwrap()).unwrap();
+    assert_eq!(values["global"]["meshID"], "mesh1");
+    assert_eq!(values["global"]["network"], json!(format!("net-{ctx}")));
     assert_eq!(dep["status"]["readyReplicas"], 1);
     let mesh = c
         .get(&format!("{ns_path}/configmaps/istio"))
@@ -1641,7 +1667,7 @@ fn helm_cut_off_mid_install_leaves_the_release_pending() {
                 "upgrade",
                 "--install",
                 "istiod",
-                "tests/fixtures/charts/istiod",
+                &istio_chart("istiod"),
                 "--namespace",
                 NS,
                 "--create-namespace",
@@ -2174,10 +2200,10 @@ fn timing_with(set: &str) {
         )
     };
 
-    let out = helm_install("istio-base", "tests/fixtures/charts/base", NS);
+    let out = helm_install("istio-base", &istio_chart("base"), NS);
     assert!(out.ok, "{}{}", out.stdout, out.stderr);
     let started = Instant::now();
-    let out = helm_install("istiod", "tests/fixtures/charts/istiod", NS);
+    let out = helm_install("istiod", &istio_chart("istiod"), NS);
     assert!(out.ok, "{}{}", out.stdout, out.stderr);
     assert!(
         started.elapsed() >= Duration::from_millis(1500),
@@ -2227,7 +2253,7 @@ fn timing_with(set: &str) {
     for name in ["istiod-default-validator", "istio-validator-istio-system"] {
         assert_eq!(policy(name), "Fail", "{name}");
     }
-    let out = helm_install("istiod", "tests/fixtures/charts/istiod", NS);
+    let out = helm_install("istiod", &istio_chart("istiod"), NS);
     assert!(out.ok, "{}{}", out.stdout, out.stderr);
     assert_ne!(policy("istio-validator-istio-system"), "Ignore");
     let ignore = "apiVersion: admissionregistration.k8s.io/v1\nkind: ValidatingWebhookConfiguration\nmetadata: {name: istiod-default-validator}\nwebhooks:\n- name: validation.istio.io\n  clientConfig: {service: {name: istiod, namespace: istio-system, path: /validate}}\n  failurePolicy: Ignore\n  sideEffects: None\n  admissionReviewVersions: [v1]\n";
@@ -2259,7 +2285,7 @@ fn timing_with(set: &str) {
     c.set_load_balancer_delay(Duration::from_millis(1500));
     c.set_load_balancer_hostname(true);
     let started = Instant::now();
-    let out = helm_install("eastwest", "tests/fixtures/charts/gateway", NS);
+    let out = helm_install("eastwest", &istio_chart("gateway"), NS);
     assert!(out.ok, "{}{}", out.stdout, out.stderr);
     let lb = || {
         c.list(&format!("/api/v1/namespaces/{NS}/services"))
@@ -2360,7 +2386,7 @@ fn timing_with(set: &str) {
         None,
     );
     assert_eq!(phase, "Terminating");
-    let out = helm_install("late", "tests/fixtures/charts/gateway", "doomed2");
+    let out = helm_install("late", &istio_chart("gateway"), "doomed2");
     assert!(!out.ok, "helm installed into a terminating namespace");
     assert!(
         out.stderr.contains(
@@ -2571,7 +2597,7 @@ fn injected_revisions(c: &TestCluster, ns: &str, name: &str) -> Vec<String> {
         .collect()
 }
 
-/// Installs the fixture charts of two Istio versions as a canary upgrade does (the second as
+/// Installs Istio's charts of two Istio versions as a canary upgrade does (the second as
 /// revision `1-29`), and moves the tag `stable` from the first to the second.
 fn a_revision_tag_moves_injection_to_the_canary(set: &str) {
     let c = TestCluster::start("c1", Options::default());
@@ -2580,11 +2606,10 @@ fn a_revision_tag_moves_injection_to_the_canary(set: &str) {
     write_kubeconfig(&kubeconfig, &[&c]).unwrap();
     let t = tools(set, &kubeconfig, dir.path());
     let (old, new) = (
-        meshup_testcluster::charts_at("1.28.1"),
-        meshup_testcluster::charts_at("1.29.0"),
+        meshup_testcluster::istio_charts(meshup_testcluster::ISTIO_FROM),
+        meshup_testcluster::istio_charts(meshup_testcluster::ISTIO_TO),
     );
-    let chart =
-        |d: &tempfile::TempDir, name: &str| d.path().join(name).to_str().unwrap().to_string();
+    let chart = |d: &Path, name: &str| d.join(name).to_str().unwrap().to_string();
     let install = |release: &str, chart: &str, extra: &[&str]| {
         let mut args = vec![
             "upgrade",
@@ -2618,8 +2643,14 @@ fn a_revision_tag_moves_injection_to_the_canary(set: &str) {
             .unwrap();
         d["spec"]["template"]["spec"]["containers"][0]["image"].clone()
     };
-    assert_eq!(image("istiod"), "docker.io/istio/pilot:1.28.1");
-    assert_eq!(image("istiod-1-29"), "docker.io/istio/pilot:1.29.0");
+    assert_eq!(
+        image("istiod"),
+        format!("docker.io/istio/pilot:{}", meshup_testcluster::ISTIO_FROM)
+    );
+    assert_eq!(
+        image("istiod-1-29"),
+        format!("docker.io/istio/pilot:{}", meshup_testcluster::ISTIO_TO)
+    );
 
     put(
         &c,
@@ -2729,7 +2760,7 @@ fn ambient_node_agents(set: &str) {
         },
     );
     write_kubeconfig(&kubeconfig, &[&c]).unwrap();
-    let charts = repo_root().join("tests/fixtures/charts");
+    let charts = meshup_testcluster::istio_charts(meshup_testcluster::ISTIO_FROM);
     let chart = |name: &str| charts.join(name).to_str().unwrap().to_string();
     let ctx = "ambient";
     let common = [
@@ -2897,7 +2928,7 @@ spec:
 fn east_west(c: &TestCluster, multi_network: bool) -> (Tools, tempfile::TempDir) {
     let (dir, t) = kubectl_env(&[c]);
     let ctx = c.name();
-    let charts = repo_root().join("tests/fixtures/charts");
+    let charts = meshup_testcluster::istio_charts(meshup_testcluster::ISTIO_FROM);
     let istiod = charts.join("istiod");
     let mut args = vec![
         "install",
@@ -3167,7 +3198,7 @@ fn ambient_cluster(
         json!({"data": {"ca-cert.pem": b64(&format!("ca of {id}")), "ca-key.pem": b64("key"),
                         "root-cert.pem": b64("root"), "cert-chain.pem": b64("chain")}}),
     );
-    let charts = repo_root().join("tests/fixtures/charts");
+    let charts = meshup_testcluster::istio_charts(meshup_testcluster::ISTIO_FROM);
     let chart = |n: &str| charts.join(n).to_str().unwrap().to_string();
     let cluster_name = format!("global.multiCluster.clusterName={id}");
     let network_set = format!("global.network={network}");
@@ -3330,7 +3361,7 @@ fn ambient_clients_reach_a_global_service_across_networks_through_the_east_west_
     ambient_helloworld(&c2, "v2");
 
     // ztunnel on the wrong network: the remote endpoint fails, the local one answers.
-    let chart = repo_root().join("tests/fixtures/charts/ztunnel");
+    let chart = repo_root().join(&istio_chart("ztunnel"));
     t.helm(
         "amb1",
         &[
