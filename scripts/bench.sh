@@ -59,7 +59,11 @@ latency_ms="${BENCH_LATENCY_MS:-20}"
 tools="${repo_root}/.tools/helm4"
 # BENCH_MESHUP: another meshup binary to time (e.g. an older build), against the same servers.
 meshup="${BENCH_MESHUP:-${repo_root}/target/release/meshup}"
-charts="${repo_root}/tests/fixtures/charts"
+# Istio's own charts, stamped (scripts/istio-charts.sh), of the first build scripts/pins.env pins.
+# shellcheck source=pins.env
+source "${repo_root}/scripts/pins.env"
+istio_version="${ISTIO_BUILDS%%=*}"
+charts="${repo_root}/.tools/istio/${istio_version}"
 
 now() {
   if [[ -n "${EPOCHREALTIME:-}" ]]; then
@@ -86,6 +90,10 @@ setup() {
       exit 1
     fi
   done
+  if [[ ! -f "${charts}/istiod/Chart.yaml" ]]; then
+    echo "error: Istio's charts are missing from ${charts}; run scripts/istio-charts.sh first" >&2
+    exit 1
+  fi
   build
   # Counting wrappers: one line per process, then the real tool.
   wrappers="${work}/bin"
@@ -237,7 +245,7 @@ bench_charts() {
   started_pids+=("$!")
   sleep 1
   start_clusters "${dir}" 3
-  mesh_file "${dir}/mesh.yaml" 3 "${repo}" 1.28.1
+  mesh_file "${dir}/mesh.yaml" 3 "${repo}" "${istio_version}"
   echo
   echo "charts from ${repo} (2 charts), 3 clusters"
   printf '%-6s  %11s  %9s  %8s\n' install "index reads" downloads "time (s)"
