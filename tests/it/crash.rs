@@ -191,9 +191,11 @@ fn three_outages_during_one_install(tools: &str) {
     let env = Env::new(tools, 2);
     let mesh = env.mesh_file(&[], &[], "");
     let mesh = mesh.to_str().unwrap();
-    // cluster2's API server drops every connection for 3 s, three times.
+    // cluster2's API server drops every connection for 3 s, three times: at its 5th write
+    // (istio-base's release record), its 26th (istiod's objects, Istio's charts: base writes
+    // 15 CRDs) and its 45th (after the retries, the link).
     let cluster2 = env.cluster("cluster2");
-    for k in [3, 15, 35] {
+    for k in [5, 26, 45] {
         cluster2.outage_after_writes(k, Duration::from_secs(3));
     }
     let run = env.meshup(&["install", "-f", mesh]).expect(0);

@@ -345,8 +345,7 @@ fn drive(t: &Tools, c: &TestCluster, helm_major: &str, dir: &Path) -> Seen {
     let injector = c
         .get(&format!("{ns_path}/configmaps/istio-sidecar-injector"))
         .expect("injector configmap");
-    let values: Value =
-        serde_json::from_str(injector["data"]["values"].as_str().unwrap()).unwrap();
+    let values: Value = serde_json::from_str(injector["data"]["values"].as_str().unwrap()).unwrap();
     assert_eq!(values["global"]["meshID"], "mesh1");
     assert_eq!(values["global"]["network"], json!(format!("net-{ctx}")));
     assert_eq!(dep["status"]["readyReplicas"], 1);
