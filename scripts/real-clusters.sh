@@ -95,7 +95,8 @@ failed=()       # components that failed
 #   REPLACES_FN           a function printing the wrapper's replace directives, run only when
 #                         building (it may download); empty for none
 #   PKG...                the main packages to build (space separated)
-#   BIN=EXPECTED;...      each binary and the text its version output must contain, `;` between
+#   BIN=EXPECTED;...      each package's binary, in the same order, and the text its version
+#                         output must contain; `;` between
 #   CHECK_ARGS            the arguments that make a binary print its version
 #
 # The recipe in `.built` is made of the pins alone, so that deciding "up to date" needs no
@@ -110,6 +111,10 @@ build_component() {
     "${module}" "${modversion}" "${ldflags}" "${pkgs}" "${replaces_fn:-none}")"
 
   local check bin all_there=1
+  if (($(wc -w <<<"${pkgs}") != ${#checks[@]})); then
+    echo "internal error: ${name}: ${pkgs} and the binaries ${checks[*]} do not pair up" >&2
+    exit 1
+  fi
   for check in "${checks[@]}"; do
     [[ -x "${dest}/${check%%=*}" ]] || all_there=0
   done
@@ -155,10 +160,20 @@ build_component() {
   elif ! (cd "${work}" && GOFLAGS="${GOFLAGS:-} -mod=mod" gorun mod tidy >&2); then
     echo "${name} ${version}: \`go mod tidy\` failed in the wrapper module (kept in ${work})" >&2
     ok=0
-  elif ! (cd "${work}" && CGO_ENABLED=0 gorun build -p "${go_p}" -trimpath -ldflags "${ldflags}" \
-    -o "${tmp}/" ${pkgs} >&2); then
-    echo "${name} ${version}: \`go build\` failed (wrapper module kept in ${work})" >&2
-    ok=0
+  else
+    # One package at a time, each to its binary's name (the last element of
+    # go.etcd.io/etcd/server/v3 is not `etcd`); the packages they share are compiled once.
+    local i=0 pkg
+    for pkg in ${pkgs}; do
+      bin="${checks[i]%%=*}"
+      i=$((i + 1))
+      if ! (cd "${work}" && CGO_ENABLED=0 gorun build -p "${go_p}" -trimpath -ldflags "${ldflags}" \
+        -o "${tmp}/${bin}" "${pkg}" >&2); then
+        echo "${name} ${version}: \`go build ${pkg}\` failed (wrapper module kept in ${work})" >&2
+        ok=0
+        break
+      fi
+    done
   fi
 
   if ((ok)); then

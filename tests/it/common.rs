@@ -237,14 +237,15 @@ impl Run {
     }
 }
 
-/// The writes a cluster answered (method, path without query), after the first `since`
-/// requests of its log.
+/// The writes sent to a cluster (method, path without query), after the first `since`
+/// requests of its log: every attempt, whatever the answer (a refused write — 403, 409, 422,
+/// 500 — is still an attempt to change the cluster).
 pub fn writes(cluster: &TestCluster, since: usize) -> Vec<(String, String)> {
     cluster
         .requests_log()
         .into_iter()
         .skip(since)
-        .filter(|r: &LoggedRequest| r.method != "GET" && (200..300).contains(&r.status))
+        .filter(|r: &LoggedRequest| r.method != "GET")
         .map(|r| {
             let path = r.path.split('?').next().unwrap_or_default().to_string();
             (r.method, path)

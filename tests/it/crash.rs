@@ -290,18 +290,48 @@ fn a_holder_that_stopped_renewing_is_taken_over_and_one_that_lets_go_is_waited_f
         run.stderr
     );
 
-    // A live holder that lets go after 2 s: --wait-for-lock waits, then goes on.
-    foreign_lease(env.cluster("cluster2"), time::Duration::seconds(0));
-    let child = spawn(&env, &["install", "--wait-for-lock", "60s", "-f", mesh]);
-    std::thread::sleep(Duration::from_secs(2));
-    env.cluster("cluster2")
-        .delete(&format!(
-            "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/meshup-{NS}"
-        ))
-        .unwrap();
+    // A live holder that lets go: --wait-for-lock waits (it looks at the Lease again and
+    // again, and changes nothing), then goes on.
+    let cluster2 = env.cluster("cluster2");
+    let lease = format!("/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/meshup-{NS}");
+    foreign_lease(cluster2, time::Duration::seconds(0));
+    let since = cluster2.requests_log().len();
+    let mut child = spawn(&env, &["install", "--wait-for-lock", "60s", "-f", mesh]);
+    let lease_reads = || {
+        cluster2
+            .requests_log()
+            .iter()
+            .skip(since)
+            .filter(|r| r.method == "GET" && r.path.starts_with(&lease))
+            .count()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while lease_reads() < 3 {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "meshup ended instead of waiting for the lock"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "meshup never looked at the lock"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let waited = mesh_writes(cluster2, since);
+    assert!(waited.is_empty(), "wrote while waiting: {waited:?}");
+    let released = cluster2.requests_log().len();
+    cluster2.delete(&lease).unwrap();
     let output = child.wait_with_output().unwrap();
     let run = Run::from(output).expect(0);
     assert!(!run.stderr.contains("took over"), "{}", run.stderr);
+    // It took the freed lock (a create, after the holder's Lease was deleted).
+    let after = writes(cluster2, released);
+    assert!(
+        after
+            .iter()
+            .any(|(m, p)| m == "POST" && p.ends_with("/kube-system/leases")),
+        "the lock was not taken after it was let go: {after:?}"
+    );
 }
 
 fn two_installs_at_once_one_stops_naming_the_other_and_the_mesh_converges(tools: &str) {

@@ -78,17 +78,21 @@ fn istiod_pod_names(cluster: &TestCluster) -> Vec<String> {
         .collect()
 }
 
-/// What istiod in `pod` of `cluster` logged (its `discovery` container).
+/// What istiod in `pod` of `cluster` logged (its `discovery` container). A log that cannot
+/// be read fails the test: counted as empty, it would read as "no build yet".
 fn istiod_log(cluster: &TestCluster, pod: &str) -> String {
-    cluster
-        .request(
-            "GET",
-            &format!("/api/v1/namespaces/{NS}/pods/{pod}/log?container=discovery"),
-            Some(cluster.admin_token()),
-            None,
-        )
-        .map(|r| r.body)
-        .unwrap_or_default()
+    let path = format!("/api/v1/namespaces/{NS}/pods/{pod}/log?container=discovery");
+    let reply = cluster
+        .request("GET", &path, Some(cluster.admin_token()), None)
+        .unwrap_or_else(|e| panic!("{}: GET {path}: {e}", cluster.name()));
+    assert_eq!(
+        reply.status,
+        200,
+        "{}: GET {path}: {}",
+        cluster.name(),
+        reply.body
+    );
+    reply.body
 }
 
 /// How many times istiod in `pod` built cluster `source` (`Add cluster` or `Update cluster`).
@@ -137,7 +141,11 @@ fn run_watching_revocations(env: &Env, args: &[&str]) -> (Run, Vec<String>) {
         let watcher = scope.spawn(|| {
             let mut early = Vec::new();
             let mut judged: BTreeSet<&str> = BTreeSet::new();
-            while !stop.load(Ordering::SeqCst) {
+            // Polls until the run ended, then once more: a revocation in the run's last
+            // moments is judged too.
+            let mut last = false;
+            while !last {
+                last = stop.load(Ordering::SeqCst);
                 for source in &env.clusters {
                     let name = source.name();
                     if judged.contains(name) {
@@ -155,7 +163,9 @@ fn run_watching_revocations(env: &Env, args: &[&str]) -> (Run, Vec<String>) {
                         }
                     }
                 }
-                thread::sleep(Duration::from_millis(10));
+                if !last {
+                    thread::sleep(Duration::from_millis(10));
+                }
             }
             early
         });

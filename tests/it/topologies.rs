@@ -269,14 +269,21 @@ fn topology_with(tools: &str, clusters: &[Spec], options: Options) {
             .filter(|(c, _)| c == name)
             .map(|(_, c)| c.as_str())
             .collect();
-        if let Some(gateway) = mine
+        // The clusters that got an east-west gateway (as checked after install).
+        let has_gateway = multi_network || clusters.iter().any(|c| c.2 == Some(*name));
+        let gateway = mine
             .iter()
-            .position(|c| c.contains("istio-eastwestgateway"))
-        {
-            let istiod = mine
-                .iter()
-                .position(|c| c.starts_with("helm uninstall istiod"))
-                .unwrap();
+            .position(|c| c.contains("istio-eastwestgateway"));
+        assert_eq!(
+            gateway.is_some(),
+            has_gateway,
+            "{name}: the gateway's uninstall: {mine:#?}"
+        );
+        let istiod = mine
+            .iter()
+            .position(|c| c.starts_with("helm uninstall istiod"))
+            .unwrap_or_else(|| panic!("{name}: no istiod uninstall: {mine:#?}"));
+        if let Some(gateway) = gateway {
             assert!(gateway < istiod, "{mine:#?}");
         }
     }
