@@ -393,10 +393,17 @@ struct DaemonSet {
     status: DaemonSetStatus,
 }
 
-/// The node agents, with the status column each goes to.
-const AGENTS: [(&str, &str, crate::facts::Column); 2] = [
-    ("ztunnel", "ztunnel", column::ZTUNNEL),
-    ("istio-cni-node", "istio-cni", column::CNI),
+/// The node agents: DaemonSet, what it is, the status column it goes to, and the label its
+/// pods carry (ztunnel's chart labels them `app: ztunnel`, istio-cni's only
+/// `k8s-app: istio-cni-node`).
+const AGENTS: [(&str, &str, crate::facts::Column, &str); 2] = [
+    ("ztunnel", "ztunnel", column::ZTUNNEL, "app=ztunnel"),
+    (
+        "istio-cni-node",
+        "istio-cni",
+        column::CNI,
+        "k8s-app=istio-cni-node",
+    ),
 ];
 
 impl Component for NodeAgents {
@@ -413,7 +420,7 @@ impl Component for NodeAgents {
     /// default), so the east-west gateway and traffic would otherwise start too early.
     fn converge(&self, cx: &mut ClusterCtx) -> Result<String, StepError> {
         let mut waited = Vec::new();
-        for (name, _, _) in AGENTS {
+        for (name, _, _, _) in AGENTS {
             let found: Option<DaemonSet> = cx.live.get("daemonset", name, Some(&self.namespace))?;
             let ready = found.is_some_and(|ds| {
                 ds.status.desired_number_scheduled > 0
@@ -442,7 +449,7 @@ impl Component for NodeAgents {
         }
         AGENTS
             .iter()
-            .map(|(name, _, _)| {
+            .map(|(name, _, _, _)| {
                 format!(
                     "{}\n",
                     kubectl::rollout_status_of(
@@ -477,7 +484,7 @@ impl Component for NodeAgents {
                 status.cell(column::GLOBAL_SERVICES, names.join(", "));
             }
         }
-        for (name, what, col) in AGENTS {
+        for (name, what, col, pods) in AGENTS {
             let found: Result<Option<DaemonSet>, StepError> =
                 cx.live.get("daemonset", name, Some(&self.namespace));
             match found {
@@ -488,7 +495,7 @@ impl Component for NodeAgents {
                     if desired == 0 || ready < desired {
                         status.problem(
                             Finding::fail(cluster, what, format!("{what} is ready on {ready} of {desired} nodes: pods on the others are not in the mesh"))
-                                .fix(format!("check `kubectl get pods -n {} -l app={name}`", self.namespace)),
+                                .fix(format!("check `kubectl get pods -n {} -l {pods}`", self.namespace)),
                         );
                     }
                 }
