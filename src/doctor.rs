@@ -1723,4 +1723,218 @@ mod tests {
             {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"]}]});
         assert!(!grants_configmaps(&get_only));
     }
+
+    /// A two-network mesh file: cluster1 on network1, cluster2 on network2.
+    fn two_networks(dataplane: crate::mesh::Dataplane) -> Mesh {
+        let mut mesh = crate::testing::mesh(2, TrustMode::None);
+        mesh.clusters[1].network = Some("network2".into());
+        mesh.dataplane = dataplane;
+        mesh
+    }
+
+    /// A primary as Istio's charts leave it: istiod, its injector's `global.network`, the
+    /// namespace label, a sidecar east-west gateway with an IP and `cross-network-gateway`.
+    fn primary(cluster: &str, label: Option<&str>, injector: Option<Option<&str>>) -> View {
+        View {
+            cluster: cluster.into(),
+            istiods: vec![Istiod {
+                namespace: "istio-system".into(),
+                name: "istiod".into(),
+                cluster_id: Some(cluster.into()),
+                injector_network: injector.map(|n| n.map(str::to_string)),
+                ..Istiod::default()
+            }],
+            namespace_labels: label
+                .map(|l| BTreeMap::from([(NETWORK_LABEL.to_string(), l.to_string())]))
+                .unwrap_or_default(),
+            gateway_service: Some(
+                json!({"status": {"loadBalancer": {"ingress": [{"ip": "10.0.0.1"}]}}}),
+            ),
+            cross_network_gateway: true,
+            ..View::default()
+        }
+    }
+
+    fn whys(findings: &[Finding]) -> Vec<String> {
+        findings
+            .iter()
+            .map(|f| format!("[{}] {}", f.cluster.as_deref().unwrap_or("mesh"), f.why))
+            .collect()
+    }
+
+    #[test]
+    fn networks_agree_when_label_and_injector_values_do() {
+        let mesh = two_networks(Default::default());
+        let (a, b) = (
+            primary("cluster1", Some("network1"), Some(Some("network1"))),
+            primary("cluster2", Some("network2"), Some(Some("network2"))),
+        );
+        let found = networks(&mesh, &[&a, &b], &Fixes { mesh: &mesh });
+        assert!(found.is_empty(), "{:?}", whys(&found));
+    }
+
+    #[test]
+    fn a_namespace_relabelled_away_from_the_injectors_network_is_named() {
+        let mesh = two_networks(Default::default());
+        let (a, b) = (
+            primary("cluster1", Some("network1"), Some(Some("network1"))),
+            primary("cluster2", Some("other"), Some(Some("network2"))),
+        );
+        let found = whys(&networks(&mesh, &[&a, &b], &Fixes { mesh: &mesh }));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].starts_with("[cluster2]"), "{found:?}");
+        assert!(found[0].contains("labelled network `other`"), "{found:?}");
+        assert!(found[0].contains("`network2`"), "{found:?}");
+    }
+
+    #[test]
+    fn a_cluster_on_another_network_than_the_mesh_file_says_is_named() {
+        let mesh = two_networks(Default::default());
+        let (a, b) = (
+            primary("cluster1", Some("network1"), Some(Some("network1"))),
+            primary("cluster2", Some("network9"), Some(Some("network9"))),
+        );
+        let found = whys(&networks(&mesh, &[&a, &b], &Fixes { mesh: &mesh }));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].contains("the mesh file puts this cluster on `network2`"),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn injector_values_without_a_network_are_named() {
+        let mesh = two_networks(Default::default());
+        let (a, b) = (
+            primary("cluster1", Some("network1"), Some(Some("network1"))),
+            primary("cluster2", Some("network2"), Some(None)),
+        );
+        let found = whys(&networks(&mesh, &[&a, &b], &Fixes { mesh: &mesh }));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].contains("has no `global.network`"), "{found:?}");
+    }
+
+    #[test]
+    fn ambient_clusters_need_the_istio_east_west_gateway_not_the_sidecar_one() {
+        let mesh = two_networks(crate::mesh::Dataplane::Ambient);
+        let gateway = |network: &str| {
+            json!({
+                "metadata": {"name": "istio-eastwestgateway", "labels": {NETWORK_LABEL: network}},
+                "spec": {"gatewayClassName": "istio-east-west",
+                         "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]},
+                "status": {"conditions": [{"type": "Programmed", "status": "True"}]}
+            })
+        };
+        let ambient = |cluster: &str, network: &str| View {
+            gateway_service: None,
+            cross_network_gateway: false,
+            east_west: Some(gateway(network)),
+            ztunnel: Some((cluster.into(), Some(network.into()))),
+            ..primary(cluster, Some(network), Some(Some(network)))
+        };
+        let (a, b) = (
+            ambient("cluster1", "network1"),
+            ambient("cluster2", "network2"),
+        );
+        let found = networks(&mesh, &[&a, &b], &Fixes { mesh: &mesh });
+        assert!(found.is_empty(), "{:?}", whys(&found));
+        assert!(ztunnels(&mesh, &[&a, &b]).is_empty());
+
+        let mut unprogrammed = gateway("network1");
+        unprogrammed["status"]["conditions"][0] = json!({"type": "Programmed", "status": "False", "reason": "AddressNotAssigned", "message": "no address"});
+        unprogrammed["spec"]["listeners"][0]["port"] = json!(15443);
+        let a = View {
+            east_west: Some(unprogrammed),
+            ..ambient("cluster1", "network1")
+        };
+        let b = View {
+            east_west: None,
+            ..ambient("cluster2", "network2")
+        };
+        let found = whys(&networks(&mesh, &[&a, &b], &Fixes { mesh: &mesh }));
+        for expected in [
+            "[cluster1] Gateway `istio-system/istio-eastwestgateway` has no HBONE listener on 15008",
+            "[cluster1] Gateway `istio-system/istio-eastwestgateway` is not Programmed (AddressNotAssigned: no address)",
+            "[cluster2] no Gateway of class `istio-east-west`",
+        ] {
+            assert!(
+                found.iter().any(|f| f.starts_with(expected)),
+                "{expected}: {found:?}"
+            );
+        }
+        assert_eq!(found.len(), 3, "{found:?}");
+    }
+
+    #[test]
+    fn an_east_west_gateway_labelled_with_another_network_is_named() {
+        let mesh = two_networks(crate::mesh::Dataplane::Ambient);
+        let a = View {
+            gateway_service: None,
+            east_west: Some(json!({
+                "metadata": {"name": "ew", "labels": {NETWORK_LABEL: "network2"}},
+                "spec": {"gatewayClassName": "istio-east-west",
+                         "listeners": [{"port": 15008, "protocol": "HBONE"}]},
+                "status": {"conditions": [{"type": "Programmed", "status": "True"}]}
+            })),
+            ..primary("cluster1", Some("network1"), Some(Some("network1")))
+        };
+        let found = whys(&east_west_gateway_api(&mesh, &a, Some("network1")));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].contains("labelled network `network2` while this cluster is on `network1`"),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn a_remotes_injector_service_is_followed_to_its_address() {
+        let mut mesh = crate::testing::mesh(2, TrustMode::None);
+        mesh.clusters[1].role = Role::Remote {
+            primary: "cluster1".into(),
+        };
+        let primary_view = primary;
+        let primary = primary_view("cluster1", Some("network1"), Some(Some("network1")));
+        let hook = |ca: &str| {
+            json!({"metadata": {"name": "istio-sidecar-injector"}, "webhooks": [
+                {"name": "rev.namespace.sidecar-injector.istio.io", "clientConfig": {
+                    "service": {"name": "istiod", "namespace": "istio-system",
+                                "path": "/inject/cluster/cluster2/net/network1", "port": 443},
+                    "caBundle": ca}}]})
+        };
+        let remote = |ca: &str, address: &str| View {
+            cluster: "cluster2".into(),
+            mutating: vec![hook(ca)],
+            istiod_services: BTreeMap::from([("istiod".into(), json!({"spec": {"ports": []}}))]),
+            istiod_endpoints: BTreeMap::from([("istiod".into(), vec![address.to_string()])]),
+            ..View::default()
+        };
+        let healthy = remote("Q0E=", "10.0.0.1");
+        let found = remotes(&mesh, &[&primary, &healthy]);
+        assert!(found.is_empty(), "{:?}", whys(&found));
+
+        let moved = remote("", "10.9.9.9");
+        let found = whys(&remotes(&mesh, &[&primary, &moved]));
+        assert!(
+            found.iter().any(|f| f.starts_with("[cluster2] webhook `rev.namespace.sidecar-injector.istio.io` of `istio-sidecar-injector` calls service `istio-system/istiod` with an empty caBundle")),
+            "{found:?}"
+        );
+        assert!(
+            found.iter().any(|f| f.starts_with("[cluster2] the injector calls 10.9.9.9, but primary `cluster1`'s east-west gateway is at 10.0.0.1")),
+            "{found:?}"
+        );
+
+        let gone = View {
+            istiod_services: BTreeMap::new(),
+            ..remote("Q0E=", "10.0.0.1")
+        };
+        let found = whys(&remotes(&mesh, &[&primary, &gone]));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].contains("which does not exist"), "{found:?}");
+        // The primary's own injector calls its local istiod's Service: nothing to follow.
+        let local = View {
+            mutating: vec![hook("")],
+            ..primary_view("cluster1", Some("network1"), Some(Some("network1")))
+        };
+        assert!(remotes(&mesh, &[&local]).is_empty());
+    }
 }
