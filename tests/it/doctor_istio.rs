@@ -177,8 +177,11 @@ fn a_two_network_sidecar_mesh_of_istios_charts_is_healthy_until_a_namespace_move
     two_networks("helm4");
 }
 
+/// An ambient mesh on two networks is healthy (its east-west gateways are Gateway API
+/// Gateways of class `istio-east-west`); then a namespace moves to another network and a
+/// Gateway goes, and doctor names both.
 #[test]
-fn an_ambient_two_network_mesh_of_istios_charts_is_healthy() {
+fn an_ambient_two_network_mesh_of_istios_charts_is_healthy_until_it_breaks() {
     let env = Env::new("helm4", 3);
     let extra = format!(
         "dataplane: ambient\ngatewayApiCrds: {}\n",
@@ -186,6 +189,56 @@ fn an_ambient_two_network_mesh_of_istios_charts_is_healthy() {
     );
     let mesh = install(&env, &TWO_NETWORKS, &extra);
     healthy(&env, &mesh);
+    // cluster2's namespace moves to another network; cluster3 loses its east-west Gateway.
+    kubectl(
+        &env,
+        &[
+            "label",
+            "ns",
+            NS,
+            "topology.istio.io/network=other",
+            "--overwrite",
+            "--context",
+            "ctx-2",
+        ],
+    );
+    kubectl(
+        &env,
+        &[
+            "delete",
+            "gateways.gateway.networking.k8s.io",
+            "istio-eastwestgateway",
+            "-n",
+            NS,
+            "--context",
+            "ctx-3",
+        ],
+    );
+    for (mode, code, report) in both(&env, &mesh) {
+        assert_eq!(code, Some(1), "{mode}: {report:#}");
+        let findings = report["findings"].as_array().unwrap();
+        let named = |cluster: &str, what: &str, parts: &[&str]| {
+            findings.iter().any(|f| {
+                let why = f["why"].as_str().unwrap_or_default();
+                f["cluster"] == cluster
+                    && f["what"] == what
+                    && parts.iter().all(|p| why.contains(p))
+                    && f["fix"].is_string()
+            })
+        };
+        assert!(
+            named("cluster2", "network", &["`other`", "`network2`"]),
+            "{mode}: {report:#}"
+        );
+        assert!(
+            named(
+                "cluster3",
+                "east-west gateway",
+                &["no Gateway of class `istio-east-west`"]
+            ),
+            "{mode}: {report:#}"
+        );
+    }
 }
 
 #[test]
