@@ -406,6 +406,15 @@ const AGENTS: [(&str, &str, crate::facts::Column, &str); 2] = [
     ),
 ];
 
+/// The label selector of node agent `daemonset`'s pods (`ztunnel`, `istio-cni-node`), as the
+/// status hint names it.
+pub fn agent_pods(daemonset: &str) -> Option<&'static str> {
+    AGENTS
+        .iter()
+        .find(|(name, ..)| *name == daemonset)
+        .map(|(.., pods)| *pods)
+}
+
 impl Component for NodeAgents {
     fn label(&self, _: Action) -> &'static str {
         "node agents"
@@ -484,7 +493,7 @@ impl Component for NodeAgents {
                 status.cell(column::GLOBAL_SERVICES, names.join(", "));
             }
         }
-        for (name, what, col, pods) in AGENTS {
+        for (name, what, col, _) in AGENTS {
             let found: Result<Option<DaemonSet>, StepError> =
                 cx.live.get("daemonset", name, Some(&self.namespace));
             match found {
@@ -495,7 +504,7 @@ impl Component for NodeAgents {
                     if desired == 0 || ready < desired {
                         status.problem(
                             Finding::fail(cluster, what, format!("{what} is ready on {ready} of {desired} nodes: pods on the others are not in the mesh"))
-                                .fix(format!("check `kubectl get pods -n {} -l {pods}`", self.namespace)),
+                                .fix(format!("check `kubectl get pods -n {} -l {}`", self.namespace, agent_pods(name).unwrap_or_default())),
                         );
                     }
                 }

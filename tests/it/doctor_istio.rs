@@ -189,6 +189,29 @@ fn an_ambient_two_network_mesh_of_istios_charts_is_healthy_until_it_breaks() {
     );
     let mesh = install(&env, &TWO_NETWORKS, &extra);
     healthy(&env, &mesh);
+    // The selectors `meshup status` names for a node agent not ready find its pods.
+    for daemonset in ["ztunnel", "istio-cni-node"] {
+        let selector = meshup::components::ambient::agent_pods(daemonset).unwrap();
+        let pods = kubectl(
+            &env,
+            &[
+                "get",
+                "pods",
+                "-n",
+                NS,
+                "-l",
+                selector,
+                "-o",
+                "name",
+                "--context",
+                "ctx-1",
+            ],
+        );
+        assert!(
+            !pods.trim().is_empty(),
+            "{daemonset}: no pod with {selector}"
+        );
+    }
     // cluster2's namespace moves to another network; cluster3 loses its east-west Gateway.
     kubectl(
         &env,
