@@ -2,8 +2,10 @@
 //! also in meshes meshup did not install. Read-only.
 //!
 //! Two ways in: the mesh file (the mesh as meshup knows it), or only kube contexts, from which
-//! the mesh is discovered as the clusters hold it (istiod's `CLUSTER_ID`, its network, the
-//! mesh ID in its mesh config). Either way the result is a `Mesh`, walked like `status` and
+//! the mesh is discovered as the clusters hold it (istiod's `CLUSTER_ID` or a remote's
+//! injector path, the system namespace's network label or the injector's `global.network`,
+//! the mesh ID in istiod's mesh config): what Istio's charts render, so that a mesh made with
+//! them reads as healthy. Either way the result is a `Mesh`, walked like `status` and
 //! `verify` walk it: every cluster is read once (`View`), the cross-cluster checks below run
 //! on the views, and istiod's own view (`verify::read_sync`) and the credentials
 //! (`credentials::check`) are the ones `verify` uses. Every finding is the one `Finding` type
@@ -139,7 +141,8 @@ const CACERTS_KEYS: [&str; 4] = [
 ];
 
 /// The mesh as the clusters behind `contexts` hold it: one cluster per context, named by its
-/// istiod's `CLUSTER_ID` (the context when it has none, or shares it with another).
+/// istiod's `CLUSTER_ID`, or for a remote by the cluster id its injector sends (the context
+/// when it has none, or shares it with another).
 pub fn discover(run: &Run, kubeconfig: &Kubeconfig, contexts: &[String]) -> Result<Mesh, Error> {
     let mut problems = Vec::new();
     for context in contexts {
