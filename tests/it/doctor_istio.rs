@@ -2,8 +2,9 @@
 //! (`istio_charts(ISTIO_FROM)`), not the fixture charts: it reads what those charts render
 //! (the system namespace's network label, `global.network` in the injector's values, the
 //! remote's injector webhook by Service, the ambient east-west Gateway), so a healthy mesh gives
-//! no finding, from the mesh file and from contexts alone; and a system namespace moved to
-//! another network is named.
+//! no finding, from the mesh file and from contexts alone; then a system namespace moved to
+//! another network, a deleted east-west Gateway and a remote's istiod address moved off its
+//! primary's gateway are named.
 
 use std::process::Command;
 
@@ -11,7 +12,7 @@ use serde_json::Value;
 
 use super::common::*;
 use super::doctor::doctor;
-use meshup_testcluster::{ISTIO_FROM, Options, gateway_api_crds, istio_charts};
+use meshup_testcluster::{ISTIO_FROM, gateway_api_crds, istio_charts};
 
 /// One cluster: (name, network, the primary it is a remote of).
 type Spec = (&'static str, &'static str, Option<&'static str>);
@@ -264,9 +265,11 @@ fn an_ambient_two_network_mesh_of_istios_charts_is_healthy_until_it_breaks() {
     }
 }
 
+/// A primary and its remote (helm 3): the remote's injector calls the primary's istiod through
+/// the remote's `istiod` Service, as Istio's remote profile renders it.
 #[test]
-fn a_primary_remote_mesh_of_istios_charts_is_healthy_helm3() {
-    let env = Env::with("helm3", 2, Options::default());
+fn a_primary_remote_mesh_of_istios_charts_is_healthy_until_its_istiod_address_moves_helm3() {
+    let env = Env::new("helm3", 2);
     let mesh = install(
         &env,
         &[
