@@ -2,8 +2,10 @@
 //! also in meshes meshup did not install. Read-only.
 //!
 //! Two ways in: the mesh file (the mesh as meshup knows it), or only kube contexts, from which
-//! the mesh is discovered as the clusters hold it (istiod's `CLUSTER_ID`, its network, the
-//! mesh ID in its mesh config). Either way the result is a `Mesh`, walked like `status` and
+//! the mesh is discovered as the clusters hold it (istiod's `CLUSTER_ID` or a remote's
+//! injector path, the system namespace's network label or the injector's `global.network`,
+//! the mesh ID in istiod's mesh config): what Istio's charts render, so that a mesh made with
+//! them reads as healthy. Either way the result is a `Mesh`, walked like `status` and
 //! `verify` walk it: every cluster is read once (`View`), the cross-cluster checks below run
 //! on the views, and istiod's own view (`verify::read_sync`) and the credentials
 //! (`credentials::check`) are the ones `verify` uses. Every finding is the one `Finding` type
@@ -66,7 +68,12 @@ struct Istiod {
     namespace: String,
     name: String,
     cluster_id: Option<String>,
-    network: Option<String>,
+    /// `global.network` in its injector's values (`istio-sidecar-injector[-REV]`, key
+    /// `values`): the network the sidecars it injects claim. `None`: no such ConfigMap (not
+    /// read, or omitted); `Some(None)`: the values set no network.
+    injector_network: Option<Option<String>>,
+    /// Its ambient controllers run (`PILOT_ENABLE_AMBIENT=true`, the ambient profile's).
+    ambient: bool,
     version: Option<String>,
     /// Installed by helm (`meta.helm.sh/release-name`), else by another tool.
     helm_release: Option<String>,
@@ -102,10 +109,20 @@ struct View {
     services: BTreeMap<(String, String), Shape>,
     gateway_service: Option<Value>,
     cross_network_gateway: bool,
+    /// Ambient: the Gateway API `Gateway` of class `istio-east-west` in the system namespace.
+    east_west: Option<Value>,
+    /// The system namespace's Services named `istiod*` (a remote's stands for its primary's
+    /// istiod), by name.
+    istiod_services: BTreeMap<String, Value>,
+    /// The addresses of the system namespace's EndpointSlices, by the Service they belong to
+    /// (`kubernetes.io/service-name`), for the `istiod*` Services.
+    istiod_endpoints: BTreeMap<String, Vec<String>>,
     mutating: Vec<Value>,
     validating: Vec<Value>,
     service_names: BTreeSet<(String, String)>,
     reader_grants_configmaps: bool,
+    /// The cluster id and network a remote's injector path names (`/inject/cluster/ID/net/NET`).
+    injected: (Option<String>, Option<String>),
     has_reader_role: bool,
     releases: Vec<HelmRelease>,
     /// Ambient: ztunnel's `ISTIO_META_CLUSTER_ID` and `NETWORK`, when it runs here.
@@ -124,7 +141,8 @@ const CACERTS_KEYS: [&str; 4] = [
 ];
 
 /// The mesh as the clusters behind `contexts` hold it: one cluster per context, named by its
-/// istiod's `CLUSTER_ID` (the context when it has none, or shares it with another).
+/// istiod's `CLUSTER_ID`, or for a remote by the cluster id its injector sends (the context
+/// when it has none, or shares it with another).
 pub fn discover(run: &Run, kubeconfig: &Kubeconfig, contexts: &[String]) -> Result<Mesh, Error> {
     let mut problems = Vec::new();
     for context in contexts {
@@ -160,19 +178,46 @@ pub fn discover(run: &Run, kubeconfig: &Kubeconfig, contexts: &[String]) -> Resu
             let istiod = deployments
                 .iter()
                 .filter(|d| d.metadata.labels.get("app").map(String::as_str) == Some("istiod"))
-                .map(istiod_of)
+                .map(|d| istiod_of(&cx.live, d))
                 .next();
-            let primary = cx
+            let namespace = cx
                 .live
-                .get::<crate::live::Namespace>("namespace", "istio-system", None)
+                .get::<crate::live::Namespace>(
+                    "namespace",
+                    istiod
+                        .as_ref()
+                        .map_or("istio-system", |i| i.namespace.as_str()),
+                    None,
+                )
                 .ok()
                 .flatten()
-                .and_then(|ns| {
-                    ns.metadata
-                        .annotations
-                        .get("topology.istio.io/controlPlaneClusters")
-                        .cloned()
-                });
+                .unwrap_or_default();
+            let primary = namespace
+                .metadata
+                .annotations
+                .get("topology.istio.io/controlPlaneClusters")
+                .cloned();
+            // A remote runs no istiod: its injector's path names it (and its network).
+            let injected = match &istiod {
+                Some(_) => (None, None),
+                None => injected_identity(
+                    &cx.live
+                        .list::<Value>("mutatingwebhookconfigurations", None, None)
+                        .unwrap_or_default(),
+                ),
+            };
+            let network = namespace
+                .metadata
+                .labels
+                .get(NETWORK_LABEL)
+                .filter(|n| !n.is_empty())
+                .cloned()
+                .or_else(|| istiod.as_ref().and_then(|i| i.injector_network.clone()?))
+                .or_else(|| injected.1.clone());
+            let id = istiod
+                .as_ref()
+                .and_then(|i| i.cluster_id.clone())
+                .or_else(|| injected.0.clone());
             let mesh_id = istiod.as_ref().and_then(|i| {
                 let name = match i.name.strip_prefix("istiod-") {
                     Some(rev) => format!("istio-{rev}"),
@@ -184,22 +229,33 @@ pub fn discover(run: &Run, kubeconfig: &Kubeconfig, contexts: &[String]) -> Resu
                     .flatten()
                     .and_then(|cm| mesh_id_of(&cm))
             });
-            (istiod, primary, mesh_id)
+            Probe {
+                istiod,
+                id,
+                primary,
+                mesh_id,
+                network,
+            }
         })
     });
     let mut ids: BTreeMap<String, usize> = BTreeMap::new();
-    for (istiod, _, _) in &found {
-        if let Some(id) = istiod.as_ref().and_then(|i| i.cluster_id.clone()) {
-            *ids.entry(id).or_default() += 1;
+    for probe in &found {
+        if let Some(id) = &probe.id {
+            *ids.entry(id.clone()).or_default() += 1;
         }
     }
     let mut namespace = None;
     let mut mesh_id = None;
     let mut clusters = Vec::new();
-    for (context, (istiod, primary, found_mesh_id)) in contexts.iter().zip(found) {
-        let name = istiod
-            .as_ref()
-            .and_then(|i| i.cluster_id.clone())
+    for (context, probe) in contexts.iter().zip(found) {
+        let Probe {
+            istiod,
+            id,
+            primary,
+            mesh_id: found_mesh_id,
+            network,
+        } = probe;
+        let name = id
             .filter(|id| ids.get(id) == Some(&1) && id != "Kubernetes")
             .unwrap_or_else(|| context.clone());
         if namespace.is_none() {
@@ -212,7 +268,6 @@ pub fn discover(run: &Run, kubeconfig: &Kubeconfig, contexts: &[String]) -> Resu
             (None, Some(primary)) => Role::Remote { primary },
             _ => Role::Primary,
         };
-        let network = istiod.and_then(|i| i.network);
         clusters.push(cluster(&name, context, kubeconfig, network, role));
     }
     // A remote names its primary by CLUSTER_ID; keep only primaries that are among these.
@@ -231,6 +286,19 @@ pub fn discover(run: &Run, kubeconfig: &Kubeconfig, contexts: &[String]) -> Resu
         clusters,
         ..provisional
     })
+}
+
+/// What discovery reads of one context.
+struct Probe {
+    istiod: Option<Istiod>,
+    /// istiod's `CLUSTER_ID`, or the id a remote's injector sends.
+    id: Option<String>,
+    /// The primary a remote's namespace names (`topology.istio.io/controlPlaneClusters`).
+    primary: Option<String>,
+    mesh_id: Option<String>,
+    /// The system namespace's network label, else istiod's injector values, else the
+    /// remote's injector path.
+    network: Option<String>,
 }
 
 /// A mesh of one primary per context, named after it: how the contexts are reached before
@@ -276,15 +344,29 @@ fn cluster(
     }
 }
 
-fn istiod_of(d: &Deployment) -> Istiod {
+/// One istiod as its Deployment and its injector's values say. Istio's istiod chart puts
+/// `global.network` in neither the Deployment nor its env: it renders it into the injector's
+/// values, and the system namespace's `topology.istio.io/network` label is what istiod itself
+/// reads for its cluster's network.
+fn istiod_of(live: &Live, d: &Deployment) -> Istiod {
+    let injector = live
+        .get::<ConfigMap>(
+            "configmap",
+            &injector_config_name(&d.metadata.name),
+            Some(&d.metadata.namespace),
+        )
+        .ok()
+        .flatten();
     Istiod {
         namespace: d.metadata.namespace.clone(),
         name: d.metadata.name.clone(),
         cluster_id: d.env("CLUSTER_ID").map(str::to_string),
-        network: d
-            .env("ISTIO_META_NETWORK")
-            .filter(|n| !n.is_empty())
-            .map(str::to_string),
+        injector_network: injector.map(|cm| {
+            cm.data
+                .get("values")
+                .and_then(|values| network_in_values(values))
+        }),
+        ambient: d.env("PILOT_ENABLE_AMBIENT") == Some("true"),
         version: d.image_tag(),
         helm_release: d
             .metadata
@@ -292,6 +374,142 @@ fn istiod_of(d: &Deployment) -> Istiod {
             .get("meta.helm.sh/release-name")
             .cloned(),
     }
+}
+
+/// The injector ConfigMap of istiod Deployment `istiod[-REV]`: `istio-sidecar-injector[-REV]`
+/// (istio-discovery templates/istiod-injector-configmap.yaml).
+fn injector_config_name(istiod: &str) -> String {
+    match istiod.strip_prefix("istiod-") {
+        Some(rev) => format!("istio-sidecar-injector-{rev}"),
+        None => "istio-sidecar-injector".into(),
+    }
+}
+
+/// `global.network` of the injector's `values` (JSON), when set and not empty.
+fn network_in_values(values: &str) -> Option<String> {
+    let values: Value = serde_json::from_str(values).ok()?;
+    values["global"]["network"]
+        .as_str()
+        .filter(|n| !n.is_empty())
+        .map(str::to_string)
+}
+
+/// Whether a reader ClusterRole, as rendered, lets istiod list and watch ConfigMaps: by
+/// whichever rule grants it, not by the chart's version (Istio's 1.28 remote profile grants
+/// them in its `istiodRemote` rule; 1.29 added them to the core rule for every profile).
+fn grants_configmaps(role: &Value) -> bool {
+    let rules: Vec<&Value> = role["rules"].as_array().into_iter().flatten().collect();
+    let granted = |verb: &str| {
+        rules.iter().any(|rule| {
+            let listed = |field: &str, v: &str| {
+                rule[field]
+                    .as_array()
+                    .is_some_and(|l| l.iter().any(|x| x == v || x == "*"))
+            };
+            listed("apiGroups", "") && listed("resources", "configmaps") && listed("verbs", verb)
+        })
+    };
+    granted("list") && granted("watch")
+}
+
+/// Where an injector webhook sends pods: a URL, or a Service (`clientConfig.service`, which
+/// Istio's istiod chart renders, also for `profile: remote`, unless
+/// `istiodRemote.injectionURL` is set).
+#[derive(Debug, Clone, PartialEq)]
+enum Target {
+    Url(String),
+    Service {
+        namespace: String,
+        name: String,
+        path: String,
+    },
+}
+
+impl Target {
+    fn of(webhook: &Value) -> Option<Target> {
+        let config = &webhook["clientConfig"];
+        if let Some(url) = config["url"].as_str() {
+            return Some(Target::Url(url.to_string()));
+        }
+        let service = &config["service"];
+        Some(Target::Service {
+            namespace: service["namespace"].as_str()?.to_string(),
+            name: service["name"].as_str()?.to_string(),
+            path: service["path"].as_str().unwrap_or_default().to_string(),
+        })
+    }
+
+    /// The path it calls (`/inject/cluster/ID/net/NETWORK` on a remote).
+    fn path(&self) -> &str {
+        match self {
+            Target::Url(url) => {
+                let rest = url.split_once("://").map_or(url.as_str(), |(_, r)| r);
+                rest.find('/').map_or("", |i| &rest[i..])
+            }
+            Target::Service { path, .. } => path,
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Target::Url(url) => url.clone(),
+            Target::Service {
+                namespace, name, ..
+            } => format!("service `{namespace}/{name}`"),
+        }
+    }
+}
+
+/// The cluster id and network a remote's injector path names (`/inject/cluster/ID/net/NET`,
+/// as meshup and Istio's remote pages set `istiodRemote.injectionPath`).
+fn identity_in_path(path: &str) -> (Option<String>, Option<String>) {
+    let Some((_, rest)) = path.split_once("/inject/") else {
+        return (None, None);
+    };
+    let parts: Vec<&str> = rest.split('/').collect();
+    let after = |key: &str| {
+        parts
+            .iter()
+            .position(|p| *p == key)
+            .and_then(|i| parts.get(i + 1))
+            .filter(|v| !v.is_empty())
+            .map(|v| v.to_string())
+    };
+    (after("cluster"), after("net"))
+}
+
+/// The injector webhooks of a cluster (`istio-sidecar-injector*`, `istio-revision-tag*`):
+/// (configuration name, webhook).
+fn injector_webhooks(mutating: &[Value]) -> impl Iterator<Item = (&str, &Value)> {
+    mutating
+        .iter()
+        .filter_map(|hook| {
+            let name = hook["metadata"]["name"].as_str()?;
+            (name.starts_with("istio-sidecar-injector") || name.starts_with("istio-revision-tag"))
+                .then_some((name, hook))
+        })
+        .flat_map(|(name, hook)| {
+            hook["webhooks"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(move |wh| (name, wh))
+        })
+}
+
+/// The cluster id and network a remote's injector sends to its primary's istiod, from the
+/// first injector webhook whose path names them.
+fn injected_identity(mutating: &[Value]) -> (Option<String>, Option<String>) {
+    let mut found = (None, None);
+    for (_, wh) in injector_webhooks(mutating) {
+        let Some(target) = Target::of(wh) else {
+            continue;
+        };
+        let (id, net) = identity_in_path(target.path());
+        found.0 = found.0.or(id);
+        found.1 = found.1.or(net);
+    }
+    found
 }
 
 /// Reads every cluster once, runs every check, and says what it found.
@@ -462,7 +680,7 @@ fn fill(live: &Live, ns: &str, view: &mut View) -> Result<(), StepError> {
     view.istiods = deployments
         .iter()
         .filter(|d| d.metadata.labels.get("app").map(String::as_str) == Some("istiod"))
-        .map(istiod_of)
+        .map(|d| istiod_of(live, d))
         .collect();
     let labelled: Vec<Secret> = live
         .list_everywhere::<Secret>("secrets", Some(MULTICLUSTER_LABEL))
@@ -557,6 +775,9 @@ fn fill(live: &Live, ns: &str, view: &mut View) -> Result<(), StepError> {
                 .to_string(),
         );
         view.service_names.insert((sns.clone(), name.clone()));
+        if sns == ns && name.starts_with("istiod") {
+            view.istiod_services.insert(name.clone(), s.clone());
+        }
         if sns == ns
             && (name == crate::values::EAST_WEST_GATEWAY
                 || s["metadata"]["labels"]["istio"] == "eastwestgateway")
@@ -583,9 +804,39 @@ fn fill(live: &Live, ns: &str, view: &mut View) -> Result<(), StepError> {
     view.cross_network_gateway = gateways
         .iter()
         .any(|g| g["metadata"]["name"] == "cross-network-gateway");
+    let api_gateways: Vec<Value> = live
+        .list("gateways.gateway.networking.k8s.io", Some(ns), None)
+        .unwrap_or_default();
+    view.east_west = api_gateways
+        .into_iter()
+        .find(|g| g["spec"]["gatewayClassName"] == "istio-east-west");
+    let slices: Vec<Value> = live
+        .list("endpointslices.discovery.k8s.io", Some(ns), None)
+        .unwrap_or_default();
+    for slice in &slices {
+        let Some(service) = slice["metadata"]["labels"]["kubernetes.io/service-name"].as_str()
+        else {
+            continue;
+        };
+        if !service.starts_with("istiod") {
+            continue;
+        }
+        let addresses = slice["endpoints"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|e| e["addresses"].as_array().into_iter().flatten())
+            .filter_map(Value::as_str)
+            .map(str::to_string);
+        view.istiod_endpoints
+            .entry(service.to_string())
+            .or_default()
+            .extend(addresses);
+    }
     view.mutating = live
         .list("mutatingwebhookconfigurations", None, None)
         .unwrap_or_default();
+    view.injected = injected_identity(&view.mutating);
     view.validating = live
         .list("validatingwebhookconfigurations", None, None)
         .unwrap_or_default();
@@ -593,16 +844,7 @@ fn fill(live: &Live, ns: &str, view: &mut View) -> Result<(), StepError> {
         .list("clusterroles", None, Some("app=istio-reader"))
         .unwrap_or_default();
     view.has_reader_role = !roles.is_empty();
-    view.reader_grants_configmaps = roles.iter().any(|r| {
-        r["rules"].as_array().into_iter().flatten().any(|rule| {
-            let listed = |field: &str, v: &str| {
-                rule[field]
-                    .as_array()
-                    .is_some_and(|l| l.iter().any(|x| x == v || x == "*"))
-            };
-            listed("apiGroups", "") && listed("resources", "configmaps") && listed("verbs", "list")
-        })
-    });
+    view.reader_grants_configmaps = roles.iter().any(grants_configmaps);
     view.releases = live.helm_releases(ns).unwrap_or_default();
     let ztunnel: Option<Deployment> = live
         .get("daemonset", "ztunnel", Some(ns))
@@ -667,7 +909,7 @@ fn remote_secrets(
         .filter_map(|v| match v.istiods.first() {
             Some(istiod) => Some((istiod.cluster_id.clone()?, v.cluster.as_str())),
             None => Some((
-                injected_id(v).unwrap_or_else(|| v.cluster.clone()),
+                v.injected.0.clone().unwrap_or_else(|| v.cluster.clone()),
                 v.cluster.as_str(),
             )),
         })
@@ -799,22 +1041,6 @@ fn remote_secrets(
     out
 }
 
-/// The cluster id a remote's injector sends to its primary's istiod
-/// (`.../inject/cluster/ID/net/NETWORK`, as the remote profile renders it).
-fn injected_id(view: &View) -> Option<String> {
-    view.mutating
-        .iter()
-        .flat_map(|hook| hook["webhooks"].as_array().into_iter().flatten())
-        .filter_map(|wh| wh["clientConfig"]["url"].as_str())
-        .find_map(|url| {
-            let (_, rest) = url.split_once("/inject/cluster/")?;
-            rest.split('/')
-                .next()
-                .filter(|id| !id.is_empty())
-                .map(str::to_string)
-        })
-}
-
 /// 5: cluster names and mesh IDs.
 fn identity(mesh: &Mesh, views: &[&View], _: &Fixes) -> Vec<Finding> {
     let mut out = Vec::new();
@@ -868,40 +1094,94 @@ fn identity(mesh: &Mesh, views: &[&View], _: &Fixes) -> Vec<Finding> {
     out
 }
 
+/// The network the sidecars of a cluster claim: istiod's injector values (`global.network`),
+/// or on a remote the network its injector's path names. `None`: not known (no injector
+/// values read, no path naming one); `Some(None)`: istiod's values set none.
+fn claimed_network<'a>(mesh: &Mesh, view: &'a View) -> Option<Option<&'a str>> {
+    match view.istiods.iter().find(|i| i.namespace == mesh.namespace) {
+        Some(istiod) => istiod.injector_network.as_ref().map(|n| n.as_deref()),
+        None => view.injected.1.as_deref().map(Some),
+    }
+}
+
+/// A cluster's network as its system namespace's label says, else as its injector claims.
+fn network_of<'a>(mesh: &Mesh, view: &'a View) -> Option<&'a str> {
+    view.namespace_labels
+        .get(NETWORK_LABEL)
+        .map(String::as_str)
+        .or_else(|| claimed_network(mesh, view).flatten())
+}
+
+/// Whether a cluster runs the ambient data plane: the mesh file says so, or istiod runs its
+/// ambient controllers, or ztunnel runs there.
+fn ambient(mesh: &Mesh, view: &View) -> bool {
+    mesh.ambient() || view.ztunnel.is_some() || view.istiods.iter().any(|i| i.ambient)
+}
+
 /// 6: networks and east-west gateways.
-fn networks(mesh: &Mesh, views: &[&View], _: &Fixes) -> Vec<Finding> {
+fn networks(mesh: &Mesh, views: &[&View], fix: &Fixes) -> Vec<Finding> {
     let mut out = Vec::new();
-    let networks: BTreeSet<Option<&str>> = views
-        .iter()
-        .filter_map(|v| v.istiods.iter().find(|i| i.namespace == mesh.namespace))
-        .map(|i| i.network.as_deref())
-        .collect();
-    let file_networks = mesh.multi_network();
-    if networks.len() <= 1 && !file_networks {
+    let networks: BTreeSet<&str> = views.iter().filter_map(|v| network_of(mesh, v)).collect();
+    if networks.len() <= 1 && !mesh.multi_network() {
         return out;
     }
     for view in views {
         let here = Some(view.cluster.as_str());
-        let Some(istiod) = view.istiods.iter().find(|i| i.namespace == mesh.namespace) else {
+        let is_remote = view.istiods.iter().all(|i| i.namespace != mesh.namespace);
+        if is_remote && view.injected.0.is_none() {
+            // Neither istiod nor a remote's injector: nothing of the mesh runs here.
             continue;
+        }
+        let who = if is_remote {
+            "this remote's injector path"
+        } else {
+            "istiod's `global.network`"
         };
-        let label = view.namespace_labels.get(NETWORK_LABEL);
-        match (&istiod.network, label) {
-            (None, _) => out.push(
-                Finding::fail(here, "network", "the mesh spans several networks, but this istiod has no `global.network`: its endpoints are taken to be reachable directly from every network, and requests to them from other networks fail (istio/istio#42516)")
+        let label = view.namespace_labels.get(NETWORK_LABEL).map(String::as_str);
+        let claimed = claimed_network(mesh, view);
+        let ns = &mesh.namespace;
+        let ctx = context(mesh, &view.cluster);
+        match (claimed, label) {
+            (Some(None), _) => out.push(
+                Finding::fail(here, "network", "the mesh spans several networks, but this istiod has no `global.network` (its injector's values name none): the sidecars it injects claim no network, so they are taken to be reachable directly from every network, and requests to them from other networks fail (istio/istio#42516)")
                     .fix("set `global.network` (the mesh file's `network`) and re-install istiod"),
             ),
-            (Some(net), None) => out.push(
-                Finding::fail(here, "network", format!("namespace `{}` has no `{NETWORK_LABEL}` label: istiod puts the cluster on network `{net}` but the system namespace must say so too, or its endpoints and gateway land on no network (istio/istio#49412)", mesh.namespace))
-                    .fix(format!("`kubectl label namespace {} {NETWORK_LABEL}={net} --context {}`", mesh.namespace, context(mesh, &view.cluster))),
+            (claimed, None) => out.push(
+                Finding::fail(here, "network", format!(
+                    "namespace `{ns}` has no `{NETWORK_LABEL}` label{}: istiod reads this cluster's network from it, so its endpoints and gateway land on no network (istio/istio#49412)",
+                    claimed.flatten().map(|n| format!(" ({who} is `{n}`)")).unwrap_or_default()
+                ))
+                .fix(match claimed.flatten() {
+                    Some(net) => format!("`kubectl label namespace {ns} {NETWORK_LABEL}={net} --context {ctx}`"),
+                    None => format!("`kubectl label namespace {ns} {NETWORK_LABEL}=NETWORK --context {ctx}` with the cluster's network"),
+                }),
             ),
-            (Some(net), Some(label)) if label != net => out.push(
-                Finding::fail(here, "network", format!("namespace `{}` is labelled network `{label}`, istiod's `global.network` is `{net}`: gateways and endpoints are put on different networks and cross-network traffic goes nowhere (istio/istio#49412)", mesh.namespace))
-                    .fix(format!("make them one: `kubectl label namespace {} {NETWORK_LABEL}={net} --overwrite --context {}`", mesh.namespace, context(mesh, &view.cluster))),
+            (Some(Some(net)), Some(label)) if label != net => out.push(
+                Finding::fail(here, "network", format!("namespace `{ns}` is labelled network `{label}`, {who} is `{net}`: istiod puts this cluster's endpoints and gateway on `{label}` and its sidecars claim `{net}`, so cross-network traffic goes nowhere (istio/istio#49412)"))
+                    .fix(format!("make them one: `kubectl label namespace {ns} {NETWORK_LABEL}={net} --overwrite --context {ctx}`")),
             ),
-            _ => {}
+            _ => {
+                // The namespace and the injector agree (or the injector says nothing): the
+                // mesh file may still put the cluster elsewhere.
+                let expected = mesh
+                    .cluster(&view.cluster)
+                    .and_then(|c| c.network.as_deref())
+                    .filter(|_| fix.has_file());
+                if let (Some(expected), Some(label)) = (expected, label)
+                    && label != expected
+                {
+                    out.push(
+                        Finding::fail(here, "network", format!("namespace `{ns}` is labelled network `{label}`, but the mesh file puts this cluster on `{expected}`: the other clusters route to it as `{expected}` through gateways it does not have (istio/istio#49412)"))
+                            .fix(format!("`meshup install -f {}` (it labels the namespace and sets `global.network`), or fix `network` in the mesh file", mesh.source)),
+                    );
+                }
+            }
         }
-        if view.istiods.is_empty() {
+        if is_remote {
+            continue;
+        }
+        if ambient(mesh, view) {
+            out.extend(east_west_gateway_api(mesh, view, network_of(mesh, view)));
             continue;
         }
         match &view.gateway_service {
@@ -930,6 +1210,68 @@ fn networks(mesh: &Mesh, views: &[&View], _: &Fixes) -> Vec<Finding> {
                     .fix(format!("apply it (`meshup install` does; Istio's pages: `kubectl apply --context {} -n {} -f samples/multicluster/expose-services.yaml`)", context(mesh, &view.cluster), mesh.namespace)),
             );
         }
+    }
+    out
+}
+
+/// Ambient's east-west gateway: a Gateway API `Gateway` of class `istio-east-west` that istiod
+/// programmed, with an HBONE listener on 15008 and the cluster's network label (Istio's
+/// `gen-eastwest-gateway.sh --ambient`); the sidecar-mode Service and `cross-network-gateway`
+/// play no part in ambient.
+fn east_west_gateway_api(mesh: &Mesh, view: &View, network: Option<&str>) -> Vec<Finding> {
+    let here = Some(view.cluster.as_str());
+    let ctx = context(mesh, &view.cluster);
+    let ns = &mesh.namespace;
+    let Some(gateway) = &view.east_west else {
+        return vec![
+            Finding::fail(here, "east-west gateway", "no Gateway of class `istio-east-west`: in an ambient mesh other networks reach this cluster's workloads only through it, over HBONE on 15008 (istio/istio#42516)")
+                .fix(format!("install it (`meshup install` does; Istio's pages: `samples/multicluster/gen-eastwest-gateway.sh --network NETWORK --ambient | kubectl apply --context {ctx} -f -`)")),
+        ];
+    };
+    let mut out = Vec::new();
+    let name = gateway["metadata"]["name"].as_str().unwrap_or_default();
+    let hbone = gateway["spec"]["listeners"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|l| l["port"] == 15008 && l["protocol"] == "HBONE");
+    if !hbone {
+        out.push(
+            Finding::fail(here, "east-west gateway", format!("Gateway `{ns}/{name}` has no HBONE listener on 15008: ztunnels of other networks tunnel to this cluster on that port (istio/istio#42516)"))
+                .fix("add the listener `{name: mesh, port: 15008, protocol: HBONE, tls: {mode: Terminate, options: {gateway.istio.io/tls-terminate-mode: ISTIO_MUTUAL}}}`, or re-create it (`meshup install`)"),
+        );
+    }
+    let programmed = gateway["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == "Programmed");
+    if programmed.is_none_or(|c| c["status"] != "True") {
+        let said = programmed
+            .map(|c| {
+                format!(
+                    " ({}: {})",
+                    c["reason"].as_str().unwrap_or_default(),
+                    c["message"].as_str().unwrap_or_default()
+                )
+            })
+            .unwrap_or_default();
+        out.push(
+            Finding::fail(here, "east-west gateway", format!("Gateway `{ns}/{name}` is not Programmed{said}: istiod has not deployed it or it has no address, so other networks cannot reach this one (istio/istio#29359)"))
+                .fix(format!("`kubectl describe gateway {name} -n {ns} --context {ctx}`; check that the cluster gives load balancers an address")),
+        );
+    }
+    let label = gateway["metadata"]["labels"][NETWORK_LABEL].as_str();
+    if let Some(network) = network
+        && label != Some(network)
+    {
+        out.push(
+            Finding::fail(here, "east-west gateway", format!(
+                "Gateway `{ns}/{name}` is {} while this cluster is on `{network}`: istiod takes it as the gateway of the network it is labelled with, so requests to `{network}` find no gateway (istio/istio#49412)",
+                label.map(|l| format!("labelled network `{l}`")).unwrap_or_else(|| format!("not labelled `{NETWORK_LABEL}`"))
+            ))
+            .fix(format!("`kubectl label gateway.gateway.networking.k8s.io {name} -n {ns} {NETWORK_LABEL}={network} --overwrite --context {ctx}`")),
+        );
     }
     out
 }
@@ -1080,64 +1422,105 @@ fn services(views: &[&View]) -> Vec<Finding> {
     out
 }
 
-/// 10: a remote cluster's injector and istiod address.
+/// 10: a remote cluster's injector and istiod address. The injector calls the primary's
+/// istiod at a URL (`istiodRemote.injectionURL`), or, as Istio's istiod chart renders the
+/// remote profile by default, through the remote's own `istiod[-REV]` Service, whose
+/// EndpointSlice `istiod[-REV]` holds `global.remotePilotAddress` (an ExternalName Service for a
+/// host name; templates/remote-istiod-service.yaml, remote-istiod-endpointslices.yaml).
 fn remotes(mesh: &Mesh, views: &[&View]) -> Vec<Finding> {
     let mut out = Vec::new();
     for view in views {
         let here = Some(view.cluster.as_str());
-        for hook in &view.mutating {
-            let name = hook["metadata"]["name"].as_str().unwrap_or_default();
-            if !name.starts_with("istio-sidecar-injector")
-                && !name.starts_with("istio-revision-tag")
-            {
+        for (name, wh) in injector_webhooks(&view.mutating) {
+            let Some(target) = Target::of(wh) else {
                 continue;
-            }
-            for wh in hook["webhooks"].as_array().into_iter().flatten() {
-                let config = &wh["clientConfig"];
-                let Some(url) = config["url"].as_str() else {
-                    continue;
-                };
-                if config["caBundle"].as_str().unwrap_or_default().is_empty() {
-                    out.push(
-                        Finding::fail(here, "injector", format!(
-                            "webhook `{}` of `{name}` calls {url} with an empty caBundle: the API server cannot verify the remote istiod's certificate and every pod create in injected namespaces fails (istio/istio#42327)",
-                            wh["name"].as_str().unwrap_or_default()
-                        ))
-                        .fix("set `istiodRemote.injectionCABundle`, or let the primary's istiod patch it (it does once it reaches this cluster through its remote secret)"),
-                    );
-                }
-                let host = url
-                    .trim_start_matches("https://")
-                    .split([':', '/'])
-                    .next()
-                    .unwrap_or_default();
-                let primary = match mesh.cluster(&view.cluster).map(|c| &c.role) {
-                    Some(Role::Remote { primary }) => Some(primary.as_str()),
-                    _ => None,
-                };
-                if let Some(primary) = primary
-                    && let Some(gateway) = views
-                        .iter()
-                        .find(|v| v.cluster == primary)
-                        .and_then(|v| v.gateway_service.as_ref())
-                {
-                    let addresses: Vec<&str> = [
-                        gateway["status"]["loadBalancer"]["ingress"][0]["ip"].as_str(),
-                        gateway["status"]["loadBalancer"]["ingress"][0]["hostname"].as_str(),
-                        gateway["spec"]["externalIPs"][0].as_str(),
+            };
+            let hosts: Vec<String> = match &target {
+                Target::Url(url) => {
+                    let rest = url.split_once("://").map_or(url.as_str(), |(_, r)| r);
+                    vec![
+                        rest.split([':', '/'])
+                            .next()
+                            .unwrap_or_default()
+                            .to_string(),
                     ]
-                    .into_iter()
-                    .flatten()
-                    .collect();
-                    if !addresses.is_empty() && !addresses.contains(&host) {
+                }
+                Target::Service {
+                    namespace,
+                    name: service,
+                    ..
+                } => {
+                    // A Service of a local istiod: not a remote's injector.
+                    if view.istiods.iter().any(|i| &i.namespace == namespace) {
+                        continue;
+                    }
+                    let found = (namespace == &mesh.namespace)
+                        .then(|| view.istiod_services.get(service))
+                        .flatten();
+                    let Some(found) = found else {
                         out.push(
                             Finding::fail(here, "injector", format!(
-                                "the injector calls {host}, but primary `{primary}`'s east-west gateway is at {}: pods created here are refused or not injected, and proxies cannot reach istiod (remotePilotAddress) (istio/istio#42327)",
-                                addresses.join(", ")
+                                "webhook `{}` of `{name}` calls service `{namespace}/{service}`, which does not exist: no istiod runs here, so every pod create in injected namespaces fails (istio/istio#42327)",
+                                wh["name"].as_str().unwrap_or_default()
                             ))
-                            .fix(format!("set `global.remotePilotAddress` to {} and re-install this cluster's istiod (`meshup install` sets it from the gateway)", addresses[0])),
+                            .fix("re-install this cluster's istiod chart with `profile: remote` and `global.remotePilotAddress` (`meshup install` does): it renders the Service and its EndpointSlice"),
                         );
+                        continue;
+                    };
+                    match found["spec"]["externalName"].as_str() {
+                        Some(host) => vec![host.to_string()],
+                        None => view
+                            .istiod_endpoints
+                            .get(service)
+                            .cloned()
+                            .unwrap_or_default(),
                     }
+                }
+            };
+            if wh["clientConfig"]["caBundle"]
+                .as_str()
+                .unwrap_or_default()
+                .is_empty()
+            {
+                out.push(
+                    Finding::fail(here, "injector", format!(
+                        "webhook `{}` of `{name}` calls {} with an empty caBundle: the API server cannot verify the remote istiod's certificate and every pod create in injected namespaces fails (istio/istio#42327)",
+                        wh["name"].as_str().unwrap_or_default(),
+                        target.describe()
+                    ))
+                    .fix("set `istiodRemote.injectionCABundle`, or let the primary's istiod patch it (it does once it reaches this cluster through its remote secret)"),
+                );
+            }
+            let primary = match mesh.cluster(&view.cluster).map(|c| &c.role) {
+                Some(Role::Remote { primary }) => Some(primary.as_str()),
+                _ => None,
+            };
+            if let Some(primary) = primary
+                && let Some(gateway) = views
+                    .iter()
+                    .find(|v| v.cluster == primary)
+                    .and_then(|v| v.gateway_service.as_ref())
+            {
+                let addresses: Vec<&str> = [
+                    gateway["status"]["loadBalancer"]["ingress"][0]["ip"].as_str(),
+                    gateway["status"]["loadBalancer"]["ingress"][0]["hostname"].as_str(),
+                    gateway["spec"]["externalIPs"][0].as_str(),
+                ]
+                .into_iter()
+                .flatten()
+                .collect();
+                if !addresses.is_empty()
+                    && !hosts.is_empty()
+                    && !hosts.iter().any(|h| addresses.contains(&h.as_str()))
+                {
+                    out.push(
+                        Finding::fail(here, "injector", format!(
+                            "the injector calls {}, but primary `{primary}`'s east-west gateway is at {}: pods created here are refused or not injected, and proxies cannot reach istiod (remotePilotAddress) (istio/istio#42327)",
+                            hosts.join(", "),
+                            addresses.join(", ")
+                        ))
+                        .fix(format!("set `global.remotePilotAddress` to {} and re-install this cluster's istiod (`meshup install` sets it from the gateway)", addresses[0])),
+                    );
                 }
             }
         }
@@ -1218,11 +1601,14 @@ fn ztunnels(mesh: &Mesh, views: &[&View]) -> Vec<Finding> {
         if id != istiod_id {
             wrong.push(format!("cluster id `{id}` (istiod's is `{istiod_id}`)"));
         }
-        if network != &istiod.network {
+        // ztunnel's chart sets NETWORK only when a network is given (its `network`, or
+        // `global.network`); istiod's is its namespace's label (else its injector's values).
+        let cluster_network = network_of(mesh, view);
+        if network.as_deref() != cluster_network {
             wrong.push(format!(
                 "network `{}` (istiod's is `{}`)",
                 network.as_deref().unwrap_or("none"),
-                istiod.network.as_deref().unwrap_or("none")
+                cluster_network.unwrap_or("none")
             ));
         }
         if wrong.is_empty() {
@@ -1237,13 +1623,321 @@ fn ztunnels(mesh: &Mesh, views: &[&View]) -> Vec<Finding> {
                 "`helm upgrade ztunnel istio/ztunnel -n {} --kube-context {} --reuse-values --set multiCluster.clusterName={istiod_id}{}` (`meshup install` sets both)",
                 mesh.namespace,
                 context(mesh, &view.cluster),
-                istiod
-                    .network
-                    .as_deref()
+                cluster_network
                     .map(|n| format!(" --set network={n}"))
                     .unwrap_or_default()
             )),
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn the_network_comes_from_the_injector_values() {
+        let values = r#"{"global": {"meshID": "mesh1", "network": "network2"}, "revision": ""}"#;
+        assert_eq!(network_in_values(values).as_deref(), Some("network2"));
+        assert_eq!(network_in_values(r#"{"global": {"network": ""}}"#), None);
+        assert_eq!(network_in_values(r#"{"global": {}}"#), None);
+        assert_eq!(network_in_values("not json"), None);
+    }
+
+    #[test]
+    fn the_injector_config_follows_istiods_revision() {
+        assert_eq!(injector_config_name("istiod"), "istio-sidecar-injector");
+        assert_eq!(
+            injector_config_name("istiod-1-30-0"),
+            "istio-sidecar-injector-1-30-0"
+        );
+    }
+
+    #[test]
+    fn a_remote_injector_path_names_its_cluster_and_network() {
+        assert_eq!(
+            identity_in_path("/inject/cluster/cluster2/net/network1"),
+            (Some("cluster2".into()), Some("network1".into()))
+        );
+        assert_eq!(
+            identity_in_path("/inject/cluster/cluster2"),
+            (Some("cluster2".into()), None)
+        );
+        assert_eq!(identity_in_path("/inject"), (None, None));
+    }
+
+    #[test]
+    fn a_webhook_target_is_a_url_or_a_service() {
+        let url =
+            json!({"clientConfig": {"url": "https://10.0.0.9:15017/inject/cluster/c2/net/n1"}});
+        let target = Target::of(&url).unwrap();
+        assert_eq!(target.path(), "/inject/cluster/c2/net/n1");
+        let service = json!({"clientConfig": {"service": {
+            "name": "istiod", "namespace": "istio-system",
+            "path": "/inject/cluster/c2/net/n1", "port": 443}}});
+        let target = Target::of(&service).unwrap();
+        assert_eq!(
+            target,
+            Target::Service {
+                namespace: "istio-system".into(),
+                name: "istiod".into(),
+                path: "/inject/cluster/c2/net/n1".into()
+            }
+        );
+        assert_eq!(target.describe(), "service `istio-system/istiod`");
+        assert_eq!(Target::of(&json!({"clientConfig": {}})), None);
+    }
+
+    #[test]
+    fn a_remote_is_known_by_its_injectors_service_path() {
+        // As Istio's istiod chart renders `profile: remote` without `injectionURL`.
+        let hooks = vec![
+            json!({"metadata": {"name": "istio-validator-istio-system"}, "webhooks": [
+                {"name": "v", "clientConfig": {"service": {"name": "istiod", "namespace": "istio-system", "path": "/validate"}}}]}),
+            json!({"metadata": {"name": "istio-sidecar-injector"}, "webhooks": [
+                {"name": "rev.namespace.sidecar-injector.istio.io", "clientConfig": {"service": {
+                    "name": "istiod", "namespace": "istio-system",
+                    "path": "/inject/cluster/cluster2/net/network2", "port": 443}}}]}),
+        ];
+        assert_eq!(
+            injected_identity(&hooks),
+            (Some("cluster2".into()), Some("network2".into()))
+        );
+    }
+
+    #[test]
+    fn a_reader_role_grants_configmaps_by_any_of_its_rules() {
+        let core = json!({"rules": [
+            {"apiGroups": [""], "resources": ["endpoints", "pods", "configmaps"], "verbs": ["get", "list", "watch"]}]});
+        assert!(grants_configmaps(&core));
+        // Istio 1.28's reader role without configmaps in its core rule, but with the remote
+        // profile's `istiodRemote` rule.
+        let remote_1_28 = json!({"rules": [
+            {"apiGroups": [""], "resources": ["endpoints", "pods", "services"], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create", "get", "list", "watch", "update"]}]});
+        assert!(grants_configmaps(&remote_1_28));
+        let plain_1_28 = json!({"rules": [
+            {"apiGroups": [""], "resources": ["endpoints", "pods", "services"], "verbs": ["get", "list", "watch"]}]});
+        assert!(!grants_configmaps(&plain_1_28));
+        let get_only = json!({"rules": [
+            {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"]}]});
+        assert!(!grants_configmaps(&get_only));
+    }
+
+    /// A two-network mesh file: cluster1 on network1, cluster2 on network2.
+    fn two_networks(dataplane: crate::mesh::Dataplane) -> Mesh {
+        let mut mesh = crate::testing::mesh(2, TrustMode::None);
+        mesh.clusters[1].network = Some("network2".into());
+        mesh.dataplane = dataplane;
+        mesh
+    }
+
+    /// A primary as Istio's charts leave it: istiod, its injector's `global.network`, the
+    /// namespace label, a sidecar east-west gateway with an IP and `cross-network-gateway`.
+    fn primary(cluster: &str, label: Option<&str>, injector: Option<Option<&str>>) -> View {
+        View {
+            cluster: cluster.into(),
+            istiods: vec![Istiod {
+                namespace: "istio-system".into(),
+                name: "istiod".into(),
+                cluster_id: Some(cluster.into()),
+                injector_network: injector.map(|n| n.map(str::to_string)),
+                ..Istiod::default()
+            }],
+            namespace_labels: label
+                .map(|l| BTreeMap::from([(NETWORK_LABEL.to_string(), l.to_string())]))
+                .unwrap_or_default(),
+            gateway_service: Some(
+                json!({"status": {"loadBalancer": {"ingress": [{"ip": "10.0.0.1"}]}}}),
+            ),
+            cross_network_gateway: true,
+            ..View::default()
+        }
+    }
+
+    fn whys(findings: &[Finding]) -> Vec<String> {
+        findings
+            .iter()
+            .map(|f| format!("[{}] {}", f.cluster.as_deref().unwrap_or("mesh"), f.why))
+            .collect()
+    }
+
+    #[test]
+    fn networks_agree_when_label_and_injector_values_do() {
+        let mesh = two_networks(Default::default());
+        let (a, b) = (
+            primary("cluster1", Some("network1"), Some(Some("network1"))),
+            primary("cluster2", Some("network2"), Some(Some("network2"))),
+        );
+        let found = networks(&mesh, &[&a, &b], &Fixes { mesh: &mesh });
+        assert!(found.is_empty(), "{:?}", whys(&found));
+    }
+
+    #[test]
+    fn a_namespace_relabelled_away_from_the_injectors_network_is_named() {
+        let mesh = two_networks(Default::default());
+        let (a, b) = (
+            primary("cluster1", Some("network1"), Some(Some("network1"))),
+            primary("cluster2", Some("other"), Some(Some("network2"))),
+        );
+        let found = whys(&networks(&mesh, &[&a, &b], &Fixes { mesh: &mesh }));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].starts_with("[cluster2]"), "{found:?}");
+        assert!(found[0].contains("labelled network `other`"), "{found:?}");
+        assert!(found[0].contains("`network2`"), "{found:?}");
+    }
+
+    #[test]
+    fn a_cluster_on_another_network_than_the_mesh_file_says_is_named() {
+        let mesh = two_networks(Default::default());
+        let (a, b) = (
+            primary("cluster1", Some("network1"), Some(Some("network1"))),
+            primary("cluster2", Some("network9"), Some(Some("network9"))),
+        );
+        let found = whys(&networks(&mesh, &[&a, &b], &Fixes { mesh: &mesh }));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].contains("the mesh file puts this cluster on `network2`"),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn injector_values_without_a_network_are_named() {
+        let mesh = two_networks(Default::default());
+        let (a, b) = (
+            primary("cluster1", Some("network1"), Some(Some("network1"))),
+            primary("cluster2", Some("network2"), Some(None)),
+        );
+        let found = whys(&networks(&mesh, &[&a, &b], &Fixes { mesh: &mesh }));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].contains("has no `global.network`"), "{found:?}");
+    }
+
+    #[test]
+    fn ambient_clusters_need_the_istio_east_west_gateway_not_the_sidecar_one() {
+        let mesh = two_networks(crate::mesh::Dataplane::Ambient);
+        let gateway = |network: &str| {
+            json!({
+                "metadata": {"name": "istio-eastwestgateway", "labels": {NETWORK_LABEL: network}},
+                "spec": {"gatewayClassName": "istio-east-west",
+                         "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]},
+                "status": {"conditions": [{"type": "Programmed", "status": "True"}]}
+            })
+        };
+        let ambient = |cluster: &str, network: &str| View {
+            gateway_service: None,
+            cross_network_gateway: false,
+            east_west: Some(gateway(network)),
+            ztunnel: Some((cluster.into(), Some(network.into()))),
+            ..primary(cluster, Some(network), Some(Some(network)))
+        };
+        let (a, b) = (
+            ambient("cluster1", "network1"),
+            ambient("cluster2", "network2"),
+        );
+        let found = networks(&mesh, &[&a, &b], &Fixes { mesh: &mesh });
+        assert!(found.is_empty(), "{:?}", whys(&found));
+        assert!(ztunnels(&mesh, &[&a, &b]).is_empty());
+
+        let mut unprogrammed = gateway("network1");
+        unprogrammed["status"]["conditions"][0] = json!({"type": "Programmed", "status": "False", "reason": "AddressNotAssigned", "message": "no address"});
+        unprogrammed["spec"]["listeners"][0]["port"] = json!(15443);
+        let a = View {
+            east_west: Some(unprogrammed),
+            ..ambient("cluster1", "network1")
+        };
+        let b = View {
+            east_west: None,
+            ..ambient("cluster2", "network2")
+        };
+        let found = whys(&networks(&mesh, &[&a, &b], &Fixes { mesh: &mesh }));
+        for expected in [
+            "[cluster1] Gateway `istio-system/istio-eastwestgateway` has no HBONE listener on 15008",
+            "[cluster1] Gateway `istio-system/istio-eastwestgateway` is not Programmed (AddressNotAssigned: no address)",
+            "[cluster2] no Gateway of class `istio-east-west`",
+        ] {
+            assert!(
+                found.iter().any(|f| f.starts_with(expected)),
+                "{expected}: {found:?}"
+            );
+        }
+        assert_eq!(found.len(), 3, "{found:?}");
+    }
+
+    #[test]
+    fn an_east_west_gateway_labelled_with_another_network_is_named() {
+        let mesh = two_networks(crate::mesh::Dataplane::Ambient);
+        let a = View {
+            gateway_service: None,
+            east_west: Some(json!({
+                "metadata": {"name": "ew", "labels": {NETWORK_LABEL: "network2"}},
+                "spec": {"gatewayClassName": "istio-east-west",
+                         "listeners": [{"port": 15008, "protocol": "HBONE"}]},
+                "status": {"conditions": [{"type": "Programmed", "status": "True"}]}
+            })),
+            ..primary("cluster1", Some("network1"), Some(Some("network1")))
+        };
+        let found = whys(&east_west_gateway_api(&mesh, &a, Some("network1")));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].contains("labelled network `network2` while this cluster is on `network1`"),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn a_remotes_injector_service_is_followed_to_its_address() {
+        let mut mesh = crate::testing::mesh(2, TrustMode::None);
+        mesh.clusters[1].role = Role::Remote {
+            primary: "cluster1".into(),
+        };
+        let primary_view = primary;
+        let primary = primary_view("cluster1", Some("network1"), Some(Some("network1")));
+        let hook = |ca: &str| {
+            json!({"metadata": {"name": "istio-sidecar-injector"}, "webhooks": [
+                {"name": "rev.namespace.sidecar-injector.istio.io", "clientConfig": {
+                    "service": {"name": "istiod", "namespace": "istio-system",
+                                "path": "/inject/cluster/cluster2/net/network1", "port": 443},
+                    "caBundle": ca}}]})
+        };
+        let remote = |ca: &str, address: &str| View {
+            cluster: "cluster2".into(),
+            mutating: vec![hook(ca)],
+            istiod_services: BTreeMap::from([("istiod".into(), json!({"spec": {"ports": []}}))]),
+            istiod_endpoints: BTreeMap::from([("istiod".into(), vec![address.to_string()])]),
+            ..View::default()
+        };
+        let healthy = remote("Q0E=", "10.0.0.1");
+        let found = remotes(&mesh, &[&primary, &healthy]);
+        assert!(found.is_empty(), "{:?}", whys(&found));
+
+        let moved = remote("", "10.9.9.9");
+        let found = whys(&remotes(&mesh, &[&primary, &moved]));
+        assert!(
+            found.iter().any(|f| f.starts_with("[cluster2] webhook `rev.namespace.sidecar-injector.istio.io` of `istio-sidecar-injector` calls service `istio-system/istiod` with an empty caBundle")),
+            "{found:?}"
+        );
+        assert!(
+            found.iter().any(|f| f.starts_with("[cluster2] the injector calls 10.9.9.9, but primary `cluster1`'s east-west gateway is at 10.0.0.1")),
+            "{found:?}"
+        );
+
+        let gone = View {
+            istiod_services: BTreeMap::new(),
+            ..remote("Q0E=", "10.0.0.1")
+        };
+        let found = whys(&remotes(&mesh, &[&primary, &gone]));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].contains("which does not exist"), "{found:?}");
+        // The primary's own injector calls its local istiod's Service: nothing to follow.
+        let local = View {
+            mutating: vec![hook("")],
+            ..primary_view("cluster1", Some("network1"), Some(Some("network1")))
+        };
+        assert!(remotes(&mesh, &[&local]).is_empty());
+    }
 }

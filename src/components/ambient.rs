@@ -396,11 +396,27 @@ struct DaemonSet {
     status: DaemonSetStatus,
 }
 
-/// The node agents, with the status column each goes to.
-const AGENTS: [(&str, &str, crate::facts::Column); 2] = [
-    ("ztunnel", "ztunnel", column::ZTUNNEL),
-    ("istio-cni-node", "istio-cni", column::CNI),
+/// The node agents: DaemonSet, what it is, the status column it goes to, and the label its
+/// pods carry (ztunnel's chart labels them `app: ztunnel`, istio-cni's only
+/// `k8s-app: istio-cni-node`).
+const AGENTS: [(&str, &str, crate::facts::Column, &str); 2] = [
+    ("ztunnel", "ztunnel", column::ZTUNNEL, "app=ztunnel"),
+    (
+        "istio-cni-node",
+        "istio-cni",
+        column::CNI,
+        "k8s-app=istio-cni-node",
+    ),
 ];
+
+/// The label selector of node agent `daemonset`'s pods (`ztunnel`, `istio-cni-node`), as the
+/// status hint names it.
+pub fn agent_pods(daemonset: &str) -> Option<&'static str> {
+    AGENTS
+        .iter()
+        .find(|(name, ..)| *name == daemonset)
+        .map(|(.., pods)| *pods)
+}
 
 impl Component for NodeAgents {
     fn label(&self, _: Action) -> &'static str {
@@ -416,7 +432,7 @@ impl Component for NodeAgents {
     /// default), so the east-west gateway and traffic would otherwise start too early.
     fn converge(&self, cx: &mut ClusterCtx) -> Result<String, StepError> {
         let mut waited = Vec::new();
-        for (name, _, _) in AGENTS {
+        for (name, _, _, _) in AGENTS {
             let found: Option<DaemonSet> = cx.live.get("daemonset", name, Some(&self.namespace))?;
             let ready = found.is_some_and(|ds| {
                 ds.status.desired_number_scheduled > 0
@@ -445,7 +461,7 @@ impl Component for NodeAgents {
         }
         AGENTS
             .iter()
-            .map(|(name, _, _)| {
+            .map(|(name, _, _, _)| {
                 format!(
                     "{}\n",
                     kubectl::rollout_status_of(
@@ -480,7 +496,7 @@ impl Component for NodeAgents {
                 status.cell(column::GLOBAL_SERVICES, names.join(", "));
             }
         }
-        for (name, what, col) in AGENTS {
+        for (name, what, col, _) in AGENTS {
             let found: Result<Option<DaemonSet>, StepError> =
                 cx.live.get("daemonset", name, Some(&self.namespace));
             match found {
@@ -491,7 +507,7 @@ impl Component for NodeAgents {
                     if desired == 0 || ready < desired {
                         status.problem(
                             Finding::fail(cluster, what, format!("{what} is ready on {ready} of {desired} nodes: pods on the others are not in the mesh"))
-                                .fix(format!("check `kubectl get pods -n {} -l app={name}`", self.namespace)),
+                                .fix(format!("check `kubectl get pods -n {} -l {}`", self.namespace, agent_pods(name).unwrap_or_default())),
                         );
                     }
                 }

@@ -11,6 +11,7 @@ mod crash;
 mod credentials;
 mod doctor;
 mod doctor_cases;
+mod doctor_istio;
 mod e2e;
 mod interrupt;
 mod layout;
