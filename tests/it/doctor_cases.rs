@@ -98,7 +98,7 @@ struct HandMade {
 }
 
 impl HandMade {
-    /// As the page has it: the fixture charts, the cluster's name, the certs `meshup certs`
+    /// As the page has it: Istio's charts, the cluster's name, the certs `meshup certs`
     /// wrote into the env's `certs`.
     fn plain(env: &Env, cluster: &str) -> HandMade {
         HandMade {
@@ -219,8 +219,72 @@ fn hand_made_mesh(env: &Env, how: impl Fn(&str) -> HandMade + Sync) -> String {
     mesh
 }
 
+/// Istio's own charts, as the page installs them.
 fn fixture_charts() -> std::path::PathBuf {
-    repo().join("tests/fixtures/charts")
+    istio_charts(ISTIO_FROM)
+}
+
+/// Takes `configmaps` out of `cluster`'s reader ClusterRole (`kubectl replace`), as Istio's
+/// charts before 1.29 render it.
+fn reader_role_without_configmaps(env: &Env, cluster: &str) {
+    let role = format!("istio-reader-clusterrole-{NS}");
+    let mut object: Value = serde_json::from_str(
+        &kubectl(
+            env,
+            &[
+                "get",
+                "clusterrole",
+                &role,
+                "-o",
+                "json",
+                "--context",
+                cluster,
+            ],
+        )
+        .stdout,
+    )
+    .unwrap();
+    let rules = object["rules"].as_array_mut().unwrap();
+    let mut removed = 0;
+    for rule in rules.iter_mut() {
+        if let Some(resources) = rule["resources"].as_array_mut() {
+            let before = resources.len();
+            resources.retain(|r| r != "configmaps");
+            removed += before - resources.len();
+        }
+    }
+    rules.retain(|r| r["resources"].as_array().is_none_or(|r| !r.is_empty()));
+    assert!(removed > 0, "{cluster}: {role} granted no configmaps");
+    kubectl_in(
+        env,
+        &["replace", "--context", cluster, "-f", "-"],
+        &object.to_string(),
+    );
+}
+
+/// Waits (up to a minute) until `meshup verify` shows `watcher`'s istiod seeing `peer` in
+/// `state` (the worst of its pods).
+fn wait_view(env: &Env, mesh: &str, watcher: &str, peer: &str, state: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let run = env.meshup(&["verify", "-f", mesh, "--output", "json"]);
+        let report: Value = serde_json::from_str(&run.stdout)
+            .unwrap_or_else(|e| panic!("verify's JSON: {e}: {}", run.all()));
+        let seen = report["sync"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["cluster"] == watcher)
+            .map(|r| r["peers"][peer]["state"].clone());
+        if seen.as_ref().is_some_and(|s| s == state) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{watcher}'s istiod never saw {peer} {state}: {report:#}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// Waits until `meshup verify` sees every istiod synced with every peer.
@@ -366,7 +430,7 @@ fn remote_secret_mistakes_are_named_with_their_watcher() {
     link(&env, "cluster3", "cluster3", "cluster3");
     delete("cluster2", TOKEN_SECRET);
     // istiod gives up on the loopback server after its remote cluster timeout (2 s here).
-    std::thread::sleep(Duration::from_secs(3));
+    wait_view(&env, &mesh, "cluster1", "cluster2", "timeout");
 
     for (mode, code, report) in both(&env, &mesh) {
         let report = &report;
@@ -639,8 +703,10 @@ webhooks:
 "#;
 
 /// Cases 8, 9, 11 and 12 on a hand-made mesh:
-/// - cluster1 runs istiod 1.29.0, whose peers' reader roles (1.28.1 charts) do not grant
-///   configmaps (8), so it does not sync them (12, with that cause);
+/// - cluster1 runs istiod of [`ISTIO_FROM`] (which lists its peers' mesh ConfigMap, as 1.29
+///   and later do); cluster2 and cluster3 run a 1.28 istiod image, and their reader roles do
+///   not grant configmaps, as 1.28's charts render them (8), so cluster1 does not sync them
+///   (12, with that cause);
 /// - services in namespaces labelled for injection differ in ports, or exist only in
 ///   cluster1, while DNS proxying is off (9); a lone service in an unlabelled namespace is no
 ///   finding;
@@ -650,11 +716,10 @@ webhooks:
 #[test]
 fn reader_rbac_services_and_leftovers_are_named() {
     let env = Env::new("helm4", 3);
-    let newer = meshup_testcluster::charts_at("1.29.0");
     let mesh = hand_made_mesh(&env, |c| {
         let mut how = HandMade::plain(&env, c);
-        if c == "cluster1" {
-            how.charts = newer.path().to_path_buf();
+        if c != "cluster1" {
+            how.sets.push("global.tag=1.28.1".into());
         }
         how
     });
@@ -718,8 +783,32 @@ fn reader_rbac_services_and_leftovers_are_named() {
         release_status(cluster3, "istiod").as_deref(),
         Some("pending-upgrade")
     );
-    // 1.29's istiod gives up on its peers after the remote cluster timeout (2 s here).
-    std::thread::sleep(Duration::from_millis(2500));
+    // The peers' reader roles as 1.28's charts render them: no configmaps.
+    for peer in ["cluster2", "cluster3"] {
+        reader_role_without_configmaps(&env, peer);
+    }
+    // cluster1's istiod synced its peers for good while their roles were whole: a new pod
+    // (a restart, an upgrade) meets the roles as they are now.
+    for args in [
+        &["rollout", "restart", "deployment/istiod", "-n", NS][..],
+        &[
+            "rollout",
+            "status",
+            "deployment/istiod",
+            "-n",
+            NS,
+            "--timeout",
+            "60s",
+        ][..],
+    ] {
+        let mut args = args.to_vec();
+        args.extend(["--context", "cluster1"]);
+        kubectl(&env, &args);
+    }
+    // cluster1's istiod gives up on its peers after the remote cluster timeout (2 s here).
+    for peer in ["cluster2", "cluster3"] {
+        wait_view(&env, &mesh, "cluster1", peer, "timeout");
+    }
 
     for (mode, code, report) in both(&env, &mesh) {
         let report = &report;
@@ -730,7 +819,10 @@ fn reader_rbac_services_and_leftovers_are_named() {
                 &mode,
                 report,
                 Some(peer),
-                &["does not let istiod list ConfigMaps", "`cluster1` (1.29.0)"],
+                &[
+                    "does not let istiod list ConfigMaps",
+                    &format!("`cluster1` ({ISTIO_FROM})"),
+                ],
             );
             named(
                 &mode,
@@ -807,7 +899,7 @@ fn network_and_remote_mistakes_are_named() {
     let env = Env::new("helm4", 3);
     env.cluster("cluster2").set_load_balancer_hostname(true);
     let text = format!(
-        "meshID: mesh1\nistio:\n  version: 1.28.1\n  charts: {}\ntrust:\n  dir: {}\nclusters:\n  - name: cluster1\n    context: cluster1\n    network: network1\n  - name: cluster2\n    context: cluster2\n    network: network2\n  - name: cluster3\n    context: cluster3\n    network: network2\n    role: remote\n    primary: cluster2\n",
+        "meshID: mesh1\nistio:\n  version: {ISTIO_FROM}\n  charts: {}\ntrust:\n  dir: {}\nclusters:\n  - name: cluster1\n    context: cluster1\n    network: network1\n  - name: cluster2\n    context: cluster2\n    network: network2\n  - name: cluster3\n    context: cluster3\n    network: network2\n    role: remote\n    primary: cluster2\n",
         fixture_charts().display(),
         env.path("certs").display()
     );

@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use super::common::*;
 use super::doctor::doctor;
-use meshup_testcluster::{ISTIO_FROM, gateway_api_crds, istio_charts};
+use meshup_testcluster::{ISTIO_FROM, istio_charts};
 
 /// One cluster: (name, network, the primary it is a remote of).
 type Spec = (&'static str, &'static str, Option<&'static str>);
@@ -186,7 +186,7 @@ fn an_ambient_two_network_mesh_of_istios_charts_is_healthy_until_it_breaks() {
     let env = Env::new("helm4", 3);
     let extra = format!(
         "dataplane: ambient\ngatewayApiCrds: {}\n",
-        gateway_api_crds().display()
+        meshup_testcluster::istio_gateway_api_crds(ISTIO_FROM).display()
     );
     let mesh = install(&env, &TWO_NETWORKS, &extra);
     healthy(&env, &mesh);

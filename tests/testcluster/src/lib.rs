@@ -62,7 +62,7 @@
 //! istiod's revision (`sidecar.istio.io/status`, annotation `istio.io/rev`); a later webhook
 //! that also matches injects again, and its revision wins. A webhook with no ready endpoint
 //! refuses the pod with `failurePolicy: Fail` (the ReplicaSet and Job controllers retry), and is
-//! skipped with `Ignore`. [`charts_at`] copies the fixture charts for another Istio version.
+//! skipped with `Ignore`. Tests install Istio's own charts ([`istio_charts`]).
 //!
 //! # Pods as istiod and as a curl client
 //! Every ready `app=istiod` pod runs an emulation of istiod's multicluster secret controller
@@ -84,7 +84,7 @@
 //! # Ambient mode
 //! DaemonSets run a pod per node and roll out like the DaemonSet controller's RollingUpdate,
 //! with the status `helm --wait` and `kubectl rollout status` read. With the Gateway API CRDs
-//! installed ([`gateway_api_crds`], bundle [`GATEWAY_API_FIXTURE_VERSION`]), a Ready istiod
+//! installed ([`istio_gateway_api_crds`]), a Ready istiod
 //! creates its built-in GatewayClasses and, with `PILOT_ENABLE_AMBIENT` and
 //! `AMBIENT_ENABLE_MULTI_NETWORK`, deploys each `istio-east-west` Gateway (Deployment,
 //! LoadBalancer Service, ServiceAccount named after it) and writes its `Accepted` and
@@ -147,8 +147,8 @@ use base64::engine::general_purpose::STANDARD;
 use serde_json::Value;
 
 pub use fixtures::{
-    GATEWAY_API_FIXTURE_VERSION, ISTIO_FROM, ISTIO_TO, ISTIO_TO_REVISION, charts_at,
-    gateway_api_crds, gateway_api_for_istio, istio_charts, istio_charts_as, istio_gateway_api_crds,
+    ISTIO_FROM, ISTIO_TO, ISTIO_TO_REVISION, gateway_api_for_istio, istio_charts, istio_charts_as,
+    istio_gateway_api_crds,
 };
 pub use server::GIT_VERSION;
 

@@ -2946,7 +2946,7 @@ fn east_west(c: &TestCluster, multi_network: bool) -> (Tools, tempfile::TempDir)
         args.extend_from_slice(&["--set", "pilot.env.AMBIENT_ENABLE_MULTI_NETWORK=true"]);
     }
     t.helm(ctx, &args);
-    let crds = meshup_testcluster::gateway_api_crds();
+    let crds = meshup_testcluster::istio_gateway_api_crds(meshup_testcluster::ISTIO_FROM);
     t.kubectl(
         ctx,
         &["apply", "--server-side", "-f", crds.to_str().unwrap()],
@@ -2964,7 +2964,7 @@ fn east_west(c: &TestCluster, multi_network: bool) -> (Tools, tempfile::TempDir)
     );
     assert_eq!(
         crd["metadata"]["annotations"]["gateway.networking.k8s.io/bundle-version"],
-        meshup_testcluster::GATEWAY_API_FIXTURE_VERSION
+        meshup_testcluster::gateway_api_for_istio(meshup_testcluster::ISTIO_FROM).unwrap()
     );
     t.kubectl(
         ctx,
@@ -3240,7 +3240,7 @@ fn ambient_cluster(
     let token = wait_token(c, NS, "reader-token");
     install("istio-cni", "cni", &["profile=ambient"]);
     install("ztunnel", "ztunnel", ztunnel_sets);
-    let crds = meshup_testcluster::gateway_api_crds();
+    let crds = meshup_testcluster::istio_gateway_api_crds(meshup_testcluster::ISTIO_FROM);
     t.kubectl(
         ctx,
         &["apply", "--server-side", "-f", crds.to_str().unwrap()],
@@ -3360,7 +3360,7 @@ fn ambient_clients_reach_a_global_service_across_networks_through_the_east_west_
     ambient_helloworld(&c2, "v2");
 
     // ztunnel on the wrong network: the remote endpoint fails, the local one answers.
-    let chart = repo_root().join(&istio_chart("ztunnel"));
+    let chart = PathBuf::from(istio_chart("ztunnel"));
     t.helm(
         "amb1",
         &[
