@@ -133,6 +133,7 @@ mod store;
 mod timers;
 mod tls;
 mod util;
+mod webhookpatch;
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -377,6 +378,9 @@ impl TestCluster {
         cluster
             .runtime
             .spawn(timers::run(Arc::downgrade(&cluster.shared)));
+        cluster
+            .runtime
+            .spawn(webhookpatch::run(Arc::downgrade(&cluster.shared)));
         cluster
     }
 
