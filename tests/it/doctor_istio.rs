@@ -278,53 +278,6 @@ fn a_primary_remote_mesh_of_istios_charts_is_healthy_until_its_istiod_address_mo
         ],
         "",
     );
-    // The primary's istiod patches the remote's injector webhooks with its CA once it reaches
-    // the remote through its remote secret (`EXTERNAL_ISTIOD`); the test servers do not
-    // emulate that patcher, so the test does it.
-    let injector = "istio-sidecar-injector";
-    let hooks: Value = serde_json::from_str(&kubectl(
-        &env,
-        &[
-            "get",
-            "mutatingwebhookconfiguration",
-            injector,
-            "-o",
-            "json",
-            "--context",
-            "ctx-2",
-        ],
-    ))
-    .unwrap();
-    let hooks = hooks["webhooks"].as_array().unwrap();
-    assert!(
-        hooks
-            .iter()
-            .all(|h| h["clientConfig"]["service"]["name"] == "istiod"),
-        "Istio's remote profile calls istiod through a Service: {hooks:#?}"
-    );
-    let patch: Vec<Value> = (0..hooks.len())
-        .map(|i| {
-            serde_json::json!({
-                "op": "add",
-                "path": format!("/webhooks/{i}/clientConfig/caBundle"),
-                "value": encode(env.cluster("cluster1").ca_pem()),
-            })
-        })
-        .collect();
-    kubectl(
-        &env,
-        &[
-            "patch",
-            "mutatingwebhookconfiguration",
-            injector,
-            "--type",
-            "json",
-            "-p",
-            &Value::from(patch).to_string(),
-            "--context",
-            "ctx-2",
-        ],
-    );
     healthy(&env, &mesh);
     // The remote's istiod address moved off the primary's gateway: its EndpointSlice
     // `istiod` holds the new one, which doctor follows from the webhook's Service.
