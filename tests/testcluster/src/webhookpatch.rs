@@ -222,4 +222,80 @@ mod tests {
         assert!(!leads(Some(&json!({"metadata": {}})), "c1"));
         assert!(!leads(None, "c1"));
     }
+
+    fn cluster(env: Value) -> (State, Key) {
+        let mut st = State::new("c1", "CLUSTER-CA".into());
+        let res = |st: &State, g: &str, plural: &str| st.resource(g, "v1", plural).unwrap();
+        let ns = res(&st, "", "namespaces");
+        st.create(
+            &ns,
+            "",
+            json!({"metadata": {"name": "istio-system"}}),
+            false,
+        )
+        .unwrap();
+        let pod = json!({
+            "metadata": {"name": "istiod-1", "labels": {"app": "istiod"}},
+            "spec": {"containers": [{"name": "discovery", "image": "docker.io/istio/pilot:1.30.0", "env": env}]},
+        });
+        let pods = res(&st, "", "pods");
+        let stored = st.create(&pods, "istio-system", pod, false).unwrap();
+        let key = Key::new(&pods, "istio-system", "istiod-1");
+        st.istiods.insert(
+            key.clone(),
+            crate::istiod::Istiod::new(&stored, Duration::from_secs(2)),
+        );
+        let mwc = res(
+            &st,
+            "admissionregistration.k8s.io",
+            "mutatingwebhookconfigurations",
+        );
+        let mut canary = config("canary");
+        canary["metadata"]["name"] = json!("istio-sidecar-injector-canary");
+        for c in [config("default"), canary] {
+            st.create(&mwc, "", c, false).unwrap();
+        }
+        (st, key)
+    }
+
+    fn bundle(st: &State, name: &str) -> Value {
+        st.objects
+            .iter()
+            .find(|(k, _)| k.plural == "mutatingwebhookconfigurations" && k.name == name)
+            .map(|(_, v)| v["webhooks"][0]["clientConfig"]["caBundle"].clone())
+            .unwrap()
+    }
+
+    #[test]
+    fn istiod_patches_its_own_revisions_injector_and_puts_a_removed_bundle_back() {
+        let (mut st, _) = cluster(json!([{"name": "REVISION", "value": "default"}]));
+        let list = patchers(&st);
+        assert_eq!(list.len(), 1);
+        assert!(list[0].remotes.is_empty(), "no EXTERNAL_ISTIOD: no remotes");
+        patch_cluster(&mut st, &list[0]);
+        let want = json!(STANDARD.encode("CLUSTER-CA"));
+        assert_eq!(bundle(&st, "istio-sidecar-injector"), want);
+        assert_eq!(bundle(&st, "istio-sidecar-injector-canary"), Value::Null);
+        let key = st
+            .objects
+            .keys()
+            .find(|k| k.name == "istio-sidecar-injector")
+            .unwrap()
+            .clone();
+        let mut removed = st.objects[&key].clone();
+        removed["webhooks"][0]["clientConfig"] = json!({});
+        let res = st
+            .resource(
+                "admissionregistration.k8s.io",
+                "v1",
+                "mutatingwebhookconfigurations",
+            )
+            .unwrap();
+        st.update(&res, &key, removed, WriteMode::Main, false)
+            .unwrap();
+        assert_eq!(bundle(&st, "istio-sidecar-injector"), Value::Null);
+        let again = patchers(&st);
+        patch_cluster(&mut st, &again[0]);
+        assert_eq!(bundle(&st, "istio-sidecar-injector"), want);
+    }
 }
