@@ -251,23 +251,33 @@ impl Work for Hand {
             Some(&self.namespace),
             Some(&format!("app=istiod,istio.io/rev={}", self.revision)),
         )?;
-        let mut baselines = Vec::new();
-        for pod in pods {
-            let key = (watcher.clone(), pod.metadata.name.clone());
-            if known.contains(&key) {
-                continue;
+        // Only a build line inside the gate's read window (from LOG_SLACK before the hand-over
+        // on) can be mistaken for the rebuild, so the baseline reads no more than that window
+        // back: BASELINE_WINDOW, as long as the hand-over follows within LOG_SLACK (else the
+        // baselines are read again). A long-running istiod's whole log is never read.
+        let (baselines, before) = loop {
+            let started = Instant::now();
+            let mut baselines = Vec::new();
+            for pod in &pods {
+                let key = (watcher.clone(), pod.metadata.name.clone());
+                if known.contains(&key) {
+                    continue;
+                }
+                let log = cx.live.run(&kubectl::logs(
+                    cx.target(),
+                    &format!("pod/{}", pod.metadata.name),
+                    ISTIOD_CONTAINER,
+                    &self.namespace,
+                    Some(BASELINE_WINDOW),
+                    cx.timeout(),
+                ))?;
+                baselines.push((key, sync::last_build(&log.stdout, name)));
             }
-            let log = cx.live.run(&kubectl::logs(
-                cx.target(),
-                &format!("pod/{}", pod.metadata.name),
-                ISTIOD_CONTAINER,
-                &self.namespace,
-                None,
-                cx.timeout(),
-            ))?;
-            baselines.push((key, sync::last_build(&log.stdout, name)));
-        }
-        let before = Instant::now();
+            let before = Instant::now();
+            if before.duration_since(started) < BASELINE_WINDOW - LOG_SLACK {
+                break (baselines, before);
+            }
+        };
         cx.live.run(&kubectl::apply(
             cx.target(),
             Sensitive::new(
@@ -491,6 +501,11 @@ impl Work for Revoke {
 /// between this machine and the node by a little.
 const LOG_SLACK: Duration = Duration::from_secs(5);
 
+/// How far back the baseline (an istiod pod's last build of the source before the hand-over)
+/// reads the log: the gate's window starts LOG_SLACK before the hand-over, and the hand-over
+/// follows the baseline reads within the rest of this window.
+const BASELINE_WINDOW: Duration = Duration::from_secs(15);
+
 /// `YYYYMMDDHHMMSS` in UTC: sorts as it ages.
 fn stamp(t: OffsetDateTime) -> String {
     format!(
@@ -637,9 +652,15 @@ mod tests {
             position(&calls, "cluster1", &format!("delete secrets {OLD}")).expect("revoked");
         for watcher in ["cluster2", "cluster3"] {
             let applied = position(&calls, watcher, "apply").unwrap();
-            // istiod's log is read before (what it built so far) and after the apply.
+            // istiod's log is read before (what it built lately, a bounded read: never the
+            // whole log) and after the apply.
             let baseline =
                 position(&calls, watcher, "logs pod/istiod-a --container discovery").unwrap();
+            assert!(
+                calls[baseline].args.iter().any(|a| a == "--since=15s"),
+                "{:?}",
+                calls[baseline].args
+            );
             let logs = calls
                 .iter()
                 .rposition(|s| s.cluster == watcher && s.args[0] == "logs")
