@@ -285,7 +285,9 @@ fn istiod_of(d: &Deployment) -> Istiod {
             .env("ISTIO_META_NETWORK")
             .filter(|n| !n.is_empty())
             .map(str::to_string),
-        version: d.image_tag(),
+        version: crate::revisions::version_of(d, &[])
+            .version
+            .map(|v| v.to_string()),
         helm_release: d
             .metadata
             .annotations

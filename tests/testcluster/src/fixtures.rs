@@ -206,9 +206,12 @@ mod tests {
             .collect();
         assert_eq!(versions, [ISTIO_FROM, ISTIO_TO]);
         for version in versions {
-            let chart = std::fs::read_to_string(istio_charts(version).join("istiod/Chart.yaml"))
-                .unwrap();
-            assert!(chart.contains(&format!("\nversion: {version}\n")), "{chart}");
+            let chart =
+                std::fs::read_to_string(istio_charts(version).join("istiod/Chart.yaml")).unwrap();
+            assert!(
+                chart.contains(&format!("\nversion: {version}\n")),
+                "{chart}"
+            );
         }
     }
 
