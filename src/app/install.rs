@@ -162,3 +162,75 @@ fn guard(
     }
     Ok((changes_minor, upgrade::settled(found)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::revisions::Revision;
+    use crate::testing;
+    use crate::trust::TrustMode;
+
+    fn mesh_at(version: &str) -> Mesh {
+        let mut mesh = testing::mesh(2, TrustMode::Generate);
+        mesh.version = Some(version.into());
+        mesh
+    }
+
+    fn running(version: Option<&str>, chart: &str) -> Vec<(String, Vec<Revision>)> {
+        let revision = Revision {
+            name: "default".into(),
+            version: version.and_then(IstioVersion::parse),
+            chart: Some(chart.into()),
+            found: "image `docker.io/istio/pilot:latest`".into(),
+        };
+        ["cluster1", "cluster2"]
+            .iter()
+            .map(|c| (c.to_string(), vec![revision.clone()]))
+            .collect()
+    }
+
+    #[test]
+    fn a_variant_of_the_running_version_is_no_change() {
+        let found = running(Some("1.30.0-distroless"), "1.30.0");
+        assert!(!guard(&mesh_at("1.30.0"), &found, false).unwrap().0);
+        assert!(!guard(&mesh_at("1.30.1"), &found, false).unwrap().0);
+    }
+
+    #[test]
+    fn another_chart_over_an_unknown_version_is_refused_unless_in_place() {
+        let found = running(None, "1.0.0");
+        let refused = guard(&mesh_at("1.31.0"), &found, false).unwrap_err();
+        let text = refused.to_string();
+        assert!(matches!(refused, Error::Refused(_)), "{text}");
+        assert!(text.contains("unknown Istio version"), "{text}");
+        assert!(text.contains("pilot:latest"), "{text}");
+        assert!(text.contains("--in-place"), "{text}");
+        assert!(guard(&mesh_at("1.31.0"), &found, true).unwrap().0);
+        // The same chart again changes nothing that could be unknown.
+        assert!(!guard(&mesh_at("1.0.0"), &found, false).unwrap().0);
+    }
+
+    #[test]
+    fn an_unstamped_chart_over_a_known_version_is_refused_unless_in_place() {
+        let found = running(Some("1.30.0"), "1.30.0");
+        let text = guard(&mesh_at("1.0.0"), &found, false)
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("names no Istio release"), "{text}");
+        assert!(guard(&mesh_at("1.0.0"), &found, true).unwrap().0);
+    }
+
+    #[test]
+    fn a_minor_bump_is_refused_unless_in_place() {
+        let found = running(Some("1.30.0"), "1.30.0");
+        let text = guard(&mesh_at("1.31.0"), &found, false)
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("change istiod's minor version"), "{text}");
+        assert!(guard(&mesh_at("1.31.0"), &found, true).unwrap().0);
+        let text = guard(&mesh_at("1.32.0"), &found, true)
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("one minor version at a time"), "{text}");
+    }
+}

@@ -466,3 +466,115 @@ fn next_step(phase: &UpgradePhase, canary: &Canary) -> String {
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::WaveArgs;
+    use crate::testing;
+    use crate::trust::TrustMode;
+
+    fn waves() -> WaveArgs {
+        WaveArgs {
+            wave_size: 1,
+            only: Vec::new(),
+        }
+    }
+
+    fn mesh_at(version: &str) -> Mesh {
+        let mut mesh = testing::mesh(2, TrustMode::Generate);
+        mesh.version = Some(version.into());
+        mesh
+    }
+
+    fn rev(name: &str, tag: &str) -> Revision {
+        Revision {
+            name: name.into(),
+            version: IstioVersion::parse(tag),
+            chart: None,
+            found: format!("image `pilot:{tag}`"),
+        }
+    }
+
+    /// Every cluster runs `revisions`; `default` tagged onto `promoted` when given.
+    fn everywhere(revisions: &[Revision], promoted: Option<&str>) -> BTreeMap<String, Installed> {
+        let installed = Installed {
+            revisions: revisions.to_vec(),
+            tags: promoted
+                .map(|r| BTreeMap::from([(revisions::DEFAULT_TAG.into(), r.into())]))
+                .unwrap_or_default(),
+        };
+        ["cluster1", "cluster2"]
+            .iter()
+            .map(|c| (c.to_string(), installed.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn an_upgrade_between_distroless_images_goes_on_with_the_mesh_files_version() {
+        let started = everywhere(
+            &[
+                rev("default", "1.30.0-distroless"),
+                rev("1-31-0", "1.31.0-distroless"),
+            ],
+            None,
+        );
+        let promote = UpgradePhase::Promote {
+            restart_workloads: false,
+            waves: waves(),
+        };
+        let canary = decide(&mesh_at("1.31.0"), &started, &promote).unwrap();
+        assert_eq!(canary.new, "1-31-0");
+        assert_eq!(canary.version, "1.31.0");
+        assert_eq!(canary.old_version, IstioVersion::parse("1.30.0"));
+        assert_eq!(canary.waves, [["cluster1"], ["cluster2"]]);
+        let promoted = everywhere(
+            &[
+                rev("default", "1.30.0-distroless"),
+                rev("1-31-0", "1.31.0-distroless"),
+            ],
+            Some("1-31-0"),
+        );
+        let rollback = UpgradePhase::Rollback {
+            restart_workloads: false,
+            force: false,
+            waves: waves(),
+        };
+        assert!(decide(&mesh_at("1.31.0"), &promoted, &rollback).is_ok());
+    }
+
+    #[test]
+    fn a_start_from_a_distroless_image_names_the_new_revision_for_the_version() {
+        let steady = everywhere(&[rev("default", "1.30.0-distroless")], None);
+        let start = UpgradePhase::Start {
+            to: None,
+            waves: waves(),
+        };
+        let canary = decide(&mesh_at("1.31.0"), &steady, &start).unwrap();
+        assert_eq!(canary.new, "1-31-0");
+        let finished = everywhere(&[rev("1-31-0", "1.31.0-distroless")], None);
+        assert!(
+            decide(&mesh_at("1.31.0"), &finished, &start)
+                .unwrap()
+                .waves
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_start_from_an_unknown_version_is_refused_naming_what_was_found() {
+        let steady = everywhere(&[rev("default", "latest")], None);
+        let start = UpgradePhase::Start {
+            to: None,
+            waves: waves(),
+        };
+        let Err(refused) = decide(&mesh_at("1.31.0"), &steady, &start) else {
+            panic!("a start from an unknown version goes on");
+        };
+        let text = refused.to_string();
+        assert!(
+            text.contains("unknown Istio version") && text.contains("pilot:latest"),
+            "{text}"
+        );
+    }
+}
