@@ -17,3 +17,4 @@ mod layout;
 mod topologies;
 mod upgrade;
 mod verify;
+mod versions;
