@@ -197,7 +197,7 @@ fn an_ambient_mesh_of_distroless_images_upgrades_and_rolls_back() {
     // Rolled back: nothing is under way, and a second rollback changes nothing.
     let since = marks(&env);
     let run = env.meshup(&["upgrade", "rollback", "-f", &new]).expect(0);
-    assert!(run.stdout.contains("nothing to roll back"), "{}", run.all());
+    assert!(run.all().contains("nothing to roll back"), "{}", run.all());
     nothing_written(&env, &since);
 
     env.meshup(&["upgrade", "start", "-f", &new]).expect(0);
