@@ -1008,6 +1008,54 @@ impl Gate for OnRevision {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::reporter::{Mode, Reporter};
+    use crate::runner::RecordingRunner;
+    use crate::testing;
+    use crate::trust::TrustMode;
+
+    /// `HelmBack` of ztunnel to the old control plane's version, in cluster1, where helm
+    /// lists ztunnel's chart as `chart`: what it said and the commands it ran.
+    fn ztunnel_back(chart: &'static str, old: &str) -> (String, Vec<String>) {
+        let mesh = testing::mesh(2, TrustMode::None);
+        let runner = RecordingRunner::new(move |step: &crate::step::Step| {
+            if step.args.first().map(String::as_str) == Some("list") {
+                testing::ok(&format!(
+                    r#"[{{"name":"ztunnel","status":"deployed","chart":"{chart}","revision":"3"}}]"#
+                ))
+            } else {
+                testing::ok("")
+            }
+        });
+        let reporter = Reporter::new(Mode::Json, true, false);
+        let run = testing::run(&mesh, &runner, &reporter);
+        let back = HelmBack {
+            release: "ztunnel".into(),
+            namespace: "istio-system".into(),
+            chart_version: IstioVersion::parse(old),
+        };
+        let (mut memo, board) = (ClusterNotes::default(), RunBoard::default());
+        let said = run
+            .in_cluster(&mesh.clusters[0], &mut memo, &board, |cx| back.run(cx))
+            .unwrap();
+        (said, runner.command_lines())
+    }
+
+    #[test]
+    fn a_node_agent_on_the_old_chart_is_not_rolled_back_again() {
+        // The old istiod ran `pilot:1.30.0-distroless`; ztunnel's chart is 1.30.0.
+        let (said, commands) = ztunnel_back("ztunnel-1.30.0", "1.30.0-distroless");
+        assert_eq!(said, "unchanged");
+        assert!(
+            !commands.iter().any(|c| c.contains("rollback")),
+            "{commands:?}"
+        );
+        let (said, commands) = ztunnel_back("ztunnel-1.31.0", "1.30.0-distroless");
+        assert!(said.starts_with("rolled back"), "{said}");
+        assert!(
+            commands.iter().any(|c| c.contains("rollback ztunnel")),
+            "{commands:?}"
+        );
+    }
 
     #[test]
     fn only_tag_objects_are_applied_and_labelled_as_meshups() {
