@@ -19,6 +19,7 @@ use serde_json::Value;
 
 use crate::chart::{Charts, DEFAULT_CHARTS};
 use crate::components::cacerts;
+use crate::components::namespace::CONTROL_PLANE_ANNOTATION;
 use crate::components::release::mesh_id_of;
 use crate::credentials;
 use crate::error::{Error, InputError};
@@ -27,13 +28,13 @@ use crate::kubeconfig::Kubeconfig;
 use crate::live::{ConfigMap, Deployment, HelmRelease, Live, Secret};
 use crate::mesh::{Cluster, GatewayExposure, Mesh, Role, Trust};
 use crate::remote_secret::{self, MULTICLUSTER_LABEL, is_loopback};
-use crate::revisions::triple;
 use crate::run::{Run, walk};
 use crate::runner::StepError;
 use crate::sync::{self, State};
 use crate::topology::{Choices, Topology};
 use crate::trust::TrustMode;
 use crate::verify;
+use crate::version::IstioVersion;
 
 /// What doctor found.
 #[derive(Debug, Clone, Serialize)]
@@ -99,6 +100,9 @@ struct View {
     istiods: Vec<Istiod>,
     secrets: Vec<Held>,
     namespace_labels: BTreeMap<String, String>,
+    /// The system namespace's `topology.istio.io/controlPlaneClusters`: the clusters whose
+    /// istiod leads this (remote) cluster.
+    control_planes: Option<String>,
     /// `cacerts`: which keys it has, its root's fingerprint, when it was created.
     cacerts: Option<(BTreeSet<String>, Option<String>, String)>,
     /// When the oldest ready istiod pod started.
@@ -195,7 +199,7 @@ pub fn discover(run: &Run, kubeconfig: &Kubeconfig, contexts: &[String]) -> Resu
             let primary = namespace
                 .metadata
                 .annotations
-                .get("topology.istio.io/controlPlaneClusters")
+                .get(CONTROL_PLANE_ANNOTATION)
                 .cloned();
             // A remote runs no istiod: its injector's path names it (and its network).
             let injected = match &istiod {
@@ -367,7 +371,9 @@ fn istiod_of(live: &Live, d: &Deployment) -> Istiod {
                 .and_then(|values| network_in_values(values))
         }),
         ambient: d.env("PILOT_ENABLE_AMBIENT") == Some("true"),
-        version: d.image_tag(),
+        version: crate::revisions::version_of(d, &[])
+            .version
+            .map(|v| v.to_string()),
         helm_release: d
             .metadata
             .annotations
@@ -706,6 +712,11 @@ fn fill(live: &Live, ns: &str, view: &mut View) -> Result<(), StepError> {
     }
     if let Some(namespace) = live.get::<crate::live::Namespace>("namespace", ns, None)? {
         view.namespace_labels = namespace.metadata.labels;
+        view.control_planes = namespace
+            .metadata
+            .annotations
+            .get(CONTROL_PLANE_ANNOTATION)
+            .cloned();
     }
     if let Some(secret) = in_ns.iter().find(|s| s.metadata.name == "cacerts") {
         view.cacerts = Some((
@@ -1352,7 +1363,7 @@ fn reader_rbac(mesh: &Mesh, views: &[&View]) -> Vec<Finding> {
                 .filter(|i| i.namespace == mesh.namespace)
                 .filter_map(move |i| Some((v.cluster.as_str(), i.version.as_deref()?)))
         })
-        .filter(|(_, version)| triple(version).is_some_and(|t| (t.0, t.1) >= (1, 29)))
+        .filter(|(_, version)| IstioVersion::parse(version).is_some_and(|v| v.minor() >= (1, 29)))
         .collect();
     for peer in views {
         if !peer.has_reader_role || peer.reader_grants_configmaps {
@@ -1431,6 +1442,28 @@ fn remotes(mesh: &Mesh, views: &[&View]) -> Vec<Finding> {
     let mut out = Vec::new();
     for view in views {
         let here = Some(view.cluster.as_str());
+        let primary = match mesh.cluster(&view.cluster).map(|c| &c.role) {
+            Some(Role::Remote { primary }) => Some(primary.as_str()),
+            _ => None,
+        };
+        // istiod patches a remote's webhooks only where it leads (istio 1.30 multicluster.go
+        // `checkShouldLead`): the namespace names its cluster id, or `*`.
+        let unled = primary.filter(|p| {
+            !view
+                .control_planes
+                .as_deref()
+                .is_some_and(|named| named.split(',').any(|c| c == "*" || c == *p))
+        });
+        if let Some(primary) = unled {
+            out.push(
+                Finding::warn(here, "injector", format!(
+                    "namespace `{}` names {} in `{CONTROL_PLANE_ANNOTATION}`, not primary `{primary}`: its istiod does not lead this cluster, so it never patches the injector's caBundle here (after a CA rotation the webhooks fail closed)",
+                    mesh.namespace,
+                    view.control_planes.as_deref().map_or_else(|| "no cluster".to_string(), |n| format!("`{n}`"))
+                ))
+                .fix(format!("`kubectl annotate namespace {} {CONTROL_PLANE_ANNOTATION}={primary} --overwrite --context {}` (`meshup install` sets it)", mesh.namespace, context(mesh, &view.cluster))),
+            );
+        }
         for (name, wh) in injector_webhooks(&view.mutating) {
             let Some(target) = Target::of(wh) else {
                 continue;
@@ -1488,13 +1521,12 @@ fn remotes(mesh: &Mesh, views: &[&View]) -> Vec<Finding> {
                         wh["name"].as_str().unwrap_or_default(),
                         target.describe()
                     ))
-                    .fix("set `istiodRemote.injectionCABundle`, or let the primary's istiod patch it (it does once it reaches this cluster through its remote secret)"),
+                    .fix(match unled {
+                        Some(primary) => format!("let primary `{primary}`'s istiod patch it: name it in the namespace's `{CONTROL_PLANE_ANNOTATION}` (above); or set `istiodRemote.injectionCABundle`"),
+                        None => "set `istiodRemote.injectionCABundle`, or let the primary's istiod patch it (it does once it reaches this cluster through its remote secret)".to_string(),
+                    }),
                 );
             }
-            let primary = match mesh.cluster(&view.cluster).map(|c| &c.role) {
-                Some(Role::Remote { primary }) => Some(primary.as_str()),
-                _ => None,
-            };
             if let Some(primary) = primary
                 && let Some(gateway) = views
                     .iter()

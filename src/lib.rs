@@ -45,3 +45,4 @@ pub mod trust;
 pub mod upgrade;
 pub mod values;
 pub mod verify;
+pub mod version;

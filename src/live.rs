@@ -572,18 +572,9 @@ impl Deployment {
             .and_then(|e| e.value.as_deref())
     }
 
-    /// The tag of its first container's image (`1.28.1` of `docker.io/istio/pilot:1.28.1`).
-    pub fn image_tag(&self) -> Option<String> {
-        let image = self
-            .spec
-            .template
-            .spec
-            .containers
-            .first()?
-            .image
-            .as_deref()?;
-        let (_, tag) = image.rsplit_once(':')?;
-        (!tag.contains('/')).then(|| tag.to_string())
+    /// The image of its first container (`docker.io/istio/pilot:1.28.1`).
+    pub fn image(&self) -> Option<&str> {
+        self.spec.template.spec.containers.first()?.image.as_deref()
     }
 
     /// (ready, desired) replicas; a Deployment without `replicas` wants one.

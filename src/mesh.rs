@@ -565,8 +565,9 @@ fn check_ambient(
         );
     }
     if let Some(v) = version
-        && let Some((1, minor)) = crate::revisions::triple(v).map(|t| (t.0, t.1))
-        && minor < 29
+        && let Some(parsed) = crate::version::IstioVersion::parse(v)
+        && parsed.major == 1
+        && parsed.minor < 29
         && !allow_untested
     {
         problems.add(format!(

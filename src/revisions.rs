@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::live::{Deployment, Live, Pod};
+use crate::live::{Deployment, HelmRelease, Live, Pod};
 use crate::runner::StepError;
+use crate::version::{self, IstioVersion};
 
 /// The label of a revision tag's webhook configuration and Service (istiod chart
 /// `templates/revision-tags-mwc.yaml`, `revision-tags-svc.yaml`).
@@ -18,14 +19,117 @@ pub const DEFAULT_TAG: &str = "default";
 /// (pkg/kube/inject/webhook.go, `getInjectionStatus`).
 pub const SIDECAR_STATUS: &str = "sidecar.istio.io/status";
 
+/// The label Istio's charts give istiod's Deployment with the chart's `appVersion`.
+const APP_VERSION: &str = "app.kubernetes.io/version";
+/// The label Istio's charts give istiod's Deployment with the chart: `istiod-1.30.0`.
+const HELM_CHART: &str = "helm.sh/chart";
+/// The annotation Helm gives what a release owns, naming the release.
+const RELEASE_NAME: &str = "meta.helm.sh/release-name";
+
 /// One istiod revision running in a cluster.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Revision {
     /// `istio.io/rev` of its pods: `default` for istiod installed without a revision.
     pub name: String,
-    /// Its Istio version (the tag of its image).
+    /// Its Istio version ([`Reading::version`]); `None`: unknown.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub version: Option<String>,
+    pub version: Option<IstioVersion>,
+    /// The version of the istiod chart it was installed from, as written (its `helm.sh/chart`
+    /// label, else its Helm release's chart), when known.
+    #[serde(skip)]
+    pub chart: Option<String>,
+    /// What was read, for messages when the version is unknown (``image `pilot:latest`, ...``).
+    #[serde(skip)]
+    pub found: String,
+}
+
+impl Revision {
+    /// A revision of a known version.
+    pub fn at(name: &str, version: IstioVersion) -> Revision {
+        Revision {
+            name: name.to_string(),
+            version: Some(version),
+            chart: Some(version.to_string()),
+            found: String::new(),
+        }
+    }
+
+    /// Its version, or `unknown`.
+    pub fn version_text(&self) -> String {
+        self.version
+            .map_or_else(|| "unknown".to_string(), |v| v.to_string())
+    }
+}
+
+/// What says which Istio an istiod runs, in the order it is asked: the tag of its image, its
+/// `app.kubernetes.io/version` label, its `helm.sh/chart` label (`istiod-1.30.0`), the chart of
+/// its Helm release (`istiod-1.30.0`, as helm lists it). The first that names a version
+/// decides; `1.0.0` (Istio's charts before a release build stamps them) and what is no
+/// version (`latest`, a digest, a private tag) say nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reading<'a> {
+    pub image: Option<&'a str>,
+    pub app_version: Option<&'a str>,
+    pub chart_label: Option<&'a str>,
+    pub release_chart: Option<&'a str>,
+}
+
+impl<'a> Reading<'a> {
+    /// What a Deployment says of itself (its Helm release not yet asked).
+    pub fn of(d: &'a Deployment) -> Reading<'a> {
+        let label = |key: &str| d.metadata.labels.get(key).map(String::as_str);
+        Reading {
+            image: d.image(),
+            app_version: label(APP_VERSION),
+            chart_label: label(HELM_CHART),
+            release_chart: None,
+        }
+    }
+
+    /// The version, from the first clue that names one.
+    pub fn version(&self) -> Option<IstioVersion> {
+        self.image
+            .and_then(IstioVersion::of_image)
+            .or_else(|| self.app_version.and_then(IstioVersion::stamped))
+            .or_else(|| self.chart_label.and_then(IstioVersion::of_chart))
+            .or_else(|| self.release_chart.and_then(IstioVersion::of_chart))
+    }
+
+    /// The istiod chart's version, as written: the label's, else the release's.
+    pub fn chart(&self) -> Option<String> {
+        self.chart_label
+            .or(self.release_chart)
+            .and_then(version::chart_version)
+            .map(str::to_string)
+    }
+
+    /// Every clue that was there, for a message: ``image `pilot:latest`, chart istiod-1.0.0``.
+    pub fn found(&self) -> String {
+        let mut out = Vec::new();
+        if let Some(image) = self.image {
+            out.push(format!("image `{image}`"));
+        }
+        if let Some(v) = self.app_version {
+            out.push(format!("{APP_VERSION} `{v}`"));
+        }
+        if let Some(chart) = self.chart_label.or(self.release_chart) {
+            out.push(format!("chart `{chart}`"));
+        }
+        if out.is_empty() {
+            "no image tag, version label or chart".to_string()
+        } else {
+            out.join(", ")
+        }
+    }
+
+    fn revision(&self, name: String) -> Revision {
+        Revision {
+            name,
+            version: self.version(),
+            chart: self.chart(),
+            found: self.found(),
+        }
+    }
 }
 
 /// What a cluster runs of Istio's control plane, as an upgrade sees it.
@@ -94,50 +198,53 @@ impl Installed {
     }
 }
 
-/// The revision name meshup gives Istio `version`: `1-29-0` for `1.29.0`.
+/// The revision name meshup gives Istio `version`: `1-29-0` for `1.29.0` (and for
+/// `1.29.0-distroless`: a variant is no part of the version).
 pub fn revision_of(version: &str) -> String {
-    version.replace('.', "-")
+    IstioVersion::parse(version).map_or_else(|| version.replace('.', "-"), IstioVersion::revision)
 }
 
-/// (major, minor, patch) of a version such as `1.29.0` or `1.29.0-distroless`.
-pub fn triple(version: &str) -> Option<(u64, u64, u64)> {
-    let core: String = version
-        .trim_start_matches('v')
-        .chars()
-        .take_while(|c| c.is_ascii_digit() || *c == '.')
-        .collect();
-    let mut parts = core.split('.').map(|p| p.parse::<u64>().ok());
-    Some((
-        parts.next()??,
-        parts.next()??,
-        parts.next().flatten().unwrap_or(0),
-    ))
+/// The version istiod Deployment `d` runs ([`Reading`]), asking `releases` (helm's list of
+/// its namespace) only when the Deployment itself names none.
+pub fn version_of(d: &Deployment, releases: &[HelmRelease]) -> Revision {
+    let mut reading = Reading::of(d);
+    if reading.version().is_none() {
+        reading.release_chart = d
+            .metadata
+            .annotations
+            .get(RELEASE_NAME)
+            .and_then(|name| releases.iter().find(|r| r.name == *name))
+            .map(|r| r.chart.as_str());
+    }
+    reading.revision(
+        d.metadata
+            .labels
+            .get("istio.io/rev")
+            .cloned()
+            .unwrap_or_else(|| DEFAULT_TAG.to_string()),
+    )
 }
 
-/// Minor versions from `a` to `b` (negative: `b` is older).
-pub fn minors_between(a: &str, b: &str) -> Option<i64> {
-    let (a, b) = (triple(a)?, triple(b)?);
-    (a.0 == b.0).then(|| b.1 as i64 - a.1 as i64)
-}
-
-/// The istiod revisions running in `namespace` (from their Deployments, oldest first).
+/// The istiod revisions running in `namespace` (from their Deployments, oldest first). Helm's
+/// releases are listed only when a Deployment does not say its version.
 pub fn running(live: &Live, namespace: &str) -> Result<Vec<Revision>, StepError> {
     let deployments: Vec<Deployment> =
         live.list("deployments", Some(namespace), Some("app=istiod"))?;
-    let mut revisions: Vec<Revision> = deployments
+    let deployments: Vec<&Deployment> = deployments
         .iter()
         .filter(|d| d.metadata.deletion_timestamp.is_empty())
-        .map(|d| Revision {
-            name: d
-                .metadata
-                .labels
-                .get("istio.io/rev")
-                .cloned()
-                .unwrap_or_else(|| DEFAULT_TAG.to_string()),
-            version: d
-                .image_tag()
-                .or_else(|| d.metadata.labels.get("app.kubernetes.io/version").cloned()),
-        })
+        .collect();
+    let releases = if deployments
+        .iter()
+        .any(|d| Reading::of(d).version().is_none())
+    {
+        live.helm_releases(namespace)?
+    } else {
+        Vec::new()
+    };
+    let mut revisions: Vec<Revision> = deployments
+        .iter()
+        .map(|d| version_of(d, &releases))
         .collect();
     oldest_first(&mut revisions);
     Ok(revisions)
@@ -145,7 +252,7 @@ pub fn running(live: &Live, namespace: &str) -> Result<Vec<Revision>, StepError>
 
 /// Sorts revisions by version, oldest first, one entry per name.
 pub fn oldest_first(revisions: &mut Vec<Revision>) {
-    revisions.sort_by_key(|r| (r.version.as_deref().and_then(triple), r.name.clone()));
+    revisions.sort_by_key(|r| (r.version, r.name.clone()));
     revisions.dedup_by(|a, b| a.name == b.name);
 }
 
@@ -225,10 +332,7 @@ mod tests {
     use super::*;
 
     fn rev(name: &str, version: &str) -> Revision {
-        Revision {
-            name: name.into(),
-            version: Some(version.into()),
-        }
+        Revision::at(name, IstioVersion::parse(version).unwrap())
     }
 
     #[test]
@@ -247,10 +351,94 @@ mod tests {
     }
 
     #[test]
-    fn versions_compare_by_minor() {
+    fn a_revision_is_named_for_the_version_without_its_variant() {
         assert_eq!(revision_of("1.29.0"), "1-29-0");
-        assert_eq!(triple("1.29.0-distroless"), Some((1, 29, 0)));
-        assert_eq!(minors_between("1.28.1", "1.30.0"), Some(2));
-        assert_eq!(minors_between("1.29.0", "1.28.3"), Some(-1));
+        assert_eq!(revision_of("1.29.0-distroless"), "1-29-0");
+        assert_eq!(revision_of("v1.29.0"), "1-29-0");
+    }
+
+    fn reading<'a>(
+        image: &'a str,
+        app_version: Option<&'a str>,
+        chart_label: Option<&'a str>,
+        release_chart: Option<&'a str>,
+    ) -> Reading<'a> {
+        Reading {
+            image: Some(image),
+            app_version,
+            chart_label,
+            release_chart,
+        }
+    }
+
+    #[test]
+    fn the_image_tag_names_the_version_first() {
+        let r = reading(
+            "docker.io/istio/pilot:1.30.0-distroless",
+            Some("1.29.0"),
+            Some("istiod-1.29.0"),
+            None,
+        );
+        assert_eq!(r.version(), IstioVersion::parse("1.30.0"));
+    }
+
+    #[test]
+    fn without_a_version_tag_the_labels_then_the_release_name_it() {
+        let digest = format!("docker.io/istio/pilot@sha256:{}", "0".repeat(64));
+        for image in [
+            "docker.io/istio/pilot:latest",
+            digest.as_str(),
+            "pilot:1.0.0",
+        ] {
+            let r = reading(image, Some("1.30.0"), Some("istiod-1.29.0"), None);
+            assert_eq!(r.version(), IstioVersion::parse("1.30.0"), "{image}");
+            let r = reading(image, Some("1.0.0"), Some("istiod-1.29.0"), None);
+            assert_eq!(r.version(), IstioVersion::parse("1.29.0"), "{image}");
+            let r = reading(image, None, Some("istiod-1.0.0"), Some("istiod-1.28.1"));
+            assert_eq!(r.version(), IstioVersion::parse("1.28.1"), "{image}");
+            assert_eq!(r.chart().as_deref(), Some("1.0.0"));
+        }
+    }
+
+    #[test]
+    fn an_unstamped_chart_with_a_latest_tag_is_of_unknown_version() {
+        let r = reading(
+            "docker.io/istio/pilot:latest",
+            Some("1.0.0"),
+            Some("istiod-1.0.0"),
+            Some("istiod-1.0.0"),
+        );
+        assert_eq!(r.version(), None);
+        assert_eq!(r.chart().as_deref(), Some("1.0.0"));
+        assert_eq!(
+            r.found(),
+            "image `docker.io/istio/pilot:latest`, app.kubernetes.io/version `1.0.0`, chart `istiod-1.0.0`"
+        );
+    }
+
+    #[test]
+    fn the_release_is_asked_only_when_the_deployment_names_no_version() {
+        let d: Deployment = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "istiod", "labels": {"app": "istiod"},
+                "annotations": {"meta.helm.sh/release-name": "istiod"}},
+            "spec": {"template": {"spec": {"containers": [{"name": "discovery", "image": "pilot:latest"}]}}}
+        }))
+        .unwrap();
+        let releases: Vec<HelmRelease> = serde_json::from_value(serde_json::json!([
+            {"name": "istiod", "status": "deployed", "chart": "istiod-1.30.0"},
+            {"name": "istio-base", "status": "deployed", "chart": "base-1.31.0"}
+        ]))
+        .unwrap();
+        let r = version_of(&d, &releases);
+        assert_eq!(r.name, "default");
+        assert_eq!(r.version, IstioVersion::parse("1.30.0"));
+        assert_eq!(version_of(&d, &[]).version, None);
+    }
+
+    #[test]
+    fn revisions_sort_by_version_not_by_text() {
+        let mut revisions = vec![rev("1-10-0", "1.10.0"), rev("1-9-0", "1.9.0-distroless")];
+        oldest_first(&mut revisions);
+        assert_eq!(revisions[0].name, "1-9-0");
     }
 }

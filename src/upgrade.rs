@@ -33,7 +33,8 @@ use crate::mesh::Mesh;
 use crate::plan::{AllOf, Chain, Gate, Plan, ScriptOptions, Task, Wave, Work};
 use crate::remote_secret::{MANAGED_BY, MANAGED_BY_LABEL};
 use crate::revisions::{
-    DEFAULT_TAG, Installed, Revision, TAG_LABEL, describe, installed, proxies, revision_of, tags,
+    DEFAULT_TAG, Installed, Reading, Revision, TAG_LABEL, describe, installed, proxies,
+    revision_of, tags,
 };
 use crate::run::Run;
 use crate::runner::StepError;
@@ -42,6 +43,7 @@ use crate::step::shell_quote;
 use crate::sync;
 use crate::topology::{self, Choices};
 use crate::values;
+use crate::version::IstioVersion;
 
 /// What `istioctl tag set default` puts into the revision-less injector's selectors so that
 /// it never matches (istioctl/pkg/util/common.go `NeverMatch`).
@@ -56,18 +58,24 @@ pub fn observe(run: &Run) -> Vec<(String, Result<Installed, StepError>)> {
             // A release whose Deployment is gone (an uninstall stopped half-way) or not yet
             // there (an install stopped half-way) is a revision too, to be finished.
             for release in cx.live.helm_releases(ns)? {
-                let Some(version) = release.chart.strip_prefix("istiod-") else {
+                if !release.chart.starts_with("istiod-") {
                     continue;
-                };
+                }
                 let name = match release.name.strip_prefix("istiod-") {
                     _ if release.name == "istiod" => DEFAULT_TAG,
                     Some(rev) => rev,
                     None => continue,
                 };
                 if !found.revisions.iter().any(|r| r.name == name) {
+                    let reading = Reading {
+                        release_chart: Some(&release.chart),
+                        ..Reading::default()
+                    };
                     found.revisions.push(Revision {
                         name: name.to_string(),
-                        version: Some(version.to_string()),
+                        version: reading.version(),
+                        chart: reading.chart(),
+                        found: reading.found(),
                     });
                 }
             }
@@ -134,7 +142,7 @@ pub struct Canary {
     pub new: String,
     pub version: String,
     /// The old revision's Istio version, when known.
-    pub old_version: Option<String>,
+    pub old_version: Option<IstioVersion>,
     pub waves: Vec<Vec<String>>,
     /// Per cluster, the tags that move (`default` and the others on the moving revision).
     pub tags: BTreeMap<String, Vec<String>>,
@@ -328,7 +336,7 @@ impl Canary {
                                 tasks.push(Task::Work(Arc::new(HelmBack {
                                     release: release.to_string(),
                                     namespace: mesh.namespace.clone(),
-                                    chart_version: self.old_version.clone(),
+                                    chart_version: self.old_version,
                                 })));
                             }
                         }
@@ -435,7 +443,8 @@ impl Work for Converge {
 struct HelmBack {
     release: String,
     namespace: String,
-    chart_version: Option<String>,
+    /// The old control plane's version: a chart of it needs no rollback.
+    chart_version: Option<IstioVersion>,
 }
 
 impl Work for HelmBack {
@@ -451,7 +460,7 @@ impl Work for HelmBack {
         let Some(release) = cx.release(&self.release)? else {
             return Ok("absent".into());
         };
-        let chart = release.chart.rsplit_once('-').map(|(_, v)| v.to_string());
+        let chart = IstioVersion::of_chart(&release.chart);
         if self.chart_version.is_some() && chart == self.chart_version {
             return Ok("unchanged".into());
         }
@@ -999,6 +1008,54 @@ impl Gate for OnRevision {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::reporter::{Mode, Reporter};
+    use crate::runner::RecordingRunner;
+    use crate::testing;
+    use crate::trust::TrustMode;
+
+    /// `HelmBack` of ztunnel to the old control plane's version, in cluster1, where helm
+    /// lists ztunnel's chart as `chart`: what it said and the commands it ran.
+    fn ztunnel_back(chart: &'static str, old: &str) -> (String, Vec<String>) {
+        let mesh = testing::mesh(2, TrustMode::None);
+        let runner = RecordingRunner::new(move |step: &crate::step::Step| {
+            if step.args.first().map(String::as_str) == Some("list") {
+                testing::ok(&format!(
+                    r#"[{{"name":"ztunnel","status":"deployed","chart":"{chart}","revision":"3"}}]"#
+                ))
+            } else {
+                testing::ok("")
+            }
+        });
+        let reporter = Reporter::new(Mode::Json, true, false);
+        let run = testing::run(&mesh, &runner, &reporter);
+        let back = HelmBack {
+            release: "ztunnel".into(),
+            namespace: "istio-system".into(),
+            chart_version: IstioVersion::parse(old),
+        };
+        let (mut memo, board) = (ClusterNotes::default(), RunBoard::default());
+        let said = run
+            .in_cluster(&mesh.clusters[0], &mut memo, &board, |cx| back.run(cx))
+            .unwrap();
+        (said, runner.command_lines())
+    }
+
+    #[test]
+    fn a_node_agent_on_the_old_chart_is_not_rolled_back_again() {
+        // The old istiod ran `pilot:1.30.0-distroless`; ztunnel's chart is 1.30.0.
+        let (said, commands) = ztunnel_back("ztunnel-1.30.0", "1.30.0-distroless");
+        assert_eq!(said, "unchanged");
+        assert!(
+            !commands.iter().any(|c| c.contains("rollback")),
+            "{commands:?}"
+        );
+        let (said, commands) = ztunnel_back("ztunnel-1.31.0", "1.30.0-distroless");
+        assert!(said.starts_with("rolled back"), "{said}");
+        assert!(
+            commands.iter().any(|c| c.contains("rollback ztunnel")),
+            "{commands:?}"
+        );
+    }
 
     #[test]
     fn only_tag_objects_are_applied_and_labelled_as_meshups() {

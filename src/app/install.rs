@@ -4,6 +4,7 @@
 use super::prelude::*;
 use crate::revisions;
 use crate::upgrade;
+use crate::version::IstioVersion;
 
 pub(super) fn install(
     global: &GlobalArgs,
@@ -75,8 +76,10 @@ pub(super) fn install(
 /// What install may do to the istiod it finds. A second revision means an upgrade is under
 /// way: refused, naming the next command. Another revision than the mesh file's, or another
 /// minor version, is an upgrade: refused in favour of `meshup upgrade`, unless `--in-place`
-/// (one minor version, one cluster at a time). Returns whether istiod changes its minor
-/// version in place, and the revision the clusters run when the mesh file names none.
+/// (one minor version, one cluster at a time). So is another istiod chart when the running
+/// version or the chart's is unknown (`latest`, a digest, an unstamped `1.0.0`): meshup cannot
+/// tell how far it moves. Returns whether istiod may change its minor version in place, and
+/// the revision the clusters run when the mesh file names none.
 fn guard(
     mesh: &Mesh,
     found: &[(String, Vec<revisions::Revision>)],
@@ -91,9 +94,9 @@ fn guard(
                 return Err(Error::Refused(format!(
                     "an upgrade is under way in `{cluster}`: istiod {} ({}) runs beside {} ({}); continue it with `meshup upgrade promote` and `meshup upgrade finish`, or undo it with `meshup upgrade rollback`, before `meshup install`",
                     new.name,
-                    new.version.as_deref().unwrap_or("?"),
+                    new.version_text(),
                     old.name,
-                    old.version.as_deref().unwrap_or("?"),
+                    old.version_text(),
                 )));
             }
             [one] => {
@@ -105,18 +108,44 @@ fn guard(
                         one.name, one.name
                     )));
                 }
-                let (Some(from), Some(to)) = (&one.version, &target) else {
+                let Some(to) = &target else {
                     continue;
                 };
-                match revisions::minors_between(from, to) {
-                    Some(0) | None => {}
+                let wanted = IstioVersion::stamped(to);
+                let (Some(from), Some(wanted)) = (one.version, wanted) else {
+                    let same_chart = one
+                        .chart
+                        .as_deref()
+                        .is_some_and(|c| c.trim_start_matches('v') == to.trim_start_matches('v'));
+                    if same_chart {
+                        continue;
+                    }
+                    if in_place {
+                        changes_minor = true;
+                        continue;
+                    }
+                    let why = match one.version {
+                        None => format!(
+                            "`{cluster}` runs istiod `{}` of an unknown Istio version (found: {})",
+                            one.name, one.found
+                        ),
+                        Some(from) => format!(
+                            "`{cluster}` runs Istio {from}, and the istiod chart in `istio.charts` is version {to}, which names no Istio release (Istio's charts say 1.0.0 until a release build stamps them)"
+                        ),
+                    };
+                    return Err(Error::Refused(format!(
+                        "{why}: meshup cannot tell whether installing the istiod chart {to} changes istiod's minor version, in every cluster at once. Pass --in-place to install it anyway, one cluster at a time"
+                    )));
+                };
+                match from.minors_to(wanted) {
+                    Some(0) => {}
                     Some(n) if n.abs() == 1 && in_place => changes_minor = true,
                     Some(n) if n.abs() == 1 => {
                         return Err(Error::Refused(format!(
                             "`{cluster}` runs Istio {from}; installing {to} would change istiod's minor version in place, in every cluster at once. Upgrade with a canary revision (`meshup upgrade start`), or pass --in-place to upgrade in place one cluster at a time"
                         )));
                     }
-                    Some(_) => {
+                    _ => {
                         return Err(Error::Refused(format!(
                             "`{cluster}` runs Istio {from} and the mesh file asks for {to}: Istio changes one minor version at a time"
                         )));
@@ -132,4 +161,76 @@ fn guard(
         }
     }
     Ok((changes_minor, upgrade::settled(found)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::revisions::Revision;
+    use crate::testing;
+    use crate::trust::TrustMode;
+
+    fn mesh_at(version: &str) -> Mesh {
+        let mut mesh = testing::mesh(2, TrustMode::Generate);
+        mesh.version = Some(version.into());
+        mesh
+    }
+
+    fn running(version: Option<&str>, chart: &str) -> Vec<(String, Vec<Revision>)> {
+        let revision = Revision {
+            name: "default".into(),
+            version: version.and_then(IstioVersion::parse),
+            chart: Some(chart.into()),
+            found: "image `docker.io/istio/pilot:latest`".into(),
+        };
+        ["cluster1", "cluster2"]
+            .iter()
+            .map(|c| (c.to_string(), vec![revision.clone()]))
+            .collect()
+    }
+
+    #[test]
+    fn a_variant_of_the_running_version_is_no_change() {
+        let found = running(Some("1.30.0-distroless"), "1.30.0");
+        assert!(!guard(&mesh_at("1.30.0"), &found, false).unwrap().0);
+        assert!(!guard(&mesh_at("1.30.1"), &found, false).unwrap().0);
+    }
+
+    #[test]
+    fn another_chart_over_an_unknown_version_is_refused_unless_in_place() {
+        let found = running(None, "1.0.0");
+        let refused = guard(&mesh_at("1.31.0"), &found, false).unwrap_err();
+        let text = refused.to_string();
+        assert!(matches!(refused, Error::Refused(_)), "{text}");
+        assert!(text.contains("unknown Istio version"), "{text}");
+        assert!(text.contains("pilot:latest"), "{text}");
+        assert!(text.contains("--in-place"), "{text}");
+        assert!(guard(&mesh_at("1.31.0"), &found, true).unwrap().0);
+        // The same chart again changes nothing that could be unknown.
+        assert!(!guard(&mesh_at("1.0.0"), &found, false).unwrap().0);
+    }
+
+    #[test]
+    fn an_unstamped_chart_over_a_known_version_is_refused_unless_in_place() {
+        let found = running(Some("1.30.0"), "1.30.0");
+        let text = guard(&mesh_at("1.0.0"), &found, false)
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("names no Istio release"), "{text}");
+        assert!(guard(&mesh_at("1.0.0"), &found, true).unwrap().0);
+    }
+
+    #[test]
+    fn a_minor_bump_is_refused_unless_in_place() {
+        let found = running(Some("1.30.0"), "1.30.0");
+        let text = guard(&mesh_at("1.31.0"), &found, false)
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("change istiod's minor version"), "{text}");
+        assert!(guard(&mesh_at("1.31.0"), &found, true).unwrap().0);
+        let text = guard(&mesh_at("1.32.0"), &found, true)
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("one minor version at a time"), "{text}");
+    }
 }

@@ -8,6 +8,7 @@ use super::prelude::*;
 use crate::cli::{UpgradeArgs, UpgradePhase};
 use crate::revisions::{self, Installed, Phase, Revision};
 use crate::upgrade::{self, Canary};
+use crate::version::IstioVersion;
 
 pub(super) fn upgrade(
     global: &GlobalArgs,
@@ -140,46 +141,55 @@ pub(super) fn decide(
         }
         _ => None,
     });
+    // The version the mesh file's istiod chart is (`None`: not set, or no Istio release).
+    let file = mesh.chart("istiod").version;
+    let file_version = file.as_deref().and_then(IstioVersion::stamped);
     let (old, new, version) = match (phase, pair) {
         (_, Some((old, new))) => {
-            let version = new.version.clone().unwrap_or_default();
+            let Some(version) = new.version.or(file_version) else {
+                return Err(unknown(&new));
+            };
             (old, new, version)
         }
         (UpgradePhase::Start { .. }, None) => {
-            let Some(version) = mesh.chart("istiod").version else {
+            let Some(file) = &file else {
                 return Err(Error::Refused(
                     "the version to upgrade to is not known: set `istio.version` in the mesh file, or pass --to".into(),
                 ));
+            };
+            let Some(version) = file_version else {
+                return Err(Error::Refused(format!(
+                    "the istiod chart in `istio.charts` is version {file}, which names no Istio release (Istio's charts say 1.0.0 until a release build stamps them): meshup upgrades one minor version at a time and cannot tell what this one is; use a released chart"
+                )));
             };
             let Some(Phase::Steady(old)) = chosen.first().and_then(|c| phases.get(c.as_str()))
             else {
                 return Err(Error::Refused("no cluster to upgrade".into()));
             };
-            let target = revisions::revision_of(&version);
+            let target = version.revision();
             let finished = chosen.iter().all(
                 |c| matches!(phases.get(c.as_str()), Some(Phase::Steady(r)) if r.name == target),
             );
             if finished {
-                return Ok(Canary::new(mesh, &target, &version, Vec::new()));
+                return Ok(Canary::new(mesh, &target, &version.to_string(), Vec::new()));
             }
-            let new = Revision {
-                name: revisions::revision_of(&version),
-                version: Some(version.clone()),
-            };
-            (old.clone(), new, version)
+            (old.clone(), Revision::at(&target, version), version)
         }
         (_, None) => {
             // Every cluster runs one revision: done already (finish, or a rollback), or not
             // started (promote, finish).
-            let target = mesh.chart("istiod").version;
-            let on_target = |p: &Phase| matches!(p, Phase::Steady(r) if target.as_deref().is_some_and(|t| r.name == revisions::revision_of(t)));
+            let target = file_version.map(IstioVersion::revision);
+            let on_target = |p: &Phase| matches!(p, Phase::Steady(r) if target.as_deref() == Some(r.name.as_str()));
             let all = chosen.iter().filter_map(|c| phases.get(c.as_str()));
             let done = match phase {
                 UpgradePhase::Rollback { .. } => all.clone().all(|p| !on_target(p)),
                 _ => all.clone().all(on_target),
             };
             if done {
-                let version = target.unwrap_or_default();
+                let version = file_version
+                    .map(|v| v.to_string())
+                    .or(file)
+                    .unwrap_or_default();
                 return Ok(Canary::new(
                     mesh,
                     &revisions::revision_of(&version),
@@ -193,8 +203,10 @@ pub(super) fn decide(
             )));
         }
     };
-    let from_version = old.version.clone().unwrap_or_default();
-    match revisions::minors_between(&from_version, &version) {
+    let Some(from_version) = old.version else {
+        return Err(unknown(&old));
+    };
+    match from_version.minors_to(version) {
         Some(1) => {}
         Some(0) => {
             return Err(Error::Refused(format!(
@@ -221,8 +233,8 @@ pub(super) fn decide(
         )));
     }
     if !matches!(phase, UpgradePhase::Start { .. })
-        && let Some(file) = mesh.chart("istiod").version
-        && file != version
+        && let Some(file) = &file
+        && file_version != Some(version)
     {
         return Err(Error::Refused(format!(
             "the upgrade under way is to {version}, but the mesh file's istiod chart is {file}: set `istio.version: {version}` (or put the {version} charts in `istio.charts`)"
@@ -259,11 +271,11 @@ pub(super) fn decide(
     let mut canary = Canary::new(
         mesh,
         &old.name,
-        &version,
+        &version.to_string(),
         todo.chunks(size).map(<[String]>::to_vec).collect(),
     );
     canary.new = new.name.clone();
-    canary.old_version = old.version.clone();
+    canary.old_version = old.version;
     canary.to.revision = Some(new.name.clone());
     let moving = match phase {
         UpgradePhase::Rollback { .. } => &new.name,
@@ -296,22 +308,26 @@ pub(super) fn decide(
 
 /// Clusters never more than one minor version apart, counting the version being installed.
 fn check_skew(mesh: &Mesh, installed: &BTreeMap<String, Installed>) -> Result<(), Error> {
-    let mut versions: Vec<(String, String)> = installed
+    let mut versions: Vec<(String, IstioVersion)> = installed
         .iter()
         .flat_map(|(c, i)| {
             i.revisions
                 .iter()
-                .filter_map(move |r| Some((c.clone(), r.version.clone()?)))
+                .filter_map(move |r| Some((c.clone(), r.version?)))
         })
         .collect();
-    if let Some(v) = mesh.chart("istiod").version {
+    if let Some(v) = mesh
+        .chart("istiod")
+        .version
+        .as_deref()
+        .and_then(IstioVersion::stamped)
+    {
         versions.push((format!("the mesh file ({})", mesh.source), v));
     }
-    let minor = |v: &str| revisions::triple(v).map(|t| (t.0, t.1));
-    let lowest = versions.iter().min_by_key(|(_, v)| minor(v));
-    let highest = versions.iter().max_by_key(|(_, v)| minor(v));
+    let lowest = versions.iter().min_by_key(|(_, v)| v.minor());
+    let highest = versions.iter().max_by_key(|(_, v)| v.minor());
     if let (Some((lc, lv)), Some((hc, hv))) = (lowest, highest)
-        && revisions::minors_between(lv, hv).is_some_and(|n| n > 1)
+        && lv.minors_to(*hv).is_some_and(|n| n > 1)
     {
         return Err(Error::Refused(format!(
             "{lc} runs Istio {lv} and {hc} {hv}: more than one minor version apart, which Istio does not support between the clusters of a mesh; bring every cluster to within one minor version first"
@@ -320,10 +336,18 @@ fn check_skew(mesh: &Mesh, installed: &BTreeMap<String, Installed>) -> Result<()
     Ok(())
 }
 
+/// A revision of unknown version cannot be upgraded one minor version at a time.
+fn unknown(revision: &Revision) -> Error {
+    Error::Refused(format!(
+        "istiod `{}` runs an unknown Istio version (found: {}): meshup upgrades one minor version at a time and cannot tell from which; upgrade it in place with `meshup install --in-place`, one cluster at a time",
+        revision.name, revision.found
+    ))
+}
+
 fn list(revisions: &[Revision]) -> String {
     revisions
         .iter()
-        .map(|r| format!("{} ({})", r.name, r.version.as_deref().unwrap_or("?")))
+        .map(|r| format!("{} ({})", r.name, r.version_text()))
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -440,5 +464,117 @@ fn next_step(phase: &UpgradePhase, canary: &Canary) -> String {
             "the mesh runs {} again where it was rolled back; set `istio.version` back in the mesh file",
             canary.old
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::WaveArgs;
+    use crate::testing;
+    use crate::trust::TrustMode;
+
+    fn waves() -> WaveArgs {
+        WaveArgs {
+            wave_size: 1,
+            only: Vec::new(),
+        }
+    }
+
+    fn mesh_at(version: &str) -> Mesh {
+        let mut mesh = testing::mesh(2, TrustMode::Generate);
+        mesh.version = Some(version.into());
+        mesh
+    }
+
+    fn rev(name: &str, tag: &str) -> Revision {
+        Revision {
+            name: name.into(),
+            version: IstioVersion::parse(tag),
+            chart: None,
+            found: format!("image `pilot:{tag}`"),
+        }
+    }
+
+    /// Every cluster runs `revisions`; `default` tagged onto `promoted` when given.
+    fn everywhere(revisions: &[Revision], promoted: Option<&str>) -> BTreeMap<String, Installed> {
+        let installed = Installed {
+            revisions: revisions.to_vec(),
+            tags: promoted
+                .map(|r| BTreeMap::from([(revisions::DEFAULT_TAG.into(), r.into())]))
+                .unwrap_or_default(),
+        };
+        ["cluster1", "cluster2"]
+            .iter()
+            .map(|c| (c.to_string(), installed.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn an_upgrade_between_distroless_images_goes_on_with_the_mesh_files_version() {
+        let started = everywhere(
+            &[
+                rev("default", "1.30.0-distroless"),
+                rev("1-31-0", "1.31.0-distroless"),
+            ],
+            None,
+        );
+        let promote = UpgradePhase::Promote {
+            restart_workloads: false,
+            waves: waves(),
+        };
+        let canary = decide(&mesh_at("1.31.0"), &started, &promote).unwrap();
+        assert_eq!(canary.new, "1-31-0");
+        assert_eq!(canary.version, "1.31.0");
+        assert_eq!(canary.old_version, IstioVersion::parse("1.30.0"));
+        assert_eq!(canary.waves, [["cluster1"], ["cluster2"]]);
+        let promoted = everywhere(
+            &[
+                rev("default", "1.30.0-distroless"),
+                rev("1-31-0", "1.31.0-distroless"),
+            ],
+            Some("1-31-0"),
+        );
+        let rollback = UpgradePhase::Rollback {
+            restart_workloads: false,
+            force: false,
+            waves: waves(),
+        };
+        assert!(decide(&mesh_at("1.31.0"), &promoted, &rollback).is_ok());
+    }
+
+    #[test]
+    fn a_start_from_a_distroless_image_names_the_new_revision_for_the_version() {
+        let steady = everywhere(&[rev("default", "1.30.0-distroless")], None);
+        let start = UpgradePhase::Start {
+            to: None,
+            waves: waves(),
+        };
+        let canary = decide(&mesh_at("1.31.0"), &steady, &start).unwrap();
+        assert_eq!(canary.new, "1-31-0");
+        let finished = everywhere(&[rev("1-31-0", "1.31.0-distroless")], None);
+        assert!(
+            decide(&mesh_at("1.31.0"), &finished, &start)
+                .unwrap()
+                .waves
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_start_from_an_unknown_version_is_refused_naming_what_was_found() {
+        let steady = everywhere(&[rev("default", "latest")], None);
+        let start = UpgradePhase::Start {
+            to: None,
+            waves: waves(),
+        };
+        let Err(refused) = decide(&mesh_at("1.31.0"), &steady, &start) else {
+            panic!("a start from an unknown version goes on");
+        };
+        let text = refused.to_string();
+        assert!(
+            text.contains("unknown Istio version") && text.contains("pilot:latest"),
+            "{text}"
+        );
     }
 }

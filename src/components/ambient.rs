@@ -13,7 +13,6 @@ use super::{Action, ClusterCtx, Component, ScriptCx, Stage};
 use crate::facts::{ClusterStatus, column};
 use crate::finding::Finding;
 use crate::kubectl;
-use crate::revisions::triple;
 use crate::runner::{self, StepError};
 use crate::sensitive::Sensitive;
 use crate::step::shell_quote;
@@ -33,9 +32,9 @@ pub const EAST_WEST: &str = "istio-eastwestgateway";
 /// The Gateway API release an Istio minor version is built against (`sigs.k8s.io/gateway-api`
 /// in Istio's go.mod at the release tags: 1.28.0 and 1.29.0 v1.4.0, 1.30.0 v1.5.1, 1.31 v1.6.0).
 pub fn gateway_api_for(istio: Option<&str>) -> &'static str {
-    match istio.and_then(triple) {
-        Some((1, minor, _)) if minor >= 31 => "v1.6.0",
-        Some((1, 30, _)) => "v1.5.1",
+    match istio.and_then(crate::version::IstioVersion::parse) {
+        Some(v) if v.minor() >= (1, 31) => "v1.6.0",
+        Some(v) if v.minor() >= (1, 30) => "v1.5.1",
         Some(_) => "v1.4.0",
         // No version pinned: the newest charts.
         None => "v1.6.0",

@@ -86,7 +86,7 @@ impl Component for RevisionTags {
         let names: Vec<String> = installed
             .revisions
             .iter()
-            .map(|r| format!("{} {}", r.name, r.version.as_deref().unwrap_or("?")))
+            .map(|r| format!("{} {}", r.name, r.version_text()))
             .collect();
         if !names.is_empty() {
             status.cell(column::REVISIONS, names.join(", "));

@@ -18,3 +18,4 @@ mod layout;
 mod topologies;
 mod upgrade;
 mod verify;
+mod versions;
