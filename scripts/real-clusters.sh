@@ -4,8 +4,8 @@
 # (pilot-discovery), all built from Go modules and run as plain processes.
 #
 #   scripts/real-clusters.sh build [COMPONENT...]   builds the pinned binaries (all by default)
-#   scripts/real-clusters.sh up N DIR               (not yet implemented)
-#   scripts/real-clusters.sh down DIR               (not yet implemented)
+#   scripts/real-clusters.sh up N DIR               starts N clusters (scripts/real/launcher.py)
+#   scripts/real-clusters.sh down DIR               stops them, removes DIR
 #
 # `build` builds every binary once, from the versions scripts/pins.env pins, into a cache outside
 # the repo, one directory per component and version:
@@ -332,9 +332,16 @@ case "${1:-}" in
     shift
     cmd_build "$@"
     ;;
-  up | down)
-    echo "error: \`real-clusters.sh $1\` is not yet implemented" >&2
-    exit 1
+  up)
+    [[ $# -eq 3 ]] || { usage; exit 2; }
+    # kwok's Exec and Logs CRDs, from the module kwok was built from (the launcher applies them).
+    kwok_dir="$(cd "$(mktemp -d)" && GOFLAGS=-mod=mod go mod download -json "sigs.k8s.io/kwok@${REAL_KWOK_VERSION}" |
+      python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')"
+    MESHUP_REAL_KWOK_CRDS="${kwok_dir}/kustomize/crd/bases" exec python3 "${repo_root}/scripts/real/launcher.py" up "$2" "$3"
+    ;;
+  down)
+    [[ $# -eq 2 ]] || { usage; exit 2; }
+    exec python3 "${repo_root}/scripts/real/launcher.py" down "$2"
     ;;
   *)
     usage

@@ -1941,6 +1941,7 @@ mod tests {
             mutating: vec![hook(ca)],
             istiod_services: BTreeMap::from([("istiod".into(), json!({"spec": {"ports": []}}))]),
             istiod_endpoints: BTreeMap::from([("istiod".into(), vec![address.to_string()])]),
+            control_planes: Some("cluster1".into()),
             ..View::default()
         };
         let healthy = remote("Q0E=", "10.0.0.1");
@@ -1965,6 +1966,17 @@ mod tests {
         let found = whys(&remotes(&mesh, &[&primary, &gone]));
         assert_eq!(found.len(), 1, "{found:?}");
         assert!(found[0].contains("which does not exist"), "{found:?}");
+        // A namespace that does not name the primary: nothing patches the bundle.
+        for named in [None, Some("cluster9")] {
+            let unled = View {
+                control_planes: named.map(str::to_string),
+                ..remote("", "10.0.0.1")
+            };
+            let found = whys(&remotes(&mesh, &[&primary, &unled]));
+            assert_eq!(found.len(), 2, "{found:?}");
+            assert!(found[0].contains("not primary `cluster1`"), "{found:?}");
+            assert!(found[1].contains("empty caBundle"), "{found:?}");
+        }
         // The primary's own injector calls its local istiod's Service: nothing to follow.
         let local = View {
             mutating: vec![hook("")],
