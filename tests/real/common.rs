@@ -111,6 +111,9 @@ impl Real {
 
     pub fn meshup(&self, args: &[&str]) -> Run {
         let mut command = Command::new(env!("CARGO_BIN_EXE_meshup"));
+        if !args.contains(&"--output") {
+            command.args(["--output", "plain"]);
+        }
         command
             .args(args)
             .arg("--kubeconfig")
@@ -119,7 +122,7 @@ impl Real {
             .arg(self.tools.join("helm"))
             .arg("--kubectl")
             .arg(self.tools.join("kubectl"))
-            .args(["--output", "plain", "--timeout", "120s"])
+            .args(["--timeout", "120s"])
             .current_dir(self.home.path())
             .stdin(Stdio::null())
             .env("HOME", self.home.path())
