@@ -390,22 +390,26 @@ fn a_canary_upgrade_between_two_real_istiod_builds() {
             2,
             "{context}: both revisions' real istiods Ready: {ready:?}"
         );
-        let version = real.kubectl(
-            context,
-            &[
-                "exec",
-                "-n",
-                NS,
-                "deploy/istiod-1-31-0",
-                "-c",
-                "discovery",
-                "--",
-                "pilot-discovery",
-                "version",
-                "-s",
-            ],
-        );
-        assert!(version.trim().starts_with(TO), "{context}: {version}");
+        // Each revision's exec reaches its own istiod (its own network namespace).
+        for (deployment, version) in [("istiod", FROM), ("istiod-1-31-0", TO)] {
+            let said = real.kubectl(
+                context,
+                &[
+                    "exec",
+                    "-n",
+                    NS,
+                    &format!("deploy/{deployment}"),
+                    "-c",
+                    "discovery",
+                    "--",
+                    "pilot-discovery",
+                    "request",
+                    "GET",
+                    "/version",
+                ],
+            );
+            assert!(said.contains(version), "{context} {deployment}: {said}");
+        }
     }
     real.meshup(&["verify", "-f", &new, "--wait", "120s"])
         .expect(0);
