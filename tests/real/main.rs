@@ -99,6 +99,59 @@ fn a_mesh_on_three_real_clusters_installs_verifies_repairs_and_goes() {
         doctor.all()
     );
 
+    // The API servers call the real istiods' webhooks at their pods' addresses: injection and
+    // validation are istiod's own.
+    real.kubectl("real-1", &["create", "namespace", "app"]);
+    real.kubectl(
+        "real-1",
+        &["label", "namespace", "app", "istio-injection=enabled"],
+    );
+    real.kubectl(
+        "real-1",
+        &[
+            "create",
+            "deployment",
+            "sleep",
+            "-n",
+            "app",
+            "--image=docker.io/curlimages/curl",
+            "--",
+            "sleep",
+            "3600",
+        ],
+    );
+    real.until(
+        "the sleep pod, injected by the real istiod",
+        Duration::from_secs(60),
+        || {
+            let pods = real.json("real-1", &["get", "pods", "-n", "app"]);
+            pods["items"].as_array().unwrap().iter().any(|p| {
+                let containers = p["spec"]["containers"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                let all: Vec<&Value> = containers
+                    .iter()
+                    .chain(p["spec"]["initContainers"].as_array().into_iter().flatten())
+                    .collect();
+                all.iter().any(|c| c["name"] == "istio-proxy")
+            })
+        },
+    );
+    let invalid = real.path("invalid.yaml");
+    std::fs::write(
+        &invalid,
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: bad\n  namespace: app\nspec:\n  host: \"\"\n",
+    )
+    .unwrap();
+    let refused = real.kubectl_out("real-1", &["apply", "-f", invalid.to_str().unwrap()]);
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && said.contains("validation.istio.io"),
+        "istiod's validating webhook refuses an empty host: {said}"
+    );
+    real.kubectl("real-1", &["delete", "namespace", "app", "--wait=false"]);
+
     let records: Vec<BTreeSet<String>> = (1..=3)
         .map(|i| helm_records(&real, &format!("real-{i}")))
         .collect();
