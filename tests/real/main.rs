@@ -8,6 +8,7 @@
 //! `scripts/real-clusters.sh build`); this target is not part of the default test run.
 
 mod common;
+mod probes;
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};

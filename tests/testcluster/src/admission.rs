@@ -153,15 +153,7 @@ impl State {
         };
         let s = |k: &str| svc_ref.get(k).and_then(Value::as_str).unwrap_or("");
         let (name, ns) = (s("name"), s("namespace"));
-        let port = svc_ref.get("port").and_then(Value::as_u64).unwrap_or(443);
-        let timeout = hook
-            .get("timeoutSeconds")
-            .and_then(Value::as_u64)
-            .unwrap_or(10);
-        let url = format!(
-            "Post \"https://{name}.{ns}.svc:{port}{}?timeout={timeout}s\"",
-            s("path")
-        );
+        let url = webhook_url(hook);
         let Some(svc) = self.objects.get(&Key {
             group: String::new(),
             plural: "services".into(),
@@ -206,6 +198,26 @@ impl State {
             .then_some(Endpoint::Elsewhere),
         }
     }
+}
+
+/// The call to a Service webhook as the API server's client names it in errors: `Post
+/// "https://SVC.NS.svc:PORT/PATH?timeout=Ns"` (port 443 and 10 s by default).
+pub(crate) fn webhook_url(hook: &Value) -> String {
+    let svc_ref = hook
+        .pointer("/clientConfig/service")
+        .unwrap_or(&Value::Null);
+    let s = |k: &str| svc_ref.get(k).and_then(Value::as_str).unwrap_or("");
+    let port = svc_ref.get("port").and_then(Value::as_u64).unwrap_or(443);
+    let timeout = hook
+        .get("timeoutSeconds")
+        .and_then(Value::as_u64)
+        .unwrap_or(10);
+    format!(
+        "Post \"https://{}.{}.svc:{port}{}?timeout={timeout}s\"",
+        s("name"),
+        s("namespace"),
+        s("path")
+    )
 }
 
 /// Where a webhook call lands.

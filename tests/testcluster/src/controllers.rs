@@ -48,10 +48,6 @@ pub fn istiod_revision(pod: &Value) -> String {
 /// here).
 pub(crate) const CREATE_RETRY: std::time::Duration = std::time::Duration::from_millis(200);
 
-/// What a crashing istiod prints.
-const ISTIOD_CACERTS_ERROR: &str =
-    "error\tfailed to create discovery service: incomplete signing CA bundle in cacerts\n";
-
 /// A running pod whose containers crash on start: not ready, in CrashLoopBackOff.
 fn crash(pod: &mut Value) {
     let name = meta_str(pod, "name").to_string();
@@ -848,11 +844,11 @@ impl State {
         set_default(obj, "/spec/dnsPolicy", json!("ClusterFirst"));
         set_default(obj, "/spec/schedulerName", json!("default-scheduler"));
         set_default(obj, "/spec/terminationGracePeriodSeconds", json!(30));
-        let mut crashing = false;
+        let mut crashing = None;
         if crate::proxy::is_istiod(obj) {
             let root = crate::mesh::cacerts_root(self, &key.namespace);
             self.istiod_roots.insert(key.clone(), root);
-            crashing = crate::mesh::cacerts(self, &key.namespace) == crate::mesh::Cacerts::Partial;
+            crashing = crate::mesh::cacerts(self, &key.namespace).startup_error();
         }
         if obj.pointer("/status/phase").is_some() {
             return;
@@ -861,10 +857,9 @@ impl State {
         obj["status"] = running_status(obj, &ip, meta_str(obj, "creationTimestamp"));
         obj["status"]["hostIP"] = json!(self.node_ip());
         obj["status"]["hostIPs"] = json!([{"ip": self.node_ip()}]);
-        if crashing {
+        if let Some(error) = crashing {
             crash(obj);
-            self.pod_logs
-                .insert(key.clone(), ISTIOD_CACERTS_ERROR.to_string());
+            self.pod_logs.insert(key.clone(), error.to_string());
         } else {
             self.delay_readiness(key, obj);
         }
@@ -873,7 +868,7 @@ impl State {
     /// The kubelet restarts crashing istiod containers: once `cacerts` in their namespace is
     /// complete again (or gone), they start, loading it.
     pub(crate) fn restart_crashing_istiods(&mut self, ns: &str) {
-        if crate::mesh::cacerts(self, ns) == crate::mesh::Cacerts::Partial {
+        if crate::mesh::cacerts(self, ns).startup_error().is_some() {
             return;
         }
         let Some(res) = self.resource("", "v1", "pods") else {

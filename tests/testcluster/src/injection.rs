@@ -136,6 +136,20 @@ impl State {
                         else {
                             continue;
                         };
+                        // The API server verifies istiod's serving certificate against the
+                        // webhook's caBundle (apiserver pkg/util/webhook `restClient` TLS
+                        // config): a bundle without istiod's root fails the call.
+                        let root = crate::webhookpatch::istiod_root(self, &server.namespace);
+                        if !crate::webhookpatch::bundle_trusts(hook, &root) {
+                            if fails_closed(hook) {
+                                let reason = format!(
+                                    "{}: tls: failed to verify certificate: x509: certificate signed by unknown authority",
+                                    crate::admission::webhook_url(hook)
+                                );
+                                return Err(call_failed(hook, &reason));
+                            }
+                            continue;
+                        }
                         if inject_required(ns, pod) {
                             inject(pod, &istiod_revision(istiod));
                             injector = Some(server);
@@ -162,7 +176,7 @@ mod tests {
     /// A cluster with namespace `ns` (labels as given) and istiod pods, Ready, of the
     /// revisions given, each behind a Service `istiod[-REV]` selecting it by revision.
     fn cluster(ns_labels: Value, revisions: &[&str]) -> State {
-        let mut st = State::new("c", String::new());
+        let mut st = State::new("c", "CLUSTER-CA".into());
         st.timing.pod_ready = std::time::Duration::ZERO;
         let res = |st: &State, g: &str, p: &str| st.resource(g, "v1", p).unwrap();
         for ns in ["istio-system", "app"] {
@@ -224,7 +238,16 @@ mod tests {
         )
     }
 
-    fn add_config(st: &mut State, name: &str, hooks: Vec<Value>) {
+    /// A configuration as istiod leaves it: its webhooks trust istiod's root (the cluster's
+    /// CA stands in for it without `cacerts`).
+    fn add_config(st: &mut State, name: &str, mut hooks: Vec<Value>) {
+        use base64::Engine;
+        let bundle = base64::engine::general_purpose::STANDARD.encode(&st.ca_pem);
+        for h in &mut hooks {
+            if h.pointer("/clientConfig/caBundle").is_none() {
+                h["clientConfig"]["caBundle"] = json!(bundle);
+            }
+        }
         let r = st
             .resource(
                 "admissionregistration.k8s.io",
@@ -250,6 +273,42 @@ mod tests {
 
     fn revision(pod: &Value) -> Option<String> {
         injected_revision(pod)
+    }
+
+    #[test]
+    fn a_ca_bundle_without_istiods_root_refuses_the_pod_or_skips_the_webhook() {
+        let mut st = cluster(json!({"istio-injection": "enabled"}), &["default"]);
+        let mut hook = webhook(
+            "namespace.sidecar-injector.istio.io",
+            "istiod",
+            json!({"matchLabels": {"istio-injection": "enabled"}}),
+            not_false(),
+        );
+        hook["clientConfig"]["caBundle"] = json!("");
+        add_config(&mut st, "istio-sidecar-injector", vec![hook.clone()]);
+        let e = create_pod(&mut st, json!({})).unwrap_err();
+        assert_eq!(e.code, 500);
+        assert_eq!(
+            &*e.message,
+            "Internal error occurred: failed calling webhook \"namespace.sidecar-injector.istio.io\": \
+             failed to call webhook: Post \"https://istiod.istio-system.svc:443/inject?timeout=10s\": \
+             tls: failed to verify certificate: x509: certificate signed by unknown authority"
+        );
+        hook["failurePolicy"] = json!("Ignore");
+        let r = st
+            .resource(
+                "admissionregistration.k8s.io",
+                "v1",
+                "mutatingwebhookconfigurations",
+            )
+            .unwrap();
+        let key = Key::new(&r, "", "istio-sidecar-injector");
+        let mut config = st.objects.get(&key).cloned().unwrap();
+        config["webhooks"] = json!([hook]);
+        st.update(&r, &key, config, crate::store::WriteMode::Main, false)
+            .unwrap();
+        let pod = create_pod(&mut st, json!({})).unwrap();
+        assert_eq!(revision(&pod), None);
     }
 
     #[test]

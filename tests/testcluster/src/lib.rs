@@ -119,6 +119,7 @@ mod exec;
 mod fields;
 mod fixtures;
 mod gateways;
+mod immutable;
 mod injection;
 mod istiod;
 mod mesh;

@@ -150,6 +150,9 @@ pub enum Cacerts {
     /// Some of the plug-in files but not all: istiod fails to start ("incomplete signing CA
     /// bundle").
     Partial,
+    /// The four plug-in files, but `ca-cert.pem` is not a CA certificate: istiod fails to
+    /// start ("certificate is not authorized to sign other certificates").
+    NotCa,
     /// A complete set with this root: `root-cert.pem` of the four plug-in files, or `ca.crt`
     /// of the `tls.crt`/`tls.key`/`ca.crt` layout (which takes priority when `tls.crt` exists).
     Root(String),
@@ -191,8 +194,35 @@ pub fn cacerts(st: &State, ns: &str) -> Cacerts {
     let present = files.iter().filter(|k| data.contains_key(**k)).count();
     match (present, get("root-cert.pem")) {
         (0, _) => Cacerts::Absent,
+        (4, Some(_)) if get("ca-cert.pem").is_some_and(|c| not_a_ca(&c)) => Cacerts::NotCa,
         (4, Some(root)) => Cacerts::Root(root),
         _ => Cacerts::Partial,
+    }
+}
+
+/// Whether a signing certificate parses and is not a CA (basic constraints `CA:TRUE`), the
+/// check istiod makes before it signs with plugged certificates (istio 1.30
+/// security/pkg/pki/ca/ca.go `NewPluggedCertIstioCAOptions`: `!cert.IsCA`). Text that is no
+/// certificate is left alone here (istiod refuses it too, with another message).
+fn not_a_ca(pem: &str) -> bool {
+    x509_parser::pem::parse_x509_pem(pem.as_bytes())
+        .ok()
+        .and_then(|(_, pem)| pem.parse_x509().ok().map(|cert| !cert.is_ca()))
+        .unwrap_or(false)
+}
+
+impl Cacerts {
+    /// What istiod prints when it cannot start with this `cacerts` (`None`: it starts).
+    pub fn startup_error(&self) -> Option<&'static str> {
+        match self {
+            Cacerts::Partial => Some(
+                "error\tfailed to create discovery service: incomplete signing CA bundle in cacerts\n",
+            ),
+            Cacerts::NotCa => Some(
+                "error\tfailed to create discovery service: failed to create CA: failed to create an istiod CA: certificate is not authorized to sign other certificates\n",
+            ),
+            Cacerts::Absent | Cacerts::Root(_) => None,
+        }
     }
 }
 

@@ -434,6 +434,26 @@ fn resource_inner(
     let t = resolve(st, group, version, segs)?;
     let res = &t.res;
     let ns = t.ns.clone().unwrap_or_default();
+    if let Some(sub) = &t.sub
+        && !res.subresources.iter().any(|s| &s.0 == sub)
+    {
+        // A subresource the kind does not have (`configmaps/NAME/status`) is no route at all
+        // (apiserver pkg/endpoints/installer `registerResourceHandlers` installs only the
+        // storage's own subresources); a custom resource's is answered by the CRD handler
+        // as the object not found (apiextensions-apiserver `crdHandler.ServeHTTP`).
+        if res.crd.is_some() {
+            return Err(ApiError::not_found(
+                &res.group,
+                &res.plural,
+                t.name.as_deref().unwrap_or(""),
+            ));
+        }
+        return Err(ApiError::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        ));
+    }
     let verb = match (method, &t.name) {
         (&Method::GET, None) if q.flag("watch") => "watch",
         (&Method::GET, None) => "list",
@@ -482,6 +502,26 @@ fn resource_inner(
             let ns_filter = t.ns.as_deref();
             if q.flag("watch") {
                 return Ok(watch(shared, st, res, ns_filter, label, field, q));
+            }
+            if let Some(asked) = q.get("resourceVersion").and_then(|v| v.parse::<u64>().ok())
+                && asked > st.rv
+            {
+                // The watch cache waits (3 s) for a resourceVersion it has not seen, then gives
+                // up (apiserver pkg/storage/cacher `waitUntilFreshAndBlock`,
+                // `storage.NewTooLargeResourceVersionError`).
+                let mut e = ApiError::new(
+                    504,
+                    "Timeout",
+                    format!(
+                        "Timeout: Too large resource version: {asked}, current: {}",
+                        st.rv
+                    ),
+                );
+                e.causes = Some(Box::new(json!([{
+                    "reason": "ResourceVersionTooLarge",
+                    "message": "Too large resource version"
+                }])));
+                return Err(e);
             }
             let items: Vec<Value> = st
                 .select(res, ns_filter)
@@ -621,6 +661,7 @@ fn resource_inner(
                 Some(_) => return Err(bad("subresource not supported")),
             };
             let body = decode_body(headers, &body)?;
+            check_name(&body, name, t.ns.as_deref())?;
             if res.group == "coordination.k8s.io"
                 && res.plural == "leases"
                 && meta_str(&body, "resourceVersion").is_empty()
@@ -631,7 +672,7 @@ fn resource_inner(
                     422,
                     "Invalid",
                     format!(
-                        "Lease.coordination.k8s.io \"{name}\" is invalid: metadata.resourceVersion: Invalid value: 0x0: must be specified for an update"
+                        "leases.coordination.k8s.io \"{name}\" is invalid: metadata.resourceVersion: Invalid value: 0: must be specified for an update"
                     ),
                 );
                 e.name = name.clone();
@@ -688,15 +729,25 @@ fn resource_inner(
             };
             if ct.starts_with("application/json-patch") {
                 patch::json(&mut cur, &p).map_err(|e| ApiError::new(422, "Invalid", e))?;
-            } else if ct.starts_with("application/strategic-merge-patch") {
+            } else if ct.starts_with("application/strategic-merge-patch") && res.crd.is_none() {
                 patch::strategic(&mut cur, &p);
             } else if ct.starts_with("application/merge-patch") {
                 patch::merge(&mut cur, &p);
             } else {
+                // apiserver pkg/endpoints/handlers `PatchResource`: a custom resource has no
+                // strategic merge patch (no Go struct to carry the patch strategy).
+                let mut accepted =
+                    "application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml"
+                        .to_string();
+                if res.crd.is_none() {
+                    accepted.push_str(", application/strategic-merge-patch+json");
+                }
                 return Err(ApiError::new(
                     415,
                     "UnsupportedMediaType",
-                    format!("the media type {ct:?} is not supported for PATCH"),
+                    format!(
+                        "the body of the request was in an unknown format - accepted media types include: {accepted}"
+                    ),
                 ));
             }
             let obj = st.update(res, &key, cur, mode, dry_run)?;
@@ -704,37 +755,36 @@ fn resource_inner(
         }
         (&Method::DELETE, name) => {
             // DeleteOptions (JSON or protobuf): its preconditions are checked against the
-            // object, as the storage layer does (k8s.io/apiserver pkg/storage `Preconditions.Check`,
-            // a mismatch becoming 409 Conflict in `interpretStorageError`).
+            // object before the delete (k8s.io/apiserver pkg/registry/rest/delete.go
+            // `BeforeDelete`: a Conflict on `Kind.group`, as a real v1.35 server answers).
             let options = decode_body(headers, &body).unwrap_or(Value::Null);
             if let Some(name) = name.as_deref()
                 && let Some(current) = st.objects.get(&Key::new(res, &ns, name))
             {
-                let qualified = if res.group.is_empty() {
-                    res.plural.clone()
+                let kind = if res.group.is_empty() {
+                    res.kind.clone()
                 } else {
-                    format!("{}.{}", res.plural, res.group)
+                    format!("{}.{}", res.kind, res.group)
                 };
-                for (field, meta) in [("uid", "uid"), ("resourceVersion", "resourceVersion")] {
+                for (field, label, why) in [
+                    ("uid", "UID", "deleted and then recreated"),
+                    ("resourceVersion", "ResourceVersion", "modified"),
+                ] {
                     let Some(want) = options["preconditions"][field].as_str() else {
                         continue;
                     };
-                    let have = meta_str(current, meta);
+                    let have = meta_str(current, field);
                     if want != have {
-                        let label = if field == "uid" {
-                            "UID"
-                        } else {
-                            "ResourceVersion"
-                        };
                         let mut e = ApiError::new(
                             409,
                             "Conflict",
                             format!(
-                                "Operation cannot be fulfilled on {qualified} \"{name}\": Precondition failed: {label} in precondition: {want}, {label} in object meta: {have}"
+                                "Operation cannot be fulfilled on {kind} \"{name}\": the {label} in the precondition ({want}) does not match the {label} in record ({have}). The object might have been {why}"
                             ),
                         );
                         e.name = name.to_string();
-                        e.plural = res.plural.clone();
+                        e.group = res.group.clone();
+                        e.plural = res.kind.clone();
                         return Err(e);
                     }
                 }
@@ -802,6 +852,32 @@ fn resource_inner(
             "the server does not allow this method on the requested resource",
         )),
     }
+}
+
+/// A PUT's object must be the one its URL names (apiserver pkg/endpoints/handlers/rest.go
+/// `checkName`; another namespace is refused before that, with the words of
+/// `rest.BeforeUpdate`, as a real v1.35 server answers).
+fn check_name(body: &Value, name: &str, ns: Option<&str>) -> Result<(), ApiError> {
+    let sent = meta_str(body, "name");
+    if sent != name {
+        return Err(ApiError::new(
+            400,
+            "BadRequest",
+            format!("the name of the object ({sent}) does not match the name on the URL ({name})"),
+        ));
+    }
+    let sent_ns = meta_str(body, "namespace");
+    if let Some(ns) = ns
+        && !sent_ns.is_empty()
+        && sent_ns != ns
+    {
+        return Err(ApiError::new(
+            400,
+            "BadRequest",
+            "the namespace of the provided object does not match the namespace sent on the request",
+        ));
+    }
+    Ok(())
 }
 
 /// An istiod pod's log as the kubelet serves it: `sinceTime` (RFC 3339) or `sinceSeconds`

@@ -212,6 +212,16 @@ fn meta_mut(obj: &mut Value) -> &mut Map<String, Value> {
     m.as_object_mut().unwrap()
 }
 
+/// A resource as the API server names it in messages: `plural` for the core group,
+/// `plural.group` otherwise (apimachinery `schema.GroupResource.String`).
+pub fn qualified(res: &Resource) -> String {
+    if res.group.is_empty() {
+        res.plural.clone()
+    } else {
+        format!("{}.{}", res.plural, res.group)
+    }
+}
+
 /// The object without metadata and status: what a change of bumps `generation`.
 fn spec_part(obj: &Value) -> Value {
     let mut v = obj.clone();
@@ -499,7 +509,7 @@ impl State {
             let mut e = ApiError::new(
                 409,
                 "AlreadyExists",
-                format!("{} \"{name}\" already exists", res.plural),
+                format!("{} \"{name}\" already exists", qualified(res)),
             );
             e.name = name;
             e.group = res.group.clone();
@@ -549,7 +559,8 @@ impl State {
                     "Conflict",
                     format!(
                         "Operation cannot be fulfilled on {} \"{}\": the object has been modified; please apply your changes to the latest version and try again",
-                        res.plural, key.name
+                        qualified(res),
+                        key.name
                     ),
                 );
                 e.name = key.name.clone();
@@ -560,6 +571,7 @@ impl State {
         }
         if mode == WriteMode::Main {
             validate(res, &key.name, &obj)?;
+            crate::immutable::check_update(res, &key.name, &old, &obj)?;
         }
         self.prepare(res, key, Some(&old), &mut obj, mode);
         if mode == WriteMode::Main {

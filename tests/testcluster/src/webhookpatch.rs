@@ -97,14 +97,32 @@ pub fn patchers(st: &State) -> Vec<Patcher> {
                 .unwrap_or_else(|| istiod.revision.clone()),
             cluster_id: istiod.own.clone(),
             namespace: key.namespace.clone(),
-            // istiod's root: the plugged `cacerts` root, else (its own self-signed root, not
-            // emulated) the cluster's CA stands in.
-            bundle: crate::mesh::cacerts_root(st, &key.namespace)
-                .unwrap_or_else(|| st.ca_pem.clone()),
+            bundle: istiod_root(st, &key.namespace),
             remotes,
         });
     }
     out
+}
+
+/// The root that signs the serving certificate of the istiods of `ns` (their webhooks'
+/// too): the plugged `cacerts` root, else (istiod's own self-signed root, not emulated) the
+/// cluster's CA stands in.
+pub fn istiod_root(st: &State, ns: &str) -> String {
+    crate::mesh::cacerts_root(st, ns).unwrap_or_else(|| st.ca_pem.clone())
+}
+
+/// Whether a webhook's `clientConfig.caBundle` holds `root`, so that the API server's
+/// client verifies a server certificate `root` signed.
+pub fn bundle_trusts(hook: &Value, root: &str) -> bool {
+    let squash = |s: &str| s.split_whitespace().collect::<String>();
+    let bundle = hook
+        .pointer("/clientConfig/caBundle")
+        .and_then(Value::as_str)
+        .and_then(|b| STANDARD.decode(b).ok())
+        .map(|b| squash(&String::from_utf8_lossy(&b)))
+        .unwrap_or_default();
+    let root = squash(root);
+    !root.is_empty() && bundle.contains(&root)
 }
 
 /// Patches the injector configurations of one cluster for `p`.

@@ -1408,7 +1408,7 @@ fn a_delete_with_preconditions_needs_the_current_resource_version() {
     assert!(!stale.ok);
     assert!(
         stale.stderr.contains(&format!(
-            "Precondition failed: ResourceVersion in precondition: 1, ResourceVersion in object meta: {version}"
+            "the ResourceVersion in the precondition (1) does not match the ResourceVersion in record ({version})"
         )),
         "{}",
         stale.stderr
