@@ -15,7 +15,23 @@
 #   scripts/bench.sh memory      N = 50 (BENCH_MEMORY_N): wall time and peak memory (summed
 #                                RSS of meshup and every helm and kubectl it runs at once) with
 #                                the default --jobs (16) and with --jobs all.
-#   scripts/bench.sh all         all three.
+#   scripts/bench.sh pods        status, verify and doctor of a 2-cluster mesh before and after
+#                                5,000 application pods (40 with sidecars) go into each
+#                                cluster: wall time, helm/kubectl processes, peak memory.
+#                                Target: at most 1.5x each.
+#   scripts/bench.sh rotation    `link --rotate` of a 2-cluster mesh with each istiod's log at
+#                                its start and grown by 100 MB (BENCH_LOG_MB): time, and the
+#                                bytes the baseline's `kubectl logs` reads.
+#   scripts/bench.sh scale       N = 10, 50, 100 (BENCH_SCALE): install, link, status, verify,
+#                                doctor at the default --jobs: time, processes, peak memory.
+#                                Targets: processes per cluster the same at every N, time per
+#                                cluster at the largest N within 1.5x of the smallest, peak
+#                                memory under 2 GB.
+#   scripts/bench.sh all         clusters, charts and memory.
+#
+# Peak memory is the summed RSS of meshup and every helm and kubectl it runs, sampled from
+# /proc every 50 ms (`/usr/bin/time -v` is no substitute: its maximum RSS is that of the
+# largest single process, not of those running at once).
 #
 # BENCH_LATENCY_MS sets the latency per request (default 20). Everything runs in a temporary
 # directory that is removed at exit, with every process it started stopped. Nothing but
@@ -25,13 +41,13 @@ set -euo pipefail
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 mode="${1:-clusters}"
 case "${mode}" in
-  clusters | charts | memory | all) ;;
+  clusters | charts | memory | pods | rotation | scale | all) ;;
   -h | --help)
-    sed -n '2,23p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,41p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
     exit 0
     ;;
   *)
-    echo "error: unknown mode \`${mode}\`; use clusters, charts, memory or all" >&2
+    echo "error: unknown mode \`${mode}\`; use clusters, charts, memory, pods, rotation, scale or all" >&2
     exit 2
     ;;
 esac
@@ -340,12 +356,181 @@ bench_memory() {
   done
 }
 
+# --- measured runs: time, processes, peak memory ------------------------------------------------
+
+# measure DIR ARGS...: runs meshup like run_meshup, sampling the memory of it and its children;
+# sets `seconds`, `peak` (MB) and `procs` (helm and kubectl processes). A failing meshup is
+# reported (its exit code in `code`), not fatal: verify and doctor may exit 1.
+measure() {
+  local dir="$1"
+  shift
+  mkdir -p "${dir}/home" "${dir}/tmp"
+  : >"${dir}/processes"
+  local start end pid
+  start="$(now)"
+  (cd "${dir}" && env -u KUBECONFIG -u HELM_KUBECONTEXT -u HELM_NAMESPACE \
+    HOME="${dir}/home" TMPDIR="${dir}/tmp" \
+    XDG_CACHE_HOME="${dir}/home/.cache" XDG_CONFIG_HOME="${dir}/home/.config" \
+    XDG_DATA_HOME="${dir}/home/.local/share" COUNT_FILE="${dir}/processes" \
+    "${meshup}" "$@" --kubeconfig "${dir}/kubeconfig" \
+    --helm "${wrappers}/helm" --kubectl "${wrappers}/kubectl" >"${dir}/out.log" 2>&1) &
+  pid=$!
+  peak="$(peak_rss "${pid}")"
+  code=0
+  wait "${pid}" || code=$?
+  end="$(now)"
+  seconds="$(calc "${end} - ${start}")"
+  procs="$(wc -l <"${dir}/processes" | tr -d ' ')"
+}
+
+# tc_command DIR LINE: sends a command to the running test clusters, waits for its answer.
+tc_command() {
+  local dir="$1" line="$2" waited=0
+  echo "${line}" >&"${tc_stdin}"
+  until grep -qx "done ${line}" "${dir}/testcluster.out"; do
+    if grep -q '^error:' "${dir}/testcluster.out" || ((waited >= 6000)); then
+      echo "error: testcluster did not do \`${line}\`:" >&2
+      cat "${dir}/testcluster.out" >&2
+      exit 1
+    fi
+    sleep 0.1
+    waited=$((waited + 1))
+  done
+}
+
+# --- pods: status, verify, doctor with 5,000 application pods ----------------------------------
+
+bench_pods() {
+  local dir="${work}/pods" total="${BENCH_PODS:-5000}" sidecars="${BENCH_SIDECARS:-40}" status=0
+  mkdir -p "${dir}"
+  start_clusters "${dir}" 2
+  mesh_file "${dir}/mesh.yaml" 2 "${charts}"
+  run_meshup "${dir}" install -f "${dir}/mesh.yaml"
+  echo
+  echo "2 clusters, ${latency_ms} ms per request: without and with ${total} application pods (${sidecars} with sidecars) in each"
+  printf '%-8s  %-8s  %8s  %9s  %9s\n' command pods "time (s)" processes "peak (MB)"
+  local cmd round
+  declare -A before
+  for round in 0 "${total}"; do
+    [[ "${round}" == 0 ]] || tc_command "${dir}" "pods ${total} ${sidecars}"
+    for cmd in status verify doctor; do
+      measure "${dir}" "${cmd}" -f "${dir}/mesh.yaml"
+      printf '%-8s  %-8s  %8s  %9s  %9s\n' "${cmd}" "${round}" "${seconds}" "${procs}" "${peak}"
+      if [[ "${round}" == 0 ]]; then
+        before[${cmd}]="${seconds} ${peak}"
+      else
+        local t0="${before[${cmd}]% *}" m0="${before[${cmd}]#* }"
+        if ! awk "BEGIN { exit !(${seconds} <= 1.5 * ${t0} && ${peak} <= 1.5 * ${m0}) }"; then
+          echo "FAIL  ${cmd}: ${seconds} s / ${peak} MB against ${t0} s / ${m0} MB without the pods (limit 1.5x)"
+          status=1
+        fi
+      fi
+    done
+  done
+  measure "${dir}" status -f "${dir}/mesh.yaml"
+  echo "status counts proxies: $(grep -oE 'default:[0-9]+' "${dir}/out.log" | tr '\n' ' ')"
+  stop_clusters
+  ((status)) || echo "PASS  status, verify and doctor within 1.5x in time and memory with ${total} pods"
+  return "${status}"
+}
+
+# --- rotation: the baseline on a long istiod log ------------------------------------------------
+
+bench_rotation() {
+  local dir="${work}/rotation" mb="${BENCH_LOG_MB:-100}" round pod
+  mkdir -p "${dir}"
+  start_clusters "${dir}" 2
+  mesh_file "${dir}/mesh.yaml" 2 "${charts}"
+  run_meshup "${dir}" install -f "${dir}/mesh.yaml"
+  echo
+  echo "link --rotate of 2 clusters, ${latency_ms} ms per request: istiod's log at start and grown by ${mb} MB"
+  printf '%-10s  %8s  %16s  %20s  %18s\n' "log" "time (s)" "whole log (MB)" "baseline read (B)" "baseline read (s)"
+  for round in start "+${mb} MB"; do
+    [[ "${round}" == start ]] || tc_command "${dir}" "istiod-log ${mb}"
+    pod="$("${tools}/kubectl" --kubeconfig "${dir}/kubeconfig" --context cluster2 -n istio-system \
+      get pods -l app=istiod -o name | head -1)"
+    local whole since t0 t1
+    whole="$("${tools}/kubectl" --kubeconfig "${dir}/kubeconfig" --context cluster2 -n istio-system \
+      logs "${pod}" -c discovery | wc -c)"
+    # What the baseline asks for: the lines of the last BASELINE_WINDOW (src/rotate.rs).
+    t0="$(now)"
+    since="$("${tools}/kubectl" --kubeconfig "${dir}/kubeconfig" --context cluster2 -n istio-system \
+      logs "${pod}" -c discovery --since=15s | wc -c)"
+    t1="$(now)"
+    measure "${dir}" link --rotate -f "${dir}/mesh.yaml"
+    if ((code)); then
+      echo "error: link --rotate failed:" >&2
+      tail -30 "${dir}/out.log" >&2
+      exit 1
+    fi
+    printf '%-10s  %8s  %16s  %20s  %18s\n' "${round}" "${seconds}" \
+      "$(calc "${whole} / 1048576")" "${since}" "$(calc "${t1} - ${t0}")"
+  done
+  stop_clusters
+}
+
+# --- scale: N = 10, 50, 100 ----------------------------------------------------------------------
+
+bench_scale() {
+  local n cmd dir status=0 first="" last="" t1 p1 tn pn mn
+  echo
+  echo "default --jobs, ${latency_ms} ms per request, trust none: time, helm/kubectl processes (per cluster), peak memory"
+  printf '%4s  %-8s  %8s  %9s  %10s  %11s  %9s\n' N command "time (s)" "s/cluster" processes "per cluster" "peak (MB)"
+  declare -A per
+  for n in ${BENCH_SCALE:-10 50 100}; do
+    dir="${work}/scale-${n}"
+    mkdir -p "${dir}"
+    start_clusters "${dir}" "${n}"
+    mesh_file "${dir}/mesh.yaml" "${n}" "${charts}"
+    for cmd in install link status verify doctor; do
+      measure "${dir}" "${cmd}" -f "${dir}/mesh.yaml"
+      if ((code)) && [[ "${cmd}" != doctor ]]; then
+        echo "error: meshup ${cmd} failed at N=${n}:" >&2
+        tail -30 "${dir}/out.log" >&2
+        exit 1
+      fi
+      printf '%4s  %-8s  %8s  %9s  %10s  %11s  %9s\n' "${n}" "${cmd}${code/#0/}" "${seconds}" \
+        "$(calc "${seconds} / ${n}")" "${procs}" "$(calc "${procs} / ${n}")" "${peak}"
+      per["${n} ${cmd}"]="$(calc "${seconds} / ${n}") $(calc "${procs} / ${n}") ${peak}"
+    done
+    stop_clusters
+    [[ -n "${first}" ]] || first="${n}"
+    last="${n}"
+  done
+  for cmd in install link status verify doctor; do
+    read -r t1 p1 _ <<<"${per["${first} ${cmd}"]}"
+    read -r tn pn mn <<<"${per["${last} ${cmd}"]}"
+    if awk "BEGIN { exit !(${pn} <= ${p1} + 0.05) }"; then
+      echo "PASS  ${cmd}: ${pn} processes per cluster at N=${last}, ${p1} at N=${first}"
+    else
+      echo "FAIL  ${cmd}: ${pn} processes per cluster at N=${last}, ${p1} at N=${first}"
+      status=1
+    fi
+    if awk "BEGIN { exit !(${tn} <= 1.5 * ${t1}) }"; then
+      echo "PASS  ${cmd}: ${tn} s per cluster at N=${last} <= 1.5 x ${t1} s at N=${first}"
+    else
+      echo "FAIL  ${cmd}: ${tn} s per cluster at N=${last} > 1.5 x ${t1} s at N=${first}"
+      status=1
+    fi
+    if awk "BEGIN { exit !(${mn} < 2048) }"; then
+      echo "PASS  ${cmd}: peak ${mn} MB at N=${last} < 2 GB"
+    else
+      echo "FAIL  ${cmd}: peak ${mn} MB at N=${last} >= 2 GB"
+      status=1
+    fi
+  done
+  return "${status}"
+}
+
 setup
 status=0
 case "${mode}" in
   clusters) bench_clusters || status=1 ;;
   charts) bench_charts || status=1 ;;
   memory) bench_memory ;;
+  pods) bench_pods || status=1 ;;
+  rotation) bench_rotation ;;
+  scale) bench_scale || status=1 ;;
   all)
     bench_clusters || status=1
     bench_charts || status=1

@@ -25,7 +25,7 @@ use crate::credentials;
 use crate::error::{Error, InputError};
 use crate::finding::{Finding, Level};
 use crate::kubeconfig::Kubeconfig;
-use crate::live::{ConfigMap, Deployment, HelmRelease, Live, Secret};
+use crate::live::{ConfigMap, Deployment, HelmRelease, Live, Pod, Secret};
 use crate::mesh::{Cluster, GatewayExposure, Mesh, Role, Trust};
 use crate::remote_secret::{self, MULTICLUSTER_LABEL, is_loopback};
 use crate::run::{Run, walk};
@@ -522,7 +522,15 @@ fn injected_identity(mutating: &[Value]) -> (Option<String>, Option<String>) {
 pub fn examine(run: &Run) -> Report {
     let mesh = run.mesh;
     let topology = Topology::of(mesh, &Choices::default());
-    let views: Vec<View> = walk(run, &topology, |_, cx| read(&cx.live, &mesh.namespace));
+    // One walk reads each cluster's view and istiod's own view of its peers, sharing what
+    // both need (istiod's pods).
+    let (views, rows): (Vec<View>, Vec<Vec<sync::Row>>) = walk(run, &topology, |node, cx| {
+        let view = read(&cx.live, &mesh.namespace, &mut cx.memo.istiod_pods);
+        (view, verify::sync_of(run, &topology, node, cx))
+    })
+    .into_iter()
+    .unzip();
+    let rows: Vec<sync::Row> = rows.into_iter().flatten().collect();
     let mut findings = Vec::new();
     for view in views.iter().filter(|v| v.unreachable.is_some()) {
         findings.push(
@@ -538,7 +546,6 @@ pub fn examine(run: &Run) -> Report {
         );
     }
     let views: Vec<&View> = views.iter().filter(|v| v.unreachable.is_none()).collect();
-    let rows = verify::read_sync(run, &topology);
     // The pairs istiod itself reports synced: whatever a secret looks like, it works there.
     // A cluster istiod watches that the mesh does not give it keeps no sync state in the
     // view (`unexpected`); it is counted here, so that a guess does not blame its address.
@@ -668,7 +675,7 @@ pub fn render(report: &Report) -> String {
 }
 
 /// Reads what the checks need of one cluster; a cluster that does not answer is marked so.
-fn read(live: &Live, namespace: &str) -> View {
+fn read(live: &Live, namespace: &str, istiod_pods: &mut Option<Vec<Pod>>) -> View {
     let mut view = View {
         cluster: live.target.cluster.clone(),
         ..View::default()
@@ -677,11 +684,16 @@ fn read(live: &Live, namespace: &str) -> View {
         view.unreachable = Some(e.to_string());
         return view;
     }
-    let _ = fill(live, namespace, &mut view);
+    let _ = fill(live, namespace, &mut view, istiod_pods);
     view
 }
 
-fn fill(live: &Live, ns: &str, view: &mut View) -> Result<(), StepError> {
+fn fill(
+    live: &Live,
+    ns: &str,
+    view: &mut View,
+    istiod_pods: &mut Option<Vec<Pod>>,
+) -> Result<(), StepError> {
     let deployments: Vec<Deployment> = live.list_everywhere("deployments", Some("app=istiod"))?;
     view.istiods = deployments
         .iter()
@@ -725,14 +737,12 @@ fn fill(live: &Live, ns: &str, view: &mut View) -> Result<(), StepError> {
             secret.metadata.creation_timestamp.clone(),
         ));
     }
-    let pods: Vec<Value> = live
-        .list("pods", Some(ns), Some("app=istiod"))
-        .unwrap_or_default();
-    view.istiod_started = pods
+    *istiod_pods = live.list("pods", Some(ns), Some(sync::ISTIOD_PODS)).ok();
+    view.istiod_started = istiod_pods
         .iter()
-        .filter_map(|p| p.pointer("/status/startTime").and_then(Value::as_str))
-        .min()
-        .map(str::to_string);
+        .flatten()
+        .filter_map(|p| p.status.start_time.clone())
+        .min();
     let config_name = view
         .istiods
         .iter()

@@ -536,6 +536,7 @@ pub struct Pod {
 pub struct PodStatus {
     pub phase: String,
     pub conditions: Vec<Condition>,
+    pub start_time: Option<String>,
 }
 
 /// A status condition (`Ready`, `Available`, `Complete`, ...).

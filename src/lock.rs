@@ -396,8 +396,9 @@ fn write(
     })
 }
 
-/// Renews every held lock until `stop`, one write each (conditional on this run's last
-/// write); a lock someone else took is marked lost.
+/// Renews every held lock until `stop`, one write each every `RENEW_EVERY` (conditional on
+/// this run's last write), clusters in parallel up to `--jobs`; a lock someone else took is
+/// marked lost.
 fn renew(
     run: &Run,
     held: &[(&Cluster, Mutex<LastWrite>)],
@@ -414,7 +415,8 @@ fn renew(
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        for (cluster, version) in held {
+        // In parallel: one after the other, a round over 100 clusters outlasts the lease.
+        parallel(run.jobs, held, |(cluster, version)| {
             let target = run.target(cluster);
             let live = Live::new(run.runner, &target, run.timeout);
             let mut last = version.lock().unwrap_or_else(|e| e.into_inner());
@@ -442,7 +444,7 @@ fn renew(
                 // A failed renewal is tried again at the next round; transient trouble is fine.
                 Err(_) => {}
             }
-        }
+        });
     }
 }
 

@@ -303,9 +303,30 @@ fn live_pod(pod: &Pod) -> bool {
     pod.status.phase == "Running" && pod.metadata.deletion_timestamp.is_empty()
 }
 
-/// The running proxies of every revision, per namespace.
+/// The label Istio's sidecar injection template gives every pod it injects (`istio` unless
+/// the pod sets another value, e.g. `disabled`: any value is a sidecar).
+pub const TLS_MODE_LABEL: &str = "security.istio.io/tlsMode";
+/// The label the gateway chart gives its pods (`istio: eastwestgateway`, `ingressgateway`):
+/// the gateway injection template adds no tlsMode label, so gateways are found by this one.
+pub const GATEWAY_LABEL: &str = "istio";
+
+/// The running proxies of every revision, per namespace: only injected pods are read, never
+/// every pod. Sidecars carry the tlsMode label and gateways the gateway chart's `istio` label
+/// (two filtered lists, everywhere); the revision is the one `sidecar.istio.io/status`
+/// names, so a labelled pod without that annotation (istiod's own, `istio: pilot`) counts
+/// for none.
 pub fn proxies(live: &Live) -> Result<Proxies, StepError> {
-    let pods: Vec<Pod> = live.list_everywhere("pods", None)?;
+    let mut pods: Vec<Pod> = live.list_everywhere("pods", Some(TLS_MODE_LABEL))?;
+    let sidecars: std::collections::BTreeSet<(String, String)> = pods
+        .iter()
+        .map(|p| (p.metadata.namespace.clone(), p.metadata.name.clone()))
+        .collect();
+    let gateways: Vec<Pod> = live.list_everywhere("pods", Some(GATEWAY_LABEL))?;
+    pods.extend(
+        gateways.into_iter().filter(|p| {
+            !sidecars.contains(&(p.metadata.namespace.clone(), p.metadata.name.clone()))
+        }),
+    );
     let mut out = Proxies::new();
     for pod in pods.iter().filter(|p| live_pod(p)) {
         if let Some(rev) = proxy_revision(pod) {

@@ -146,8 +146,22 @@ pub struct Watcher {
     pub peers: Vec<String>,
 }
 
+/// The selector of istiod's pods, every revision.
+pub const ISTIOD_PODS: &str = "app=istiod";
+
 /// Reads the view of every ready istiod pod of `watcher` in `cx`'s cluster.
 pub fn read(live: &Live, reporter: &Reporter, watcher: &Watcher) -> Row {
+    read_among(live, reporter, watcher, None)
+}
+
+/// [`read`], with istiod's pods (`app=istiod` in the watcher's namespace, every revision)
+/// already read by the command when `istiod_pods` is given: they are not read again.
+pub fn read_among(
+    live: &Live,
+    reporter: &Reporter,
+    watcher: &Watcher,
+    istiod_pods: Option<&[Pod]>,
+) -> Row {
     let mut row = Row {
         cluster: live.target.cluster.clone(),
         revision: None,
@@ -170,7 +184,17 @@ pub fn read(live: &Live, reporter: &Reporter, watcher: &Watcher) -> Row {
             })
             .collect()
     };
-    let ready = match ready_pods(live, watcher) {
+    let ready = match istiod_pods {
+        Some(pods) => ready_of(
+            pods.iter().filter(|p| {
+                let label = |k: &str| p.metadata.labels.get(k).map(String::as_str);
+                label("app") == Some("istiod") && label("istio.io/rev") == Some(&watcher.revision)
+            }),
+            watcher,
+        ),
+        None => ready_pods(live, watcher),
+    };
+    let ready = match ready {
         Ok(ready) => ready,
         Err(error) => {
             row.error = Some(error);
@@ -192,10 +216,18 @@ pub fn ready_pods(live: &Live, watcher: &Watcher) -> Result<Vec<String>, String>
     let pods: Vec<Pod> = live
         .list("pods", Some(&watcher.namespace), Some(&selector))
         .map_err(|e| e.to_string())?;
+    ready_of(pods.iter(), watcher)
+}
+
+/// The names of the ready ones among `pods`, istiod's of `watcher`'s revision.
+fn ready_of<'p>(
+    pods: impl Iterator<Item = &'p Pod>,
+    watcher: &Watcher,
+) -> Result<Vec<String>, String> {
+    let selector = format!("app=istiod,istio.io/rev={}", watcher.revision);
     let ready: Vec<String> = pods
-        .into_iter()
-        .filter(Pod::is_ready)
-        .map(|p| p.metadata.name)
+        .filter(|p| p.is_ready())
+        .map(|p| p.metadata.name.clone())
         .collect();
     if ready.is_empty() {
         return Err(format!(

@@ -148,6 +148,9 @@ pub struct Canary {
     pub tags: BTreeMap<String, Vec<String>>,
     pub restart_workloads: bool,
     pub force: bool,
+    /// `finish` read every cluster's proxies before its plan (and found none of the old
+    /// revision): its `Retire`s do not read them again.
+    pub proxies_checked: bool,
     pub force_conflicts: bool,
 }
 
@@ -170,6 +173,7 @@ impl Canary {
             tags: BTreeMap::new(),
             restart_workloads: false,
             force: false,
+            proxies_checked: false,
             force_conflicts: false,
         }
     }
@@ -391,7 +395,7 @@ impl Canary {
                         vec![Task::Work(Arc::new(Retire {
                             component,
                             revision: revision.to_string(),
-                            force: self.force,
+                            check: !self.force && !self.proxies_checked,
                         }))],
                     )
                 })
@@ -485,11 +489,12 @@ impl Work for HelmBack {
     }
 }
 
-/// An istiod revision removed, refused while pods still run its proxies (unless forced).
+/// An istiod revision removed, refused while pods still run its proxies (unless forced, or
+/// the command already read them).
 struct Retire {
     component: Box<dyn Component>,
     revision: String,
-    force: bool,
+    check: bool,
 }
 
 impl Work for Retire {
@@ -498,7 +503,7 @@ impl Work for Retire {
     }
 
     fn run(&self, cx: &mut ClusterCtx) -> Result<String, StepError> {
-        if !self.force {
+        if self.check {
             let left = proxies(&cx.live)?
                 .remove(&self.revision)
                 .unwrap_or_default();

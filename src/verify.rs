@@ -37,36 +37,57 @@ pub struct Report {
 /// Every istiod's view of its peers, read once: the mesh's revision, and during an upgrade
 /// every other revision that runs beside it, which must sync with every peer too.
 pub fn read_sync(run: &Run, topology: &Topology) -> Vec<Row> {
-    walk(run, topology, |node, cx| {
-        let rows: Vec<Row> = node.components.iter().filter_map(|c| c.sync(cx)).collect();
-        let Some(first) = rows.first().cloned() else {
-            return rows;
+    walk(run, topology, |node, cx| sync_of(run, topology, node, cx))
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+/// [`read_sync`] of one cluster (its node of the topology, in its context): istiod's pods
+/// come from `cx.memo` when the command read them already.
+pub fn sync_of(
+    run: &Run,
+    topology: &Topology,
+    node: &crate::topology::ClusterParts,
+    cx: &mut crate::components::ClusterCtx,
+) -> Vec<Row> {
+    // istiod's pods of every revision, read once for all of them.
+    if cx.memo.istiod_pods.is_none() {
+        cx.memo.istiod_pods = cx
+            .live
+            .list("pods", Some(&run.mesh.namespace), Some(sync::ISTIOD_PODS))
+            .ok();
+    }
+    let rows: Vec<Row> = node.components.iter().filter_map(|c| c.sync(cx)).collect();
+    let Some(first) = rows.first().cloned() else {
+        return rows;
+    };
+    let others: Vec<String> = revisions::running(&cx.live, &run.mesh.namespace)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|r| r.name)
+        .filter(|r| *r != topology.revision)
+        .collect();
+    let mut all = rows;
+    if !others.is_empty() {
+        all[0].revision = Some(topology.revision.clone());
+    }
+    for revision in others {
+        let watcher = sync::Watcher {
+            namespace: run.mesh.namespace.clone(),
+            revision: revision.clone(),
+            peers: first.peers.keys().cloned().collect(),
         };
-        let others: Vec<String> = revisions::running(&cx.live, &run.mesh.namespace)
-            .unwrap_or_default()
-            .into_iter()
-            .map(|r| r.name)
-            .filter(|r| *r != topology.revision)
-            .collect();
-        let mut all = rows;
-        if !others.is_empty() {
-            all[0].revision = Some(topology.revision.clone());
-        }
-        for revision in others {
-            let watcher = sync::Watcher {
-                namespace: run.mesh.namespace.clone(),
-                revision: revision.clone(),
-                peers: first.peers.keys().cloned().collect(),
-            };
-            let mut row = sync::read(&cx.live, cx.reporter, &watcher);
-            row.revision = Some(revision);
-            all.push(row);
-        }
-        all
-    })
-    .into_iter()
-    .flatten()
-    .collect()
+        let mut row = sync::read_among(
+            &cx.live,
+            cx.reporter,
+            &watcher,
+            cx.memo.istiod_pods.as_deref(),
+        );
+        row.revision = Some(revision);
+        all.push(row);
+    }
+    all
 }
 
 /// Ambient: ztunnel and istio-cni ready on every node, the east-west Gateway programmed with

@@ -63,6 +63,7 @@ pub(super) fn upgrade(
             UpgradePhase::Finish { force, .. } => {
                 if !force {
                     refuse_while_proxies(run, &canary, &canary.old)?;
+                    canary.proxies_checked = true;
                 }
                 canary.finish()
             }

@@ -117,6 +117,9 @@ pub struct ClusterNotes {
     /// Releases this run asked helm to install or upgrade: if one is left pending, this run
     /// left it so.
     pub attempted: std::collections::BTreeSet<String>,
+    /// istiod's pods (`app=istiod` in the mesh namespace, every revision), when a read-only
+    /// command read them already (doctor): its sync read takes them from here.
+    pub istiod_pods: Option<Vec<crate::live::Pod>>,
 }
 
 /// What one cluster's components make during a run for other clusters' components. Lives in

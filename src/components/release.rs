@@ -387,7 +387,12 @@ impl Component for Release {
             revision: istiod.revision.clone(),
             peers: istiod.watches.clone(),
         };
-        Some(sync::read(&cx.live, cx.reporter, &watcher))
+        Some(sync::read_among(
+            &cx.live,
+            cx.reporter,
+            &watcher,
+            cx.memo.istiod_pods.as_deref(),
+        ))
     }
 
     fn values_file(&self) -> Option<(String, &Mapping)> {

@@ -253,6 +253,24 @@ pub fn writes(cluster: &TestCluster, since: usize) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Lists of every pod in the cluster without a label selector (`GET /api/v1/pods`), as sent:
+/// meshup reads only the pods it reports on.
+pub fn unfiltered_pod_lists(cluster: &TestCluster) -> Vec<String> {
+    cluster
+        .requests_log()
+        .into_iter()
+        .filter(|r| r.method == "GET")
+        .map(|r| r.path)
+        .filter(|path| {
+            let (route, query) = path.split_once('?').unwrap_or((path, ""));
+            route == "/api/v1/pods"
+                && !query
+                    .split('&')
+                    .any(|q| q.starts_with("labelSelector=") && q.len() > "labelSelector=".len())
+        })
+        .collect()
+}
+
 /// `meshup verify --traffic` passes, and every cluster's requests got answers from every
 /// cluster (waiting for istiod to sync first).
 pub fn traffic_reaches_every_cluster(env: &Env, mesh: &str) {

@@ -183,8 +183,14 @@ fn start_promote_finish(tools: &str) {
             [NEW_REV]
         );
     }
-    // The mesh file names no revision: every command finds the one the clusters run.
-    env.meshup(&["status", "-f", &new]).expect(0);
+    // The mesh file names no revision: every command finds the one the clusters run; the
+    // proxies are counted from the injected pods alone.
+    let status = env.meshup(&["status", "-f", &new]).expect(0);
+    assert!(
+        status.all().contains(&format!("{NEW_REV}:")),
+        "status counts the proxies of {NEW_REV}: {}",
+        status.all()
+    );
     let since: Vec<usize> = env
         .clusters
         .iter()
@@ -226,6 +232,15 @@ fn start_promote_finish(tools: &str) {
         .collect();
     assert_eq!(names, ["cluster1", "cluster2", "cluster3"]);
     assert_eq!(report["meshId"], "mesh1", "{report:#}");
+    // status, verify, promote's gates, finish's check and doctor read only injected pods.
+    for cluster in &env.clusters {
+        assert_eq!(
+            unfiltered_pod_lists(cluster),
+            Vec::<String>::new(),
+            "{} was asked for every pod",
+            cluster.name()
+        );
+    }
 }
 
 /// Helm 4 here; Helm 3 runs start, promote and finish in

@@ -12,9 +12,10 @@
 //! revision (the pod's `istio.io/rev` label) unless its policy check declines (Istio
 //! pkg/kube/inject/inject.go `injectRequired`: host network, the ignored system namespaces,
 //! `sidecar.istio.io/inject: "false"` as label or annotation). An injected pod gets the
-//! `sidecar.istio.io/status` annotation (with `revision`) and the `istio.io/rev` annotation
-//! of the injection templates (istio-discovery files/injection-template.yaml and
-//! gateway-injection-template.yaml). A pod a later webhook also selects is injected again,
+//! `sidecar.istio.io/status` annotation (with `revision`), the `istio.io/rev` annotation and
+//! the labels of the injection templates (istio-discovery files/injection-template.yaml and
+//! gateway-injection-template.yaml: `security.istio.io/tlsMode` for a sidecar only,
+//! `service.istio.io/canonical-*` for both). A pod a later webhook also selects is injected again,
 //! and the later istiod's revision wins (pkg/kube/inject/webhook.go `inject` has no early
 //! return for an `alreadyInjected` pod; `reapplyOverwrittenContainers` re-renders it).
 
@@ -63,19 +64,62 @@ pub fn injected_revision(pod: &Value) -> Option<String> {
     )
 }
 
-/// What an istiod of `revision` writes into a pod it injects.
+/// What an istiod of `revision` writes into a pod it injects: the `sidecar.istio.io/status`
+/// and `istio.io/rev` annotations, and the labels of the template the pod asks for
+/// (`inject.istio.io/templates`, `sidecar` by default). Both templates label the pod
+/// `service.istio.io/canonical-name` and `-revision` (a value the pod has wins, else its
+/// `app.kubernetes.io/name` or `app` label, else its own name); only the sidecar template
+/// adds `security.istio.io/tlsMode` (`istio` unless the pod sets it): a gateway carries no
+/// tlsMode label (istio-discovery files/injection-template.yaml,
+/// gateway-injection-template.yaml).
 fn inject(pod: &mut Value, revision: &str) {
     if !pod["metadata"].is_object() {
         pod["metadata"] = json!({});
     }
-    if !pod["metadata"]["annotations"].is_object() {
-        pod["metadata"]["annotations"] = json!({});
+    for field in ["annotations", "labels"] {
+        if !pod["metadata"][field].is_object() {
+            pod["metadata"][field] = json!({});
+        }
     }
+    let gateway = pod
+        .pointer("/metadata/annotations/inject.istio.io~1templates")
+        .and_then(Value::as_str)
+        == Some("gateway");
     let annotations = &mut pod["metadata"]["annotations"];
     annotations["sidecar.istio.io/status"] =
         json!(json!({"containers": ["istio-proxy"], "revision": revision}).to_string());
     annotations["istio.io/rev"] = json!(revision);
+    let name = [
+        "service.istio.io/canonical-name",
+        "app.kubernetes.io/name",
+        "app",
+    ]
+    .iter()
+    .find_map(|k| pod["metadata"]["labels"][*k].as_str())
+    .or_else(|| pod["metadata"]["generateName"].as_str())
+    .or_else(|| pod["metadata"]["name"].as_str())
+    .unwrap_or_default()
+    .trim_end_matches('-')
+    .to_string();
+    let version = [
+        "service.istio.io/canonical-revision",
+        "app.kubernetes.io/version",
+        "version",
+    ]
+    .iter()
+    .find_map(|k| pod["metadata"]["labels"][*k].as_str())
+    .unwrap_or("latest")
+    .to_string();
+    let labels = &mut pod["metadata"]["labels"];
+    labels["service.istio.io/canonical-name"] = json!(name);
+    labels["service.istio.io/canonical-revision"] = json!(version);
+    if !gateway && labels.get(TLS_MODE).is_none() {
+        labels[TLS_MODE] = json!("istio");
+    }
 }
+
+/// The label the sidecar template gives every pod it injects.
+const TLS_MODE: &str = "security.istio.io/tlsMode";
 
 impl State {
     /// The mutating webhooks' work on a pod about to be created in `ns`: the pod as they
@@ -309,6 +353,38 @@ mod tests {
             .unwrap();
         let pod = create_pod(&mut st, json!({})).unwrap();
         assert_eq!(revision(&pod), None);
+    }
+
+    #[test]
+    fn a_sidecar_gets_the_tls_mode_label_and_a_gateway_does_not() {
+        let mut st = cluster(json!({"istio.io/rev": "canary"}), &["canary"]);
+        add_config(
+            &mut st,
+            "istio-sidecar-injector-canary",
+            vec![rev_namespace("istiod-canary", "canary")],
+        );
+        let pod = create_pod(&mut st, json!({"app": "web"})).unwrap();
+        let labels = &pod["metadata"]["labels"];
+        assert_eq!(labels["security.istio.io/tlsMode"], "istio");
+        assert_eq!(labels["service.istio.io/canonical-name"], "web");
+        assert_eq!(labels["service.istio.io/canonical-revision"], "latest");
+        let kept = create_pod(&mut st, json!({"security.istio.io/tlsMode": "disabled"})).unwrap();
+        assert_eq!(
+            kept["metadata"]["labels"]["security.istio.io/tlsMode"],
+            "disabled"
+        );
+        let r = st.resource("", "v1", "pods").unwrap();
+        let gateway = json!({"metadata": {"generateName": "gw-", "labels": {"istio": "eastwestgateway"},
+                "annotations": {"inject.istio.io/templates": "gateway"}},
+            "spec": {"containers": [{"name": "istio-proxy", "image": "auto"}]}});
+        let gateway = st.create(&r, "app", gateway, false).unwrap();
+        assert_eq!(revision(&gateway).as_deref(), Some("canary"));
+        let labels = &gateway["metadata"]["labels"];
+        assert!(
+            labels.get("security.istio.io/tlsMode").is_none(),
+            "{labels}"
+        );
+        assert_eq!(labels["service.istio.io/canonical-name"], "gw");
     }
 
     #[test]

@@ -472,6 +472,70 @@ impl TestCluster {
         Some(istiod::clusterz_json(&view))
     }
 
+    /// Application pods for the benchmarks: `total` pods in namespace `bench-apps` (no
+    /// injection label), of which `sidecars` go to namespace `bench-mesh`
+    /// (`istio-injection=enabled`, injected by whichever istiod the webhooks reach). Each is
+    /// created as an API request would create it, and runs Ready.
+    pub fn add_app_pods(&self, total: usize, sidecars: usize) -> Result<(), ApiFailure> {
+        for (ns, labels) in [
+            ("bench-apps", serde_json::json!({})),
+            (
+                "bench-mesh",
+                serde_json::json!({"istio-injection": "enabled"}),
+            ),
+        ] {
+            self.put(
+                "/api/v1/namespaces",
+                serde_json::json!({"metadata": {"name": ns, "labels": labels}}),
+            )?;
+        }
+        for i in 0..total {
+            let ns = if i < sidecars {
+                "bench-mesh"
+            } else {
+                "bench-apps"
+            };
+            let pod = serde_json::json!({
+                "metadata": {"name": format!("app-{i}"), "labels": {"app": format!("app-{}", i % 50)}},
+                "spec": {"containers": [{"name": "app", "image": "registry.example/app:1.0"}]},
+            });
+            self.put(&format!("/api/v1/namespaces/{ns}/pods"), pod)?;
+        }
+        Ok(())
+    }
+
+    /// Fills every istiod's log with `bytes` of older lines (debug pushes, spread over the day
+    /// before the first line it wrote), as a long-running istiod's log would be; returns the
+    /// lines added per istiod.
+    pub fn pad_istiod_logs(&self, bytes: usize) -> usize {
+        let mut st = self.shared.state.lock().unwrap();
+        let mut added = 0;
+        for istiod in st.istiods.values_mut() {
+            let first = istiod
+                .log
+                .first()
+                .map_or_else(std::time::SystemTime::now, |(at, _)| *at);
+            let line = |i: usize| {
+                format!(
+                    "info\tads\tPush debounce stable[{i}] 1 for config ServiceEntry/bench/app-{}: 100.0ms since last change, 100.0ms since last push, full=true",
+                    i % 5000
+                )
+            };
+            let n = bytes / (line(0).len() + 29).max(1);
+            let step = Duration::from_secs(86_400) / n.max(1) as u32;
+            let mut old: Vec<(std::time::SystemTime, String)> = (0..n)
+                .map(|i| {
+                    let at = first - Duration::from_secs(86_400) + step * i as u32;
+                    (at, format!("{}\t{}", istiod::istio_time(at), line(i)))
+                })
+                .collect();
+            old.append(&mut istiod.log);
+            istiod.log = old;
+            added = n;
+        }
+        added
+    }
+
     /// Requests served so far.
     pub fn requests(&self) -> u64 {
         self.shared.requests.load(Ordering::Relaxed)

@@ -2,6 +2,11 @@
 //! cluster1..clusterN (HTTPS, each with its own CA and admin token), writes a kubeconfig for
 //! them, prints `ready`, and runs until SIGTERM/SIGINT or until stdin closes.
 //!
+//! Commands on stdin, one a line, each answered on stdout with `done LINE` (or `error: ...`):
+//!   pods TOTAL SIDECARS   in every cluster, TOTAL application pods, SIDECARS of them in an
+//!                         `istio-injection=enabled` namespace (TestCluster::add_app_pods)
+//!   istiod-log MB         every istiod's log grows by MB megabytes of older lines
+//!
 //! Options (faults apply to every cluster, or to those named by `--fault-clusters`):
 //!   --latency-ms MS                 added to every request
 //!   --unavailable FRACTION          fraction of requests answered 503 ServiceUnavailable
@@ -22,7 +27,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use meshup_testcluster::{Options, RandomFaults, TestCluster, write_kubeconfig};
-use tokio::io::AsyncReadExt;
+use tokio::io::AsyncBufReadExt;
 
 const USAGE: &str = "usage: testcluster --clusters N --kubeconfig PATH [--latency-ms MS] \
 [--unavailable FRACTION] [--throttled FRACTION] [--reset FRACTION] [--seed N] [--outage-after-writes K:MS]... \
@@ -157,9 +162,12 @@ fn main() -> ExitCode {
         let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
             .expect("SIGINT handler");
         let stdin_closed = async {
-            let mut stdin = tokio::io::stdin();
-            let mut buf = [0u8; 1024];
-            while matches!(stdin.read(&mut buf).await, Ok(n) if n > 0) {}
+            let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if !line.trim().is_empty() {
+                    command(&running, line.trim());
+                }
+            }
         };
         tokio::select! {
             _ = term.recv() => {}
@@ -182,4 +190,29 @@ fn main() -> ExitCode {
     }
     drop(running);
     ExitCode::SUCCESS
+}
+
+/// Runs one command read from stdin in every cluster and says on stdout that it is done.
+fn command(running: &[TestCluster], line: &str) {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let number = |i: usize| words.get(i).and_then(|w| w.parse::<usize>().ok());
+    let result = match (words.first().copied(), number(1), number(2)) {
+        (Some("pods"), Some(total), Some(sidecars)) => running
+            .iter()
+            .try_for_each(|c| c.add_app_pods(total, sidecars))
+            .map_err(|e| format!("{} {}: {}", e.code, e.reason, e.message)),
+        (Some("istiod-log"), Some(mb), None) => {
+            for c in running {
+                c.pad_istiod_logs(mb << 20);
+            }
+            Ok(())
+        }
+        _ => Err(format!(
+            "unknown command `{line}`; use `pods TOTAL SIDECARS` or `istiod-log MB`"
+        )),
+    };
+    match result {
+        Ok(()) => println!("done {line}"),
+        Err(e) => println!("error: {e}"),
+    }
 }
