@@ -297,7 +297,7 @@ def wait_for(what, check, timeout, interval=0.5):
     raise RuntimeError(f"timed out after {timeout}s waiting for {what}" + (f" (last: {last})" if last else ""))
 
 
-KWOK_STAGES = r"""
+KWOK_STAGES_HEAD = r"""
 apiVersion: config.kwok.x-k8s.io/v1alpha1
 kind: KwokConfiguration
 options:
@@ -369,78 +369,6 @@ spec:
         type: {{ .type | Quote }}
       {{ end }}
 ---
-# Any pod but istiod's: running and Ready once scheduled (there is no container to wait for).
-apiVersion: kwok.x-k8s.io/v1alpha1
-kind: Stage
-metadata: {name: real-pod-ready}
-spec:
-  resourceRef: {apiGroup: v1, kind: Pod}
-  selector:
-    matchExpressions:
-    - {key: '.metadata.deletionTimestamp', operator: DoesNotExist}
-    - {key: '.metadata.labels.app', operator: NotIn, values: [istiod]}
-    - {key: '.status.phase', operator: In, values: [Pending]}
-  next:
-    statusTemplate: |
-      {{ $now := Now }}
-      conditions:
-      - {lastTransitionTime: {{ $now | Quote }}, status: "True", type: Initialized}
-      - {lastTransitionTime: {{ $now | Quote }}, status: "True", type: Ready}
-      - {lastTransitionTime: {{ $now | Quote }}, status: "True", type: ContainersReady}
-      - {lastTransitionTime: {{ $now | Quote }}, status: "True", type: PodScheduled}
-      containerStatuses:
-      {{ range .spec.containers }}
-      - {image: {{ .image | Quote }}, name: {{ .name | Quote }}, ready: true, started: true, restartCount: 0, state: {running: {startedAt: {{ $now | Quote }}}}}
-      {{ end }}
-      {{ with NodeIPsWith .spec.nodeName }}
-      hostIP: {{ index . 0 | Quote }}
-      {{ end }}
-      {{ with PodIPsWith .spec.nodeName ( or .spec.hostNetwork false ) ( or .metadata.uid "" ) ( or .metadata.name "" ) ( or .metadata.namespace "" ) }}
-      podIP: {{ index . 0 | Quote }}
-      podIPs:
-      {{ range . }}
-      - ip: {{ . | Quote }}
-      {{ end }}
-      {{ end }}
-      phase: Running
-      startTime: {{ $now | Quote }}
----
-# istiod's pods: running with an IP, not Ready; the supervisor's istiod makes them Ready.
-apiVersion: kwok.x-k8s.io/v1alpha1
-kind: Stage
-metadata: {name: real-istiod-pod-running}
-spec:
-  resourceRef: {apiGroup: v1, kind: Pod}
-  selector:
-    matchExpressions:
-    - {key: '.metadata.deletionTimestamp', operator: DoesNotExist}
-    - {key: '.metadata.labels.app', operator: In, values: [istiod]}
-    - {key: '.status.phase', operator: In, values: [Pending]}
-  next:
-    statusTemplate: |
-      {{ $now := Now }}
-      conditions:
-      - {lastTransitionTime: {{ $now | Quote }}, status: "True", type: Initialized}
-      - {lastTransitionTime: {{ $now | Quote }}, status: "False", type: Ready, reason: ContainersNotReady}
-      - {lastTransitionTime: {{ $now | Quote }}, status: "False", type: ContainersReady, reason: ContainersNotReady}
-      - {lastTransitionTime: {{ $now | Quote }}, status: "True", type: PodScheduled}
-      containerStatuses:
-      {{ range .spec.containers }}
-      - {image: {{ .image | Quote }}, name: {{ .name | Quote }}, ready: false, started: true, restartCount: 0, state: {running: {startedAt: {{ $now | Quote }}}}}
-      {{ end }}
-      {{ with NodeIPsWith .spec.nodeName }}
-      hostIP: {{ index . 0 | Quote }}
-      {{ end }}
-      {{ with PodIPsWith .spec.nodeName ( or .spec.hostNetwork false ) ( or .metadata.uid "" ) ( or .metadata.name "" ) ( or .metadata.namespace "" ) }}
-      podIP: {{ index . 0 | Quote }}
-      podIPs:
-      {{ range . }}
-      - ip: {{ . | Quote }}
-      {{ end }}
-      {{ end }}
-      phase: Running
-      startTime: {{ $now | Quote }}
----
 # A deleted pod goes at once (no grace period to wait out: no container runs, and the
 # supervisor stops istiod's process when its pod goes).
 apiVersion: kwok.x-k8s.io/v1alpha1
@@ -455,6 +383,77 @@ spec:
     finalizers: {empty: true}
     delete: true
 """
+
+
+# A running pod's status: scheduled, started, with an IP from the node's pod CIDR; Ready as
+# READY says ("True": nothing to wait for; "False": the supervisor's istiod decides).
+POD_RUNNING_STAGE = r"""
+---
+# {comment}
+apiVersion: kwok.x-k8s.io/v1alpha1
+kind: Stage
+metadata: {{name: {name}}}
+spec:
+  resourceRef: {{apiGroup: v1, kind: Pod}}
+  selector:
+    matchExpressions:
+    - {{key: '.metadata.deletionTimestamp', operator: DoesNotExist}}
+    - {{key: '.metadata.labels.app', operator: {istiod_operator}, values: [istiod]}}
+    - {{key: '.status.phase', operator: In, values: [Pending]}}
+  next:
+    statusTemplate: |
+      {{{{ $now := Now }}}}
+      conditions:
+      - {{lastTransitionTime: {{{{ $now | Quote }}}}, status: "True", type: Initialized}}
+      - {{lastTransitionTime: {{{{ $now | Quote }}}}, status: "{ready}", type: Ready{reason}}}
+      - {{lastTransitionTime: {{{{ $now | Quote }}}}, status: "{ready}", type: ContainersReady{reason}}}
+      - {{lastTransitionTime: {{{{ $now | Quote }}}}, status: "True", type: PodScheduled}}
+      containerStatuses:
+      {{{{ range .spec.containers }}}}
+      - {{image: {{{{ .image | Quote }}}}, name: {{{{ .name | Quote }}}}, ready: {ready_flag}, started: true, restartCount: 0, state: {{running: {{startedAt: {{{{ $now | Quote }}}}}}}}}}
+      {{{{ end }}}}
+      {{{{ with NodeIPsWith .spec.nodeName }}}}
+      hostIP: {{{{ index . 0 | Quote }}}}
+      {{{{ end }}}}
+      {{{{ with PodIPsWith .spec.nodeName ( or .spec.hostNetwork false ) ( or .metadata.uid "" ) ( or .metadata.name "" ) ( or .metadata.namespace "" ) }}}}
+      podIP: {{{{ index . 0 | Quote }}}}
+      podIPs:
+      {{{{ range . }}}}
+      - ip: {{{{ . | Quote }}}}
+      {{{{ end }}}}
+      {{{{ end }}}}
+      phase: Running
+      startTime: {{{{ $now | Quote }}}}
+"""
+
+
+def pod_running_stage(name, comment, istiod, ready):
+    value = "True" if ready else "False"
+    return POD_RUNNING_STAGE.format(
+        name=name,
+        comment=comment,
+        istiod_operator="In" if istiod else "NotIn",
+        ready=value,
+        ready_flag="true" if ready else "false",
+        reason="" if ready else ", reason: ContainersNotReady",
+    )
+
+
+KWOK_STAGES = (
+    KWOK_STAGES_HEAD
+    + pod_running_stage(
+        "real-pod-ready",
+        "Any pod but istiod's: running and Ready once scheduled (there is no container to wait for).",
+        istiod=False,
+        ready=True,
+    )
+    + pod_running_stage(
+        "real-istiod-pod-running",
+        "istiod's pods: running with an IP, not Ready; the supervisor's istiod makes them Ready.",
+        istiod=True,
+        ready=False,
+    )
+)
 
 
 def up(n, dir_):
@@ -757,6 +756,17 @@ def now_rfc3339():
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def discovery(pod):
+    """istiod's container of an istiod pod."""
+    return next(c for c in pod["spec"]["containers"] if c["name"] == "discovery")
+
+
+def image_version(image):
+    """The Istio version an image's tag names (`pilot:1.30.0-distroless` -> `1.30.0`), or ""."""
+    tag = image.rsplit(":", 1)[-1] if ":" in image.rsplit("/", 1)[-1] else ""
+    return re.sub(r"-.*$", "", tag)
+
+
 class Istiod:
     """One istiod pod's process, its network namespace and its files."""
 
@@ -925,10 +935,9 @@ class Istiod:
         return out
 
     def start(self, pod):
-        container = next(c for c in pod["spec"]["containers"] if c["name"] == "discovery")
+        container = discovery(pod)
         image = container.get("image", "")
-        tag = image.rsplit(":", 1)[-1] if ":" in image.rsplit("/", 1)[-1] else ""
-        version = re.sub(r"-.*$", "", tag)
+        version = image_version(image)
         binary = self.sup.builds.get(version)
         if binary is None:
             self.event(f"no pilot-discovery build for image {image} (built: {', '.join(sorted(self.sup.builds))}); the pod stays unready")
@@ -1044,8 +1053,7 @@ class Istiod:
             if self.ready:
                 self.set_ready(pod, False)
             return
-        container = next(c for c in pod["spec"]["containers"] if c["name"] == "discovery")
-        ok = self.probe(container)
+        ok = self.probe(discovery(pod))
         if ok != self.ready:
             self.set_ready(pod, ok)
 
@@ -1114,7 +1122,7 @@ class Supervisor:
                         [
                             {"name": "MESHUP_NETNS", "value": istiod.netns},
                             {"name": "MESHUP_PILOT", "value": self.builds.get(
-                                re.sub(r"-.*$", "", pod["spec"]["containers"][0].get("image", "").rsplit(":", 1)[-1]), "pilot-discovery-missing")},
+                                image_version(discovery(pod).get("image", "")), "pilot-discovery-missing")},
                             {"name": "PATH", "value": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"},
                         ]
                     )
