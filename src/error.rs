@@ -4,12 +4,11 @@
 //! 2 bad input (nothing was touched), 1 a failed step, check or file operation, 130
 //! interrupted.
 
-use std::fmt;
-
-use crate::files::FileError;
-use crate::pull::PullError;
-use crate::runner::StepError;
+use crate::model::input::InputError;
+use crate::tools::pull::PullError;
+use crate::tools::runner::StepError;
 use crate::trust::TrustError;
+use crate::trust::files::FileError;
 
 /// Any error that ends a command.
 #[derive(Debug, thiserror::Error)]
@@ -70,42 +69,6 @@ impl Error {
         matches!(self, Error::Reported)
     }
 }
-
-/// The input (mesh file, flags, kubeconfig) is wrong. Raised before any cluster is touched;
-/// exit code 2.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InputError {
-    /// Where the input came from: the mesh file's path, or `flags`.
-    pub source: String,
-    /// Every problem found, each naming its field and value.
-    pub problems: Vec<String>,
-}
-
-impl InputError {
-    pub fn new(source: impl Into<String>, problem: impl Into<String>) -> Self {
-        Self {
-            source: source.into(),
-            problems: vec![problem.into()],
-        }
-    }
-}
-
-impl fmt::Display for InputError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.problems.as_slice() {
-            [one] => write!(f, "{}: {one}", self.source),
-            many => {
-                write!(f, "{} has {} problems:", self.source, many.len())?;
-                for problem in many {
-                    write!(f, "\n  - {problem}")?;
-                }
-                Ok(())
-            }
-        }
-    }
-}
-
-impl std::error::Error for InputError {}
 
 /// A lock held by a live run of someone else.
 #[derive(Debug, Clone, thiserror::Error)]

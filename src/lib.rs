@@ -1,48 +1,35 @@
 //! meshup: install, link, inspect and remove an Istio multi-primary mesh with Helm.
 //!
 //! A run is three pure steps and one impure one: the mesh file and flags become a validated
-//! [`mesh::Mesh`]; the [`topology`] decides which components each cluster gets; a
-//! [`plan::Plan`] orders their actions; the executor ([`exec`]) runs them through a
-//! [`runner::Runner`], the only code that starts processes. See ARCHITECTURE.md.
+//! [`model::mesh::Mesh`]; the [`engine::topology`] decides which components each cluster gets;
+//! a [`engine::plan::Plan`] orders their actions; the executor ([`engine::exec`]) runs them
+//! through a [`tools::runner::Runner`], the only code that starts processes. See
+//! ARCHITECTURE.md.
+//!
+//! The folders are the layers, each depending only on those listed after it
+//! (`tests/it/layout.rs` checks that no file and no folder reaches itself):
+//!
+//! - [`app`]: one file per command, a thin wrapper over the layers below.
+//! - [`checks`]: the read-only checks (status, verify, preflight, doctor, credentials, traffic).
+//! - [`flows`]: plan builders for multi-step operations (rotation, removal, canary upgrade).
+//! - [`engine`]: topology, plans of waves and gates, the executor, the per-cluster locks.
+//! - [`components`]: the parts of a mesh in one cluster, one file each.
+//! - [`observe`]: what clusters and istiods report (findings, facts, sync, revisions).
+//! - [`tools`]: helm and kubectl as data, the runner, the typed reads and their snapshot.
+//! - [`model`]: the mesh file and flags, validated; values; versions.
+//! - [`trust`]: certificate material, secret-holding types and the files they are written to.
+//!
+//! [`error`] gathers every layer's error for `main` and decides the exit code.
 
 pub mod app;
-pub mod cache;
-pub mod chart;
-pub mod cli;
+pub mod checks;
 pub mod components;
-pub mod credentials;
-pub mod doctor;
+pub mod engine;
 pub mod error;
-pub mod exec;
-pub mod facts;
-pub mod files;
-pub mod finding;
-pub mod helm;
-pub mod kubeconfig;
-pub mod kubectl;
-pub mod leave;
-pub mod live;
-pub mod lock;
-pub mod mesh;
-pub mod plan;
-pub mod preflight;
-pub mod pull;
-pub mod remote_secret;
-pub mod reporter;
-pub mod revisions;
-pub mod rotate;
-pub mod run;
-pub mod runner;
-pub mod sensitive;
-pub mod status;
-pub mod step;
-pub mod sync;
+pub mod flows;
+pub mod model;
+pub mod observe;
 #[cfg(test)]
 mod testing;
-pub mod topology;
-pub mod traffic;
+pub mod tools;
 pub mod trust;
-pub mod upgrade;
-pub mod values;
-pub mod verify;
-pub mod version;

@@ -3,7 +3,9 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use meshup::{app, cli, runner};
+use meshup::app;
+use meshup::model::cli;
+use meshup::tools::runner;
 
 fn main() -> ExitCode {
     runner::install_interrupt_handler();

@@ -4,13 +4,13 @@ use std::time::Duration;
 
 use serde_yaml::Mapping;
 
-use crate::chart::Charts;
 use crate::components::{Action, ClusterNotes, Component, RunBoard};
-use crate::mesh::{Cluster, Mesh, Trust};
-use crate::reporter::{Mode, Reporter};
-use crate::run::Run;
-use crate::runner::{Output, RecordingRunner, StepError};
-use crate::step::Step;
+use crate::engine::run::Run;
+use crate::model::chart::Charts;
+use crate::model::mesh::{Cluster, Mesh, Trust};
+use crate::tools::reporter::{Mode, Reporter};
+use crate::tools::runner::{Output, RecordingRunner, StepError};
+use crate::tools::step::Step;
 use crate::trust::TrustMode;
 
 /// A mesh of `n` clusters `clusterI` on contexts `kind-clusterI`; cluster1 has an `apiServer`.
@@ -48,7 +48,7 @@ pub fn mesh(n: usize, trust: TrustMode) -> Mesh {
 /// 5 s per call, the default retries, no locks and no snapshots (override with `..`).
 pub fn run<'a>(
     mesh: &'a Mesh,
-    runner: &'a dyn crate::runner::Runner,
+    runner: &'a dyn crate::tools::runner::Runner,
     reporter: &'a Reporter,
 ) -> Run<'a> {
     Run {
@@ -58,7 +58,7 @@ pub fn run<'a>(
         jobs: 2,
         timeout: Duration::from_secs(5),
         kubeconfig: None,
-        retry: crate::run::Retry::DEFAULT,
+        retry: crate::engine::run::Retry::DEFAULT,
         locks: None,
         caches: None,
     }
@@ -95,7 +95,7 @@ pub fn run_component(
         jobs: 1,
         timeout: Duration::from_secs(5),
         kubeconfig: None,
-        retry: crate::run::Retry::DEFAULT,
+        retry: crate::engine::run::Retry::DEFAULT,
         locks: None,
         caches: Default::default(),
     };

@@ -1,9 +1,11 @@
 //! `meshup doctor [--context CTX ...]`: the mesh file's mesh, or the one the contexts hold,
 //! checked across all clusters (`doctor.rs`).
 
+use super::output::{print_json, print_stdout};
 use super::prelude::*;
-use crate::cli::DoctorArgs;
-use crate::doctor;
+use super::session::*;
+use crate::checks::doctor;
+use crate::model::cli::DoctorArgs;
 
 pub(super) fn doctor(
     global: &GlobalArgs,

@@ -4,12 +4,13 @@
 //! set (or removed) in every cluster that has the service.
 
 use super::prelude::*;
-use crate::cli::ExposeArgs;
+use super::session::*;
+use crate::checks::traffic::GLOBAL_LABEL;
 use crate::components::{ClusterCtx, ScriptCx};
-use crate::kubectl;
-use crate::plan::{Chain, Plan, Task, Wave, Work};
-use crate::runner::StepError;
-use crate::traffic::GLOBAL_LABEL;
+use crate::engine::plan::{Chain, Plan, Task, Wave, Work};
+use crate::model::cli::ExposeArgs;
+use crate::tools::kubectl;
+use crate::tools::runner::StepError;
 
 pub(super) fn expose(
     global: &GlobalArgs,
@@ -95,7 +96,7 @@ impl Work for Mark {
     }
 
     fn run(&self, cx: &mut ClusterCtx) -> Result<String, StepError> {
-        let found: Option<crate::live::Object> =
+        let found: Option<crate::tools::live::Object> =
             cx.live
                 .get("service", &self.service, Some(&self.namespace))?;
         let Some(service) = found else {

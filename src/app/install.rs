@@ -2,9 +2,10 @@
 //! install plan, then (with `--prune`) the rotations.
 
 use super::prelude::*;
-use crate::revisions;
-use crate::upgrade;
-use crate::version::IstioVersion;
+use super::session::*;
+use crate::flows::upgrade;
+use crate::model::version::IstioVersion;
+use crate::observe::revisions;
 
 pub(super) fn install(
     global: &GlobalArgs,
@@ -166,7 +167,7 @@ fn guard(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::revisions::Revision;
+    use crate::observe::revisions::Revision;
     use crate::testing;
     use crate::trust::TrustMode;
 

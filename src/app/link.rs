@@ -1,6 +1,7 @@
 //! `meshup link [--rotate ...]`: the link plan, then the rotations asked for.
 
 use super::prelude::*;
+use super::session::*;
 
 pub(super) fn link(
     global: &GlobalArgs,

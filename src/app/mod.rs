@@ -17,50 +17,14 @@ mod uninstall;
 mod upgrade;
 mod verify;
 
-/// What every command file uses.
-mod prelude {
-    pub(super) use std::io::{IsTerminal, Write};
-    pub(super) use std::path::{Path, PathBuf};
-    pub(super) use std::sync::Arc;
-
-    pub(super) use crate::cli::{
-        Cli, Command, DEFAULT_JOBS, DEFAULT_READ_JOBS, GlobalArgs, InstallArgs, Jobs, LinkArgs,
-        MeshArgs, Operation, OutputFormat, PlanArgs, UninstallArgs, VerifyArgs,
-    };
-    pub(super) use crate::components::reader;
-    pub(super) use crate::error::{Error, InputError};
-    pub(super) use crate::exec::{self, Summary};
-    pub(super) use crate::files::{self, Existing};
-    pub(super) use crate::finding::{Finding, Level};
-    pub(super) use crate::kubeconfig::Kubeconfig;
-    pub(super) use crate::leave;
-    pub(super) use crate::live::Live;
-    pub(super) use crate::lock;
-    pub(super) use crate::lock::LockError;
-    pub(super) use crate::mesh::{self, Mesh};
-    pub(super) use crate::preflight;
-    pub(super) use crate::pull;
-    pub(super) use crate::remote_secret;
-    pub(super) use crate::reporter::{Mode, Reporter};
-    pub(super) use crate::rotate;
-    pub(super) use crate::run::Run;
-    pub(super) use crate::runner::ProcessRunner;
-    pub(super) use crate::status;
-    pub(super) use crate::step::{Target, Tool};
-    pub(super) use crate::topology::{Choices, Topology};
-    pub(super) use crate::traffic;
-    pub(super) use crate::trust::{self, KeyType, Trust, TrustMode};
-    pub(super) use crate::values;
-    pub(super) use crate::verify;
-
-    pub(super) use super::session::*;
-    pub(super) use super::{print_json, print_stdout, warn_about_mesh};
-    pub(super) use crate::plan;
-}
+mod output;
+mod prelude;
 
 use clap::CommandFactory;
 
+use output::{print_json, print_stdout, warn_about_mesh};
 use prelude::*;
+use session::*;
 
 pub fn run(cli: Cli) -> Result<(), Error> {
     let Cli {
@@ -158,18 +122,6 @@ fn mode(global: &GlobalArgs) -> Mode {
     }
 }
 
-fn print_stdout(text: &str) -> Result<(), Error> {
-    let mut out = std::io::stdout().lock();
-    out.write_all(text.as_bytes())
-        .and_then(|()| out.flush())
-        .map_err(Error::Stdout)
-}
-
-fn print_json(value: &impl serde::Serialize) -> Result<(), Error> {
-    let text = serde_json::to_string_pretty(value).expect("meshup's reports serialize");
-    print_stdout(&format!("{text}\n"))
-}
-
 /// Writes every release's values file of every cluster under `out`: `<cluster>/<chart>-values.yaml`.
 fn render(mesh: &Mesh, out: &Path) -> Result<Vec<PathBuf>, Error> {
     let topology = Topology::of(mesh, &Choices::default());
@@ -185,15 +137,4 @@ fn render(mesh: &Mesh, out: &Path) -> Result<Vec<PathBuf>, Error> {
         }
     }
     Ok(written)
-}
-
-/// Warnings for commands that contact no cluster (install says them as it pins a version).
-fn warn_about_mesh(reporter: &Reporter, mesh: &Mesh) {
-    warn_unpinned(reporter, mesh);
-}
-
-fn warn_unpinned(reporter: &Reporter, mesh: &Mesh) {
-    if mesh.version.is_none() && !mesh.charts.is_local() {
-        reporter.warn("`istio.version` is not set, so helm takes the newest chart and two runs may install different Istio versions; pin it (or pass --istio-version)");
-    }
 }

@@ -1,6 +1,8 @@
 //! `meshup plan`: any operation as the bash script an operator could review and run.
 
+use super::output::{print_stdout, warn_about_mesh};
 use super::prelude::*;
+use super::session::*;
 
 /// `meshup plan [OPERATION] ...`: the operation's plan as a bash script; contacts no cluster.
 pub(super) fn plan(
@@ -64,7 +66,7 @@ fn print_script(
     args: &PlanArgs,
     mesh: &Mesh,
     plan: &plan::Plan,
-    pulls: &[crate::step::Step],
+    pulls: &[crate::tools::step::Step],
 ) -> Result<(), Error> {
     let script = plan::script(
         mesh,
@@ -103,7 +105,7 @@ fn upgrade_plan(mesh: &Mesh, args: &PlanArgs) -> Result<plan::Plan<'static>, Err
         .from
         .clone()
         .or_else(|| mesh.revision.clone())
-        .unwrap_or_else(|| crate::revisions::DEFAULT_TAG.to_string());
+        .unwrap_or_else(|| crate::observe::revisions::DEFAULT_TAG.to_string());
     let chosen: Vec<String> = mesh
         .clusters
         .iter()
@@ -114,7 +116,7 @@ fn upgrade_plan(mesh: &Mesh, args: &PlanArgs) -> Result<plan::Plan<'static>, Err
         .chunks(args.wave_size.max(1) as usize)
         .map(<[String]>::to_vec)
         .collect();
-    let mut canary = crate::upgrade::Canary::new(mesh, &old, &version, waves);
+    let mut canary = crate::flows::upgrade::Canary::new(mesh, &old, &version, waves);
     canary.restart_workloads = args.restart_workloads;
     Ok(match phase.as_str() {
         "start" => canary.start(),

@@ -1,5 +1,6 @@
 //! `meshup remote-secret`: one cluster's remote secret, printed to stdout.
 
+use super::output::print_stdout;
 use super::prelude::*;
 
 /// `meshup remote-secret`: the only command that prints a token, and only to stdout.
@@ -63,7 +64,7 @@ pub(super) fn remote_secret_command(
         helm: PathBuf::from("helm"),
         kubectl,
         timeout: global.timeout,
-        grace: crate::runner::GRACE,
+        grace: crate::tools::runner::GRACE,
         reporter: reporter.clone(),
     };
     let target = Target {

@@ -1,6 +1,7 @@
 //! What the commands share: the session (mesh, tools, runner), checks, trust, confirmation
 //! and the summary.
 
+use super::output::print_json;
 use super::prelude::*;
 
 /// A validated mesh with the tools to act on it.
@@ -19,7 +20,7 @@ pub(super) struct Session {
     pub(super) runner: ProcessRunner,
     pub(super) reporter: Arc<Reporter>,
     /// The snapshots read-only walks share within this command.
-    read_caches: Arc<crate::run::Caches>,
+    read_caches: Arc<crate::engine::run::Caches>,
 }
 
 impl Session {
@@ -42,7 +43,7 @@ impl Session {
             helm: helm.clone().unwrap_or_else(|_| PathBuf::from("helm")),
             kubectl: kubectl.clone().unwrap_or_else(|_| PathBuf::from("kubectl")),
             timeout: global.timeout,
-            grace: crate::runner::GRACE,
+            grace: crate::tools::runner::GRACE,
             reporter: reporter.clone(),
         };
         let clusters = mesh.clusters.len();
@@ -120,8 +121,8 @@ impl Session {
         if self.mesh.revision.is_some() {
             return;
         }
-        let found = crate::upgrade::running_everywhere(&self.read());
-        self.mesh.revision = crate::upgrade::settled(&found);
+        let found = crate::flows::upgrade::running_everywhere(&self.read());
+        self.mesh.revision = crate::flows::upgrade::settled(&found);
     }
 
     /// Tools, then (if kubectl is there) every cluster, with its Kubernetes version.
@@ -357,9 +358,9 @@ pub(super) fn confirm(mesh: &Mesh, leaving: &[String], purge_crds: bool) -> Resu
         return Ok(false);
     }
     let mut answer = String::new();
-    crate::runner::PROMPTING.store(true, std::sync::atomic::Ordering::SeqCst);
+    crate::tools::runner::PROMPTING.store(true, std::sync::atomic::Ordering::SeqCst);
     let read = std::io::stdin().read_line(&mut answer);
-    crate::runner::PROMPTING.store(false, std::sync::atomic::Ordering::SeqCst);
+    crate::tools::runner::PROMPTING.store(false, std::sync::atomic::Ordering::SeqCst);
     Ok(read.is_ok() && matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes"))
 }
 

@@ -1,6 +1,7 @@
 //! `meshup uninstall [CLUSTER...]`: the whole mesh, or clusters taken out of a live mesh.
 
 use super::prelude::*;
+use super::session::*;
 
 pub(super) fn uninstall(
     global: &GlobalArgs,

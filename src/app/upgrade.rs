@@ -5,10 +5,11 @@
 use std::collections::BTreeMap;
 
 use super::prelude::*;
-use crate::cli::{UpgradeArgs, UpgradePhase};
-use crate::revisions::{self, Installed, Phase, Revision};
-use crate::upgrade::{self, Canary};
-use crate::version::IstioVersion;
+use super::session::*;
+use crate::flows::upgrade::{self, Canary};
+use crate::model::cli::{UpgradeArgs, UpgradePhase};
+use crate::model::version::IstioVersion;
+use crate::observe::revisions::{self, Installed, Phase, Revision};
 
 pub(super) fn upgrade(
     global: &GlobalArgs,
@@ -408,7 +409,7 @@ fn refuse_while_proxies(run: &Run, canary: &Canary, revision: &str) -> Result<()
         .flatten()
         .filter_map(|c| run.mesh.cluster(c))
         .collect();
-    let found = crate::run::parallel(run.jobs, &clusters, |cluster| {
+    let found = crate::engine::run::parallel(run.jobs, &clusters, |cluster| {
         let (mut memo, board) = (
             crate::components::ClusterNotes::default(),
             crate::components::RunBoard::default(),
@@ -471,7 +472,7 @@ fn next_step(phase: &UpgradePhase, canary: &Canary) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::WaveArgs;
+    use crate::model::cli::WaveArgs;
     use crate::testing;
     use crate::trust::TrustMode;
 

@@ -1,6 +1,8 @@
 //! `meshup verify`: istiod's view of its peers, the credentials, and with `--traffic` requests.
 
+use super::output::{print_json, print_stdout};
 use super::prelude::*;
+use super::session::*;
 
 pub(super) fn verify(
     global: &GlobalArgs,
@@ -42,7 +44,7 @@ pub(super) fn verify(
         ));
         traffic::check(&run, &options)
     });
-    if crate::runner::interrupted() {
+    if crate::tools::runner::interrupted() {
         return Err(Error::Interrupted);
     }
     let mut problems = verify::problems(&run, &sync);

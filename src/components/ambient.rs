@@ -10,12 +10,12 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{Action, ClusterCtx, Component, ScriptCx, Stage};
-use crate::facts::{ClusterStatus, column};
-use crate::finding::Finding;
-use crate::kubectl;
-use crate::runner::{self, StepError};
-use crate::sensitive::Sensitive;
-use crate::step::shell_quote;
+use crate::observe::facts::{ClusterStatus, column};
+use crate::observe::finding::Finding;
+use crate::tools::kubectl;
+use crate::tools::runner::{self, StepError};
+use crate::tools::step::shell_quote;
+use crate::trust::sensitive::Sensitive;
 
 /// The label that makes a service reachable from other clusters in ambient mode (the ambient
 /// profile's `serviceScopeConfigs` select it for GLOBAL scope).
@@ -32,7 +32,7 @@ pub const EAST_WEST: &str = "istio-eastwestgateway";
 /// The Gateway API release an Istio minor version is built against (`sigs.k8s.io/gateway-api`
 /// in Istio's go.mod at the release tags: 1.28.0 and 1.29.0 v1.4.0, 1.30.0 v1.5.1, 1.31 v1.6.0).
 pub fn gateway_api_for(istio: Option<&str>) -> &'static str {
-    match istio.and_then(crate::version::IstioVersion::parse) {
+    match istio.and_then(crate::model::version::IstioVersion::parse) {
         Some(v) if v.minor() >= (1, 31) => "v1.6.0",
         Some(v) if v.minor() >= (1, 30) => "v1.5.1",
         Some(_) => "v1.4.0",
@@ -51,7 +51,7 @@ pub struct GatewayApiCrds {
 #[derive(Debug, Default, Deserialize)]
 struct Crd {
     #[serde(default)]
-    metadata: crate::live::Meta,
+    metadata: crate::tools::live::Meta,
 }
 
 impl GatewayApiCrds {
@@ -183,7 +183,7 @@ struct Gateway {
 #[serde(default)]
 struct GatewayStatus {
     addresses: Vec<GatewayAddress>,
-    conditions: Vec<crate::live::Condition>,
+    conditions: Vec<crate::tools::live::Condition>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -370,7 +370,7 @@ impl Component for HboneGateway {
                 "east-west gateway",
                 format!(
                     "could not be read: {}",
-                    crate::sync::first_line(&e.to_string())
+                    crate::observe::sync::first_line(&e.to_string())
                 ),
             )),
         }
@@ -398,7 +398,7 @@ struct DaemonSet {
 /// The node agents: DaemonSet, what it is, the status column it goes to, and the label its
 /// pods carry (ztunnel's chart labels them `app: ztunnel`, istio-cni's only
 /// `k8s-app: istio-cni-node`).
-const AGENTS: [(&str, &str, crate::facts::Column, &str); 2] = [
+const AGENTS: [(&str, &str, crate::observe::facts::Column, &str); 2] = [
     ("ztunnel", "ztunnel", column::ZTUNNEL, "app=ztunnel"),
     (
         "istio-cni-node",
@@ -522,7 +522,7 @@ impl Component for NodeAgents {
                     what,
                     format!(
                         "could not be read: {}",
-                        crate::sync::first_line(&e.to_string())
+                        crate::observe::sync::first_line(&e.to_string())
                     ),
                 )),
             }

@@ -9,13 +9,13 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
 use super::{Action, ClusterCtx, Component, ScriptCx};
-use crate::facts::{Cacerts as CacertsStatus, ClusterStatus, column};
-use crate::finding::Finding;
-use crate::kubectl;
-use crate::live::{self, Secret};
-use crate::runner::StepError;
-use crate::sensitive::Sensitive;
-use crate::step::shell_quote;
+use crate::observe::facts::{Cacerts as CacertsStatus, ClusterStatus, column};
+use crate::observe::finding::Finding;
+use crate::tools::kubectl;
+use crate::tools::live::{self, Secret};
+use crate::tools::runner::StepError;
+use crate::tools::step::shell_quote;
+use crate::trust::sensitive::Sensitive;
 use crate::trust::{self, CLUSTER_FILES, ClusterCa, ROOT_CERT_KEY};
 
 /// The Secret's name; istiod mounts it by this name.

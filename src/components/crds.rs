@@ -3,10 +3,10 @@
 //! deletes all Istio configuration. `uninstall --purge-crds` removes them.
 
 use super::{Action, ClusterCtx, Component, ScriptCx};
-use crate::kubectl;
-use crate::live::Object;
-use crate::runner::StepError;
-use crate::step::shell_quote;
+use crate::tools::kubectl;
+use crate::tools::live::Object;
+use crate::tools::runner::StepError;
+use crate::tools::step::shell_quote;
 
 /// Istio's CRDs, removed only on request.
 pub struct Crds {
@@ -68,8 +68,8 @@ impl Component for Crds {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::step::Step;
     use crate::testing::{ok, run_component};
+    use crate::tools::step::Step;
 
     #[test]
     fn only_istio_crds_are_deleted() {

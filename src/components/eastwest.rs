@@ -11,12 +11,12 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{Action, ClusterCtx, Component, ScriptCx, Stage};
-use crate::facts::{ClusterStatus, column};
-use crate::finding::Finding;
-use crate::kubectl;
-use crate::runner::{self, StepError};
-use crate::sensitive::Sensitive;
-use crate::values::EAST_WEST_GATEWAY;
+use crate::model::values::EAST_WEST_GATEWAY;
+use crate::observe::facts::{ClusterStatus, column};
+use crate::observe::finding::Finding;
+use crate::tools::kubectl;
+use crate::tools::runner::{self, StepError};
+use crate::trust::sensitive::Sensitive;
 
 const ISTIO_API: &str = "networking.istio.io/v1";
 
@@ -360,8 +360,8 @@ impl Component for EastWest {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::step::Step;
     use crate::testing::{ok, run_component};
+    use crate::tools::step::Step;
 
     fn gateway(cross_network: bool, istiod: bool) -> EastWest {
         EastWest {

@@ -20,14 +20,14 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::facts::ClusterStatus;
-use crate::finding::Finding;
-use crate::live::{HelmRelease, Live};
-use crate::mesh::{Cluster, Mesh};
-use crate::remote_secret::RemoteSecret;
-use crate::reporter::Reporter;
-use crate::runner::StepError;
-use crate::step::Target;
+use crate::model::mesh::{Cluster, Mesh};
+use crate::observe::facts::ClusterStatus;
+use crate::observe::finding::Finding;
+use crate::tools::live::{HelmRelease, Live};
+use crate::tools::remote_secret::RemoteSecret;
+use crate::tools::reporter::Reporter;
+use crate::tools::runner::StepError;
+use crate::tools::step::Target;
 
 /// What a plan asks of a component.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,7 +95,7 @@ pub trait Component: Send + Sync {
     }
 
     /// The istiod this part runs, if any: what it reports of the peers it must watch.
-    fn sync(&self, cx: &mut ClusterCtx) -> Option<crate::sync::Row> {
+    fn sync(&self, cx: &mut ClusterCtx) -> Option<crate::observe::sync::Row> {
         let _ = cx;
         None
     }
@@ -119,7 +119,7 @@ pub struct ClusterNotes {
     pub attempted: std::collections::BTreeSet<String>,
     /// istiod's pods (`app=istiod` in the mesh namespace, every revision), when a read-only
     /// command read them already (doctor): its sync read takes them from here.
-    pub istiod_pods: Option<Vec<crate::live::Pod>>,
+    pub istiod_pods: Option<Vec<crate::tools::live::Pod>>,
 }
 
 /// What one cluster's components make during a run for other clusters' components. Lives in
@@ -221,6 +221,6 @@ pub struct ScriptCx<'a> {
 impl ScriptCx<'_> {
     /// ` --kubeconfig PATH` when one was given.
     pub fn kubeconfig_flag(&self) -> String {
-        crate::step::kubeconfig_flag(self.kubeconfig)
+        crate::tools::step::kubeconfig_flag(self.kubeconfig)
     }
 }

@@ -5,10 +5,10 @@
 use serde_json::json;
 
 use super::{Action, ClusterCtx, Component, ScriptCx};
-use crate::kubectl;
-use crate::live;
-use crate::runner::StepError;
-use crate::sensitive::Sensitive;
+use crate::tools::kubectl;
+use crate::tools::live;
+use crate::tools::runner::StepError;
+use crate::trust::sensitive::Sensitive;
 
 /// The label istiod reads a cluster's network from.
 pub const NETWORK_LABEL: &str = "topology.istio.io/network";

@@ -4,14 +4,14 @@
 //! stale, unexpected and duplicate ones.
 
 use super::{Action, ClusterCtx, Component, ScriptCx, Stage};
-use crate::facts::ClusterStatus;
-use crate::finding::Finding;
-use crate::kubectl;
-use crate::live::Secret;
-use crate::remote_secret::{self, Found, RemoteSecret};
-use crate::runner::StepError;
-use crate::sensitive::Sensitive;
-use crate::step::shell_quote;
+use crate::observe::facts::ClusterStatus;
+use crate::observe::finding::Finding;
+use crate::tools::kubectl;
+use crate::tools::live::Secret;
+use crate::tools::remote_secret::{self, Found, RemoteSecret};
+use crate::tools::runner::StepError;
+use crate::tools::step::shell_quote;
+use crate::trust::sensitive::Sensitive;
 
 /// A cluster whose remote secret this cluster holds.
 #[derive(Debug, Clone, PartialEq, Eq)]

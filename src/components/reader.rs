@@ -5,14 +5,14 @@
 use std::time::{Duration, Instant};
 
 use super::{Action, ClusterCtx, Component, ScriptCx};
-use crate::kubectl;
-use crate::live::{Live, Object, Secret};
-use crate::remote_secret::{
+use crate::tools::kubectl;
+use crate::tools::live::{Live, Object, Secret};
+use crate::tools::remote_secret::{
     READER_ACCOUNT, READER_TOKEN_LABEL, RemoteSecret, TOKEN_SECRET, read_token,
     token_secret_manifest,
 };
-use crate::runner::{self, StepError};
-use crate::sensitive::Sensitive;
+use crate::tools::runner::{self, StepError};
+use crate::trust::sensitive::Sensitive;
 
 /// This cluster's remote secret, built for its peers.
 pub struct Reader {
@@ -166,9 +166,9 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
-    use crate::runner::{Output, RecordingRunner};
-    use crate::step::{Step, Target};
     use crate::testing::ok;
+    use crate::tools::runner::{Output, RecordingRunner};
+    use crate::tools::step::{Step, Target};
 
     fn token_json(name: &str, token: Option<&str>) -> Value {
         let data = match token {

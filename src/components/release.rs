@@ -4,14 +4,14 @@
 use serde_yaml::Mapping;
 
 use super::{Action, ClusterCtx, Component, ScriptCx, Stage};
-use crate::chart::Chart;
-use crate::facts::{ClusterStatus, Readiness, ReleaseStatus, column};
-use crate::finding::Finding;
-use crate::helm::{self, Install, Values};
-use crate::live::{ConfigMap, Deployment, HelmRelease};
-use crate::runner::StepError;
-use crate::sync;
-use crate::values;
+use crate::model::chart::Chart;
+use crate::model::values;
+use crate::observe::facts::{ClusterStatus, Readiness, ReleaseStatus, column};
+use crate::observe::finding::Finding;
+use crate::observe::sync;
+use crate::tools::helm::{self, Install, Values};
+use crate::tools::live::{ConfigMap, Deployment, HelmRelease};
+use crate::tools::runner::StepError;
 
 /// One Helm release in one cluster.
 pub struct Release {
@@ -138,7 +138,7 @@ impl Release {
         &self,
         cx: &ClusterCtx,
         values: &Mapping,
-    ) -> Result<crate::step::Step, StepError> {
+    ) -> Result<crate::tools::step::Step, StepError> {
         let yaml = serde_yaml::to_string(values).map_err(|e| {
             StepError::other(&cx.cluster.name, format!("cannot write values: {e}"), None)
         })?;
@@ -243,7 +243,7 @@ impl Component for Release {
                         "kubectl get service {} --namespace {} --context {}{} --output 'jsonpath={{.status.loadBalancer.ingress[0].ip}}{{.status.loadBalancer.ingress[0].hostname}}'",
                         values::EAST_WEST_GATEWAY,
                         self.namespace,
-                        crate::step::shell_quote(&primary.context),
+                        crate::tools::step::shell_quote(&primary.context),
                         cx.kubeconfig_flag()
                     );
                     return format!(
@@ -413,10 +413,10 @@ pub fn mesh_id_of(configmap: &ConfigMap) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::chart::Charts;
-    use crate::runner::Output;
-    use crate::step::Step;
+    use crate::model::chart::Charts;
     use crate::testing::{ok, run_component};
+    use crate::tools::runner::Output;
+    use crate::tools::step::Step;
 
     fn istiod(values: &str) -> Release {
         Release {

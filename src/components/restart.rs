@@ -3,8 +3,8 @@
 //! otherwise meshup says what to do.
 
 use super::{Action, ClusterCtx, Component, ScriptCx};
-use crate::kubectl;
-use crate::runner::StepError;
+use crate::tools::kubectl;
+use crate::tools::runner::StepError;
 
 /// istiod's restart, when an earlier component of its cluster asked for one.
 pub struct IstiodRestart {

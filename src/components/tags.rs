@@ -5,12 +5,12 @@
 //! the namespaces that follow it).
 
 use super::{Action, ClusterCtx, Component, ScriptCx};
-use crate::facts::{ClusterStatus, column};
-use crate::finding::Finding;
-use crate::kubectl;
-use crate::remote_secret::{MANAGED_BY, MANAGED_BY_LABEL};
-use crate::revisions::{self, Phase, TAG_LABEL};
-use crate::runner::StepError;
+use crate::observe::facts::{ClusterStatus, column};
+use crate::observe::finding::Finding;
+use crate::observe::revisions::{self, Phase, TAG_LABEL};
+use crate::tools::kubectl;
+use crate::tools::remote_secret::{MANAGED_BY, MANAGED_BY_LABEL};
+use crate::tools::runner::StepError;
 
 /// The revision tags of one cluster's mesh namespace.
 pub struct RevisionTags {
@@ -77,7 +77,7 @@ impl Component for RevisionTags {
                     "revisions",
                     format!(
                         "could not be read: {}",
-                        crate::sync::first_line(&e.to_string())
+                        crate::observe::sync::first_line(&e.to_string())
                     ),
                 ));
                 return;
@@ -115,7 +115,7 @@ impl Component for RevisionTags {
                 "proxies",
                 format!(
                     "could not be read: {}",
-                    crate::sync::first_line(&e.to_string())
+                    crate::observe::sync::first_line(&e.to_string())
                 ),
             )),
         }

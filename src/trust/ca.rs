@@ -12,9 +12,10 @@ use time::{Duration, OffsetDateTime};
 use x509_parser::certificate::X509Certificate;
 use x509_parser::public_key::PublicKey;
 
+use super::error::TrustError;
+use super::material::{ClusterCa, INTERMEDIATE_VALIDITY_DAYS, KeyType, ROOT_VALIDITY_DAYS};
 use super::x509::{check_ca, check_current, key_matches, parse, parse_key, signed_by, single_cert};
-use super::{ClusterCa, INTERMEDIATE_VALIDITY_DAYS, KeyType, ROOT_VALIDITY_DAYS, TrustError};
-use crate::sensitive::Sensitive;
+use crate::trust::sensitive::Sensitive;
 
 /// Certificates are dated this far back so that a cluster whose clock runs a little behind
 /// this machine's does not see them as not yet valid.

@@ -5,11 +5,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::ca::{Root, issue_intermediate, load_root, new_key, root_params, sign_error};
+use super::error::TrustError;
+use super::material::{CERT_MODE, DIR_MODE, KEY_MODE, KeyType, ROOT_CERT, ROOT_KEY, Trust};
 use super::sets::{SetState, check_set, read_set, write_set};
 use super::x509::names_istiod;
-use super::{CERT_MODE, DIR_MODE, KEY_MODE, KeyType, ROOT_CERT, ROOT_KEY, Trust, TrustError};
-use crate::files::{self, Existing, read_optional};
-use crate::sensitive::Sensitive;
+use crate::trust::files::{self, Existing, read_optional};
+use crate::trust::sensitive::Sensitive;
 
 /// Creates what is missing under `dir` and reuses what is there; `clusters` holds each
 /// cluster's name and istiod namespace.

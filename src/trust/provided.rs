@@ -4,10 +4,11 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::ca::{issue_intermediate, load_root};
+use super::error::TrustError;
+use super::material::{KeyType, ROOT_CERT, ROOT_KEY, Trust};
 use super::sets::{SetState, check_set, read_set, write_set};
-use super::{KeyType, ROOT_CERT, ROOT_KEY, Trust, TrustError};
-use crate::files::read_optional;
-use crate::sensitive::Sensitive;
+use crate::trust::files::read_optional;
+use crate::trust::sensitive::Sensitive;
 
 /// Reads the user's own PKI from `dir` and checks it; `clusters` holds each cluster's name
 /// and istiod namespace.

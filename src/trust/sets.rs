@@ -4,16 +4,16 @@
 use std::path::{Path, PathBuf};
 
 use super::ca::Root;
+use super::error::TrustError;
+use super::material::{
+    CA_CERT, CA_KEY, CERT_CHAIN, CERT_MODE, CLUSTER_FILES, ClusterCa, DIR_MODE, KEY_MODE, ROOT_CERT,
+};
 use super::x509::{
     certs_in, check_ca, check_current, der_fingerprint, key_matches, parse, parse_key, signed_by,
     single_cert,
 };
-use super::{
-    CA_CERT, CA_KEY, CERT_CHAIN, CERT_MODE, CLUSTER_FILES, ClusterCa, DIR_MODE, KEY_MODE,
-    ROOT_CERT, TrustError,
-};
-use crate::files::{self, Existing, read_optional};
-use crate::sensitive::Sensitive;
+use crate::trust::files::{self, Existing, read_optional};
+use crate::trust::sensitive::Sensitive;
 
 pub(super) enum SetState {
     Empty,

@@ -7,6 +7,7 @@ use rcgen::{KeyPair, PKCS_ECDSA_P256_SHA256};
 use x509_parser::public_key::PublicKey;
 
 use super::ca::concat_pem;
+use super::material::*;
 use super::x509::{certs_in, key_matches, names_istiod, parse, signed_by};
 use super::*;
 use x509_parser::extensions::GeneralName;
@@ -384,11 +385,11 @@ fn mismatched_root_key_is_an_error() {
 #[test]
 fn root_files_are_never_overwritten() {
     let (_tmp, dir, trust) = generated();
-    let err = crate::files::write(
+    let err = crate::trust::files::write(
         &dir.join(ROOT_CERT),
         b"x",
         CERT_MODE,
-        crate::files::Existing::Keep,
+        crate::trust::files::Existing::Keep,
     )
     .unwrap_err();
     assert_eq!(err.path, dir.join(ROOT_CERT));

@@ -8,8 +8,8 @@ use x509_parser::certificate::X509Certificate;
 use x509_parser::parse_x509_certificate;
 use x509_parser::pem::Pem;
 
-use super::TrustError;
-use crate::sensitive::Sensitive;
+use super::error::TrustError;
+use crate::trust::sensitive::Sensitive;
 
 /// PEM text that holds no usable certificate; the reason completes "the text ...".
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

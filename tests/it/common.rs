@@ -27,7 +27,7 @@ macro_rules! with_both_helms {
     };
 }
 pub const CACERTS: &str = "/api/v1/namespaces/istio-system/secrets/cacerts";
-pub const TOKEN_SECRET: &str = meshup::remote_secret::TOKEN_SECRET;
+pub const TOKEN_SECRET: &str = meshup::tools::remote_secret::TOKEN_SECRET;
 
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

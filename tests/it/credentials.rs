@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::Duration;
 
-use meshup::remote_secret::READER_TOKEN_LABEL;
+use meshup::tools::remote_secret::READER_TOKEN_LABEL;
 use meshup_testcluster::{RandomFaults, TestCluster};
 use serde_json::Value;
 
