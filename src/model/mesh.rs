@@ -318,22 +318,92 @@ fn validate(
     let values = mapping_or_problem(&mut problems, "values", raw.values);
     check_reserved_values(&mut problems, "values", &values);
 
-    let dataplane_field = if args.dataplane.is_some() {
+    let dataplane = dataplane(&mut problems, args, raw.dataplane);
+    let gateway_api_crds = gateway_api_crds(&mut problems, raw.gateway_api_crds, base_dir);
+
+    let raw_clusters = raw_clusters(args, raw.clusters);
+    if raw_clusters.is_empty() {
+        problems
+            .add("`clusters` is empty; list at least one cluster (or pass --cluster NAME=CONTEXT)");
+    }
+    let mut clusters = Vec::new();
+    // Each cluster's field in the input (`clusters[1]`, `--cluster a=b`), for later problems.
+    let mut fields = Vec::new();
+    let mut taken = Taken::default();
+    let shared = Shared {
+        dataplane,
+        network: network.as_ref(),
+        kubeconfig,
+    };
+    for (field, raw) in raw_clusters {
+        clusters.push(cluster(&mut problems, &field, raw, &shared, &mut taken));
+        fields.push(field);
+    }
+    check_topology(&mut problems, &fields, &clusters);
+    if dataplane == Dataplane::Ambient {
+        check_ambient(
+            &mut problems,
+            &clusters,
+            version.as_deref(),
+            args.allow_untested,
+        );
+    }
+    let charts = charts(
+        &mut problems,
+        (args.charts.as_ref(), istio.charts),
+        base_dir,
+        version.as_deref(),
+        &charts_needed(&clusters, dataplane),
+    );
+    let trust = trust(&mut problems, raw.trust.unwrap_or_default(), base_dir);
+
+    if !problems.0.is_empty() {
+        return Err(InputError {
+            source,
+            problems: problems.0,
+        });
+    }
+    Ok(Mesh {
+        source,
+        mesh_id,
+        namespace,
+        version,
+        charts: charts.expect("no problems means the charts resolved"),
+        revision,
+        values,
+        clusters,
+        trust,
+        dataplane,
+        gateway_api_crds,
+    })
+}
+
+/// `dataplane` (or `--dataplane`): sidecar unless ambient is asked for.
+fn dataplane(problems: &mut Problems, args: &MeshArgs, raw: Option<String>) -> Dataplane {
+    let field = if args.dataplane.is_some() {
         "--dataplane"
     } else {
         "dataplane"
     };
-    let dataplane = match args.dataplane.clone().or(raw.dataplane).as_deref() {
+    match args.dataplane.clone().or(raw).as_deref() {
         None | Some("sidecar") => Dataplane::Sidecar,
         Some("ambient") => Dataplane::Ambient,
         Some(other) => {
             problems.add(format!(
-                "`{dataplane_field}`: `{other}` is not one of sidecar, ambient"
+                "`{field}`: `{other}` is not one of sidecar, ambient"
             ));
             Dataplane::Sidecar
         }
-    };
-    let gateway_api_crds = raw.gateway_api_crds.filter(|c| !c.is_empty()).map(|c| {
+    }
+}
+
+/// `gatewayApiCrds`: a URL as written, or a file relative to the mesh file, which must exist.
+fn gateway_api_crds(
+    problems: &mut Problems,
+    raw: Option<String>,
+    base_dir: &Path,
+) -> Option<String> {
+    let gateway_api_crds = raw.filter(|c| !c.is_empty()).map(|c| {
         if c.starts_with("https://") || c.starts_with("http://") {
             c
         } else {
@@ -348,9 +418,14 @@ fn validate(
             "`gatewayApiCrds`: `{crds}` is not a file; give the path of the Gateway API CRDs (standard-install.yaml) or an https:// URL"
         ));
     }
+    gateway_api_crds
+}
 
-    let raw_clusters: Vec<(String, RawCluster)> = if args.clusters.is_empty() {
-        raw.clusters
+/// The clusters as written, each with the field a problem names: the mesh file's list, or
+/// the `--cluster NAME=CONTEXT` flags, which replace it.
+fn raw_clusters(args: &MeshArgs, listed: Option<Vec<RawCluster>>) -> Vec<(String, RawCluster)> {
+    if args.clusters.is_empty() {
+        listed
             .unwrap_or_default()
             .into_iter()
             .enumerate()
@@ -370,136 +445,152 @@ fn validate(
                 (field, cluster)
             })
             .collect()
-    };
-    if raw_clusters.is_empty() {
-        problems
-            .add("`clusters` is empty; list at least one cluster (or pass --cluster NAME=CONTEXT)");
     }
+}
 
-    let mut clusters = Vec::new();
-    // Each cluster's field in the input (`clusters[1]`, `--cluster a=b`), for later problems.
-    let mut fields = Vec::new();
-    let mut names = BTreeSet::new();
-    let mut contexts = BTreeSet::new();
-    for (field, raw) in raw_clusters {
-        if let Some(own) = &raw.dataplane
-            && own != dataplane.name()
-        {
-            problems.add(format!(
-                "`{field}.dataplane`: `{own}` differs from the mesh's `{}`: Istio's ambient multicluster pages (1.29) cover meshes whose clusters all run ambient, not a mix of sidecar and ambient clusters; set `dataplane` once, for the whole mesh",
-                dataplane.name()
-            ));
-        }
-        let name = raw.name.unwrap_or_default();
-        if name.is_empty() {
-            problems.add(format!("`{field}.name` is required"));
-        } else if !is_dns_label(&name) {
-            problems.add(format!(
-                "`{field}.name`: `{name}` is not a DNS-1123 label (lowercase letters, digits and `-`, at most 63, starting and ending alphanumeric)"
-            ));
-        } else if !names.insert(name.clone()) {
-            problems.add(format!(
-                "`{field}.name`: `{name}` is used by another cluster; names must be unique"
-            ));
-        }
-        let context = raw.context.unwrap_or_default();
-        let mut context_server = String::new();
-        if context.is_empty() {
-            problems.add(format!(
-                "`{field}.context` is required (NAME=CONTEXT for --cluster)"
-            ));
-        } else if !contexts.insert(context.clone()) {
-            problems.add(format!(
-                "`{field}.context`: `{context}` is used by another cluster; each cluster needs its own context"
-            ));
-        } else if let Some(kubeconfig) = kubeconfig {
-            match kubeconfig.servers.get(&context) {
-                Some(server) => context_server = server.clone(),
-                None => problems.add(format!(
-                    "`{field}.context`: `{context}` is not in the kubeconfig ({}; known: {}); fix the context name or pass --kubeconfig",
-                    kubeconfig.describe(),
-                    known_list(kubeconfig.servers.keys()),
-                )),
-            }
-        }
-        if let Some(server) = &raw.api_server
-            && !(server.starts_with("https://") || server.starts_with("http://"))
-        {
-            problems.add(format!(
-                "`{field}.apiServer`: `{server}` must be a URL such as https://172.18.0.2:6443"
-            ));
-        }
-        let cluster_network = raw.network.or_else(|| network.clone());
-        if let Some(net) = &cluster_network {
-            check_label_value(&mut problems, &format!("{field}.network"), net);
-        }
-        let cluster_values =
-            mapping_or_problem(&mut problems, &format!("{field}.values"), raw.values);
-        check_reserved_values(&mut problems, &format!("{field}.values"), &cluster_values);
-        let role = match (raw.role.as_deref(), raw.primary) {
-            (None | Some("primary"), None) => Role::Primary,
-            (None | Some("primary"), Some(primary)) => {
-                problems.add(format!(
-                    "`{field}.primary`: `{primary}` is set, but only a remote names its primary; add `role: remote` or remove it"
-                ));
-                Role::Primary
-            }
-            (Some("remote"), Some(primary)) => Role::Remote { primary },
-            (Some("remote"), None) => {
-                problems.add(format!(
-                    "`{field}.primary` is required for `role: remote`: name the primary cluster whose istiod controls this one"
-                ));
-                Role::Primary
-            }
-            (Some(other), _) => {
-                problems.add(format!(
-                    "`{field}.role`: `{other}` is not one of primary, remote"
-                ));
-                Role::Primary
-            }
-        };
-        let gateway = gateway_exposure(&mut problems, &field, raw.east_west_gateway);
-        fields.push(field);
-        clusters.push(Cluster {
-            name,
-            context,
-            server_overridden: raw.api_server.is_some(),
-            server: raw.api_server.unwrap_or(context_server),
-            network: cluster_network,
-            values: cluster_values,
-            role,
-            gateway,
-        });
+/// What every cluster's entry is checked against.
+struct Shared<'a> {
+    dataplane: Dataplane,
+    /// The mesh's network, which a cluster's own `network` overrides.
+    network: Option<&'a String>,
+    kubeconfig: Option<&'a Kubeconfig>,
+}
+
+/// Names and contexts the clusters before took: each must be unique.
+#[derive(Default)]
+struct Taken {
+    names: BTreeSet<String>,
+    contexts: BTreeSet<String>,
+}
+
+/// One cluster's entry, checked; every problem names `field`.
+fn cluster(
+    problems: &mut Problems,
+    field: &str,
+    raw: RawCluster,
+    shared: &Shared<'_>,
+    taken: &mut Taken,
+) -> Cluster {
+    let dataplane = shared.dataplane;
+    if let Some(own) = &raw.dataplane
+        && own != dataplane.name()
+    {
+        problems.add(format!(
+            "`{field}.dataplane`: `{own}` differs from the mesh's `{}`: Istio's ambient multicluster pages (1.29) cover meshes whose clusters all run ambient, not a mix of sidecar and ambient clusters; set `dataplane` once, for the whole mesh",
+            dataplane.name()
+        ));
     }
-    check_topology(&mut problems, &fields, &clusters);
-    if dataplane == Dataplane::Ambient {
-        check_ambient(
-            &mut problems,
-            &clusters,
-            version.as_deref(),
-            args.allow_untested,
-        );
+    let name = raw.name.unwrap_or_default();
+    if name.is_empty() {
+        problems.add(format!("`{field}.name` is required"));
+    } else if !is_dns_label(&name) {
+        problems.add(format!(
+            "`{field}.name`: `{name}` is not a DNS-1123 label (lowercase letters, digits and `-`, at most 63, starting and ending alphanumeric)"
+        ));
+    } else if !taken.names.insert(name.clone()) {
+        problems.add(format!(
+            "`{field}.name`: `{name}` is used by another cluster; names must be unique"
+        ));
     }
-    let (charts_text, charts_dir) = match (&args.charts, istio.charts) {
+    let context = raw.context.unwrap_or_default();
+    let mut context_server = String::new();
+    if context.is_empty() {
+        problems.add(format!(
+            "`{field}.context` is required (NAME=CONTEXT for --cluster)"
+        ));
+    } else if !taken.contexts.insert(context.clone()) {
+        problems.add(format!(
+            "`{field}.context`: `{context}` is used by another cluster; each cluster needs its own context"
+        ));
+    } else if let Some(kubeconfig) = shared.kubeconfig {
+        match kubeconfig.servers.get(&context) {
+            Some(server) => context_server = server.clone(),
+            None => problems.add(format!(
+                "`{field}.context`: `{context}` is not in the kubeconfig ({}; known: {}); fix the context name or pass --kubeconfig",
+                kubeconfig.describe(),
+                known_list(kubeconfig.servers.keys()),
+            )),
+        }
+    }
+    if let Some(server) = &raw.api_server
+        && !(server.starts_with("https://") || server.starts_with("http://"))
+    {
+        problems.add(format!(
+            "`{field}.apiServer`: `{server}` must be a URL such as https://172.18.0.2:6443"
+        ));
+    }
+    let cluster_network = raw.network.or_else(|| shared.network.cloned());
+    if let Some(net) = &cluster_network {
+        check_label_value(problems, &format!("{field}.network"), net);
+    }
+    let cluster_values = mapping_or_problem(problems, &format!("{field}.values"), raw.values);
+    check_reserved_values(problems, &format!("{field}.values"), &cluster_values);
+    let role = role(problems, field, raw.role.as_deref(), raw.primary);
+    let gateway = gateway_exposure(problems, field, raw.east_west_gateway);
+    Cluster {
+        name,
+        context,
+        server_overridden: raw.api_server.is_some(),
+        server: raw.api_server.unwrap_or(context_server),
+        network: cluster_network,
+        values: cluster_values,
+        role,
+        gateway,
+    }
+}
+
+/// A cluster's `role` and `primary`: a remote names its primary, and only a remote does.
+fn role(problems: &mut Problems, field: &str, role: Option<&str>, primary: Option<String>) -> Role {
+    match (role, primary) {
+        (None | Some("primary"), None) => Role::Primary,
+        (None | Some("primary"), Some(primary)) => {
+            problems.add(format!(
+                "`{field}.primary`: `{primary}` is set, but only a remote names its primary; add `role: remote` or remove it"
+            ));
+            Role::Primary
+        }
+        (Some("remote"), Some(primary)) => Role::Remote { primary },
+        (Some("remote"), None) => {
+            problems.add(format!(
+                "`{field}.primary` is required for `role: remote`: name the primary cluster whose istiod controls this one"
+            ));
+            Role::Primary
+        }
+        (Some(other), _) => {
+            problems.add(format!(
+                "`{field}.role`: `{other}` is not one of primary, remote"
+            ));
+            Role::Primary
+        }
+    }
+}
+
+/// `istio.charts` (or `--charts`): where every chart the mesh needs comes from. A path in the
+/// mesh file is relative to it; one given as a flag, to the working directory.
+fn charts(
+    problems: &mut Problems,
+    (flag, file): (Option<&String>, Option<String>),
+    base_dir: &Path,
+    version: Option<&str>,
+    needed: &[&str],
+) -> Option<Charts> {
+    let (charts_text, charts_dir) = match (flag, file) {
         (Some(flag), _) => (flag.clone(), PathBuf::new()),
         (None, Some(file)) => (file, base_dir.to_path_buf()),
         (None, None) => (DEFAULT_CHARTS.to_string(), PathBuf::new()),
     };
-    let charts = match chart::resolve(
-        &charts_text,
-        &charts_dir,
-        version.as_deref(),
-        &charts_needed(&clusters, dataplane),
-    ) {
+    match chart::resolve(&charts_text, &charts_dir, version, needed) {
         Ok(charts) => Some(charts),
         Err(problem) => {
             problems.add(format!("`istio.charts`: {problem}"));
             None
         }
-    };
+    }
+}
 
-    let raw_trust = raw.trust.unwrap_or_default();
-    let mode = match raw_trust.mode.as_deref() {
+/// `trust`: where the `cacerts` material comes from, and the directory it lives in.
+fn trust(problems: &mut Problems, raw: RawTrust, base_dir: &Path) -> Trust {
+    let mode = match raw.mode.as_deref() {
         None | Some("generate") => TrustMode::Generate,
         Some("provided") => TrustMode::Provided,
         Some("none") => TrustMode::None,
@@ -510,34 +601,15 @@ fn validate(
             TrustMode::None
         }
     };
-    let trust_dir = raw_trust
+    let trust_dir = raw
         .dir
         .filter(|d| !d.is_empty())
         .map(|d| base_dir.join(d))
         .unwrap_or_else(|| base_dir.join(DEFAULT_TRUST_DIR));
-
-    if !problems.0.is_empty() {
-        return Err(InputError {
-            source,
-            problems: problems.0,
-        });
+    Trust {
+        mode,
+        dir: trust_dir,
     }
-    Ok(Mesh {
-        source,
-        mesh_id,
-        namespace,
-        version,
-        charts: charts.expect("no problems means the charts resolved"),
-        revision,
-        values,
-        clusters,
-        trust: Trust {
-            mode,
-            dir: trust_dir,
-        },
-        dataplane,
-        gateway_api_crds,
-    })
 }
 
 /// What upstream supports of ambient across clusters: multi-network multi-primary, Beta from
