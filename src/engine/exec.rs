@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::components::{ClusterNotes, Rotation, RunBoard};
-use crate::engine::plan::{Gate, Plan};
+use crate::engine::plan::{Chain, Gate, Plan};
 pub use crate::engine::run::{Caches, Retry, Run, parallel};
 use crate::tools::reporter::Reporter;
 use crate::tools::runner::{self, StepError};
@@ -106,7 +106,7 @@ pub fn execute(run: &Run, plan: &Plan) -> Summary {
         })
         .collect();
     let board = RunBoard::default();
-    let memos: Mutex<BTreeMap<String, ClusterNotes>> = Mutex::new(BTreeMap::new());
+    let notes: Mutex<BTreeMap<String, ClusterNotes>> = Mutex::new(BTreeMap::new());
     let mut failed = false;
     let mut interrupted = false;
 
@@ -127,78 +127,16 @@ pub fn execute(run: &Run, plan: &Plan) -> Summary {
             wave.title
         ));
         let outcomes = parallel(run.jobs, &wave.chains, |chain| {
-            let Some(cluster) = run.mesh.cluster(&chain.cluster) else {
-                return (Vec::new(), None, Vec::new());
-            };
-            let mut memo = memos
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&cluster.name)
-                .unwrap_or_default();
-            let chain_start = Instant::now();
-            let mut done = Vec::new();
-            let mut error: Option<StepError> = None;
-            let mut not_run = Vec::new();
-            for task in &chain.tasks {
-                let label = task.label();
-                if error.is_some() {
-                    not_run.push(label);
-                    continue;
-                }
-                if let Some(Err(e)) = run.locks.map(|l| l.check(&cluster.name)) {
-                    error = Some(e);
-                    not_run.push(label);
-                    continue;
-                }
-                run.reporter.started(&cluster.name, label);
-                let start = Instant::now();
-                let result = with_retries(run, &cluster.name, label, &mut memo, |memo| {
-                    run.in_cluster(cluster, memo, &board, |cx| task.run(cx))
-                });
-                let outcome = match result {
-                    Ok(outcome) => outcome,
-                    Err(e) => {
-                        error = Some(e);
-                        "failed".to_string()
-                    }
-                };
-                run.reporter
-                    .finished(&cluster.name, label, &outcome, start.elapsed());
-                done.push(TaskResult {
-                    task: label,
-                    outcome,
-                    seconds: round(start.elapsed()),
-                });
-            }
-            if error.is_none() {
-                // Applies still waiting go out before the chain counts as done.
-                let flushed = with_retries(run, &cluster.name, "apply", &mut memo, |memo| {
-                    run.in_cluster(cluster, memo, &board, |cx| {
-                        cx.live.flush().map(|()| String::new())
-                    })
-                });
-                error = flushed.err();
-            }
-            let summary = format!(
-                "{} ({:.1}s)",
-                if error.is_some() { "failed" } else { "done" },
-                chain_start.elapsed().as_secs_f64()
-            );
-            run.reporter.cluster_done(&cluster.name, &summary);
-            memos
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(cluster.name.clone(), memo);
-            (done, error, not_run)
+            run_chain(run, chain, &notes, &board)
         });
         let mut wave_ok = true;
-        for (chain, (done, error, not_run)) in wave.chains.iter().zip(outcomes) {
+        for (chain, outcome) in wave.chains.iter().zip(outcomes) {
             let result = results
                 .get_mut(&chain.cluster)
                 .expect("every chain is a cluster");
-            result.tasks.extend(done);
-            result.not_run.extend(not_run);
-            if let Some(error) = error {
+            result.tasks.extend(outcome.done);
+            result.not_run.extend(outcome.not_run);
+            if let Some(error) = outcome.error {
                 wave_ok = false;
                 result.ok = false;
                 if error.is_interrupted() {
@@ -244,6 +182,92 @@ pub fn execute(run: &Run, plan: &Plan) -> Summary {
             .filter(|r| r.revoked)
             .collect(),
     }
+}
+
+/// What one cluster's chain did in a wave.
+#[derive(Default)]
+struct ChainOutcome {
+    done: Vec<TaskResult>,
+    /// The failure that stopped the chain.
+    error: Option<StepError>,
+    /// The tasks after it.
+    not_run: Vec<&'static str>,
+}
+
+/// One cluster's chain of a wave: its tasks in order (each after checking the cluster's lock,
+/// with retries), then the applies still waiting. A failure skips the rest. The cluster's
+/// notes carry over from the chain of the wave before and on to the next.
+fn run_chain(
+    run: &Run,
+    chain: &Chain<'_>,
+    notes: &Mutex<BTreeMap<String, ClusterNotes>>,
+    board: &RunBoard,
+) -> ChainOutcome {
+    let Some(cluster) = run.mesh.cluster(&chain.cluster) else {
+        return ChainOutcome::default();
+    };
+    let mut memo = notes
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&cluster.name)
+        .unwrap_or_default();
+    let chain_start = Instant::now();
+    let mut outcome = ChainOutcome::default();
+    for task in &chain.tasks {
+        let label = task.label();
+        if outcome.error.is_some() {
+            outcome.not_run.push(label);
+            continue;
+        }
+        if let Some(Err(e)) = run.locks.map(|l| l.check(&cluster.name)) {
+            outcome.error = Some(e);
+            outcome.not_run.push(label);
+            continue;
+        }
+        run.reporter.started(&cluster.name, label);
+        let start = Instant::now();
+        let result = with_retries(run, &cluster.name, label, &mut memo, |memo| {
+            run.in_cluster(cluster, memo, board, |cx| task.run(cx))
+        });
+        let said = match result {
+            Ok(said) => said,
+            Err(e) => {
+                outcome.error = Some(e);
+                "failed".to_string()
+            }
+        };
+        run.reporter
+            .finished(&cluster.name, label, &said, start.elapsed());
+        outcome.done.push(TaskResult {
+            task: label,
+            outcome: said,
+            seconds: round(start.elapsed()),
+        });
+    }
+    if outcome.error.is_none() {
+        // Applies still waiting go out before the chain counts as done.
+        let flushed = with_retries(run, &cluster.name, "apply", &mut memo, |memo| {
+            run.in_cluster(cluster, memo, board, |cx| {
+                cx.live.flush().map(|()| String::new())
+            })
+        });
+        outcome.error = flushed.err();
+    }
+    let summary = format!(
+        "{} ({:.1}s)",
+        if outcome.error.is_some() {
+            "failed"
+        } else {
+            "done"
+        },
+        chain_start.elapsed().as_secs_f64()
+    );
+    run.reporter.cluster_done(&cluster.name, &summary);
+    notes
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(cluster.name.clone(), memo);
+    outcome
 }
 
 /// Runs `attempt` until it succeeds, fails for a reason that is not transient, or has been
