@@ -12,6 +12,8 @@
 
 use std::collections::BTreeMap;
 
+use serde_yaml::Mapping;
+
 use crate::components::ambient::{GatewayApiCrds, HboneGateway, NodeAgents};
 use crate::components::cacerts::CacertsSecret;
 use crate::components::crds::Crds;
@@ -136,39 +138,95 @@ fn components(
     watches: &BTreeMap<String, Vec<String>>,
     choices: &Choices,
 ) -> Vec<Box<dyn Component>> {
-    let ns = &mesh.namespace;
-    let istiod_deployment = mesh.istiod_deployment();
-    let remote = match &cluster.role {
-        Role::Remote { primary } => Some(primary.clone()),
-        Role::Primary => None,
-    };
-    let serves_remotes = mesh.remotes_of(&cluster.name).next().is_some();
-    let gateway = mesh.multi_network() || serves_remotes;
-    // A remote's istiod and what depends on it wait for the primaries.
-    let own_stage = if remote.is_some() {
-        Stage::Remote
-    } else {
-        Stage::Cluster
-    };
-    let trust = mesh.trust.mode != TrustMode::None && remote.is_none();
+    let site = Site::of(mesh, cluster, choices);
+    let mut parts = foundation(&site, choices);
+    parts.extend(control_plane(&site, watches, choices));
+    if mesh.ambient() {
+        parts.extend(node_agents(&site));
+    } else if mesh.multi_network() || site.serves_remotes {
+        parts.extend(east_west(&site));
+    }
+    parts.extend(remote_secrets(&site, watches));
+    parts
+}
+
+/// What decides the shape of one cluster's parts.
+struct Site<'a> {
+    mesh: &'a Mesh,
+    cluster: &'a Cluster,
+    ns: &'a String,
+    /// For a remote cluster, its primary.
+    remote: Option<String>,
+    /// When its own releases install: a remote's istiod and what depends on it wait for the
+    /// primaries.
+    own_stage: Stage,
+    /// Whether it gets `cacerts` (a remote's istiod does not sign).
+    trust: bool,
+    /// Whether remotes are controlled from here (its istiod is exposed to them).
+    serves_remotes: bool,
+    force_conflicts: bool,
+}
+
+impl<'a> Site<'a> {
+    fn of(mesh: &'a Mesh, cluster: &'a Cluster, choices: &Choices) -> Self {
+        let remote = match &cluster.role {
+            Role::Remote { primary } => Some(primary.clone()),
+            Role::Primary => None,
+        };
+        Site {
+            mesh,
+            cluster,
+            ns: &mesh.namespace,
+            own_stage: if remote.is_some() {
+                Stage::Remote
+            } else {
+                Stage::Cluster
+            },
+            trust: mesh.trust.mode != TrustMode::None && remote.is_none(),
+            remote,
+            serves_remotes: mesh.remotes_of(&cluster.name).next().is_some(),
+            force_conflicts: choices.force_conflicts,
+        }
+    }
+
+    /// A release of `chart` that runs no istiod, at this cluster's own stage.
+    fn release(&self, name: &str, label: &'static str, chart: &str, values: Mapping) -> Release {
+        Release {
+            name: name.into(),
+            label,
+            chart: self.mesh.chart(chart),
+            namespace: self.ns.clone(),
+            values,
+            istiod: None,
+            stage: self.own_stage,
+            pilot_from: None,
+            force_conflicts: self.force_conflicts,
+        }
+    }
+}
+
+/// The CRDs (first, so that removal deletes them last), the namespace with its network
+/// label, and `cacerts`.
+fn foundation(site: &Site, choices: &Choices) -> Vec<Box<dyn Component>> {
+    let (mesh, cluster) = (site.mesh, site.cluster);
     let mut parts: Vec<Box<dyn Component>> = vec![
-        // First, so that removal (which runs backwards) deletes them last.
         Box::new(Crds {
             purge: choices.purge_crds,
         }),
         Box::new(Namespace {
-            name: ns.clone(),
+            name: site.ns.clone(),
             network: cluster.network.clone(),
-            annotations: remote
+            annotations: site
+                .remote
                 .iter()
                 .map(|p| (CONTROL_PLANE_ANNOTATION.to_string(), p.clone()))
                 .collect(),
         }),
     ];
-    if trust {
+    if site.trust {
         parts.push(Box::new(CacertsSecret {
-            namespace: ns.clone(),
-            istiod_deployment: istiod_deployment.clone(),
+            namespace: site.ns.clone(),
+            istiod_deployment: mesh.istiod_deployment(),
             ca: choices
                 .trust
                 .and_then(|t| t.clusters.get(&cluster.name))
@@ -177,34 +235,41 @@ fn components(
             rotate: choices.rotate_ca,
         }));
     }
-    parts.push(Box::new(Release {
-        name: "istio-base".into(),
-        label: "istio-base",
-        chart: mesh.chart("base"),
-        namespace: ns.clone(),
-        values: values::base(mesh, cluster),
-        istiod: None,
+    parts
+}
+
+/// istio-base, the Gateway API CRDs for ambient, istiod, the revision tags, and istiod's
+/// restart after a new `cacerts`.
+fn control_plane(
+    site: &Site,
+    watches: &BTreeMap<String, Vec<String>>,
+    choices: &Choices,
+) -> Vec<Box<dyn Component>> {
+    let (mesh, cluster, ns) = (site.mesh, site.cluster, site.ns);
+    let istiod_deployment = mesh.istiod_deployment();
+    let mut parts: Vec<Box<dyn Component>> = vec![Box::new(Release {
         stage: Stage::Cluster,
-        pilot_from: None,
-        force_conflicts: choices.force_conflicts,
-    }));
+        ..site.release(
+            "istio-base",
+            "istio-base",
+            "base",
+            values::base(mesh, cluster),
+        )
+    })];
     if mesh.ambient() {
         parts.push(Box::new(GatewayApiCrds {
             source: mesh.gateway_api_crds.clone(),
             istio_version: mesh.chart("istiod").version,
         }));
     }
-    let primary_has_address = remote
+    let primary_has_address = site
+        .remote
         .as_ref()
         .and_then(|p| mesh.cluster(p))
         .is_some_and(|p| p.gateway.address.is_some());
     parts.push(Box::new(Release {
         name: mesh.istiod_release(),
-        label: "istiod",
-        chart: mesh.chart("istiod"),
-        namespace: ns.clone(),
-        values: values::istiod(mesh, cluster),
-        istiod: remote.is_none().then(|| Istiod {
+        istiod: site.remote.is_none().then(|| Istiod {
             deployment: istiod_deployment.clone(),
             mesh_configmap: mesh.mesh_configmap(),
             mesh_id: mesh.mesh_id.clone(),
@@ -212,80 +277,79 @@ fn components(
             revision: revision(mesh),
             watches: watches.get(&cluster.name).cloned().unwrap_or_default(),
         }),
-        stage: own_stage,
-        pilot_from: remote.clone().filter(|_| !primary_has_address),
-        force_conflicts: choices.force_conflicts,
+        pilot_from: site.remote.clone().filter(|_| !primary_has_address),
+        ..site.release("istiod", "istiod", "istiod", values::istiod(mesh, cluster))
     }));
-    if remote.is_none() {
+    if site.remote.is_none() {
         // After istiod in install order, so that removal takes the tags away first.
         parts.push(Box::new(RevisionTags {
             namespace: ns.clone(),
         }));
     }
-    if trust {
+    if site.trust {
         parts.push(Box::new(IstiodRestart {
             deployment: istiod_deployment,
             namespace: ns.clone(),
             enabled: choices.restart,
         }));
     }
-    if mesh.ambient() {
-        // The node agents after the control plane (and removed before it); then the HBONE
-        // east-west gateway, which istiod deploys (removed first).
-        for (name, chart, values) in [
-            ("istio-cni", "cni", values::cni(mesh)),
-            ("ztunnel", "ztunnel", values::ztunnel(mesh, cluster)),
-        ] {
-            parts.push(Box::new(Release {
-                name: name.into(),
-                label: if chart == "cni" {
-                    "istio-cni"
-                } else {
-                    "ztunnel"
-                },
-                chart: mesh.chart(chart),
-                namespace: ns.clone(),
-                values,
-                istiod: None,
-                stage: own_stage,
-                pilot_from: None,
-                force_conflicts: choices.force_conflicts,
-            }));
-        }
-        parts.push(Box::new(NodeAgents {
-            namespace: ns.clone(),
-        }));
-        parts.push(Box::new(HboneGateway {
-            namespace: ns.clone(),
+    parts
+}
+
+/// Ambient's node agents after the control plane (and removed before it); then the HBONE
+/// east-west gateway, which istiod deploys (removed first).
+fn node_agents(site: &Site) -> Vec<Box<dyn Component>> {
+    let (mesh, cluster) = (site.mesh, site.cluster);
+    vec![
+        Box::new(site.release("istio-cni", "istio-cni", "cni", values::cni(mesh))),
+        Box::new(site.release(
+            "ztunnel",
+            "ztunnel",
+            "ztunnel",
+            values::ztunnel(mesh, cluster),
+        )),
+        Box::new(NodeAgents {
+            namespace: site.ns.clone(),
+        }),
+        Box::new(HboneGateway {
+            namespace: site.ns.clone(),
             network: cluster.network.clone(),
-            stage: own_stage,
-        }));
-    }
-    if gateway && !mesh.ambient() {
-        parts.push(Box::new(Release {
-            name: values::EAST_WEST_GATEWAY.into(),
-            label: "east-west gateway release",
-            chart: mesh.chart("gateway"),
+            stage: site.own_stage,
+        }),
+    ]
+}
+
+/// A sidecar mesh's east-west gateway, where traffic crosses networks or remotes reach their
+/// primary's istiod.
+fn east_west(site: &Site) -> Vec<Box<dyn Component>> {
+    let (mesh, cluster, ns) = (site.mesh, site.cluster, site.ns);
+    vec![
+        Box::new(site.release(
+            values::EAST_WEST_GATEWAY,
+            "east-west gateway release",
+            "gateway",
+            values::east_west_gateway(mesh, cluster),
+        )),
+        Box::new(EastWest {
             namespace: ns.clone(),
-            values: values::east_west_gateway(mesh, cluster),
-            istiod: None,
-            stage: own_stage,
-            pilot_from: None,
-            force_conflicts: choices.force_conflicts,
-        }));
-        parts.push(Box::new(EastWest {
-            namespace: ns.clone(),
-            stage: own_stage,
+            stage: site.own_stage,
             address: cluster.gateway.address.clone(),
             cross_network: mesh.multi_network(),
-            expose_istiod: serves_remotes
+            expose_istiod: site
+                .serves_remotes
                 .then(|| format!("{}.{ns}.svc.cluster.local", mesh.istiod_deployment())),
-        }));
-    }
-    let watched = watches.values().any(|w| w.contains(&cluster.name));
-    if watched {
+        }),
+    ]
+}
+
+/// The reader other clusters' istiods use here (when some istiod watches this cluster), and
+/// the remote secrets of the clusters this one watches.
+fn remote_secrets(site: &Site, watches: &BTreeMap<String, Vec<String>>) -> Vec<Box<dyn Component>> {
+    let (mesh, cluster) = (site.mesh, site.cluster);
+    let mut parts: Vec<Box<dyn Component>> = Vec::new();
+    if watches.values().any(|w| w.contains(&cluster.name)) {
         parts.push(Box::new(Reader {
-            namespace: ns.clone(),
+            namespace: site.ns.clone(),
             server: cluster.server.clone(),
         }));
     }
@@ -302,7 +366,7 @@ fn components(
         })
         .collect();
     parts.push(Box::new(Peers {
-        namespace: ns.clone(),
+        namespace: site.ns.clone(),
         sources,
     }));
     parts
