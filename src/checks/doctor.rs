@@ -689,6 +689,8 @@ fn read(live: &Live, namespace: &str, istiod_pods: &mut Option<Vec<Pod>>) -> Vie
     view
 }
 
+/// Reads one cluster into `view`, each kind once. A read that must succeed (the istiod
+/// Deployments, the namespace, the mesh config, namespaces, Services) ends it early.
 fn fill(
     live: &Live,
     ns: &str,
@@ -701,28 +703,8 @@ fn fill(
         .filter(|d| d.metadata.labels.get("app").map(String::as_str) == Some("istiod"))
         .map(|d| istiod_of(live, d))
         .collect();
-    let labelled: Vec<Secret> = live
-        .list_everywhere::<Secret>("secrets", Some(MULTICLUSTER_LABEL))
-        .unwrap_or_default();
     let in_ns: Vec<Secret> = live.list("secrets", Some(ns), None).unwrap_or_default();
-    let mut seen = BTreeSet::new();
-    for s in labelled.iter().chain(in_ns.iter().filter(|s| {
-        s.metadata.name.starts_with("istio-remote-secret-")
-            || s.metadata
-                .annotations
-                .contains_key(remote_secret::CLUSTER_ANNOTATION)
-    })) {
-        if !seen.insert((s.metadata.namespace.clone(), s.metadata.name.clone())) {
-            continue;
-        }
-        let found = remote_secret::found(std::slice::from_ref(s));
-        view.secrets.push(Held {
-            namespace: s.metadata.namespace.clone(),
-            name: s.metadata.name.clone(),
-            label: s.metadata.labels.get(MULTICLUSTER_LABEL).cloned(),
-            keys: found.into_iter().map(|f| (f.cluster, f.server)).collect(),
-        });
-    }
+    view.secrets = remote_secrets_held(live, &in_ns);
     if let Some(namespace) = live.get::<crate::tools::live::Namespace>("namespace", ns, None)? {
         view.namespace_labels = namespace.metadata.labels;
         view.control_planes = namespace
@@ -744,6 +726,44 @@ fn fill(
         .flatten()
         .filter_map(|p| p.status.start_time.clone())
         .min();
+    read_mesh_config(live, ns, view)?;
+    read_services(live, ns, view)?;
+    read_gateways(live, ns, view);
+    read_webhooks_and_agents(live, ns, view);
+    Ok(())
+}
+
+/// The remote secrets a cluster holds: by istiod's label anywhere, and in the mesh namespace
+/// by name or annotation (what a hand-made or half-applied one may still carry).
+fn remote_secrets_held(live: &Live, in_ns: &[Secret]) -> Vec<Held> {
+    let mut held = Vec::new();
+    let labelled: Vec<Secret> = live
+        .list_everywhere::<Secret>("secrets", Some(MULTICLUSTER_LABEL))
+        .unwrap_or_default();
+    let mut seen = BTreeSet::new();
+    for s in labelled.iter().chain(in_ns.iter().filter(|s| {
+        s.metadata.name.starts_with("istio-remote-secret-")
+            || s.metadata
+                .annotations
+                .contains_key(remote_secret::CLUSTER_ANNOTATION)
+    })) {
+        if !seen.insert((s.metadata.namespace.clone(), s.metadata.name.clone())) {
+            continue;
+        }
+        let found = remote_secret::found(std::slice::from_ref(s));
+        held.push(Held {
+            namespace: s.metadata.namespace.clone(),
+            name: s.metadata.name.clone(),
+            label: s.metadata.labels.get(MULTICLUSTER_LABEL).cloned(),
+            keys: found.into_iter().map(|f| (f.cluster, f.server)).collect(),
+        });
+    }
+    held
+}
+
+/// The mesh config of the istiod in the mesh namespace (`istio`, or `istio-REV`): its mesh
+/// ID, trust domain and whether DNS capture is on.
+fn read_mesh_config(live: &Live, ns: &str, view: &mut View) -> Result<(), StepError> {
     let config_name = view
         .istiods
         .iter()
@@ -773,6 +793,12 @@ fn fill(
             == Some("true");
         view.mesh_config = Some((mesh_id_of(&cm), trust_domain, dns));
     }
+    Ok(())
+}
+
+/// Every Service's name; istiod's and the east-west gateway's whole; in meshed namespaces,
+/// their type and ports.
+fn read_services(live: &Live, ns: &str, view: &mut View) -> Result<(), StepError> {
     let namespaces: Vec<crate::tools::live::Namespace> = live.list("namespaces", None, None)?;
     let meshed: BTreeSet<String> = namespaces
         .iter()
@@ -820,6 +846,11 @@ fn fill(
             view.services.insert((sns, name), (kind, ports));
         }
     }
+    Ok(())
+}
+
+/// The Istio and Gateway API east-west gateways, and istiod's endpoints.
+fn read_gateways(live: &Live, ns: &str, view: &mut View) {
     let gateways: Vec<Value> = live
         .list("gateways.networking.istio.io", Some(ns), None)
         .unwrap_or_default();
@@ -855,6 +886,10 @@ fn fill(
             .or_default()
             .extend(addresses);
     }
+}
+
+/// The webhook configurations, istio-reader's role, meshup's Helm releases and ztunnel.
+fn read_webhooks_and_agents(live: &Live, ns: &str, view: &mut View) {
     view.mutating = live
         .list("mutatingwebhookconfigurations", None, None)
         .unwrap_or_default();
@@ -881,7 +916,6 @@ fn fill(
                 .map(str::to_string),
         )
     });
-    Ok(())
 }
 
 /// The fixes doctor names: a meshup command when the mesh came from a file, else the
