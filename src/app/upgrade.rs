@@ -117,7 +117,52 @@ pub(super) fn decide(
         .iter()
         .map(|(c, i)| (c.as_str(), i.phase()))
         .collect();
-    for (cluster, p) in &phases {
+    refuse_unupgradable(mesh, &phases)?;
+    check_skew(mesh, installed)?;
+    let file = mesh.chart("istiod").version;
+    let (old, new, version) = match ends(phase, &chosen, &phases, file.as_deref())? {
+        Ends::Done { revision, version } => {
+            return Ok(Canary::new(mesh, &revision, &version, Vec::new()));
+        }
+        Ends::Move { old, new, version } => (old, new, version),
+    };
+    let Some(from_version) = old.version else {
+        return Err(unknown(&old));
+    };
+    one_minor_step(from_version, version)?;
+    if old.name == new.name {
+        return Err(Error::Refused(format!(
+            "the running revision is already named `{}`",
+            new.name
+        )));
+    }
+    let file_version = file.as_deref().and_then(IstioVersion::stamped);
+    if !matches!(phase, UpgradePhase::Start { .. })
+        && let Some(file) = &file
+        && file_version != Some(version)
+    {
+        return Err(Error::Refused(format!(
+            "the upgrade under way is to {version}, but the mesh file's istiod chart is {file}: set `istio.version: {version}` (or put the {version} charts in `istio.charts`)"
+        )));
+    }
+    let todo = clusters_to_change(&chosen, &phases, (&old, &new), phase)?;
+    let size = waves.wave_size.max(1) as usize;
+    let mut canary = Canary::new(
+        mesh,
+        &old.name,
+        &version.to_string(),
+        todo.chunks(size).map(<[String]>::to_vec).collect(),
+    );
+    canary.new = new.name.clone();
+    canary.old_version = old.version;
+    canary.to.revision = Some(new.name.clone());
+    with_phase_options(&mut canary, installed, (&old, &new), phase);
+    Ok(canary)
+}
+
+/// A cluster with no istiod, or with more than two revisions, cannot be upgraded.
+fn refuse_unupgradable(mesh: &Mesh, phases: &BTreeMap<&str, Phase>) -> Result<(), Error> {
+    for (cluster, p) in phases {
         match p {
             Phase::Empty => {
                 return Err(Error::Refused(format!(
@@ -135,8 +180,29 @@ pub(super) fn decide(
             _ => {}
         }
     }
-    check_skew(mesh, installed)?;
-    // The two revisions of the upgrade, from the clusters that have both, else from the start.
+    Ok(())
+}
+
+/// Where an upgrade goes: from one revision to the next at a version, or nowhere because the
+/// phase is done already (its plan is empty).
+enum Ends {
+    Move {
+        old: Revision,
+        new: Revision,
+        version: IstioVersion,
+    },
+    /// Done already: the revision every cluster runs, and its version.
+    Done { revision: String, version: String },
+}
+
+/// The two revisions of the upgrade, from the clusters that have both, else (for `start`)
+/// from the running one and the mesh file's chart version (`file`).
+fn ends(
+    phase: &UpgradePhase,
+    chosen: &[String],
+    phases: &BTreeMap<&str, Phase>,
+    file: Option<&str>,
+) -> Result<Ends, Error> {
     let pair = phases.values().find_map(|p| match p {
         Phase::Started { old, new } | Phase::Promoted { old, new } => {
             Some((old.clone(), new.clone()))
@@ -144,17 +210,16 @@ pub(super) fn decide(
         _ => None,
     });
     // The version the mesh file's istiod chart is (`None`: not set, or no Istio release).
-    let file = mesh.chart("istiod").version;
-    let file_version = file.as_deref().and_then(IstioVersion::stamped);
-    let (old, new, version) = match (phase, pair) {
+    let file_version = file.and_then(IstioVersion::stamped);
+    Ok(match (phase, pair) {
         (_, Some((old, new))) => {
             let Some(version) = new.version.or(file_version) else {
                 return Err(unknown(&new));
             };
-            (old, new, version)
+            Ends::Move { old, new, version }
         }
         (UpgradePhase::Start { .. }, None) => {
-            let Some(file) = &file else {
+            let Some(file) = file else {
                 return Err(Error::Refused(
                     "the version to upgrade to is not known: set `istio.version` in the mesh file, or pass --to".into(),
                 ));
@@ -173,9 +238,16 @@ pub(super) fn decide(
                 |c| matches!(phases.get(c.as_str()), Some(Phase::Steady(r)) if r.name == target),
             );
             if finished {
-                return Ok(Canary::new(mesh, &target, &version.to_string(), Vec::new()));
+                return Ok(Ends::Done {
+                    revision: target,
+                    version: version.to_string(),
+                });
             }
-            (old.clone(), Revision::at(&target, version), version)
+            Ends::Move {
+                old: old.clone(),
+                new: Revision::at(&target, version),
+                version,
+            }
         }
         (_, None) => {
             // Every cluster runs one revision: done already (finish, or a rollback), or not
@@ -190,72 +262,61 @@ pub(super) fn decide(
             if done {
                 let version = file_version
                     .map(|v| v.to_string())
-                    .or(file)
+                    .or(file.map(str::to_string))
                     .unwrap_or_default();
-                return Ok(Canary::new(
-                    mesh,
-                    &revisions::revision_of(&version),
-                    &version,
-                    Vec::new(),
-                ));
+                return Ok(Ends::Done {
+                    revision: revisions::revision_of(&version),
+                    version,
+                });
             }
             return Err(Error::Refused(format!(
                 "no upgrade is under way: every cluster runs one istiod revision ({}); start one with `meshup upgrade start`",
-                running_list(&phases)
+                running_list(phases)
             )));
         }
-    };
-    let Some(from_version) = old.version else {
-        return Err(unknown(&old));
-    };
+    })
+}
+
+/// Istio upgrades one minor version at a time; a patch release is an in-place install.
+fn one_minor_step(from_version: IstioVersion, version: IstioVersion) -> Result<(), Error> {
     match from_version.minors_to(version) {
-        Some(1) => {}
-        Some(0) => {
-            return Err(Error::Refused(format!(
-                "{version} is a patch release of the running {from_version}: patch upgrades are in place, with `meshup install`"
-            )));
-        }
-        Some(n) if n > 1 => {
-            return Err(Error::Refused(format!(
-                "{from_version} → {version} skips {} minor version{}: Istio upgrades one minor version at a time; upgrade to the next minor version first",
-                n - 1,
-                if n == 2 { "" } else { "s" }
-            )));
-        }
-        _ => {
-            return Err(Error::Refused(format!(
-                "cannot upgrade from {from_version} to {version}: not a newer minor version"
-            )));
-        }
+        Some(1) => Ok(()),
+        Some(0) => Err(Error::Refused(format!(
+            "{version} is a patch release of the running {from_version}: patch upgrades are in place, with `meshup install`"
+        ))),
+        Some(n) if n > 1 => Err(Error::Refused(format!(
+            "{from_version} → {version} skips {} minor version{}: Istio upgrades one minor version at a time; upgrade to the next minor version first",
+            n - 1,
+            if n == 2 { "" } else { "s" }
+        ))),
+        _ => Err(Error::Refused(format!(
+            "cannot upgrade from {from_version} to {version}: not a newer minor version"
+        ))),
     }
-    if old.name == new.name {
-        return Err(Error::Refused(format!(
-            "the running revision is already named `{}`",
-            new.name
-        )));
-    }
-    if !matches!(phase, UpgradePhase::Start { .. })
-        && let Some(file) = &file
-        && file_version != Some(version)
-    {
-        return Err(Error::Refused(format!(
-            "the upgrade under way is to {version}, but the mesh file's istiod chart is {file}: set `istio.version: {version}` (or put the {version} charts in `istio.charts`)"
-        )));
-    }
+}
+
+/// The chosen clusters this phase still changes; one that stands elsewhere is refused, one
+/// done already is left out.
+fn clusters_to_change(
+    chosen: &[String],
+    phases: &BTreeMap<&str, Phase>,
+    (old, new): (&Revision, &Revision),
+    phase: &UpgradePhase,
+) -> Result<Vec<String>, Error> {
     let mut todo = Vec::new();
-    for cluster in &chosen {
+    for cluster in chosen {
         let here = &phases[cluster.as_str()];
         let steady = |r: &Revision| matches!(here, Phase::Steady(s) if s.name == r.name);
         let pair_here = matches!(here, Phase::Started { old: o, new: n } | Phase::Promoted { old: o, new: n } if o.name == old.name && n.name == new.name);
         let started = matches!(here, Phase::Started { .. }) && pair_here;
         let (wanted, done) = match phase {
-            UpgradePhase::Start { .. } => (steady(&old) || started, false),
+            UpgradePhase::Start { .. } => (steady(old) || started, false),
             UpgradePhase::Promote { .. } => (pair_here, false),
             UpgradePhase::Finish { .. } => (
                 matches!(here, Phase::Promoted { .. }) && pair_here,
-                steady(&new),
+                steady(new),
             ),
-            UpgradePhase::Rollback { .. } => (pair_here, steady(&old)),
+            UpgradePhase::Rollback { .. } => (pair_here, steady(old)),
         };
         if done {
             continue;
@@ -264,21 +325,22 @@ pub(super) fn decide(
             return Err(Error::Refused(format!(
                 "`{cluster}` cannot {}: {}",
                 phase.name(),
-                where_it_stands(here, &old, &new, phase)
+                where_it_stands(here, old, new, phase)
             )));
         }
         todo.push(cluster.clone());
     }
-    let size = waves.wave_size.max(1) as usize;
-    let mut canary = Canary::new(
-        mesh,
-        &old.name,
-        &version.to_string(),
-        todo.chunks(size).map(<[String]>::to_vec).collect(),
-    );
-    canary.new = new.name.clone();
-    canary.old_version = old.version;
-    canary.to.revision = Some(new.name.clone());
+    Ok(todo)
+}
+
+/// The tags that move (every tag of the revision left, `default` first) and the phase's
+/// flags.
+fn with_phase_options(
+    canary: &mut Canary,
+    installed: &BTreeMap<String, Installed>,
+    (old, new): (&Revision, &Revision),
+    phase: &UpgradePhase,
+) {
     let moving = match phase {
         UpgradePhase::Rollback { .. } => &new.name,
         _ => &old.name,
@@ -305,7 +367,6 @@ pub(super) fn decide(
         UpgradePhase::Finish { force, .. } => canary.force = *force,
         UpgradePhase::Start { .. } => {}
     }
-    Ok(canary)
 }
 
 /// Clusters never more than one minor version apart, counting the version being installed.
