@@ -11,6 +11,7 @@
 //!
 //! - [`app`]: one file per command, a thin wrapper over the layers below.
 //! - [`checks`]: the read-only checks (status, verify, preflight, doctor, credentials, traffic).
+//! - [`fleet`]: the mesh handed to Flux or Argo CD (`meshup export`), and who owns each part.
 //! - [`flows`]: plan builders for multi-step operations (rotation, removal, canary upgrade).
 //! - [`engine`]: topology, plans of waves and gates, the executor, the per-cluster locks.
 //! - [`components`]: the parts of a mesh in one cluster, one file each.
@@ -26,6 +27,7 @@ pub mod checks;
 pub mod components;
 pub mod engine;
 pub mod error;
+pub mod fleet;
 pub mod flows;
 pub mod model;
 pub mod observe;

@@ -7,6 +7,7 @@
 //! and the summary.
 
 mod doctor;
+mod export;
 mod expose;
 mod install;
 mod link;
@@ -47,6 +48,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             }
             Ok(())
         }
+        Command::Export(args) => export::export(&mesh_args, &reporter, &args),
         Command::Plan(args) => plan::plan(&global, &mesh_args, &reporter, &args),
         Command::Certs { key_type } => {
             let mesh = mesh::load(&mesh_args, None)?;

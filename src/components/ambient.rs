@@ -10,6 +10,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{Action, ClusterCtx, Component, ScriptCx, Stage};
+use crate::components::handoff::{Handoff, TRUST_COMMAND};
 use crate::observe::facts::{ClusterStatus, column};
 use crate::observe::finding::Finding;
 use crate::tools::kubectl;
@@ -76,6 +77,14 @@ impl GatewayApiCrds {
 }
 
 impl Component for GatewayApiCrds {
+    fn handoff(&self) -> Vec<Handoff> {
+        vec![Handoff::Kept {
+            what: "the Gateway API CRDs (the ambient east-west gateway is a Gateway API Gateway)"
+                .into(),
+            by: TRUST_COMMAND,
+        }]
+    }
+
     fn label(&self, _: Action) -> &'static str {
         "Gateway API CRDs"
     }
@@ -261,6 +270,13 @@ impl HboneGateway {
 }
 
 impl Component for HboneGateway {
+    fn handoff(&self) -> Vec<Handoff> {
+        vec![Handoff::Manifests {
+            name: "east-west-gateway",
+            objects: vec![self.object()],
+        }]
+    }
+
     fn label(&self, _: Action) -> &'static str {
         "east-west gateway"
     }
@@ -418,6 +434,11 @@ pub fn agent_pods(daemonset: &str) -> Option<&'static str> {
 }
 
 impl Component for NodeAgents {
+    fn handoff(&self) -> Vec<Handoff> {
+        // A readiness check of the node agents, which istio-cni's and ztunnel's releases run.
+        Vec::new()
+    }
+
     fn label(&self, _: Action) -> &'static str {
         "node agents"
     }

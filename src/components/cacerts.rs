@@ -9,6 +9,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
 use super::{Action, ClusterCtx, Component, ScriptCx};
+use crate::components::handoff::{Handoff, TRUST_COMMAND};
 use crate::observe::facts::{Cacerts as CacertsStatus, ClusterStatus, column};
 use crate::observe::finding::Finding;
 use crate::tools::kubectl;
@@ -35,6 +36,16 @@ pub struct CacertsSecret {
 }
 
 impl Component for CacertsSecret {
+    fn handoff(&self) -> Vec<Handoff> {
+        vec![Handoff::Kept {
+            what: format!(
+                "`cacerts` in `{}` (the CA key never lands in Git)",
+                self.namespace
+            ),
+            by: TRUST_COMMAND,
+        }]
+    }
+
     fn label(&self, _: Action) -> &'static str {
         "cacerts"
     }

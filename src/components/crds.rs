@@ -3,6 +3,7 @@
 //! deletes all Istio configuration. `uninstall --purge-crds` removes them.
 
 use super::{Action, ClusterCtx, Component, ScriptCx};
+use crate::components::handoff::Handoff;
 use crate::tools::kubectl;
 use crate::tools::live::Object;
 use crate::tools::runner::StepError;
@@ -20,6 +21,15 @@ pub fn is_istio(name: &str) -> bool {
 }
 
 impl Component for Crds {
+    fn handoff(&self) -> Vec<Handoff> {
+        // Istio's CRDs are istio-base's templates (the engine's); they carry
+        // `helm.sh/resource-policy: keep`, so only an explicit purge deletes them.
+        vec![Handoff::Kept {
+            what: "deleting Istio's CRDs (they outlive istio-base)".into(),
+            by: "meshup uninstall --purge-crds",
+        }]
+    }
+
     fn label(&self, _: Action) -> &'static str {
         "CRDs"
     }

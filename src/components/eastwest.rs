@@ -11,6 +11,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{Action, ClusterCtx, Component, ScriptCx, Stage};
+use crate::components::handoff::Handoff;
 use crate::model::values::EAST_WEST_GATEWAY;
 use crate::observe::facts::{ClusterStatus, column};
 use crate::observe::finding::Finding;
@@ -192,6 +193,17 @@ impl EastWest {
 }
 
 impl Component for EastWest {
+    fn handoff(&self) -> Vec<Handoff> {
+        let objects: Vec<Value> = self.objects().into_iter().map(|(_, _, o)| o).collect();
+        if objects.is_empty() {
+            return Vec::new();
+        }
+        vec![Handoff::Manifests {
+            name: "east-west-objects",
+            objects,
+        }]
+    }
+
     fn label(&self, _: Action) -> &'static str {
         "east-west gateway"
     }

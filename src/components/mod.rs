@@ -8,6 +8,7 @@ pub mod ambient;
 pub mod cacerts;
 pub mod crds;
 pub mod eastwest;
+pub mod handoff;
 pub mod namespace;
 pub mod peers;
 pub mod reader;
@@ -20,6 +21,7 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::components::handoff::Handoff;
 use crate::model::mesh::{Cluster, Mesh};
 use crate::observe::facts::ClusterStatus;
 use crate::observe::finding::Finding;
@@ -99,6 +101,10 @@ pub trait Component: Send + Sync {
         let _ = cx;
         None
     }
+
+    /// Who runs it once a fleet engine takes the mesh (`meshup export`). No default: every
+    /// part names its owner.
+    fn handoff(&self) -> Vec<Handoff>;
 
     /// The Helm values file this part renders for `meshup render`: (file name, values).
     fn values_file(&self) -> Option<(String, &serde_yaml::Mapping)> {

@@ -5,6 +5,7 @@
 use serde_json::json;
 
 use super::{Action, ClusterCtx, Component, ScriptCx};
+use crate::components::handoff::{Handoff, TRUST_COMMAND};
 use crate::tools::kubectl;
 use crate::tools::live;
 use crate::tools::runner::StepError;
@@ -55,6 +56,13 @@ impl Namespace {
 }
 
 impl Component for Namespace {
+    fn handoff(&self) -> Vec<Handoff> {
+        vec![Handoff::Kept {
+            what: format!("namespace `{}` with its network label", self.name),
+            by: TRUST_COMMAND,
+        }]
+    }
+
     fn label(&self, _: Action) -> &'static str {
         "namespace"
     }

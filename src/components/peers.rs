@@ -4,6 +4,7 @@
 //! stale, unexpected and duplicate ones.
 
 use super::{Action, ClusterCtx, Component, ScriptCx, Stage};
+use crate::components::handoff::{Handoff, LINK_COMMAND};
 use crate::observe::facts::ClusterStatus;
 use crate::observe::finding::Finding;
 use crate::tools::kubectl;
@@ -60,6 +61,17 @@ impl Peers {
 }
 
 impl Component for Peers {
+    fn handoff(&self) -> Vec<Handoff> {
+        if self.sources.is_empty() {
+            return Vec::new();
+        }
+        let names: Vec<&str> = self.sources.iter().map(|s| s.name.as_str()).collect();
+        vec![Handoff::Kept {
+            what: format!("the remote secrets of {}", names.join(", ")),
+            by: LINK_COMMAND,
+        }]
+    }
+
     fn label(&self, action: Action) -> &'static str {
         match action {
             Action::Install => "link",

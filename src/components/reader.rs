@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use super::{Action, ClusterCtx, Component, ScriptCx};
+use crate::components::handoff::{Handoff, LINK_COMMAND};
 use crate::tools::kubectl;
 use crate::tools::live::{Live, Object, Secret};
 use crate::tools::remote_secret::{
@@ -22,6 +23,13 @@ pub struct Reader {
 }
 
 impl Component for Reader {
+    fn handoff(&self) -> Vec<Handoff> {
+        vec![Handoff::Kept {
+            what: "the reader token other clusters' istiods use here".into(),
+            by: LINK_COMMAND,
+        }]
+    }
+
     fn label(&self, _: Action) -> &'static str {
         "remote secret"
     }

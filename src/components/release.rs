@@ -4,6 +4,7 @@
 use serde_yaml::Mapping;
 
 use super::{Action, ClusterCtx, Component, ScriptCx, Stage};
+use crate::components::handoff::Handoff;
 use crate::model::chart::Chart;
 use crate::model::values;
 use crate::observe::facts::{ClusterStatus, Readiness, ReleaseStatus, column};
@@ -157,6 +158,16 @@ impl Release {
 }
 
 impl Component for Release {
+    fn handoff(&self) -> Vec<Handoff> {
+        vec![Handoff::Release {
+            name: self.name.clone(),
+            chart: self.chart.clone(),
+            namespace: self.namespace.clone(),
+            values: self.values.clone(),
+            istiod: self.istiod.is_some(),
+        }]
+    }
+
     fn label(&self, _: Action) -> &'static str {
         self.label
     }

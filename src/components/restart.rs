@@ -3,6 +3,7 @@
 //! otherwise meshup says what to do.
 
 use super::{Action, ClusterCtx, Component, ScriptCx};
+use crate::components::handoff::Handoff;
 use crate::tools::kubectl;
 use crate::tools::runner::StepError;
 
@@ -15,6 +16,16 @@ pub struct IstiodRestart {
 }
 
 impl Component for IstiodRestart {
+    fn handoff(&self) -> Vec<Handoff> {
+        vec![Handoff::Kept {
+            what: format!(
+                "restarting `{}` after its `cacerts` changed",
+                self.deployment
+            ),
+            by: "meshup install --only trust --restart",
+        }]
+    }
+
     fn label(&self, _: Action) -> &'static str {
         "istiod restart"
     }

@@ -5,6 +5,7 @@
 //! the namespaces that follow it).
 
 use super::{Action, ClusterCtx, Component, ScriptCx};
+use crate::components::handoff::Handoff;
 use crate::observe::facts::{ClusterStatus, column};
 use crate::observe::finding::Finding;
 use crate::observe::revisions::{self, Phase, TAG_LABEL};
@@ -24,6 +25,15 @@ impl RevisionTags {
 }
 
 impl Component for RevisionTags {
+    fn handoff(&self) -> Vec<Handoff> {
+        // Steady state has no tag objects; during an upgrade the new istiod's release renders
+        // them (`revisionTags`), and `meshup export --upgrade promote` writes that.
+        vec![Handoff::Kept {
+            what: "revision tags during an upgrade".into(),
+            by: "meshup upgrade promote",
+        }]
+    }
+
     fn label(&self, _: Action) -> &'static str {
         "revision tags"
     }

@@ -158,6 +158,9 @@ impl MeshArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Write what a fleet engine (Flux, Argo CD) needs to run the mesh, and who owns each
+    /// part; contacts no cluster
+    Export(ExportArgs),
     /// Write each cluster's Helm values files; contacts no cluster
     Render {
         /// Directory to write `<cluster>/base-values.yaml` and `<cluster>/istiod-values.yaml` into
@@ -273,6 +276,59 @@ pub struct ExposeArgs {
     /// Its namespace
     #[arg(long, short = 'n', value_name = "NS", default_value = "default")]
     pub namespace: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// The engine to write for
+    #[arg(long, value_enum)]
+    pub format: ExportFormat,
+    /// Directory to write into (one folder per cluster, and a README with the ownership table)
+    #[arg(long, default_value = "meshup-export", value_name = "DIR")]
+    pub out: PathBuf,
+    /// Where the engine runs: in every cluster, or in a hub reaching the others through
+    /// kubeconfig Secrets meshup creates there
+    #[arg(long, value_enum, default_value_t = ExportLayout::Every)]
+    pub layout: ExportLayout,
+    /// The engine's namespace [default: flux-system for Flux, argocd for Argo CD]
+    #[arg(long, value_name = "NAMESPACE")]
+    pub engine_namespace: Option<String>,
+    /// The path of DIR in the Git repository the engine reads
+    #[arg(long, default_value = "./meshup-export", value_name = "PATH")]
+    pub path: String,
+    /// Flux: the source its Kustomizations read the repository from
+    #[arg(
+        long,
+        default_value = "GitRepository/flux-system",
+        value_name = "KIND/NAME"
+    )]
+    pub source: String,
+    /// Argo CD: the Git repository its parent Applications read DIR from
+    #[arg(long, value_name = "URL")]
+    pub repo_url: Option<String>,
+    /// Argo CD: the revision of that repository
+    #[arg(long, default_value = "HEAD", value_name = "REVISION")]
+    pub revision: String,
+    /// How often the engine reconciles
+    #[arg(long, default_value = "10m", value_name = "DURATION")]
+    pub interval: String,
+    /// Print who owns each object (the engine, or meshup) and write nothing
+    #[arg(long)]
+    pub list: bool,
+}
+
+/// `export --format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormat {
+    Flux,
+    Argocd,
+}
+
+/// `export --layout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExportLayout {
+    Every,
+    Hub,
 }
 
 #[derive(Debug, Args)]

@@ -348,6 +348,16 @@ pub fn describe(namespaces: &BTreeMap<String, usize>) -> String {
         .join(", ")
 }
 
+/// The revision-less istiod's injector configuration, whose selectors `meshup upgrade promote`
+/// sets to switch it off (an engine must leave them alone).
+pub fn default_injector(namespace: &str) -> String {
+    if namespace == "istio-system" {
+        "istio-sidecar-injector".to_string()
+    } else {
+        format!("istio-sidecar-injector-{namespace}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

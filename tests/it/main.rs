@@ -13,6 +13,7 @@ mod doctor;
 mod doctor_cases;
 mod doctor_istio;
 mod e2e;
+mod export;
 mod interrupt;
 mod layout;
 mod topologies;

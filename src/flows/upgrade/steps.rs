@@ -11,7 +11,9 @@ use crate::engine::plan::Work;
 use crate::model::chart::Chart;
 use crate::model::values;
 use crate::model::version::IstioVersion;
-use crate::observe::revisions::{DEFAULT_TAG, TAG_LABEL, describe, proxies, tags};
+use crate::observe::revisions::{
+    DEFAULT_TAG, TAG_LABEL, default_injector, describe, proxies, tags,
+};
 use crate::tools::helm;
 use crate::tools::kubectl;
 use crate::tools::live::Deployment;
@@ -23,15 +25,6 @@ use crate::trust::sensitive::Sensitive;
 /// What `istioctl tag set default` puts into the revision-less injector's selectors so that
 /// it never matches (istioctl/pkg/util/common.go `NeverMatch`).
 const NEVER_MATCH: (&str, &str) = ("istio.io/deactivated", "never-match");
-
-/// The name of the revision-less istiod's injector configuration.
-pub(super) fn default_injector(namespace: &str) -> String {
-    if namespace == "istio-system" {
-        "istio-sidecar-injector".to_string()
-    } else {
-        format!("istio-sidecar-injector-{namespace}")
-    }
-}
 
 /// A component of another shape of the mesh (the new revision's istiod, istio-base with the
 /// new chart), converged as a step of the upgrade. In the script its values are the rendered
