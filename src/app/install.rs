@@ -3,7 +3,12 @@
 
 use super::prelude::*;
 use super::session::*;
+use crate::components::Action;
+use crate::components::handoff::{Handoff, TRUST_COMMAND};
+use crate::components::trust_gate::TrustGate;
+use crate::fleet;
 use crate::flows::upgrade;
+use crate::model::cli::OnlyPart;
 use crate::model::version::IstioVersion;
 use crate::observe::revisions;
 
@@ -27,6 +32,9 @@ pub(super) fn install(
     };
     // The clusters are checked once their locks are held, from the snapshot the install then
     // works with; a failed check releases them with nothing changed.
+    if args.only == Some(OnlyPart::Trust) {
+        return install_trust(&mut session, reporter, &choices, &args.engine_namespace);
+    }
     let locked = session.locked("install", |run| -> Result<_, Error> {
         let found = upgrade::running_everywhere(run);
         let (in_place, settled) = guard(run.mesh, &found, args.in_place)?;
@@ -72,6 +80,44 @@ pub(super) fn install(
             Err(Error::Reported)
         }
     }
+}
+
+/// `install --only trust`: the parts whose hand-off is meshup's `install --only trust` (the
+/// namespace, `cacerts`, the Gateway API CRDs), then in every cluster with `cacerts` the trust
+/// gate an engine's istiod waits for. Changes no release, so the upgrade guards do not apply.
+fn install_trust(
+    session: &mut Session,
+    reporter: &Arc<Reporter>,
+    choices: &Choices,
+    engine_namespace: &str,
+) -> Result<(), Error> {
+    let mut topology = Topology::of(&session.mesh, choices);
+    for node in &mut topology.nodes {
+        let had_cacerts = node
+            .components
+            .iter()
+            .any(|c| c.label(Action::Install) == "cacerts");
+        node.components.retain(|c| {
+            c.handoff()
+                .iter()
+                .any(|h| matches!(h, Handoff::Kept { by, .. } if by.starts_with(TRUST_COMMAND)))
+        });
+        if had_cacerts {
+            let root = choices
+                .trust
+                .and_then(|t| trust::fingerprint(&t.root_cert_pem).ok());
+            node.components.push(Box::new(TrustGate {
+                name: fleet::trust_gate(&node.cluster),
+                namespace: engine_namespace.to_string(),
+                root,
+            }));
+        }
+    }
+    let summary = session.locked("install", |run| -> Result<_, Error> {
+        let plan = plan::install(&topology);
+        Ok(exec::execute(run, &plan))
+    })??;
+    finish(reporter, "install --only trust", &summary)
 }
 
 /// What install may do to the istiod it finds. A second revision means an upgrade is under

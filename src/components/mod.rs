@@ -15,6 +15,7 @@ pub mod reader;
 pub mod release;
 pub mod restart;
 pub mod tags;
+pub mod trust_gate;
 
 use std::collections::BTreeMap;
 use std::path::Path;

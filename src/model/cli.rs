@@ -317,6 +317,12 @@ pub struct ExportArgs {
     pub list: bool,
 }
 
+/// `install --only`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnlyPart {
+    Trust,
+}
+
 /// `export --format`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ExportFormat {
@@ -445,6 +451,19 @@ pub struct InstallArgs {
     /// without it such an install is refused in favour of `meshup upgrade`
     #[arg(long)]
     pub in_place: bool,
+    /// Install only this part: `trust` puts the namespace (with its network label),
+    /// `cacerts` (and for ambient the Gateway API CRDs) in place, then the trust gate a fleet
+    /// engine's istiod waits for (see `meshup export`)
+    #[arg(long, value_enum, value_name = "PART")]
+    pub only: Option<OnlyPart>,
+    /// With `--only trust`: the fleet engine's namespace, where the trust gate goes
+    #[arg(
+        long,
+        default_value = "flux-system",
+        value_name = "NAMESPACE",
+        requires = "only"
+    )]
+    pub engine_namespace: String,
 }
 
 #[derive(Debug, Args)]

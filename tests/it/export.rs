@@ -486,3 +486,73 @@ fn list_names_an_owner_for_every_part_and_a_smaller_mesh_leaves_no_stale_files()
     );
     assert!(tree.contains_key("cluster2/releases/istiod.yaml"));
 }
+
+#[test]
+fn install_only_trust_puts_trust_then_the_gate_and_no_release() {
+    let env = Env::new(TOOLS, 2);
+    let mesh = env.mesh_file(&[], &[], "");
+    let mesh = mesh.to_str().unwrap();
+    // Without the engine's namespace, the gate cannot go in: the cluster and namespace named.
+    let run = env
+        .meshup(&["install", "--only", "trust", "-f", mesh])
+        .expect(1);
+    assert!(run.stderr.contains("flux-system"), "{}", run.stderr);
+    for cluster in &env.clusters {
+        cluster
+            .put(
+                "/api/v1/namespaces",
+                serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "flux-system"}}),
+            )
+            .unwrap();
+    }
+    env.meshup(&["install", "--only", "trust", "-f", mesh])
+        .expect(0);
+    for cluster in &env.clusters {
+        let name = cluster.name();
+        let namespace = cluster.get("/api/v1/namespaces/istio-system").unwrap();
+        assert_eq!(
+            namespace["metadata"]["labels"]["topology.istio.io/network"],
+            "network1"
+        );
+        let cacerts = cluster.get(CACERTS).expect("cacerts");
+        let gate = cluster
+            .get(&format!(
+                "/api/v1/namespaces/flux-system/configmaps/meshup-trust-{name}"
+            ))
+            .expect("the trust gate");
+        assert_eq!(gate["data"]["values.yaml"], "{}\n");
+        // After cacerts: the gate's write comes later in the cluster's log.
+        let log = writes(cluster, 0);
+        let at = |part: &str| {
+            log.iter()
+                .position(|(_, p)| p.contains(part))
+                .unwrap_or_else(|| panic!("{name}: no write of {part}: {log:?}"))
+        };
+        assert!(
+            at("/secrets/cacerts") < at("/configmaps"),
+            "{name}: {log:?}"
+        );
+        assert!(cacerts["data"]["root-cert.pem"].is_string());
+        assert!(
+            helm_records(cluster).is_empty(),
+            "{name}: a release was installed"
+        );
+        assert!(
+            cluster
+                .get("/apis/apps/v1/namespaces/istio-system/deployments/istiod")
+                .is_none()
+        );
+    }
+    // A second run changes nothing (the lock's renewals aside).
+    let since: Vec<usize> = env
+        .clusters
+        .iter()
+        .map(|c| c.requests_log().len())
+        .collect();
+    env.meshup(&["install", "--only", "trust", "-f", mesh])
+        .expect(0);
+    for (cluster, since) in env.clusters.iter().zip(since) {
+        let changed = mesh_writes(cluster, since);
+        assert!(changed.is_empty(), "{}: {changed:?}", cluster.name());
+    }
+}
