@@ -556,3 +556,41 @@ fn install_only_trust_puts_trust_then_the_gate_and_no_release() {
         assert!(changed.is_empty(), "{}: {changed:?}", cluster.name());
     }
 }
+
+#[test]
+fn the_examples_are_what_export_writes_today() {
+    let env = Env::new(TOOLS, 1);
+    let example = repo().join("examples/fleet");
+    let mesh = example.join("mesh.yaml");
+    let mesh = mesh.to_str().unwrap();
+    for (format, extra) in [
+        ("flux", vec!["--path", "./examples/fleet/flux"]),
+        (
+            "argocd",
+            vec![
+                "--path",
+                "examples/fleet/argocd",
+                "--repo-url",
+                "https://git.example.com/platform/mesh.git",
+            ],
+        ),
+    ] {
+        let out = env.path(format);
+        let mut args = vec![
+            "export",
+            "-f",
+            mesh,
+            "--format",
+            format,
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        without_tools(&env, &args).expect(0);
+        assert_eq!(
+            read_tree(&out),
+            read_tree(&example.join(format)),
+            "examples/fleet/{format} is stale: re-run the export its mesh.yaml names"
+        );
+    }
+}
