@@ -183,7 +183,7 @@ impl State {
                         // The API server verifies istiod's serving certificate against the
                         // webhook's caBundle (apiserver pkg/util/webhook `restClient` TLS
                         // config): a bundle without istiod's root fails the call.
-                        let root = crate::webhookpatch::istiod_root(self, &server.namespace);
+                        let root = crate::webhookpatch::istiod_root(self, &server);
                         if !crate::webhookpatch::bundle_trusts(hook, &root) {
                             if fails_closed(hook) {
                                 let reason = format!(

@@ -97,18 +97,22 @@ pub fn patchers(st: &State) -> Vec<Patcher> {
                 .unwrap_or_else(|| istiod.revision.clone()),
             cluster_id: istiod.own.clone(),
             namespace: key.namespace.clone(),
-            bundle: istiod_root(st, &key.namespace),
+            bundle: istiod_root(st, key),
             remotes,
         });
     }
     out
 }
 
-/// The root that signs the serving certificate of the istiods of `ns` (their webhooks'
-/// too): the plugged `cacerts` root, else (istiod's own self-signed root, not emulated) the
-/// cluster's CA stands in.
-pub fn istiod_root(st: &State, ns: &str) -> String {
-    crate::mesh::cacerts_root(st, ns).unwrap_or_else(|| st.ca_pem.clone())
+/// The root that signs the serving certificate of istiod pod `pod` (its webhooks' too): the
+/// `cacerts` root it loaded when it started (a later `cacerts` is not read before it
+/// restarts), else (istiod's own self-signed root, not emulated) the cluster's CA stands in.
+pub fn istiod_root(st: &State, pod: &Key) -> String {
+    st.istiod_roots
+        .get(pod)
+        .cloned()
+        .flatten()
+        .unwrap_or_else(|| st.ca_pem.clone())
 }
 
 /// Whether a webhook's `clientConfig.caBundle` holds `root`, so that the API server's
