@@ -10,7 +10,7 @@ use crate::fleet;
 use crate::flows::upgrade;
 use crate::model::cli::OnlyPart;
 use crate::model::version::IstioVersion;
-use crate::observe::revisions;
+use crate::observe::revisions::{self, Revision};
 
 pub(super) fn install(
     global: &GlobalArgs,
@@ -37,6 +37,9 @@ pub(super) fn install(
     }
     let locked = session.locked("install", |run| -> Result<_, Error> {
         let found = upgrade::running_everywhere(run);
+        if !args.take_over {
+            refuse_engine_run(&found)?;
+        }
         let (in_place, settled) = guard(run.mesh, &found, args.in_place)?;
         let mut mesh = run.mesh.clone();
         if mesh.revision.is_none() {
@@ -80,6 +83,22 @@ pub(super) fn install(
             Err(Error::Reported)
         }
     }
+}
+
+/// A fleet engine's istiod is the engine's to change: install would take it over (and the
+/// engine would then fight meshup on every reconcile).
+fn refuse_engine_run(found: &[(String, Vec<Revision>)]) -> Result<(), Error> {
+    for (cluster, revisions) in found {
+        if let Some(run_by) = revisions.iter().find(|r| r.manager.is_engine()) {
+            return Err(Error::Refused(format!(
+                "`{cluster}`: istiod (revision `{}`) is managed by {}; `meshup install` would take it over: change the mesh through {} (re-run `meshup export` and commit), or pass --take-over",
+                run_by.name,
+                run_by.manager,
+                run_by.manager.engine()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// `install --only trust`: the parts whose hand-off is meshup's `install --only trust` (the
@@ -229,6 +248,7 @@ mod tests {
             version: version.and_then(IstioVersion::parse),
             chart: Some(chart.into()),
             found: "image `docker.io/istio/pilot:latest`".into(),
+            ..Default::default()
         };
         ["cluster1", "cluster2"]
             .iter()

@@ -124,7 +124,7 @@ pub(super) fn decide(
         Ends::Done { revision, version } => {
             return Ok(Canary::new(mesh, &revision, &version, Vec::new()));
         }
-        Ends::Move { old, new, version } => (old, new, version),
+        Ends::Move { old, new, version } => (*old, *new, version),
     };
     let Some(from_version) = old.version else {
         return Err(unknown(&old));
@@ -187,8 +187,8 @@ fn refuse_unupgradable(mesh: &Mesh, phases: &BTreeMap<&str, Phase>) -> Result<()
 /// phase is done already (its plan is empty).
 enum Ends {
     Move {
-        old: Revision,
-        new: Revision,
+        old: Box<Revision>,
+        new: Box<Revision>,
         version: IstioVersion,
     },
     /// Done already: the revision every cluster runs, and its version.
@@ -216,7 +216,11 @@ fn ends(
             let Some(version) = new.version.or(file_version) else {
                 return Err(unknown(&new));
             };
-            Ends::Move { old, new, version }
+            Ends::Move {
+                old: Box::new(old),
+                new: Box::new(new),
+                version,
+            }
         }
         (UpgradePhase::Start { .. }, None) => {
             let Some(file) = file else {
@@ -244,8 +248,8 @@ fn ends(
                 });
             }
             Ends::Move {
-                old: old.clone(),
-                new: Revision::at(&target, version),
+                old: Box::new(old.clone()),
+                new: Box::new(Revision::at(&target, version)),
                 version,
             }
         }
@@ -556,6 +560,7 @@ mod tests {
             version: IstioVersion::parse(tag),
             chart: None,
             found: format!("image `pilot:{tag}`"),
+            ..Default::default()
         }
     }
 

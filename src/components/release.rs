@@ -9,6 +9,7 @@ use crate::model::chart::Chart;
 use crate::model::values;
 use crate::observe::facts::{ClusterStatus, Readiness, ReleaseStatus, column};
 use crate::observe::finding::Finding;
+use crate::observe::manager::Manager;
 use crate::observe::sync;
 use crate::tools::helm::{self, Install, Values};
 use crate::tools::live::{ConfigMap, Deployment, HelmRelease};
@@ -157,6 +158,23 @@ impl Release {
     }
 }
 
+impl Release {
+    /// The Argo CD Application that syncs this release's objects, when Argo CD runs it (no
+    /// Helm record then): read from the namespace's Deployments, from the snapshot.
+    fn run_by_argocd(&self, cx: &ClusterCtx) -> Option<String> {
+        let deployments: Vec<Deployment> = cx
+            .live
+            .list("deployments", Some(&self.namespace), None)
+            .ok()?;
+        deployments.iter().find_map(|d| {
+            match Manager::of(&d.metadata.labels, &d.metadata.annotations) {
+                Manager::ArgoCd { application } => Some(application),
+                _ => None,
+            }
+        })
+    }
+}
+
 impl Component for Release {
     fn handoff(&self) -> Vec<Handoff> {
         vec![Handoff::Release {
@@ -276,7 +294,10 @@ impl Component for Release {
         match cx.release(&self.name) {
             Ok(found) => {
                 let name = &self.name;
+                let argo = found.is_none().then(|| self.run_by_argocd(cx)).flatten();
                 match &found {
+                    // Argo CD applies `helm template` output: no release record to find.
+                    None if argo.is_some() => {}
                     None => status.problem(Finding::fail(
                         cluster,
                         what,
@@ -300,7 +321,10 @@ impl Component for Release {
                 }
                 let release = ReleaseStatus {
                     name: name.clone(),
-                    status: found.as_ref().map(|r| r.status.clone()),
+                    status: found
+                        .as_ref()
+                        .map(|r| r.status.clone())
+                        .or(argo.map(|app| format!("synced by Argo CD ({app})"))),
                     chart: found.map(|r| r.chart),
                 };
                 status.cell(column::RELEASES, release.text());
@@ -325,6 +349,13 @@ impl Component for Release {
                 format!("deployment `{}` does not exist", istiod.deployment),
             )),
             Ok(Some(deployment)) => {
+                let manager = Manager::of(
+                    &deployment.metadata.labels,
+                    &deployment.metadata.annotations,
+                );
+                if manager.is_engine() {
+                    status.cell(column::MANAGED_BY, manager.to_string());
+                }
                 let (ready, desired) = deployment.readiness();
                 if ready == 0 || ready < desired {
                     status.problem(Finding::fail(

@@ -451,6 +451,10 @@ pub struct InstallArgs {
     /// without it such an install is refused in favour of `meshup upgrade`
     #[arg(long)]
     pub in_place: bool,
+    /// Take over releases a fleet engine (Flux, Argo CD) runs; without it install refuses
+    /// them (exit 2), naming the engine and the object
+    #[arg(long)]
+    pub take_over: bool,
     /// Install only this part: `trust` puts the namespace (with its network label),
     /// `cacerts` (and for ambient the Gateway API CRDs) in place, then the trust gate a fleet
     /// engine's istiod waits for (see `meshup export`)

@@ -20,6 +20,8 @@ pub mod column {
     pub const KUBERNETES: Column = (20, "KUBERNETES");
     pub const ROLE: Column = (30, "ROLE");
     pub const RELEASES: Column = (40, "RELEASES");
+    /// Shown where a fleet engine runs istiod (`observe::manager`).
+    pub const MANAGED_BY: Column = (45, "MANAGED BY");
     pub const ISTIOD: Column = (50, "ISTIOD");
     pub const REVISIONS: Column = (52, "REVISIONS");
     pub const TAGS: Column = (54, "TAGS");

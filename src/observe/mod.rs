@@ -7,5 +7,6 @@
 
 pub mod facts;
 pub mod finding;
+pub mod manager;
 pub mod revisions;
 pub mod sync;

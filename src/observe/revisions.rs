@@ -7,6 +7,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::model::version::{self, IstioVersion};
+use crate::observe::manager::Manager;
 use crate::tools::live::{Deployment, HelmRelease, Live, Pod};
 use crate::tools::runner::StepError;
 
@@ -41,6 +42,9 @@ pub struct Revision {
     /// What was read, for messages when the version is unknown (``image `pilot:latest`, ...``).
     #[serde(skip)]
     pub found: String,
+    /// Who runs its Deployment: meshup, or a fleet engine.
+    #[serde(skip)]
+    pub manager: Manager,
 }
 
 impl Revision {
@@ -51,6 +55,7 @@ impl Revision {
             version: Some(version),
             chart: Some(version.to_string()),
             found: String::new(),
+            manager: Manager::Meshup,
         }
     }
 
@@ -128,6 +133,7 @@ impl<'a> Reading<'a> {
             version: self.version(),
             chart: self.chart(),
             found: self.found(),
+            manager: Manager::Meshup,
         }
     }
 }
@@ -216,13 +222,16 @@ pub fn version_of(d: &Deployment, releases: &[HelmRelease]) -> Revision {
             .and_then(|name| releases.iter().find(|r| r.name == *name))
             .map(|r| r.chart.as_str());
     }
-    reading.revision(
-        d.metadata
-            .labels
-            .get("istio.io/rev")
-            .cloned()
-            .unwrap_or_else(|| DEFAULT_TAG.to_string()),
-    )
+    Revision {
+        manager: Manager::of(&d.metadata.labels, &d.metadata.annotations),
+        ..reading.revision(
+            d.metadata
+                .labels
+                .get("istio.io/rev")
+                .cloned()
+                .unwrap_or_else(|| DEFAULT_TAG.to_string()),
+        )
+    }
 }
 
 /// The istiod revisions running in `namespace` (from their Deployments, oldest first). Helm's

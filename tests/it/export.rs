@@ -594,3 +594,132 @@ fn the_examples_are_what_export_writes_today() {
         );
     }
 }
+
+/// Marks every cluster's istiod Deployment as an engine's: `labels` and `annotations` added.
+fn mark_istiod(env: &Env, labels: &[(&str, &str)], annotations: &[(&str, &str)]) {
+    for cluster in &env.clusters {
+        let path = "/apis/apps/v1/namespaces/istio-system/deployments/istiod";
+        let mut deployment = cluster.get(path).expect("istiod");
+        for (k, v) in labels {
+            deployment["metadata"]["labels"][*k] = Value::from(*v);
+        }
+        for (k, v) in annotations {
+            if deployment["metadata"]["annotations"].is_null() {
+                deployment["metadata"]["annotations"] = serde_json::json!({});
+            }
+            deployment["metadata"]["annotations"][*k] = Value::from(*v);
+        }
+        cluster.put(path, deployment).unwrap();
+    }
+}
+
+#[test]
+fn an_engine_run_istiod_is_named_by_status_and_not_taken_over_by_install() {
+    let env = Env::new(TOOLS, 2);
+    let mesh = env.mesh_file(&[], &[], "");
+    let mesh = mesh.to_str().unwrap();
+    env.meshup(&["install", "-f", mesh]).expect(0);
+    let status = env.meshup(&["status", "-f", mesh]).expect(0);
+    assert!(!status.stdout.contains("MANAGED BY"), "{}", status.stdout);
+
+    // Flux's helm-controller labels what it installs with its HelmRelease.
+    mark_istiod(
+        &env,
+        &[
+            ("helm.toolkit.fluxcd.io/name", "istiod"),
+            ("helm.toolkit.fluxcd.io/namespace", "flux-system"),
+        ],
+        &[],
+    );
+    let status = env.meshup(&["status", "-f", mesh]).expect(0);
+    assert!(status.stdout.contains("MANAGED BY"), "{}", status.stdout);
+    assert!(
+        status
+            .stdout
+            .contains("Flux (HelmRelease flux-system/istiod)"),
+        "{}",
+        status.stdout
+    );
+    let since: Vec<usize> = env
+        .clusters
+        .iter()
+        .map(|c| c.requests_log().len())
+        .collect();
+    let run = env.meshup(&["install", "-f", mesh]).expect(2);
+    assert!(
+        run.stderr
+            .contains("managed by Flux (HelmRelease flux-system/istiod)")
+            && run.stderr.contains("--take-over"),
+        "{}",
+        run.stderr
+    );
+    for (cluster, since) in env.clusters.iter().zip(since) {
+        assert!(
+            mesh_writes(cluster, since).is_empty(),
+            "{}: a refused install wrote",
+            cluster.name()
+        );
+    }
+    env.meshup(&["install", "--take-over", "-f", mesh])
+        .expect(0);
+    // `--only trust` touches no release: allowed beside an engine.
+    for cluster in &env.clusters {
+        cluster
+            .put(
+                "/api/v1/namespaces",
+                serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "flux-system"}}),
+            )
+            .unwrap();
+    }
+    env.meshup(&["install", "--only", "trust", "-f", mesh])
+        .expect(0);
+}
+
+#[test]
+fn status_reads_an_argocd_run_mesh_without_helm_records() {
+    let env = Env::new(TOOLS, 2);
+    let mesh = env.mesh_file(&[], &[], "");
+    let mesh = mesh.to_str().unwrap();
+    env.meshup(&["install", "-f", mesh]).expect(0);
+    // Argo CD applies `helm template` output: its objects carry its tracking annotation and
+    // there is no Helm release record.
+    mark_istiod(
+        &env,
+        &[],
+        &[(
+            "argocd.argoproj.io/tracking-id",
+            "cluster1-istiod:apps/Deployment:istio-system/istiod",
+        )],
+    );
+    for cluster in &env.clusters {
+        for secret in cluster.list("/api/v1/namespaces/istio-system/secrets") {
+            let name = secret["metadata"]["name"].as_str().unwrap();
+            if name.starts_with("sh.helm.release.v1.") {
+                cluster.delete(&format!("/api/v1/namespaces/istio-system/secrets/{name}"));
+            }
+        }
+        assert!(helm_records(cluster).is_empty());
+    }
+    let status = env.meshup(&["status", "-f", mesh]).expect(0);
+    assert!(
+        status
+            .stdout
+            .contains("synced by Argo CD (cluster1-istiod)"),
+        "{}",
+        status.stdout
+    );
+    assert!(
+        status
+            .stdout
+            .contains("Argo CD (Application cluster1-istiod)"),
+        "{}",
+        status.stdout
+    );
+    assert!(
+        !status.all().contains("is not installed"),
+        "{}",
+        status.all()
+    );
+    let run = env.meshup(&["install", "-f", mesh]).expect(2);
+    assert!(run.stderr.contains("managed by Argo CD"), "{}", run.stderr);
+}

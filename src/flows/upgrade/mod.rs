@@ -65,6 +65,7 @@ pub fn observe(run: &Run) -> Vec<(String, Result<Installed, StepError>)> {
                         version: reading.version(),
                         chart: reading.chart(),
                         found: reading.found(),
+                        ..Default::default()
                     });
                 }
             }
