@@ -42,6 +42,8 @@ pub struct Choices<'a> {
     pub purge_crds: bool,
     /// Helm 4 runs the releases: pass `--force-conflicts` (see `helm::Install`).
     pub force_conflicts: bool,
+    /// `install --repair`: converge drifted objects of the releases too (`observe::drift`).
+    pub repair: bool,
 }
 
 /// One cluster's part of the mesh.
@@ -187,6 +189,7 @@ fn components(
         stage: Stage::Cluster,
         pilot_from: None,
         force_conflicts: choices.force_conflicts,
+        repair: choices.repair,
     }));
     if mesh.ambient() {
         parts.push(Box::new(GatewayApiCrds {
@@ -215,6 +218,7 @@ fn components(
         stage: own_stage,
         pilot_from: remote.clone().filter(|_| !primary_has_address),
         force_conflicts: choices.force_conflicts,
+        repair: choices.repair,
     }));
     if remote.is_none() {
         // After istiod in install order, so that removal takes the tags away first.
@@ -250,6 +254,7 @@ fn components(
                 stage: own_stage,
                 pilot_from: None,
                 force_conflicts: choices.force_conflicts,
+                repair: choices.repair,
             }));
         }
         parts.push(Box::new(NodeAgents {
@@ -272,6 +277,7 @@ fn components(
             stage: own_stage,
             pilot_from: None,
             force_conflicts: choices.force_conflicts,
+            repair: choices.repair,
         }));
         parts.push(Box::new(EastWest {
             namespace: ns.clone(),
