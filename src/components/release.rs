@@ -269,7 +269,17 @@ impl Release {
                         ours: &ours,
                     });
                     if !fields.is_empty() {
-                        out.push(ObjectDiff::update(self.label, found, fields));
+                        let patched = fields
+                            .iter()
+                            .any(|f| drift::istiod_patched(&drift::identity(object).1, &f.at));
+                        let mut changed = ObjectDiff::update(self.label, found, fields);
+                        if patched {
+                            changed.note = Some(
+                                "helm writes the rendered webhook fields; istiod patches its CA bundle and failure policy back once it runs"
+                                    .into(),
+                            );
+                        }
+                        out.push(changed);
                     }
                 }
             }

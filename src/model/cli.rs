@@ -411,7 +411,7 @@ pub struct StatusArgs {
 #[derive(Debug, Args)]
 pub struct DiffArgs {
     /// Only these clusters of the mesh file [default: every cluster]
-    #[arg(value_name = "CLUSTER")]
+    #[arg(value_name = "CLUSTER", id = "diff_clusters")]
     pub clusters: Vec<String>,
 }
 

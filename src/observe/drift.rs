@@ -270,12 +270,7 @@ pub fn ignored(kind: &str, path: &[Seg]) -> bool {
             "annotations",
             "kubectl.kubernetes.io/restartedAt",
         ] => true,
-        // istiod's webhook controllers (pkg/webhooks): the CA bundle, and fail-closed once ready.
-        ["webhooks", "*", "clientConfig", "caBundle"] | ["webhooks", "*", "failurePolicy"]
-            if kind.ends_with("WebhookConfiguration") =>
-        {
-            true
-        }
+        _ if istiod_patched(kind, path) => true,
         // What the API server allocates to a Service.
         ["spec", "clusterIP" | "clusterIPs" | "healthCheckNodePort"]
         | ["spec", "ports", "*", "nodePort"]
@@ -287,6 +282,24 @@ pub fn ignored(kind: &str, path: &[Seg]) -> bool {
         ["secrets", ..] if kind == "ServiceAccount" => true,
         _ => false,
     }
+}
+
+/// Whether `path` is a field istiod's webhook controllers patch at run time (pkg/webhooks:
+/// the CA bundle, and `failurePolicy: Fail` once it is ready). Never drift and never repaired
+/// (a webhook without istiod's CA bundle fails closed), but a helm upgrade of the release
+/// does write the rendered value (istiod then patches it back), so then it is a change.
+pub fn istiod_patched(kind: &str, path: &[Seg]) -> bool {
+    kind.ends_with("WebhookConfiguration")
+        && matches!(
+            path,
+            [Seg::Field(w), _, Seg::Field(c), Seg::Field(b)]
+                if w == "webhooks" && c == "clientConfig" && b == "caBundle"
+        )
+        || kind.ends_with("WebhookConfiguration")
+            && matches!(
+                path,
+                [Seg::Field(w), _, Seg::Field(f)] if w == "webhooks" && f == "failurePolicy"
+            )
 }
 
 /// Equality as the API server stores values: numbers by value, resource quantities by amount
@@ -597,11 +610,7 @@ pub fn compare(c: &Compare) -> Vec<FieldDiff> {
     let managers_of = |path: &[Seg]| -> Vec<String> {
         let mut found: Vec<String> = owners
             .iter()
-            .filter(|o| {
-                o.fields
-                    .iter()
-                    .any(|f| f.starts_with(path) || path.starts_with(f))
-            })
+            .filter(|o| o.fields.iter().any(|f| f.starts_with(path)))
             .map(|o| o.manager.clone())
             .collect();
         found.dedup();
@@ -612,7 +621,9 @@ pub fn compare(c: &Compare) -> Vec<FieldDiff> {
     let mut wanted = Vec::new();
     leaves(c.rendered, &mut Vec::new(), &mut wanted);
     for (path, value) in wanted {
-        if ignored(kind, &path) || out.iter().any(|d| path.starts_with(&d.at)) {
+        let upgraded_anyway = c.upgrade && istiod_patched(kind, &path);
+        if (ignored(kind, &path) && !upgraded_anyway) || out.iter().any(|d| path.starts_with(&d.at))
+        {
             continue;
         }
         let live = resolve(c.live, &path).map(|(v, _)| v);
