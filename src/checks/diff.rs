@@ -164,6 +164,9 @@ pub fn collect(run: &Run, topology: &Topology, only: &[String]) -> Report {
     }
 }
 
+/// A token held in object `.1` of cluster `.0`'s report.
+type Held = (usize, usize, crate::trust::sensitive::Sensitive<String>);
+
 /// Asks each source cluster whether the tokens its peers hold, where they differ from the one
 /// `install` would hand out, still work, and says so in those objects' notes.
 fn review_tokens(run: &Run, clusters: &mut [ClusterDiff]) {
@@ -175,10 +178,7 @@ fn review_tokens(run: &Run, clusters: &mut [ClusterDiff]) {
             }
         }
     }
-    let work: Vec<(
-        String,
-        Vec<(usize, usize, crate::trust::sensitive::Sensitive<String>)>,
-    )> = by_source
+    let work: Vec<(String, Vec<Held>)> = by_source
         .into_iter()
         .map(|(source, at)| {
             let tokens = at

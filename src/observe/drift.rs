@@ -107,10 +107,8 @@ pub struct Owner {
 pub fn owners(live: &Value) -> Vec<Owner> {
     fn walk(v: &Value, path: &mut FieldPath, out: &mut BTreeSet<FieldPath>) {
         let Some(map) = v.as_object() else { return };
-        if map.is_empty() || map.contains_key(".") {
-            if !path.is_empty() {
-                out.insert(path.clone());
-            }
+        if (map.is_empty() || map.contains_key(".")) && !path.is_empty() {
+            out.insert(path.clone());
         }
         for (key, child) in map {
             let seg = if let Some(f) = key.strip_prefix("f:") {
