@@ -253,13 +253,7 @@ impl Release {
         let mut out = Vec::new();
         for object in &rendered {
             match live.iter().find(|l| same(l, object)) {
-                None => {
-                    let mut created = ObjectDiff::create(self.label, object, !upgrade);
-                    if created.namespace.is_none() && object["metadata"]["namespace"].is_null() {
-                        created.namespace = None;
-                    }
-                    out.push(created);
-                }
+                None => out.push(ObjectDiff::create(self.label, object, !upgrade)),
                 Some(found) => {
                     let fields = drift::compare(&drift::Compare {
                         rendered: object,
