@@ -1,8 +1,8 @@
 //! meshup's errors. Each area has its own enum with every message beside its variant
 //! ([`InputError`] here, `TrustError` in `trust`, `StepError` in `runner`, `FileError` in
 //! `files`); [`Error`] gathers them for `main`, and [`Error::exit_code`] decides per variant:
-//! 2 bad input (nothing was touched), 1 a failed step, check or file operation, 130
-//! interrupted.
+//! 2 bad input (nothing was touched), 1 a failed step, check or file operation, 3 `diff`
+//! found changes, 130 interrupted.
 
 use crate::model::input::InputError;
 use crate::tools::pull::PullError;
@@ -39,6 +39,10 @@ pub enum Error {
     /// been reported in full.
     #[error("failed; see the messages above")]
     Reported,
+    /// `meshup diff` found changes (and printed them): exit 3, as terraform's detailed
+    /// exit code.
+    #[error("changes found")]
+    Changes,
     /// The user pressed Ctrl-C; children were stopped.
     #[error("interrupted; running helm and kubectl processes were stopped")]
     Interrupted,
@@ -49,6 +53,7 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Input(_) | Error::Refused(_) => 2,
+            Error::Changes => 3,
             Error::Trust(e) => e.exit_code(),
             Error::Step(StepError::Interrupted)
             | Error::Lock(LockError::Step(StepError::Interrupted))
@@ -66,7 +71,7 @@ impl Error {
 
     /// Whether the message was already printed where it happened.
     pub fn is_reported(&self) -> bool {
-        matches!(self, Error::Reported)
+        matches!(self, Error::Reported | Error::Changes)
     }
 }
 

@@ -29,6 +29,7 @@ pub(super) fn install(
         // Helm 4 applies server-side, and istiod owns its webhooks' `failurePolicy` once it
         // runs (istio/istio#59367): take such fields over rather than fail.
         force_conflicts: tools.helm_major == Some(4),
+        repair: args.repair,
     };
     // The clusters are checked once their locks are held, from the snapshot the install then
     // works with; a failed check releases them with nothing changed.
@@ -146,7 +147,7 @@ fn install_trust(
 /// version or the chart's is unknown (`latest`, a digest, an unstamped `1.0.0`): meshup cannot
 /// tell how far it moves. Returns whether istiod may change its minor version in place, and
 /// the revision the clusters run when the mesh file names none.
-fn guard(
+pub(super) fn guard(
     mesh: &Mesh,
     found: &[(String, Vec<revisions::Revision>)],
     in_place: bool,

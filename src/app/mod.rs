@@ -6,6 +6,7 @@
 //! `remote_secret.rs`); `session.rs` holds what they share: the session, checks, confirmation
 //! and the summary.
 
+mod diff;
 mod doctor;
 mod export;
 mod expose;
@@ -88,12 +89,24 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         }
         Command::Install(args) => install::install(&global, &mesh_args, &reporter, &args),
         Command::Link(args) => link::link(&global, &mesh_args, &reporter, &args),
-        Command::Status => {
+        Command::Diff(args) => diff::diff(&global, &mesh_args, &reporter, &args),
+        Command::Status(args) => {
             let mut session = Session::open(&global, &mesh_args, &reporter)?;
             session.require_tools()?;
+            let drift = if args.drift {
+                // The same comparison as `meshup diff` (with its guards), before the walk.
+                session.tools_and_charts()?;
+                let trust = diff::trust_on_disk(&session.mesh)?;
+                Some(diff::compare(&session, trust.as_ref(), &[])?)
+            } else {
+                None
+            };
             session.settle_revision();
             let topology = Topology::of(&session.mesh, &Choices::default());
-            let status = status::collect(&session.read(), &topology);
+            let mut status = status::collect(&session.read(), &topology);
+            if let Some(report) = &drift {
+                status::add_drift(&mut status, report);
+            }
             if reporter.mode() == Mode::Json {
                 print_json(&status)?;
             } else {

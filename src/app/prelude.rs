@@ -18,8 +18,8 @@ pub(super) use crate::error::Error;
 pub(super) use crate::flows::leave;
 pub(super) use crate::flows::rotate;
 pub(super) use crate::model::cli::{
-    Cli, Command, DEFAULT_JOBS, DEFAULT_READ_JOBS, GlobalArgs, InstallArgs, Jobs, LinkArgs,
-    MeshArgs, Operation, OutputFormat, PlanArgs, UninstallArgs, VerifyArgs,
+    Cli, Command, DEFAULT_JOBS, DEFAULT_READ_JOBS, DiffArgs, GlobalArgs, InstallArgs, Jobs,
+    LinkArgs, MeshArgs, Operation, OutputFormat, PlanArgs, UninstallArgs, VerifyArgs,
 };
 pub(super) use crate::model::input::InputError;
 pub(super) use crate::model::kubeconfig::Kubeconfig;

@@ -40,7 +40,7 @@ struct Held {
 
 /// What the source cluster says of a token.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Review {
+pub enum Review {
     Accepted,
     Refused(String),
     /// The review itself could not be made (no permission, cluster unreachable).
@@ -184,7 +184,7 @@ fn check_source(run: &Run, source: &str, held: &[&Held]) -> Vec<Finding> {
 }
 
 /// A TokenReview of `token` in the cluster of `cx`, the token on stdin.
-fn review(cx: &crate::components::ClusterCtx, token: &Sensitive<String>) -> Review {
+pub fn review(cx: &crate::components::ClusterCtx, token: &Sensitive<String>) -> Review {
     #[derive(Deserialize, Default)]
     struct Status {
         #[serde(default)]

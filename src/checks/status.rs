@@ -112,6 +112,71 @@ pub fn collect(run: &Run, topology: &Topology) -> Status {
     }
 }
 
+/// `status --drift`: a DRIFT column from `meshup diff`'s comparison (`none`, or how many
+/// objects `install` would change or `install --repair` converge), and each such object as a
+/// problem.
+pub fn add_drift(status: &mut Status, report: &crate::checks::diff::Report) {
+    for found in &report.clusters {
+        let Some(cluster) = status
+            .clusters
+            .iter_mut()
+            .find(|c| c.cluster == found.cluster)
+        else {
+            continue;
+        };
+        let name = Some(found.cluster.as_str());
+        if let Some(error) = &found.error {
+            cluster.cell(column::DRIFT, "unknown");
+            cluster.problem(Finding::fail(
+                name,
+                "drift",
+                format!(
+                    "could not be compared: {}",
+                    error.lines().next().unwrap_or_default()
+                ),
+            ));
+            continue;
+        }
+        let (changes, drifted) = (found.changed(), found.drifted());
+        cluster.cell(
+            column::DRIFT,
+            match (changes, drifted) {
+                (0, _) => "none".to_string(),
+                (n, 0) => format!("{n} to change"),
+                (n, d) if n == d => format!("{d} drifted"),
+                (n, d) => format!("{} to change, {d} drifted", n - d),
+            },
+        );
+        for object in &found.objects {
+            let fields: Vec<&str> = object.fields.iter().map(|f| f.path.as_str()).collect();
+            let what = if object.install_changes() {
+                "differs from the mesh file"
+            } else {
+                "drifted from its chart"
+            };
+            let fix = if object.install_changes() {
+                "run `meshup diff`, then `meshup install`"
+            } else {
+                "run `meshup diff`, then `meshup install --repair`"
+            };
+            let detail = if fields.is_empty() {
+                format!("{:?}", object.action).to_lowercase()
+            } else {
+                fields.join(", ")
+            };
+            cluster.problem(
+                Finding::fail(
+                    name,
+                    &object.part,
+                    format!("{} {what} ({detail})", object.title()),
+                )
+                .fix(fix),
+            );
+        }
+    }
+    status.ok = status.problems.is_empty() && status.clusters.iter().all(|c| c.problems.is_empty());
+}
+
 /// The status as text for people: one row per cluster, then what is wrong.
 pub fn render_text(status: &Status) -> String {
     // Every column some cluster has a cell in, in order.

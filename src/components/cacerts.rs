@@ -10,6 +10,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 
 use super::{Action, ClusterCtx, Component, ScriptCx};
 use crate::components::handoff::{Handoff, TRUST_COMMAND};
+use crate::observe::drift::{self, FieldDiff, ObjectDiff, Seg};
 use crate::observe::facts::{Cacerts as CacertsStatus, ClusterStatus, column};
 use crate::observe::finding::Finding;
 use crate::tools::kubectl;
@@ -131,6 +132,108 @@ impl Component for CacertsSecret {
         Ok(outcome.into())
     }
 
+    /// By fingerprint, never by content: each certificate's SHA-256 fingerprint, the key only
+    /// as "differs".
+    fn diff(&self, cx: &mut ClusterCtx) -> Result<Vec<ObjectDiff>, StepError> {
+        let ns = &self.namespace;
+        let found: Option<serde_json::Value> = cx.live.get("secret", NAME, Some(ns))?;
+        let Some(ca) = &self.ca else {
+            // No CA material in `trust.dir` yet: install makes it, then creates the Secret.
+            return Ok(match found {
+                None => {
+                    let mut created = ObjectDiff::create("cacerts", &placeholder(ns), false);
+                    created.note = Some(
+                        "the mesh's CA does not exist yet in `trust.dir`: install makes it".into(),
+                    );
+                    vec![created]
+                }
+                Some(_) => Vec::new(),
+            });
+        };
+        let wanted: serde_json::Value =
+            serde_yaml::from_str(manifest(ns, ca).expose()).expect("the manifest is YAML");
+        let Some(live) = found else {
+            return Ok(vec![ObjectDiff::create("cacerts", &wanted, false)]);
+        };
+        let secret: Secret = serde_json::from_value(live.clone()).map_err(|e| {
+            StepError::other(
+                &cx.cluster.name,
+                format!(
+                    "secret `cacerts` in namespace `{ns}` is not a Secret meshup can read: {e}"
+                ),
+                None,
+            )
+        })?;
+        if matches(&secret, ca) {
+            return Ok(Vec::new());
+        }
+        let fingerprint = |b64: Option<&str>| -> Option<serde_json::Value> {
+            let b64 = b64?;
+            let pem = BASE64
+                .decode(b64)
+                .ok()
+                .and_then(|p| String::from_utf8(p).ok());
+            Some(serde_json::json!(
+                match pem.map(|p| trust::fingerprint(&p)) {
+                    Some(Ok(f)) => format!("sha256:{f}"),
+                    _ => "(unreadable)".to_string(),
+                }
+            ))
+        };
+        let mut fields = Vec::new();
+        let keys: BTreeSet<String> = secret
+            .data
+            .keys()
+            .cloned()
+            .chain(CLUSTER_FILES.iter().map(|k| k.to_string()))
+            .collect();
+        for key in &keys {
+            let have = secret.data.get(key).map(|v| v.expose().clone());
+            let want = ca
+                .secret_values()
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| BASE64.encode(v));
+            let same = have.as_deref().and_then(|h| BASE64.decode(h).ok())
+                == want.as_deref().and_then(|w| BASE64.decode(w).ok());
+            if same {
+                continue;
+            }
+            let certificate = key.ends_with(".pem") && !key.contains("key");
+            let (live_value, wanted_value) = if certificate {
+                (fingerprint(have.as_deref()), fingerprint(want.as_deref()))
+            } else {
+                (
+                    have.map(|_| serde_json::json!(drift::MASK)),
+                    want.map(|_| serde_json::json!(format!("{}, changed", drift::MASK))),
+                )
+            };
+            let at = vec![Seg::Field("data".into()), Seg::Field(key.clone())];
+            fields.push(FieldDiff {
+                path: drift::path_text(&at),
+                at,
+                live: live_value,
+                wanted: wanted_value,
+                managers: Vec::new(),
+                drift: false,
+            });
+        }
+        let mut object = ObjectDiff::update("cacerts", &live, fields);
+        let live_root = root_fingerprint(&secret).ok().flatten();
+        let mesh_root = trust::fingerprint(&ca.root_cert_pem).ok();
+        let foreign_keys = secret
+            .data
+            .keys()
+            .any(|k| !CLUSTER_FILES.contains(&k.as_str()));
+        if (live_root != mesh_root || foreign_keys) && !self.rotate {
+            object.note = Some(
+                "`meshup install` refuses to replace it without --rotate-ca (a new root breaks cross-cluster traffic until every workload restarts)"
+                    .into(),
+            );
+        }
+        Ok(vec![object])
+    }
+
     fn script(&self, cx: &ScriptCx, action: Action) -> String {
         if action == Action::Remove {
             return String::new();
@@ -235,6 +338,16 @@ pub fn shared_root(
         ));
     }
     (shared, findings)
+}
+
+/// The `cacerts` Secret as `diff` shows it before the CA exists: its four keys, no values.
+fn placeholder(namespace: &str) -> serde_json::Value {
+    let data: serde_json::Map<String, serde_json::Value> = CLUSTER_FILES
+        .iter()
+        .map(|k| (k.to_string(), serde_json::json!(drift::MASK)))
+        .collect();
+    serde_json::json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+        "metadata": {"name": NAME, "namespace": namespace}, "data": data})
 }
 
 /// The `cacerts` Secret for `namespace` as YAML for `kubectl apply -f -`. It carries the CA

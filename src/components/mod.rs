@@ -24,9 +24,10 @@ use std::time::Duration;
 
 use crate::components::handoff::Handoff;
 use crate::model::mesh::{Cluster, Mesh};
+use crate::observe::drift::ObjectDiff;
 use crate::observe::facts::ClusterStatus;
 use crate::observe::finding::Finding;
-use crate::tools::live::{HelmRelease, Live};
+use crate::tools::live::{HelmRecord, HelmRelease, Live};
 use crate::tools::remote_secret::RemoteSecret;
 use crate::tools::reporter::Reporter;
 use crate::tools::runner::StepError;
@@ -106,6 +107,13 @@ pub trait Component: Send + Sync {
     /// Who runs it once a fleet engine takes the mesh (`meshup export`). No default: every
     /// part names its owner.
     fn handoff(&self) -> Vec<Handoff>;
+    /// What `install` would change in this part, and what drifted from it (see
+    /// `observe::drift`), without changing anything. Parts that read other clusters' state
+    /// (remote secrets) find it on the run board.
+    fn diff(&self, cx: &mut ClusterCtx) -> Result<Vec<ObjectDiff>, StepError> {
+        let _ = cx;
+        Ok(Vec::new())
+    }
 
     /// The Helm values file this part renders for `meshup render`: (file name, values).
     fn values_file(&self) -> Option<(String, &serde_yaml::Mapping)> {
@@ -127,6 +135,8 @@ pub struct ClusterNotes {
     /// istiod's pods (`app=istiod` in the mesh namespace, every revision), when a read-only
     /// command read them already (doctor): its sync read takes them from here.
     pub istiod_pods: Option<Vec<crate::tools::live::Pod>>,
+    /// Helm's records of the releases in the mesh namespace (`diff`, `--repair`), read once.
+    pub records: Option<Vec<HelmRecord>>,
 }
 
 /// What one cluster's components make during a run for other clusters' components. Lives in
@@ -142,6 +152,9 @@ pub struct RunBoard {
     pub departed: Mutex<std::collections::BTreeSet<String>>,
     /// Reader-token rotations under way, by source cluster.
     pub rotations: Mutex<BTreeMap<String, Rotation>>,
+    /// `diff`: clusters whose remote secret `install` would build from a new reader token
+    /// (none is filled yet), so every copy of it changes.
+    pub new_tokens: Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl RunBoard {
@@ -190,6 +203,20 @@ pub struct ClusterCtx<'a> {
 }
 
 impl ClusterCtx<'_> {
+    /// Helm's record of release `name` (read once per cluster with every release's).
+    pub fn record(&mut self, name: &str) -> Result<Option<HelmRecord>, StepError> {
+        if self.memo.records.is_none() {
+            self.memo.records = Some(self.live.helm_records(&self.mesh.namespace)?);
+        }
+        Ok(self
+            .memo
+            .records
+            .iter()
+            .flatten()
+            .find(|r| r.name == name)
+            .cloned())
+    }
+
     pub fn target(&self) -> &Target {
         self.live.target
     }

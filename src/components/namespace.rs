@@ -6,6 +6,7 @@ use serde_json::json;
 
 use super::{Action, ClusterCtx, Component, ScriptCx};
 use crate::components::handoff::{Handoff, TRUST_COMMAND};
+use crate::observe::drift::{self, FieldDiff, ObjectDiff, Seg};
 use crate::tools::kubectl;
 use crate::tools::live;
 use crate::tools::runner::StepError;
@@ -99,6 +100,59 @@ impl Component for Namespace {
             "labelled"
         }
         .into())
+    }
+
+    fn diff(&self, cx: &mut ClusterCtx) -> Result<Vec<ObjectDiff>, StepError> {
+        let wanted: serde_json::Value =
+            serde_yaml::from_str(&self.manifest()).expect("the manifest is YAML");
+        let found: Option<serde_json::Value> = cx.live.get("namespace", &self.name, None)?;
+        let Some(live) = found else {
+            return Ok(vec![ObjectDiff::create("namespace", &wanted, false)]);
+        };
+        let mut fields = Vec::new();
+        for (map, key, value) in self
+            .network
+            .iter()
+            .map(|n| ("labels", NETWORK_LABEL, n))
+            .chain(
+                self.annotations
+                    .iter()
+                    .map(|(k, v)| ("annotations", k.as_str(), v)),
+            )
+        {
+            let have = live["metadata"][map].get(key).cloned();
+            if have.as_ref().and_then(|v| v.as_str()) != Some(value.as_str()) {
+                let at = vec![
+                    Seg::Field("metadata".into()),
+                    Seg::Field(map.into()),
+                    Seg::Field(key.into()),
+                ];
+                fields.push(FieldDiff {
+                    path: drift::path_text(&at),
+                    at,
+                    live: have,
+                    wanted: Some(json!(value)),
+                    managers: Vec::new(),
+                    drift: false,
+                });
+            }
+        }
+        let mut out = Vec::new();
+        if !fields.is_empty() {
+            out.push(ObjectDiff::update("namespace", &live, fields));
+        }
+        if live
+            .pointer("/metadata/deletionTimestamp")
+            .is_some_and(|t| !t.is_null())
+        {
+            let mut gone = ObjectDiff::create("namespace", &wanted, false);
+            gone.note = Some(
+                "it is terminating (a recent uninstall): install waits for it to go, then creates it anew"
+                    .into(),
+            );
+            out = vec![gone];
+        }
+        Ok(out)
     }
 
     fn remove(&self, cx: &mut ClusterCtx) -> Result<String, StepError> {

@@ -3,8 +3,11 @@
 //! for clusters no longer in the mesh file are deleted. Status reports present, missing,
 //! stale, unexpected and duplicate ones.
 
+use serde_json::json;
+
 use super::{Action, ClusterCtx, Component, ScriptCx, Stage};
 use crate::components::handoff::{Handoff, LINK_COMMAND};
+use crate::observe::drift::{self, FieldDiff, ObjectDiff, Seg};
 use crate::observe::facts::ClusterStatus;
 use crate::observe::finding::Finding;
 use crate::tools::kubectl;
@@ -161,6 +164,161 @@ impl Component for Peers {
             (a, r) => format!("{a} applied, {r} stale removed"),
         };
         Ok(outcome)
+    }
+
+    /// Each remote secret here against the one `install` would apply (built from its
+    /// source's newest reader token, see `reader.rs`): missing, another server, CA or token,
+    /// not meshup's; and meshup's remote secrets for clusters no longer in the mesh file.
+    /// What a kubeconfig holds is shown as its server only: the CA and token are masked.
+    fn diff(&self, cx: &mut ClusterCtx) -> Result<Vec<ObjectDiff>, StepError> {
+        let ns = &self.namespace;
+        let secrets: Vec<serde_json::Value> = cx.live.list(
+            "secrets",
+            Some(ns),
+            Some(&remote_secret::multicluster_selector()),
+        )?;
+        let typed: Vec<Secret> = secrets
+            .iter()
+            .filter_map(|s| serde_json::from_value(s.clone()).ok())
+            .collect();
+        let found = remote_secret::found(&typed);
+        let built = cx
+            .board
+            .secrets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let new_tokens = cx
+            .board
+            .new_tokens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let mut out = Vec::new();
+        for source in &self.sources {
+            let name = remote_secret::secret_name(&source.name);
+            let wanted = built.get(&source.name);
+            if wanted.is_none() && !new_tokens.contains(&source.name) {
+                // The source could not be read: its report says why.
+                continue;
+            }
+            let in_place: Vec<&Found> = found.iter().filter(|f| f.secret == name).collect();
+            let view = |server: Option<&str>, ca: &str, token: &str| {
+                json!({"apiVersion": "v1", "kind": "Secret",
+                       "metadata": {"name": name, "namespace": ns},
+                       "data": {source.name.clone(): {"kubeconfig": {
+                           "server": server, "certificate-authority-data": ca, "token": token}}}})
+            };
+            let wanted_server = wanted.map_or(source.server.as_str(), |w| w.server.as_str());
+            let Some(held) = in_place.first() else {
+                out.push(ObjectDiff::create(
+                    "link",
+                    &view(Some(wanted_server), drift::MASK, drift::MASK),
+                    false,
+                ));
+                continue;
+            };
+            let same = in_place.len() == 1
+                && held.managed
+                && held.cluster == source.name
+                && wanted.is_some_and(|w| w.data == held.data);
+            if same {
+                continue;
+            }
+            let have = remote_secret::credentials_of(&held.data);
+            let want = wanted.map(|w| remote_secret::credentials_of(&w.data));
+            let changed = format!("{}, changed", drift::MASK);
+            let ca_changes = want.as_ref().is_none_or(|w| w.ca_data != have.ca_data);
+            let token_changes = want.as_ref().is_none_or(|w| w.token != have.token);
+            let live = view(held.server.as_deref(), drift::MASK, drift::MASK);
+            let after = view(
+                Some(wanted_server),
+                if ca_changes { &changed } else { drift::MASK },
+                if token_changes { &changed } else { drift::MASK },
+            );
+            let key = |field: &str| {
+                vec![
+                    Seg::Field("data".into()),
+                    Seg::Field(source.name.clone()),
+                    Seg::Field("kubeconfig".into()),
+                    Seg::Field(field.into()),
+                ]
+            };
+            let mut fields = Vec::new();
+            if held.server.as_deref() != Some(wanted_server) {
+                let at = key("server");
+                fields.push(FieldDiff {
+                    path: drift::path_text(&at),
+                    at,
+                    live: held.server.as_ref().map(|s| json!(s)),
+                    wanted: Some(json!(wanted_server)),
+                    managers: Vec::new(),
+                    drift: false,
+                });
+            }
+            for (field, changes) in [
+                ("certificate-authority-data", ca_changes),
+                ("token", token_changes),
+            ] {
+                if changes {
+                    let at = key(field);
+                    fields.push(FieldDiff {
+                        path: drift::path_text(&at),
+                        at,
+                        live: Some(json!(drift::MASK)),
+                        wanted: Some(json!(changed)),
+                        managers: Vec::new(),
+                        drift: false,
+                    });
+                }
+            }
+            let mut object = ObjectDiff::update("link", &live, Vec::new());
+            object.after = Some(after);
+            object.fields = fields;
+            let mut notes = Vec::new();
+            if !held.managed {
+                notes.push("not made by meshup: install applies its own in its place".to_string());
+            }
+            if in_place.len() > 1 || held.cluster != source.name {
+                notes.push(format!(
+                    "it does not hold exactly one kubeconfig for `{}`",
+                    source.name
+                ));
+            }
+            if wanted.is_none() {
+                notes.push(format!(
+                    "`{}` has no filled reader token: install asks for a new one",
+                    source.name
+                ));
+            }
+            if token_changes && let Some(token) = have.token.clone() {
+                object.review = Some((source.name.clone(), token));
+            }
+            object.note = (!notes.is_empty()).then(|| notes.join("; "));
+            out.push(object);
+        }
+        let wanted_names: Vec<String> = self
+            .sources
+            .iter()
+            .map(|s| remote_secret::secret_name(&s.name))
+            .collect();
+        let mut stale: Vec<&Found> = found
+            .iter()
+            .filter(|f| f.managed && !wanted_names.contains(&f.secret))
+            .collect();
+        stale.dedup_by(|a, b| a.secret == b.secret);
+        for f in stale {
+            let view = json!({"apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": f.secret, "namespace": ns},
+                "data": {f.cluster.clone(): {"kubeconfig": {"server": f.server, "token": drift::MASK}}}});
+            let mut gone = ObjectDiff::delete("link", &view);
+            gone.note = Some(format!(
+                "`{}` is not in the mesh file: install deletes meshup's remote secret for it",
+                f.cluster
+            ));
+            out.push(gone);
+        }
+        Ok(out)
     }
 
     fn remove(&self, cx: &mut ClusterCtx) -> Result<String, StepError> {

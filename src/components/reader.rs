@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::{Action, ClusterCtx, Component, ScriptCx};
 use crate::components::handoff::{Handoff, LINK_COMMAND};
+use crate::observe::drift::ObjectDiff;
 use crate::tools::kubectl;
 use crate::tools::live::{Live, Object, Secret};
 use crate::tools::remote_secret::{
@@ -52,6 +53,36 @@ impl Component for Reader {
             .unwrap_or_else(|e| e.into_inner())
             .insert(name, secret);
         Ok("built".into())
+    }
+
+    /// The remote secret `install` would build, read-only: from the newest filled reader
+    /// token, put on the board for the peers' comparison. Without one, install would ask for
+    /// a new token (a token secret), so every copy of this cluster's remote secret changes.
+    fn diff(&self, cx: &mut ClusterCtx) -> Result<Vec<ObjectDiff>, StepError> {
+        let name = cx.cluster.name.clone();
+        let secrets = token_secrets(&cx.live, &self.namespace)?;
+        if let Some((ca, token)) = secrets.iter().rev().find_map(read_token) {
+            let secret = RemoteSecret::new(&name, &self.server, &ca, &token);
+            cx.board
+                .secrets
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(name, secret);
+            return Ok(Vec::new());
+        }
+        cx.board
+            .new_tokens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name);
+        if !secrets.is_empty() {
+            // One is waiting for the token controller: install waits for it.
+            return Ok(Vec::new());
+        }
+        let manifest: serde_json::Value =
+            serde_yaml::from_str(&token_secret_manifest(&self.namespace, TOKEN_SECRET))
+                .expect("the manifest is YAML");
+        Ok(vec![ObjectDiff::create("remote secret", &manifest, false)])
     }
 
     fn script(&self, _: &ScriptCx, _: Action) -> String {

@@ -7,12 +7,14 @@ use super::{Action, ClusterCtx, Component, ScriptCx, Stage};
 use crate::components::handoff::Handoff;
 use crate::model::chart::Chart;
 use crate::model::values;
+use crate::observe::drift::{self, ObjectDiff};
 use crate::observe::facts::{ClusterStatus, Readiness, ReleaseStatus, column};
 use crate::observe::finding::Finding;
 use crate::observe::manager::Manager;
 use crate::observe::sync;
 use crate::tools::helm::{self, Install, Values};
-use crate::tools::live::{ConfigMap, Deployment, HelmRelease};
+use crate::tools::kubectl;
+use crate::tools::live::{ConfigMap, Deployment, HelmRecord, HelmRelease};
 use crate::tools::runner::StepError;
 
 /// One Helm release in one cluster.
@@ -34,6 +36,9 @@ pub struct Release {
     pub pilot_from: Option<String>,
     /// Helm 4: take over fields another manager owns (see `helm::Install`).
     pub force_conflicts: bool,
+    /// `install --repair`: after converging, bring drifted objects back to what the chart
+    /// renders (see [`Release::repair`]).
+    pub repair: bool,
 }
 
 /// What an istiod release must show: its Deployment ready, and (before an install) no istiod
@@ -159,6 +164,225 @@ impl Release {
 }
 
 impl Release {
+    /// The values `install` would use: the layered ones, with a remote's
+    /// `global.remotePilotAddress` found this run, else (`diff` waits for no gateway) the
+    /// deployed one.
+    fn wanted_values(
+        &self,
+        cx: &ClusterCtx,
+        record: Option<&HelmRecord>,
+    ) -> Result<Mapping, StepError> {
+        self.values(cx).or_else(|missing| {
+            let deployed = record
+                .and_then(|r| r.config.pointer("/global/remotePilotAddress"))
+                .and_then(serde_json::Value::as_str)
+                .ok_or(missing)?;
+            let mut values = self.values.clone();
+            values::set(&mut values, &["global", "remotePilotAddress"], deployed);
+            Ok(values)
+        })
+    }
+
+    /// What `install` would change in this release's objects, and what drifted: the chart
+    /// rendered with the mesh file's values (`helm template`, the chart reference, version
+    /// and values `install` uses; `--is-upgrade` for a release that exists) against the live
+    /// objects with their field managers (one `kubectl get` naming every object). Whether
+    /// helm upgrades at all comes from helm's record of the release, read once per cluster.
+    fn compare(&self, cx: &mut ClusterCtx) -> Result<Vec<ObjectDiff>, StepError> {
+        let record = cx.record(&self.name)?;
+        let values = self.wanted_values(cx, record.as_ref())?;
+        let upgrade = match &record {
+            None => true,
+            Some(r) => {
+                r.status != "deployed"
+                    || !self.chart.is_listed_as(&r.chart)
+                    || !values::same_as_deployed(&values, &r.config)
+            }
+        };
+        let yaml = serde_yaml::to_string(&values).map_err(|e| {
+            StepError::other(&cx.cluster.name, format!("cannot write values: {e}"), None)
+        })?;
+        let step = helm::render(
+            cx.target(),
+            &self.name,
+            &self.chart,
+            &self.namespace,
+            yaml.into_bytes(),
+            record.is_some(),
+        );
+        let output = cx.live.run(&step)?;
+        // Hooks are no part of a release's objects (helm runs them and forgets them).
+        let not_hook =
+            |o: &serde_json::Value| o.pointer("/metadata/annotations/helm.sh~1hook").is_none();
+        let rendered: Vec<serde_json::Value> = drift::documents(&output.stdout)
+            .map_err(|e| StepError::malformed(&step, e))?
+            .into_iter()
+            .filter(not_hook)
+            .collect();
+        let previous: Vec<serde_json::Value> = match &record {
+            Some(r) => drift::documents(&r.manifest).map_err(|e| {
+                StepError::other(
+                    &cx.cluster.name,
+                    format!(
+                        "helm's record of release `{}` holds a manifest meshup cannot read: {e}",
+                        self.name
+                    ),
+                    None,
+                )
+            })?,
+            None => Vec::new(),
+        };
+        let same =
+            |a: &serde_json::Value, b: &serde_json::Value| drift::identity(a) == drift::identity(b);
+        // What helm deletes on upgrade: objects it rendered last time and no longer renders.
+        let gone: Vec<&serde_json::Value> = previous
+            .iter()
+            .filter(|p| upgrade && !rendered.iter().any(|r| same(r, p)))
+            .collect();
+        let mut names: Vec<String> = rendered
+            .iter()
+            .chain(gone.iter().copied())
+            .map(|o| format!("{}/{}", drift::kubectl_type(o), drift::identity(o).2))
+            .collect();
+        names.dedup();
+        let live = cx.live.objects(&names, &self.namespace)?;
+        let ours = drift::release_managers(
+            &cx.live
+                .runner
+                .program(crate::tools::step::Tool::Helm)
+                .unwrap_or_else(|| "helm".into()),
+        );
+        let mut out = Vec::new();
+        for object in &rendered {
+            match live.iter().find(|l| same(l, object)) {
+                None => out.push(ObjectDiff::create(self.label, object, !upgrade)),
+                Some(found) => {
+                    let fields = drift::compare(&drift::Compare {
+                        rendered: object,
+                        live: found,
+                        previous: previous.iter().find(|p| same(p, object)),
+                        upgrade,
+                        ours: &ours,
+                    });
+                    if !fields.is_empty() {
+                        let patched = fields
+                            .iter()
+                            .any(|f| drift::istiod_patched(&drift::identity(object).1, &f.at));
+                        let mut changed = ObjectDiff::update(self.label, found, fields);
+                        if patched {
+                            changed.note = Some(
+                                "helm writes the rendered webhook fields; istiod patches its CA bundle and failure policy back once it runs"
+                                    .into(),
+                            );
+                        }
+                        out.push(changed);
+                    }
+                }
+            }
+        }
+        for object in gone {
+            if let Some(found) = live.iter().find(|l| same(l, object)) {
+                out.push(ObjectDiff::delete(self.label, found));
+            }
+        }
+        Ok(out)
+    }
+
+    /// `install --repair`, after the install: the comparison again, then each drifted object
+    /// converged on what the chart renders. A field changed or added by another manager is
+    /// set back or removed with one JSON patch per object, each change guarded by a `test` of
+    /// the value it replaces, under meshup's field manager; what istiod patches at run time
+    /// and what the cluster allocated are never touched (see `observe::drift`). An object
+    /// deleted by hand comes back with one `helm upgrade` of the release. Returns how many
+    /// objects it repaired.
+    fn repair(&self, cx: &mut ClusterCtx) -> Result<usize, StepError> {
+        // The install may have written a new revision.
+        cx.memo.records = None;
+        let objects = self.compare(cx)?;
+        let mut repaired = 0;
+        if objects.iter().any(|o| o.action == drift::Action::Create) {
+            let record = cx.record(&self.name)?;
+            let values = self.wanted_values(cx, record.as_ref())?;
+            let step = self.install_step(cx, &values)?;
+            cx.memo.attempted.insert(self.name.clone());
+            cx.live.run(&step)?;
+            repaired += objects
+                .iter()
+                .filter(|o| o.action == drift::Action::Create)
+                .count();
+        }
+        for object in objects.iter().filter(|o| o.action == drift::Action::Update) {
+            let Some(live) = &object.live else { continue };
+            let fields: Vec<&drift::FieldDiff> = object.fields.iter().collect();
+            let Some(patch) = drift::repair_patch(live, &fields) else {
+                return Err(StepError::other(
+                    &cx.cluster.name,
+                    format!(
+                        "{} of release `{}` drifted where meshup cannot reach with a patch ({})",
+                        object.title(),
+                        self.name,
+                        fields
+                            .iter()
+                            .map(|f| f.path.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                    Some("re-run `meshup diff` to see it, and fix it by hand".into()),
+                ));
+            };
+            cx.live.run(&kubectl::patch_guarded(
+                cx.target(),
+                &format!("{}/{}", drift::kubectl_type(live), object.name),
+                object.namespace.as_deref(),
+                &patch.to_string(),
+                cx.timeout(),
+            ))?;
+            repaired += 1;
+        }
+        Ok(repaired)
+    }
+
+    /// `helm upgrade --install` when the chart or values differ (recovering a pending release
+    /// first); returns the outcome.
+    fn install(&self, cx: &mut ClusterCtx) -> Result<String, StepError> {
+        let mut existing = cx.release(&self.name)?;
+        let mut recovered = None;
+        if let Some(pending) = existing.clone().filter(HelmRelease::is_pending) {
+            let how = self.recover(cx, &pending)?;
+            cx.reporter.line(&format!(
+                "[{}] {}: recovered from an interrupted {how}",
+                cx.cluster.name, self.label
+            ));
+            recovered = Some(how);
+            cx.memo.releases = None;
+            existing = cx.release(&self.name)?;
+        }
+        let values = self.values(cx)?;
+        if let Some(existing) = &existing
+            && existing.status == "deployed"
+            && self.chart.is_listed_as(&existing.chart)
+        {
+            let deployed = cx.live.helm_values(&self.name, &self.namespace)?;
+            if values::same_as_deployed(&values, &deployed) {
+                return Ok("unchanged".into());
+            }
+        }
+        let step = self.install_step(cx, &values)?;
+        cx.memo.attempted.insert(self.name.clone());
+        cx.live.run(&step)?;
+        let done = if existing.is_some() {
+            "upgraded"
+        } else {
+            "installed"
+        };
+        Ok(match recovered {
+            Some(how) => format!("{done} (recovered from an interrupted {how})"),
+            None => done.into(),
+        })
+    }
+}
+
+impl Release {
     /// The Argo CD Application that syncs this release's objects, when Argo CD runs it (no
     /// Helm record then): read from the namespace's Deployments, from the snapshot.
     fn run_by_argocd(&self, cx: &ClusterCtx) -> Option<String> {
@@ -195,40 +419,19 @@ impl Component for Release {
     }
 
     fn converge(&self, cx: &mut ClusterCtx) -> Result<String, StepError> {
-        let mut existing = cx.release(&self.name)?;
-        let mut recovered = None;
-        if let Some(pending) = existing.clone().filter(HelmRelease::is_pending) {
-            let how = self.recover(cx, &pending)?;
-            cx.reporter.line(&format!(
-                "[{}] {}: recovered from an interrupted {how}",
-                cx.cluster.name, self.label
-            ));
-            recovered = Some(how);
-            cx.memo.releases = None;
-            existing = cx.release(&self.name)?;
+        let outcome = self.install(cx)?;
+        if !self.repair {
+            return Ok(outcome);
         }
-        let values = self.values(cx)?;
-        if let Some(existing) = &existing
-            && existing.status == "deployed"
-            && self.chart.is_listed_as(&existing.chart)
-        {
-            let deployed = cx.live.helm_values(&self.name, &self.namespace)?;
-            if values::same_as_deployed(&values, &deployed) {
-                return Ok("unchanged".into());
-            }
+        match self.repair(cx)? {
+            0 => Ok(outcome),
+            1 => Ok(format!("{outcome}, 1 drifted object repaired")),
+            n => Ok(format!("{outcome}, {n} drifted objects repaired")),
         }
-        let step = self.install_step(cx, &values)?;
-        cx.memo.attempted.insert(self.name.clone());
-        cx.live.run(&step)?;
-        let done = if existing.is_some() {
-            "upgraded"
-        } else {
-            "installed"
-        };
-        Ok(match recovered {
-            Some(how) => format!("{done} (recovered from an interrupted {how})"),
-            None => done.into(),
-        })
+    }
+
+    fn diff(&self, cx: &mut ClusterCtx) -> Result<Vec<ObjectDiff>, StepError> {
+        self.compare(cx)
     }
 
     fn remove(&self, cx: &mut ClusterCtx) -> Result<String, StepError> {
@@ -471,6 +674,7 @@ mod tests {
             stage: Stage::Cluster,
             pilot_from: None,
             force_conflicts: false,
+            repair: false,
         }
     }
 

@@ -44,6 +44,8 @@ pub struct Choices<'a> {
     pub purge_crds: bool,
     /// Helm 4 runs the releases: pass `--force-conflicts` (see `helm::Install`).
     pub force_conflicts: bool,
+    /// `install --repair`: converge drifted objects of the releases too (`observe::drift`).
+    pub repair: bool,
 }
 
 /// One cluster's part of the mesh.
@@ -165,6 +167,8 @@ struct Site<'a> {
     /// Whether remotes are controlled from here (its istiod is exposed to them).
     serves_remotes: bool,
     force_conflicts: bool,
+    /// `install --repair`: its releases converge drifted objects too.
+    repair: bool,
 }
 
 impl<'a> Site<'a> {
@@ -186,6 +190,7 @@ impl<'a> Site<'a> {
             remote,
             serves_remotes: mesh.remotes_of(&cluster.name).next().is_some(),
             force_conflicts: choices.force_conflicts,
+            repair: choices.repair,
         }
     }
 
@@ -201,6 +206,7 @@ impl<'a> Site<'a> {
             stage: self.own_stage,
             pilot_from: None,
             force_conflicts: self.force_conflicts,
+            repair: self.repair,
         }
     }
 }

@@ -15,7 +15,7 @@ use crate::trust::KeyType;
 /// every pair of clusters, and undoes it all cleanly.
 ///
 /// Exit codes: 0 success, 1 a step or check failed, 2 bad input (no cluster was touched),
-/// 130 interrupted.
+/// 3 `diff` found changes, 130 interrupted.
 #[derive(Debug, Parser)]
 #[command(
     name = "meshup",
@@ -177,7 +177,11 @@ pub enum Command {
     /// Exchange remote secrets so every istiod watches the clusters it should
     Link(LinkArgs),
     /// Report each cluster's releases, istiod, remote secrets and cacerts; exit 1 on drift
-    Status,
+    Status(StatusArgs),
+    /// Show what `install` would change in each cluster, and what changed behind meshup's
+    /// back (drift); changes nothing. Exit 0 no changes, 3 changes found, 1 a cluster could not
+    /// be read, 2 bad input
+    Diff(DiffArgs),
     /// Ambient: make a service reachable from every cluster (label it `istio.io/global=true`
     /// in each cluster that has it)
     Expose(ExposeArgs),
@@ -468,6 +472,26 @@ pub struct InstallArgs {
         requires = "only"
     )]
     pub engine_namespace: String,
+    /// Also converge what drifted from the releases' charts (fields another manager changed
+    /// or added, objects deleted by hand; see `meshup diff`), with a targeted patch per object;
+    /// never istiod's webhook patches or what the cluster allocated
+    #[arg(long)]
+    pub repair: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Also compare every release's objects with what its chart renders (as `meshup diff`
+    /// does) and show a DRIFT column; drift fails the status
+    #[arg(long)]
+    pub drift: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// Only these clusters of the mesh file [default: every cluster]
+    #[arg(value_name = "CLUSTER", id = "diff_clusters")]
+    pub clusters: Vec<String>,
 }
 
 #[derive(Debug, Args)]

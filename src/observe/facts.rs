@@ -33,6 +33,7 @@ pub mod column {
     pub const CNI: Column = (74, "CNI");
     pub const GLOBAL_SERVICES: Column = (76, "GLOBAL SERVICES");
     pub const CACERTS_ROOT: Column = (80, "CACERTS ROOT");
+    pub const DRIFT: Column = (90, "DRIFT");
 }
 
 /// One cell of a cluster's row in the status table.

@@ -99,6 +99,24 @@ pub fn template(
     }
 }
 
+/// `helm template RELEASE CHART --namespace NS --values - [--is-upgrade]`: the manifest an
+/// install (or, with `is_upgrade`, an upgrade) of the release renders, with the same chart
+/// reference and values `upgrade_install` uses. No cluster is contacted.
+pub fn render(
+    target: &Target,
+    release: &str,
+    chart: &Chart,
+    namespace: &str,
+    values: Vec<u8>,
+    is_upgrade: bool,
+) -> Step {
+    let mut step = template(target, release, chart, namespace, values);
+    if is_upgrade {
+        step.args.push("--is-upgrade".into());
+    }
+    step
+}
+
 /// The chart's address and, from a repository, its version.
 fn push_chart(args: &mut Vec<String>, chart: &Chart) {
     match &chart.location {

@@ -54,6 +54,27 @@ pub fn get_each(
     connect(target, args, timeout)
 }
 
+/// `kubectl get TYPE/NAME... -o json --ignore-not-found --show-managed-fields`: objects of any
+/// types (`deployment.v1.apps/istiod`, cluster-scoped ones too) in one call, with the field
+/// managers kubectl otherwise leaves out.
+pub fn get_managed(
+    target: &Target,
+    objects: &[String],
+    namespace: &str,
+    timeout: Duration,
+) -> Step {
+    let mut args = vec!["get".to_string()];
+    args.extend(objects.iter().cloned());
+    push_namespace(&mut args, Some(namespace));
+    args.extend(words(&[
+        "--output",
+        "json",
+        "--ignore-not-found",
+        "--show-managed-fields",
+    ]));
+    connect(target, args, timeout)
+}
+
 /// `kubectl get KIND -l SELECTOR -o json` (a List).
 pub fn list(
     target: &Target,
@@ -132,6 +153,31 @@ pub fn label(
 pub fn patch_json(target: &Target, kind: &str, name: &str, patch: &str, timeout: Duration) -> Step {
     let args = words(&["patch", kind, name, "--type", "json", "--patch", patch]);
     connect(target, args, timeout)
+}
+
+/// `kubectl patch TYPE/NAME --type json --field-manager meshup --patch-file /dev/stdin`: an
+/// RFC 6902 patch (with `test` guards) on one object, recorded under meshup's field manager.
+/// The patch travels on stdin: it may carry values of the object.
+pub fn patch_guarded(
+    target: &Target,
+    object: &str,
+    namespace: Option<&str>,
+    patch: &str,
+    timeout: Duration,
+) -> Step {
+    let mut args = words(&["patch", object]);
+    push_namespace(&mut args, namespace);
+    args.extend(words(&[
+        "--type",
+        "json",
+        "--field-manager",
+        FIELD_MANAGER,
+        "--patch-file",
+        "/dev/stdin",
+    ]));
+    let mut step = connect(target, args, timeout);
+    step.stdin = Some(Sensitive::new(patch.as_bytes().to_vec()));
+    step
 }
 
 /// `kubectl apply --server-side -f -`: the manifest travels on stdin, so secrets never reach

@@ -180,6 +180,59 @@ impl<'a> Live<'a> {
         parse_json(&step, &self.run(&step)?.stdout)
     }
 
+    /// The newest record of every release in `namespace` that is not superseded (deployed,
+    /// failed, pending), read from the Secrets helm keeps them in (`owner=helm`): each holds
+    /// what `helm list`, `helm get values` and `helm get manifest` print, so one kubectl call
+    /// answers for every release.
+    pub fn helm_records(&self, namespace: &str) -> Result<Vec<HelmRecord>, StepError> {
+        let step = kubectl::list(
+            self.target,
+            "secrets",
+            Some(namespace),
+            Some("owner=helm,status!=superseded"),
+            self.timeout,
+        );
+        let list: List<Secret> = parse_json(&step, &self.run(&step)?.stdout)?;
+        let mut newest: BTreeMap<String, HelmRecord> = BTreeMap::new();
+        for secret in &list.items {
+            let Some(data) = secret.data.get("release") else {
+                continue;
+            };
+            let record = decode_record(data.expose()).map_err(|why| {
+                StepError::malformed(&step, format!("secret `{}`: {why}", secret.metadata.name))
+            })?;
+            if newest
+                .get(&record.name)
+                .is_none_or(|r| r.version < record.version)
+            {
+                newest.insert(record.name.clone(), record);
+            }
+        }
+        Ok(newest.into_values().collect())
+    }
+
+    /// Objects of any types (`deployment.v1.apps/istiod`) in one `kubectl get`, with their
+    /// `managedFields`; those that do not exist are left out.
+    pub fn objects(
+        &self,
+        objects: &[String],
+        namespace: &str,
+    ) -> Result<Vec<serde_json::Value>, StepError> {
+        if objects.is_empty() {
+            return Ok(Vec::new());
+        }
+        let step = kubectl::get_managed(self.target, objects, namespace, self.timeout);
+        let output = self.run(&step)?;
+        if output.stdout.trim().is_empty() {
+            return Ok(Vec::new());
+        }
+        let value: serde_json::Value = parse_json(&step, &output.stdout)?;
+        Ok(match (value["kind"].as_str(), value["items"].as_array()) {
+            (Some(kind), Some(items)) if kind.ends_with("List") => items.clone(),
+            _ => vec![value],
+        })
+    }
+
     /// One object, or `None` when it does not exist.
     pub fn get<T: DeserializeOwned>(
         &self,
@@ -365,6 +418,67 @@ struct GitVersion {
 #[derive(Debug, Deserialize)]
 struct List<T> {
     items: Vec<T>,
+}
+
+/// A release as helm stores it (`sh.helm.release.v1.NAME.vN`): what `helm list`, `helm get
+/// values` and `helm get manifest` print of it.
+#[derive(Debug, Clone, Default)]
+pub struct HelmRecord {
+    pub name: String,
+    /// The release revision.
+    pub version: u64,
+    /// `deployed`, `failed`, `pending-install`, ...
+    pub status: String,
+    /// Chart name and version, as `helm list` prints them (`istiod-1.28.1`).
+    pub chart: String,
+    /// The values given to it (`helm get values`); `null` when none.
+    pub config: serde_json::Value,
+    /// The objects it rendered (`helm get manifest`).
+    pub manifest: String,
+}
+
+/// Helm's storage encoding (pkg/storage/driver/util.go `decodeRelease`): base64 of gzipped
+/// JSON (plain JSON from old helms), here with the Secret's own base64 around it.
+fn decode_record(secret_b64: &str) -> Result<HelmRecord, String> {
+    use base64::Engine as _;
+    use std::io::Read as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let outer = b64
+        .decode(secret_b64.trim())
+        .map_err(|e| format!("`release` is not base64 ({e})"))?;
+    let inner = b64
+        .decode(outer.trim_ascii())
+        .map_err(|e| format!("the release is not base64 ({e})"))?;
+    let json = if inner.starts_with(&[0x1f, 0x8b, 0x08]) {
+        let mut text = Vec::new();
+        flate2::read::GzDecoder::new(inner.as_slice())
+            .read_to_end(&mut text)
+            .map_err(|e| format!("the release is not gzip ({e})"))?;
+        text
+    } else {
+        inner
+    };
+    let release: serde_json::Value =
+        serde_json::from_slice(&json).map_err(|e| format!("the release is not JSON ({e})"))?;
+    let text = |p: &str| {
+        release
+            .pointer(p)
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    Ok(HelmRecord {
+        name: text("/name"),
+        version: release["version"].as_u64().unwrap_or(0),
+        status: text("/info/status"),
+        chart: format!(
+            "{}-{}",
+            text("/chart/metadata/name"),
+            text("/chart/metadata/version")
+        ),
+        config: release["config"].clone(),
+        manifest: text("/manifest"),
+    })
 }
 
 /// A release as `helm list -o json` shows it.

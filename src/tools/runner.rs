@@ -32,6 +32,12 @@ pub trait Runner: Send + Sync {
     /// Runs one step to completion. A non-zero exit is an `Ok(Output)`; use [`run_ok`] when
     /// only success will do.
     fn run(&self, step: &Step) -> Result<Output, StepError>;
+
+    /// The program it runs for `tool` (its file name is helm's field manager), when known.
+    fn program(&self, tool: crate::tools::step::Tool) -> Option<PathBuf> {
+        let _ = tool;
+        None
+    }
 }
 
 /// Runs a step and turns a non-zero exit into a [`StepError::Failed`].
@@ -453,6 +459,13 @@ impl ProcessRunner {
 }
 
 impl Runner for ProcessRunner {
+    fn program(&self, tool: Tool) -> Option<PathBuf> {
+        Some(match tool {
+            Tool::Helm => self.helm.clone(),
+            Tool::Kubectl => self.kubectl.clone(),
+        })
+    }
+
     fn run(&self, step: &Step) -> Result<Output, StepError> {
         if stopping() {
             return Err(StepError::Interrupted);

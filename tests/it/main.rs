@@ -9,6 +9,7 @@ mod charts;
 mod cli;
 mod crash;
 mod credentials;
+mod diff;
 mod doctor;
 mod doctor_cases;
 mod doctor_istio;

@@ -514,3 +514,54 @@ fn a_canary_upgrade_between_two_real_istiod_builds() {
     let status = real.meshup(&["status", "-f", &new]).expect(0);
     assert!(status.stdout.contains(TO), "{}", status.all());
 }
+
+/// On real API servers (their managedFields are the truth): a fresh install has no diff; a
+/// `kubectl set env` on istiod is drift named with its manager, what the real
+/// kube-controller-manager and the real istiod wrote is not; `install --repair` removes it,
+/// and the diff is clean again.
+#[test]
+fn diff_sees_a_hand_edit_on_real_clusters_and_repair_removes_it() {
+    let real = Real::up(2);
+    let mesh = real.mesh_file("mesh.yaml", TO, None, "");
+    real.meshup(&["install", "-f", &mesh]).expect(0);
+    real.until(
+        "every real istiod synced with every peer",
+        Duration::from_secs(120),
+        || all_synced(&real, &mesh),
+    );
+    let clean = real.meshup(&["diff", "-f", &mesh]);
+    assert_eq!(clean.code, Some(0), "{}", clean.all());
+    real.kubectl(
+        "real-1",
+        &[
+            "set",
+            "env",
+            "deployment/istiod",
+            "--namespace",
+            NS,
+            "--containers",
+            "discovery",
+            "MESHUP_HAND_EDIT=yes",
+        ],
+    );
+    let drifted = real.meshup(&["diff", "-f", &mesh]);
+    assert_eq!(drifted.code, Some(3), "{}", drifted.all());
+    assert!(
+        drifted
+            .stdout
+            .contains("cluster1: istiod: 1 object drifted")
+            && drifted.stdout.contains("cluster2: no changes")
+            && drifted.stdout.contains("env[name=MESHUP_HAND_EDIT]")
+            && drifted.stdout.contains("kubectl-set"),
+        "{}",
+        drifted.all()
+    );
+    real.meshup(&["install", "--repair", "-f", &mesh]).expect(0);
+    let deployment = real.json("real-1", &["get", "deployment", "-n", NS, "istiod"]);
+    assert!(
+        !deployment.to_string().contains("MESHUP_HAND_EDIT"),
+        "{deployment}"
+    );
+    let again = real.meshup(&["diff", "-f", &mesh]);
+    assert_eq!(again.code, Some(0), "{}", again.all());
+}

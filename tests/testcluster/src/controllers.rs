@@ -345,6 +345,33 @@ impl State {
                     obj["status"] = json!({"loadBalancer": {}});
                 }
             }
+            ("admissionregistration.k8s.io", plural)
+                if plural == "validatingwebhookconfigurations"
+                    || plural == "mutatingwebhookconfigurations" =>
+            {
+                // pkg/apis/admissionregistration/v1/defaults.go `SetDefaults_ValidatingWebhook`,
+                // `SetDefaults_MutatingWebhook`, `SetDefaults_Rule`: what a client leaves out
+                // is stored with the v1 defaults (a chart that omits `failurePolicy` reads
+                // back `Fail`).
+                let mutating = plural == "mutatingwebhookconfigurations";
+                if let Some(Value::Array(hooks)) = obj.get_mut("webhooks") {
+                    for hook in hooks {
+                        set_default(hook, "/failurePolicy", json!("Fail"));
+                        set_default(hook, "/matchPolicy", json!("Equivalent"));
+                        set_default(hook, "/namespaceSelector", json!({}));
+                        set_default(hook, "/objectSelector", json!({}));
+                        set_default(hook, "/timeoutSeconds", json!(10));
+                        if mutating {
+                            set_default(hook, "/reinvocationPolicy", json!("Never"));
+                        }
+                        if let Some(Value::Array(rules)) = hook.get_mut("rules") {
+                            for rule in rules {
+                                set_default(rule, "/scope", json!("*"));
+                            }
+                        }
+                    }
+                }
+            }
             ("", "pods") if old.is_none() => self.admit_pod(key, obj),
             ("batch", "jobs") => admit_job(old, obj),
             ("apps", "deployments") => {

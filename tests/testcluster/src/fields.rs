@@ -384,6 +384,54 @@ pub fn managed_fields(
     Ok(Value::Array(out))
 }
 
+/// Moves the field at `path` out of every entry of `managed` into an Update entry of
+/// `manager` (a controller's own write that the emulator makes within the client's request);
+/// `changed`: the controller wrote it now (its entry's time moves on).
+pub fn hand_over(
+    managed: Value,
+    path: &[&str],
+    manager: &str,
+    api_version: &str,
+    changed: bool,
+) -> Value {
+    let path: Path = path.iter().map(|s| s.to_string()).collect();
+    let mut list: Vec<Value> = managed.as_array().cloned().unwrap_or_default();
+    for e in list.iter_mut() {
+        if e["manager"] == manager {
+            continue;
+        }
+        let mut fields = from_fields_v1(&e["fieldsV1"]);
+        if fields.remove(&path) {
+            e["fieldsV1"] = to_fields_v1(&fields);
+        }
+    }
+    list.retain(|e| e["manager"] == manager || !from_fields_v1(&e["fieldsV1"]).is_empty());
+    let mut set = BTreeSet::new();
+    set.insert(path);
+    match list
+        .iter_mut()
+        .find(|e| e["manager"] == manager && e["operation"] == "Update")
+    {
+        Some(e) => {
+            let mut fields = from_fields_v1(&e["fieldsV1"]);
+            let grew = fields.insert(set.into_iter().next().unwrap());
+            if grew || changed {
+                e["fieldsV1"] = to_fields_v1(&fields);
+                e["time"] = json!(crate::util::now_rfc3339());
+            }
+        }
+        None => list.push(entry(
+            manager,
+            "Update",
+            api_version,
+            &crate::util::now_rfc3339(),
+            &set,
+            None,
+        )),
+    }
+    Value::Array(list)
+}
+
 fn entry(
     manager: &str,
     operation: &str,

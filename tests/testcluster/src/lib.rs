@@ -462,6 +462,13 @@ impl TestCluster {
             .collect()
     }
 
+    /// Every stored object, in key order: what a test compares before and after a command
+    /// that must change nothing (resourceVersions included).
+    pub fn objects(&self) -> Vec<Value> {
+        let st = self.shared.state.lock().unwrap();
+        st.objects.values().cloned().collect()
+    }
+
     /// What the istiod of pod `namespace/pod` would answer at `/debug/clusterz` right now
     /// (`[{"id", "secretName", "syncStatus"}]`, its own cluster first), read without going
     /// through the API; `None` when no istiod runs in that pod (absent, not ready, not

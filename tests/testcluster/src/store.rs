@@ -612,6 +612,25 @@ impl State {
                 e.name = key_name(obj);
                 e
             })?;
+        if res.group == "apps" && res.plural == "deployments" {
+            // The revision annotation is the deployment controller's own Update
+            // (pkg/controller/deployment/sync.go `getNewReplicaSet` → `SetDeploymentRevision`),
+            // written after the client's request: kube-controller-manager owns it, the client
+            // does not.
+            managed = crate::fields::hand_over(
+                managed,
+                &[
+                    "f:metadata",
+                    "f:annotations",
+                    "f:deployment.kubernetes.io/revision",
+                ],
+                "kube-controller-manager",
+                &res.api_version(),
+                old.and_then(|o| {
+                    o.pointer("/metadata/annotations/deployment.kubernetes.io~1revision")
+                }) != obj.pointer("/metadata/annotations/deployment.kubernetes.io~1revision"),
+            );
+        }
         if managed.as_array().is_some_and(Vec::is_empty) {
             managed = Value::Null;
         }
