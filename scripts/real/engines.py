@@ -54,6 +54,8 @@ import sys
 import time
 import urllib.request
 
+# No __pycache__ beside the scripts from importing the launcher.
+sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import launcher  # noqa: E402 - the real clusters' launcher: pins, cache, addresses, kubectl
 
