@@ -6,7 +6,8 @@
 #   (scripts/istio-charts.sh);
 # - the real tier (tests/real): real kube-apiservers, etcd, controllers, kwok nodes and a real
 #   istiod per istiod pod, built from their Go modules by scripts/real-clusters.sh build (cached
-#   outside the repo; a cold build takes about 40 minutes on two cores) and started per test.
+#   outside the repo; a cold build takes about 40 minutes on two cores) and started per test;
+#   GitOps engines (Flux's controllers, Argo CD's CRDs) from scripts/engines.sh build.
 #
 # The real tier needs Go, root (network namespaces and a bridge), iproute2 and openssl. Without
 # them the run fails, naming what is missing; MESHUP_REAL_TIER=0 leaves the real tier out (for
@@ -56,6 +57,10 @@ fi
 start=${SECONDS}
 scripts/real-clusters.sh build
 echo "real tier binaries: $((SECONDS - start))s (built or found in the cache)"
+start=${SECONDS}
+# Flux's controllers and Argo CD's CRDs for the engines tests (tests/real/engines.rs).
+scripts/engines.sh build
+echo "engines: $((SECONDS - start))s (built or found in the cache)"
 start=${SECONDS}
 # One test at a time: each starts its own clusters (a real control plane per cluster and a real
 # istiod per istiod pod), which is what two cores hold.

@@ -165,6 +165,41 @@ impl Real {
             .expect("kubectl runs")
     }
 
+    /// kubectl against `context` with `input` on its stdin (`apply -f -` and the like).
+    pub fn kubectl_stdin(&self, context: &str, args: &[&str], input: &str) -> Output {
+        use std::io::Write;
+        let mut child = Command::new(self.tools.join("kubectl"))
+            .arg("--kubeconfig")
+            .arg(self.kubeconfig())
+            .args(["--context", context, "--request-timeout", "30s"])
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("kubectl runs");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        child.wait_with_output().expect("kubectl runs")
+    }
+
+    /// The real helm against `context`.
+    pub fn helm(&self, context: &str, args: &[&str]) -> Output {
+        Command::new(self.tools.join("helm"))
+            .arg("--kubeconfig")
+            .arg(self.kubeconfig())
+            .args(["--kube-context", context])
+            .args(args)
+            .stdin(Stdio::null())
+            .env("HOME", self.home.path())
+            .output()
+            .expect("helm runs")
+    }
+
     pub fn json(&self, context: &str, args: &[&str]) -> Value {
         let mut all = args.to_vec();
         all.extend(["-o", "json"]);
@@ -273,6 +308,91 @@ impl Drop for Real {
             && !out.status.success()
         {
             eprintln!("down: {}", String::from_utf8_lossy(&out.stderr));
+        }
+    }
+}
+
+/// The GitOps engines on `real`'s clusters (`scripts/engines.sh up DIR MODE`): Flux's
+/// controllers as host processes, a Helm chart repository and a Git server; stopped when
+/// dropped (declare it after the `Real` it runs on).
+pub struct Engines {
+    dir: PathBuf,
+    /// What `up` printed (DIR/engines/engines.json): `helm_repository`, `git.repository`,
+    /// `git.path`, `kubeconfig_secrets`, `controllers`, …
+    pub state: Value,
+}
+
+impl Engines {
+    /// `mode`: `hub` (controllers against real-1 only) or `every` (a set per cluster).
+    pub fn up(real: &Real, mode: &str) -> Engines {
+        let started = Instant::now();
+        let out = Command::new(repo().join("scripts/engines.sh"))
+            .arg("up")
+            .arg(&real.dir)
+            .arg(mode)
+            .stdin(Stdio::null())
+            .output()
+            .expect("scripts/engines.sh runs");
+        assert!(
+            out.status.success(),
+            "scripts/engines.sh up {mode} failed ({:?}):\n{}{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        eprintln!("engines up ({mode}) in {:.1?}", started.elapsed());
+        Engines {
+            dir: real.dir.clone(),
+            state: serde_json::from_slice(&out.stdout).expect("engines.sh up prints its state"),
+        }
+    }
+
+    /// `scripts/engines.sh status`: each process and its resident memory.
+    pub fn status(&self) -> String {
+        let out = Command::new(repo().join("scripts/engines.sh"))
+            .arg("status")
+            .arg(&self.dir)
+            .output()
+            .expect("scripts/engines.sh runs");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The last `lines` lines of each engine log whose file name contains `filter`.
+    pub fn logs(&self, filter: &str, lines: usize) -> String {
+        let mut out = String::new();
+        let dir = self.dir.join("engines").join("logs");
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        files.sort();
+        for file in files {
+            let name = file.file_name().unwrap().to_string_lossy().into_owned();
+            if !name.contains(filter) {
+                continue;
+            }
+            let text = std::fs::read_to_string(&file).unwrap_or_default();
+            let all: Vec<&str> = text.lines().collect();
+            out.push_str(&format!("==> {name}\n"));
+            for line in &all[all.len().saturating_sub(lines)..] {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Engines {
+    fn drop(&mut self) {
+        let out = Command::new(repo().join("scripts/engines.sh"))
+            .arg("down")
+            .arg(&self.dir)
+            .stdin(Stdio::null())
+            .output();
+        if let Ok(out) = out
+            && !out.status.success()
+        {
+            eprintln!("engines down: {}", String::from_utf8_lossy(&out.stderr));
         }
     }
 }

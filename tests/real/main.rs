@@ -8,6 +8,7 @@
 //! `scripts/real-clusters.sh build`); this target is not part of the default test run.
 
 mod common;
+mod engines;
 mod probes;
 
 use std::collections::BTreeSet;
