@@ -5,6 +5,7 @@ use super::prelude::*;
 use super::session::*;
 use crate::components::Action;
 use crate::components::handoff::{Handoff, TRUST_COMMAND};
+use crate::components::hub_access::HubAccess;
 use crate::components::trust_gate::TrustGate;
 use crate::fleet;
 use crate::flows::upgrade;
@@ -34,7 +35,18 @@ pub(super) fn install(
     // The clusters are checked once their locks are held, from the snapshot the install then
     // works with; a failed check releases them with nothing changed.
     if args.only == Some(OnlyPart::Trust) {
-        return install_trust(&mut session, reporter, &choices, &args.engine_namespace);
+        let hub = args
+            .hub
+            .as_deref()
+            .map(|context| hub_target(&session, global, context))
+            .transpose()?;
+        return install_trust(
+            &mut session,
+            reporter,
+            &choices,
+            &args.engine_namespace,
+            hub,
+        );
     }
     let locked = session.locked("install", |run| -> Result<_, Error> {
         let found = upgrade::running_everywhere(run);
@@ -110,6 +122,7 @@ fn install_trust(
     reporter: &Arc<Reporter>,
     choices: &Choices,
     engine_namespace: &str,
+    hub: Option<Target>,
 ) -> Result<(), Error> {
     let mut topology = Topology::of(&session.mesh, choices);
     for node in &mut topology.nodes {
@@ -130,7 +143,29 @@ fn install_trust(
                 name: fleet::trust_gate(&node.cluster),
                 namespace: engine_namespace.to_string(),
                 root,
+                hub: hub.clone(),
             }));
+        }
+        if let Some(hub) = &hub {
+            let server = session
+                .mesh
+                .cluster(&node.cluster)
+                .map(|c| c.server.clone())
+                .unwrap_or_default();
+            // Before the gate: the engine must reach the cluster once the gate opens.
+            let at = node
+                .components
+                .len()
+                .saturating_sub(usize::from(had_cacerts));
+            node.components.insert(
+                at,
+                Box::new(HubAccess {
+                    hub: hub.clone(),
+                    namespace: engine_namespace.to_string(),
+                    secret: fleet::kubeconfig_secret(&node.cluster),
+                    server,
+                }),
+            );
         }
     }
     let summary = session.locked("install", |run| -> Result<_, Error> {
@@ -138,6 +173,26 @@ fn install_trust(
         Ok(exec::execute(run, &plan))
     })??;
     finish(reporter, "install --only trust", &summary)
+}
+
+/// The hub of `--hub CONTEXT`, checked against the kubeconfig before any cluster is touched.
+fn hub_target(session: &Session, global: &GlobalArgs, context: &str) -> Result<Target, Error> {
+    let kubeconfig = Kubeconfig::load(global.kubeconfig.as_deref())?;
+    if !kubeconfig.files.is_empty() && !kubeconfig.servers.contains_key(context) {
+        return Err(InputError::new(
+            "--hub",
+            format!(
+                "context `{context}` is not in the kubeconfig ({}); name the context of the cluster the fleet engine runs in",
+                kubeconfig.describe()
+            ),
+        )
+        .into());
+    }
+    Ok(Target {
+        cluster: format!("hub {context}"),
+        context: context.to_string(),
+        kubeconfig: session.global_kubeconfig.clone(),
+    })
 }
 
 /// What install may do to the istiod it finds. A second revision means an upgrade is under

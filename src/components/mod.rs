@@ -9,6 +9,7 @@ pub mod cacerts;
 pub mod crds;
 pub mod eastwest;
 pub mod handoff;
+pub mod hub_access;
 pub mod namespace;
 pub mod peers;
 pub mod reader;

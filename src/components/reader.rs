@@ -164,6 +164,24 @@ pub fn wait_for_token(
     namespace: &str,
     name: &str,
 ) -> Result<(String, Sensitive<String>), StepError> {
+    wait_for_token_of(live, namespace, name, READER_ACCOUNT, &|| {
+        // The token controller deletes a token secret whose account does not exist
+        // (istio-base without `global.enableReaderRBAC`): make the account, then ask again.
+        ensure_account(live, namespace)?;
+        create_token_secret(live, namespace, name)
+    })
+}
+
+/// Waits (bounded, with backoff) until the token controller filled secret `name` of service
+/// account `account`; `again` asks for it anew when the controller deleted it (no account
+/// yet). Returns its `ca.crt` (base64) and token.
+pub fn wait_for_token_of(
+    live: &Live,
+    namespace: &str,
+    name: &str,
+    account: &str,
+    again: &dyn Fn() -> Result<(), StepError>,
+) -> Result<(String, Sensitive<String>), StepError> {
     let target = live.target;
     // The token controller fills the secret within a second or two on a healthy cluster.
     let deadline = Instant::now() + live.timeout.min(Duration::from_secs(60));
@@ -174,10 +192,7 @@ pub fn wait_for_token(
             return Ok(filled);
         }
         if secret.is_none() {
-            // The token controller deletes a token secret whose account does not exist
-            // (istio-base without `global.enableReaderRBAC`): make the account, then ask again.
-            ensure_account(live, namespace)?;
-            create_token_secret(live, namespace, name)?;
+            again()?;
         }
         if Instant::now() >= deadline {
             return Err(StepError::other(
@@ -186,7 +201,7 @@ pub fn wait_for_token(
                     "the token controller did not fill `token` and `ca.crt` of secret `{name}` in namespace `{namespace}`"
                 ),
                 Some(format!(
-                    "check that kube-controller-manager runs in context `{}` and that service account `{READER_ACCOUNT}` exists",
+                    "check that kube-controller-manager runs in context `{}` and that service account `{account}` exists",
                     target.context
                 )),
             ));

@@ -8,7 +8,9 @@ use serde_json::json;
 use super::{Action, ClusterCtx, Component, ScriptCx};
 use crate::components::handoff::{Handoff, TRUST_COMMAND};
 use crate::tools::kubectl;
+use crate::tools::live::Live;
 use crate::tools::runner::StepError;
+use crate::tools::step::Target;
 use crate::trust::sensitive::Sensitive;
 
 /// The trust gate of one cluster.
@@ -19,6 +21,9 @@ pub struct TrustGate {
     pub namespace: String,
     /// The cluster's root fingerprint, written beside the values for the operator.
     pub root: Option<String>,
+    /// With `--hub`: the hub's context, where the engine runs this cluster's releases (and
+    /// reads the gate); else the cluster itself.
+    pub hub: Option<Target>,
 }
 
 impl TrustGate {
@@ -57,9 +62,17 @@ impl Component for TrustGate {
     }
 
     fn converge(&self, cx: &mut ClusterCtx) -> Result<String, StepError> {
+        // The cluster's own writes waiting in its snapshot (the namespace, `cacerts`) go out
+        // first: the gate opens only after them.
+        cx.live.flush()?;
+        let hub = self
+            .hub
+            .as_ref()
+            .map(|hub| Live::new(cx.live.runner, hub, cx.timeout()));
+        let live = hub.as_ref().unwrap_or(&cx.live);
+        let target = live.target;
         let found: Option<serde_json::Value> =
-            cx.live
-                .get("configmap", &self.name, Some(&self.namespace))?;
+            live.get("configmap", &self.name, Some(&self.namespace))?;
         let wanted_root = self.root.as_deref();
         if let Some(found) = &found
             && found["data"]["values.yaml"] == "{}\n"
@@ -68,8 +81,8 @@ impl Component for TrustGate {
         {
             return Ok("unchanged".into());
         }
-        cx.live.run(&kubectl::apply(
-            cx.target(),
+        live.run(&kubectl::apply(
+            target,
             Sensitive::new(self.manifest().into_bytes()),
             cx.timeout(),
         ))?;
@@ -85,7 +98,12 @@ impl Component for TrustGate {
         match action {
             Action::Install => format!(
                 "{} <<'EOF'\n{}EOF\n",
-                kubectl::apply(&cx.target, Sensitive::default(), cx.timeout).command_line(),
+                kubectl::apply(
+                    self.hub.as_ref().unwrap_or(&cx.target),
+                    Sensitive::default(),
+                    cx.timeout
+                )
+                .command_line(),
                 self.manifest()
             ),
             Action::Remove => String::new(),

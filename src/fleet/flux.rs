@@ -9,9 +9,10 @@
 //! - Drift detection on; ignored: the fields istiod patches at run time (the webhooks'
 //!   `caBundle`, the validator's `failurePolicy`) and the selectors `meshup upgrade` sets on
 //!   the revision-less injector to switch it off.
-//! - Trust first: a primary's istiod reads the trust gate ConfigMap (`valuesFrom`, not
-//!   optional; its `values.yaml` is `{}`), which meshup writes only once `cacerts` is in
-//!   place. helm-controller does not install a release whose `valuesFrom` is missing.
+//! - Trust first: every release of a primary reads the trust gate ConfigMap (`valuesFrom`,
+//!   not optional; its `values.yaml` is `{}`), which meshup writes only once the namespace
+//!   and `cacerts` are in place. helm-controller does not install a release whose
+//!   `valuesFrom` is missing.
 //! - Istio's CRDs are istio-base's templates with `helm.sh/resource-policy: keep`: helm
 //!   leaves them on uninstall.
 //! - Layouts: Flux in every cluster (`<cluster>/`: point that cluster's Flux at it), or a hub
@@ -254,7 +255,10 @@ fn helm_release(
     if let Some(after) = after {
         spec["dependsOn"] = json!([{"name": after}]);
     }
-    if release.istiod {
+    // Every release of a cluster that signs with `cacerts`: istiod must not start before it,
+    // and istio-base not either (failing on a namespace `install --only trust` makes would
+    // spend its install retries and stall the release until its spec changes).
+    if part.releases.iter().any(|r| r.istiod) {
         spec["valuesFrom"] = json!([{"kind": "ConfigMap", "name": trust_gate(&part.cluster)}]);
     }
     if options.layout == Layout::Hub {

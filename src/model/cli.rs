@@ -472,6 +472,11 @@ pub struct InstallArgs {
         requires = "only"
     )]
     pub engine_namespace: String,
+    /// With `--only trust`: the context of the hub a fleet engine runs every cluster's
+    /// releases from (`meshup export --layout hub`): each cluster's kubeconfig Secret and its
+    /// trust gate go there
+    #[arg(long, value_name = "CONTEXT", requires = "only")]
+    pub hub: Option<String>,
     /// Also converge what drifted from the releases' charts (fields another manager changed
     /// or added, objects deleted by hand; see `meshup diff`), with a targeted patch per object;
     /// never istiod's webhook patches or what the cluster allocated

@@ -171,11 +171,11 @@ fn flux_export_is_deterministic_has_renders_values_and_contacts_no_cluster() {
                 "{cluster}/{file} against {values_file}"
             );
             compared += 1;
-            // A primary's istiod waits for the trust gate; nothing else does.
+            // A primary's releases wait for the trust gate; a remote's (no cacerts) do not.
             let gated = spec["valuesFrom"][0]["name"] == format!("meshup-trust-{cluster}");
             assert_eq!(
                 gated,
-                chart == "istiod" && cluster != "cluster3",
+                cluster != "cluster3",
                 "{cluster}/{file}: valuesFrom {}",
                 spec["valuesFrom"]
             );
@@ -551,6 +551,104 @@ fn install_only_trust_puts_trust_then_the_gate_and_no_release() {
         .collect();
     env.meshup(&["install", "--only", "trust", "-f", mesh])
         .expect(0);
+    for (cluster, since) in env.clusters.iter().zip(since) {
+        let changed = mesh_writes(cluster, since);
+        assert!(changed.is_empty(), "{}: {changed:?}", cluster.name());
+    }
+}
+
+#[test]
+fn install_only_trust_with_a_hub_gives_the_hub_a_working_kubeconfig_per_cluster() {
+    let env = Env::new(TOOLS, 2);
+    let mesh = env.mesh_file(&[], &[], "");
+    let mesh = mesh.to_str().unwrap();
+    let hub = env.cluster("cluster1");
+    // A hub context the kubeconfig does not name: refused before any cluster is touched.
+    let before = env.requests();
+    let run = env
+        .meshup(&["install", "--only", "trust", "--hub", "nosuch", "-f", mesh])
+        .expect(2);
+    assert!(
+        run.stderr.contains("--hub") && run.stderr.contains("`nosuch`"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(env.requests(), before, "a cluster was contacted");
+    hub.put(
+        "/api/v1/namespaces",
+        serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "flux-system"}}),
+    )
+    .unwrap();
+    // Only the hub has the engine's namespace: the gates and the kubeconfigs all go there.
+    let run = env
+        .meshup(&[
+            "install", "--only", "trust", "--hub", "cluster1", "-f", mesh,
+        ])
+        .expect(0);
+    for cluster in &env.clusters {
+        let name = cluster.name();
+        let gate = hub
+            .get(&format!(
+                "/api/v1/namespaces/flux-system/configmaps/meshup-trust-{name}"
+            ))
+            .unwrap_or_else(|| panic!("{name}: no trust gate in the hub"));
+        assert_eq!(gate["data"]["values.yaml"], "{}\n");
+        let secret = hub
+            .get(&format!(
+                "/api/v1/namespaces/flux-system/secrets/meshup-kubeconfig-{name}"
+            ))
+            .unwrap_or_else(|| panic!("{name}: no kubeconfig Secret in the hub"));
+        let kubeconfig = decode(&secret["data"]["value"]);
+        let config: Value = serde_yaml::from_str(&kubeconfig).unwrap();
+        let token = config["users"][0]["user"]["token"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(!token.is_empty());
+        assert!(
+            !run.all().contains(&token),
+            "{name}: the fleet token was printed"
+        );
+        assert_eq!(
+            config["clusters"][0]["cluster"]["server"],
+            cluster.url().as_str(),
+            "{name}"
+        );
+        // The kubeconfig works, as the engine would use it: a cluster-wide read and a write
+        // of Istio's kind of object (cluster roles) are allowed.
+        let file = env.path(&format!("hub-{name}.kubeconfig"));
+        std::fs::write(&file, &kubeconfig).unwrap();
+        for args in [
+            &["get", "namespaces", "--output", "name"][..],
+            &["auth", "can-i", "create", "clusterroles"][..],
+        ] {
+            let out = std::process::Command::new(env.tools.join("kubectl"))
+                .arg("--kubeconfig")
+                .arg(&file)
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{name}: kubectl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        // A cluster that is not the hub got no engine object.
+        if name != "cluster1" {
+            assert!(cluster.get("/api/v1/namespaces/flux-system").is_none());
+        }
+    }
+    // A second run changes nothing anywhere.
+    let since: Vec<usize> = env
+        .clusters
+        .iter()
+        .map(|c| c.requests_log().len())
+        .collect();
+    env.meshup(&[
+        "install", "--only", "trust", "--hub", "cluster1", "-f", mesh,
+    ])
+    .expect(0);
     for (cluster, since) in env.clusters.iter().zip(since) {
         let changed = mesh_writes(cluster, since);
         assert!(changed.is_empty(), "{}: {changed:?}", cluster.name());

@@ -450,3 +450,267 @@ spec:
     );
     assert_eq!(names(&list), Vec::<String>::new());
 }
+
+/// Waits until every HelmRelease `names` in the hub is Ready; returns how long it took.
+fn wait_releases(real: &Real, engines: &Engines, names: &[String], timeout: Duration) -> Duration {
+    let started = Instant::now();
+    for name in names {
+        let left = timeout.saturating_sub(started.elapsed());
+        let (reason, _) = wait_ready(real, engines, "real-1", "helmrelease", name, "True", left);
+        eprintln!("{name}: Ready ({reason}) after {:.1?}", started.elapsed());
+    }
+    started.elapsed()
+}
+
+/// istiod's container env in `context`, as name=value pairs.
+fn istiod_env(real: &Real, context: &str) -> Vec<String> {
+    let deployment = real.json(context, &["get", "deployment", "istiod", "-n", NS]);
+    deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            format!(
+                "{}={}",
+                e["name"].as_str().unwrap_or_default(),
+                e["value"].as_str().unwrap_or_default()
+            )
+        })
+        .collect()
+}
+
+/// The whole hand-off on the real engine: `meshup export --format flux --layout hub` pushed to
+/// Git and pointed at by one Kustomization in the hub; `meshup install --only trust --hub`
+/// puts trust in place and gives the hub its kubeconfig Secrets; the real helm-controller
+/// installs every release into both clusters; `meshup link` and `verify` pass with the real
+/// istiods; status names Flux and install refuses to take over; a hand edit of istiod is
+/// reverted by drift detection while istiod's own webhook patches stay; a second export with a
+/// new value reconciles.
+#[test]
+fn meshup_export_runs_on_flux_in_a_hub_and_meshup_links_and_verifies_it() {
+    let real = Real::up(2);
+    let engines = Engines::up(&real, "hub");
+    let repository = state_str(&engines, "/helm_repository").to_string();
+    let mesh = real.mesh_file("mesh.yaml", FROM, None, "");
+    let local = format!("charts: {}", real.charts(FROM).display());
+    let text = std::fs::read_to_string(&mesh).unwrap();
+    assert!(text.contains(&local), "{text}");
+    std::fs::write(
+        &mesh,
+        text.replace(&local, &format!("charts: {repository}")),
+    )
+    .unwrap();
+
+    let work = real.path("fleet");
+    let out = work.join("meshup");
+    let export = |mesh: &str| {
+        let started = Instant::now();
+        real.meshup(&[
+            "export",
+            "--format",
+            "flux",
+            "--layout",
+            "hub",
+            "--out",
+            out.to_str().unwrap(),
+            "--path",
+            "./meshup",
+            "--source",
+            "GitRepository/fleet",
+            "--interval",
+            "20s",
+            "-f",
+            mesh,
+        ])
+        .expect(0);
+        eprintln!("export in {:.1?}", started.elapsed());
+    };
+    export(&mesh);
+    let commit = push(&engines, &work, &[]);
+    let url = state_str(&engines, "/git/repository");
+    apply(
+        &real,
+        "real-1",
+        &format!(
+            r#"
+apiVersion: source.toolkit.fluxcd.io/v1
+kind: GitRepository
+metadata:
+  name: fleet
+  namespace: {FLUX_NS}
+spec:
+  url: {url}
+  ref:
+    branch: main
+  interval: 10s
+---
+apiVersion: kustomize.toolkit.fluxcd.io/v1
+kind: Kustomization
+metadata:
+  name: meshup
+  namespace: {FLUX_NS}
+spec:
+  sourceRef:
+    kind: GitRepository
+    name: fleet
+  path: ./meshup/hub
+  prune: true
+  interval: 20s
+"#
+        ),
+    );
+    let releases: Vec<String> = ["cluster1", "cluster2"]
+        .iter()
+        .flat_map(|c| [format!("{c}-istio-base"), format!("{c}-istiod")])
+        .collect();
+    // Trust first: without the gate, the engine installs nothing in a cluster.
+    let started = Instant::now();
+    let mut waiting = None;
+    real.until(
+        "the hub's HelmReleases wait for the trust gate",
+        Duration::from_secs(120),
+        || {
+            waiting = condition(
+                &real,
+                "real-1",
+                "helmrelease",
+                "cluster1-istio-base",
+                "Ready",
+            );
+            // The gate, or the kubeconfig Secret: both come with `install --only trust --hub`.
+            matches!(&waiting, Some((s, _, m)) if s == "False"
+            && (m.contains("meshup-trust-cluster1") || m.contains("meshup-kubeconfig-cluster1")))
+        },
+    );
+    eprintln!(
+        "cluster1-istio-base waits for the gate after {:.1?}: {waiting:?}",
+        started.elapsed()
+    );
+    for context in ["real-1", "real-2"] {
+        let list = real.helm(context, &["list", "-A", "-o", "json"]);
+        assert_eq!(
+            serde_json::from_slice::<Value>(&list.stdout).unwrap(),
+            serde_json::json!([]),
+            "{context}: a release before the trust gate"
+        );
+    }
+
+    let run = real
+        .meshup(&["install", "--only", "trust", "--hub", "real-1", "-f", &mesh])
+        .expect(0);
+    for i in 1..=real.n {
+        let secret = real.json(
+            "real-1",
+            &[
+                "get",
+                "secret",
+                "-n",
+                FLUX_NS,
+                &format!("meshup-kubeconfig-cluster{i}"),
+            ],
+        );
+        let kubeconfig = decode(&secret["data"]["value"]);
+        let token = kubeconfig
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("token: "))
+            .expect("a token in the kubeconfig");
+        assert!(!run.all().contains(token), "the fleet token was printed");
+    }
+    let took = wait_releases(&real, &engines, &releases, Duration::from_secs(300));
+    eprintln!("every HelmRelease Ready {took:.1?} after the trust gate (commit {commit})");
+
+    real.meshup(&["link", "-f", &mesh]).expect(0);
+    let verify = real
+        .meshup(&["verify", "--wait", "2m", "-f", &mesh])
+        .expect(0);
+    eprintln!("{}", verify.stdout);
+    let status = real.meshup(&["status", "-f", &mesh]);
+    assert!(
+        status
+            .stdout
+            .contains("Flux (HelmRelease flux-system/cluster1-istiod)"),
+        "{}",
+        status.all()
+    );
+    let refused = real.meshup(&["install", "-f", &mesh]).expect(2);
+    assert!(
+        refused.stderr.contains("Flux") && refused.stderr.contains("--take-over"),
+        "{}",
+        refused.all()
+    );
+
+    // A hand edit of istiod: helm-controller's drift detection puts it back; istiod's own
+    // patches of its webhooks (caBundle) are ignored, so they stay.
+    real.kubectl(
+        "real-2",
+        &[
+            "set",
+            "env",
+            "deployment/istiod",
+            "-n",
+            NS,
+            "MESHUP_HAND_EDIT=1",
+        ],
+    );
+    let bundle = |context: &str| {
+        let hooks = real.json(
+            context,
+            &[
+                "get",
+                "mutatingwebhookconfiguration",
+                "istio-sidecar-injector",
+            ],
+        );
+        hooks["webhooks"][0]["clientConfig"]["caBundle"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let patched = bundle("real-2");
+    assert!(!patched.is_empty(), "istiod has not patched its injector");
+    let started = Instant::now();
+    real.until(
+        "drift detection reverts the hand edit",
+        Duration::from_secs(120),
+        || {
+            !istiod_env(&real, "real-2")
+                .iter()
+                .any(|e| e.starts_with("MESHUP_HAND_EDIT="))
+        },
+    );
+    eprintln!("hand edit reverted after {:.1?}", started.elapsed());
+    assert_eq!(
+        bundle("real-2"),
+        patched,
+        "the engine reverted istiod's caBundle"
+    );
+
+    // A second export with a new value: the engine rolls it out.
+    let text = std::fs::read_to_string(&mesh).unwrap();
+    std::fs::write(
+        &mesh,
+        text.replacen(
+            "clusters:\n",
+            "values:\n  pilot:\n    env:\n      MESHUP_EXPORTED: \"2\"\nclusters:\n",
+            1,
+        ),
+    )
+    .unwrap();
+    export(&mesh);
+    let second = push(&engines, &work, &[]);
+    assert_ne!(second, commit);
+    let started = Instant::now();
+    real.until(
+        "the new value reaches both istiods",
+        Duration::from_secs(180),
+        || {
+            ["real-1", "real-2"]
+                .iter()
+                .all(|c| istiod_env(&real, c).contains(&"MESHUP_EXPORTED=2".to_string()))
+        },
+    );
+    eprintln!("second export reconciled after {:.1?}", started.elapsed());
+    real.meshup(&["verify", "--wait", "2m", "-f", &mesh])
+        .expect(0);
+    eprintln!("{}", engines.status());
+}

@@ -306,6 +306,21 @@ impl State {
             "spec": {"ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}]}});
         s.create(&svc, "default", kubernetes, false)
             .expect("kubernetes service");
+        // The bootstrap policy's superuser role (plugin/pkg/auth/authorizer/rbac/
+        // bootstrappolicy `ClusterRoles`), which a binding may name.
+        let roles = s
+            .registry
+            .find("rbac.authorization.k8s.io", "v1", "clusterroles")
+            .unwrap()
+            .clone();
+        let admin = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+            "metadata": {"name": "cluster-admin",
+                "labels": {"kubernetes.io/bootstrapping": "rbac-defaults"},
+                "annotations": {"rbac.authorization.kubernetes.io/autoupdate": "true"}},
+            "rules": [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]},
+                      {"nonResourceURLs": ["*"], "verbs": ["*"]}]});
+        s.create(&roles, "", admin, false)
+            .expect("cluster-admin role");
         s
     }
 

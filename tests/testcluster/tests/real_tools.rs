@@ -1332,6 +1332,21 @@ fn a_curl_job_reaches_both_clusters_only_with_a_shared_root() {
     let istiod2 = istiod_pod(&c2);
     t.kubectl("c2", &["delete", "pod", &istiod2, "-n", NS], None);
     istiod_pod(&c2);
+    // The new istiod serves its webhook with the new root once its patcher put that root into
+    // the injector's caBundle; until then the API server cannot call it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !c2
+        .list("/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations")
+        .iter()
+        .flat_map(|m| m["webhooks"].as_array().cloned().unwrap_or_default())
+        .any(|h| h["clientConfig"]["caBundle"] == STANDARD.encode("another root"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the new istiod never patched its injector"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert!(
         reaches_v2("curl-3"),
         "running workloads keep their certificates"
