@@ -27,6 +27,9 @@
 #                                Targets: processes per cluster the same at every N, time per
 #                                cluster at the largest N within 1.5x of the smallest, peak
 #                                memory under 2 GB.
+#   scripts/bench.sh export      `meshup export` of a 100-cluster mesh (BENCH_EXPORT_N), two
+#                                networks: Flux per cluster, Flux in a hub, Argo CD; files,
+#                                bytes and time (no cluster, no helm or kubectl involved).
 #   scripts/bench.sh all         clusters, charts and memory.
 #
 # Peak memory is the summed RSS of meshup and every helm and kubectl it runs, sampled from
@@ -41,13 +44,13 @@ set -euo pipefail
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 mode="${1:-clusters}"
 case "${mode}" in
-  clusters | charts | memory | pods | rotation | scale | all) ;;
+  clusters | charts | memory | pods | rotation | scale | export | all) ;;
   -h | --help)
-    sed -n '2,41p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,44p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
     exit 0
     ;;
   *)
-    echo "error: unknown mode \`${mode}\`; use clusters, charts, memory, pods, rotation, scale or all" >&2
+    echo "error: unknown mode \`${mode}\`; use clusters, charts, memory, pods, rotation, scale, export or all" >&2
     exit 2
     ;;
 esac
@@ -434,6 +437,35 @@ bench_pods() {
   return "${status}"
 }
 
+# --- export: the hand-off of a large mesh -------------------------------------------------------
+
+bench_export() {
+  local n="${BENCH_EXPORT_N:-100}" mesh="${work}/export-mesh.yaml" i layout format out t0 t1
+  {
+    printf 'meshID: mesh1\nistio:\n  version: 1.30.0\n  charts: https://charts.example.com/istio\n'
+    printf 'trust:\n  dir: %s\nclusters:\n' "${work}/certs"
+    for ((i = 1; i <= n; i++)); do
+      printf '  - name: cluster%d\n    context: cluster%d\n    apiServer: https://10.0.%d.%d:6443\n' \
+        "${i}" "${i}" "$((i / 250))" "$((i % 250 + 1))"
+      printf '    network: net%d\n    eastWestGateway:\n      address: 10.1.%d.%d\n' \
+        "$((i % 2 + 1))" "$((i / 250))" "$((i % 250 + 1))"
+    done
+  } >"${mesh}"
+  echo "| format | layout | files | bytes | time (s) |"
+  echo "| --- | --- | --- | --- | --- |"
+  for format in flux argocd; do
+    for layout in every hub; do
+      [[ "${format}" == argocd && "${layout}" == hub ]] && continue
+      out="${work}/export-${format}-${layout}"
+      t0="$(now)"
+      "${meshup}" export -f "${mesh}" --format "${format}" --layout "${layout}" --out "${out}" \
+        --repo-url https://git.example.com/mesh.git >/dev/null
+      t1="$(now)"
+      echo "| ${format} | ${layout} | $(find "${out}" -type f | wc -l) | $(du -sb "${out}" | cut -f1) | $(calc "${t1} - ${t0}") |"
+    done
+  done
+}
+
 # --- rotation: the baseline on a long istiod log ------------------------------------------------
 
 bench_rotation() {
@@ -531,6 +563,7 @@ case "${mode}" in
   pods) bench_pods || status=1 ;;
   rotation) bench_rotation ;;
   scale) bench_scale || status=1 ;;
+  export) bench_export ;;
   all)
     bench_clusters || status=1
     bench_charts || status=1

@@ -639,8 +639,16 @@ spec:
         refused.all()
     );
 
-    // A hand edit of istiod: helm-controller's drift detection puts it back; istiod's own
-    // patches of its webhooks (caBundle) are ignored, so they stay.
+    // Hand edits of istiod: a value the chart renders is changed, and a variable added.
+    // helm-controller's drift detection (a server-side dry-run apply of the release) puts the
+    // changed value back; the added one stays, since no field of the release holds it (that is
+    // what `meshup diff` calls drift); istiod's own webhook patches (caBundle) are ignored.
+    let rendered = istiod_env(&real, "real-2")
+        .into_iter()
+        .find(|e| e.starts_with("PILOT_ENABLE_ANALYSIS=") || e.starts_with("PILOT_TRACE_SAMPLING="))
+        .expect("istiod renders PILOT_ENABLE_ANALYSIS or PILOT_TRACE_SAMPLING");
+    let (name, _) = rendered.split_once('=').unwrap();
+    let edited = format!("{name}=9");
     real.kubectl(
         "real-2",
         &[
@@ -649,7 +657,8 @@ spec:
             "deployment/istiod",
             "-n",
             NS,
-            "MESHUP_HAND_EDIT=1",
+            &edited,
+            "MESHUP_HAND_ADDED=1",
         ],
     );
     let bundle = |context: &str| {
@@ -672,13 +681,16 @@ spec:
     real.until(
         "drift detection reverts the hand edit",
         Duration::from_secs(120),
-        || {
-            !istiod_env(&real, "real-2")
-                .iter()
-                .any(|e| e.starts_with("MESHUP_HAND_EDIT="))
-        },
+        || istiod_env(&real, "real-2").contains(&rendered),
     );
-    eprintln!("hand edit reverted after {:.1?}", started.elapsed());
+    eprintln!(
+        "{edited} reverted to {rendered} after {:.1?}",
+        started.elapsed()
+    );
+    assert!(
+        istiod_env(&real, "real-2").contains(&"MESHUP_HAND_ADDED=1".to_string()),
+        "drift detection removed a variable no field of the release holds"
+    );
     assert_eq!(
         bundle("real-2"),
         patched,
