@@ -37,6 +37,8 @@ set -euo pipefail
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck source=pins.env
 source "${repo_root}/scripts/pins.env"
+# shellcheck source=real/build-lib.sh
+source "${repo_root}/scripts/real/build-lib.sh"
 
 cache_root="${MESHUP_REAL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/meshup/real}"
 go_p="${MESHUP_REAL_GO_P:-1}"
@@ -48,38 +50,6 @@ usage: scripts/engines.sh build [source-controller|helm-controller|kustomize-con
        scripts/engines.sh down DIR
        scripts/engines.sh status DIR
 EOF
-}
-
-# fmt_duration SECONDS: 75 -> 1m15s.
-fmt_duration() {
-  local s="$1"
-  if ((s >= 60)); then
-    printf '%dm%02ds' $((s / 60)) $((s % 60))
-  else
-    printf '%ds' "${s}"
-  fi
-}
-
-# gorun ARGS...: the go command, niced.
-gorun() {
-  nice -n 19 go "$@"
-}
-
-# module_json MODULE@VERSION FIELD: downloads a module; prints FIELD (Dir, GoMod) of
-# `go mod download -json`, or fails with the proxy's error.
-module_json() {
-  local scratch out
-  scratch="$(mktemp -d)"
-  out="$(cd "${scratch}" && GOFLAGS=-mod=mod gorun mod download -json "$1")" || true
-  rm -rf "${scratch}"
-  python3 -c '
-import json, sys
-d = json.loads(sys.argv[1] or "{}")
-if d.get(sys.argv[3]) and not d.get("Error"):
-    print(d[sys.argv[3]])
-else:
-    sys.exit("go mod download %s: %s" % (sys.argv[2], d.get("Error", "no " + sys.argv[3])))
-' "${out}" "$1" "$2"
 }
 
 # module_replaces GOMOD: the module's replace directives that name another module (not a local
@@ -271,41 +241,14 @@ cmd_build() {
     esac
   done
 
-  mkdir -p "${cache_root}"
-  # One build at a time per cache (the same lock as real-clusters.sh build: they share Go's caches
-  # and the machine).
-  exec 9>"${cache_root}/.lock"
-  if command -v flock >/dev/null 2>&1 && ! flock -n 9; then
-    echo "waiting for another build on ${cache_root}" >&2
-    flock 9
-  fi
+  build_lock '`engines.sh build`'
 
   local total_start=${SECONDS}
   for c in "${components[@]}"; do
     "build_${c//-/_}"
   done
 
-  if ((${#time_rows[@]} > 0)); then
-    local row name secs result
-    echo
-    printf '%-26s %-10s %s\n' COMPONENT VERSION PATH
-    for row in "${built_rows[@]}"; do
-      # shellcheck disable=SC2086
-      printf '%-26s %-10s %s\n' ${row}
-    done
-    echo
-    printf '%-38s %-8s %s\n' COMPONENT RESULT TIME
-    for row in "${time_rows[@]}"; do
-      read -r name secs result <<<"${row}"
-      printf '%-38s %-8s %s\n' "${name}" "${result}" "$(fmt_duration "${secs}")"
-    done
-    printf '%-38s %-8s %s\n' total "" "$(fmt_duration $((SECONDS - total_start)))"
-  fi
-
-  if ((${#failed[@]} > 0)); then
-    echo "error: failed to build: ${failed[*]} (see the messages above)" >&2
-    exit 1
-  fi
+  build_summary "${total_start}" 30
 }
 
 case "${1:-}" in

@@ -41,6 +41,8 @@ set -euo pipefail
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck source=pins.env
 source "${repo_root}/scripts/pins.env"
+# shellcheck source=real/build-lib.sh
+source "${repo_root}/scripts/real/build-lib.sh"
 
 cache_root="${MESHUP_REAL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/meshup/real}"
 go_p="${MESHUP_REAL_GO_P:-1}"
@@ -51,38 +53,6 @@ usage: scripts/real-clusters.sh build [etcd|kubernetes|kwok|pilot-discovery]...
        scripts/real-clusters.sh up N DIR
        scripts/real-clusters.sh down DIR
 EOF
-}
-
-# fmt_duration SECONDS: 75 -> 1m15s.
-fmt_duration() {
-  local s="$1"
-  if ((s >= 60)); then
-    printf '%dm%02ds' $((s / 60)) $((s % 60))
-  else
-    printf '%ds' "${s}"
-  fi
-}
-
-# gorun ARGS...: the go command, niced.
-gorun() {
-  nice -n 19 go "$@"
-}
-
-# module_gomod MODULE@VERSION: downloads a module; prints the path of its go.mod in Go's cache.
-module_gomod() {
-  local scratch out
-  # A throwaway directory so that `go mod download` runs outside any go.mod.
-  scratch="$(mktemp -d)"
-  out="$(cd "${scratch}" && GOFLAGS=-mod=mod gorun mod download -json "$1")" || true
-  rm -rf "${scratch}"
-  python3 -c '
-import json, sys
-d = json.loads(sys.argv[1] or "{}")
-if d.get("GoMod"):
-    print(d["GoMod"])
-else:
-    sys.exit("go mod download %s: %s" % (sys.argv[2], d.get("Error", "no go.mod")))
-' "${out}" "$1"
 }
 
 built_rows=()   # "binary version path" for the table
@@ -244,7 +214,7 @@ build_etcd() {
 # lacks, so the list is read, not written).
 kubernetes_replaces() {
   local v="$1" gomod replaces
-  gomod="$(module_gomod "k8s.io/kubernetes@${v}")" || return 1
+  gomod="$(module_json "k8s.io/kubernetes@${v}" GoMod)" || return 1
   replaces="$(sed -nE 's#^[[:space:]]*(replace[[:space:]]+)?(k8s\.io/[^[:space:]]+)[[:space:]]+=>[[:space:]]+\./staging/src/k8s\.io/[^[:space:]]+[[:space:]]*$#replace \2 => \2 v0.'"${v#v1.}"'#p' "${gomod}")"
   if [[ -z "${replaces}" ]]; then
     echo "kubernetes ${v}: found no \`=> ./staging/src/k8s.io/NAME\` replace directives in ${gomod}" >&2
@@ -316,42 +286,14 @@ cmd_build() {
     esac
   done
 
-  mkdir -p "${cache_root}"
-  # One build at a time per cache.
-  exec 9>"${cache_root}/.lock"
-  if command -v flock >/dev/null 2>&1 && ! flock -n 9; then
-    echo "waiting for another \`real-clusters.sh build\` on ${cache_root}" >&2
-    flock 9
-  fi
+  build_lock '`real-clusters.sh build`'
 
   local total_start=${SECONDS}
   for c in "${components[@]}"; do
     "build_${c//-/_}"
   done
 
-  if ((${#time_rows[@]} > 0)); then
-    echo
-    printf '%-24s %-10s %s\n' BINARY VERSION PATH
-    local row
-    for row in "${built_rows[@]}"; do
-      # shellcheck disable=SC2086
-      printf '%-24s %-10s %s\n' ${row}
-    done
-    echo
-    printf '%-30s %-8s %s\n' COMPONENT RESULT TIME
-    local name secs result
-    for row in "${time_rows[@]}"; do
-      read -r name secs result <<<"${row}"
-      printf '%-30s %-8s %s\n' "${name}" "${result}" "$(fmt_duration "${secs}")"
-    done
-    printf '%-30s %-8s %s\n' total "" "$(fmt_duration $((SECONDS - total_start)))"
-    echo "cache: $(du -sh "${cache_root}" | cut -f1) in ${cache_root}"
-  fi
-
-  if ((${#failed[@]} > 0)); then
-    echo "error: failed to build: ${failed[*]} (see the messages above)" >&2
-    exit 1
-  fi
+  build_summary "${total_start}" 24
 }
 
 case "${1:-}" in
