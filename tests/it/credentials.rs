@@ -401,10 +401,12 @@ fn prune_revokes_the_tokens_a_dropped_cluster_held() {
         .expect(0);
 }
 
-with_both_helms!(
-    link_rotate_replaces_every_token_after_istiod_acted_1_29,
-    uninstall_one_cluster_takes_it_out_of_the_live_mesh,
-    adding_a_cluster_changes_only_the_new_remote_secret_in_the_others,
+split_helms!(
+    helm4: [
+        link_rotate_replaces_every_token_after_istiod_acted_1_29,
+        adding_a_cluster_changes_only_the_new_remote_secret_in_the_others,
+    ],
+    helm3: [uninstall_one_cluster_takes_it_out_of_the_live_mesh],
 );
 
 /// A rotation and a cluster's removal run on the one engine, so transient faults are waited

@@ -365,11 +365,9 @@ fn primary_remote_behind_host_name_load_balancers() {
     );
 }
 
-with_both_helms!(
-    multi_primary_on_two_networks,
-    primary_remote_on_one_network,
-    primary_remote_on_two_networks,
-    two_primaries_and_a_remote,
+split_helms!(
+    helm4: [multi_primary_on_two_networks, primary_remote_on_two_networks],
+    helm3: [primary_remote_on_one_network, two_primaries_and_a_remote],
 );
 
 #[test]

@@ -269,6 +269,24 @@ fn push(engines: &Engines, work: &Path, files: &[(String, String)]) -> String {
     git(&["rev-parse", "HEAD"])
 }
 
+/// A GitRepository `fleet` of the engines' Git server, branch main.
+fn git_repository(url: &str, interval: &str) -> String {
+    format!(
+        "
+apiVersion: source.toolkit.fluxcd.io/v1
+kind: GitRepository
+metadata:
+  name: fleet
+  namespace: {FLUX_NS}
+spec:
+  url: {url}
+  ref:
+    branch: main
+  interval: {interval}
+"
+    )
+}
+
 /// Flux in every cluster: each cluster's own controllers apply its folder of the Git
 /// repository (a GitRepository from the engines' Git server, a Kustomization per cluster).
 #[test]
@@ -292,18 +310,7 @@ fn flux_in_every_cluster_applies_its_folder_from_git() {
             &real,
             &context,
             &format!(
-                r#"
-apiVersion: source.toolkit.fluxcd.io/v1
-kind: GitRepository
-metadata:
-  name: fleet
-  namespace: {FLUX_NS}
-spec:
-  url: {url}
-  ref:
-    branch: main
-  interval: 10m
----
+                r#"{}---
 apiVersion: kustomize.toolkit.fluxcd.io/v1
 kind: Kustomization
 metadata:
@@ -316,7 +323,8 @@ spec:
   path: ./clusters/{context}
   prune: true
   interval: 10m
-"#
+"#,
+                git_repository(url, "10m")
             ),
         );
     }
@@ -532,18 +540,7 @@ fn meshup_export_runs_on_flux_in_a_hub_and_meshup_links_and_verifies_it() {
         &real,
         "real-1",
         &format!(
-            r#"
-apiVersion: source.toolkit.fluxcd.io/v1
-kind: GitRepository
-metadata:
-  name: fleet
-  namespace: {FLUX_NS}
-spec:
-  url: {url}
-  ref:
-    branch: main
-  interval: 10s
----
+            r#"{}---
 apiVersion: kustomize.toolkit.fluxcd.io/v1
 kind: Kustomization
 metadata:
@@ -556,7 +553,8 @@ spec:
   path: ./meshup/hub
   prune: true
   interval: 20s
-"#
+"#,
+            git_repository(url, "10s")
         ),
     );
     let releases: Vec<String> = ["cluster1", "cluster2"]
