@@ -440,25 +440,37 @@ fn a_canary_upgrade_between_two_real_istiod_builds() {
 
     real.meshup(&["upgrade", "start", "-f", &new]).expect(0);
     for context in ["real-1", "real-2"] {
-        let pods = real.json(context, &["get", "pods", "-n", NS, "-l", "app=istiod"]);
-        let ready: BTreeSet<String> = pods["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|p| {
-                p["status"]["conditions"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
-            })
-            .map(|p| {
-                p["spec"]["containers"][0]["image"]
-                    .as_str()
-                    .unwrap()
-                    .to_string()
-            })
-            .collect();
+        let ready_images = || -> BTreeSet<String> {
+            let pods = real.json(context, &["get", "pods", "-n", NS, "-l", "app=istiod"]);
+            pods["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|p| {
+                    p["status"]["conditions"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                })
+                .map(|p| {
+                    p["spec"]["containers"][0]["image"]
+                        .as_str()
+                        .unwrap()
+                        .to_string()
+                })
+                .collect()
+        };
+        // The old istiod's readiness probe (a real one, every few seconds) may miss once on a
+        // loaded machine while the new one starts: both must be Ready within a probe period or
+        // two, not at one instant.
+        let mut ready = ready_images();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while ready.len() < 2 && std::time::Instant::now() < deadline {
+            eprintln!("{context}: Ready istiods {ready:?}; waiting for both revisions");
+            std::thread::sleep(std::time::Duration::from_secs(1));
+            ready = ready_images();
+        }
         assert_eq!(
             ready.len(),
             2,
