@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use serde_json::{Value, json};
 
 use crate::fleet::parts::{
-    ClusterHandoff, Export, Layout, Options, ReleasePart, Row, chart_source, yaml, yaml_all,
+    ClusterHandoff, Export, Layout, Options, ReleasePart, Row, chart_source, write_manifests, yaml,
 };
 use crate::model::mesh::Mesh;
 use crate::observe::revisions::default_injector;
@@ -76,25 +76,7 @@ pub fn write(mesh: &Mesh, parts: &[ClusterHandoff], options: &Options) -> Export
             wave += 1;
         }
         if !part.manifests.is_empty() {
-            let objects_dir = PathBuf::from(c).join("objects");
-            for (stem, objects) in &part.manifests {
-                let file = format!("{stem}.yaml");
-                export
-                    .files
-                    .insert(objects_dir.join(&file), yaml_all(objects));
-                for object in objects {
-                    export.rows.push(Row {
-                        cluster: c.clone(),
-                        object: format!(
-                            "{} `{}`",
-                            object["kind"].as_str().unwrap_or_default(),
-                            object["metadata"]["name"].as_str().unwrap_or_default()
-                        ),
-                        owner: "Argo CD".into(),
-                        how: format!("plain manifest: {}", objects_dir.join(&file).display()),
-                    });
-                }
-            }
+            write_manifests(&mut export, part, "Argo CD");
             let name = format!("{c}-objects");
             let app = application(
                 &name,

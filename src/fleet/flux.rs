@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 
 use crate::fleet::parts::{
     ClusterHandoff, Export, Layout, Options, ReleasePart, Row, chart_source, kubeconfig_secret,
-    kustomization, trust_gate, yaml, yaml_all,
+    kustomization, trust_gate, write_manifests, yaml, yaml_all,
 };
 use crate::model::mesh::Mesh;
 use crate::observe::revisions::default_injector;
@@ -96,26 +96,7 @@ pub fn write(mesh: &Mesh, parts: &[ClusterHandoff], options: &Options) -> Export
             );
         }
         let objects_dir = PathBuf::from(c).join("objects");
-        let mut objects_listed = Vec::new();
-        for (stem, objects) in &part.manifests {
-            let file = format!("{stem}.yaml");
-            export
-                .files
-                .insert(objects_dir.join(&file), yaml_all(objects));
-            for object in objects {
-                export.rows.push(Row {
-                    cluster: c.clone(),
-                    object: format!(
-                        "{} `{}`",
-                        object["kind"].as_str().unwrap_or_default(),
-                        object["metadata"]["name"].as_str().unwrap_or_default()
-                    ),
-                    owner: "Flux".into(),
-                    how: format!("plain manifest: {}", objects_dir.join(&file).display()),
-                });
-            }
-            objects_listed.push(file);
-        }
+        let objects_listed = write_manifests(&mut export, part, "Flux");
         let mut kustomizations = Vec::new();
         if !hub {
             kustomizations.push(kustomization_object(

@@ -234,6 +234,33 @@ pub fn chart_source(chart: &Chart) -> (&'static str, String) {
     }
 }
 
+/// Writes a cluster's plain manifests into `CLUSTER/objects/`, one file per group, each object
+/// a row owned by `owner`; returns the files written, in order.
+pub fn write_manifests(export: &mut Export, part: &ClusterHandoff, owner: &str) -> Vec<String> {
+    let objects_dir = PathBuf::from(&part.cluster).join("objects");
+    let mut files = Vec::new();
+    for (stem, objects) in &part.manifests {
+        let file = format!("{stem}.yaml");
+        export
+            .files
+            .insert(objects_dir.join(&file), yaml_all(objects));
+        for object in objects {
+            export.rows.push(Row {
+                cluster: part.cluster.clone(),
+                object: format!(
+                    "{} `{}`",
+                    object["kind"].as_str().unwrap_or_default(),
+                    object["metadata"]["name"].as_str().unwrap_or_default()
+                ),
+                owner: owner.into(),
+                how: format!("plain manifest: {}", objects_dir.join(&file).display()),
+            });
+        }
+        files.push(file);
+    }
+    files
+}
+
 /// One YAML document from plain data (keys sorted: serde_json's maps are ordered by key).
 pub fn yaml(value: &Value) -> String {
     serde_yaml::to_string(value).expect("plain JSON is valid YAML")
