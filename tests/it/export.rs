@@ -33,6 +33,16 @@ fn fleet_mesh(env: &Env, extra: &str) -> PathBuf {
     path
 }
 
+/// Flux's namespace, where `install --only trust` puts the trust gate.
+fn engine_namespace(cluster: &meshup_testcluster::TestCluster) {
+    cluster
+        .put(
+            "/api/v1/namespaces",
+            serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "flux-system"}}),
+        )
+        .unwrap();
+}
+
 /// meshup with no helm or kubectl on its PATH: whatever it runs, it cannot start a tool.
 fn without_tools(env: &Env, args: &[&str]) -> Run {
     let mut command = env.command(args);
@@ -498,12 +508,7 @@ fn install_only_trust_puts_trust_then_the_gate_and_no_release() {
         .expect(1);
     assert!(run.stderr.contains("flux-system"), "{}", run.stderr);
     for cluster in &env.clusters {
-        cluster
-            .put(
-                "/api/v1/namespaces",
-                serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "flux-system"}}),
-            )
-            .unwrap();
+        engine_namespace(cluster);
     }
     env.meshup(&["install", "--only", "trust", "-f", mesh])
         .expect(0);
@@ -574,11 +579,7 @@ fn install_only_trust_with_a_hub_gives_the_hub_a_working_kubeconfig_per_cluster(
         run.stderr
     );
     assert_eq!(env.requests(), before, "a cluster was contacted");
-    hub.put(
-        "/api/v1/namespaces",
-        serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "flux-system"}}),
-    )
-    .unwrap();
+    engine_namespace(hub);
     // Only the hub has the engine's namespace: the gates and the kubeconfigs all go there.
     let run = env
         .meshup(&[
@@ -762,12 +763,7 @@ fn an_engine_run_istiod_is_named_by_status_and_not_taken_over_by_install() {
         .expect(0);
     // `--only trust` touches no release: allowed beside an engine.
     for cluster in &env.clusters {
-        cluster
-            .put(
-                "/api/v1/namespaces",
-                serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "flux-system"}}),
-            )
-            .unwrap();
+        engine_namespace(cluster);
     }
     env.meshup(&["install", "--only", "trust", "-f", mesh])
         .expect(0);
