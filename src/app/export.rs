@@ -3,16 +3,16 @@
 
 use super::output::{print_stdout, warn_about_mesh};
 use super::prelude::*;
+use super::session::Session;
 use crate::fleet::{self, Engine, Layout, Options};
-use crate::model::cli::{ExportArgs, ExportFormat, ExportLayout};
+use crate::model::cli::{ExportArgs, ExportFormat, ExportLayout, ExportPhase};
 
 pub(super) fn export(
+    global: &GlobalArgs,
     mesh_args: &MeshArgs,
-    reporter: &Reporter,
+    reporter: &Arc<Reporter>,
     args: &ExportArgs,
 ) -> Result<(), Error> {
-    let mesh = mesh::load(mesh_args, None)?;
-    warn_about_mesh(reporter, &mesh);
     let engine = match args.format {
         ExportFormat::Flux => Engine::Flux,
         ExportFormat::Argocd => Engine::ArgoCd,
@@ -36,7 +36,23 @@ pub(super) fn export(
         revision: args.revision.clone(),
         interval: args.interval.clone(),
     };
-    let export = fleet::export(&mesh, &options)?;
+    let (mesh, upgrade) = match args.upgrade {
+        None => (mesh::load(mesh_args, None)?, None),
+        Some(phase) => {
+            // Every input checked before a cluster is read.
+            let session = Session::open(global, mesh_args, reporter)?;
+            fleet::check(&session.mesh, &options)?;
+            match super::upgrade::for_export(&session, &phase.phase(&args.clusters))? {
+                Some(upgrade) => (upgrade.to.clone(), Some(upgrade)),
+                None => {
+                    reporter.line("nothing to roll back: no upgrade is under way");
+                    return Ok(());
+                }
+            }
+        }
+    };
+    warn_about_mesh(reporter, &mesh);
+    let export = fleet::export(&mesh, &options, upgrade.as_ref())?;
     if args.list {
         return print_stdout(&fleet::render_rows(&export.rows));
     }
@@ -48,8 +64,22 @@ pub(super) fn export(
         }
         files::write(&path, text.as_bytes(), 0o644, Existing::Replace)?;
     }
+    let next = match args.upgrade {
+        None => "`meshup install --only trust`, commit, then `meshup link`".to_string(),
+        Some(phase) => {
+            let name = phase.phase(&[]).name();
+            let after = match phase {
+                ExportPhase::Finish => format!(
+                    "; then set `istio.revision: {}` in the mesh file, so that a plain export writes the same releases",
+                    mesh.revision.as_deref().unwrap_or_default()
+                ),
+                _ => String::new(),
+            };
+            format!("commit, then `meshup upgrade {name} --wait-only`{after}")
+        }
+    };
     reporter.info(&format!(
-        "wrote {} files for {} in {}; next: `meshup install --only trust`, commit, then `meshup link`",
+        "wrote {} files for {} in {}; next: {next}",
         export.files.len(),
         engine.name(),
         args.out.display()

@@ -49,7 +49,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             }
             Ok(())
         }
-        Command::Export(args) => export::export(&mesh_args, &reporter, &args),
+        Command::Export(args) => export::export(&global, &mesh_args, &reporter, &args),
         Command::Plan(args) => plan::plan(&global, &mesh_args, &reporter, &args),
         Command::Certs { key_type } => {
             let mesh = mesh::load(&mesh_args, None)?;

@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 
 use super::prelude::*;
 use super::session::*;
-use crate::flows::upgrade::{self, Canary};
+use crate::fleet::{self, upgrade::Stand};
+use crate::flows::upgrade::{self, Canary, Goal};
 use crate::model::cli::{UpgradeArgs, UpgradePhase};
 use crate::model::version::IstioVersion;
 use crate::observe::revisions::{self, Installed, Phase, Revision};
@@ -35,28 +36,18 @@ pub(super) fn upgrade(
         }
         session.mesh.version = Some(to.clone());
     }
+    if args.wait_only {
+        return wait_only(&session, reporter, phase);
+    }
     let tools = session.tools_and_charts()?;
     let force_conflicts = tools.helm_major == Some(4);
     let command = format!("upgrade {}", phase.name());
     let outcome = session.locked(&command, |run| -> Result<(Summary, String), Error> {
-        let mut installed = BTreeMap::new();
-        for (cluster, found) in upgrade::observe(run) {
-            installed.insert(cluster, found?);
-        }
+        let installed = observe(run)?;
         let mut canary = decide(run.mesh, &installed, phase)?;
         canary.force_conflicts = force_conflicts;
         if canary.waves.is_empty() {
-            return Ok((
-                Summary {
-                    ok: true,
-                    interrupted: false,
-                    clusters: Vec::new(),
-                    departed: Vec::new(),
-                    gates: Vec::new(),
-                    rotated: Vec::new(),
-                },
-                nothing_left(phase, &canary),
-            ));
+            return Ok((Summary::nothing(), nothing_left(phase, &canary)));
         }
         let plan = match phase {
             UpgradePhase::Start { .. } => canary.start(),
@@ -76,6 +67,94 @@ pub(super) fn upgrade(
     finish(reporter, &command, &summary)?;
     reporter.line(&next);
     Ok(())
+}
+
+/// Every cluster's revisions and tags; a cluster that cannot be read fails the command.
+fn observe(run: &Run) -> Result<BTreeMap<String, Installed>, Error> {
+    let mut installed = BTreeMap::new();
+    for (cluster, found) in upgrade::observe(run) {
+        installed.insert(cluster, found?);
+    }
+    Ok(installed)
+}
+
+/// `--wait-only`: the phase's guards, then its gates, without the locks (nothing changes).
+fn wait_only(session: &Session, reporter: &Reporter, phase: &UpgradePhase) -> Result<(), Error> {
+    session.require_tools()?;
+    let run = session.read();
+    let canary = decide(run.mesh, &observe(&run)?, phase)?;
+    if canary.waves.is_empty() {
+        reporter.line(&nothing_left(phase, &canary));
+        return Ok(());
+    }
+    let goal = match phase {
+        UpgradePhase::Start { .. } => Goal::Started,
+        UpgradePhase::Promote { .. } => Goal::Promoted,
+        UpgradePhase::Finish { .. } => Goal::Finished,
+        UpgradePhase::Rollback { .. } => Goal::RolledBack,
+    };
+    let command = format!("upgrade {} --wait-only", phase.name());
+    finish(
+        reporter,
+        &command,
+        &exec::execute(&run, &canary.waiting(goal)),
+    )?;
+    reporter
+        .line(&next_step(phase, &canary).replace("`meshup upgrade ", "`meshup export --upgrade "));
+    Ok(())
+}
+
+/// `meshup export --upgrade PHASE`: the phase's guards on what the clusters run (read-only),
+/// and where each cluster stands once the engine applied it. `None`: nothing to do (every
+/// cluster rolled back already).
+pub(super) fn for_export(
+    session: &Session,
+    phase: &UpgradePhase,
+) -> Result<Option<fleet::upgrade::Upgrade>, Error> {
+    refuse_remotes(&session.mesh)?;
+    check_cluster_names(&session.mesh, "--clusters", &phase.waves().only)?;
+    session.require_tools()?;
+    let run = session.read();
+    let installed = observe(&run)?;
+    let canary = decide(run.mesh, &installed, phase)?;
+    let todo: Vec<&String> = canary.waves.iter().flatten().collect();
+    let after = match phase {
+        UpgradePhase::Start { .. } => Stand::Started,
+        UpgradePhase::Promote { .. } => Stand::Promoted,
+        UpgradePhase::Finish { .. } => Stand::New,
+        UpgradePhase::Rollback { .. } => Stand::Old,
+    };
+    let mut stands = BTreeMap::new();
+    for (cluster, found) in &installed {
+        let stand = match found.phase() {
+            _ if todo.contains(&cluster) => after,
+            Phase::Steady(r) if r.name == canary.new => Stand::New,
+            Phase::Started { .. } => Stand::Started,
+            Phase::Promoted { .. } => Stand::Promoted,
+            _ if todo.is_empty() => {
+                // Done already where chosen; a cluster elsewhere has its own phase to run.
+                return Err(Error::Refused(format!(
+                    "nothing to {} in the chosen clusters, and `{cluster}` does not run {} only: export the phase for it (`--clusters {cluster}`)",
+                    phase.name(),
+                    canary.new
+                )));
+            }
+            _ => Stand::Old,
+        };
+        stands.insert(cluster.clone(), stand);
+    }
+    if todo.is_empty() && matches!(phase, UpgradePhase::Rollback { .. }) {
+        return Ok(None);
+    }
+    let mut old = canary.from.clone();
+    old.version = canary.old_version.map(|v| v.to_string());
+    Ok(Some(fleet::upgrade::Upgrade {
+        old,
+        from: canary.from.clone(),
+        to: canary.to.clone(),
+        stands,
+        tags: canary.tags.clone(),
+    }))
 }
 
 /// A remote cluster's injector and `istiod-remote` are not per revision in Istio's charts

@@ -56,6 +56,18 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// A run with nothing to do.
+    pub fn nothing() -> Summary {
+        Summary {
+            ok: true,
+            interrupted: false,
+            clusters: Vec::new(),
+            departed: Vec::new(),
+            gates: Vec::new(),
+            rotated: Vec::new(),
+        }
+    }
+
     /// This run, then `later`'s (one command that ran two plans).
     pub fn and(mut self, later: Summary) -> Summary {
         for result in later.clusters {

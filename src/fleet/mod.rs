@@ -11,6 +11,7 @@
 pub mod argocd;
 pub mod flux;
 pub mod parts;
+pub mod upgrade;
 
 use std::path::PathBuf;
 
@@ -23,10 +24,18 @@ pub use parts::{
     kubeconfig_secret, render_rows, trust_gate,
 };
 
-/// The export: every file and the ownership table.
-pub fn export(mesh: &Mesh, options: &Options) -> Result<Export, InputError> {
+/// The export: every file and the ownership table; with `upgrade`, each cluster at the stand
+/// of its upgrade (`mesh` is then the upgrade's `to`).
+pub fn export(
+    mesh: &Mesh,
+    options: &Options,
+    upgrade: Option<&upgrade::Upgrade>,
+) -> Result<Export, InputError> {
     check(mesh, options)?;
-    let parts = handoffs(mesh);
+    let parts = match upgrade {
+        Some(upgrade) => upgrade::handoffs_at(upgrade),
+        None => handoffs(mesh),
+    };
     let mut export = match options.engine {
         Engine::Flux => flux::write(mesh, &parts, options),
         Engine::ArgoCd => argocd::write(mesh, &parts, options),

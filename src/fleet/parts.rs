@@ -12,6 +12,7 @@ use crate::engine::topology::{Choices, Topology};
 use crate::model::chart::{Chart, Location};
 use crate::model::input::InputError;
 use crate::model::mesh::{Mesh, Role};
+use crate::observe::revisions::DEFAULT_TAG;
 
 /// The engine that runs the mesh.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,6 +150,14 @@ pub fn handoffs(mesh: &Mesh) -> Vec<ClusterHandoff> {
                         }
                         Handoff::Kept { what, by } => out.kept.push((what, by)),
                     }
+                }
+            }
+            // A named revision holds the `default` tag (the istiod chart's `revisionTags`), as
+            // after an upgrade through the engine: `istio-injection=enabled` namespaces are
+            // injected by it, as by a revision-less istiod.
+            if mesh.revision.is_some() {
+                for release in out.releases.iter_mut().filter(|r| r.istiod) {
+                    release.values["revisionTags"] = serde_json::json!([DEFAULT_TAG]);
                 }
             }
             out

@@ -319,6 +319,55 @@ pub struct ExportArgs {
     /// Print who owns each object (the engine, or meshup) and write nothing
     #[arg(long)]
     pub list: bool,
+    /// Write the state a phase of a canary upgrade leaves the clusters in, for the engine to
+    /// apply (reads the clusters, read-only, for the guards of `meshup upgrade PHASE`); then
+    /// `meshup upgrade PHASE --wait-only`
+    #[arg(long, value_enum, value_name = "PHASE")]
+    pub upgrade: Option<ExportPhase>,
+    /// With --upgrade: only these clusters take the phase; the others stay where they stand
+    #[arg(
+        long = "clusters",
+        id = "export_clusters",
+        value_name = "CLUSTER",
+        value_delimiter = ',',
+        requires = "upgrade"
+    )]
+    pub clusters: Vec<String>,
+}
+
+/// `export --upgrade`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExportPhase {
+    Start,
+    Promote,
+    Finish,
+    Rollback,
+}
+
+impl ExportPhase {
+    /// The phase as `meshup upgrade` decides it, for `clusters`.
+    pub fn phase(self, clusters: &[String]) -> UpgradePhase {
+        let waves = WaveArgs {
+            wave_size: 1,
+            only: clusters.to_vec(),
+        };
+        match self {
+            ExportPhase::Start => UpgradePhase::Start { to: None, waves },
+            ExportPhase::Promote => UpgradePhase::Promote {
+                restart_workloads: false,
+                waves,
+            },
+            ExportPhase::Finish => UpgradePhase::Finish {
+                force: false,
+                waves,
+            },
+            ExportPhase::Rollback => UpgradePhase::Rollback {
+                restart_workloads: false,
+                force: false,
+                waves,
+            },
+        }
+    }
 }
 
 /// `install --only`.
@@ -353,6 +402,11 @@ pub struct DoctorArgs {
 pub struct UpgradeArgs {
     #[command(subcommand)]
     pub phase: UpgradePhase,
+    /// Change nothing: wait until the clusters stand where the phase leaves them and on its
+    /// gates (new istiod synced, proxies moved), while a fleet engine applies the phase that
+    /// `meshup export --upgrade PHASE` wrote; bounded by --timeout
+    #[arg(long, global = true)]
+    pub wait_only: bool,
 }
 
 /// The phases of an upgrade, in order (`rollback` instead of `finish`).

@@ -15,6 +15,7 @@ mod doctor_cases;
 mod doctor_istio;
 mod e2e;
 mod export;
+mod export_upgrade;
 mod interrupt;
 mod layout;
 mod topologies;

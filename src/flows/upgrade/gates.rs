@@ -6,7 +6,7 @@ use crate::components::{ClusterNotes, RunBoard};
 use crate::engine::plan::{Gate, ScriptOptions};
 use crate::engine::run::Run;
 use crate::model::mesh::Mesh;
-use crate::observe::revisions::{DEFAULT_TAG, describe, proxies};
+use crate::observe::revisions::{DEFAULT_TAG, Phase, Revision, describe, installed, proxies};
 use crate::observe::sync;
 use crate::tools::runner::StepError;
 use crate::tools::step::shell_quote;
@@ -137,5 +137,86 @@ impl Gate for OnRevision {
             },
             self.from
         )
+    }
+}
+
+/// Where a phase leaves a cluster: what `--wait-only` waits for a fleet engine to reach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Goal {
+    /// Both revisions run, `default` on the old one (`start`).
+    Started,
+    /// Both revisions run, `default` on the new one (`promote`).
+    Promoted,
+    /// Only the new revision runs (`finish`).
+    Finished,
+    /// Only the old revision runs (`rollback`).
+    RolledBack,
+}
+
+/// Waits until each of `clusters` runs the revisions `goal` says (its istiod Deployments, and
+/// where the `default` tag points).
+pub(super) struct Stands {
+    pub(super) clusters: Vec<String>,
+    pub(super) namespace: String,
+    pub(super) old: String,
+    pub(super) new: String,
+    pub(super) goal: Goal,
+}
+
+impl Stands {
+    fn reached(&self, phase: &Phase) -> bool {
+        let pair = |old: &Revision, new: &Revision| old.name == self.old && new.name == self.new;
+        match (self.goal, phase) {
+            (Goal::Started, Phase::Started { old, new })
+            | (Goal::Promoted, Phase::Promoted { old, new }) => pair(old, new),
+            (Goal::Finished, Phase::Steady(r)) => r.name == self.new,
+            (Goal::RolledBack, Phase::Steady(r)) => r.name == self.old,
+            _ => false,
+        }
+    }
+
+    fn wanted(&self) -> String {
+        match self.goal {
+            Goal::Started => format!("istiod {} beside {}", self.new, self.old),
+            Goal::Promoted => format!("`default` on {} (beside {})", self.new, self.old),
+            Goal::Finished => format!("only istiod {}", self.new),
+            Goal::RolledBack => format!("only istiod {}", self.old),
+        }
+    }
+}
+
+impl Gate for Stands {
+    fn title(&self) -> String {
+        format!("{} run {}", self.clusters.join(", "), self.wanted())
+    }
+
+    fn check(&self, run: &Run, _: &RunBoard) -> Result<Option<String>, StepError> {
+        let mut waiting = Vec::new();
+        for name in &self.clusters {
+            let Some(cluster) = run.mesh.cluster(name) else {
+                continue;
+            };
+            let (mut memo, board) = (ClusterNotes::default(), RunBoard::default());
+            let found = run.in_cluster(cluster, &mut memo, &board, |cx| {
+                installed(&cx.live, &self.namespace)
+            })?;
+            if !self.reached(&found.phase()) {
+                let names: Vec<&str> = found.revisions.iter().map(|r| r.name.as_str()).collect();
+                waiting.push(format!(
+                    "{name}: istiod {} (default: {})",
+                    if names.is_empty() {
+                        "none".to_string()
+                    } else {
+                        names.join(", ")
+                    },
+                    found.default_revision().unwrap_or("none")
+                ));
+            }
+        }
+        Ok((!waiting.is_empty()).then(|| waiting.join(", ")))
+    }
+
+    fn script(&self, _: &Mesh, _: &ScriptOptions) -> String {
+        format!("# wait until {}\n", self.title())
     }
 }

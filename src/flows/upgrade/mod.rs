@@ -35,7 +35,8 @@ use crate::observe::revisions::{
 };
 use crate::tools::runner::StepError;
 
-use gates::{OnRevision, Synced};
+pub use gates::Goal;
+use gates::{OnRevision, Stands, Synced};
 use steps::{Converge, HelmBack, MoveTags, ReaderRbac, RestartWorkloads, Retire};
 /// Every cluster's revisions and tags, read in parallel (the clusters of `run.mesh`).
 pub fn observe(run: &Run) -> Vec<(String, Result<Installed, StepError>)> {
@@ -362,6 +363,47 @@ impl Canary {
             })
             .collect();
         Plan { waves }
+    }
+
+    /// Changes nothing: waits until every cluster of the phase stands where `goal` says, and on
+    /// the phase's gates (new istiod synced, proxies moved), while a fleet engine applies the
+    /// phase (`meshup export --upgrade PHASE`, then `meshup upgrade PHASE --wait-only`).
+    pub fn waiting(&self, goal: Goal) -> Plan<'static> {
+        let clusters: Vec<String> = self.waves.concat();
+        let on_revision = |revision: &str, from: &str| -> Arc<dyn Gate> {
+            Arc::new(OnRevision {
+                clusters: clusters.clone(),
+                namespace: self.to.namespace.clone(),
+                revision: revision.to_string(),
+                from: from.to_string(),
+                workloads: false,
+            })
+        };
+        let mut gates: Vec<Arc<dyn Gate>> = vec![Arc::new(Stands {
+            clusters: clusters.clone(),
+            namespace: self.to.namespace.clone(),
+            old: self.old.clone(),
+            new: self.new.clone(),
+            goal,
+        })];
+        match goal {
+            Goal::Started => gates.push(self.synced(&clusters, &self.new)),
+            Goal::Promoted => {
+                gates.push(on_revision(&self.new, &self.old));
+                gates.push(self.synced(&clusters, &self.new));
+            }
+            Goal::Finished => {}
+            Goal::RolledBack => {
+                gates.push(on_revision(&self.old, &self.new));
+                gates.push(self.synced(&clusters, &self.old));
+            }
+        }
+        let mut wave = Wave::new(
+            format!("the engine's change in {}", clusters.join(", ")),
+            Vec::new(),
+        );
+        wave.gate = Some(Arc::new(AllOf(gates)));
+        Plan { waves: vec![wave] }
     }
 
     fn retire(&self, group: &[String], mesh: &Mesh, revision: &str) -> Wave<'static> {

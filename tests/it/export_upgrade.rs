@@ -1,0 +1,270 @@
+//! `meshup export --upgrade PHASE` and `meshup upgrade PHASE --wait-only`: a canary upgrade a
+//! fleet engine applies. The export reads the clusters (nothing changes) for the guards of
+//! `meshup upgrade` and writes each phase's releases; `--wait-only` waits on the phase's
+//! gates and changes nothing. Here `meshup upgrade PHASE` itself stands in for the engine
+//! between the two (the real tier runs Flux's helm-controller: tests/real/fleet_upgrade.rs).
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use super::common::*;
+use meshup_testcluster::ISTIO_TO_REVISION as NEW_REV;
+
+/// The HelmRelease `name` of `cluster` in the export under `out`, if written.
+fn helm_release(out: &Path, cluster: &str, name: &str) -> Option<Value> {
+    let path = out
+        .join(cluster)
+        .join("releases")
+        .join(format!("{name}.yaml"));
+    let text = std::fs::read_to_string(path).ok()?;
+    Some(serde_yaml::from_str(&text).unwrap())
+}
+
+/// (chart version, values) of a written HelmRelease.
+fn chart_and_values(release: &Value) -> (&str, &Value) {
+    (
+        release["spec"]["chart"]["spec"]["version"]
+            .as_str()
+            .unwrap_or_default(),
+        &release["spec"]["values"],
+    )
+}
+
+/// Helm's records in every cluster: what no export and no `--wait-only` may change.
+fn records(env: &Env) -> Vec<std::collections::BTreeSet<(String, String)>> {
+    env.clusters.iter().map(helm_records).collect()
+}
+
+#[test]
+fn an_upgrade_runs_through_exported_phases_and_wait_only_waits_for_each() {
+    let env = Env::new("helm4", 2);
+    let installed = env.mesh_file(&[], &[], "");
+    env.meshup(&["install", "-f", installed.to_str().unwrap()])
+        .expect(0);
+    let text = std::fs::read_to_string(&installed).unwrap();
+    let at = |version: &str, charts: &str, name: &str| {
+        let moved = text.replace(
+            &format!(
+                "  version: {ISTIO_FROM}\n  charts: {}\n",
+                istio_charts(ISTIO_FROM).display()
+            ),
+            &format!("  version: {version}\n  charts: {charts}\n"),
+        );
+        assert!(moved.contains(version), "{moved}");
+        let path = env.path(name);
+        std::fs::write(&path, moved).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    // The engine's mesh file names a chart repository; meshup's stand-in installs local charts.
+    let fleet = at(ISTIO_TO, "https://charts.example.com/istio", "fleet.yaml");
+    let local = at(
+        ISTIO_TO,
+        &istio_charts(ISTIO_TO).display().to_string(),
+        "local.yaml",
+    );
+    let out = env.path("export");
+    let export = |phase: &str| {
+        env.meshup(&[
+            "export",
+            "--format",
+            "flux",
+            "--upgrade",
+            phase,
+            "--out",
+            out.to_str().unwrap(),
+            "-f",
+            &fleet,
+        ])
+    };
+    let before = records(&env);
+
+    // Out of order: refused, nothing written.
+    let refused = export("promote").expect(2);
+    assert!(
+        refused.stderr.contains("meshup upgrade start"),
+        "{}",
+        refused.all()
+    );
+    assert!(!out.exists(), "a refused export wrote files");
+    // Two minor versions ahead: refused by the same skew guard as `meshup upgrade start`.
+    let skipping = at("1.32.0", "https://charts.example.com/istio", "skip.yaml");
+    let run = env
+        .meshup(&[
+            "export",
+            "--format",
+            "flux",
+            "--upgrade",
+            "start",
+            "--out",
+            out.to_str().unwrap(),
+            "-f",
+            &skipping,
+        ])
+        .expect(2);
+    assert!(run.stderr.contains("minor"), "{}", run.all());
+    assert!(!out.exists(), "a refused export wrote files");
+
+    // start: the new istiod beside the old one, istio-base on the new chart.
+    let run = export("start").expect(0);
+    assert!(
+        run.stderr.contains("meshup upgrade start --wait-only"),
+        "{}",
+        run.all()
+    );
+    for cluster in ["cluster1", "cluster2"] {
+        let base = helm_release(&out, cluster, "istio-base").unwrap();
+        assert_eq!(chart_and_values(&base).0, ISTIO_TO);
+        assert!(chart_and_values(&base).1.get("defaultRevision").is_none());
+        let old = helm_release(&out, cluster, "istiod").unwrap();
+        assert_eq!(chart_and_values(&old).0, ISTIO_FROM, "{old}");
+        assert!(chart_and_values(&old).1.get("revision").is_none());
+        let new = helm_release(&out, cluster, &format!("istiod-{NEW_REV}")).unwrap();
+        let (version, values) = chart_and_values(&new);
+        assert_eq!(
+            (version, &values["revision"]),
+            (ISTIO_TO, &Value::from(NEW_REV))
+        );
+        assert!(values.get("revisionTags").is_none(), "{new}");
+        assert_eq!(new["spec"]["dependsOn"][0]["name"], "istiod");
+    }
+    assert_eq!(records(&env), before, "the export changed a cluster");
+
+    // --wait-only waits for the engine and changes nothing: with nothing applied it gives up.
+    let run = env
+        .meshup(&[
+            "upgrade",
+            "start",
+            "--wait-only",
+            "--timeout",
+            "3s",
+            "-f",
+            &local,
+        ])
+        .expect(1);
+    assert!(
+        run.stderr
+            .contains(&format!("istiod {NEW_REV} beside default")),
+        "{}",
+        run.all()
+    );
+    assert_eq!(records(&env), before, "--wait-only changed a cluster");
+    // The engine's part (here meshup's own phase), then the wait passes.
+    env.meshup(&["upgrade", "start", "-f", &local]).expect(0);
+    let run = env
+        .meshup(&["upgrade", "start", "--wait-only", "-f", &local])
+        .expect(0);
+    assert!(
+        run.stderr.contains("meshup export --upgrade promote"),
+        "{}",
+        run.all()
+    );
+
+    // promote: tags and default revision on the new istiod, the revision-less injector out.
+    export("promote").expect(0);
+    for cluster in ["cluster1", "cluster2"] {
+        let base = helm_release(&out, cluster, "istio-base").unwrap();
+        assert_eq!(chart_and_values(&base).1["defaultRevision"], NEW_REV);
+        let old = helm_release(&out, cluster, "istiod").unwrap();
+        assert_eq!(
+            chart_and_values(&old).1["global"]["operatorManageWebhooks"],
+            true,
+            "{old}"
+        );
+        let new = helm_release(&out, cluster, &format!("istiod-{NEW_REV}")).unwrap();
+        assert_eq!(
+            chart_and_values(&new).1["revisionTags"],
+            serde_json::json!(["default"])
+        );
+    }
+    env.meshup(&[
+        "upgrade",
+        "promote",
+        "--wait-only",
+        "--timeout",
+        "3s",
+        "-f",
+        &local,
+    ])
+    .expect(1);
+    env.meshup(&["upgrade", "promote", "-f", &local]).expect(0);
+    env.meshup(&["upgrade", "promote", "--wait-only", "-f", &local])
+        .expect(0);
+
+    // finish: only the new istiod; a second export writes the same, and so does a plain
+    // export once the mesh file names the new revision.
+    export("finish").expect(0);
+    for cluster in ["cluster1", "cluster2"] {
+        assert!(helm_release(&out, cluster, "istiod").is_none());
+        assert!(helm_release(&out, cluster, &format!("istiod-{NEW_REV}")).is_some());
+    }
+    env.meshup(&[
+        "upgrade",
+        "finish",
+        "--wait-only",
+        "--timeout",
+        "3s",
+        "-f",
+        &local,
+    ])
+    .expect(1);
+    env.meshup(&["upgrade", "finish", "-f", &local]).expect(0);
+    let run = env
+        .meshup(&["upgrade", "finish", "--wait-only", "-f", &local])
+        .expect(0);
+    assert!(run.stderr.contains("nothing to finish"), "{}", run.all());
+    let finished = std::fs::read_dir(out.join("cluster1/releases"))
+        .unwrap()
+        .count();
+    let first = read(&out);
+    export("finish").expect(0);
+    assert_eq!(read(&out), first, "a second export of finish differs");
+    let named = env.path("named.yaml");
+    std::fs::write(
+        &named,
+        std::fs::read_to_string(&fleet).unwrap().replacen(
+            "istio:\n",
+            &format!("istio:\n  revision: {NEW_REV}\n"),
+            1,
+        ),
+    )
+    .unwrap();
+    let plain = env.path("plain");
+    env.meshup(&[
+        "export",
+        "--format",
+        "flux",
+        "--out",
+        plain.to_str().unwrap(),
+        "-f",
+        named.to_str().unwrap(),
+    ])
+    .expect(0);
+    assert_eq!(
+        read(&plain),
+        first,
+        "a plain export differs from the finished upgrade"
+    );
+    assert_eq!(finished, 4, "sources, istio-base, istiod, kustomization");
+}
+
+/// Every file under `dir` with its text.
+fn read(dir: &Path) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(at) = stack.pop() {
+        for entry in std::fs::read_dir(&at).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.push((
+                    path.strip_prefix(dir).unwrap().display().to_string(),
+                    std::fs::read_to_string(&path).unwrap(),
+                ));
+            }
+        }
+    }
+    out.sort();
+    out
+}
