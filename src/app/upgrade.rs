@@ -94,10 +94,15 @@ fn wait_only(session: &Session, reporter: &Reporter, phase: &UpgradePhase) -> Re
         UpgradePhase::Rollback { .. } => Goal::RolledBack,
     };
     let command = format!("upgrade {} --wait-only", phase.name());
+    // What the engine changes is read fresh on every look: no snapshot.
+    let fresh = Run {
+        caches: None,
+        ..run.clone()
+    };
     finish(
         reporter,
         &command,
-        &exec::execute(&run, &canary.waiting(goal)),
+        &exec::execute(&fresh, &canary.waiting(goal)),
     )?;
     reporter
         .line(&next_step(phase, &canary).replace("`meshup upgrade ", "`meshup export --upgrade "));

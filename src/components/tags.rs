@@ -26,10 +26,10 @@ impl RevisionTags {
 
 impl Component for RevisionTags {
     fn handoff(&self) -> Vec<Handoff> {
-        // Steady state has no tag objects; during an upgrade the new istiod's release renders
-        // them (`revisionTags`), and `meshup export --upgrade promote` writes that.
+        // Through the engine (`meshup export --upgrade`) the istiod releases render them
+        // (`revisionTags`); `meshup upgrade` applies them itself.
         vec![Handoff::Kept {
-            what: "revision tags during an upgrade".into(),
+            what: "revision tags of an upgrade meshup runs (through the engine: the istiod releases render them, `meshup export --upgrade`)".into(),
             by: "meshup upgrade promote",
         }]
     }

@@ -177,19 +177,11 @@ fn an_upgrade_runs_through_exported_phases_and_wait_only_waits_for_each() {
             serde_json::json!(["default"])
         );
     }
-    env.meshup(&[
-        "upgrade",
-        "promote",
-        "--wait-only",
-        "--timeout",
-        "3s",
-        "-f",
-        &local,
-    ])
-    .expect(1);
+    // A wait that saw the clusters before the change passes once it happens.
+    let waiting = wait_in_background(&env, &["upgrade", "promote", "--wait-only", "-f", &local]);
     env.meshup(&["upgrade", "promote", "-f", &local]).expect(0);
-    env.meshup(&["upgrade", "promote", "--wait-only", "-f", &local])
-        .expect(0);
+    let waited = waiting.join().unwrap();
+    assert_eq!(waited.0, Some(0), "{}", waited.1);
 
     // finish: only the new istiod; a second export writes the same, and so does a plain
     // export once the mesh file names the new revision.
@@ -208,7 +200,10 @@ fn an_upgrade_runs_through_exported_phases_and_wait_only_waits_for_each() {
         &local,
     ])
     .expect(1);
+    let waiting = wait_in_background(&env, &["upgrade", "finish", "--wait-only", "-f", &local]);
     env.meshup(&["upgrade", "finish", "-f", &local]).expect(0);
+    let waited = waiting.join().unwrap();
+    assert_eq!(waited.0, Some(0), "{}", waited.1);
     let run = env
         .meshup(&["upgrade", "finish", "--wait-only", "-f", &local])
         .expect(0);
@@ -246,6 +241,37 @@ fn an_upgrade_runs_through_exported_phases_and_wait_only_waits_for_each() {
         "a plain export differs from the finished upgrade"
     );
     assert_eq!(finished, 4, "sources, istio-base, istiod, kustomization");
+}
+
+/// Starts meshup with `args` and returns once it printed what it waits for (it read the
+/// clusters and found the phase not reached); the thread ends with its exit code and stderr.
+fn wait_in_background(env: &Env, args: &[&str]) -> std::thread::JoinHandle<(Option<i32>, String)> {
+    use std::io::BufRead;
+    let mut child = env
+        .command(args)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "meshup ended before it waited: {seen}"
+        );
+        seen.push_str(&line);
+        // The first look's answer: each cluster and what it runs.
+        if line.starts_with("  cluster") {
+            break;
+        }
+    }
+    std::thread::spawn(move || {
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+        let status = child.wait().unwrap();
+        (status.code(), seen + &rest)
+    })
 }
 
 /// Every file under `dir` with its text.

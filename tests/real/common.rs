@@ -121,8 +121,11 @@ impl Real {
             .arg("--helm")
             .arg(self.tools.join("helm"))
             .arg("--kubectl")
-            .arg(self.tools.join("kubectl"))
-            .args(["--timeout", "120s"])
+            .arg(self.tools.join("kubectl"));
+        if !args.contains(&"--timeout") {
+            command.args(["--timeout", "120s"]);
+        }
+        command
             .current_dir(self.home.path())
             .stdin(Stdio::null())
             .env("HOME", self.home.path())

@@ -15,9 +15,9 @@ use serde_json::Value;
 use crate::common::*;
 
 /// Where the engines keep their objects (Flux's own convention).
-const FLUX_NS: &str = "flux-system";
+pub(crate) const FLUX_NS: &str = "flux-system";
 
-fn text(out: &Output) -> String {
+pub(crate) fn text(out: &Output) -> String {
     format!(
         "exit {:?}\nstdout:\n{}\nstderr:\n{}",
         out.status.code(),
@@ -27,13 +27,13 @@ fn text(out: &Output) -> String {
 }
 
 #[track_caller]
-fn apply(real: &Real, context: &str, yaml: &str) {
+pub(crate) fn apply(real: &Real, context: &str, yaml: &str) {
     let out = real.kubectl_stdin(context, &["apply", "--server-side", "-f", "-"], yaml);
     assert!(out.status.success(), "apply in {context}: {}", text(&out));
 }
 
 /// The `type` condition of `kind/name` in `context`: (status, reason, message), if it has one.
-fn condition(
+pub(crate) fn condition(
     real: &Real,
     context: &str,
     kind: &str,
@@ -58,7 +58,7 @@ fn condition(
 /// Waits until `kind/name` in `context` has Ready=`want`; on time-out, fails with its
 /// conditions and the tail of the controllers' logs.
 #[track_caller]
-fn wait_ready(
+pub(crate) fn wait_ready(
     real: &Real,
     engines: &Engines,
     context: &str,
@@ -88,7 +88,7 @@ fn wait_ready(
     }
 }
 
-fn state_str<'a>(engines: &'a Engines, pointer: &str) -> &'a str {
+pub(crate) fn state_str<'a>(engines: &'a Engines, pointer: &str) -> &'a str {
     engines
         .state
         .pointer(pointer)
@@ -231,7 +231,7 @@ spec:
 }
 
 /// Commits `files` (path, content) to the engines' Git repository, through its HTTP server.
-fn push(engines: &Engines, work: &Path, files: &[(String, String)]) -> String {
+pub(crate) fn push(engines: &Engines, work: &Path, files: &[(String, String)]) -> String {
     let url = state_str(engines, "/git/repository");
     let git = |args: &[&str]| {
         let out = Command::new("git")
@@ -270,7 +270,7 @@ fn push(engines: &Engines, work: &Path, files: &[(String, String)]) -> String {
 }
 
 /// A GitRepository `fleet` of the engines' Git server, branch main.
-fn git_repository(url: &str, interval: &str) -> String {
+pub(crate) fn git_repository(url: &str, interval: &str) -> String {
     format!(
         "
 apiVersion: source.toolkit.fluxcd.io/v1
@@ -460,7 +460,12 @@ spec:
 }
 
 /// Waits until every HelmRelease `names` in the hub is Ready; returns how long it took.
-fn wait_releases(real: &Real, engines: &Engines, names: &[String], timeout: Duration) -> Duration {
+pub(crate) fn wait_releases(
+    real: &Real,
+    engines: &Engines,
+    names: &[String],
+    timeout: Duration,
+) -> Duration {
     let started = Instant::now();
     for name in names {
         let left = timeout.saturating_sub(started.elapsed());
@@ -471,7 +476,7 @@ fn wait_releases(real: &Real, engines: &Engines, names: &[String], timeout: Dura
 }
 
 /// istiod's container env in `context`, as name=value pairs.
-fn istiod_env(real: &Real, context: &str) -> Vec<String> {
+pub(crate) fn istiod_env(real: &Real, context: &str) -> Vec<String> {
     let deployment = real.json(context, &["get", "deployment", "istiod", "-n", NS]);
     deployment["spec"]["template"]["spec"]["containers"][0]["env"]
         .as_array()
@@ -487,20 +492,12 @@ fn istiod_env(real: &Real, context: &str) -> Vec<String> {
         .collect()
 }
 
-/// The whole hand-off on the real engine: `meshup export --format flux --layout hub` pushed to
-/// Git and pointed at by one Kustomization in the hub; `meshup install --only trust --hub`
-/// puts trust in place and gives the hub its kubeconfig Secrets; the real helm-controller
-/// installs every release into both clusters; `meshup link` and `verify` pass with the real
-/// istiods; status names Flux and install refuses to take over; a hand edit of istiod is
-/// reverted by drift detection while istiod's own webhook patches stay; a second export with a
-/// new value reconciles.
-#[test]
-fn meshup_export_runs_on_flux_in_a_hub_and_meshup_links_and_verifies_it() {
-    let real = Real::up(2);
-    let engines = Engines::up(&real, "hub");
-    let repository = state_str(&engines, "/helm_repository").to_string();
-    let mesh = real.mesh_file("mesh.yaml", FROM, None, "");
-    let local = format!("charts: {}", real.charts(FROM).display());
+/// A mesh file `name` of the real clusters at `version`, whose charts come from the engines'
+/// chart repository (an engine cannot read a local chart directory).
+pub(crate) fn fleet_mesh_file(real: &Real, engines: &Engines, name: &str, version: &str) -> String {
+    let repository = state_str(engines, "/helm_repository").to_string();
+    let mesh = real.mesh_file(name, version, None, "");
+    let local = format!("charts: {}", real.charts(version).display());
     let text = std::fs::read_to_string(&mesh).unwrap();
     assert!(text.contains(&local), "{text}");
     std::fs::write(
@@ -508,36 +505,43 @@ fn meshup_export_runs_on_flux_in_a_hub_and_meshup_links_and_verifies_it() {
         text.replace(&local, &format!("charts: {repository}")),
     )
     .unwrap();
+    mesh
+}
 
-    let work = real.path("fleet");
+/// `meshup export --format flux --layout hub` of `mesh` into `work/meshup` (its path in the
+/// Git repository `./meshup`, reconciled every 20 s), with `extra` arguments.
+pub(crate) fn export_flux_hub(real: &Real, work: &Path, mesh: &str, extra: &[&str]) -> Run {
+    let started = Instant::now();
     let out = work.join("meshup");
-    let export = |mesh: &str| {
-        let started = Instant::now();
-        real.meshup(&[
-            "export",
-            "--format",
-            "flux",
-            "--layout",
-            "hub",
-            "--out",
-            out.to_str().unwrap(),
-            "--path",
-            "./meshup",
-            "--source",
-            "GitRepository/fleet",
-            "--interval",
-            "20s",
-            "-f",
-            mesh,
-        ])
-        .expect(0);
-        eprintln!("export in {:.1?}", started.elapsed());
-    };
-    export(&mesh);
-    let commit = push(&engines, &work, &[]);
-    let url = state_str(&engines, "/git/repository");
+    let mut args = vec![
+        "export",
+        "--format",
+        "flux",
+        "--layout",
+        "hub",
+        "--out",
+        out.to_str().unwrap(),
+        "--path",
+        "./meshup",
+        "--source",
+        "GitRepository/fleet",
+        "--interval",
+        "20s",
+        "-f",
+        mesh,
+    ];
+    args.extend_from_slice(extra);
+    let run = real.meshup(&args).expect(0);
+    eprintln!("export {} in {:.1?}", extra.join(" "), started.elapsed());
+    run
+}
+
+/// The hub's (real-1's) Flux pointed at the export's `hub/` folder in the engines' Git
+/// server: a GitRepository `fleet` and a Kustomization `meshup` (pruning).
+pub(crate) fn point_the_hub_at_the_export(real: &Real, engines: &Engines) {
+    let url = state_str(engines, "/git/repository");
     apply(
-        &real,
+        real,
         "real-1",
         &format!(
             r#"{}---
@@ -557,6 +561,25 @@ spec:
             git_repository(url, "10s")
         ),
     );
+}
+
+/// The whole hand-off on the real engine: `meshup export --format flux --layout hub` pushed to
+/// Git and pointed at by one Kustomization in the hub; `meshup install --only trust --hub`
+/// puts trust in place and gives the hub its kubeconfig Secrets; the real helm-controller
+/// installs every release into both clusters; `meshup link` and `verify` pass with the real
+/// istiods; status names Flux and install refuses to take over; a hand edit of istiod is
+/// reverted by drift detection while istiod's own webhook patches stay; a second export with a
+/// new value reconciles.
+#[test]
+fn meshup_export_runs_on_flux_in_a_hub_and_meshup_links_and_verifies_it() {
+    let real = Real::up(2);
+    let engines = Engines::up(&real, "hub");
+    let mesh = fleet_mesh_file(&real, &engines, "mesh.yaml", FROM);
+    let work = real.path("fleet");
+    let export = |mesh: &str| export_flux_hub(&real, &work, mesh, &[]);
+    export(&mesh);
+    let commit = push(&engines, &work, &[]);
+    point_the_hub_at_the_export(&real, &engines);
     let releases: Vec<String> = ["cluster1", "cluster2"]
         .iter()
         .flat_map(|c| [format!("{c}-istio-base"), format!("{c}-istiod")])
