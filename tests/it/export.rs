@@ -770,7 +770,7 @@ fn an_engine_run_istiod_is_named_by_status_and_not_taken_over_by_install() {
 }
 
 #[test]
-fn status_reads_an_argocd_run_mesh_without_helm_records() {
+fn meshup_reads_verifies_rotates_doctors_and_guards_an_argocd_run_mesh_without_helm_records() {
     let env = Env::new(TOOLS, 2);
     let mesh = env.mesh_file(&[], &[], "");
     let mesh = mesh.to_str().unwrap();
@@ -816,4 +816,59 @@ fn status_reads_an_argocd_run_mesh_without_helm_records() {
     );
     let run = env.meshup(&["install", "-f", mesh]).expect(2);
     assert!(run.stderr.contains("managed by Argo CD"), "{}", run.stderr);
+
+    // meshup's own part works beside Argo CD, with versions read from the Deployments.
+    env.meshup(&["verify", "--wait", "30s", "-f", mesh])
+        .expect(0);
+    let rotated = env.meshup(&["link", "--rotate", "-f", mesh]).expect(0);
+    assert!(rotated.stderr.contains("rotat"), "{}", rotated.all());
+    env.meshup(&["verify", "--wait", "30s", "-f", mesh])
+        .expect(0);
+    let doctor = env.meshup(&["doctor", "-f", mesh]).expect(0);
+    assert!(!doctor.all().contains("helm"), "{}", doctor.all());
+    let refused = env.meshup(&["upgrade", "promote", "-f", mesh]).expect(2);
+    assert!(
+        refused.stderr.contains(&format!("default ({ISTIO_FROM})")),
+        "{}",
+        refused.all()
+    );
+    // Two minor versions ahead, through the engine: the export reads the Deployments' version.
+    let skipping = env.path("skipping.yaml");
+    std::fs::write(
+        &skipping,
+        std::fs::read_to_string(mesh).unwrap().replace(
+            &format!(
+                "  version: {ISTIO_FROM}\n  charts: {}\n",
+                istio_charts(ISTIO_FROM).display()
+            ),
+            "  version: 1.32.0\n  charts: https://charts.example.com/istio\n",
+        ),
+    )
+    .unwrap();
+    let out = env.path("argocd");
+    let refused = env
+        .meshup(&[
+            "export",
+            "--format",
+            "argocd",
+            "--repo-url",
+            "https://git.example.com/mesh.git",
+            "--upgrade",
+            "start",
+            "--out",
+            out.to_str().unwrap(),
+            "-f",
+            skipping.to_str().unwrap(),
+        ])
+        .expect(2);
+    assert!(
+        refused.stderr.contains(&format!("runs Istio {ISTIO_FROM}"))
+            && refused.stderr.contains("more than one minor version apart"),
+        "{}",
+        refused.all()
+    );
+    assert!(!out.exists(), "a refused export wrote files");
+    for cluster in &env.clusters {
+        assert!(helm_records(cluster).is_empty(), "a refused upgrade wrote");
+    }
 }
