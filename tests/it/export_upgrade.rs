@@ -129,6 +129,35 @@ fn an_upgrade_runs_through_exported_phases_and_wait_only_waits_for_each() {
         assert_eq!(new["spec"]["dependsOn"][0]["name"], "istiod");
     }
     assert_eq!(records(&env), before, "the export changed a cluster");
+    // Argo CD: the same releases, the new istiod one wave after the old.
+    let argocd = env.path("argocd");
+    env.meshup(&[
+        "export",
+        "--format",
+        "argocd",
+        "--repo-url",
+        "https://git.example.com/mesh.git",
+        "--upgrade",
+        "start",
+        "--out",
+        argocd.to_str().unwrap(),
+        "-f",
+        &fleet,
+    ])
+    .expect(0);
+    let wave = |name: &str| -> Value {
+        let path = argocd.join("cluster1/apps").join(format!("{name}.yaml"));
+        let app: Value = serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        app["metadata"]["annotations"]["argocd.argoproj.io/sync-wave"].clone()
+    };
+    assert_eq!(
+        (
+            wave("istio-base"),
+            wave("istiod"),
+            wave(&format!("istiod-{NEW_REV}"))
+        ),
+        (Value::from("0"), Value::from("1"), Value::from("2"))
+    );
 
     // --wait-only waits for the engine and changes nothing: with nothing applied it gives up.
     let run = env
