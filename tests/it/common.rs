@@ -2,7 +2,7 @@
 //! naming them, one set of the real helm and kubectl, the built meshup, and ways to read what
 //! happened (the clusters' objects and request logs, meshup's verbose command lines).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
@@ -515,4 +515,44 @@ impl ChartRepo {
     pub fn take(&self) -> Vec<String> {
         std::mem::take(&mut *self.log.lock().unwrap())
     }
+}
+
+/// The mesh file `mesh` (as `Env::mesh_file` writes it, at [`ISTIO_FROM`]) moved to `version`
+/// of the charts at `charts` (a directory or a repository URL), written as `name`.
+pub fn mesh_moved(
+    env: &Env,
+    mesh: &Path,
+    version: &str,
+    charts: &dyn std::fmt::Display,
+    name: &str,
+) -> String {
+    let text = std::fs::read_to_string(mesh).unwrap().replace(
+        &format!(
+            "  version: {ISTIO_FROM}\n  charts: {}\n",
+            istio_charts(ISTIO_FROM).display()
+        ),
+        &format!("  version: {version}\n  charts: {charts}\n"),
+    );
+    assert!(text.contains(version), "{text}");
+    let path = env.path(name);
+    std::fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+/// Every file under `dir`, by relative path.
+pub fn read_tree(dir: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(at) = stack.pop() {
+        for entry in std::fs::read_dir(&at).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let relative = path.strip_prefix(dir).unwrap().display().to_string();
+                out.insert(relative, std::fs::read_to_string(&path).unwrap());
+            }
+        }
+    }
+    out
 }

@@ -2,7 +2,6 @@
 //! same bytes twice, no cluster contacted, exactly the values `render` writes, the order and
 //! the ignored fields each engine needs, and no secret material in any file.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::common::*;
@@ -48,24 +47,6 @@ fn without_tools(env: &Env, args: &[&str]) -> Run {
     let mut command = env.command(args);
     command.env("PATH", "/nonexistent");
     Run::from(command.output().unwrap())
-}
-
-/// Every file under `dir`, by relative path.
-fn read_tree(dir: &Path) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(at) = stack.pop() {
-        for entry in std::fs::read_dir(&at).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                let relative = path.strip_prefix(dir).unwrap().display().to_string();
-                out.insert(relative, std::fs::read_to_string(&path).unwrap());
-            }
-        }
-    }
-    out
 }
 
 fn docs(text: &str) -> Vec<Value> {
@@ -833,18 +814,13 @@ fn meshup_reads_verifies_rotates_doctors_and_guards_an_argocd_run_mesh_without_h
         refused.all()
     );
     // Two minor versions ahead, through the engine: the export reads the Deployments' version.
-    let skipping = env.path("skipping.yaml");
-    std::fs::write(
-        &skipping,
-        std::fs::read_to_string(mesh).unwrap().replace(
-            &format!(
-                "  version: {ISTIO_FROM}\n  charts: {}\n",
-                istio_charts(ISTIO_FROM).display()
-            ),
-            "  version: 1.32.0\n  charts: https://charts.example.com/istio\n",
-        ),
-    )
-    .unwrap();
+    let skipping = mesh_moved(
+        &env,
+        Path::new(mesh),
+        "1.32.0",
+        &"https://charts.example.com/istio",
+        "skipping.yaml",
+    );
     let out = env.path("argocd");
     let refused = env
         .meshup(&[
@@ -858,7 +834,7 @@ fn meshup_reads_verifies_rotates_doctors_and_guards_an_argocd_run_mesh_without_h
             "--out",
             out.to_str().unwrap(),
             "-f",
-            skipping.to_str().unwrap(),
+            &skipping,
         ])
         .expect(2);
     assert!(

@@ -42,19 +42,8 @@ fn an_upgrade_runs_through_exported_phases_and_wait_only_waits_for_each() {
     let installed = env.mesh_file(&[], &[], "");
     env.meshup(&["install", "-f", installed.to_str().unwrap()])
         .expect(0);
-    let text = std::fs::read_to_string(&installed).unwrap();
     let at = |version: &str, charts: &str, name: &str| {
-        let moved = text.replace(
-            &format!(
-                "  version: {ISTIO_FROM}\n  charts: {}\n",
-                istio_charts(ISTIO_FROM).display()
-            ),
-            &format!("  version: {version}\n  charts: {charts}\n"),
-        );
-        assert!(moved.contains(version), "{moved}");
-        let path = env.path(name);
-        std::fs::write(&path, moved).unwrap();
-        path.to_str().unwrap().to_string()
+        mesh_moved(&env, &installed, version, &charts, name)
     };
     // The engine's mesh file names a chart repository; meshup's stand-in installs local charts.
     let fleet = at(ISTIO_TO, "https://charts.example.com/istio", "fleet.yaml");
@@ -240,9 +229,9 @@ fn an_upgrade_runs_through_exported_phases_and_wait_only_waits_for_each() {
     let finished = std::fs::read_dir(out.join("cluster1/releases"))
         .unwrap()
         .count();
-    let first = read(&out);
+    let first = read_tree(&out);
     export("finish").expect(0);
-    assert_eq!(read(&out), first, "a second export of finish differs");
+    assert_eq!(read_tree(&out), first, "a second export of finish differs");
     let named = env.path("named.yaml");
     std::fs::write(
         &named,
@@ -265,7 +254,7 @@ fn an_upgrade_runs_through_exported_phases_and_wait_only_waits_for_each() {
     ])
     .expect(0);
     assert_eq!(
-        read(&plain),
+        read_tree(&plain),
         first,
         "a plain export differs from the finished upgrade"
     );
@@ -301,25 +290,4 @@ fn wait_in_background(env: &Env, args: &[&str]) -> std::thread::JoinHandle<(Opti
         let status = child.wait().unwrap();
         (status.code(), seen + &rest)
     })
-}
-
-/// Every file under `dir` with its text.
-fn read(dir: &Path) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(at) = stack.pop() {
-        for entry in std::fs::read_dir(&at).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                out.push((
-                    path.strip_prefix(dir).unwrap().display().to_string(),
-                    std::fs::read_to_string(&path).unwrap(),
-                ));
-            }
-        }
-    }
-    out.sort();
-    out
 }

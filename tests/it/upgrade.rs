@@ -16,17 +16,13 @@ const TRAFFIC_NS: &str = "meshup-verify";
 
 /// The mesh file of `env` moved to the charts in `charts`, of `version`.
 fn mesh_at(env: &Env, mesh: &std::path::Path, charts: &std::path::Path, version: &str) -> String {
-    let text = std::fs::read_to_string(mesh).unwrap().replace(
-        &format!(
-            "  version: {ISTIO_FROM}\n  charts: {}\n",
-            istio_charts(ISTIO_FROM).display()
-        ),
-        &format!("  version: {version}\n  charts: {}\n", charts.display()),
-    );
-    assert!(text.contains(version), "{text}");
-    let path = env.path(&format!("mesh-{version}.yaml"));
-    std::fs::write(&path, text).unwrap();
-    path.to_str().unwrap().to_string()
+    mesh_moved(
+        env,
+        mesh,
+        version,
+        &charts.display(),
+        &format!("mesh-{version}.yaml"),
+    )
 }
 
 /// The istiod revisions running in `cluster` (their Deployments' `istio.io/rev`).
