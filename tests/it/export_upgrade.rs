@@ -201,6 +201,21 @@ fn an_upgrade_runs_through_exported_phases_and_wait_only_waits_for_each() {
     let waited = waiting.join().unwrap();
     assert_eq!(waited.0, Some(0), "{}", waited.1);
 
+    // rollback (instead of finish): the old istiod with its injector, no new one.
+    export("rollback").expect(0);
+    for cluster in ["cluster1", "cluster2"] {
+        let base = helm_release(&out, cluster, "istio-base").unwrap();
+        assert!(chart_and_values(&base).1.get("defaultRevision").is_none());
+        let old = helm_release(&out, cluster, "istiod").unwrap();
+        assert_eq!(chart_and_values(&old).0, ISTIO_FROM);
+        assert!(
+            chart_and_values(&old).1["global"]
+                .get("operatorManageWebhooks")
+                .is_none()
+        );
+        assert!(helm_release(&out, cluster, &format!("istiod-{NEW_REV}")).is_none());
+    }
+
     // finish: only the new istiod; a second export writes the same, and so does a plain
     // export once the mesh file names the new revision.
     export("finish").expect(0);
