@@ -38,6 +38,18 @@ pub enum Stand {
     New,
 }
 
+impl Stand {
+    /// What a cluster at this stand runs, for the export's README.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Stand::Old => "the old revision only",
+            Stand::Started => "both revisions, `default` on the old one",
+            Stand::Promoted => "both revisions, `default` and the tags on the new one",
+            Stand::New => "the new revision only",
+        }
+    }
+}
+
 /// The upgrade's two ends and each cluster's stand.
 #[derive(Debug, Clone)]
 pub struct Upgrade {

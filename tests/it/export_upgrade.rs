@@ -268,9 +268,22 @@ fn an_upgrade_runs_through_exported_phases_and_wait_only_waits_for_each() {
         named.to_str().unwrap(),
     ])
     .expect(0);
+    // The same files but the README, which says where the upgrade stands.
+    let mut plain = read_tree(&plain);
+    let mut upgraded = first.clone();
+    let readme = upgraded.remove("README.md").unwrap();
+    assert!(
+        readme.contains("| cluster1 | the new revision only |"),
+        "{readme}"
+    );
+    assert!(
+        !plain
+            .remove("README.md")
+            .unwrap()
+            .contains("Upgrade under way")
+    );
     assert_eq!(
-        read_tree(&plain),
-        first,
+        plain, upgraded,
         "a plain export differs from the finished upgrade"
     );
     assert_eq!(finished, 4, "sources, istio-base, istiod, kustomization");
