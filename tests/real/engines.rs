@@ -15,9 +15,9 @@ use serde_json::Value;
 use crate::common::*;
 
 /// Where the engines keep their objects (Flux's own convention).
-const FLUX_NS: &str = "flux-system";
+pub(crate) const FLUX_NS: &str = "flux-system";
 
-fn text(out: &Output) -> String {
+pub(crate) fn text(out: &Output) -> String {
     format!(
         "exit {:?}\nstdout:\n{}\nstderr:\n{}",
         out.status.code(),
@@ -27,13 +27,13 @@ fn text(out: &Output) -> String {
 }
 
 #[track_caller]
-fn apply(real: &Real, context: &str, yaml: &str) {
+pub(crate) fn apply(real: &Real, context: &str, yaml: &str) {
     let out = real.kubectl_stdin(context, &["apply", "--server-side", "-f", "-"], yaml);
     assert!(out.status.success(), "apply in {context}: {}", text(&out));
 }
 
 /// The `type` condition of `kind/name` in `context`: (status, reason, message), if it has one.
-fn condition(
+pub(crate) fn condition(
     real: &Real,
     context: &str,
     kind: &str,
@@ -58,7 +58,7 @@ fn condition(
 /// Waits until `kind/name` in `context` has Ready=`want`; on time-out, fails with its
 /// conditions and the tail of the controllers' logs.
 #[track_caller]
-fn wait_ready(
+pub(crate) fn wait_ready(
     real: &Real,
     engines: &Engines,
     context: &str,
@@ -88,7 +88,7 @@ fn wait_ready(
     }
 }
 
-fn state_str<'a>(engines: &'a Engines, pointer: &str) -> &'a str {
+pub(crate) fn state_str<'a>(engines: &'a Engines, pointer: &str) -> &'a str {
     engines
         .state
         .pointer(pointer)
@@ -231,7 +231,7 @@ spec:
 }
 
 /// Commits `files` (path, content) to the engines' Git repository, through its HTTP server.
-fn push(engines: &Engines, work: &Path, files: &[(String, String)]) -> String {
+pub(crate) fn push(engines: &Engines, work: &Path, files: &[(String, String)]) -> String {
     let url = state_str(engines, "/git/repository");
     let git = |args: &[&str]| {
         let out = Command::new("git")
@@ -270,7 +270,7 @@ fn push(engines: &Engines, work: &Path, files: &[(String, String)]) -> String {
 }
 
 /// A GitRepository `fleet` of the engines' Git server, branch main.
-fn git_repository(url: &str, interval: &str) -> String {
+pub(crate) fn git_repository(url: &str, interval: &str) -> String {
     format!(
         "
 apiVersion: source.toolkit.fluxcd.io/v1

@@ -9,6 +9,7 @@
 
 mod common;
 mod engines;
+mod fleet;
 mod probes;
 
 use std::collections::BTreeSet;
