@@ -36,12 +36,11 @@ pub fn east_west_gateway(mesh: &Mesh, cluster: &Cluster) -> Mapping {
     set(&mut values, &["name"], EAST_WEST_GATEWAY);
     set(&mut values, &["labels", "istio"], "eastwestgateway");
     set(&mut values, &["labels", "app"], EAST_WEST_GATEWAY);
+    // `networkGateway` alone labels the Service and the pods `topology.istio.io/network`:
+    // the same label in `labels` too renders it twice in one mapping, which helm lets pass
+    // but a strict YAML parser refuses (Flux's post-renderer: "mapping key ... already
+    // defined"), so the exported release could never install.
     if let Some(network) = &cluster.network {
-        set(
-            &mut values,
-            &["labels", "topology.istio.io/network"],
-            network,
-        );
         set(&mut values, &["networkGateway"], network);
     }
     if let Some(revision) = &mesh.revision {
@@ -365,5 +364,17 @@ mod tests {
         assert!(same_as_deployed(&wanted, &deployed));
         let other = serde_json::json!({"pilot": {"traceSampling": 1.5, "replicas": 2}});
         assert!(!same_as_deployed(&wanted, &other));
+    }
+
+    #[test]
+    fn the_east_west_gateway_is_labelled_with_its_network_once() {
+        let m = mesh();
+        let values = east_west_gateway(&m, &m.clusters[1]);
+        assert_eq!(values["networkGateway"], "network2");
+        assert_eq!(
+            values["labels"].as_mapping().unwrap().len(),
+            2,
+            "only `app` and `istio`: {values:?}"
+        );
     }
 }

@@ -9,6 +9,7 @@
 
 mod common;
 mod engines;
+mod fleet;
 mod fleet_upgrade;
 mod probes;
 
