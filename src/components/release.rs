@@ -11,6 +11,7 @@ use crate::observe::drift::{self, ObjectDiff};
 use crate::observe::facts::{ClusterStatus, Readiness, ReleaseStatus, column};
 use crate::observe::finding::Finding;
 use crate::observe::manager::Manager;
+use crate::observe::revisions;
 use crate::observe::sync;
 use crate::tools::helm::{self, Install, Values};
 use crate::tools::kubectl;
@@ -397,6 +398,24 @@ impl Release {
             }
         })
     }
+
+    /// This istiod release is the old revision of an upgrade under way: it runs its own chart
+    /// version until `meshup upgrade finish` removes it.
+    fn left_by_an_upgrade(&self, cx: &ClusterCtx) -> bool {
+        if self.istiod.is_none() {
+            return false;
+        }
+        let revision = match self.name.strip_prefix("istiod-") {
+            Some(rev) => rev,
+            None if self.name == "istiod" => revisions::DEFAULT_TAG,
+            None => return false,
+        };
+        matches!(
+            revisions::installed(&cx.live, &self.namespace).map(|i| i.phase()),
+            Ok(revisions::Phase::Started { old, .. } | revisions::Phase::Promoted { old, .. })
+                if old.name == revision
+        )
+    }
 }
 
 impl Component for Release {
@@ -511,15 +530,19 @@ impl Component for Release {
                         what,
                         format!("helm release `{name}` is `{}`, not deployed", r.status),
                     )),
-                    Some(r) if !self.chart.is_listed_as(&r.chart) => status.problem(Finding::fail(
-                        cluster,
-                        what,
-                        format!(
-                            "helm release `{name}` runs chart {}, not version {}",
-                            r.chart,
-                            self.chart.version.as_deref().unwrap_or_default()
-                        ),
-                    )),
+                    Some(r)
+                        if !self.chart.is_listed_as(&r.chart) && !self.left_by_an_upgrade(cx) =>
+                    {
+                        status.problem(Finding::fail(
+                            cluster,
+                            what,
+                            format!(
+                                "helm release `{name}` runs chart {}, not version {}",
+                                r.chart,
+                                self.chart.version.as_deref().unwrap_or_default()
+                            ),
+                        ))
+                    }
                     Some(_) => {}
                 }
                 let release = ReleaseStatus {

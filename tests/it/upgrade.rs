@@ -86,6 +86,13 @@ fn start_promote_finish(tools: &str) {
 
     let run = env.meshup(&["upgrade", "start", "-f", &new]).expect(0);
     assert!(run.stderr.contains("upgrade promote"), "{}", run.all());
+    // The old istiod keeps its chart until finish: no problem for status.
+    let status = env.meshup(&["status", "-f", &new]).expect(0);
+    assert!(
+        status.stdout.contains(&format!("{NEW_REV} beside default")),
+        "{}",
+        status.all()
+    );
     for cluster in &env.clusters {
         assert_eq!(
             istiod_revisions(cluster),
