@@ -40,6 +40,15 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 nextest=0
 cargo nextest --version >/dev/null 2>&1 && nextest=1
 
+# The test binaries first, timed on their own (a cold build on a fresh clone), then the tier.
+start=${SECONDS}
+if ((nextest)); then
+  cargo nextest run --workspace --locked --no-run
+else
+  cargo test --workspace --locked --no-run
+fi
+echo "test build: $((SECONDS - start))s"
+
 start=${SECONDS}
 if ((nextest)); then
   cargo nextest run --workspace --locked --no-fail-fast "$@"

@@ -14,27 +14,21 @@ use serde_json::Value;
 
 pub const NS: &str = "istio-system";
 
-/// Runs each scenario `fn(tools: &str)` once with Helm 4 (module `helm4`) and once with Helm 3
-/// (module `helm3`).
-macro_rules! with_both_helms {
-    ($($scenario:ident),* $(,)?) => {
-        mod helm4 {
-            $(#[test] fn $scenario() { super::$scenario("helm4") })*
-        }
-        mod helm3 {
-            $(#[test] fn $scenario() { super::$scenario("helm3") })*
-        }
-    };
-}
-/// Scenarios whose subject does not depend on helm's major version (the install mechanics
-/// that do are covered with both by e2e, crash, diff and cli): each runs once, the list split
-/// between the two helms so that both still drive every module.
+/// Runs scenarios `fn(tools: &str)` with Helm 4 (module `helm4`) or Helm 3 (module `helm3`):
+/// `both` with each (what helm's major changes: install, uninstall, kills, diff's managed
+/// fields), the others once, the list split between the two so that both still drive every
+/// module.
 macro_rules! split_helms {
     (helm4: [$($a:ident),* $(,)?], helm3: [$($b:ident),* $(,)?] $(,)?) => {
+        split_helms!(both: [], helm4: [$($a),*], helm3: [$($b),*]);
+    };
+    (both: [$($c:ident),* $(,)?], helm4: [$($a:ident),* $(,)?], helm3: [$($b:ident),* $(,)?] $(,)?) => {
         mod helm4 {
+            $(#[test] fn $c() { super::$c("helm4") })*
             $(#[test] fn $a() { super::$a("helm4") })*
         }
         mod helm3 {
+            $(#[test] fn $c() { super::$c("helm3") })*
             $(#[test] fn $b() { super::$b("helm3") })*
         }
     };

@@ -142,7 +142,7 @@ fn nothing_written(env: &Env, marks: &[usize]) {
 /// promote → finish leaves one istiod of the new version.
 #[test]
 fn an_ambient_mesh_of_distroless_images_upgrades_and_rolls_back() {
-    let env = Env::new("helm4", 2);
+    let env = Env::new("helm4", 1);
     let old = mesh_file(
         &env,
         "old.yaml",
