@@ -508,17 +508,16 @@ pub(crate) fn fleet_mesh_file(real: &Real, engines: &Engines, name: &str, versio
     mesh
 }
 
-/// `meshup export --format flux --layout hub` of `mesh` into `work/meshup` (its path in the
-/// Git repository `./meshup`, reconciled every 20 s), with `extra` arguments.
-pub(crate) fn export_flux_hub(real: &Real, work: &Path, mesh: &str, extra: &[&str]) -> Run {
+/// `meshup export --format flux` of `mesh` into `work/meshup` (its path in the Git repository
+/// `./meshup`, its Kustomizations reading `GitRepository/fleet`, reconciled every 20 s), with
+/// `extra` arguments (`--layout hub`, `--upgrade PHASE`).
+pub(crate) fn export_flux(real: &Real, work: &Path, mesh: &str, extra: &[&str]) -> Run {
     let started = Instant::now();
     let out = work.join("meshup");
     let mut args = vec![
         "export",
         "--format",
         "flux",
-        "--layout",
-        "hub",
         "--out",
         out.to_str().unwrap(),
         "--path",
@@ -536,13 +535,13 @@ pub(crate) fn export_flux_hub(real: &Real, work: &Path, mesh: &str, extra: &[&st
     run
 }
 
-/// The hub's (real-1's) Flux pointed at the export's `hub/` folder in the engines' Git
-/// server: a GitRepository `fleet` and a Kustomization `meshup` (pruning).
-pub(crate) fn point_the_hub_at_the_export(real: &Real, engines: &Engines) {
+/// Flux in `context` pointed at the export's `folder` (`hub`, or a cluster's) in the engines'
+/// Git server: a GitRepository `fleet` and a Kustomization `meshup` (pruning).
+pub(crate) fn point_flux_at(real: &Real, engines: &Engines, context: &str, folder: &str) {
     let url = state_str(engines, "/git/repository");
     apply(
         real,
-        "real-1",
+        context,
         &format!(
             r#"{}---
 apiVersion: kustomize.toolkit.fluxcd.io/v1
@@ -554,7 +553,7 @@ spec:
   sourceRef:
     kind: GitRepository
     name: fleet
-  path: ./meshup/hub
+  path: ./meshup/{folder}
   prune: true
   interval: 20s
 "#,
@@ -576,10 +575,10 @@ fn meshup_export_runs_on_flux_in_a_hub_and_meshup_links_and_verifies_it() {
     let engines = Engines::up(&real, "hub");
     let mesh = fleet_mesh_file(&real, &engines, "mesh.yaml", FROM);
     let work = real.path("fleet");
-    let export = |mesh: &str| export_flux_hub(&real, &work, mesh, &[]);
+    let export = |mesh: &str| export_flux(&real, &work, mesh, &["--layout", "hub"]);
     export(&mesh);
     let commit = push(&engines, &work, &[]);
-    point_the_hub_at_the_export(&real, &engines);
+    point_flux_at(&real, &engines, "real-1", "hub");
     let releases: Vec<String> = ["cluster1", "cluster2"]
         .iter()
         .flat_map(|c| [format!("{c}-istio-base"), format!("{c}-istiod")])

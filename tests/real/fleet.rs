@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use crate::common::*;
 use crate::engines::{
-    FLUX_NS, apply, condition, git_repository, push, state_str, text, wait_ready,
+    FLUX_NS, apply, condition, export_flux, point_flux_at, push, state_str, text, wait_ready,
 };
 
 /// Argo CD's namespace, as `scripts/engines.sh up` creates it and the export names it.
@@ -308,22 +308,7 @@ fn meshups_flux_export_in_every_cluster_runs_and_meshup_links_verifies_rotates_a
 
     let work = real.path("fleet");
     let out = work.join("meshup");
-    real.meshup(&[
-        "export",
-        "--format",
-        "flux",
-        "--out",
-        out.to_str().unwrap(),
-        "--path",
-        "./meshup",
-        "--source",
-        "GitRepository/fleet",
-        "--interval",
-        "20s",
-        "-f",
-        &mesh,
-    ])
-    .expect(0);
+    export_flux(&real, &work, &mesh, &[]);
     // What each cluster's folder makes: the two Kustomizations, reading the named source.
     for i in 1..=2 {
         let flux = documents(&out.join(format!("cluster{i}")));
@@ -350,28 +335,7 @@ fn meshups_flux_export_in_every_cluster_runs_and_meshup_links_verifies_rotates_a
     }
     let commit = push(&engines, &work, &[]);
     for (i, context) in contexts.iter().enumerate() {
-        apply(
-            &real,
-            context,
-            &format!(
-                r#"{}---
-apiVersion: kustomize.toolkit.fluxcd.io/v1
-kind: Kustomization
-metadata:
-  name: meshup
-  namespace: {FLUX_NS}
-spec:
-  sourceRef:
-    kind: GitRepository
-    name: fleet
-  path: ./meshup/cluster{}
-  prune: true
-  interval: 20s
-"#,
-                git_repository(&url, "10s"),
-                i + 1
-            ),
-        );
+        point_flux_at(&real, &engines, context, &format!("cluster{}", i + 1));
     }
     let started = Instant::now();
     for (i, context) in contexts.iter().enumerate() {

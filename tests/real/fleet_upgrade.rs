@@ -8,9 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::common::*;
-use crate::engines::{
-    FLUX_NS, export_flux_hub, fleet_mesh_file, point_the_hub_at_the_export, push, wait_releases,
-};
+use crate::engines::{FLUX_NS, export_flux, fleet_mesh_file, point_flux_at, push, wait_releases};
 
 /// The istiod Deployments of `context`: (name, the version its image runs).
 fn istiods(real: &Real, context: &str) -> Vec<(String, String)> {
@@ -61,7 +59,7 @@ fn hub_releases(real: &Real) -> Vec<String> {
 
 /// One phase through the engine: export, commit, `--wait-only`; returns how long the wait took.
 fn phase(real: &Real, engines: &Engines, work: &Path, mesh: &str, name: &str) -> Duration {
-    export_flux_hub(real, work, mesh, &["--upgrade", name]);
+    export_flux(real, work, mesh, &["--layout", "hub", "--upgrade", name]);
     push(engines, work, &[]);
     let started = Instant::now();
     let run = real
@@ -87,9 +85,9 @@ fn a_canary_upgrade_through_exported_phases_on_flux_ends_with_one_new_istiod() {
     let engines = Engines::up(&real, "hub");
     let from = fleet_mesh_file(&real, &engines, "from.yaml", FROM);
     let work = real.path("fleet");
-    export_flux_hub(&real, &work, &from, &[]);
+    export_flux(&real, &work, &from, &["--layout", "hub"]);
     push(&engines, &work, &[]);
-    point_the_hub_at_the_export(&real, &engines);
+    point_flux_at(&real, &engines, "real-1", "hub");
     real.meshup(&["install", "--only", "trust", "--hub", "real-1", "-f", &from])
         .expect(0);
     let installed: Vec<String> = ["cluster1", "cluster2"]
