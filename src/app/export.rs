@@ -52,14 +52,7 @@ pub(super) fn export(
         }
     };
     warn_about_mesh(reporter, &mesh);
-    let mut export = fleet::export(&mesh, &options, upgrade.as_ref())?;
-    if let (Some(phase), Some(upgrade)) = (args.upgrade, &upgrade) {
-        let readme = export
-            .files
-            .get_mut(Path::new("README.md"))
-            .expect("every export has a README");
-        *readme = with_upgrade(readme, phase.phase(&[]).name(), upgrade);
-    }
+    let export = fleet::export(&mesh, &options, upgrade.as_ref())?;
     if args.list {
         return print_stdout(&fleet::render_rows(&export.rows));
     }
@@ -71,12 +64,12 @@ pub(super) fn export(
         }
         files::write(&path, text.as_bytes(), 0o644, Existing::Replace)?;
     }
-    let next = match args.upgrade {
+    let next = match &upgrade {
         None => "`meshup install --only trust`, commit, then `meshup link`".to_string(),
-        Some(phase) => {
-            let name = phase.phase(&[]).name();
-            let after = match phase {
-                ExportPhase::Finish => format!(
+        Some(upgrade) => {
+            let name = upgrade.phase;
+            let after = match args.upgrade {
+                Some(ExportPhase::Finish) => format!(
                     "; then set `istio.revision: {}` in the mesh file, so that a plain export writes the same releases",
                     mesh.revision.as_deref().unwrap_or_default()
                 ),
@@ -92,21 +85,6 @@ pub(super) fn export(
         args.out.display()
     ));
     Ok(())
-}
-
-/// The export's README with where each cluster's upgrade stands once the engine applied it.
-fn with_upgrade(readme: &str, phase: &str, upgrade: &fleet::upgrade::Upgrade) -> String {
-    let mut text = format!(
-        "## Upgrade under way\n\nThis is `meshup export --upgrade {phase}` of the upgrade to `{}`: commit it, then `meshup upgrade {phase} --wait-only`.\n\n| cluster | runs once applied |\n| --- | --- |\n",
-        upgrade.to.revision.as_deref().unwrap_or("default"),
-    );
-    for (cluster, stand) in &upgrade.stands {
-        text.push_str(&format!("| {cluster} | {} |\n", stand.describe()));
-    }
-    match readme.split_once("## Hand-off order") {
-        Some((head, tail)) => format!("{head}{text}\n## Hand-off order{tail}"),
-        None => format!("{readme}\n{text}"),
-    }
 }
 
 /// Files an earlier export wrote that this one does not (a cluster or part gone), so that the

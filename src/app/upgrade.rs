@@ -6,11 +6,11 @@ use std::collections::BTreeMap;
 
 use super::prelude::*;
 use super::session::*;
-use crate::fleet::{self, upgrade::Stand};
-use crate::flows::upgrade::{self, Canary, Goal};
+use crate::fleet;
+use crate::flows::upgrade::{self, Canary};
 use crate::model::cli::{UpgradeArgs, UpgradePhase};
 use crate::model::version::IstioVersion;
-use crate::observe::revisions::{self, Installed, Phase, Revision};
+use crate::observe::revisions::{self, Installed, Phase, Revision, Stand};
 
 pub(super) fn upgrade(
     global: &GlobalArgs,
@@ -87,12 +87,6 @@ fn wait_only(session: &Session, reporter: &Reporter, phase: &UpgradePhase) -> Re
         reporter.line(&nothing_left(phase, &canary));
         return Ok(());
     }
-    let goal = match phase {
-        UpgradePhase::Start { .. } => Goal::Started,
-        UpgradePhase::Promote { .. } => Goal::Promoted,
-        UpgradePhase::Finish { .. } => Goal::Finished,
-        UpgradePhase::Rollback { .. } => Goal::RolledBack,
-    };
     let command = format!("upgrade {} --wait-only", phase.name());
     // What the engine changes is read fresh on every look: no snapshot.
     let fresh = Run {
@@ -102,11 +96,21 @@ fn wait_only(session: &Session, reporter: &Reporter, phase: &UpgradePhase) -> Re
     finish(
         reporter,
         &command,
-        &exec::execute(&fresh, &canary.waiting(goal)),
+        &exec::execute(&fresh, &canary.waiting(stand_after(phase))),
     )?;
     reporter
         .line(&next_step(phase, &canary).replace("`meshup upgrade ", "`meshup export --upgrade "));
     Ok(())
+}
+
+/// Where `phase` leaves the clusters it changes.
+fn stand_after(phase: &UpgradePhase) -> Stand {
+    match phase {
+        UpgradePhase::Start { .. } => Stand::Started,
+        UpgradePhase::Promote { .. } => Stand::Promoted,
+        UpgradePhase::Finish { .. } => Stand::New,
+        UpgradePhase::Rollback { .. } => Stand::Old,
+    }
 }
 
 /// `meshup export --upgrade PHASE`: the phase's guards on what the clusters run (read-only),
@@ -123,12 +127,7 @@ pub(super) fn for_export(
     let installed = observe(&run)?;
     let canary = decide(run.mesh, &installed, phase)?;
     let todo: Vec<&String> = canary.waves.iter().flatten().collect();
-    let after = match phase {
-        UpgradePhase::Start { .. } => Stand::Started,
-        UpgradePhase::Promote { .. } => Stand::Promoted,
-        UpgradePhase::Finish { .. } => Stand::New,
-        UpgradePhase::Rollback { .. } => Stand::Old,
-    };
+    let after = stand_after(phase);
     let mut stands = BTreeMap::new();
     for (cluster, found) in &installed {
         let stand = match found.phase() {
@@ -154,6 +153,7 @@ pub(super) fn for_export(
     let mut old = canary.from.clone();
     old.version = canary.old_version.map(|v| v.to_string());
     Ok(Some(fleet::upgrade::Upgrade {
+        phase: phase.name(),
         old,
         from: canary.from.clone(),
         to: canary.to.clone(),

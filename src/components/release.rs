@@ -410,10 +410,10 @@ impl Release {
             None if self.name == "istiod" => revisions::DEFAULT_TAG,
             None => return false,
         };
+        // Two revisions, oldest first (started or promoted): the Deployments alone tell.
         matches!(
-            revisions::installed(&cx.live, &self.namespace).map(|i| i.phase()),
-            Ok(revisions::Phase::Started { old, .. } | revisions::Phase::Promoted { old, .. })
-                if old.name == revision
+            revisions::running(&cx.live, &self.namespace).as_deref(),
+            Ok([old, _]) if old.name == revision
         )
     }
 }

@@ -42,9 +42,10 @@ pub fn export(
     };
     export.rows.extend(kept_rows(&parts, options));
     export.rows.sort();
-    export
-        .files
-        .insert(PathBuf::from("README.md"), readme(&export.rows, options));
+    export.files.insert(
+        PathBuf::from("README.md"),
+        readme(&export.rows, options, upgrade),
+    );
     Ok(export)
 }
 
@@ -87,11 +88,12 @@ fn kept_rows(parts: &[ClusterHandoff], options: &Options) -> Vec<Row> {
     rows
 }
 
-/// The order an operator follows, and the ownership table.
-fn readme(rows: &[Row], options: &Options) -> String {
+/// The order an operator follows, where an upgrade stands, and the ownership table.
+fn readme(rows: &[Row], options: &Options, upgrade: Option<&upgrade::Upgrade>) -> String {
     let engine = options.engine.name();
     let mut text = format!(
-        "{README_TITLE} {engine}\n\nWritten by `meshup export`; do not edit by hand (re-run it).\n\n## Hand-off order\n\n1. `{TRUST_COMMAND}`{hub}: the namespace with its network label, `cacerts` and the trust gate. No istiod of {engine} starts before it.\n2. Commit this folder; {engine} installs istio-base, istiod, the gateways and the plain manifests, in order.\n3. `meshup link`, once istiod runs: the remote secrets (never in Git).\n4. `meshup verify` (and `status`, `doctor`, `link --rotate`) as before.\n\n## Who owns what\n\n| cluster | object | owner | how |\n| --- | --- | --- | --- |\n",
+        "{README_TITLE} {engine}\n\nWritten by `meshup export`; do not edit by hand (re-run it).\n\n{}## Hand-off order\n\n1. `{TRUST_COMMAND}`{hub}: the namespace with its network label, `cacerts` and the trust gate. No istiod of {engine} starts before it.\n2. Commit this folder; {engine} installs istio-base, istiod, the gateways and the plain manifests, in order.\n3. `meshup link`, once istiod runs: the remote secrets (never in Git).\n4. `meshup verify` (and `status`, `doctor`, `link --rotate`) as before.\n\n## Who owns what\n\n| cluster | object | owner | how |\n| --- | --- | --- | --- |\n",
+        upgrade.map(upgrade_section).unwrap_or_default(),
         hub = if options.layout == Layout::Hub {
             " --hub CONTEXT (and the hub's kubeconfig Secrets)"
         } else {
@@ -104,5 +106,19 @@ fn readme(rows: &[Row], options: &Options) -> String {
             row.cluster, row.object, row.owner, row.how
         ));
     }
+    text
+}
+
+/// Which phase of an upgrade the export is, and what each cluster runs once it is applied.
+fn upgrade_section(upgrade: &upgrade::Upgrade) -> String {
+    let phase = upgrade.phase;
+    let mut text = format!(
+        "## Upgrade under way\n\nThis is `meshup export --upgrade {phase}` of the upgrade to `{}`: commit it, then `meshup upgrade {phase} --wait-only`.\n\n| cluster | runs once applied |\n| --- | --- |\n",
+        upgrade.to.revision.as_deref().unwrap_or("default"),
+    );
+    for (cluster, stand) in &upgrade.stands {
+        text.push_str(&format!("| {cluster} | {} |\n", stand.describe()));
+    }
+    text.push('\n');
     text
 }

@@ -23,36 +23,13 @@ use serde_json::{Value, json};
 
 use crate::fleet::parts::{ClusterHandoff, ReleasePart, handoffs};
 use crate::model::mesh::Mesh;
-use crate::observe::revisions::DEFAULT_TAG;
-
-/// Where a cluster's upgrade stands once the engine applied the export.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stand {
-    /// Only the old revision (not started, or rolled back).
-    Old,
-    /// Both revisions; `default` on the old one.
-    Started,
-    /// Both revisions; `default` and the tags on the new one.
-    Promoted,
-    /// Only the new revision (finished).
-    New,
-}
-
-impl Stand {
-    /// What a cluster at this stand runs, for the export's README.
-    pub fn describe(self) -> &'static str {
-        match self {
-            Stand::Old => "the old revision only",
-            Stand::Started => "both revisions, `default` on the old one",
-            Stand::Promoted => "both revisions, `default` and the tags on the new one",
-            Stand::New => "the new revision only",
-        }
-    }
-}
+use crate::observe::revisions::{DEFAULT_TAG, Stand};
 
 /// The upgrade's two ends and each cluster's stand.
 #[derive(Debug, Clone)]
 pub struct Upgrade {
+    /// The phase this export is (`start`, ...).
+    pub phase: &'static str,
     /// The running revision at the version it runs (its charts, its revision).
     pub old: Mesh,
     /// The new charts with the running revision (istio-base before `promote`).
@@ -135,7 +112,7 @@ fn at_stand(
                 releases.extend(istiod);
             }
         } else {
-            releases.extend(same_chart(rest, &release.chart.name));
+            releases.push(release.clone());
         }
     }
     ClusterHandoff {
@@ -187,6 +164,7 @@ mod tests {
         let mut to = from.clone();
         to.revision = Some("1-31-0".into());
         Upgrade {
+            phase: "start",
             old,
             from,
             to,

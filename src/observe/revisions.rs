@@ -147,6 +147,32 @@ pub struct Installed {
     pub tags: BTreeMap<String, String>,
 }
 
+/// Where a phase of an upgrade leaves a cluster: what `meshup upgrade PHASE --wait-only` waits
+/// for, and what `meshup export --upgrade PHASE` writes for the engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stand {
+    /// Only the old revision (not started, or rolled back).
+    Old,
+    /// Both revisions; `default` on the old one.
+    Started,
+    /// Both revisions; `default` and the tags on the new one.
+    Promoted,
+    /// Only the new revision (finished).
+    New,
+}
+
+impl Stand {
+    /// What a cluster at this stand runs.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Stand::Old => "the old revision only",
+            Stand::Started => "both revisions, `default` on the old one",
+            Stand::Promoted => "both revisions, `default` and the tags on the new one",
+            Stand::New => "the new revision only",
+        }
+    }
+}
+
 /// Where a cluster stands in an upgrade.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Phase {

@@ -149,17 +149,28 @@ fn an_upgrade_runs_through_exported_phases_and_wait_only_waits_for_each() {
     );
 
     // --wait-only waits for the engine and changes nothing: with nothing applied it gives up.
-    let run = env
-        .meshup(&[
+    let gives_up = |phase: &str| {
+        env.meshup(&[
             "upgrade",
-            "start",
+            phase,
             "--wait-only",
             "--timeout",
             "3s",
             "-f",
             &local,
         ])
-        .expect(1);
+        .expect(1)
+    };
+    // A wait that saw the clusters before the engine's part (here meshup's own phase) passes
+    // once it is done; its stderr.
+    let passes_once_applied = |phase: &str| {
+        let waiting = wait_in_background(&env, &["upgrade", phase, "--wait-only", "-f", &local]);
+        env.meshup(&["upgrade", phase, "-f", &local]).expect(0);
+        let (code, stderr) = waiting.join().unwrap();
+        assert_eq!(code, Some(0), "{stderr}");
+        stderr
+    };
+    let run = gives_up("start");
     assert!(
         run.stderr
             .contains(&format!("istiod {NEW_REV} beside default")),
@@ -167,15 +178,10 @@ fn an_upgrade_runs_through_exported_phases_and_wait_only_waits_for_each() {
         run.all()
     );
     assert_eq!(records(&env), before, "--wait-only changed a cluster");
-    // The engine's part (here meshup's own phase), then the wait passes.
-    env.meshup(&["upgrade", "start", "-f", &local]).expect(0);
-    let run = env
-        .meshup(&["upgrade", "start", "--wait-only", "-f", &local])
-        .expect(0);
+    let waited = passes_once_applied("start");
     assert!(
-        run.stderr.contains("meshup export --upgrade promote"),
-        "{}",
-        run.all()
+        waited.contains("meshup export --upgrade promote"),
+        "{waited}"
     );
 
     // promote: tags and default revision on the new istiod, the revision-less injector out.
@@ -195,11 +201,7 @@ fn an_upgrade_runs_through_exported_phases_and_wait_only_waits_for_each() {
             serde_json::json!(["default"])
         );
     }
-    // A wait that saw the clusters before the change passes once it happens.
-    let waiting = wait_in_background(&env, &["upgrade", "promote", "--wait-only", "-f", &local]);
-    env.meshup(&["upgrade", "promote", "-f", &local]).expect(0);
-    let waited = waiting.join().unwrap();
-    assert_eq!(waited.0, Some(0), "{}", waited.1);
+    passes_once_applied("promote");
 
     // rollback (instead of finish): the old istiod with its injector, no new one.
     export("rollback").expect(0);
@@ -223,20 +225,8 @@ fn an_upgrade_runs_through_exported_phases_and_wait_only_waits_for_each() {
         assert!(helm_release(&out, cluster, "istiod").is_none());
         assert!(helm_release(&out, cluster, &format!("istiod-{NEW_REV}")).is_some());
     }
-    env.meshup(&[
-        "upgrade",
-        "finish",
-        "--wait-only",
-        "--timeout",
-        "3s",
-        "-f",
-        &local,
-    ])
-    .expect(1);
-    let waiting = wait_in_background(&env, &["upgrade", "finish", "--wait-only", "-f", &local]);
-    env.meshup(&["upgrade", "finish", "-f", &local]).expect(0);
-    let waited = waiting.join().unwrap();
-    assert_eq!(waited.0, Some(0), "{}", waited.1);
+    gives_up("finish");
+    passes_once_applied("finish");
     let run = env
         .meshup(&["upgrade", "finish", "--wait-only", "-f", &local])
         .expect(0);

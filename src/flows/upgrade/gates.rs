@@ -2,11 +2,13 @@
 
 use std::collections::BTreeMap;
 
-use crate::components::{ClusterNotes, RunBoard};
+use crate::components::{ClusterCtx, ClusterNotes, RunBoard};
 use crate::engine::plan::{Gate, ScriptOptions};
 use crate::engine::run::Run;
 use crate::model::mesh::Mesh;
-use crate::observe::revisions::{DEFAULT_TAG, Phase, Revision, describe, installed, proxies};
+use crate::observe::revisions::{
+    DEFAULT_TAG, Phase, Revision, Stand, describe, installed, proxies,
+};
 use crate::observe::sync;
 use crate::tools::runner::StepError;
 use crate::tools::step::shell_quote;
@@ -103,28 +105,19 @@ impl Gate for OnRevision {
     }
 
     fn check(&self, run: &Run, _: &RunBoard) -> Result<Option<String>, StepError> {
-        let mut waiting = Vec::new();
-        for name in &self.clusters {
-            let Some(cluster) = run.mesh.cluster(name) else {
-                continue;
-            };
-            let (mut memo, board) = (ClusterNotes::default(), RunBoard::default());
-            let left = run.in_cluster(cluster, &mut memo, &board, |cx| {
-                proxies(&cx.live).map(|mut p| p.remove(&self.from).unwrap_or_default())
-            })?;
-            let left: BTreeMap<String, usize> = left
-                .into_iter()
-                .filter(|(ns, _)| self.workloads || *ns == self.namespace)
-                .collect();
-            if !left.is_empty() {
-                waiting.push(format!(
-                    "{name}: proxies of {} in {}",
-                    self.from,
-                    describe(&left)
-                ));
-            }
-        }
-        Ok((!waiting.is_empty()).then(|| waiting.join(", ")))
+        waiting_in(
+            run,
+            &self.clusters,
+            |cx| proxies(&cx.live).map(|mut p| p.remove(&self.from).unwrap_or_default()),
+            |name, left| {
+                let left: BTreeMap<String, usize> = left
+                    .into_iter()
+                    .filter(|(ns, _)| self.workloads || *ns == self.namespace)
+                    .collect();
+                (!left.is_empty())
+                    .then(|| format!("{name}: proxies of {} in {}", self.from, describe(&left)))
+            },
+        )
     }
 
     fn script(&self, _: &Mesh, _: &ScriptOptions) -> String {
@@ -140,47 +133,34 @@ impl Gate for OnRevision {
     }
 }
 
-/// Where a phase leaves a cluster: what `--wait-only` waits for a fleet engine to reach.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Goal {
-    /// Both revisions run, `default` on the old one (`start`).
-    Started,
-    /// Both revisions run, `default` on the new one (`promote`).
-    Promoted,
-    /// Only the new revision runs (`finish`).
-    Finished,
-    /// Only the old revision runs (`rollback`).
-    RolledBack,
-}
-
-/// Waits until each of `clusters` runs the revisions `goal` says (its istiod Deployments, and
+/// Waits until each of `clusters` runs the revisions `stand` says (its istiod Deployments, and
 /// where the `default` tag points).
 pub(super) struct Stands {
     pub(super) clusters: Vec<String>,
     pub(super) namespace: String,
     pub(super) old: String,
     pub(super) new: String,
-    pub(super) goal: Goal,
+    pub(super) stand: Stand,
 }
 
 impl Stands {
     fn reached(&self, phase: &Phase) -> bool {
         let pair = |old: &Revision, new: &Revision| old.name == self.old && new.name == self.new;
-        match (self.goal, phase) {
-            (Goal::Started, Phase::Started { old, new })
-            | (Goal::Promoted, Phase::Promoted { old, new }) => pair(old, new),
-            (Goal::Finished, Phase::Steady(r)) => r.name == self.new,
-            (Goal::RolledBack, Phase::Steady(r)) => r.name == self.old,
+        match (self.stand, phase) {
+            (Stand::Started, Phase::Started { old, new })
+            | (Stand::Promoted, Phase::Promoted { old, new }) => pair(old, new),
+            (Stand::New, Phase::Steady(r)) => r.name == self.new,
+            (Stand::Old, Phase::Steady(r)) => r.name == self.old,
             _ => false,
         }
     }
 
     fn wanted(&self) -> String {
-        match self.goal {
-            Goal::Started => format!("istiod {} beside {}", self.new, self.old),
-            Goal::Promoted => format!("`default` on {} (beside {})", self.new, self.old),
-            Goal::Finished => format!("only istiod {}", self.new),
-            Goal::RolledBack => format!("only istiod {}", self.old),
+        match self.stand {
+            Stand::Started => format!("istiod {} beside {}", self.new, self.old),
+            Stand::Promoted => format!("`default` on {} (beside {})", self.new, self.old),
+            Stand::New => format!("only istiod {}", self.new),
+            Stand::Old => format!("only istiod {}", self.old),
         }
     }
 }
@@ -191,18 +171,16 @@ impl Gate for Stands {
     }
 
     fn check(&self, run: &Run, _: &RunBoard) -> Result<Option<String>, StepError> {
-        let mut waiting = Vec::new();
-        for name in &self.clusters {
-            let Some(cluster) = run.mesh.cluster(name) else {
-                continue;
-            };
-            let (mut memo, board) = (ClusterNotes::default(), RunBoard::default());
-            let found = run.in_cluster(cluster, &mut memo, &board, |cx| {
-                installed(&cx.live, &self.namespace)
-            })?;
-            if !self.reached(&found.phase()) {
+        waiting_in(
+            run,
+            &self.clusters,
+            |cx| installed(&cx.live, &self.namespace),
+            |name, found| {
+                if self.reached(&found.phase()) {
+                    return None;
+                }
                 let names: Vec<&str> = found.revisions.iter().map(|r| r.name.as_str()).collect();
-                waiting.push(format!(
+                Some(format!(
                     "{name}: istiod {} (default: {})",
                     if names.is_empty() {
                         "none".to_string()
@@ -210,13 +188,32 @@ impl Gate for Stands {
                         names.join(", ")
                     },
                     found.default_revision().unwrap_or("none")
-                ));
-            }
-        }
-        Ok((!waiting.is_empty()).then(|| waiting.join(", ")))
+                ))
+            },
+        )
     }
 
     fn script(&self, _: &Mesh, _: &ScriptOptions) -> String {
         format!("# wait until {}\n", self.title())
     }
+}
+
+/// Reads each of `clusters` (`read`; a failed read ends the look) and joins what `left` says
+/// each still waits for; `None` once none waits.
+fn waiting_in<T>(
+    run: &Run,
+    clusters: &[String],
+    read: impl Fn(&mut ClusterCtx) -> Result<T, StepError>,
+    left: impl Fn(&str, T) -> Option<String>,
+) -> Result<Option<String>, StepError> {
+    let mut waiting = Vec::new();
+    for name in clusters {
+        let Some(cluster) = run.mesh.cluster(name) else {
+            continue;
+        };
+        let (mut memo, board) = (ClusterNotes::default(), RunBoard::default());
+        let found = run.in_cluster(cluster, &mut memo, &board, &read)?;
+        waiting.extend(left(name, found));
+    }
+    Ok((!waiting.is_empty()).then(|| waiting.join(", ")))
 }

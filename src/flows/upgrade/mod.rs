@@ -31,11 +31,10 @@ use crate::model::mesh::Mesh;
 use crate::model::values;
 use crate::model::version::IstioVersion;
 use crate::observe::revisions::{
-    DEFAULT_TAG, Installed, Reading, Revision, installed, revision_of,
+    DEFAULT_TAG, Installed, Reading, Revision, Stand, installed, revision_of,
 };
 use crate::tools::runner::StepError;
 
-pub use gates::Goal;
 use gates::{OnRevision, Stands, Synced};
 use steps::{Converge, HelmBack, MoveTags, ReaderRbac, RestartWorkloads, Retire};
 /// Every cluster's revisions and tags, read in parallel (the clusters of `run.mesh`).
@@ -365,10 +364,10 @@ impl Canary {
         Plan { waves }
     }
 
-    /// Changes nothing: waits until every cluster of the phase stands where `goal` says, and on
+    /// Changes nothing: waits until every cluster of the phase stands where `stand` says, and on
     /// the phase's gates (new istiod synced, proxies moved), while a fleet engine applies the
     /// phase (`meshup export --upgrade PHASE`, then `meshup upgrade PHASE --wait-only`).
-    pub fn waiting(&self, goal: Goal) -> Plan<'static> {
+    pub fn waiting(&self, stand: Stand) -> Plan<'static> {
         let clusters: Vec<String> = self.waves.concat();
         let on_revision = |revision: &str, from: &str| -> Arc<dyn Gate> {
             Arc::new(OnRevision {
@@ -384,16 +383,16 @@ impl Canary {
             namespace: self.to.namespace.clone(),
             old: self.old.clone(),
             new: self.new.clone(),
-            goal,
+            stand,
         })];
-        match goal {
-            Goal::Started => gates.push(self.synced(&clusters, &self.new)),
-            Goal::Promoted => {
+        match stand {
+            Stand::Started => gates.push(self.synced(&clusters, &self.new)),
+            Stand::Promoted => {
                 gates.push(on_revision(&self.new, &self.old));
                 gates.push(self.synced(&clusters, &self.new));
             }
-            Goal::Finished => {}
-            Goal::RolledBack => {
+            Stand::New => {}
+            Stand::Old => {
                 gates.push(on_revision(&self.old, &self.new));
                 gates.push(self.synced(&clusters, &self.old));
             }
